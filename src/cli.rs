@@ -1,0 +1,179 @@
+//! Command-line interface (clap). Flags become the last configuration layer
+//! ([`crate::config::raw::RawConfig`]); validation happens in `config`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::raw::{OneOrMany, RawConfig, RawDuration};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "curfew",
+    version,
+    about = "Run a web app as a supervised pool of workers behind a draining HTTP front.",
+    long_about = None,
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the worker pool and the HTTP front until SIGTERM/SIGINT.
+    ///
+    /// Settings come from curfew.toml (or --config), then CURFEW_* environment
+    /// variables (plus PORT and WEB_CONCURRENCY), then these flags; later
+    /// layers win.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  curfew serve -b 127.0.0.1:8000 -w 4 -- uvicorn app:app --fd 3\n\nSignals: SIGTERM/SIGINT = graceful stop; a second SIGINT or SIGQUIT = stop now.\nExit codes: 0 clean, 1 failure, 2 usage, 3 forced shutdown, 4 immediate stop, 78 bad config."
+)]
+pub struct ServeArgs {
+    /// Config file [default: ./curfew.toml if it exists; env: CURFEW_CONFIG]
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Public address, host:port or unix:/path; repeat for several [default: 127.0.0.1:8000; env: CURFEW_BIND, or PORT → 0.0.0.0:$PORT]
+    #[arg(short, long, value_name = "ADDR")]
+    pub bind: Vec<String>,
+
+    /// Number of worker processes [default: WEB_CONCURRENCY, else 2 × cores + 1; env: CURFEW_WORKERS]
+    #[arg(short, long, value_name = "N", allow_negative_numbers = true)]
+    pub workers: Option<i64>,
+
+    /// How each worker gets its socket: fd (inherited fd 3, LISTEN_FDS=1), port ($PORT and {port}) or unix ({socket}) [default: port if the command has {port}, unix if it has {socket}, else fd; env: CURFEW_WORKER_SOCKET]
+    #[arg(long, value_name = "MODE")]
+    pub worker_socket: Option<String>,
+
+    /// Requests one worker serves at once; 1 for sync (WSGI) workers [default: 1; env: CURFEW_WORKER_CONCURRENCY]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub worker_concurrency: Option<i64>,
+
+    /// Requests that may wait for a free worker; beyond it curfew answers 503 with Retry-After [default: 1024; env: CURFEW_BACKLOG]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub backlog: Option<i64>,
+
+    /// Path a worker must answer with 2xx/3xx to be ready [default: none: any answer to / counts; env: CURFEW_READY_PATH]
+    #[arg(long, value_name = "PATH")]
+    pub ready_path: Option<String>,
+
+    /// Time a worker has to become ready [default: 30s; env: CURFEW_BOOT_TIMEOUT]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub boot_timeout: Option<String>,
+
+    /// After SIGTERM, keep serving (while not ready) this long so load balancers deregister [default: 0; env: CURFEW_DRAIN_DELAY]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub drain_delay: Option<String>,
+
+    /// Time in-flight requests get to finish once draining [default: 30s; env: CURFEW_GRACEFUL_TIMEOUT]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub graceful_timeout: Option<String>,
+
+    /// Time a worker gets between SIGTERM and SIGKILL [default: 5s; env: CURFEW_WORKER_STOP_TIMEOUT]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub worker_stop_timeout: Option<String>,
+
+    /// Directory the workers run in [default: the current directory; env: CURFEW_CHDIR]
+    #[arg(long, value_name = "DIR")]
+    pub chdir: Option<String>,
+
+    /// Peers whose X-Forwarded-* headers are trusted: IPs, CIDRs or * [default: 127.0.0.1,::1; env: CURFEW_FORWARDED_ALLOW_IPS]
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub forwarded_allow_ips: Vec<String>,
+
+    /// Log format: text or json [default: text; env: CURFEW_LOG_FORMAT]
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+
+    /// Log filter, e.g. info, debug, curfew=debug,info [default: info; env: CURFEW_LOG_LEVEL]
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+
+    /// The worker command, after `--` (or `command` in curfew.toml)
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+impl ServeArgs {
+    /// The flags as a configuration layer (only what was given).
+    pub fn to_raw(&self) -> RawConfig {
+        let dur = |s: &Option<String>| s.clone().map(RawDuration::Text);
+        let many = |v: &Vec<String>| (!v.is_empty()).then(|| OneOrMany::Many(v.clone()));
+        RawConfig {
+            command: many(&self.command),
+            workers: self.workers,
+            bind: many(&self.bind),
+            worker_socket: self.worker_socket.clone(),
+            worker_concurrency: self.worker_concurrency,
+            backlog: self.backlog,
+            ready_path: self.ready_path.clone(),
+            boot_timeout: dur(&self.boot_timeout),
+            drain_delay: dur(&self.drain_delay),
+            graceful_timeout: dur(&self.graceful_timeout),
+            worker_stop_timeout: dur(&self.worker_stop_timeout),
+            chdir: self.chdir.clone(),
+            forwarded_allow_ips: many(&self.forwarded_allow_ips),
+            log_format: self.log_format.clone(),
+            log_level: self.log_level.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_setting_has_a_flag() {
+        let args = Cli::try_parse_from([
+            "curfew",
+            "serve",
+            "-w",
+            "3",
+            "-b",
+            "127.0.0.1:1",
+            "--graceful-timeout",
+            "-5s",
+            "--",
+            "uvicorn",
+            "app:app",
+        ])
+        .expect("parses");
+        let Command::Serve(s) = args.command;
+        let raw = s.to_raw();
+        assert_eq!(raw.workers, Some(3));
+        assert_eq!(raw.graceful_timeout, Some(RawDuration::Text("-5s".into())));
+        assert_eq!(
+            raw.command,
+            Some(OneOrMany::Many(vec!["uvicorn".into(), "app:app".into()]))
+        );
+        // Every key of the raw layer is documented as a flag.
+        let help = Cli::command()
+            .find_subcommand_mut("serve")
+            .expect("serve")
+            .render_long_help()
+            .to_string();
+        for key in RawConfig::KEYS {
+            if *key == "command" {
+                continue;
+            }
+            let flag = format!("--{}", key.replace('_', "-"));
+            assert!(help.contains(&flag), "{flag} missing from --help");
+            assert!(
+                help.contains(&format!("CURFEW_{}", key.to_uppercase())),
+                "env var for {key} missing"
+            );
+        }
+    }
+}

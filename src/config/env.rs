@@ -1,0 +1,175 @@
+//! The environment layer: `CURFEW_<KEY>` for every key, plus the platform
+//! conventions `PORT` (→ `bind = "0.0.0.0:$PORT"`) and `WEB_CONCURRENCY`
+//! (→ `workers`), which lose to an explicit `CURFEW_BIND` / `CURFEW_WORKERS`.
+
+use super::raw::RawConfig;
+use super::{ConfigError, Origin, Origins};
+
+/// Variables with the `CURFEW_` prefix that are not settings.
+const NOT_SETTINGS: &[&str] = &[
+    "CURFEW_CONFIG",    // the config file path
+    "CURFEW_WORKER_ID", // set by curfew in its workers' environment
+    "CURFEW_SOCKET",    // set by curfew for workers in unix socket mode
+    "CURFEW_LOG",       // reserved
+];
+
+/// Build the environment layer from `vars` (normally `std::env::vars()`).
+pub fn layer(
+    vars: impl IntoIterator<Item = (String, String)>,
+    origins: &mut Origins,
+) -> Result<RawConfig, ConfigError> {
+    let mut layer = RawConfig::default();
+    let mut conventional = RawConfig::default();
+    let mut conv_origins = Origins::new();
+    let mut vars: Vec<(String, String)> = vars.into_iter().collect();
+    vars.sort();
+    for (name, value) in vars {
+        if name == "PORT" {
+            let port: u16 = value.trim().parse().map_err(|_| ConfigError::Invalid {
+                key: "bind".into(),
+                origin: Origin::Env("PORT".into()),
+                value: value.clone(),
+                message: "PORT must be a port number (1-65535)".into(),
+            })?;
+            conventional.merge(
+                one(
+                    "bind",
+                    toml::Value::String(format!("0.0.0.0:{port}")),
+                    "PORT",
+                )?,
+                &Origin::Env("PORT".into()),
+                &mut conv_origins,
+            );
+            continue;
+        }
+        if name == "WEB_CONCURRENCY" {
+            conventional.merge(
+                one("workers", value_of(&value), "WEB_CONCURRENCY")?,
+                &Origin::Env(name.clone()),
+                &mut conv_origins,
+            );
+            continue;
+        }
+        let Some(suffix) = name.strip_prefix("CURFEW_") else {
+            continue;
+        };
+        if NOT_SETTINGS.contains(&name.as_str()) {
+            continue;
+        }
+        let key = suffix.to_ascii_lowercase();
+        if !RawConfig::KEYS.contains(&key.as_str()) {
+            return Err(ConfigError::UnknownEnv {
+                name,
+                known: RawConfig::KEYS
+                    .iter()
+                    .map(|k| format!("CURFEW_{}", k.to_uppercase()))
+                    .collect(),
+            });
+        }
+        // A value such as `4`, `true` or `["a", "b"]` is taken as TOML; if the
+        // setting wants a string, the raw text is used instead.
+        let parsed = one(&key, value_of(&value), &name).or_else(|first| {
+            one(&key, toml::Value::String(value.clone()), &name).map_err(|_| first)
+        })?;
+        layer.merge(parsed, &Origin::Env(name.clone()), origins);
+    }
+    // CURFEW_BIND / CURFEW_WORKERS win over PORT / WEB_CONCURRENCY.
+    let mut merged = conventional;
+    for (k, o) in conv_origins {
+        origins.entry(k).or_insert(o);
+    }
+    let mut scratch = Origins::new();
+    merged.merge(layer, &Origin::Env(String::new()), &mut scratch);
+    Ok(merged)
+}
+
+fn value_of(text: &str) -> toml::Value {
+    match format!("v = {text}").parse::<toml::Table>() {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(text.to_string())),
+        Err(_) => toml::Value::String(text.to_string()),
+    }
+}
+
+fn one(key: &str, value: toml::Value, var: &str) -> Result<RawConfig, ConfigError> {
+    let mut table = toml::Table::new();
+    table.insert(key.to_string(), value.clone());
+    RawConfig::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Invalid {
+        key: key.to_string(),
+        origin: Origin::Env(var.to_string()),
+        value: value.to_string(),
+        message: e.message().to_string(),
+    })
+}
+
+use serde::Deserialize;
+
+#[cfg(test)]
+mod tests {
+    use super::super::raw::{OneOrMany, RawDuration};
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Result<RawConfig, ConfigError> {
+        let mut o = Origins::new();
+        layer(
+            pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())),
+            &mut o,
+        )
+    }
+
+    #[test]
+    fn reads_curfew_vars_with_types() {
+        let raw = env(&[
+            ("CURFEW_WORKERS", "3"),
+            ("CURFEW_GRACEFUL_TIMEOUT", "10s"),
+            ("CURFEW_READY_PATH", "/health"),
+            ("CURFEW_BIND", "127.0.0.1:9000"),
+            ("HOME", "/root"),
+        ])
+        .expect("valid");
+        assert_eq!(raw.workers, Some(3));
+        assert_eq!(raw.graceful_timeout, Some(RawDuration::Text("10s".into())));
+        assert_eq!(raw.ready_path.as_deref(), Some("/health"));
+        assert_eq!(raw.bind, Some(OneOrMany::One("127.0.0.1:9000".into())));
+    }
+
+    #[test]
+    fn port_and_web_concurrency_are_conventions_that_lose_to_curfew_vars() {
+        let raw = env(&[("PORT", "5000"), ("WEB_CONCURRENCY", "7")]).expect("valid");
+        assert_eq!(raw.bind, Some(OneOrMany::One("0.0.0.0:5000".into())));
+        assert_eq!(raw.workers, Some(7));
+        let raw = env(&[
+            ("PORT", "5000"),
+            ("CURFEW_BIND", "unix:/x"),
+            ("WEB_CONCURRENCY", "7"),
+            ("CURFEW_WORKERS", "2"),
+        ])
+        .expect("valid");
+        assert_eq!(raw.bind, Some(OneOrMany::One("unix:/x".into())));
+        assert_eq!(raw.workers, Some(2));
+    }
+
+    #[test]
+    fn unknown_curfew_var_is_an_error_naming_it() {
+        let err = env(&[("CURFEW_WOKERS", "3")]).expect_err("unknown");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("CURFEW_WOKERS") && msg.contains("CURFEW_WORKERS"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn bad_value_names_the_variable() {
+        let err = env(&[("CURFEW_WORKERS", "many")]).expect_err("bad");
+        assert!(err.to_string().contains("CURFEW_WORKERS"), "{err}");
+        let err = env(&[("PORT", "http")]).expect_err("bad");
+        assert!(err.to_string().contains("PORT"), "{err}");
+    }
+
+    #[test]
+    fn reserved_vars_are_not_settings() {
+        assert!(env(&[("CURFEW_WORKER_ID", "0"), ("CURFEW_CONFIG", "x.toml")]).is_ok());
+    }
+}

@@ -1,0 +1,158 @@
+//! The raw configuration layer: what a `curfew.toml`, the environment or the
+//! command line says, before validation. Every field is optional so layers can
+//! be merged; types are deliberately loose (signed integers, strings or
+//! numbers for durations) so validation can name the key and say what is
+//! allowed instead of a generic parse error.
+
+use serde::Deserialize;
+
+/// A value that may be given as one string or a list of strings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// A duration as written by a user: seconds as a number, or a string such as
+/// `"30s"`, `"500ms"`, `"1m 30s"`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum RawDuration {
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl std::fmt::Display for RawDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RawDuration::Int(i) => write!(f, "{i}"),
+            RawDuration::Float(x) => write!(f, "{x}"),
+            RawDuration::Text(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+/// Defines [`RawConfig`], its list of keys and a field-wise merge in one place,
+/// so a new setting cannot be added to one and forgotten in the others.
+macro_rules! raw_config {
+    ($( $(#[$meta:meta])* $field:ident : $ty:ty ),* $(,)?) => {
+        /// One layer of settings. `deny_unknown_fields`: a misspelt key is an error.
+        #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+        #[serde(deny_unknown_fields)]
+        pub struct RawConfig {
+            $( $(#[$meta])* pub $field: Option<$ty>, )*
+        }
+
+        impl RawConfig {
+            /// Every key a layer may set.
+            pub const KEYS: &'static [&'static str] = &[$(stringify!($field)),*];
+
+            /// Overlay `other` on `self`: what `other` sets wins. Records, for
+            /// each key `other` sets, that it came from `origin`.
+            pub fn merge(&mut self, other: RawConfig, origin: &super::Origin, origins: &mut super::Origins) {
+                $(
+                    if other.$field.is_some() {
+                        self.$field = other.$field;
+                        origins.insert(stringify!($field), origin.clone());
+                    }
+                )*
+            }
+        }
+    };
+}
+
+raw_config! {
+    /// The worker command: a list (`["uvicorn", "app:app", "--fd", "3"]`) or a
+    /// string split like a shell would (no shell is run).
+    command: OneOrMany,
+    /// Number of worker processes.
+    workers: i64,
+    /// Public addresses: `host:port` or `unix:/path`.
+    bind: OneOrMany,
+    /// How a worker gets its socket: `fd`, `port` or `unix`.
+    worker_socket: String,
+    /// Requests a worker serves at once.
+    worker_concurrency: i64,
+    /// Requests that may wait at the front when every worker is busy.
+    backlog: i64,
+    /// Path probed to decide a worker is ready.
+    ready_path: String,
+    boot_timeout: RawDuration,
+    drain_delay: RawDuration,
+    graceful_timeout: RawDuration,
+    worker_stop_timeout: RawDuration,
+    /// Directory the workers run in.
+    chdir: String,
+    /// Peers whose X-Forwarded-* headers are trusted.
+    forwarded_allow_ips: OneOrMany,
+    /// `text` or `json`.
+    log_format: String,
+    /// A tracing filter (`info`, `debug`, `curfew=debug,info`).
+    log_level: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_loose_types() {
+        let raw: RawConfig = toml::from_str(
+            r#"
+            command = "uvicorn app:app --fd 3"
+            workers = 4
+            bind = ["127.0.0.1:8000", "unix:/tmp/x.sock"]
+            graceful_timeout = "1m 30s"
+            drain_delay = 5
+            worker_stop_timeout = 2.5
+            "#,
+        )
+        .expect("valid toml");
+        assert_eq!(
+            raw.command,
+            Some(OneOrMany::One("uvicorn app:app --fd 3".into()))
+        );
+        assert_eq!(raw.workers, Some(4));
+        assert_eq!(raw.drain_delay, Some(RawDuration::Int(5)));
+        assert_eq!(raw.worker_stop_timeout, Some(RawDuration::Float(2.5)));
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let err = toml::from_str::<RawConfig>("wokers = 3").expect_err("unknown key");
+        assert!(err.to_string().contains("wokers"), "{err}");
+    }
+
+    #[test]
+    fn merge_overlays_and_records_origin() {
+        let mut base = RawConfig {
+            workers: Some(2),
+            backlog: Some(5),
+            ..Default::default()
+        };
+        let mut origins = super::super::Origins::new();
+        base.merge(
+            RawConfig {
+                workers: Some(8),
+                ..Default::default()
+            },
+            &super::super::Origin::Flag,
+            &mut origins,
+        );
+        assert_eq!(base.workers, Some(8));
+        assert_eq!(base.backlog, Some(5));
+        assert_eq!(origins.get("workers"), Some(&super::super::Origin::Flag));
+        assert!(!origins.contains_key("backlog"));
+    }
+}

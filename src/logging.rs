@@ -1,0 +1,25 @@
+//! Logging setup: `tracing` to stderr, text (default) or JSON.
+//!
+//! Level policy (see ARCHITECTURE.md): ordinary lifecycle events (a worker we
+//! stopped, a drain, a restart we asked for) are INFO; only real faults are
+//! WARN or ERROR, so a normal deploy logs no WARN/ERROR line at all.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Install the global subscriber. `level` was validated by the config.
+pub fn init(format: LogFormat, level: &str) {
+    let filter = EnvFilter::builder().parse_lossy(level);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(false).with_target(false).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
+}

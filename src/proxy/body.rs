@@ -1,0 +1,148 @@
+//! The response body curfew sends to clients: either a short body curfew
+//! wrote itself (502, 503) or a worker's body streamed through. The guard it
+//! carries does the accounting when the body ends: the worker slot is freed,
+//! the upstream connection goes back to its pool (only if the body was read
+//! to the end), and the client connection learns its request is done.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+
+use super::conn::RequestGuard;
+use super::router::Lease;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Accounting that ends with the response.
+pub struct Guard {
+    pub lease: Option<Lease>,
+    pub upstream: Option<SendRequest<Incoming>>,
+    pub request: Option<RequestGuard>,
+    finished: AtomicBool,
+}
+
+impl Guard {
+    pub fn new(
+        lease: Option<Lease>,
+        upstream: Option<SendRequest<Incoming>>,
+        request: Option<RequestGuard>,
+    ) -> Self {
+        Guard {
+            lease,
+            upstream,
+            request,
+            finished: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if self.finished.load(Ordering::Relaxed)
+            && let (Some(lease), Some(tx)) = (&self.lease, self.upstream.take())
+        {
+            lease.pool.put(tx);
+        }
+        // The lease and the request guard drop after this, freeing the slot
+        // (and waking a queued request) and marking the client connection idle.
+    }
+}
+
+pub enum ProxyBody {
+    Full {
+        data: Option<Bytes>,
+        guard: Option<Arc<Guard>>,
+    },
+    Stream {
+        inner: Incoming,
+        guard: Option<Guard>,
+    },
+}
+
+impl ProxyBody {
+    pub fn full(data: impl Into<Bytes>, request: Option<RequestGuard>) -> Self {
+        let guard = request.map(|r| Arc::new(Guard::new(None, None, Some(r))));
+        ProxyBody::Full {
+            data: Some(data.into()),
+            guard,
+        }
+    }
+
+    pub fn empty(request: Option<RequestGuard>) -> Self {
+        let guard = request.map(|r| Arc::new(Guard::new(None, None, Some(r))));
+        ProxyBody::Full { data: None, guard }
+    }
+
+    pub fn stream(inner: Incoming, guard: Guard) -> Self {
+        ProxyBody::Stream {
+            inner,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ProxyBody::Full { data, guard } => {
+                let out = data
+                    .take()
+                    .filter(|d| !d.is_empty())
+                    .map(|d| Ok(Frame::data(d)));
+                if out.is_none() {
+                    guard.take();
+                }
+                Poll::Ready(out)
+            }
+            ProxyBody::Stream { inner, guard } => match Pin::new(inner).poll_frame(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(None) => {
+                    if let Some(g) = guard.take() {
+                        g.finished.store(true, Ordering::Relaxed);
+                    }
+                    Poll::Ready(None)
+                }
+                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+                Poll::Ready(Some(Err(e))) => {
+                    // The worker's body broke off: do not pool that connection.
+                    guard.take();
+                    Poll::Ready(Some(Err(Box::new(e))))
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Full { data, .. } => data.as_ref().is_none_or(|d| d.is_empty()),
+            ProxyBody::Stream { inner, guard } => {
+                let end = inner.is_end_stream();
+                if end && let Some(g) = guard {
+                    g.finished.store(true, Ordering::Relaxed);
+                }
+                end
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Full { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            ProxyBody::Stream { inner, .. } => inner.size_hint(),
+        }
+    }
+}

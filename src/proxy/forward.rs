@@ -1,0 +1,224 @@
+//! Forwarding one request to a worker and its response back.
+//!
+//! Retries: a request is retried on another worker only when it provably
+//! never reached one: the connect was refused or failed, or a pooled
+//! connection turned out closed before the request was written (hyper hands
+//! the request back). Once any byte may have been written, a failure is a 502
+//! for this request only, logged with method, path and worker.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use super::Front;
+use super::body::{Guard, ProxyBody};
+use super::conn::{ConnState, RequestGuard};
+use super::headers;
+use super::router::Rejected;
+
+/// Longest path kept for logs.
+const MAX_LOGGED_PATH: usize = 512;
+
+pub async fn handle(
+    req: Request<Incoming>,
+    front: Arc<Front>,
+    conn: Arc<ConnState>,
+    peer: Option<IpAddr>,
+) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    let started = Instant::now();
+    let request_guard = conn.begin();
+    let http1 = req.version() < Version::HTTP_2;
+    if !http1 {
+        conn.http2.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    let method = req.method().clone();
+    let mut path: String = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_string();
+    if path.len() > MAX_LOGGED_PATH {
+        let mut cut = MAX_LOGGED_PATH;
+        while !path.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        path.truncate(cut);
+        path.push('…');
+    }
+
+    let mut req = req;
+    let upgrade = if http1 {
+        headers::upgrade_of(req.headers())
+    } else {
+        None
+    };
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    headers::strip_hop_by_hop(&mut parts.headers);
+    if let Some(up) = &upgrade {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, up.clone());
+    }
+    let trusted = peer.is_none_or(|ip| front.forwarded_allow.trusts(ip));
+    headers::set_forwarded(&mut parts.headers, peer, trusted, host.as_ref());
+    if let Some(h) = &host
+        && !parts.headers.contains_key(header::HOST)
+    {
+        parts.headers.insert(header::HOST, h.clone());
+    }
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .map(http::Uri::from)
+        .unwrap_or_else(|| http::Uri::from_static("/"));
+    parts.version = Version::HTTP_11;
+    let mut upreq = Request::from_parts(parts, body);
+
+    let mut excluded: Vec<u64> = Vec::new();
+    let (lease, tx, res) = loop {
+        let lease = match front
+            .router
+            .acquire(&method, &path, started, &excluded)
+            .await
+        {
+            Ok(l) => l,
+            Err(Rejected::QueueFull) => {
+                tracing::warn!(%method, path, backlog = front.backlog, "Every worker is busy and the queue is full: answering 503.");
+                return Ok(overloaded(request_guard));
+            }
+            Err(Rejected::Unavailable) => {
+                tracing::warn!(%method, path, "No worker accepted the connection: answering 502.");
+                return Ok(error_response(
+                    StatusCode::BAD_GATEWAY,
+                    "no worker accepted the request\n",
+                    request_guard,
+                ));
+            }
+        };
+        // A pooled connection, or a new one.
+        let (mut tx, reused) = match lease.pool.take_idle() {
+            Some(tx) => (tx, true),
+            None => match lease.pool.connect().await {
+                Ok(tx) => (tx, false),
+                Err(e) => {
+                    tracing::debug!(worker = lease.worker_id, error = %e, "Worker refused the connection; trying another.");
+                    excluded.push(lease.uid);
+                    continue;
+                }
+            },
+        };
+        if reused && tx.ready().await.is_err() {
+            continue; // closed while idle; the request was not sent
+        }
+        match tx.try_send_request(upreq).await {
+            Ok(res) => break (lease, tx, res),
+            Err(mut e) => match e.take_message() {
+                Some(back) => {
+                    // Never written: safe to send again, on a fresh connection.
+                    upreq = back;
+                    if !reused {
+                        excluded.push(lease.uid);
+                    }
+                    continue;
+                }
+                None => {
+                    tracing::warn!(
+                        %method,
+                        path,
+                        worker = lease.worker_id,
+                        error = %e.into_error(),
+                        "Worker failed mid-request (it closed the connection or died): answering 502."
+                    );
+                    return Ok(error_response(
+                        StatusCode::BAD_GATEWAY,
+                        "the worker failed while handling the request\n",
+                        request_guard,
+                    ));
+                }
+            },
+        }
+    };
+
+    let mut res = res;
+    if res.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_upgrade) = client_upgrade
+    {
+        let upstream_upgrade = hyper::upgrade::on(&mut res);
+        let (parts, _body) = res.into_parts();
+        let worker = lease.worker_id;
+        let abort = front.abort.clone();
+        front.tasks.spawn(async move {
+            // The lease and the request guard live as long as the tunnel.
+            let _hold = (lease, request_guard, tx);
+            let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::debug!(worker, error = %e, "Protocol upgrade did not complete.");
+                    return;
+                }
+            };
+            let mut client = TokioIo::new(client);
+            let mut upstream = TokioIo::new(upstream);
+            tokio::select! {
+                r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                    if let Err(e) = r {
+                        tracing::debug!(worker, error = %e, "Upgraded connection ended with an error.");
+                    }
+                }
+                _ = abort.cancelled() => {}
+            }
+        });
+        return Ok(Response::from_parts(parts, ProxyBody::empty(None)));
+    }
+
+    let (mut parts, body) = res.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    if http1 && front.draining.is_cancelled() {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    // The guard's drop hands `tx` back to the pool once the body has ended.
+    let guard = Guard::new(Some(lease), Some(tx), Some(request_guard));
+    Ok(Response::from_parts(parts, ProxyBody::stream(body, guard)))
+}
+
+fn error_response(
+    status: StatusCode,
+    text: &'static str,
+    request: RequestGuard,
+) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::full(text, Some(request)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn overloaded(request: RequestGuard) -> Response<ProxyBody> {
+    let mut r = error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "every worker is busy; retry shortly\n",
+        request,
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}

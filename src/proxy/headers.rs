@@ -1,0 +1,219 @@
+//! Header rules of a reverse proxy (RFC 9110 §7.6.1): hop-by-hop fields are
+//! not forwarded, and `X-Forwarded-For/-Proto/-Host` tell the app who the
+//! client was.
+//!
+//! Forwarded headers from the client are only kept when the peer is trusted
+//! (`forwarded_allow_ips`, loopback by default, like gunicorn): a TLS
+//! terminating load balancer's `X-Forwarded-Proto: https` reaches the app,
+//! a client's forged one does not.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Fields that describe one connection, never forwarded (Go's ReverseProxy list).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The protocol upgrade asked for (`Connection: upgrade` + `Upgrade: x`), if any.
+pub fn upgrade_of(headers: &HeaderMap) -> Option<HeaderValue> {
+    let wants = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if wants {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Remove hop-by-hop fields, including every field named in `Connection`.
+/// `TE: trailers` is kept (it is end-to-end in meaning for HTTP/1.1 → app).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    let te_trailers = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    for h in HOP_BY_HOP {
+        headers.remove(*h);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Set the `X-Forwarded-*` fields for a request from `peer` (`None` for a
+/// Unix socket client, which is trusted like loopback).
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: Option<IpAddr>,
+    trusted: bool,
+    host: Option<&HeaderValue>,
+) {
+    let prior_xff: Vec<String> = if trusted {
+        headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    headers.remove(&X_FORWARDED_FOR);
+    let mut chain = prior_xff.join(", ");
+    if let Some(ip) = peer {
+        if !chain.is_empty() {
+            chain.push_str(", ");
+        }
+        chain.push_str(&ip.to_string());
+    }
+    if !chain.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&chain)
+    {
+        headers.insert(&X_FORWARDED_FOR, v);
+    }
+    if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    if !(trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        headers.remove(&X_FORWARDED_HOST);
+        if let Some(h) = host {
+            headers.insert(&X_FORWARDED_HOST, h.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_fields() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "1"),
+            ("transfer-encoding", "chunked"),
+            ("te", "gzip, trailers"),
+            ("upgrade", "websocket"),
+            ("content-type", "text/plain"),
+            ("x-keep", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert!(names.contains(&"content-type") && names.contains(&"x-keep"));
+        for gone in [
+            "connection",
+            "keep-alive",
+            "x-private",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} kept");
+        }
+        assert_eq!(h.get("te").map(|v| v.as_bytes()), Some(&b"trailers"[..]));
+    }
+
+    #[test]
+    fn detects_upgrade() {
+        assert!(upgrade_of(&map(&[("connection", "Upgrade"), ("upgrade", "websocket")])).is_some());
+        assert!(
+            upgrade_of(&map(&[
+                ("connection", "keep-alive, upgrade"),
+                ("upgrade", "h2c")
+            ]))
+            .is_some()
+        );
+        assert!(upgrade_of(&map(&[("upgrade", "websocket")])).is_none());
+    }
+
+    #[test]
+    fn untrusted_peer_cannot_forge_forwarded_headers() {
+        let mut h = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil"),
+        ]);
+        let host = HeaderValue::from_static("example.com");
+        set_forwarded(
+            &mut h,
+            Some("203.0.113.9".parse().expect("ip")),
+            false,
+            Some(&host),
+        );
+        assert_eq!(h.get("x-forwarded-for").expect("xff"), "203.0.113.9");
+        assert_eq!(h.get("x-forwarded-proto").expect("proto"), "http");
+        assert_eq!(h.get("x-forwarded-host").expect("host"), "example.com");
+    }
+
+    #[test]
+    fn trusted_peer_chain_is_extended_and_proto_kept() {
+        let mut h = map(&[
+            ("x-forwarded-for", "198.51.100.1"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let host = HeaderValue::from_static("example.com");
+        set_forwarded(
+            &mut h,
+            Some("127.0.0.1".parse().expect("ip")),
+            true,
+            Some(&host),
+        );
+        assert_eq!(
+            h.get("x-forwarded-for").expect("xff"),
+            "198.51.100.1, 127.0.0.1"
+        );
+        assert_eq!(h.get("x-forwarded-proto").expect("proto"), "https");
+        assert_eq!(h.get("x-forwarded-host").expect("host"), "example.com");
+    }
+
+    #[test]
+    fn unix_peer_adds_nothing_to_the_chain() {
+        let mut h = HeaderMap::new();
+        set_forwarded(&mut h, None, true, None);
+        assert!(!h.contains_key("x-forwarded-for"));
+        assert_eq!(h.get("x-forwarded-proto").expect("proto"), "http");
+    }
+}

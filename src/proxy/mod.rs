@@ -1,0 +1,206 @@
+//! The HTTP front: curfew owns the client connections, routes each request
+//! to the least-loaded ready worker ([`router`]), forwards it ([`forward`])
+//! and streams the answer back; and because it sees every request, it can
+//! drain exactly ([`Front::stop_accepting`], [`Front::drain`]).
+//!
+//! It knows nothing of processes: the supervisor tells it which workers are
+//! ready through the [`crate::supervisor::Backends`] trait.
+
+pub mod body;
+pub mod conn;
+pub mod forward;
+pub mod headers;
+pub mod listener;
+pub mod router;
+pub mod upstream;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ForwardedAllow};
+use crate::supervisor::{Backends, BoxFuture, ReadyWorker, WorkerAddr};
+use conn::ConnState;
+use listener::{Accepted, Listener};
+use router::Router;
+
+/// Shared state of the front.
+pub struct Front {
+    pub router: Arc<Router>,
+    pub forwarded_allow: ForwardedAllow,
+    pub backlog: usize,
+    ready_path: Option<String>,
+    /// Cancelled when the drain starts: responses get `Connection: close`,
+    /// idle connections close.
+    pub draining: CancellationToken,
+    /// Cancelled at the graceful deadline: every connection is cut.
+    pub abort: CancellationToken,
+    /// Connection and tunnel tasks; the drain waits for them.
+    pub tasks: TaskTracker,
+    stop_accepting: CancellationToken,
+    accept_loops: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    builder: auto::Builder<TokioExecutor>,
+}
+
+impl Front {
+    pub fn new(cfg: &Config) -> Arc<Front> {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().keep_alive(true);
+        Arc::new(Front {
+            router: Router::new(cfg.worker_concurrency, cfg.backlog),
+            forwarded_allow: cfg.forwarded_allow.clone(),
+            backlog: cfg.backlog,
+            ready_path: cfg.ready_path.clone(),
+            draining: CancellationToken::new(),
+            abort: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            stop_accepting: CancellationToken::new(),
+            accept_loops: std::sync::Mutex::new(Vec::new()),
+            builder,
+        })
+    }
+
+    /// Start accepting on `listeners`.
+    pub fn serve(self: &Arc<Self>, listeners: Vec<Listener>) {
+        let mut loops = self.accept_loops.lock().unwrap_or_else(|e| e.into_inner());
+        for l in listeners {
+            let front = self.clone();
+            loops.push(tokio::spawn(async move { front.accept_loop(l).await }));
+        }
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: Listener) {
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.stop_accepting.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok(a) => self.spawn_conn(a),
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(listener = %listener.describe(), error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                },
+            }
+        }
+        let name = listener.describe();
+        let queued = listener.drain_and_close();
+        let n = queued.len();
+        for a in queued {
+            self.spawn_conn(a);
+        }
+        tracing::info!(listener = %name, queued_connections_accepted = n, "Stopped accepting connections.");
+    }
+
+    fn spawn_conn(self: &Arc<Self>, accepted: Accepted) {
+        let front = self.clone();
+        match accepted {
+            Accepted::Tcp(s, peer) => self.tasks.spawn(front.serve_conn(s, Some(peer.ip()))),
+            Accepted::Unix(s) => self.tasks.spawn(front.serve_conn(s, None)),
+        };
+    }
+
+    async fn serve_conn<I>(self: Arc<Self>, io: I, peer: Option<IpAddr>)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let state = ConnState::new();
+        let svc = {
+            let front = self.clone();
+            let state = state.clone();
+            service_fn(move |req| forward::handle(req, front.clone(), state.clone(), peer))
+        };
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = self.abort.cancelled() => return,
+            _ = self.draining.cancelled() => {}
+        }
+        // Draining: close as soon as it is safe (see conn.rs).
+        loop {
+            if state.http2.load(std::sync::atomic::Ordering::Relaxed) {
+                conn.as_mut().graceful_shutdown();
+                break;
+            }
+            match state.idle_grace_left() {
+                Some(left) if left.is_zero() => {
+                    conn.as_mut().graceful_shutdown();
+                    break;
+                }
+                Some(left) => tokio::select! {
+                    _ = conn.as_mut() => return,
+                    _ = self.abort.cancelled() => return,
+                    _ = tokio::time::sleep(left) => {}
+                    _ = state.changed() => {}
+                },
+                None => tokio::select! {
+                    _ = conn.as_mut() => return,
+                    _ = self.abort.cancelled() => return,
+                    _ = state.changed() => {}
+                },
+            }
+        }
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = self.abort.cancelled() => {}
+        }
+    }
+
+    /// Close the listeners, after accepting what waits in their queues.
+    pub async fn stop_accepting(&self) {
+        self.stop_accepting.cancel();
+        let loops: Vec<_> = self
+            .accept_loops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        for l in loops {
+            let _ = l.await;
+        }
+    }
+
+    /// Start the drain and wait until every connection is closed, or until
+    /// `deadline`. Returns `true` if drained, `false` at the deadline (the
+    /// caller logs what was cut off, then calls [`Front::abort_all`]).
+    pub async fn drain(&self, deadline: tokio::time::Instant) -> bool {
+        self.draining.cancel();
+        self.tasks.close();
+        tokio::select! {
+            _ = self.tasks.wait() => true,
+            _ = tokio::time::sleep_until(deadline) => false,
+        }
+    }
+
+    /// Cut every remaining connection and tunnel, and wait for their tasks.
+    pub async fn abort_all(&self) {
+        self.abort.cancel();
+        self.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.tasks.wait()).await;
+    }
+}
+
+impl Backends for Front {
+    fn probe(&self, addr: WorkerAddr) -> BoxFuture<'static, Result<(), String>> {
+        Box::pin(upstream::probe(addr, self.ready_path.clone()))
+    }
+
+    fn add(&self, worker: ReadyWorker) {
+        self.router.add(worker);
+    }
+
+    fn remove(&self, uid: u64) {
+        self.router.remove(uid);
+    }
+}

@@ -1,0 +1,422 @@
+//! Request routing: which worker serves a request, and the bounded queue of
+//! requests waiting for a free worker.
+//!
+//! - A request goes to the ready worker with the fewest requests in flight,
+//!   never above `worker_concurrency` (1 = a sync worker gets one request at
+//!   a time).
+//! - When every worker is full, the request waits in a FIFO queue of at most
+//!   `backlog` entries; a full queue is refused (the caller answers 503).
+//! - A [`Lease`] is one request's hold on one worker slot. Dropping it frees
+//!   the slot and hands it straight to the oldest waiter.
+//!
+//! The router also keeps what is in flight (method, path, age, worker) so a
+//! shutdown that hits its deadline can name every request it cuts off.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use http::Method;
+use tokio::sync::oneshot;
+
+use super::upstream::Pool;
+use crate::supervisor::{ReadyWorker, WorkerAddr};
+
+/// What is known about one request for logs.
+#[derive(Debug, Clone)]
+pub struct RequestInfo {
+    pub method: Method,
+    pub path: String,
+    pub started: Instant,
+    /// The worker slot it runs on; `None` while queued.
+    pub worker: Option<usize>,
+}
+
+impl RequestInfo {
+    pub fn age(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Rejected {
+    #[error("every worker is busy and the queue is full")]
+    QueueFull,
+    #[error("no worker can take the request")]
+    Unavailable,
+}
+
+struct Backend {
+    worker: ReadyWorker,
+    pool: Arc<Pool>,
+    in_flight: usize,
+}
+
+struct Waiter {
+    req: u64,
+    tx: oneshot::Sender<Lease>,
+}
+
+#[derive(Default)]
+struct State {
+    backends: Vec<Backend>,
+    waiters: VecDeque<Waiter>,
+    requests: HashMap<u64, RequestInfo>,
+    cursor: usize,
+}
+
+pub struct Router {
+    state: Mutex<State>,
+    concurrency: usize,
+    backlog: usize,
+    next_req: AtomicU64,
+    completed: AtomicU64,
+}
+
+/// One request's hold on a worker slot; freed on drop.
+pub struct Lease {
+    router: Arc<Router>,
+    req: u64,
+    pub uid: u64,
+    pub worker_id: usize,
+    pub pool: Arc<Pool>,
+    armed: bool,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.armed {
+            self.router.release(self.req, self.uid);
+        }
+    }
+}
+
+/// Removes a queued request's bookkeeping if its future is dropped.
+struct QueuedGuard<'a> {
+    router: &'a Router,
+    req: u64,
+    assigned: bool,
+}
+
+impl Drop for QueuedGuard<'_> {
+    fn drop(&mut self) {
+        if !self.assigned {
+            let mut st = self.router.lock();
+            st.waiters.retain(|w| w.req != self.req);
+            st.requests.remove(&self.req);
+        }
+    }
+}
+
+impl Router {
+    pub fn new(concurrency: usize, backlog: usize) -> Arc<Router> {
+        Arc::new(Router {
+            state: Mutex::new(State::default()),
+            concurrency: concurrency.max(1),
+            backlog,
+            next_req: AtomicU64::new(1),
+            completed: AtomicU64::new(0),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Get a worker slot for a request, waiting in the queue if every worker
+    /// is busy. `exclude` lists worker instances that already refused it.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        method: &Method,
+        path: &str,
+        started: Instant,
+        exclude: &[u64],
+    ) -> Result<Lease, Rejected> {
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let info = RequestInfo {
+            method: method.clone(),
+            path: path.to_string(),
+            started,
+            worker: None,
+        };
+        let rx = {
+            let mut st = self.lock();
+            if let Some(i) = self.pick(&st, exclude) {
+                return Ok(self.assign(&mut st, i, req, info));
+            }
+            if !exclude.is_empty() && st.backends.iter().all(|b| exclude.contains(&b.worker.uid)) {
+                return Err(Rejected::Unavailable);
+            }
+            st.waiters.retain(|w| !w.tx.is_closed());
+            if st.waiters.len() >= self.backlog {
+                return Err(Rejected::QueueFull);
+            }
+            let (tx, rx) = oneshot::channel();
+            st.waiters.push_back(Waiter { req, tx });
+            st.requests.insert(req, info);
+            rx
+        };
+        let mut guard = QueuedGuard {
+            router: self,
+            req,
+            assigned: false,
+        };
+        match rx.await {
+            Ok(lease) => {
+                guard.assigned = true;
+                Ok(lease)
+            }
+            Err(_) => Err(Rejected::Unavailable),
+        }
+    }
+
+    /// Least in flight with room, scanning from a rotating start so ties are
+    /// spread over the workers.
+    fn pick(&self, st: &State, exclude: &[u64]) -> Option<usize> {
+        let n = st.backends.len();
+        let mut best: Option<usize> = None;
+        for k in 0..n {
+            let i = (st.cursor + k) % n;
+            let b = &st.backends[i];
+            if b.in_flight >= self.concurrency || exclude.contains(&b.worker.uid) {
+                continue;
+            }
+            if best.is_none_or(|j| b.in_flight < st.backends[j].in_flight) {
+                best = Some(i);
+                if b.in_flight == 0 {
+                    break;
+                }
+            }
+        }
+        best
+    }
+
+    fn assign(
+        self: &Arc<Self>,
+        st: &mut State,
+        i: usize,
+        req: u64,
+        mut info: RequestInfo,
+    ) -> Lease {
+        st.cursor = (i + 1) % st.backends.len().max(1);
+        let b = &mut st.backends[i];
+        b.in_flight += 1;
+        info.worker = Some(b.worker.id);
+        let lease = Lease {
+            router: self.clone(),
+            req,
+            uid: b.worker.uid,
+            worker_id: b.worker.id,
+            pool: b.pool.clone(),
+            armed: true,
+        };
+        st.requests.insert(req, info);
+        lease
+    }
+
+    fn release(self: &Arc<Self>, req: u64, uid: u64) {
+        let mut st = self.lock();
+        if let Some(b) = st.backends.iter_mut().find(|b| b.worker.uid == uid) {
+            b.in_flight = b.in_flight.saturating_sub(1);
+        }
+        st.requests.remove(&req);
+        self.completed.fetch_add(1, Ordering::Relaxed);
+        self.dispatch(&mut st);
+    }
+
+    /// Hand free slots to waiting requests, oldest first.
+    fn dispatch(self: &Arc<Self>, st: &mut State) {
+        while let Some(w) = st.waiters.front() {
+            if w.tx.is_closed() {
+                let req = w.req;
+                st.waiters.pop_front();
+                st.requests.remove(&req);
+                continue;
+            }
+            let Some(i) = self.pick(st, &[]) else { break };
+            let Some(w) = st.waiters.pop_front() else {
+                break;
+            };
+            let info = st.requests.remove(&w.req).unwrap_or_else(|| RequestInfo {
+                method: Method::GET,
+                path: String::new(),
+                started: Instant::now(),
+                worker: None,
+            });
+            let lease = self.assign(st, i, w.req, info);
+            if let Err(mut lease) = w.tx.send(lease) {
+                // The waiter went away between the check and the send: undo
+                // by hand (dropping the lease would re-lock the state).
+                lease.armed = false;
+                st.backends[i].in_flight -= 1;
+                st.requests.remove(&lease.req);
+            }
+        }
+    }
+
+    /// Start routing to a ready worker.
+    pub fn add(self: &Arc<Self>, worker: ReadyWorker) {
+        let mut st = self.lock();
+        let pool = Arc::new(Pool::new(worker.addr.clone()));
+        st.backends.push(Backend {
+            worker,
+            pool,
+            in_flight: 0,
+        });
+        self.dispatch(&mut st);
+    }
+
+    /// Stop routing to a worker instance; its in-flight requests finish.
+    pub fn remove(&self, uid: u64) {
+        let mut st = self.lock();
+        st.backends.retain(|b| b.worker.uid != uid);
+        if st.cursor >= st.backends.len() {
+            st.cursor = 0;
+        }
+    }
+
+    /// Requests in flight or queued, oldest first.
+    pub fn requests(&self) -> Vec<RequestInfo> {
+        let mut v: Vec<RequestInfo> = self.lock().requests.values().cloned().collect();
+        v.sort_by_key(|r| r.started);
+        v
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.lock().waiters.len()
+    }
+
+    pub fn ready_workers(&self) -> usize {
+        self.lock().backends.len()
+    }
+
+    /// Requests completed since start (slots released).
+    pub fn completed(&self) -> u64 {
+        self.completed.load(Ordering::Relaxed)
+    }
+
+    pub fn worker_addrs(&self) -> Vec<WorkerAddr> {
+        self.lock()
+            .backends
+            .iter()
+            .map(|b| b.worker.addr.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(uid: u64, id: usize) -> ReadyWorker {
+        ReadyWorker {
+            uid,
+            id,
+            pid: 1000 + uid as u32,
+            addr: WorkerAddr::Tcp(format!("127.0.0.1:{}", 9000 + uid).parse().expect("addr")),
+        }
+    }
+
+    async fn get(r: &Arc<Router>) -> Result<Lease, Rejected> {
+        r.acquire(&Method::GET, "/", Instant::now(), &[]).await
+    }
+
+    #[tokio::test]
+    async fn least_loaded_with_concurrency_cap() {
+        let r = Router::new(2, 10);
+        r.add(worker(1, 0));
+        r.add(worker(2, 1));
+        let a = get(&r).await.expect("slot");
+        let b = get(&r).await.expect("slot");
+        assert_ne!(a.uid, b.uid, "second request goes to the idle worker");
+        let c = get(&r).await.expect("slot");
+        let d = get(&r).await.expect("slot");
+        let mut uids = vec![a.uid, b.uid, c.uid, d.uid];
+        uids.sort();
+        assert_eq!(uids, vec![1, 1, 2, 2]);
+        assert_eq!(r.requests().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn queue_is_fifo_and_bounded() {
+        let r = Router::new(1, 2);
+        r.add(worker(1, 0));
+        let first = get(&r).await.expect("slot");
+        let r2 = r.clone();
+        let w1 = tokio::spawn(async move { get(&r2).await.map(|l| l.req) });
+        tokio::task::yield_now().await;
+        let r3 = r.clone();
+        let w2 = tokio::spawn(async move { get(&r3).await.map(|l| l.req) });
+        while r.queue_len() < 2 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(get(&r).await.err(), Some(Rejected::QueueFull));
+        drop(first);
+        let a = w1.await.expect("join").expect("slot");
+        let b = w2.await.expect("join").expect("slot");
+        assert!(a < b, "oldest waiter first");
+        assert_eq!(r.queue_len(), 0);
+    }
+
+    #[tokio::test]
+    async fn waiting_request_gets_a_worker_that_becomes_ready() {
+        let r = Router::new(1, 5);
+        let r2 = r.clone();
+        let w = tokio::spawn(async move { get(&r2).await.map(|l| l.worker_id) });
+        while r.queue_len() < 1 {
+            tokio::task::yield_now().await;
+        }
+        r.add(worker(7, 3));
+        assert_eq!(w.await.expect("join"), Ok(3));
+    }
+
+    #[tokio::test]
+    async fn abandoned_waiter_frees_its_place() {
+        let r = Router::new(1, 1);
+        r.add(worker(1, 0));
+        let held = get(&r).await.expect("slot");
+        let r2 = r.clone();
+        let w = tokio::spawn(async move { get(&r2).await.is_ok() });
+        while r.queue_len() < 1 {
+            tokio::task::yield_now().await;
+        }
+        w.abort();
+        let _ = w.await;
+        assert_eq!(r.queue_len(), 0);
+        assert_eq!(r.requests().len(), 1);
+        drop(held);
+        assert!(get(&r).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn exclusion_and_unavailable() {
+        let r = Router::new(1, 5);
+        r.add(worker(1, 0));
+        r.add(worker(2, 1));
+        let l = r
+            .acquire(&Method::GET, "/", Instant::now(), &[1])
+            .await
+            .expect("slot");
+        assert_eq!(l.uid, 2);
+        drop(l);
+        assert_eq!(
+            r.acquire(&Method::GET, "/", Instant::now(), &[1, 2])
+                .await
+                .err(),
+            Some(Rejected::Unavailable)
+        );
+    }
+
+    #[tokio::test]
+    async fn removed_worker_leases_release_cleanly() {
+        let r = Router::new(1, 5);
+        r.add(worker(1, 0));
+        let l = get(&r).await.expect("slot");
+        r.remove(1);
+        drop(l);
+        assert_eq!(r.ready_workers(), 0);
+        assert!(r.requests().is_empty());
+        assert_eq!(r.completed(), 1);
+    }
+}

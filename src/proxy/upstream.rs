@@ -1,0 +1,223 @@
+//! Connections from curfew to workers: a small keep-alive pool per worker
+//! process, and the readiness probe.
+//!
+//! Hand-written rather than hyper-util's legacy `Client` because the proxy
+//! needs what that client hides: a refused connect must hand the request back
+//! untouched (so it can be retried on another worker whatever its method),
+//! and a pooled connection that turns out closed must give the request back
+//! too (`try_send_request`). Idle connections are dropped after
+//! [`IDLE_TIMEOUT`], shorter than any common server's keep-alive timeout
+//! (gunicorn gthread 2 s, uvicorn/Node 5 s), so curfew never reuses a
+//! connection the worker is closing at the same moment.
+
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::supervisor::WorkerAddr;
+
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_IDLE: usize = 64;
+
+/// A TCP or Unix stream to a worker.
+pub enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Tcp(s) => s.is_write_vectored(),
+            Stream::Unix(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to {addr}: {source}")]
+    Io {
+        addr: WorkerAddr,
+        source: std::io::Error,
+    },
+    #[error("connect to {addr}: timed out after {CONNECT_TIMEOUT:?}")]
+    Timeout { addr: WorkerAddr },
+    #[error("HTTP handshake with {addr}: {source}")]
+    Handshake {
+        addr: WorkerAddr,
+        source: hyper::Error,
+    },
+}
+
+pub async fn open(addr: &WorkerAddr) -> Result<TokioIo<Stream>, ConnectError> {
+    let fut = async {
+        match addr {
+            WorkerAddr::Tcp(a) => {
+                let s = TcpStream::connect(a).await?;
+                s.set_nodelay(true)?;
+                Ok(Stream::Tcp(s))
+            }
+            WorkerAddr::Unix(p) => Ok(Stream::Unix(UnixStream::connect(p).await?)),
+        }
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, fut).await {
+        Ok(Ok(s)) => Ok(TokioIo::new(s)),
+        Ok(Err(source)) => Err(ConnectError::Io {
+            addr: addr.clone(),
+            source,
+        }),
+        Err(_) => Err(ConnectError::Timeout { addr: addr.clone() }),
+    }
+}
+
+/// Keep-alive connections to one worker process.
+pub struct Pool {
+    addr: WorkerAddr,
+    idle: Mutex<Vec<(SendRequest<Incoming>, Instant)>>,
+}
+
+impl Pool {
+    pub fn new(addr: WorkerAddr) -> Self {
+        Pool {
+            addr,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn addr(&self) -> &WorkerAddr {
+        &self.addr
+    }
+
+    /// The most recently used idle connection that is still open and fresh.
+    pub fn take_idle(&self) -> Option<SendRequest<Incoming>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((tx, since)) = idle.pop() {
+            if !tx.is_closed() && since.elapsed() < IDLE_TIMEOUT {
+                return Some(tx);
+            }
+        }
+        None
+    }
+
+    /// Return a connection whose last response was read to the end.
+    pub fn put(&self, tx: SendRequest<Incoming>) {
+        if tx.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|(t, since)| !t.is_closed() && since.elapsed() < IDLE_TIMEOUT);
+        if idle.len() < MAX_IDLE {
+            idle.push((tx, Instant::now()));
+        }
+    }
+
+    /// A new connection.
+    pub async fn connect(&self) -> Result<SendRequest<Incoming>, ConnectError> {
+        let io = open(&self.addr).await?;
+        let (tx, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|source| ConnectError::Handshake {
+                addr: self.addr.clone(),
+                source,
+            })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "Upstream connection ended with an error.");
+            }
+        });
+        Ok(tx)
+    }
+}
+
+/// Readiness probe: `GET path` on a fresh connection. Without a configured
+/// `ready_path`, any HTTP answer to `/` from a worker counts as ready (the
+/// app is up and answering); with one, the answer must be 2xx or 3xx.
+pub async fn probe(addr: WorkerAddr, ready_path: Option<String>) -> Result<(), String> {
+    let attempt = async {
+        let io = open(&addr).await.map_err(|e| e.to_string())?;
+        let (mut tx, conn) = http1::handshake::<_, Empty<Bytes>>(io)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let path = ready_path.as_deref().unwrap_or("/");
+        let req = http::Request::get(path)
+            .header(http::header::HOST, "localhost")
+            .header(http::header::USER_AGENT, "curfew-readiness-probe")
+            .header(http::header::CONNECTION, "close")
+            .body(Empty::new())
+            .map_err(|e| e.to_string())?;
+        let res = tx
+            .send_request(req)
+            .await
+            .map_err(|e| format!("GET {path}: {e}"))?;
+        let status = res.status();
+        if ready_path.is_none() || status.is_success() || status.is_redirection() {
+            Ok(())
+        } else {
+            Err(format!("GET {path} answered {status}"))
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+        Ok(r) => r,
+        Err(_) => Err("probe timed out after 5s".into()),
+    }
+}

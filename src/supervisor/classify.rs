@@ -1,0 +1,144 @@
+//! Why did a worker exit? Every exit is classified, and the class decides the
+//! log level: an exit curfew asked for is INFO, a crash is WARN, a kill curfew
+//! did not send is ERROR (naming the OOM killer when it is the likely cause).
+
+use super::reaper::{ExitStatus, signal_name};
+
+/// What curfew had done to the worker before it exited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SentSignal {
+    None,
+    /// The polite stop signal (SIGTERM) to drain and exit.
+    Term,
+    /// SIGKILL after the worker did not stop within `worker_stop_timeout`,
+    /// or because the worker failed to boot in time.
+    Kill,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitClass {
+    /// Exited after curfew asked it to stop (any status).
+    Stopped(ExitStatus),
+    /// curfew had to SIGKILL it.
+    KilledByCurfew,
+    /// Exited on its own with this code (including 0: a worker is not meant to exit).
+    Exited(i32),
+    /// Killed by a signal curfew did not send.
+    KilledExternally { signal: i32, likely_oom: bool },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Info,
+    Warn,
+    Error,
+}
+
+impl ExitClass {
+    pub fn of(status: ExitStatus, sent: SentSignal, oom_kills_rose: bool) -> ExitClass {
+        match (sent, status) {
+            (SentSignal::Kill, _) => ExitClass::KilledByCurfew,
+            (SentSignal::Term, s) => ExitClass::Stopped(s),
+            (SentSignal::None, ExitStatus::Code(c)) => ExitClass::Exited(c),
+            (SentSignal::None, ExitStatus::Signal(sig)) => ExitClass::KilledExternally {
+                signal: sig,
+                likely_oom: sig == libc::SIGKILL || oom_kills_rose,
+            },
+        }
+    }
+
+    pub fn severity(&self) -> Severity {
+        match self {
+            ExitClass::Stopped(_) => Severity::Info,
+            ExitClass::KilledByCurfew | ExitClass::Exited(_) => Severity::Warn,
+            ExitClass::KilledExternally { .. } => Severity::Error,
+        }
+    }
+
+    /// Short machine-readable reason (log field, later a metric label).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ExitClass::Stopped(_) => "stopped",
+            ExitClass::KilledByCurfew => "killed_by_curfew",
+            ExitClass::Exited(_) => "exited",
+            ExitClass::KilledExternally {
+                likely_oom: true, ..
+            } => "oom_or_external_kill",
+            ExitClass::KilledExternally { .. } => "killed_by_signal",
+        }
+    }
+
+    /// A sentence for the log.
+    pub fn describe(&self) -> String {
+        match self {
+            ExitClass::Stopped(s) => format!("Worker stopped by curfew ({s})."),
+            ExitClass::KilledByCurfew => "Worker killed by curfew with SIGKILL.".to_string(),
+            ExitClass::Exited(code) => format!("Worker exited on its own with code {code}."),
+            ExitClass::KilledExternally { signal, likely_oom: true } if *signal == libc::SIGKILL => {
+                "Worker killed by SIGKILL, which curfew did not send: most likely the kernel OOM killer (check `dmesg` or the cgroup's memory.events).".to_string()
+            }
+            ExitClass::KilledExternally { signal, likely_oom: true } => format!(
+                "Worker killed by {}, which curfew did not send; the cgroup's oom_kill count rose: the OOM killer.",
+                signal_name(*signal)
+            ),
+            ExitClass::KilledExternally { signal, .. } => {
+                format!("Worker killed by {}, which curfew did not send.", signal_name(*signal))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exits_we_asked_for_are_info() {
+        for s in [
+            ExitStatus::Code(0),
+            ExitStatus::Code(1),
+            ExitStatus::Signal(libc::SIGTERM),
+        ] {
+            let c = ExitClass::of(s, SentSignal::Term, false);
+            assert_eq!(c, ExitClass::Stopped(s));
+            assert_eq!(c.severity(), Severity::Info);
+        }
+    }
+
+    #[test]
+    fn our_sigkill_is_a_warning() {
+        let c = ExitClass::of(ExitStatus::Signal(libc::SIGKILL), SentSignal::Kill, false);
+        assert_eq!(c, ExitClass::KilledByCurfew);
+        assert_eq!(c.severity(), Severity::Warn);
+    }
+
+    #[test]
+    fn own_exit_is_a_warning_with_code() {
+        let c = ExitClass::of(ExitStatus::Code(3), SentSignal::None, false);
+        assert_eq!(c, ExitClass::Exited(3));
+        assert_eq!(c.severity(), Severity::Warn);
+        assert!(c.describe().contains("code 3"));
+    }
+
+    #[test]
+    fn foreign_sigkill_is_an_error_naming_oom() {
+        let c = ExitClass::of(ExitStatus::Signal(libc::SIGKILL), SentSignal::None, false);
+        assert_eq!(c.severity(), Severity::Error);
+        assert!(c.describe().contains("OOM"));
+        assert_eq!(c.reason(), "oom_or_external_kill");
+    }
+
+    #[test]
+    fn foreign_segv_is_an_error_without_oom() {
+        let c = ExitClass::of(ExitStatus::Signal(libc::SIGSEGV), SentSignal::None, false);
+        assert_eq!(
+            c,
+            ExitClass::KilledExternally {
+                signal: libc::SIGSEGV,
+                likely_oom: false
+            }
+        );
+        assert!(c.describe().contains("SIGSEGV"));
+        assert!(!c.describe().contains("OOM"));
+    }
+}

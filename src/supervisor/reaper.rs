@@ -1,0 +1,200 @@
+//! The one place that reaps child processes.
+//!
+//! curfew is a child subreaper (and may be PID 1 in a container), so it must
+//! reap every child, including orphaned grandchildren re-parented to it. One
+//! task waits for SIGCHLD and loops `waitpid(-1, WNOHANG)`; each status is
+//! routed to whoever registered that pid. Nothing else may wait for children
+//! (in particular not `tokio::process`, whose own `waitpid(pid)` would race
+//! this loop; see STACK.md §A3), which is why workers are spawned with
+//! `std::process::Command` and never waited on through it.
+//!
+//! Registration happens while holding the table lock *around* the spawn, so a
+//! child that exits at once is still routed: the loop blocks on the lock until
+//! the pid is in the table. A pid cannot be reused before it is reaped, so
+//! there is no pid-reuse race.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{Notify, oneshot};
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exit code {c}"),
+            ExitStatus::Signal(s) => write!(f, "signal {}", signal_name(*s)),
+        }
+    }
+}
+
+pub fn signal_name(sig: i32) -> String {
+    nix::sys::signal::Signal::try_from(sig)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| format!("{sig}"))
+}
+
+#[derive(Default)]
+struct Table {
+    waiting: HashMap<i32, oneshot::Sender<ExitStatus>>,
+}
+
+/// Routes child exit statuses to their waiters.
+#[derive(Clone, Default)]
+pub struct Reaper {
+    table: Arc<Mutex<Table>>,
+    /// Notified after every reaping pass that found something (for "are all
+    /// children gone?" checks).
+    reaped: Arc<Notify>,
+}
+
+/// Held while spawning; registering through it cannot race the reap loop.
+pub struct Registration<'a> {
+    guard: MutexGuard<'a, Table>,
+}
+
+impl Registration<'_> {
+    pub fn register(mut self, pid: u32) -> oneshot::Receiver<ExitStatus> {
+        let (tx, rx) = oneshot::channel();
+        self.guard.waiting.insert(pid as i32, tx);
+        rx
+    }
+}
+
+impl Reaper {
+    /// Start the reap loop. Must be called once, inside the runtime, before
+    /// any child is spawned.
+    pub fn start() -> std::io::Result<Reaper> {
+        let reaper = Reaper::default();
+        let mut sigchld = signal(SignalKind::child())?;
+        let r = reaper.clone();
+        tokio::spawn(async move {
+            loop {
+                r.reap_all();
+                if sigchld.recv().await.is_none() {
+                    break;
+                }
+            }
+        });
+        Ok(reaper)
+    }
+
+    /// Lock the table for a spawn; call [`Registration::register`] with the
+    /// new pid before dropping it.
+    pub fn lock(&self) -> Registration<'_> {
+        Registration {
+            guard: self.table.lock().unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+
+    /// Reap every child that has exited. Statuses of unregistered pids
+    /// (adopted orphans) are logged at debug level and dropped.
+    pub fn reap_all(&self) {
+        let mut any = false;
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => {
+                    any = true;
+                    self.route(pid, ExitStatus::Code(code));
+                }
+                Ok(WaitStatus::Signaled(pid, sig, _core)) => {
+                    any = true;
+                    self.route(pid, ExitStatus::Signal(sig as i32));
+                }
+                Ok(WaitStatus::StillAlive) => break,
+                Ok(_) => continue, // stopped/continued: not an exit
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => break, // ECHILD: no children at all
+            }
+        }
+        if any {
+            self.reaped.notify_waiters();
+        }
+    }
+
+    fn route(&self, pid: Pid, status: ExitStatus) {
+        let tx = self
+            .table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .waiting
+            .remove(&pid.as_raw());
+        match tx {
+            Some(tx) => {
+                let _ = tx.send(status);
+            }
+            None => {
+                tracing::debug!(pid = pid.as_raw(), %status, "Reaped an adopted orphan process.")
+            }
+        }
+    }
+
+    /// Kill (SIGKILL) every remaining child process of curfew, including
+    /// adopted orphans, and reap them. The last step of every shutdown: no
+    /// process may outlive curfew.
+    pub async fn kill_all_children(&self) -> usize {
+        let mut killed = 0;
+        for _ in 0..50 {
+            let children = own_children();
+            if children.is_empty() {
+                break;
+            }
+            for pid in &children {
+                if nix::sys::signal::kill(Pid::from_raw(*pid), nix::sys::signal::Signal::SIGKILL)
+                    .is_ok()
+                {
+                    killed += 1;
+                }
+            }
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_millis(20), self.reaped.notified())
+                    .await;
+            self.reap_all();
+        }
+        killed
+    }
+}
+
+/// Pids whose parent is this process, read from /proc.
+pub fn own_children() -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the ")" that closes the command name: state ppid ...
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let mut it = rest.split_whitespace();
+        let state = it.next();
+        if state == Some("Z") {
+            // A zombie is already dead; it only needs reaping.
+            continue;
+        }
+        if it.next().and_then(|p| p.parse::<i32>().ok()) == Some(me) {
+            out.push(pid);
+        }
+    }
+    out
+}

@@ -1,0 +1,195 @@
+//! Starting one worker process: its socket, its environment, its process
+//! group, and the hand-off of an inherited listening socket on fd 3.
+//!
+//! This is the one module with `unsafe` code: the `pre_exec` hook that runs
+//! between `fork` and `exec` (only async-signal-safe calls there).
+#![allow(unsafe_code)]
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use socket2::{Domain, Socket, Type};
+use tokio::net::unix::pipe;
+use tokio::sync::oneshot;
+
+use super::reaper::{ExitStatus, Reaper};
+use super::{WorkerAddr, WorkerSpec};
+use crate::config::WorkerSocket;
+use crate::shim;
+
+/// The fd an inherited listening socket is placed on (systemd's SD_LISTEN_FDS_START).
+pub const LISTEN_FD: i32 = 3;
+/// Listen backlog of the sockets curfew creates for workers.
+const WORKER_LISTEN_BACKLOG: i32 = 1024;
+
+/// A running worker process just after spawn.
+pub struct Spawned {
+    pub pid: u32,
+    pub addr: WorkerAddr,
+    pub exit: oneshot::Receiver<ExitStatus>,
+    pub stdout: Option<pipe::Receiver>,
+    pub stderr: Option<pipe::Receiver>,
+}
+
+/// Start worker `id` (instance `uid`). Errors are I/O errors of socket
+/// creation or of the spawn itself (a missing program was rejected by the
+/// config already, and the exec shim reports exec failures on stderr).
+pub fn spawn(reaper: &Reaper, spec: &WorkerSpec, id: usize, uid: u64) -> std::io::Result<Spawned> {
+    let (program, mut args): (String, Vec<String>) =
+        (spec.command[0].clone(), spec.command[1..].to_vec());
+    let mut listener: Option<OwnedFd> = None;
+    let mut env: Vec<(&str, String)> = vec![("CURFEW_WORKER_ID", id.to_string())];
+    let addr = match spec.socket {
+        WorkerSocket::Fd => {
+            let l = TcpListener::from(loopback_listener()?);
+            let a = l.local_addr()?;
+            listener = Some(OwnedFd::from(l));
+            env.push(("LISTEN_FDS", "1".into()));
+            env.push(("LISTEN_FDNAMES", "curfew".into()));
+            WorkerAddr::Tcp(a)
+        }
+        WorkerSocket::Port => {
+            let port = free_port()?;
+            substitute(&mut args, "{port}", &port.to_string());
+            env.push(("PORT", port.to_string()));
+            WorkerAddr::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+        }
+        WorkerSocket::Unix => {
+            let path = spec.run_dir.join(format!("w{id}-{uid}.sock"));
+            remove_stale(&path);
+            let p = path.to_string_lossy().into_owned();
+            substitute(&mut args, "{socket}", &p);
+            env.push(("CURFEW_SOCKET", p));
+            WorkerAddr::Unix(path)
+        }
+    };
+
+    let mut cmd = if listener.is_some() {
+        // Through the exec shim, which sets LISTEN_PID to the worker's own pid.
+        let mut c = Command::new("/proc/self/exe");
+        c.arg(shim::ARG).arg(&program).args(&args);
+        c
+    } else {
+        let mut c = Command::new(&program);
+        c.args(&args);
+        c
+    };
+    cmd.env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDNAMES");
+    // curfew consumed WEB_CONCURRENCY as its worker count; passed on, uvicorn
+    // and gunicorn would each start that many processes of their own.
+    cmd.env_remove("WEB_CONCURRENCY");
+    if std::env::var_os("PYTHONUNBUFFERED").is_none() {
+        // Python buffers stdout when it is a pipe; line-by-line logs need this.
+        cmd.env("PYTHONUNBUFFERED", "1");
+    }
+    for (k, v) in &env {
+        cmd.env(k, v);
+    }
+    if let Some(dir) = &spec.chdir {
+        cmd.current_dir(dir);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // Its own process group: a Ctrl-C in the terminal reaches curfew only,
+    // and curfew can signal the worker together with its children.
+    cmd.process_group(0);
+    if let Some(fd) = &listener {
+        let raw = fd.as_raw_fd();
+        // SAFETY: the closure runs in the child between fork and exec and only
+        // calls dup2/fcntl, which are async-signal-safe; it allocates nothing
+        // and takes no lock.
+        unsafe {
+            cmd.pre_exec(move || {
+                if raw == LISTEN_FD {
+                    // dup2 onto itself would keep FD_CLOEXEC: clear it instead.
+                    if libc::fcntl(raw, libc::F_SETFD, 0) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if libc::dup2(raw, LISTEN_FD) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+
+    let registration = reaper.lock();
+    let mut child = cmd.spawn()?;
+    let pid = child.id();
+    let exit = registration.register(pid);
+    // curfew's own copy of the worker socket is closed now: once the worker is
+    // gone, connecting to it is refused (and retried elsewhere) instead of
+    // queueing forever.
+    drop(listener);
+    let stdout = child
+        .stdout
+        .take()
+        .and_then(|s| pipe::Receiver::from_owned_fd(OwnedFd::from(s)).ok());
+    let stderr = child
+        .stderr
+        .take()
+        .and_then(|s| pipe::Receiver::from_owned_fd(OwnedFd::from(s)).ok());
+    // `child` is dropped without waiting: the reaper owns its exit status.
+    drop(child);
+    Ok(Spawned {
+        pid,
+        addr,
+        exit,
+        stdout,
+        stderr,
+    })
+}
+
+fn loopback_listener() -> std::io::Result<Socket> {
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    // Accepted sockets inherit TCP_NODELAY from the listener. Without it, a
+    // server that writes headers and body separately (uvicorn on an fd it
+    // treats as a Unix socket) waits ~40 ms for delayed ACKs on every
+    // keep-alive request.
+    s.set_tcp_nodelay(true)?;
+    s.bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())?;
+    s.listen(WORKER_LISTEN_BACKLOG)?;
+    Ok(s)
+}
+
+/// A loopback port that is free now (the worker binds it itself, so another
+/// process could take it first; the boot then fails and is retried).
+fn free_port() -> std::io::Result<u16> {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    Ok(l.local_addr()?.port())
+}
+
+fn substitute(args: &mut [String], placeholder: &str, value: &str) {
+    for a in args.iter_mut() {
+        if a.contains(placeholder) {
+            *a = a.replace(placeholder, value);
+        }
+    }
+}
+
+fn remove_stale(path: &Path) {
+    let _ = std::fs::remove_file(path);
+}
+
+/// The directory for worker Unix sockets: `$XDG_RUNTIME_DIR/curfew-<pid>` or
+/// `/tmp/curfew-<pid>`, private to the user.
+pub fn make_run_dir() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = base.join(format!("curfew-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(&dir)?;
+    Ok(dir)
+}
