@@ -64,6 +64,7 @@ impl ExitClass {
             ExitClass::KilledExternally {
                 likely_oom: true, ..
             } => "oom_or_external_kill",
+            ExitClass::KilledExternally { signal, .. } if is_crash_signal(*signal) => "crashed",
             ExitClass::KilledExternally { .. } => "killed_by_signal",
         }
     }
@@ -81,11 +82,29 @@ impl ExitClass {
                 "Worker killed by {}, which curfew did not send; the cgroup's oom_kill count rose: the OOM killer.",
                 signal_name(*signal)
             ),
+            ExitClass::KilledExternally { signal, .. } if is_crash_signal(*signal) => {
+                format!("Worker crashed with {} (a fatal error inside the worker).", signal_name(*signal))
+            }
             ExitClass::KilledExternally { signal, .. } => {
                 format!("Worker killed by {}, which curfew did not send.", signal_name(*signal))
             }
         }
     }
+}
+
+/// Signals a process raises on itself when it crashes (abort(), a bad memory
+/// access, ...), as opposed to ones sent by someone else.
+fn is_crash_signal(sig: i32) -> bool {
+    matches!(
+        sig,
+        libc::SIGABRT
+            | libc::SIGSEGV
+            | libc::SIGBUS
+            | libc::SIGFPE
+            | libc::SIGILL
+            | libc::SIGTRAP
+            | libc::SIGSYS
+    )
 }
 
 #[cfg(test)]
@@ -129,6 +148,13 @@ mod tests {
     }
 
     #[test]
+    fn foreign_sigterm_is_an_error() {
+        let c = ExitClass::of(ExitStatus::Signal(libc::SIGTERM), SentSignal::None, false);
+        assert_eq!(c.severity(), Severity::Error);
+        assert!(c.describe().contains("SIGTERM, which curfew did not send"));
+    }
+
+    #[test]
     fn foreign_segv_is_an_error_without_oom() {
         let c = ExitClass::of(ExitStatus::Signal(libc::SIGSEGV), SentSignal::None, false);
         assert_eq!(
@@ -138,7 +164,8 @@ mod tests {
                 likely_oom: false
             }
         );
-        assert!(c.describe().contains("SIGSEGV"));
+        assert!(c.describe().contains("crashed with SIGSEGV"));
+        assert_eq!(c.reason(), "crashed");
         assert!(!c.describe().contains("OOM"));
     }
 }

@@ -1,0 +1,139 @@
+//! Bad configuration exits non-zero with a message naming the problem.
+
+use std::process::Command;
+
+use crate::support::*;
+
+fn run(args: &[&str], env: &[(&str, &str)], cwd: Option<&std::path::Path>) -> (i32, String) {
+    let mut cmd = Command::new(CURFEW);
+    cmd.args(args)
+        .env_remove("WEB_CONCURRENCY")
+        .env_remove("PORT");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    if let Some(d) = cwd {
+        cmd.current_dir(d);
+    }
+    let out = cmd.output().expect("run curfew");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn unknown_key_in_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("curfew.toml"),
+        "command = \"true\"\ngraceful_timout = \"5s\"\n",
+    )
+    .expect("write");
+    let (code, err) = run(&["serve"], &[], Some(dir.path()));
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("graceful_timout") && err.contains("curfew.toml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn negative_timeout_flag() {
+    let (code, err) = run(
+        &["serve", "--graceful-timeout", "-5s", "--", TESTWORKER],
+        &[],
+        None,
+    );
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("graceful_timeout")
+            && err.contains("negative")
+            && err.contains("command line"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_env_value_names_the_variable() {
+    let (code, err) = run(
+        &["serve", "--", TESTWORKER],
+        &[("CURFEW_WORKERS", "-3")],
+        None,
+    );
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("CURFEW_WORKERS") && err.contains("workers"),
+        "{err}"
+    );
+    let (code, err) = run(
+        &["serve", "--", TESTWORKER],
+        &[("CURFEW_GRACEFULL_TIMEOUT", "1")],
+        None,
+    );
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("CURFEW_GRACEFULL_TIMEOUT"), "{err}");
+}
+
+#[test]
+fn command_not_found() {
+    let (code, err) = run(&["serve", "--", "no-such-program-curfew-test"], &[], None);
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("command not found") && err.contains("no-such-program-curfew-test"),
+        "{err}"
+    );
+}
+
+#[test]
+fn no_command() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (code, err) = run(&["serve"], &[], Some(dir.path()));
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("no worker command"), "{err}");
+}
+
+#[test]
+fn port_in_use() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let bind = format!("127.0.0.1:{port}");
+    let (code, err) = run(
+        &["serve", "-w", "1", "--bind", &bind, "--", TESTWORKER],
+        &[],
+        None,
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&bind) && err.contains("in use"), "{err}");
+    // Nothing was started.
+    assert!(!err.contains("Starting workers"), "{err}");
+}
+
+#[test]
+fn usage_error_is_code_2() {
+    let (code, _) = run(&["serve", "--no-such-flag"], &[], None);
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn help_documents_every_option_with_default() {
+    let out = Command::new(CURFEW)
+        .args(["serve", "--help"])
+        .output()
+        .expect("help");
+    let help = String::from_utf8_lossy(&out.stdout);
+    for opt in [
+        "--graceful-timeout",
+        "--drain-delay",
+        "--worker-stop-timeout",
+        "--backlog",
+        "--worker-concurrency",
+        "--workers",
+    ] {
+        assert!(help.contains(opt), "{opt} missing");
+    }
+    assert!(
+        help.contains("default: 30s") && help.contains("2 × cores + 1"),
+        "{help}"
+    );
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: the real `curfew` binary, real worker processes (the
+//! Rust test worker, and uvicorn/gunicorn serving the Python examples), real
+//! signals and sockets. One test binary (saves link time on 2 cores).
+
+mod config_errors;
+mod proxy;
+mod python;
+mod shutdown;
+mod support;
+mod workers;

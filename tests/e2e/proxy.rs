@@ -1,0 +1,199 @@
+//! The HTTP front: forwarding, headers, bodies, upgrades, concurrency and
+//! the bounded queue.
+
+use std::io::{BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+#[test]
+fn forwarded_headers_and_hop_by_hop() {
+    let c = Curfew::start(Opts::testworker(&["-w", "1"], &[]));
+    let r = http(
+        c.port,
+        "GET",
+        "/headers",
+        &[
+            ("X-Forwarded-For", "6.6.6.6"),
+            ("X-Forwarded-Proto", "https"),
+            ("Keep-Alive", "timeout=5"),
+            ("X-Custom", "kept"),
+        ],
+        b"",
+    )
+    .expect("request");
+    assert_eq!(r.status, 200);
+    let v: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    let h = &v["headers"];
+    // The peer (127.0.0.1) is trusted by default: its chain is extended, proto kept.
+    assert_eq!(h["x-forwarded-for"][0], "6.6.6.6, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"][0], "https");
+    assert_eq!(h["x-forwarded-host"][0], "test.local");
+    assert_eq!(h["host"][0], "test.local", "Host passes through unchanged");
+    assert_eq!(h["x-custom"][0], "kept");
+    assert!(
+        h.get("keep-alive").is_none() && h.get("connection").is_none(),
+        "hop-by-hop removed: {h}"
+    );
+}
+
+#[test]
+fn untrusted_peer_cannot_forge_forwarded_headers() {
+    let c = Curfew::start(Opts::testworker(
+        &["-w", "1", "--forwarded-allow-ips", "10.0.0.0/8"],
+        &[],
+    ));
+    let r = http(
+        c.port,
+        "GET",
+        "/headers",
+        &[
+            ("X-Forwarded-For", "6.6.6.6"),
+            ("X-Forwarded-Proto", "https"),
+        ],
+        b"",
+    )
+    .expect("request");
+    let v: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    assert_eq!(v["headers"]["x-forwarded-for"][0], "127.0.0.1");
+    assert_eq!(v["headers"]["x-forwarded-proto"][0], "http");
+}
+
+/// Chunked request bodies stream through and back; large bodies arrive intact.
+#[test]
+fn streamed_bodies_both_ways() {
+    let c = Curfew::start(Opts::testworker(&["-w", "1"], &[]));
+    let mut s = TcpStream::connect(("127.0.0.1", c.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Type: text/x-test\r\nConnection: close\r\n\r\n")
+        .expect("head");
+    for part in ["hello ", "streaming ", "world"] {
+        s.write_all(format!("{:x}\r\n{part}\r\n", part.len()).as_bytes())
+            .expect("chunk");
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    s.write_all(b"0\r\n\r\n").expect("end");
+    let r = read_response(&mut BufReader::new(s)).expect("response");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "hello streaming world");
+    assert_eq!(r.header("x-echo-method"), Some("POST"));
+    assert_eq!(r.header("content-type"), Some("text/x-test"));
+
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let r = http(c.port, "POST", "/echo", &[], &big).expect("big");
+    assert_eq!(r.body.len(), big.len());
+    assert_eq!(r.body.as_bytes(), &big[..]);
+
+    // A slow streamed response arrives chunk by chunk, not buffered.
+    let t0 = Instant::now();
+    let mut s = TcpStream::connect(("127.0.0.1", c.port)).expect("connect");
+    send_request(&mut s, "GET", "/stream?chunks=3&ms=400", &[], b"", true).expect("send");
+    let mut first = [0u8; 64];
+    let n = s.read(&mut first).expect("first bytes");
+    assert!(
+        n > 0 && t0.elapsed() < Duration::from_millis(1000),
+        "first chunk after {:?}",
+        t0.elapsed()
+    );
+}
+
+/// WebSocket-style upgrades are tunnelled through.
+#[test]
+fn upgrade_is_passed_through() {
+    let c = Curfew::start(Opts::testworker(&["-w", "1"], &[]));
+    let mut s = TcpStream::connect(("127.0.0.1", c.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(
+        b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .expect("send");
+    let mut r = BufReader::new(s.try_clone().expect("clone"));
+    let resp = read_response(&mut r).expect("101");
+    assert_eq!(resp.status, 101);
+    assert_eq!(resp.header("upgrade"), Some("echo"));
+    s.write_all(b"ping through the tunnel").expect("write");
+    let mut buf = [0u8; 23];
+    r.read_exact(&mut buf).expect("echo");
+    assert_eq!(&buf, b"ping through the tunnel");
+}
+
+/// worker_concurrency = 1: a worker gets one request at a time, so a slow
+/// request never blocks another queued behind it inside a worker.
+#[test]
+fn one_request_per_sync_worker() {
+    let c = Curfew::start(Opts::testworker(
+        &["-w", "2", "--worker-concurrency", "1"],
+        &[],
+    ));
+    let port = c.port;
+    let slow = std::thread::spawn(move || get(port, "/sleep?ms=1500"));
+    std::thread::sleep(Duration::from_millis(200));
+    // Nine fast requests in a row all go to the other worker, at once.
+    let t0 = Instant::now();
+    for _ in 0..9 {
+        assert_eq!(get(port, "/").status, 200);
+    }
+    assert!(
+        t0.elapsed() < Duration::from_millis(700),
+        "fast requests waited behind the slow one: {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(slow.join().expect("join").status, 200);
+}
+
+/// A full front queue answers 503 with Retry-After; queued requests are served.
+#[test]
+fn full_queue_answers_503_with_retry_after() {
+    let c = Curfew::start(Opts::testworker(
+        &["-w", "1", "--worker-concurrency", "1", "--backlog", "1"],
+        &[],
+    ));
+    let port = c.port;
+    let busy = std::thread::spawn(move || get(port, "/sleep?ms=800"));
+    std::thread::sleep(Duration::from_millis(150));
+    let queued = std::thread::spawn(move || get(port, "/"));
+    std::thread::sleep(Duration::from_millis(150));
+    let r = get(port, "/");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(busy.join().expect("join").status, 200);
+    assert_eq!(
+        queued.join().expect("join").status,
+        200,
+        "the queued request was served"
+    );
+}
+
+/// curfew listens on a Unix socket as well as TCP.
+#[test]
+fn unix_socket_front() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("front.sock");
+    let mut opts = Opts::testworker(&["-w", "1"], &[]);
+    let port = free_port();
+    opts.args
+        .extend(["--bind".to_string(), format!("unix:{}", sock.display())]);
+    opts.bind = Some(format!("127.0.0.1:{port}"));
+    let mut c = Curfew::start(opts);
+    let out = std::process::Command::new(LOAD)
+        .args([
+            "--unix",
+            &sock.display().to_string(),
+            "--requests",
+            "200",
+            "--connections",
+            "2",
+            "--path",
+            "/headers",
+        ])
+        .output()
+        .expect("load");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["ok"], 200, "{v}");
+    c.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(10)), 0);
+    assert!(!sock.exists(), "socket file removed on exit");
+}

@@ -1,0 +1,312 @@
+//! Graceful shutdown: zero failed requests under load, exact drain timing,
+//! forced shutdowns named and coded, immediate stop, no survivors.
+
+use std::io::BufReader;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::support::*;
+
+/// Under continuous keep-alive load with some 1.5 s requests, SIGTERM: zero
+/// failed requests, every in-flight request completes, exit 0, the drain
+/// takes about as long as the longest in-flight request, and a normal
+/// shutdown logs no WARN/ERROR line.
+#[test]
+fn sigterm_under_load_fails_no_request() {
+    let mut c = Curfew::start(Opts::testworker(
+        &["-w", "4", "--worker-concurrency", "2"],
+        &[],
+    ));
+    let load = Load::start(
+        c.port,
+        &["/:40", "/sleep?ms=5:40", "/sleep?ms=1500:2"],
+        8,
+        4000,
+    );
+    load.wait_flowing();
+    std::thread::sleep(Duration::from_millis(1200));
+    let t0 = Instant::now();
+    c.signal(Signal::SIGTERM);
+    let code = c.wait_exit(Duration::from_secs(20));
+    let shutdown = t0.elapsed();
+    let r = load.finish();
+
+    assert_eq!(code, 0, "clean shutdown exits 0\n{}", c.log_text());
+    assert_eq!(r.n("failed"), 0, "failed requests: {}", r.json);
+    assert_eq!(r.other_statuses("200"), 0, "non-200 answers: {}", r.json);
+    assert!(
+        r.n("ok") > 300,
+        "load too light to mean anything: {}",
+        r.json
+    );
+    let drained = c.wait_log("Drained: every request finished.", Duration::from_secs(1));
+    let drain_ms: u64 = field(&drained, "duration_ms")
+        .and_then(|v| v.parse().ok())
+        .expect("duration_ms");
+    assert!(
+        drain_ms <= 1500 + 700,
+        "drain took {drain_ms} ms, longer than the longest request"
+    );
+    assert!(
+        shutdown < Duration::from_millis(1500 + 1500),
+        "shutdown took {shutdown:?}"
+    );
+    assert!(
+        c.faults().is_empty(),
+        "a normal shutdown logged faults: {:?}",
+        c.faults()
+    );
+    let summary = c.logs().last().cloned().unwrap_or_default();
+    assert!(
+        summary.contains("Shutdown complete: clean.") && summary.contains("requests_aborted=0"),
+        "{summary}"
+    );
+    assert_no_survivors(&c);
+}
+
+/// SIGINT is graceful exactly like SIGTERM (Fly.io, Nomad).
+#[test]
+fn sigint_is_graceful() {
+    let mut c = Curfew::start(Opts::testworker(&["-w", "2"], &[]));
+    let slow = std::thread::spawn({
+        let port = c.port;
+        move || get(port, "/sleep?ms=800")
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    c.signal(Signal::SIGINT);
+    assert_eq!(c.wait_exit(Duration::from_secs(10)), 0, "{}", c.log_text());
+    let r = slow.join().expect("join");
+    assert_eq!((r.status, r.body.as_str()), (200, "slept 800\n"));
+}
+
+/// An idle curfew exits within milliseconds of SIGTERM (no polling ticks).
+#[test]
+fn idle_exit_is_fast() {
+    let mut c = Curfew::start(Opts::testworker(&["-w", "2"], &[]));
+    let t0 = Instant::now();
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(5)), 0);
+    let took = t0.elapsed();
+    // The bench measures the real number; this bound only catches polling loops.
+    assert!(
+        took < Duration::from_millis(500),
+        "idle shutdown took {took:?}"
+    );
+}
+
+/// A request outliving graceful_timeout is named in the log and the exit
+/// code says forced; nothing survives.
+#[test]
+fn request_past_graceful_timeout_is_named_and_forced() {
+    let mut c = Curfew::start(Opts::testworker(
+        &[
+            "-w",
+            "1",
+            "--graceful-timeout",
+            "1s",
+            "--worker-stop-timeout",
+            "1s",
+        ],
+        &[],
+    ));
+    let port = c.port;
+    let hung = std::thread::spawn(move || http(port, "GET", "/hang", &[], b""));
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    c.signal(Signal::SIGTERM);
+    let code = c.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, 3, "forced shutdown code\n{}", c.log_text());
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        t0.elapsed()
+    );
+    let line = c.wait_log(
+        "Request still in flight at graceful_timeout",
+        Duration::from_secs(1),
+    );
+    assert!(
+        line.contains("path=/hang") && line.contains("method=GET") && line.contains("worker=0"),
+        "{line}"
+    );
+    assert!(
+        field(&line, "age_ms")
+            .and_then(|a| a.parse::<u64>().ok())
+            .is_some_and(|a| a >= 1000),
+        "{line}"
+    );
+    assert!(
+        c.log_text().contains("Shutdown complete: forced"),
+        "{}",
+        c.log_text()
+    );
+    assert!(
+        hung.join().expect("join").is_err(),
+        "the cut-off client sees the connection close"
+    );
+    assert_no_survivors(&c);
+}
+
+/// A worker that ignores SIGTERM is SIGKILLed after worker_stop_timeout.
+#[test]
+fn worker_ignoring_sigterm_is_killed_after_stop_timeout() {
+    let mut c = Curfew::start(Opts::testworker(
+        &["-w", "2", "--worker-stop-timeout", "700ms"],
+        &["--ignore-sigterm"],
+    ));
+    let t0 = Instant::now();
+    c.signal(Signal::SIGTERM);
+    let code = c.wait_exit(Duration::from_secs(10));
+    let took = t0.elapsed();
+    assert_eq!(code, 3, "{}", c.log_text());
+    assert!(
+        took >= Duration::from_millis(700) && took < Duration::from_millis(2500),
+        "took {took:?}"
+    );
+    assert_eq!(
+        c.count_log("did not exit within worker_stop_timeout"),
+        2,
+        "{}",
+        c.log_text()
+    );
+    assert_no_survivors(&c);
+}
+
+/// Second SIGINT stops at once (exit 4), even with a request in flight, and
+/// still reaps every child.
+#[test]
+fn second_sigint_stops_now() {
+    let mut c = Curfew::start(Opts::testworker(
+        &["-w", "2", "--graceful-timeout", "30s"],
+        &["--ignore-sigterm"],
+    ));
+    let port = c.port;
+    let _hung = std::thread::spawn(move || http(port, "GET", "/hang", &[], b""));
+    std::thread::sleep(Duration::from_millis(300));
+    c.signal(Signal::SIGINT);
+    c.wait_log("Draining", Duration::from_secs(2));
+    let t0 = Instant::now();
+    c.signal(Signal::SIGINT);
+    assert_eq!(c.wait_exit(Duration::from_secs(5)), 4, "{}", c.log_text());
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "immediate stop took {:?}",
+        t0.elapsed()
+    );
+    assert_no_survivors(&c);
+}
+
+/// SIGQUIT stops at once too.
+#[test]
+fn sigquit_stops_now() {
+    let mut c = Curfew::start(Opts::testworker(&["-w", "2"], &["--ignore-sigterm"]));
+    c.signal(Signal::SIGQUIT);
+    assert_eq!(c.wait_exit(Duration::from_secs(5)), 4, "{}", c.log_text());
+    assert_no_survivors(&c);
+}
+
+/// A repeated SIGTERM (Heroku, systemd send several) does not escalate.
+#[test]
+fn repeated_sigterm_keeps_draining() {
+    let mut c = Curfew::start(Opts::testworker(&["-w", "1"], &[]));
+    let port = c.port;
+    let slow = std::thread::spawn(move || get(port, "/sleep?ms=1000"));
+    std::thread::sleep(Duration::from_millis(200));
+    c.signal(Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(100));
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(10)), 0, "{}", c.log_text());
+    assert_eq!(slow.join().expect("join").status, 200);
+}
+
+/// Connections waiting in the kernel's accept queue when the listener closes
+/// are accepted and served, never reset. curfew is stopped (SIGSTOP) so the
+/// connections queue, then gets SIGTERM and SIGCONT.
+#[test]
+fn accept_queue_is_served_not_reset() {
+    let mut c = Curfew::start(Opts::testworker(&["-w", "2"], &[]));
+    c.signal(Signal::SIGSTOP);
+    let mut conns = Vec::new();
+    for i in 0..20 {
+        let mut s =
+            TcpStream::connect(("127.0.0.1", c.port)).expect("connect queues in the kernel");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        send_request(
+            &mut s,
+            "GET",
+            &format!("/sleep?ms={}", i % 3),
+            &[],
+            b"",
+            true,
+        )
+        .expect("send");
+        conns.push(s);
+    }
+    c.signal(Signal::SIGTERM);
+    c.signal(Signal::SIGCONT);
+    let mut ok = 0;
+    for s in conns {
+        let r =
+            read_response(&mut BufReader::new(s)).expect("queued connection answered, not reset");
+        assert_eq!(r.status, 200);
+        ok += 1;
+    }
+    assert_eq!(ok, 20);
+    assert_eq!(c.wait_exit(Duration::from_secs(10)), 0, "{}", c.log_text());
+    let line = c.wait_log("Stopped accepting connections.", Duration::from_secs(1));
+    assert!(
+        field(&line, "queued_connections_accepted").is_some(),
+        "{line}"
+    );
+}
+
+/// During the drain, a keep-alive response carries `Connection: close`.
+#[test]
+fn keepalive_responses_get_connection_close_during_drain() {
+    let mut c = Curfew::start(Opts::testworker(&["-w", "1", "--drain-delay", "0"], &[]));
+    let mut s = TcpStream::connect(("127.0.0.1", c.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut r = BufReader::new(s.try_clone().expect("clone"));
+    send_request(&mut s, "GET", "/", &[], b"", false).expect("send");
+    let first = read_response(&mut r).expect("first");
+    assert_eq!(
+        first.header("connection"),
+        None,
+        "keep-alive before the drain"
+    );
+    send_request(&mut s, "GET", "/sleep?ms=600", &[], b"", false).expect("send");
+    std::thread::sleep(Duration::from_millis(150));
+    c.signal(Signal::SIGTERM);
+    let second = read_response(&mut r).expect("second");
+    assert_eq!(second.status, 200);
+    assert_eq!(second.header("connection"), Some("close"));
+    assert_eq!(c.wait_exit(Duration::from_secs(10)), 0);
+}
+
+/// drain_delay: after SIGTERM new connections are still accepted and served
+/// for the delay (load balancers deregister meanwhile), then refused.
+#[test]
+fn drain_delay_keeps_serving_then_closes() {
+    let mut c = Curfew::start(Opts::testworker(
+        &["-w", "1", "--drain-delay", "800ms"],
+        &[],
+    ));
+    let t0 = Instant::now();
+    c.signal(Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(get(c.port, "/").status, 200, "served during lame duck");
+    let code = c.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, 0);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(800),
+        "exited before drain_delay"
+    );
+    assert!(
+        TcpStream::connect(("127.0.0.1", c.port)).is_err(),
+        "listener closed after exit"
+    );
+}

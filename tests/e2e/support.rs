@@ -1,0 +1,578 @@
+//! Test support: start the real `curfew` binary on a free port with real
+//! worker processes, send it signals, read its logs, talk HTTP to it, run
+//! the real load generator against it, and check the process table.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const CURFEW: &str = env!("CARGO_BIN_EXE_curfew");
+pub const TESTWORKER: &str = env!("CARGO_BIN_EXE_curfew-testworker");
+pub const LOAD: &str = env!("CARGO_BIN_EXE_curfew-load");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind :0")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A unique marker to find every process a test started (in argv).
+pub fn marker() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    format!("t{}x{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+/// A running curfew.
+pub struct Curfew {
+    pub child: Child,
+    pub port: u16,
+    pub marker: String,
+    logs: Arc<Mutex<Vec<String>>>,
+    /// Set when curfew's stderr closes (it exited).
+    ended: Arc<std::sync::atomic::AtomicBool>,
+    exit: Option<std::process::ExitStatus>,
+}
+
+pub struct Opts {
+    pub args: Vec<String>,
+    pub command: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<PathBuf>,
+    pub bind: Option<String>,
+}
+
+impl Opts {
+    /// curfew serve with the test worker and `extra` curfew flags.
+    pub fn testworker(extra: &[&str], worker_args: &[&str]) -> Opts {
+        let mut command = vec![TESTWORKER.to_string()];
+        command.extend(worker_args.iter().map(|s| s.to_string()));
+        Opts {
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            command,
+            env: vec![],
+            cwd: None,
+            bind: None,
+        }
+    }
+
+    pub fn command(extra: &[&str], command: &[&str]) -> Opts {
+        Opts {
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            env: vec![],
+            cwd: None,
+            bind: None,
+        }
+    }
+}
+
+impl Curfew {
+    /// Start curfew and wait until it logs "Serving." (panics with the logs
+    /// if it exits first or takes longer than 30 s).
+    pub fn start(opts: Opts) -> Curfew {
+        let c = Curfew::spawn(opts);
+        c.wait_log("Serving.", Duration::from_secs(30));
+        c
+    }
+
+    /// Start curfew without waiting for anything.
+    pub fn spawn(opts: Opts) -> Curfew {
+        let port = free_port();
+        let marker = marker();
+        let mut cmd = Command::new(CURFEW);
+        cmd.arg("serve");
+        let bind = opts
+            .bind
+            .clone()
+            .unwrap_or_else(|| format!("127.0.0.1:{port}"));
+        cmd.args(["--bind", &bind]);
+        cmd.args(&opts.args);
+        cmd.arg("--");
+        cmd.args(&opts.command);
+        cmd.env_remove("WEB_CONCURRENCY").env_remove("PORT");
+        for (k, _) in std::env::vars() {
+            if k.starts_with("CURFEW_") {
+                cmd.env_remove(k);
+            }
+        }
+        // Inherited by every descendant: the process-table check finds them all.
+        cmd.env("TEST_CURFEW_MARKER", &marker);
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        if let Some(d) = &opts.cwd {
+            cmd.current_dir(d);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn curfew");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        for (i, pipe) in [
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        .enumerate()
+        {
+            let logs = logs.clone();
+            let ended = ended.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    if std::env::var_os("CURFEW_TEST_ECHO").is_some() {
+                        eprintln!("[curfew] {line}");
+                    }
+                    logs.lock().expect("logs").push(line);
+                }
+                if i == 0 {
+                    ended.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        }
+        Curfew {
+            child,
+            port,
+            marker,
+            logs,
+            ended,
+            exit: None,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().expect("logs").clone()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.logs().join("\n")
+    }
+
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.logs().iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Wait until a log line contains `needle`; panics with the logs on timeout
+    /// or if curfew exits first.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        self.wait_log_count(needle, 1, timeout)
+    }
+
+    pub fn wait_log_count(&self, needle: &str, n: usize, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let logs = self.logs();
+            let hits: Vec<&String> = logs.iter().filter(|l| l.contains(needle)).collect();
+            if hits.len() >= n {
+                return hits[n - 1].clone();
+            }
+            if Instant::now() > deadline || self.ended.load(std::sync::atomic::Ordering::SeqCst) {
+                if Instant::now() <= deadline {
+                    // One more look: the last lines may have just arrived.
+                    std::thread::sleep(Duration::from_millis(50));
+                    let logs = self.logs();
+                    let hits: Vec<&String> = logs.iter().filter(|l| l.contains(needle)).collect();
+                    if hits.len() >= n {
+                        return hits[n - 1].clone();
+                    }
+                }
+                panic!(
+                    "no {n}× log line containing {needle:?} within {timeout:?}; logs:\n{}",
+                    logs.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("signal curfew");
+    }
+
+    /// Wait for curfew to exit; returns its exit code (panics if killed by a
+    /// signal or still running after `timeout`).
+    pub fn wait_exit(&mut self, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                self.exit = Some(st);
+                // Let the log threads read the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                return st.code().unwrap_or_else(|| {
+                    panic!("curfew died by a signal: {st:?}\n{}", self.log_text())
+                });
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "curfew still running after {timeout:?}; logs:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Lines at WARN or ERROR level that curfew itself wrote (not worker output).
+    pub fn faults(&self) -> Vec<String> {
+        self.logs()
+            .into_iter()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .collect()
+    }
+
+    /// pids of worker processes from "Worker ready." lines.
+    pub fn worker_pids(&self) -> Vec<i32> {
+        self.logs()
+            .iter()
+            .filter(|l| l.contains("Worker ready."))
+            .filter_map(|l| field(l, "pid").and_then(|p| p.parse().ok()))
+            .collect()
+    }
+}
+
+impl Drop for Curfew {
+    fn drop(&mut self) {
+        if self.exit.is_none() && matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        // Never leave a worker behind, even when a test failed.
+        for pid in processes_with(&self.marker) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// The value of `key=value` in a text log line.
+pub fn field(line: &str, key: &str) -> Option<String> {
+    let pat = format!(" {key}=");
+    let start = line.find(&pat)? + pat.len();
+    let rest = &line[start..];
+    let rest = rest.strip_prefix('"').unwrap_or(rest);
+    let end = rest.find([' ', '"']).unwrap_or(rest.len());
+    Some(rest[..end].to_string())
+}
+
+/// Live (non-zombie) processes whose command line or environment contains `needle`.
+pub fn processes_with(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    let me = std::process::id() as i32;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'))
+        {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let hay = |b: &[u8]| String::from_utf8_lossy(b).contains(needle);
+        if hay(&cmdline) || hay(&environ) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Assert that no process started by this curfew survives it.
+pub fn assert_no_survivors(c: &Curfew) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let left = processes_with(&c.marker);
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            let desc: Vec<String> = left
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{p}: {}",
+                        String::from_utf8_lossy(
+                            &std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default()
+                        )
+                        .replace('\0', " ")
+                    )
+                })
+                .collect();
+            panic!("processes survived curfew: {desc:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One blocking HTTP/1.1 request on a new connection (Connection: close).
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    extra_headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Resp> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    send_request(&mut s, method, path, extra_headers, body, true)?;
+    read_response(&mut BufReader::new(s))
+}
+
+pub fn get(port: u16, path: &str) -> Resp {
+    http(port, "GET", path, &[], b"").unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+pub fn send_request(
+    s: &mut impl Write,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    close: bool,
+) -> std::io::Result<()> {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test.local\r\n");
+    if close {
+        req.push_str("Connection: close\r\n");
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    s.write_all(body)?;
+    s.flush()
+}
+
+/// Read one response (Content-Length, chunked, or until EOF).
+pub fn read_response(r: &mut impl BufRead) -> std::io::Result<Resp> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "connection closed before a response",
+        ));
+    }
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line)?;
+        let t = line.trim_end();
+        if t.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = t.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    let find = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    let mut body = Vec::new();
+    if status == 101 || status == 204 || status == 304 {
+    } else if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        loop {
+            line.clear();
+            r.read_line(&mut line)?;
+            let n = usize::from_str_radix(line.trim().split(';').next().unwrap_or("0"), 16)
+                .map_err(std::io::Error::other)?;
+            if n == 0 {
+                line.clear();
+                r.read_line(&mut line)?;
+                break;
+            }
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk)?;
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else if let Some(n) = find("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        body.resize(n, 0);
+        r.read_exact(&mut body)?;
+    } else {
+        r.read_to_end(&mut body)?;
+    }
+    Ok(Resp {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// Result of a `curfew-load` run.
+pub struct LoadResult {
+    pub json: serde_json::Value,
+}
+
+impl LoadResult {
+    pub fn n(&self, key: &str) -> u64 {
+        self.json[key].as_u64().unwrap_or(0)
+    }
+    pub fn status(&self, code: &str) -> u64 {
+        self.json["status"][code].as_u64().unwrap_or(0)
+    }
+    /// Responses with a status other than `code`.
+    pub fn other_statuses(&self, code: &str) -> u64 {
+        self.json["status"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter(|(k, _)| *k != code)
+                    .map(|(_, v)| v.as_u64().unwrap_or(0))
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+}
+
+/// A load run in the background (the real `curfew-load` binary).
+pub struct Load {
+    child: Child,
+    pub ready_file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Load {
+    pub fn start(port: u16, paths: &[&str], connections: u32, duration_ms: u64) -> Load {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ready_file = dir.path().join("ready");
+        let mut cmd = Command::new(LOAD);
+        cmd.args(["--url", &format!("http://127.0.0.1:{port}")])
+            .args(["--connections", &connections.to_string()])
+            .args(["--duration-ms", &duration_ms.to_string()])
+            .args(["--timeout-ms", "20000"])
+            .arg("--ready-file")
+            .arg(&ready_file);
+        for p in paths {
+            cmd.args(["--path", p]);
+        }
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let child = cmd.spawn().expect("spawn curfew-load");
+        Load {
+            child,
+            ready_file,
+            _dir: dir,
+        }
+    }
+
+    /// Wait until the load has had its first success.
+    pub fn wait_flowing(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !self.ready_file.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "load never got a successful response"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn finish(self) -> LoadResult {
+        let out = self.child.wait_with_output().expect("curfew-load output");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "curfew-load printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
+        LoadResult { json }
+    }
+}
+
+/// The project's Python virtualenv (made by scripts/python-env.sh).
+pub fn venv_bin(tool: &str) -> PathBuf {
+    let venv = std::env::var_os("CURFEW_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv"));
+    let p = venv.join("bin").join(tool);
+    assert!(
+        p.exists(),
+        "{} is missing: run `bash scripts/python-env.sh` (or `bash .ci/run`) to install the Python example apps' requirements",
+        p.display()
+    );
+    p
+}
+
+pub fn examples_dir(app: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(app)
+}
+
+impl Curfew {
+    /// Number of worker processes alive now (children of curfew).
+    pub fn worker_ids_alive(&self) -> usize {
+        let me = self.pid();
+        let mut n = 0;
+        for pid in processes_with(&self.marker) {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            if ppid == Some(me) {
+                n += 1;
+            }
+        }
+        n
+    }
+}
