@@ -86,6 +86,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub forwarded_allow_ips: Vec<String>,
 
+    /// Admin address for /healthz and /readyz, e.g. 127.0.0.1:9000 [default: off; env: CURFEW_ADMIN_BIND]
+    #[arg(long, value_name = "ADDR")]
+    pub admin_bind: Option<String>,
+
     /// Log format: text or json [default: text; env: CURFEW_LOG_FORMAT]
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -118,6 +122,7 @@ impl ServeArgs {
             worker_stop_timeout: dur(&self.worker_stop_timeout),
             chdir: self.chdir.clone(),
             forwarded_allow_ips: many(&self.forwarded_allow_ips),
+            admin_bind: self.admin_bind.clone(),
             log_format: self.log_format.clone(),
             log_level: self.log_level.clone(),
         }

@@ -14,6 +14,7 @@
 //! - [`serve`]: the orchestrator that drives the lifecycle and wires the
 //!   supervisor to the proxy.
 
+pub mod admin;
 pub mod config;
 pub mod exit;
 pub mod lifecycle;

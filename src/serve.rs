@@ -143,6 +143,18 @@ pub async fn run(cfg: Config) -> Result<i32, ServeError> {
             }
         }
     }
+    let admin_listener = match &cfg.admin_bind {
+        Some(a) => match crate::admin::bind(a) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                for l in listeners {
+                    l.drain_and_close();
+                }
+                return Err(e.into());
+            }
+        },
+        None => None,
+    };
     let run_dir = if cfg.worker_socket == WorkerSocket::Unix {
         make_run_dir().map_err(ServeError::RunDir)?
     } else {
@@ -165,6 +177,16 @@ pub async fn run(cfg: Config) -> Result<i32, ServeError> {
         completed_at_stop: 0,
         aborted: 0,
     };
+
+    let admin_stop = tokio_util::sync::CancellationToken::new();
+    if let Some(l) = admin_listener {
+        tracing::info!(admin = %l.describe(), "Admin endpoint: /healthz, /readyz.");
+        let state = crate::admin::AdminState {
+            phase: run.phase_tx.subscribe(),
+            front: run.front.clone(),
+        };
+        tokio::spawn(crate::admin::serve(l, state, admin_stop.clone()));
+    }
 
     let started = Instant::now();
     tracing::info!(
@@ -250,6 +272,7 @@ pub async fn run(cfg: Config) -> Result<i32, ServeError> {
         }
     }
 
+    admin_stop.cancel();
     let leftovers = run.reaper.kill_all_children().await;
     if leftovers > 0 {
         tracing::warn!(

@@ -142,6 +142,7 @@ pub struct Config {
     pub worker_stop_timeout: Duration,
     pub chdir: Option<PathBuf>,
     pub forwarded_allow: ForwardedAllow,
+    pub admin_bind: Option<BindAddr>,
     pub log_format: LogFormat,
     pub log_level: String,
     /// The config file that was read, if any.
@@ -371,6 +372,21 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
         }
     };
 
+    let admin_bind = match raw.admin_bind {
+        None => None,
+        Some(a) => {
+            let addrs = parse_bind(&a).map_err(|m| cx.err("admin_bind", format!("{a:?}"), m))?;
+            if addrs.iter().any(|x| bind_addrs.contains(x)) {
+                return Err(cx.err(
+                    "admin_bind",
+                    format!("{a:?}"),
+                    "must differ from every `bind` address",
+                ));
+            }
+            addrs.into_iter().next()
+        }
+    };
+
     let log_format = match raw.log_format.as_deref() {
         None | Some("text") => LogFormat::Text,
         Some("json") => LogFormat::Json,
@@ -419,6 +435,7 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
         )?,
         chdir,
         forwarded_allow,
+        admin_bind,
         log_format,
         log_level,
         config_file: None,

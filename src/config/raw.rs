@@ -96,6 +96,8 @@ raw_config! {
     chdir: String,
     /// Peers whose X-Forwarded-* headers are trusted.
     forwarded_allow_ips: OneOrMany,
+    /// Address of the admin endpoint (`/healthz`, `/readyz`); off when unset.
+    admin_bind: String,
     /// `text` or `json`.
     log_format: String,
     /// A tracing filter (`info`, `debug`, `curfew=debug,info`).

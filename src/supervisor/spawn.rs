@@ -99,13 +99,26 @@ pub fn spawn(reaper: &Reaper, spec: &WorkerSpec, id: usize, uid: u64) -> std::io
     // Its own process group: a Ctrl-C in the terminal reaches curfew only,
     // and curfew can signal the worker together with its children.
     cmd.process_group(0);
-    if let Some(fd) = &listener {
-        let raw = fd.as_raw_fd();
-        // SAFETY: the closure runs in the child between fork and exec and only
-        // calls dup2/fcntl, which are async-signal-safe; it allocates nothing
-        // and takes no lock.
-        unsafe {
-            cmd.pre_exec(move || {
+    let listen_fd = listener.as_ref().map(|fd| fd.as_raw_fd());
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // calls prctl/getppid/dup2/fcntl, which are async-signal-safe; it
+    // allocates nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            // If curfew itself dies (even by SIGKILL), its workers die with it
+            // instead of living on as orphans. Workers are only spawned from
+            // the runtime's long-lived worker threads: the death signal fires
+            // when the *thread* that forked exits, which happens only at
+            // process exit, after every worker was stopped.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                // curfew died between fork and prctl.
+                libc::_exit(1);
+            }
+            if let Some(raw) = listen_fd {
                 if raw == LISTEN_FD {
                     // dup2 onto itself would keep FD_CLOEXEC: clear it instead.
                     if libc::fcntl(raw, libc::F_SETFD, 0) == -1 {
@@ -114,9 +127,9 @@ pub fn spawn(reaper: &Reaper, spec: &WorkerSpec, id: usize, uid: u64) -> std::io
                 } else if libc::dup2(raw, LISTEN_FD) == -1 {
                     return Err(std::io::Error::last_os_error());
                 }
-                Ok(())
-            });
-        }
+            }
+            Ok(())
+        });
     }
 
     let registration = reaper.lock();

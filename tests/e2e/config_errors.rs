@@ -137,3 +137,28 @@ fn help_documents_every_option_with_default() {
         "{help}"
     );
 }
+
+/// PORT and WEB_CONCURRENCY (Heroku, Render, ...) configure bind and workers;
+/// JSON logs are one object per line.
+#[test]
+fn platform_env_conventions_and_json_logs() {
+    let port = free_port();
+    let mut opts = Opts::testworker(&["--log-format", "json"], &[]);
+    opts.env = vec![
+        ("PORT".into(), port.to_string()),
+        ("WEB_CONCURRENCY".into(), "3".into()),
+    ];
+    let mut c = Curfew::spawn(opts);
+    // PORT → 0.0.0.0:$PORT; WEB_CONCURRENCY gives 3 workers.
+    let serving = c.wait_log("\"Serving.\"", std::time::Duration::from_secs(20));
+    assert!(serving.contains(&format!("0.0.0.0:{port}")), "{serving}");
+    assert_eq!(get(port, "/").status, 200);
+    assert_eq!(c.worker_pids_json().len(), 3, "{}", c.log_text());
+    c.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(c.wait_exit(std::time::Duration::from_secs(10)), 0);
+    for line in c.logs() {
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+    }
+}

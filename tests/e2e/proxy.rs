@@ -197,3 +197,70 @@ fn unix_socket_front() {
     assert_eq!(c.wait_exit(Duration::from_secs(10)), 0);
     assert!(!sock.exists(), "socket file removed on exit");
 }
+
+/// HTTP/2 (h2c, prior knowledge) clients are served, several streams on one
+/// connection, and get GOAWAY (not a reset) on shutdown.
+#[test]
+fn http2_prior_knowledge() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let mut c = Curfew::start(Opts::testworker(
+        &["-w", "2", "--worker-concurrency", "4"],
+        &[],
+    ));
+    let port = c.port;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let pid = c.pid();
+    let statuses = rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let (tx, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .expect("h2 handshake");
+        tokio::spawn(conn);
+        let mut tasks = Vec::new();
+        for i in 0..6 {
+            let mut tx = tx.clone();
+            tasks.push(tokio::spawn(async move {
+                let path = if i == 0 {
+                    "/sleep?ms=700".to_string()
+                } else {
+                    "/headers".to_string()
+                };
+                let req = http::Request::get(format!("http://127.0.0.1:{port}{path}"))
+                    .body(Empty::<bytes::Bytes>::new())
+                    .expect("request");
+                let res = tx.send_request(req).await.expect("response");
+                let status = res.status().as_u16();
+                let body = res.into_body().collect().await.expect("body").to_bytes();
+                (status, String::from_utf8_lossy(&body).into_owned())
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Shut down with the slow stream in flight: it must still complete.
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("sigterm");
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.expect("join"));
+        }
+        out
+    });
+    assert_eq!(c.wait_exit(Duration::from_secs(10)), 0);
+    for (status, body) in &statuses {
+        assert_eq!(*status, 200, "{body}");
+    }
+    assert_eq!(statuses[0].1, "slept 700\n");
+    // The worker saw an HTTP/1.1 request with a Host header.
+    let v: serde_json::Value = serde_json::from_str(&statuses[1].1).expect("json");
+    assert_eq!(v["version"], "HTTP/1.1");
+    assert_eq!(v["headers"]["host"][0], format!("127.0.0.1:{port}"));
+}

@@ -310,3 +310,36 @@ fn drain_delay_keeps_serving_then_closes() {
         "listener closed after exit"
     );
 }
+
+/// Readiness flips first: /readyz answers 503 from the moment SIGTERM
+/// arrives, while traffic is still served for drain_delay.
+#[test]
+fn readiness_flips_before_traffic_stops() {
+    let admin = free_port();
+    let admin_addr = format!("127.0.0.1:{admin}");
+    let mut c = Curfew::start(Opts::testworker(
+        &[
+            "-w",
+            "1",
+            "--drain-delay",
+            "1s",
+            "--admin-bind",
+            &admin_addr,
+        ],
+        &[],
+    ));
+    assert_eq!(get(admin, "/readyz").status, 200);
+    assert_eq!(get(admin, "/healthz").status, 200);
+    c.signal(Signal::SIGTERM);
+    c.wait_log("Received SIGTERM", Duration::from_secs(2));
+    let r = get(admin, "/readyz");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("lame-duck"), "{}", r.body);
+    assert_eq!(get(admin, "/healthz").status, 200, "still alive");
+    assert_eq!(
+        get(c.port, "/").status,
+        200,
+        "still serving during drain_delay"
+    );
+    assert_eq!(c.wait_exit(Duration::from_secs(10)), 0);
+}

@@ -86,15 +86,23 @@ impl Curfew {
 
     /// Start curfew without waiting for anything.
     pub fn spawn(opts: Opts) -> Curfew {
-        let port = free_port();
+        // A PORT in the test's env is the port curfew will bind (no --bind).
+        let env_port = opts
+            .env
+            .iter()
+            .find(|(k, _)| k == "PORT")
+            .and_then(|(_, v)| v.parse().ok());
+        let port = env_port.unwrap_or_else(free_port);
         let marker = marker();
         let mut cmd = Command::new(CURFEW);
         cmd.arg("serve");
-        let bind = opts
-            .bind
-            .clone()
-            .unwrap_or_else(|| format!("127.0.0.1:{port}"));
-        cmd.args(["--bind", &bind]);
+        if env_port.is_none() {
+            let bind = opts
+                .bind
+                .clone()
+                .unwrap_or_else(|| format!("127.0.0.1:{port}"));
+            cmd.args(["--bind", &bind]);
+        }
         cmd.args(&opts.args);
         cmd.arg("--");
         cmd.args(&opts.command);
@@ -574,5 +582,17 @@ impl Curfew {
             }
         }
         n
+    }
+}
+
+impl Curfew {
+    /// Worker pids from JSON "Worker ready." lines.
+    pub fn worker_pids_json(&self) -> Vec<i64> {
+        self.logs()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["message"] == "Worker ready.")
+            .filter_map(|v| v["pid"].as_i64())
+            .collect()
     }
 }

@@ -197,3 +197,14 @@ fn worker_output_is_relogged_with_worker_id() {
         "{line}"
     );
 }
+
+/// Even if curfew itself is SIGKILLed (OOM killer, kill -9), its workers do
+/// not live on as orphans.
+#[test]
+fn workers_die_with_a_killed_curfew() {
+    let mut c = Curfew::start(Opts::testworker(&["-w", "3"], &[]));
+    assert_eq!(c.worker_pids().len(), 3);
+    c.signal(Signal::SIGKILL);
+    let _ = c.child.wait();
+    assert_no_survivors(&c);
+}

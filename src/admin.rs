@@ -1,0 +1,101 @@
+//! The admin HTTP endpoint (off unless `admin_bind` is set; loopback is the
+//! recommended address): `/healthz` (alive: 200 until curfew exits) and
+//! `/readyz` (ready for traffic: 200 only while serving with at least one
+//! ready worker; 503 from the moment a stop is requested, so load balancers
+//! and Kubernetes readiness probes deregister curfew during `drain_delay`).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::BindAddr;
+use crate::lifecycle::Phase;
+use crate::proxy::Front;
+use crate::proxy::listener::{Accepted, BindError, Listener};
+
+/// What the admin endpoint reports from.
+#[derive(Clone)]
+pub struct AdminState {
+    pub phase: watch::Receiver<Phase>,
+    pub front: Arc<Front>,
+}
+
+impl AdminState {
+    fn ready(&self) -> bool {
+        self.phase.borrow().is_ready() && self.front.router.ready_workers() > 0
+    }
+
+    fn respond(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let phase = *self.phase.borrow();
+        let (status, body) = match req.uri().path() {
+            "/healthz" => (StatusCode::OK, format!("ok {phase}\n")),
+            "/readyz" if self.ready() => (StatusCode::OK, format!("ready {phase}\n")),
+            "/readyz" => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready {phase}\n"),
+            ),
+            _ => (
+                StatusCode::NOT_FOUND,
+                "not found: try /healthz or /readyz\n".to_string(),
+            ),
+        };
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        r.headers_mut().insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("no-store"),
+        );
+        r
+    }
+}
+
+/// Bind the admin address (errors are reported like any bind error).
+pub fn bind(addr: &BindAddr) -> Result<Listener, BindError> {
+    Listener::bind(addr)
+}
+
+/// Serve the admin endpoint until `stop` is cancelled.
+pub async fn serve(listener: Listener, state: AdminState, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let Ok(accepted) = accepted else {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            continue;
+        };
+        let st = state.clone();
+        let stop = stop.clone();
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let r = st.respond(&req);
+            async move { Ok::<_, Infallible>(r) }
+        });
+        tokio::spawn(async move {
+            let builder = hyper::server::conn::http1::Builder::new();
+            match accepted {
+                Accepted::Tcp(s, _) => {
+                    let conn = builder.serve_connection(TokioIo::new(s), svc);
+                    tokio::select! { _ = conn => {}, _ = stop.cancelled() => {} }
+                }
+                Accepted::Unix(s) => {
+                    let conn = builder.serve_connection(TokioIo::new(s), svc);
+                    tokio::select! { _ = conn => {}, _ = stop.cancelled() => {} }
+                }
+            }
+        });
+    }
+    for _ in listener.drain_and_close() {}
+}
