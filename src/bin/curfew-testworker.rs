@@ -110,6 +110,8 @@ struct State {
     id: String,
     pid: u32,
     tag: String,
+    /// `/close-listener`: stop accepting, keep running.
+    close_listener: tokio::sync::Notify,
 }
 
 /// Write one line to stderr, ignoring errors (a closed log pipe must not
@@ -322,6 +324,7 @@ async fn run(args: Args, spec: SocketSpec) -> ExitCode {
         id: id.clone(),
         pid,
         tag: args.tag.clone(),
+        close_listener: tokio::sync::Notify::new(),
     });
 
     {
@@ -339,9 +342,16 @@ async fn run(args: Args, spec: SocketSpec) -> ExitCode {
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
 
+    let mut listener = Some(listener);
     loop {
         tokio::select! {
-            accepted = accept(&listener) => match accepted {
+            _ = state.close_listener.notified(), if listener.is_some() => {
+                // Stop accepting but keep running and serving open connections:
+                // connects to this worker are refused from now on.
+                listener = None;
+                log(&format!("testworker closed its listener id={id} pid={pid}"));
+            }
+            accepted = accept_some(&listener) => match accepted {
                 Ok(Accepted::Tcp(stream)) => {
                     let _ = stream.set_nodelay(true);
                     spawn_conn(stream, &builder, graceful.watcher(), &state);
@@ -365,9 +375,7 @@ async fn run(args: Args, spec: SocketSpec) -> ExitCode {
         }
     }
 
-    // Stop accepting: close our copy of the listening socket. (With an
-    // inherited socket the supervisor keeps its copy, so pending clients
-    // wait in the backlog for the next worker.)
+    // Stop accepting: close our copy of the listening socket.
     drop(listener);
     log(&format!("testworker shutting down id={id} pid={pid}"));
 
@@ -387,6 +395,13 @@ async fn run(args: Args, spec: SocketSpec) -> ExitCode {
 enum Accepted {
     Tcp(tokio::net::TcpStream),
     Unix(tokio::net::UnixStream),
+}
+
+async fn accept_some(listener: &Option<Listener>) -> io::Result<Accepted> {
+    match listener {
+        Some(l) => accept(l).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn accept(listener: &Listener) -> io::Result<Accepted> {
@@ -529,6 +544,10 @@ async fn route(req: Request<Incoming>, state: &State) -> Result<Response<Body>, 
         )),
 
         "/health" => ok("ok"),
+        "/close-listener" => {
+            state.close_listener.notify_one();
+            ok("closing listener")
+        }
 
         "/sleep" => {
             let ms: u64 = num_param(query, "ms", 0)?;

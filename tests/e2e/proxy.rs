@@ -264,3 +264,32 @@ fn http2_prior_knowledge() {
     assert_eq!(v["version"], "HTTP/1.1");
     assert_eq!(v["headers"]["host"][0], format!("127.0.0.1:{port}"));
 }
+
+/// A worker that refuses connections (it closed its listener but still runs)
+/// is skipped: requests of any method are retried on another worker, none
+/// fails.
+#[test]
+fn refused_connection_is_retried_on_another_worker() {
+    let c = Curfew::start(Opts::testworker(
+        &["-w", "2", "--worker-concurrency", "1"],
+        &[],
+    ));
+    assert_eq!(get(c.port, "/close-listener").status, 200);
+    c.wait_log("testworker closed its listener", Duration::from_secs(2));
+    // Let pooled keep-alive connections to it expire (upstream idle timeout 1 s),
+    // so new requests must connect, and get refused.
+    std::thread::sleep(Duration::from_millis(1300));
+    let mut served_by = std::collections::HashSet::new();
+    for i in 0..20 {
+        let body = format!("payload {i}");
+        let r = http(c.port, "POST", "/echo", &[], body.as_bytes()).expect("request");
+        assert_eq!((r.status, r.body.as_str()), (200, body.as_str()));
+        served_by.insert(get(c.port, "/env?name=CURFEW_WORKER_ID").body);
+    }
+    assert_eq!(
+        served_by.len(),
+        1,
+        "only the accepting worker served: {served_by:?}"
+    );
+    assert!(c.faults().is_empty(), "{:?}", c.faults());
+}
