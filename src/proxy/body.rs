@@ -12,17 +12,17 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 
 use super::conn::RequestGuard;
 use super::router::Lease;
+use super::upstream::Upstream;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Accounting that ends with the response.
 pub struct Guard {
     pub lease: Option<Lease>,
-    pub upstream: Option<SendRequest<Incoming>>,
+    pub upstream: Option<Upstream>,
     pub request: Option<RequestGuard>,
     finished: AtomicBool,
 }
@@ -30,7 +30,7 @@ pub struct Guard {
 impl Guard {
     pub fn new(
         lease: Option<Lease>,
-        upstream: Option<SendRequest<Incoming>>,
+        upstream: Option<Upstream>,
         request: Option<RequestGuard>,
     ) -> Self {
         Guard {

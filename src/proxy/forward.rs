@@ -21,6 +21,10 @@ use super::conn::{ConnState, RequestGuard};
 use super::headers;
 use super::router::Rejected;
 
+/// How long a worker whose connection broke or refused gets no new request
+/// (time for the supervisor to learn whether it died).
+const SUSPEND_AFTER_FAILURE: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Longest path kept for logs.
 const MAX_LOGGED_PATH: usize = 512;
 
@@ -111,22 +115,23 @@ pub async fn handle(
             }
         };
         // A pooled connection, or a new one.
-        let (mut tx, reused) = match lease.pool.take_idle() {
-            Some(tx) => (tx, true),
+        let (mut up, reused) = match lease.pool.take_idle() {
+            Some(up) => (up, true),
             None => match lease.pool.connect().await {
-                Ok(tx) => (tx, false),
+                Ok(up) => (up, false),
                 Err(e) => {
                     tracing::debug!(worker = lease.worker_id, error = %e, "Worker refused the connection; trying another.");
+                    front.router.suspend(lease.uid, SUSPEND_AFTER_FAILURE);
                     excluded.push(lease.uid);
                     continue;
                 }
             },
         };
-        if reused && tx.ready().await.is_err() {
+        if reused && up.tx.ready().await.is_err() {
             continue; // closed while idle; the request was not sent
         }
-        match tx.try_send_request(upreq).await {
-            Ok(res) => break (lease, tx, res),
+        match up.tx.try_send_request(upreq).await {
+            Ok(res) => break (lease, up, res),
             Err(mut e) => match e.take_message() {
                 Some(back) => {
                     // Never written: safe to send again, on a fresh connection.
@@ -137,6 +142,7 @@ pub async fn handle(
                     continue;
                 }
                 None => {
+                    front.router.suspend(lease.uid, SUSPEND_AFTER_FAILURE);
                     tracing::warn!(
                         %method,
                         path,

@@ -51,6 +51,8 @@ struct Backend {
     worker: ReadyWorker,
     pool: Arc<Pool>,
     in_flight: usize,
+    /// No new request until then (see [`Router::suspend`]).
+    suspended_until: Option<Instant>,
 }
 
 struct Waiter {
@@ -179,7 +181,10 @@ impl Router {
         for k in 0..n {
             let i = (st.cursor + k) % n;
             let b = &st.backends[i];
-            if b.in_flight >= self.concurrency || exclude.contains(&b.worker.uid) {
+            if b.in_flight >= self.concurrency
+                || exclude.contains(&b.worker.uid)
+                || b.suspended_until.is_some_and(|t| Instant::now() < t)
+            {
                 continue;
             }
             if best.is_none_or(|j| b.in_flight < st.backends[j].in_flight) {
@@ -263,8 +268,29 @@ impl Router {
             worker,
             pool,
             in_flight: 0,
+            suspended_until: None,
         });
         self.dispatch(&mut st);
+    }
+
+    /// Route nothing new to a worker for `d`. Called when a connection to it
+    /// broke or was refused: the worker most likely just died, and the
+    /// supervisor learns that a moment later (from SIGCHLD) and removes it;
+    /// until then, requests must not be sent into the dead process.
+    pub fn suspend(self: &Arc<Self>, uid: u64, d: Duration) {
+        {
+            let mut st = self.lock();
+            let Some(b) = st.backends.iter_mut().find(|b| b.worker.uid == uid) else {
+                return;
+            };
+            b.suspended_until = Some(Instant::now() + d);
+        }
+        let router = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            let mut st = router.lock();
+            router.dispatch(&mut st);
+        });
     }
 
     /// Stop routing to a worker instance; its in-flight requests finish.
@@ -406,6 +432,23 @@ mod tests {
                 .err(),
             Some(Rejected::Unavailable)
         );
+    }
+
+    #[tokio::test]
+    async fn suspended_worker_gets_nothing_until_it_is_back() {
+        let r = Router::new(1, 5);
+        r.add(worker(1, 0));
+        r.add(worker(2, 1));
+        r.suspend(1, Duration::from_millis(100));
+        for _ in 0..4 {
+            assert_eq!(get(&r).await.expect("slot").uid, 2);
+        }
+        // A queued request is served by the suspended worker once it is back.
+        let held = get(&r).await.expect("slot");
+        assert_eq!(held.uid, 2);
+        let r2 = r.clone();
+        let w = tokio::spawn(async move { get(&r2).await.map(|l| l.uid) });
+        assert_eq!(w.await.expect("join"), Ok(1));
     }
 
     #[tokio::test]

@@ -8,7 +8,10 @@
 //! too (`try_send_request`). Idle connections are dropped after
 //! [`IDLE_TIMEOUT`], shorter than any common server's keep-alive timeout
 //! (gunicorn gthread 2 s, uvicorn/Node 5 s), so curfew never reuses a
-//! connection the worker is closing at the same moment.
+//! connection the worker is closing at the same moment; and before an idle
+//! connection is reused, its socket is peeked (non-blocking `MSG_PEEK`): a
+//! worker that died or closed it while it sat in the pool shows EOF there,
+//! and the connection is dropped instead of losing a request to it.
 
 use std::pin::Pin;
 use std::sync::Mutex;
@@ -20,6 +23,8 @@ use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use nix::sys::socket::{MsgFlags, recv};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
@@ -105,6 +110,42 @@ pub enum ConnectError {
     },
 }
 
+/// A connection to a worker: hyper's request handle, and a duplicate of the
+/// socket's fd used only to peek whether the worker closed it while idle.
+pub struct Upstream {
+    pub tx: SendRequest<Incoming>,
+    probe: Option<OwnedFd>,
+}
+
+impl Upstream {
+    /// Still open and idle as far as the kernel knows: no EOF, no error, no
+    /// unsolicited bytes waiting.
+    fn looks_alive(&self) -> bool {
+        if self.tx.is_closed() {
+            return false;
+        }
+        let Some(fd) = &self.probe else { return true };
+        let mut buf = [0u8; 1];
+        match recv(
+            fd.as_raw_fd(),
+            &mut buf,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+        ) {
+            Err(nix::errno::Errno::EAGAIN) => true,
+            Err(nix::errno::Errno::EINTR) => true,
+            _ => false, // 0 = EOF, >0 = stray bytes, other errors = reset
+        }
+    }
+}
+
+fn probe_fd(s: &Stream) -> Option<OwnedFd> {
+    let fd = match s {
+        Stream::Tcp(t) => t.as_fd(),
+        Stream::Unix(u) => u.as_fd(),
+    };
+    fd.try_clone_to_owned().ok()
+}
+
 pub async fn open(addr: &WorkerAddr) -> Result<TokioIo<Stream>, ConnectError> {
     let fut = async {
         match addr {
@@ -129,7 +170,7 @@ pub async fn open(addr: &WorkerAddr) -> Result<TokioIo<Stream>, ConnectError> {
 /// Keep-alive connections to one worker process.
 pub struct Pool {
     addr: WorkerAddr,
-    idle: Mutex<Vec<(SendRequest<Incoming>, Instant)>>,
+    idle: Mutex<Vec<(Upstream, Instant)>>,
 }
 
 impl Pool {
@@ -145,31 +186,32 @@ impl Pool {
     }
 
     /// The most recently used idle connection that is still open and fresh.
-    pub fn take_idle(&self) -> Option<SendRequest<Incoming>> {
+    pub fn take_idle(&self) -> Option<Upstream> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((tx, since)) = idle.pop() {
-            if !tx.is_closed() && since.elapsed() < IDLE_TIMEOUT {
-                return Some(tx);
+        while let Some((up, since)) = idle.pop() {
+            if since.elapsed() < IDLE_TIMEOUT && up.looks_alive() {
+                return Some(up);
             }
         }
         None
     }
 
     /// Return a connection whose last response was read to the end.
-    pub fn put(&self, tx: SendRequest<Incoming>) {
-        if tx.is_closed() {
+    pub fn put(&self, up: Upstream) {
+        if up.tx.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.retain(|(t, since)| !t.is_closed() && since.elapsed() < IDLE_TIMEOUT);
+        idle.retain(|(u, since)| !u.tx.is_closed() && since.elapsed() < IDLE_TIMEOUT);
         if idle.len() < MAX_IDLE {
-            idle.push((tx, Instant::now()));
+            idle.push((up, Instant::now()));
         }
     }
 
     /// A new connection.
-    pub async fn connect(&self) -> Result<SendRequest<Incoming>, ConnectError> {
+    pub async fn connect(&self) -> Result<Upstream, ConnectError> {
         let io = open(&self.addr).await?;
+        let probe = probe_fd(io.inner());
         let (tx, conn) = http1::Builder::new()
             .handshake(io)
             .await
@@ -182,7 +224,7 @@ impl Pool {
                 tracing::debug!(error = %e, "Upstream connection ended with an error.");
             }
         });
-        Ok(tx)
+        Ok(Upstream { tx, probe })
     }
 }
 
