@@ -66,6 +66,18 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub boot_timeout: Option<String>,
 
+    /// A request with no response after this long gets 504; a sync worker (concurrency 1) serving it is aborted as hung; 0 disables [default: 30s; env: CURFEW_TIMEOUT]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub timeout: Option<String>,
+
+    /// Time a hung worker gets between SIGABRT (so it can dump its stack) and SIGKILL [default: 2s; env: CURFEW_ABORT_TIMEOUT]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub abort_timeout: Option<String>,
+
+    /// Set PYTHONFAULTHANDLER=1 for workers so Python prints its traceback on SIGABRT [default: true; env: CURFEW_FAULTHANDLER]
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub faulthandler: Option<bool>,
+
     /// After SIGTERM, keep serving (while not ready) this long so load balancers deregister [default: 0; env: CURFEW_DRAIN_DELAY]
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub drain_delay: Option<String>,
@@ -118,6 +130,9 @@ impl ServeArgs {
             ready_path: self.ready_path.clone(),
             boot_timeout: dur(&self.boot_timeout),
             drain_delay: dur(&self.drain_delay),
+            timeout: dur(&self.timeout),
+            abort_timeout: dur(&self.abort_timeout),
+            faulthandler: self.faulthandler,
             graceful_timeout: dur(&self.graceful_timeout),
             worker_stop_timeout: dur(&self.worker_stop_timeout),
             chdir: self.chdir.clone(),

@@ -164,6 +164,10 @@ pub async fn run(cfg: Config) -> Result<i32, ServeError> {
     let front = Front::new(&cfg);
     let spec = WorkerSpec::from_config(&cfg, run_dir.clone());
     let sup = Supervisor::new(reaper.clone(), spec, front.clone());
+    let handle = sup.handle();
+    front.on_hung(Box::new(move |uid, reason, request| {
+        handle.abort(uid, reason, request)
+    }));
     let (phase_tx, _) = watch::channel(Phase::Starting);
     let mut run = Run {
         cfg,

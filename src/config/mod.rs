@@ -139,6 +139,10 @@ pub struct Config {
     pub boot_timeout: Duration,
     pub drain_delay: Duration,
     pub graceful_timeout: Duration,
+    /// `None` when disabled (`timeout = 0`).
+    pub timeout: Option<Duration>,
+    pub abort_timeout: Duration,
+    pub faulthandler: bool,
     pub worker_stop_timeout: Duration,
     pub chdir: Option<PathBuf>,
     pub forwarded_allow: ForwardedAllow,
@@ -154,6 +158,8 @@ pub const DEFAULT_BACKLOG: usize = 1024;
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_GRACEFUL_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_WORKER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_ABORT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// 2 × cores + 1, the gunicorn rule of thumb, used when neither `workers`
 /// nor `WEB_CONCURRENCY` is set.
@@ -423,6 +429,10 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
             d
         },
         drain_delay: cx.duration("drain_delay", raw.drain_delay, Duration::ZERO)?,
+        timeout: Some(cx.duration("timeout", raw.timeout, DEFAULT_TIMEOUT)?)
+            .filter(|d| !d.is_zero()),
+        abort_timeout: cx.duration("abort_timeout", raw.abort_timeout, DEFAULT_ABORT_TIMEOUT)?,
+        faulthandler: raw.faulthandler.unwrap_or(true),
         graceful_timeout: cx.duration(
             "graceful_timeout",
             raw.graceful_timeout,

@@ -89,6 +89,13 @@ raw_config! {
     /// Path probed to decide a worker is ready.
     ready_path: String,
     boot_timeout: RawDuration,
+    /// A request with no response headers after this long gets 504; a sync
+    /// worker (concurrency 1) serving it is hung and is aborted. 0 = off.
+    timeout: RawDuration,
+    /// Time a hung worker gets between SIGABRT (stack dump) and SIGKILL.
+    abort_timeout: RawDuration,
+    /// Set PYTHONFAULTHANDLER=1 in workers (Python dumps its stack on SIGABRT).
+    faulthandler: bool,
     drain_delay: RawDuration,
     graceful_timeout: RawDuration,
     worker_stop_timeout: RawDuration,

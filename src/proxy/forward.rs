@@ -20,10 +20,29 @@ use super::body::{Guard, ProxyBody};
 use super::conn::{ConnState, RequestGuard};
 use super::headers;
 use super::router::Rejected;
+use super::upstream::ConnectError;
 
 /// How long a worker whose connection broke or refused gets no new request
 /// (time for the supervisor to learn whether it died).
 const SUSPEND_AFTER_FAILURE: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// A hung worker stays out of routing until the supervisor has replaced it.
+const HUNG_SUSPENSION: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Run `f` until `deadline` (`None` when it passed first).
+async fn until<F: std::future::Future>(
+    deadline: Option<tokio::time::Instant>,
+    f: F,
+) -> Option<F::Output> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, f).await.ok(),
+        None => Some(f.await),
+    }
+}
+
+fn millis(d: Option<std::time::Duration>) -> u64 {
+    d.map_or(0, |d| d.as_millis() as u64)
+}
 
 /// Longest path kept for logs.
 const MAX_LOGGED_PATH: usize = 512;
@@ -94,12 +113,25 @@ pub async fn handle(
     let mut upreq = Request::from_parts(parts, body);
 
     let mut excluded: Vec<u64> = Vec::new();
+    // `timeout` bounds the wait for a worker and for the response headers.
+    let deadline = front
+        .timeout
+        .map(|t| tokio::time::Instant::from_std(started) + t);
     let (lease, tx, res) = loop {
-        let lease = match front
-            .router
-            .acquire(&method, &path, started, &excluded)
-            .await
-        {
+        let Some(acquired) = until(
+            deadline,
+            front.router.acquire(&method, &path, started, &excluded),
+        )
+        .await
+        else {
+            tracing::warn!(%method, path, timeout_ms = millis(front.timeout), "No worker became free within timeout: answering 504.");
+            return Ok(error_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                "no worker became free in time\n",
+                request_guard,
+            ));
+        };
+        let lease = match acquired {
             Ok(l) => l,
             Err(Rejected::QueueFull) => {
                 tracing::warn!(%method, path, backlog = front.backlog, "Every worker is busy and the queue is full: answering 503.");
@@ -117,8 +149,19 @@ pub async fn handle(
         // A pooled connection, or a new one.
         let (mut up, reused) = match lease.pool.take_idle() {
             Some(up) => (up, true),
-            None => match lease.pool.connect().await {
+            None => match until(deadline, lease.pool.connect())
+                .await
+                .unwrap_or(Err(ConnectError::Deadline))
+            {
                 Ok(up) => (up, false),
+                Err(ConnectError::Deadline) => {
+                    tracing::warn!(%method, path, worker = lease.worker_id, "Connecting to the worker took longer than timeout: answering 504.");
+                    return Ok(error_response(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "the worker did not answer in time\n",
+                        request_guard,
+                    ));
+                }
                 Err(e) => {
                     tracing::debug!(worker = lease.worker_id, error = %e, "Worker refused the connection; trying another.");
                     front.router.suspend(lease.uid, SUSPEND_AFTER_FAILURE);
@@ -130,7 +173,35 @@ pub async fn handle(
         if reused && up.tx.ready().await.is_err() {
             continue; // closed while idle; the request was not sent
         }
-        match up.tx.try_send_request(upreq).await {
+        let Some(sent) = until(deadline, up.tx.try_send_request(upreq)).await else {
+            let age = started.elapsed();
+            if front.worker_concurrency == 1 {
+                // A sync worker that has not answered in `timeout` is hung:
+                // keep it out of routing and have the supervisor abort it.
+                front.router.suspend(lease.uid, HUNG_SUSPENSION);
+                front.report_hung(
+                    lease.uid,
+                    format!(
+                        "request exceeded timeout ({:?})",
+                        front.timeout.unwrap_or_default()
+                    ),
+                    format!("{method} {path} (age {} ms)", age.as_millis()),
+                );
+            }
+            tracing::warn!(
+                %method,
+                path,
+                worker = lease.worker_id,
+                age_ms = age.as_millis() as u64,
+                "Request exceeded timeout: answering 504."
+            );
+            return Ok(error_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                "the worker did not answer in time\n",
+                request_guard,
+            ));
+        };
+        match sent {
             Ok(res) => break (lease, up, res),
             Err(mut e) => match e.take_message() {
                 Some(back) => {

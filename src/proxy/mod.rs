@@ -31,11 +31,18 @@ use conn::ConnState;
 use listener::{Accepted, Listener};
 use router::Router;
 
+pub type HungHandler = Box<dyn Fn(u64, String, String) + Send + Sync>;
+
 /// Shared state of the front.
 pub struct Front {
     pub router: Arc<Router>,
     pub forwarded_allow: ForwardedAllow,
     pub backlog: usize,
+    /// Time to response headers; `None` = unbounded.
+    pub timeout: Option<Duration>,
+    pub worker_concurrency: usize,
+    /// Called with (worker uid, reason, request) when a sync worker hangs.
+    on_hung: std::sync::OnceLock<HungHandler>,
     ready_path: Option<String>,
     /// Cancelled when the drain starts: responses get `Connection: close`,
     /// idle connections close.
@@ -57,6 +64,9 @@ impl Front {
             router: Router::new(cfg.worker_concurrency, cfg.backlog),
             forwarded_allow: cfg.forwarded_allow.clone(),
             backlog: cfg.backlog,
+            timeout: cfg.timeout,
+            worker_concurrency: cfg.worker_concurrency,
+            on_hung: std::sync::OnceLock::new(),
             ready_path: cfg.ready_path.clone(),
             draining: CancellationToken::new(),
             abort: CancellationToken::new(),
@@ -65,6 +75,17 @@ impl Front {
             accept_loops: std::sync::Mutex::new(Vec::new()),
             builder,
         })
+    }
+
+    /// Set what to do with a hung worker (the supervisor aborts it).
+    pub fn on_hung(&self, f: HungHandler) {
+        let _ = self.on_hung.set(f);
+    }
+
+    pub(crate) fn report_hung(&self, uid: u64, reason: String, request: String) {
+        if let Some(f) = self.on_hung.get() {
+            f(uid, reason, request);
+        }
     }
 
     /// Start accepting on `listeners`.

@@ -108,6 +108,9 @@ pub enum ConnectError {
         addr: WorkerAddr,
         source: hyper::Error,
     },
+    /// The request's own deadline passed while connecting.
+    #[error("the request's deadline passed while connecting")]
+    Deadline,
 }
 
 /// A connection to a worker: hyper's request handle, and a duplicate of the

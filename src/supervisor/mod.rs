@@ -87,6 +87,8 @@ pub struct WorkerSpec {
     pub chdir: Option<PathBuf>,
     pub boot_timeout: Duration,
     pub stop_timeout: Duration,
+    pub abort_timeout: Duration,
+    pub faulthandler: bool,
     pub run_dir: PathBuf,
 }
 
@@ -98,6 +100,8 @@ impl WorkerSpec {
             chdir: cfg.chdir.clone(),
             boot_timeout: cfg.boot_timeout,
             stop_timeout: cfg.worker_stop_timeout,
+            abort_timeout: cfg.abort_timeout,
+            faulthandler: cfg.faulthandler,
             run_dir,
         }
     }
@@ -124,6 +128,36 @@ struct Shared {
     spec: WorkerSpec,
     backends: Arc<dyn Backends>,
     next_uid: AtomicU64,
+    /// Serving worker instances, by uid: how to reach their slot.
+    serving: std::sync::Mutex<std::collections::HashMap<u64, mpsc::UnboundedSender<Command>>>,
+}
+
+/// Something a slot is asked to do with its current worker.
+#[derive(Debug)]
+enum Command {
+    /// The worker is hung: dump its stack (SIGABRT), kill it, replace it.
+    Abort { reason: String, request: String },
+}
+
+/// A cheap, cloneable way to act on workers from elsewhere (the proxy's
+/// hung-request detection).
+#[derive(Clone)]
+pub struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl Handle {
+    /// Abort worker instance `uid` as hung (no-op if it is gone already).
+    pub fn abort(&self, uid: u64, reason: String, request: String) {
+        let map = self
+            .shared
+            .serving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = map.get(&uid) {
+            let _ = tx.send(Command::Abort { reason, request });
+        }
+    }
 }
 
 struct Slot {
@@ -147,9 +181,16 @@ impl Supervisor {
                 spec,
                 backends,
                 next_uid: AtomicU64::new(1),
+                serving: Default::default(),
             }),
             slots: Vec::new(),
             kill_now: CancellationToken::new(),
+        }
+    }
+
+    pub fn handle(&self) -> Handle {
+        Handle {
+            shared: self.shared.clone(),
         }
     }
 
@@ -316,7 +357,7 @@ async fn run_slot(
                     worker = id,
                     pid = inst.pid,
                     retry_in_ms = delay.as_millis() as u64,
-                    stderr = %stderr,
+                    stderr = %inst.tail.last_one_line(12),
                     "Worker failed to boot: {reason}."
                 );
                 if sleep_or_stop(delay, &stop).await {
@@ -326,27 +367,88 @@ async fn run_slot(
             }
         }
 
-        // Serving until it exits or we are told to stop.
-        tokio::select! {
-            status = &mut inst.exit => {
-                shared.backends.remove(uid);
-                let status = status.unwrap_or(ExitStatus::Code(-1));
+        // Serving until it exits, hangs, or we are told to stop.
+        let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
+        shared
+            .serving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(uid, cmd_tx);
+        let outcome = tokio::select! {
+            status = &mut inst.exit => Serving::Exited(status.unwrap_or(ExitStatus::Code(-1))),
+            Some(Command::Abort { reason, request }) = cmd_rx.recv() => Serving::Hung { reason, request },
+            _ = stop.cancelled() => Serving::Stop,
+        };
+        shared
+            .serving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&uid);
+        shared.backends.remove(uid);
+        let delay = match outcome {
+            Serving::Stop => return stop_instance(&shared, inst, id, &kill_now).await,
+            Serving::Exited(status) => {
                 inst.signal_group(Signal::SIGKILL);
                 inst.flush_stderr().await;
                 let class = ExitClass::of(status, SentSignal::None, false);
                 let uptime = inst.started.elapsed();
                 let delay = backoff.next_delay(uptime);
                 log_exit(&class, id, inst.pid, uptime, &inst.tail, Some(delay));
-                if sleep_or_stop(delay, &stop).await {
-                    return SlotOutcome::default();
-                }
+                delay
             }
-            _ = stop.cancelled() => {
-                shared.backends.remove(uid);
-                return stop_instance(&shared, inst, id, &kill_now).await;
+            Serving::Hung { reason, request } => {
+                let delay = backoff.next_delay(inst.started.elapsed());
+                abort_hung(&shared, &mut inst, id, &reason, &request, &kill_now).await;
+                delay
             }
+        };
+        if sleep_or_stop(delay, &stop).await {
+            return SlotOutcome::default();
         }
     }
+}
+
+enum Serving {
+    Exited(ExitStatus),
+    Hung { reason: String, request: String },
+    Stop,
+}
+
+/// A hung worker: SIGABRT so its runtime can dump where it is stuck (Python
+/// with faulthandler prints every thread's traceback), wait `abort_timeout`,
+/// SIGKILL if still there; then log it, with its last stderr lines, as the
+/// one worker event that is an ERROR by design.
+async fn abort_hung(
+    shared: &Shared,
+    inst: &mut Instance,
+    id: usize,
+    reason: &str,
+    request: &str,
+    kill_now: &CancellationToken,
+) {
+    let mark = inst.tail.mark();
+    inst.signal_group(Signal::SIGABRT);
+    let killed = tokio::select! {
+        _ = &mut inst.exit => false,
+        _ = tokio::time::sleep(shared.spec.abort_timeout) => true,
+        _ = kill_now.cancelled() => true,
+    };
+    if killed {
+        inst.signal_group(Signal::SIGKILL);
+        let _ = (&mut inst.exit).await;
+    }
+    inst.signal_group(Signal::SIGKILL);
+    inst.flush_stderr().await;
+    tracing::error!(
+        worker = id,
+        pid = inst.pid,
+        reason,
+        request,
+        killed_after_abort = killed,
+        stack_dump = %inst.tail.since(mark, 60),
+        "Worker hung: aborted it (SIGABRT{}) and starting a replacement.",
+        if killed { ", then SIGKILL" } else { "" }
+    );
 }
 
 fn start_instance(shared: &Shared, id: usize, uid: u64) -> std::io::Result<Instance> {
@@ -468,11 +570,11 @@ fn log_exit(
     match class.severity() {
         Severity::Info => tracing::info!(worker = id, pid, uptime_ms, reason, "{msg}"),
         Severity::Warn => {
-            let stderr = tail.last(8);
+            let stderr = tail.last_one_line(8);
             tracing::warn!(worker = id, pid, uptime_ms, reason, restart_in_ms, stderr = %stderr, "{msg}")
         }
         Severity::Error => {
-            let stderr = tail.last(8);
+            let stderr = tail.last_one_line(8);
             tracing::error!(worker = id, pid, uptime_ms, reason, restart_in_ms, stderr = %stderr, "{msg}")
         }
     }

@@ -11,20 +11,29 @@ use tokio::task::JoinHandle;
 
 /// Longest line re-logged; the rest of a longer line is cut (and marked).
 const MAX_LINE: usize = 16 * 1024;
-/// Stderr lines kept per worker.
-const TAIL_LINES: usize = 30;
+/// Stderr lines kept per worker (a Python stack dump of a deep call chain is
+/// 40-60 lines).
+const TAIL_LINES: usize = 100;
 
 /// The last lines a worker wrote to stderr.
 #[derive(Clone, Default)]
-pub struct Tail(Arc<Mutex<VecDeque<String>>>);
+pub struct Tail(Arc<Mutex<TailInner>>);
+
+#[derive(Default)]
+struct TailInner {
+    lines: VecDeque<String>,
+    /// Lines ever pushed (so a mark survives the ring buffer's rotation).
+    total: u64,
+}
 
 impl Tail {
     fn push(&self, line: String) {
-        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if q.len() == TAIL_LINES {
-            q.pop_front();
+        let mut t = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if t.lines.len() == TAIL_LINES {
+            t.lines.pop_front();
         }
-        q.push_back(line);
+        t.lines.push_back(line);
+        t.total += 1;
     }
 
     /// The kept lines, oldest first.
@@ -32,15 +41,46 @@ impl Tail {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .lines
             .iter()
             .cloned()
             .collect()
     }
 
-    /// The last `n` lines joined by newlines.
+    /// The last `n` lines joined by newlines (for messages read by people).
     pub fn last(&self, n: usize) -> String {
+        self.last_joined(n, "\n")
+    }
+
+    /// The last `n` lines on one line, separated by " | " (for a log field:
+    /// a newline inside a log event would split it for journald and friends).
+    pub fn last_one_line(&self, n: usize) -> String {
+        self.last_joined(n, " | ")
+    }
+
+    fn last_joined(&self, n: usize, sep: &str) -> String {
         let lines = self.lines();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        lines[lines.len().saturating_sub(n)..].join(sep)
+    }
+
+    /// A position: [`Tail::since`] returns what was written after it.
+    pub fn mark(&self) -> u64 {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).total
+    }
+
+    /// Up to `max` lines written after `mark` (the first ones: a stack dump
+    /// prints the innermost frame first), on one line separated by " | ".
+    pub fn since(&self, mark: u64, max: usize) -> String {
+        let t = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let first_kept = t.total - t.lines.len() as u64;
+        let skip = mark.saturating_sub(first_kept) as usize;
+        t.lines
+            .iter()
+            .skip(skip)
+            .take(max)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" | ")
     }
 }
 
@@ -109,5 +149,26 @@ fn emit(raw: &[u8], truncated: bool, worker: usize, pid: u32, stream: Stream, ta
     tracing::info!(target: "curfew::worker", worker, pid, stream = stream.as_str(), "{text}");
     if let Some(t) = tail {
         t.push(text);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_a_mark_survives_rotation() {
+        let t = Tail::default();
+        for i in 0..(TAIL_LINES + 10) {
+            t.push(format!("old {i}"));
+        }
+        let m = t.mark();
+        t.push("dump 1".into());
+        t.push("dump 2".into());
+        assert_eq!(t.since(m, 10), "dump 1 | dump 2");
+        assert_eq!(t.since(m, 1), "dump 1");
+        assert_eq!(t.last(1), "dump 2");
+        assert_eq!(t.last_one_line(2), "dump 1 | dump 2");
+        assert_eq!(t.lines().len(), TAIL_LINES);
     }
 }

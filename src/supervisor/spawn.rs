@@ -87,6 +87,10 @@ pub fn spawn(reaper: &Reaper, spec: &WorkerSpec, id: usize, uid: u64) -> std::io
         // Python buffers stdout when it is a pipe; line-by-line logs need this.
         cmd.env("PYTHONUNBUFFERED", "1");
     }
+    if spec.faulthandler && std::env::var_os("PYTHONFAULTHANDLER").is_none() {
+        // On SIGABRT (a hung worker) Python prints every thread's traceback.
+        cmd.env("PYTHONFAULTHANDLER", "1");
+    }
     for (k, v) in &env {
         cmd.env(k, v);
     }

@@ -3,6 +3,7 @@
 //! signals and sockets. One test binary (saves link time on 2 cores).
 
 mod config_errors;
+mod health;
 mod proxy;
 mod python;
 mod shutdown;

@@ -1,0 +1,84 @@
+//! Worker health: request timeouts and hung workers.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::support::*;
+
+/// A sync worker (concurrency 1) stuck in a busy loop: the client gets 504 at
+/// `timeout`, the worker is aborted (SIGABRT, then SIGKILL) and replaced, the
+/// event is one ERROR line naming the request, and other requests are
+/// unaffected.
+#[test]
+fn hung_sync_worker_is_aborted_and_replaced() {
+    let mut c = Curfew::start(Opts::testworker(
+        &["-w", "2", "--timeout", "1s", "--abort-timeout", "500ms"],
+        &[],
+    ));
+    let load = Load::start(c.port, &["/"], 2, 3000);
+    load.wait_flowing();
+    let t0 = Instant::now();
+    let r = get(c.port, "/spin");
+    let took = t0.elapsed();
+    assert_eq!(r.status, 504);
+    assert!(
+        took >= Duration::from_millis(1000) && took < Duration::from_millis(1800),
+        "504 after {took:?}"
+    );
+    let line = c.wait_log("Worker hung", Duration::from_secs(5));
+    assert!(
+        line.contains(" ERROR ") && line.contains("GET /spin") && line.contains("exceeded timeout"),
+        "{line}"
+    );
+    c.wait_log_count("Worker ready.", 3, Duration::from_secs(5));
+    let res = load.finish();
+    assert_eq!(res.n("failed"), 0, "{}", res.json);
+    assert_eq!(res.other_statuses("200"), 0, "{}", res.json);
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(10)), 0, "{}", c.log_text());
+    assert_no_survivors(&c);
+}
+
+/// With several requests per worker, a slow request gets 504 but the worker
+/// is not aborted (a liveness probe decides that).
+#[test]
+fn timeout_on_concurrent_worker_does_not_abort_it() {
+    let c = Curfew::start(Opts::testworker(
+        &["-w", "1", "--worker-concurrency", "4", "--timeout", "500ms"],
+        &[],
+    ));
+    assert_eq!(get(c.port, "/sleep?ms=2000").status, 504);
+    assert_eq!(get(c.port, "/").status, 200);
+    assert_eq!(c.count_log("Worker hung"), 0);
+    assert_eq!(c.count_log("Worker ready."), 1);
+}
+
+/// A Python worker stuck in an endless loop: 504 at timeout, and the log holds
+/// the Python traceback of the loop (faulthandler on SIGABRT).
+#[test]
+fn python_hang_logs_its_traceback() {
+    let uvicorn = venv_bin("uvicorn");
+    let mut opts = Opts::command(
+        &["-w", "2", "--timeout", "1s", "--ready-path", "/health"],
+        &[
+            uvicorn.to_str().expect("utf-8 path"),
+            "app:app",
+            "--fd",
+            "3",
+        ],
+    );
+    opts.cwd = Some(examples_dir("fastapi_app"));
+    let mut c = Curfew::start(opts);
+    assert_eq!(get(c.port, "/spin").status, 504);
+    let line = c.wait_log("Worker hung", Duration::from_secs(10));
+    assert!(
+        line.contains("app.py") && line.contains("spin"),
+        "no traceback in: {line}"
+    );
+    c.wait_log_count("Worker ready.", 3, Duration::from_secs(15));
+    assert_eq!(get(c.port, "/plain").status, 200);
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(20)), 0, "{}", c.log_text());
+    assert_no_survivors(&c);
+}
