@@ -98,6 +98,26 @@ pub struct ServeArgs {
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub forwarded_allow_ips: Vec<String>,
 
+    /// Recycle a worker (drained first) after this many requests; 0 = never [default: 0; env: CURFEW_MAX_REQUESTS]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub max_requests: Option<i64>,
+
+    /// Add a random 0..=N to max_requests per worker [default: 0; env: CURFEW_MAX_REQUESTS_JITTER]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub max_requests_jitter: Option<i64>,
+
+    /// Recycle a worker whose RSS (with its children) exceeds this, e.g. 512MiB; 0 = no limit [default: 0; env: CURFEW_MAX_MEMORY]
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+    pub max_memory: Option<String>,
+
+    /// Reload strategy: all (boot the whole new generation, then switch) or rolling [default: all; env: CURFEW_RELOAD_STRATEGY]
+    #[arg(long, value_name = "STRATEGY")]
+    pub reload_strategy: Option<String>,
+
+    /// Workers replaced per step in a rolling reload [default: 1; env: CURFEW_RELOAD_BATCH]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub reload_batch: Option<i64>,
+
     /// Admin address for /healthz and /readyz, e.g. 127.0.0.1:9000 [default: off; env: CURFEW_ADMIN_BIND]
     #[arg(long, value_name = "ADDR")]
     pub admin_bind: Option<String>,
@@ -138,6 +158,11 @@ impl ServeArgs {
             chdir: self.chdir.clone(),
             forwarded_allow_ips: many(&self.forwarded_allow_ips),
             admin_bind: self.admin_bind.clone(),
+            max_requests: self.max_requests,
+            max_requests_jitter: self.max_requests_jitter,
+            max_memory: self.max_memory.clone().map(crate::config::raw::RawSize::Text),
+            reload_strategy: self.reload_strategy.clone(),
+            reload_batch: self.reload_batch,
             log_format: self.log_format.clone(),
             log_level: self.log_level.clone(),
         }

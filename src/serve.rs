@@ -165,9 +165,9 @@ pub async fn run(cfg: Config) -> Result<i32, ServeError> {
     let spec = WorkerSpec::from_config(&cfg, run_dir.clone());
     let sup = Supervisor::new(reaper.clone(), spec, front.clone());
     let handle = sup.handle();
-    front.on_hung(Box::new(move |uid, reason, request| {
-        handle.abort(uid, reason, request)
-    }));
+    front.on_hung(Box::new(move |uid, reason, request| handle.abort(uid, reason, request)));
+    let handle = sup.handle();
+    front.router.on_recycle(Box::new(move |uid, reason| handle.recycle(uid, reason)));
     let (phase_tx, _) = watch::channel(Phase::Starting);
     let mut run = Run {
         cfg,

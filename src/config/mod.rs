@@ -100,6 +100,15 @@ impl fmt::Display for BindAddr {
     }
 }
 
+/// How a reload replaces the workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadStrategy {
+    /// Boot the whole new generation, switch when all are ready.
+    AllAtOnce,
+    /// Replace this many workers at a time (for memory-tight hosts).
+    Rolling(usize),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -147,6 +156,10 @@ pub struct Config {
     pub chdir: Option<PathBuf>,
     pub forwarded_allow: ForwardedAllow,
     pub admin_bind: Option<BindAddr>,
+    pub max_requests: Option<u64>,
+    pub max_requests_jitter: u64,
+    pub max_memory: Option<u64>,
+    pub reload: ReloadStrategy,
     pub log_format: LogFormat,
     pub log_level: String,
     /// The config file that was read, if any.
@@ -393,6 +406,27 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
         }
     };
 
+    let max_requests = match cx.count("max_requests", raw.max_requests, 0, 0, i64::MAX)? {
+        0 => None,
+        n => Some(n as u64),
+    };
+    let max_requests_jitter = cx.count("max_requests_jitter", raw.max_requests_jitter, 0, 0, i64::MAX)? as u64;
+    let max_memory = match raw.max_memory {
+        None => None,
+        Some(raw_size) => match raw_size.bytes() {
+            Ok(0) => None,
+            Ok(b) if b < 1 << 20 => return Err(cx.err("max_memory", &raw_size, "must be at least 1MiB (or 0 for no limit)")),
+            Ok(b) => Some(b),
+            Err(m) => return Err(cx.err("max_memory", &raw_size, m)),
+        },
+    };
+    let batch = cx.count("reload_batch", raw.reload_batch, 1, 1, 1024)?;
+    let reload = match raw.reload_strategy.as_deref() {
+        None | Some("all") => ReloadStrategy::AllAtOnce,
+        Some("rolling") => ReloadStrategy::Rolling(batch),
+        Some(other) => return Err(cx.err("reload_strategy", format!("{other:?}"), "must be \"all\" or \"rolling\"")),
+    };
+
     let log_format = match raw.log_format.as_deref() {
         None | Some("text") => LogFormat::Text,
         Some("json") => LogFormat::Json,
@@ -446,6 +480,10 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
         chdir,
         forwarded_allow,
         admin_bind,
+        max_requests,
+        max_requests_jitter,
+        max_memory,
+        reload,
         log_format,
         log_level,
         config_file: None,

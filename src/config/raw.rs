@@ -33,6 +33,48 @@ pub enum RawDuration {
     Text(String),
 }
 
+/// A byte size: a number of bytes or a string like "512MiB", "1GiB", "300MB".
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum RawSize {
+    Int(i64),
+    Text(String),
+}
+
+impl std::fmt::Display for RawSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RawSize::Int(i) => write!(f, "{i}"),
+            RawSize::Text(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+impl RawSize {
+    /// Bytes, or what is wrong.
+    pub fn bytes(&self) -> Result<u64, String> {
+        let text = match self {
+            RawSize::Int(i) if *i < 0 => return Err("must not be negative".into()),
+            RawSize::Int(i) => return Ok(*i as u64),
+            RawSize::Text(s) => s.trim(),
+        };
+        let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+        let (num, unit) = text.split_at(split);
+        let n: f64 = num.parse().map_err(|_| "write a size like \"512MiB\", \"1GiB\" or a number of bytes".to_string())?;
+        let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1.0,
+            "k" | "kb" => 1e3,
+            "kib" => 1024.0,
+            "m" | "mb" => 1e6,
+            "mib" => 1024.0 * 1024.0,
+            "g" | "gb" => 1e9,
+            "gib" => 1024.0 * 1024.0 * 1024.0,
+            other => return Err(format!("unknown unit {other:?} (use B, KB, KiB, MB, MiB, GB or GiB)")),
+        };
+        Ok((n * mult) as u64)
+    }
+}
+
 impl std::fmt::Display for RawDuration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -103,6 +145,17 @@ raw_config! {
     chdir: String,
     /// Peers whose X-Forwarded-* headers are trusted.
     forwarded_allow_ips: OneOrMany,
+    /// Recycle a worker after this many requests (0 = never).
+    max_requests: i64,
+    /// Add a random 0..=N to max_requests per worker, so they do not all
+    /// recycle at once.
+    max_requests_jitter: i64,
+    /// Recycle a worker whose RSS (with its children) exceeds this: "512MiB".
+    max_memory: RawSize,
+    /// Reload: "all" (whole new generation, then switch) or "rolling".
+    reload_strategy: String,
+    /// Rolling reload: workers replaced per step.
+    reload_batch: i64,
     /// Address of the admin endpoint (`/healthz`, `/readyz`); off when unset.
     admin_bind: String,
     /// `text` or `json`.

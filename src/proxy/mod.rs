@@ -224,4 +224,9 @@ impl Backends for Front {
     fn remove(&self, uid: u64) {
         self.router.remove(uid);
     }
+
+    fn drained(&self, uid: u64, timeout: Duration) -> BoxFuture<'static, bool> {
+        let router = self.router.clone();
+        Box::pin(async move { router.drained(uid, timeout).await })
+    }
 }

@@ -51,6 +51,8 @@ struct Backend {
     worker: ReadyWorker,
     pool: Arc<Pool>,
     in_flight: usize,
+    /// Requests completed.
+    served: u64,
     /// No new request until then (see [`Router::suspend`]).
     suspended_until: Option<Instant>,
 }
@@ -63,13 +65,21 @@ struct Waiter {
 #[derive(Default)]
 struct State {
     backends: Vec<Backend>,
+    /// Removed workers that still have requests in flight: uid → count.
+    retiring: HashMap<u64, usize>,
     waiters: VecDeque<Waiter>,
     requests: HashMap<u64, RequestInfo>,
     cursor: usize,
 }
 
+pub type RecycleHandler = Box<dyn Fn(u64, String) + Send + Sync>;
+
 pub struct Router {
     state: Mutex<State>,
+    /// Notified whenever a request ends (for [`Router::drained`]).
+    released: tokio::sync::Notify,
+    /// Called once when a worker reaches its `max_requests`.
+    on_recycle: std::sync::OnceLock<RecycleHandler>,
     concurrency: usize,
     backlog: usize,
     next_req: AtomicU64,
@@ -115,6 +125,8 @@ impl Router {
     pub fn new(concurrency: usize, backlog: usize) -> Arc<Router> {
         Arc::new(Router {
             state: Mutex::new(State::default()),
+            released: tokio::sync::Notify::new(),
+            on_recycle: std::sync::OnceLock::new(),
             concurrency: concurrency.max(1),
             backlog,
             next_req: AtomicU64::new(1),
@@ -221,13 +233,60 @@ impl Router {
     }
 
     fn release(self: &Arc<Self>, req: u64, uid: u64) {
-        let mut st = self.lock();
-        if let Some(b) = st.backends.iter_mut().find(|b| b.worker.uid == uid) {
-            b.in_flight = b.in_flight.saturating_sub(1);
+        let mut recycle = None;
+        {
+            let mut st = self.lock();
+            if let Some(b) = st.backends.iter_mut().find(|b| b.worker.uid == uid) {
+                b.in_flight = b.in_flight.saturating_sub(1);
+                b.served += 1;
+                if b.worker.max_requests == Some(b.served) {
+                    recycle = Some(b.served);
+                }
+            } else if let Some(n) = st.retiring.get_mut(&uid) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    st.retiring.remove(&uid);
+                }
+            }
+            st.requests.remove(&req);
+            self.completed.fetch_add(1, Ordering::Relaxed);
+            self.dispatch(&mut st);
         }
-        st.requests.remove(&req);
-        self.completed.fetch_add(1, Ordering::Relaxed);
-        self.dispatch(&mut st);
+        self.released.notify_waiters();
+        if let (Some(n), Some(f)) = (recycle, self.on_recycle.get()) {
+            f(uid, format!("recycled after {n} requests (max_requests)"));
+        }
+    }
+
+    /// Set what to do when a worker reaches `max_requests`.
+    pub fn on_recycle(&self, f: RecycleHandler) {
+        let _ = self.on_recycle.set(f);
+    }
+
+    fn in_flight_of(&self, uid: u64) -> usize {
+        let st = self.lock();
+        st.backends
+            .iter()
+            .find(|b| b.worker.uid == uid)
+            .map(|b| b.in_flight)
+            .or_else(|| st.retiring.get(&uid).copied())
+            .unwrap_or(0)
+    }
+
+    /// Wait until worker `uid` has no request in flight; `false` after `timeout`.
+    pub async fn drained(&self, uid: u64, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if self.in_flight_of(uid) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                return self.in_flight_of(uid) == 0;
+            }
+        }
     }
 
     /// Hand free slots to waiting requests, oldest first.
@@ -268,6 +327,7 @@ impl Router {
             worker,
             pool,
             in_flight: 0,
+            served: 0,
             suspended_until: None,
         });
         self.dispatch(&mut st);
@@ -296,7 +356,12 @@ impl Router {
     /// Stop routing to a worker instance; its in-flight requests finish.
     pub fn remove(&self, uid: u64) {
         let mut st = self.lock();
-        st.backends.retain(|b| b.worker.uid != uid);
+        if let Some(i) = st.backends.iter().position(|b| b.worker.uid == uid) {
+            let b = st.backends.remove(i);
+            if b.in_flight > 0 {
+                st.retiring.insert(uid, b.in_flight);
+            }
+        }
         if st.cursor >= st.backends.len() {
             st.cursor = 0;
         }
@@ -341,6 +406,8 @@ mod tests {
             id,
             pid: 1000 + uid as u32,
             addr: WorkerAddr::Tcp(format!("127.0.0.1:{}", 9000 + uid).parse().expect("addr")),
+            generation: 1,
+            max_requests: None,
         }
     }
 
@@ -449,6 +516,41 @@ mod tests {
         let r2 = r.clone();
         let w = tokio::spawn(async move { get(&r2).await.map(|l| l.uid) });
         assert_eq!(w.await.expect("join"), Ok(1));
+    }
+
+    #[tokio::test]
+    async fn drained_waits_for_in_flight_of_a_removed_worker() {
+        let r = Router::new(2, 5);
+        r.add(worker(1, 0));
+        let a = get(&r).await.expect("slot");
+        let b = get(&r).await.expect("slot");
+        r.remove(1);
+        assert!(!r.drained(1, Duration::from_millis(50)).await);
+        drop(a);
+        let r2 = r.clone();
+        let w = tokio::spawn(async move { r2.drained(1, Duration::from_secs(5)).await });
+        tokio::task::yield_now().await;
+        drop(b);
+        assert!(w.await.expect("join"));
+        assert!(r.drained(99, Duration::ZERO).await, "unknown worker is drained");
+    }
+
+    #[tokio::test]
+    async fn max_requests_triggers_recycle_once() {
+        let r = Router::new(1, 5);
+        let hits = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let h = hits.clone();
+        r.on_recycle(Box::new(move |uid, why| h.lock().expect("lock").push((uid, why))));
+        let mut w = worker(1, 0);
+        w.max_requests = Some(3);
+        r.add(w);
+        for _ in 0..5 {
+            drop(get(&r).await.expect("slot"));
+        }
+        let hits = hits.lock().expect("lock").clone();
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].0, 1);
+        assert!(hits[0].1.contains("after 3 requests"));
     }
 
     #[tokio::test]
