@@ -160,7 +160,10 @@ impl ServeArgs {
             admin_bind: self.admin_bind.clone(),
             max_requests: self.max_requests,
             max_requests_jitter: self.max_requests_jitter,
-            max_memory: self.max_memory.clone().map(crate::config::raw::RawSize::Text),
+            max_memory: self
+                .max_memory
+                .clone()
+                .map(crate::config::raw::RawSize::Text),
             reload_strategy: self.reload_strategy.clone(),
             reload_batch: self.reload_batch,
             log_format: self.log_format.clone(),

@@ -27,12 +27,16 @@ fn run_serve(args: cli::ServeArgs) -> i32 {
             .map(Into::into)
     });
     let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
-    let cfg = match config::load(config::Sources {
-        config_file,
-        env,
-        flags: args.to_raw(),
-        cwd,
-    }) {
+    let flags = args.to_raw();
+    // A reload reads the same file, environment and flags again (the file's
+    // contents may have changed; the environment and flags cannot).
+    let sources = move || config::Sources {
+        config_file: config_file.clone(),
+        env: env.clone(),
+        flags: flags.clone(),
+        cwd: cwd.clone(),
+    };
+    let cfg = match config::load(sources()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("curfew: {e}");
@@ -53,7 +57,8 @@ fn run_serve(args: cli::ServeArgs) -> i32 {
             return exit::FAILURE;
         }
     };
-    match rt.block_on(serve::run(cfg)) {
+    let reloader: serve::Reloader = Box::new(move || config::load(sources()));
+    match rt.block_on(serve::run(cfg, reloader)) {
         Ok(code) => code,
         Err(e) => {
             tracing::error!("{e}");

@@ -18,7 +18,7 @@ use std::time::Instant;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 
-use crate::config::{Config, WorkerSocket};
+use crate::config::{Config, ConfigError, ReloadStrategy, WorkerSocket};
 use crate::lifecycle::{Event, Machine, Outcome, Phase, StopSignal};
 use crate::proxy::Front;
 use crate::proxy::listener::{BindError, Listener};
@@ -59,6 +59,49 @@ impl Signals {
     }
 }
 
+/// Signals that control a running curfew (not stops).
+#[derive(Debug, Clone, Copy)]
+enum ControlSignal {
+    /// SIGHUP: zero-downtime reload.
+    Reload,
+    /// SIGTTIN: one worker more.
+    ScaleUp,
+    /// SIGTTOU: one worker fewer.
+    ScaleDown,
+    /// SIGUSR1: status report to the log.
+    Status,
+}
+
+struct Controls {
+    hup: Signal,
+    ttin: Signal,
+    ttou: Signal,
+    usr1: Signal,
+}
+
+impl Controls {
+    fn install() -> std::io::Result<Controls> {
+        Ok(Controls {
+            hup: signal(SignalKind::hangup())?,
+            ttin: signal(SignalKind::from_raw(libc::SIGTTIN))?,
+            ttou: signal(SignalKind::from_raw(libc::SIGTTOU))?,
+            usr1: signal(SignalKind::user_defined1())?,
+        })
+    }
+
+    async fn next(&mut self) -> ControlSignal {
+        tokio::select! {
+            _ = self.hup.recv() => ControlSignal::Reload,
+            _ = self.ttin.recv() => ControlSignal::ScaleUp,
+            _ = self.ttou.recv() => ControlSignal::ScaleDown,
+            _ = self.usr1.recv() => ControlSignal::Status,
+        }
+    }
+}
+
+/// Re-reads the configuration from the same sources as at start (for reloads).
+pub type Reloader = Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
+
 /// The orchestrator's state across phases.
 struct Run {
     cfg: Config,
@@ -68,6 +111,10 @@ struct Run {
     sup: Supervisor,
     reaper: Reaper,
     signals: Signals,
+    controls: Controls,
+    reloader: Reloader,
+    run_dir: std::path::PathBuf,
+    started: Instant,
     stop_requested_at: Option<Instant>,
     completed_at_stop: u64,
     aborted: usize,
@@ -122,13 +169,14 @@ impl Run {
 }
 
 /// Run curfew until it has stopped; returns the process exit code.
-pub async fn run(cfg: Config) -> Result<i32, ServeError> {
+pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
     // Become the subreaper of everything the workers start, so no grandchild
     // escapes to the host's init and every one is reaped here.
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         tracing::debug!(error = %e, "Could not become a child subreaper.");
     }
     let signals = Signals::install().map_err(ServeError::Setup)?;
+    let controls = Controls::install().map_err(ServeError::Setup)?;
     let reaper = Reaper::start().map_err(ServeError::Setup)?;
 
     let mut listeners = Vec::new();
@@ -165,9 +213,13 @@ pub async fn run(cfg: Config) -> Result<i32, ServeError> {
     let spec = WorkerSpec::from_config(&cfg, run_dir.clone());
     let sup = Supervisor::new(reaper.clone(), spec, front.clone());
     let handle = sup.handle();
-    front.on_hung(Box::new(move |uid, reason, request| handle.abort(uid, reason, request)));
+    front.on_hung(Box::new(move |uid, reason, request| {
+        handle.abort(uid, reason, request)
+    }));
     let handle = sup.handle();
-    front.router.on_recycle(Box::new(move |uid, reason| handle.recycle(uid, reason)));
+    front
+        .router
+        .on_recycle(Box::new(move |uid, reason| handle.recycle(uid, reason)));
     let (phase_tx, _) = watch::channel(Phase::Starting);
     let mut run = Run {
         cfg,
@@ -177,6 +229,10 @@ pub async fn run(cfg: Config) -> Result<i32, ServeError> {
         sup,
         reaper,
         signals,
+        controls,
+        reloader,
+        run_dir: run_dir.clone(),
+        started: Instant::now(),
         stop_requested_at: None,
         completed_at_stop: 0,
         aborted: 0,
@@ -241,8 +297,10 @@ pub async fn run(cfg: Config) -> Result<i32, ServeError> {
         match run.machine.phase() {
             Phase::Starting => unreachable!("left above"),
             Phase::Serving => {
-                let sig = run.signals.next().await;
-                run.on_signal(sig);
+                tokio::select! {
+                    sig = run.signals.next() => run.on_signal(sig),
+                    ctl = run.controls.next() => control(&mut run, ctl).await,
+                }
             }
             Phase::LameDuck => {
                 let delay = run.cfg.drain_delay;
@@ -390,5 +448,147 @@ async fn drain(run: &mut Run) {
         );
         run.front.abort_all().await;
         run.apply(Event::GraceExpired);
+    }
+}
+
+/// Act on a control signal while serving.
+async fn control(run: &mut Run, ctl: ControlSignal) {
+    match ctl {
+        ControlSignal::Reload => reload(run).await,
+        ControlSignal::ScaleUp | ControlSignal::ScaleDown => {
+            let from = run.sup.workers();
+            let to = match ctl {
+                ControlSignal::ScaleUp => from + 1,
+                _ => from.saturating_sub(1).max(1),
+            };
+            if to == from {
+                tracing::info!(workers = from, "Already at one worker; not scaling down.");
+                return;
+            }
+            tracing::info!(from, to, "Scaling workers.");
+            run.sup.scale(to);
+            run.cfg.workers = to;
+        }
+        ControlSignal::Status => log_status(run),
+    }
+}
+
+/// SIGHUP: re-read the configuration and replace every worker with one of the
+/// new generation, without dropping a request. If the configuration is bad or
+/// the new workers cannot boot, the current ones keep serving.
+async fn reload(run: &mut Run) {
+    tracing::info!(
+        generation = run.sup.generation(),
+        "Reload requested: re-reading the configuration."
+    );
+    let new = match (run.reloader)() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "Reload failed: the configuration is invalid; the current workers keep serving.");
+            return;
+        }
+    };
+    for key in needs_restart(&run.cfg, &new) {
+        tracing::warn!(
+            setting = key,
+            "Reload: `{key}` changed, which needs a restart of curfew; keeping the current value."
+        );
+    }
+    let spec = WorkerSpec::from_config(&new, run.run_dir.clone());
+    let batch = match new.reload {
+        ReloadStrategy::AllAtOnce => run.sup.workers(),
+        ReloadStrategy::Rolling(n) => n,
+    };
+    let t0 = Instant::now();
+    let outcome = {
+        let reload = run.sup.reload(spec, batch);
+        tokio::pin!(reload);
+        tokio::select! {
+            r = &mut reload => Ok(r),
+            sig = run.signals.next() => Err(sig),
+        }
+    };
+    match outcome {
+        Ok(Ok(generation)) => {
+            tracing::info!(
+                generation,
+                duration_ms = t0.elapsed().as_millis() as u64,
+                "Reload complete: the new generation is serving."
+            );
+            // What a reload can change besides the workers.
+            run.cfg.command = new.command.clone();
+            run.cfg.drain_delay = new.drain_delay;
+            run.cfg.graceful_timeout = new.graceful_timeout;
+            run.cfg.worker_stop_timeout = new.worker_stop_timeout;
+            if new.workers != run.sup.workers() {
+                tracing::info!(
+                    from = run.sup.workers(),
+                    to = new.workers,
+                    "Reload: scaling workers."
+                );
+                run.sup.scale(new.workers);
+                run.cfg.workers = new.workers;
+            }
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "Reload failed; the current workers keep serving.")
+        }
+        Err(sig) => {
+            tracing::info!(signal = sig.name(), "Reload abandoned: stopping.");
+            run.on_signal(sig);
+        }
+    }
+}
+
+/// Settings a reload cannot apply (they belong to listeners or the front).
+fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if old.binds != new.binds {
+        out.push("bind");
+    }
+    if old.admin_bind != new.admin_bind {
+        out.push("admin_bind");
+    }
+    if old.worker_concurrency != new.worker_concurrency {
+        out.push("worker_concurrency");
+    }
+    if old.backlog != new.backlog {
+        out.push("backlog");
+    }
+    if old.timeout != new.timeout {
+        out.push("timeout");
+    }
+    if old.forwarded_allow != new.forwarded_allow {
+        out.push("forwarded_allow_ips");
+    }
+    if old.log_format != new.log_format || old.log_level != new.log_level {
+        out.push("log_format/log_level");
+    }
+    out
+}
+
+/// SIGUSR1: a status report in the log.
+fn log_status(run: &Run) {
+    let workers = run.front.router.workers();
+    tracing::info!(
+        phase = %run.machine.phase(),
+        uptime_s = run.started.elapsed().as_secs(),
+        generation = run.sup.generation(),
+        workers = workers.len(),
+        in_flight = run.front.router.requests().len(),
+        queued = run.front.router.queue_len(),
+        requests_completed = run.front.router.completed(),
+        "Status."
+    );
+    for w in workers {
+        tracing::info!(
+            worker = w.id,
+            pid = w.pid,
+            generation = w.generation,
+            in_flight = w.in_flight,
+            served = w.served,
+            rss_mib = crate::supervisor::group_rss_bytes(w.pid as i32) >> 20,
+            "Status: worker."
+        );
     }
 }

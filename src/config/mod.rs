@@ -410,12 +410,24 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
         0 => None,
         n => Some(n as u64),
     };
-    let max_requests_jitter = cx.count("max_requests_jitter", raw.max_requests_jitter, 0, 0, i64::MAX)? as u64;
+    let max_requests_jitter = cx.count(
+        "max_requests_jitter",
+        raw.max_requests_jitter,
+        0,
+        0,
+        i64::MAX,
+    )? as u64;
     let max_memory = match raw.max_memory {
         None => None,
         Some(raw_size) => match raw_size.bytes() {
             Ok(0) => None,
-            Ok(b) if b < 1 << 20 => return Err(cx.err("max_memory", &raw_size, "must be at least 1MiB (or 0 for no limit)")),
+            Ok(b) if b < 1 << 20 => {
+                return Err(cx.err(
+                    "max_memory",
+                    &raw_size,
+                    "must be at least 1MiB (or 0 for no limit)",
+                ));
+            }
             Ok(b) => Some(b),
             Err(m) => return Err(cx.err("max_memory", &raw_size, m)),
         },
@@ -424,7 +436,13 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
     let reload = match raw.reload_strategy.as_deref() {
         None | Some("all") => ReloadStrategy::AllAtOnce,
         Some("rolling") => ReloadStrategy::Rolling(batch),
-        Some(other) => return Err(cx.err("reload_strategy", format!("{other:?}"), "must be \"all\" or \"rolling\"")),
+        Some(other) => {
+            return Err(cx.err(
+                "reload_strategy",
+                format!("{other:?}"),
+                "must be \"all\" or \"rolling\"",
+            ));
+        }
     };
 
     let log_format = match raw.log_format.as_deref() {

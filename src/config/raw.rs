@@ -58,9 +58,13 @@ impl RawSize {
             RawSize::Int(i) => return Ok(*i as u64),
             RawSize::Text(s) => s.trim(),
         };
-        let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+        let split = text
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(text.len());
         let (num, unit) = text.split_at(split);
-        let n: f64 = num.parse().map_err(|_| "write a size like \"512MiB\", \"1GiB\" or a number of bytes".to_string())?;
+        let n: f64 = num.parse().map_err(|_| {
+            "write a size like \"512MiB\", \"1GiB\" or a number of bytes".to_string()
+        })?;
         let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1.0,
             "k" | "kb" => 1e3,
@@ -69,7 +73,11 @@ impl RawSize {
             "mib" => 1024.0 * 1024.0,
             "g" | "gb" => 1e9,
             "gib" => 1024.0 * 1024.0 * 1024.0,
-            other => return Err(format!("unknown unit {other:?} (use B, KB, KiB, MB, MiB, GB or GiB)")),
+            other => {
+                return Err(format!(
+                    "unknown unit {other:?} (use B, KB, KiB, MB, MiB, GB or GiB)"
+                ));
+            }
         };
         Ok((n * mult) as u64)
     }

@@ -39,6 +39,17 @@ impl RequestInfo {
     }
 }
 
+/// A routed worker as seen by the router (for status reports).
+#[derive(Debug, Clone)]
+pub struct WorkerStatus {
+    pub uid: u64,
+    pub id: usize,
+    pub pid: u32,
+    pub generation: u64,
+    pub in_flight: usize,
+    pub served: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Rejected {
     #[error("every worker is busy and the queue is full")]
@@ -374,6 +385,25 @@ impl Router {
         v
     }
 
+    /// The routed workers, by slot id.
+    pub fn workers(&self) -> Vec<WorkerStatus> {
+        let mut v: Vec<WorkerStatus> = self
+            .lock()
+            .backends
+            .iter()
+            .map(|b| WorkerStatus {
+                uid: b.worker.uid,
+                id: b.worker.id,
+                pid: b.worker.pid,
+                generation: b.worker.generation,
+                in_flight: b.in_flight,
+                served: b.served,
+            })
+            .collect();
+        v.sort_by_key(|w| (w.id, w.uid));
+        v
+    }
+
     pub fn queue_len(&self) -> usize {
         self.lock().waiters.len()
     }
@@ -532,7 +562,10 @@ mod tests {
         tokio::task::yield_now().await;
         drop(b);
         assert!(w.await.expect("join"));
-        assert!(r.drained(99, Duration::ZERO).await, "unknown worker is drained");
+        assert!(
+            r.drained(99, Duration::ZERO).await,
+            "unknown worker is drained"
+        );
     }
 
     #[tokio::test]
@@ -540,7 +573,9 @@ mod tests {
         let r = Router::new(1, 5);
         let hits = Arc::new(std::sync::Mutex::new(Vec::new()));
         let h = hits.clone();
-        r.on_recycle(Box::new(move |uid, why| h.lock().expect("lock").push((uid, why))));
+        r.on_recycle(Box::new(move |uid, why| {
+            h.lock().expect("lock").push((uid, why))
+        }));
         let mut w = worker(1, 0);
         w.max_requests = Some(3);
         r.add(w);

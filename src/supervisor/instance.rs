@@ -37,13 +37,20 @@ pub enum Boot {
 }
 
 impl Instance {
-    pub fn start(reaper: &Reaper, spec: &WorkerSpec, id: usize, uid: u64) -> std::io::Result<Instance> {
+    pub fn start(
+        reaper: &Reaper,
+        spec: &WorkerSpec,
+        id: usize,
+        uid: u64,
+    ) -> std::io::Result<Instance> {
         let s = spawn::spawn(reaper, spec, id, uid)?;
         if let Some(out) = s.stdout {
             output::capture(out, id, s.pid, Stream::Stdout, None);
         }
         let tail = Tail::default();
-        let stderr_done = s.stderr.map(|err| output::capture(err, id, s.pid, Stream::Stderr, Some(tail.clone())));
+        let stderr_done = s
+            .stderr
+            .map(|err| output::capture(err, id, s.pid, Stream::Stderr, Some(tail.clone())));
         Ok(Instance {
             uid,
             id,
@@ -72,7 +79,12 @@ impl Instance {
 
     /// Probe until ready, exit, timeout or stop. Probes start fast (10 ms)
     /// and back off to 200 ms.
-    pub async fn wait_ready(&mut self, backends: &Arc<dyn Backends>, timeout: Duration, stop: &CancellationToken) -> Boot {
+    pub async fn wait_ready(
+        &mut self,
+        backends: &Arc<dyn Backends>,
+        timeout: Duration,
+        stop: &CancellationToken,
+    ) -> Boot {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut interval = Duration::from_millis(10);
         let mut last = String::from("no probe completed");
@@ -114,7 +126,12 @@ impl Instance {
 
     /// SIGTERM the worker's group, wait `stop_timeout`, then SIGKILL (at once
     /// if `kill_now` fires). Returns whether it had to be killed.
-    pub async fn stop(mut self, stop_timeout: Duration, kill_now: &CancellationToken, why: &str) -> bool {
+    pub async fn stop(
+        mut self,
+        stop_timeout: Duration,
+        kill_now: &CancellationToken,
+        why: &str,
+    ) -> bool {
         let mut sent = SentSignal::Term;
         let mut forced = false;
         if kill_now.is_cancelled() {
@@ -148,7 +165,11 @@ impl Instance {
         self.signal_group(Signal::SIGKILL);
         self.flush_stderr().await;
         if sent == SentSignal::Kill && !forced {
-            tracing::info!(worker = self.id, pid = self.pid, "Worker killed (immediate stop).");
+            tracing::info!(
+                worker = self.id,
+                pid = self.pid,
+                "Worker killed (immediate stop)."
+            );
         } else {
             self.log_exit(&ExitClass::of(status, sent, false), None, why);
         }
@@ -159,7 +180,13 @@ impl Instance {
     /// (Python with faulthandler prints every thread's traceback), wait
     /// `abort_timeout`, SIGKILL if still there; then log it, with the stack
     /// dump, as the one worker event that is an ERROR by design.
-    pub async fn abort(&mut self, abort_timeout: Duration, reason: &str, request: &str, kill_now: &CancellationToken) {
+    pub async fn abort(
+        &mut self,
+        abort_timeout: Duration,
+        reason: &str,
+        request: &str,
+        kill_now: &CancellationToken,
+    ) {
         let mark = self.tail.mark();
         self.signal_group(Signal::SIGABRT);
         let killed = tokio::select! {
@@ -214,11 +241,19 @@ impl Instance {
 pub fn group_rss_bytes(pgid: i32) -> u64 {
     let page = 4096u64; // x86_64 and aarch64 Linux default page size
     let mut total = 0;
-    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
     for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
         // After the command: state(1) ppid(2) pgrp(3) ... rss(22)
         let f: Vec<&str> = rest.split_whitespace().collect();
         if f.get(2).and_then(|p| p.parse::<i32>().ok()) == Some(pgid)

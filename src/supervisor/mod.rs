@@ -43,6 +43,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, WorkerSocket};
 use backoff::Backoff;
+pub use instance::group_rss_bytes;
 use reaper::Reaper;
 
 pub use spawn::make_run_dir;
@@ -162,12 +163,20 @@ pub struct SlotOutcome {
 #[derive(Debug)]
 pub(crate) enum Command {
     /// Worker `uid` is hung: dump its stack (SIGABRT), kill it, replace it.
-    Abort { uid: u64, reason: String, request: String },
+    Abort {
+        uid: u64,
+        reason: String,
+        request: String,
+    },
     /// Replace worker `uid` (max_requests, max_memory).
     Recycle { uid: u64, reason: String },
     /// Reload, phase one: boot a worker of `generation`, say whether it is
     /// ready, then switch to it only if `go` says so.
-    Prepare { generation: u64, ready: oneshot::Sender<Result<(), BootError>>, go: oneshot::Receiver<bool> },
+    Prepare {
+        generation: u64,
+        ready: oneshot::Sender<Result<(), BootError>>,
+        go: oneshot::Receiver<bool>,
+    },
     /// Scale down: drain the worker, stop it, end the slot.
     Retire,
 }
@@ -193,15 +202,26 @@ impl Shared {
     }
 
     fn register(&self, uid: u64, tx: mpsc::UnboundedSender<Command>) {
-        self.serving.lock().unwrap_or_else(|e| e.into_inner()).insert(uid, tx);
+        self.serving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(uid, tx);
     }
 
     fn unregister(&self, uid: u64) {
-        self.serving.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid);
+        self.serving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&uid);
     }
 
     fn send(&self, uid: u64, cmd: Command) {
-        if let Some(tx) = self.serving.lock().unwrap_or_else(|e| e.into_inner()).get(&uid) {
+        if let Some(tx) = self
+            .serving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&uid)
+        {
             let _ = tx.send(cmd);
         }
     }
@@ -217,7 +237,14 @@ pub struct Handle {
 impl Handle {
     /// Abort worker instance `uid` as hung (no-op if it is gone already).
     pub fn abort(&self, uid: u64, reason: String, request: String) {
-        self.shared.send(uid, Command::Abort { uid, reason, request });
+        self.shared.send(
+            uid,
+            Command::Abort {
+                uid,
+                reason,
+                request,
+            },
+        );
     }
 
     /// Replace worker instance `uid` (no-op if it is gone already).
@@ -263,7 +290,9 @@ impl Supervisor {
     }
 
     pub fn handle(&self) -> Handle {
-        Handle { shared: self.shared.clone() }
+        Handle {
+            shared: self.shared.clone(),
+        }
     }
 
     pub fn generation(&self) -> u64 {
@@ -293,7 +322,9 @@ impl Supervisor {
 
     /// A new slot with the lowest free id.
     fn add_slot(&mut self, first_boot: Option<oneshot::Sender<Result<usize, BootError>>>) {
-        let id = (0..).find(|i| !self.slots.iter().any(|s| s.id == *i)).unwrap_or(self.slots.len());
+        let id = (0..)
+            .find(|i| !self.slots.iter().any(|s| s.id == *i))
+            .unwrap_or(self.slots.len());
         let stop = CancellationToken::new();
         let (cmd_tx, cmds) = mpsc::unbounded_channel();
         let slot = slot::Slot {
@@ -306,7 +337,12 @@ impl Supervisor {
             backoff: Backoff::default(),
         };
         let join = tokio::spawn(slot.run());
-        self.slots.push(SlotHandle { id, stop, cmd: cmd_tx, join });
+        self.slots.push(SlotHandle {
+            id,
+            stop,
+            cmd: cmd_tx,
+            join,
+        });
         self.slots.sort_by_key(|s| s.id);
     }
 
@@ -337,13 +373,18 @@ impl Supervisor {
         spec.generation = generation;
         let answer_within = spec.boot_timeout * 2 + Duration::from_secs(10);
         *self.shared.spec.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(spec);
-        let ids: Vec<(usize, mpsc::UnboundedSender<Command>)> = self.slots.iter().map(|s| (s.id, s.cmd.clone())).collect();
+        let ids: Vec<(usize, mpsc::UnboundedSender<Command>)> =
+            self.slots.iter().map(|s| (s.id, s.cmd.clone())).collect();
         for chunk in ids.chunks(batch.max(1)) {
             let mut pending = Vec::new();
             for (id, cmd) in chunk {
                 let (ready_tx, ready_rx) = oneshot::channel();
                 let (go_tx, go_rx) = oneshot::channel();
-                let _ = cmd.send(Command::Prepare { generation, ready: ready_tx, go: go_rx });
+                let _ = cmd.send(Command::Prepare {
+                    generation,
+                    ready: ready_tx,
+                    go: go_rx,
+                });
                 pending.push((*id, ready_rx, go_tx));
             }
             let mut failure = None;
@@ -380,8 +421,12 @@ impl Supervisor {
         for s in &self.slots {
             s.stop.cancel();
         }
-        let joins: Vec<JoinHandle<SlotOutcome>> =
-            self.slots.drain(..).map(|s| s.join).chain(self.leaving.drain(..)).collect();
+        let joins: Vec<JoinHandle<SlotOutcome>> = self
+            .slots
+            .drain(..)
+            .map(|s| s.join)
+            .chain(self.leaving.drain(..))
+            .collect();
         let shared = self.shared.clone();
         async move {
             let mut outcome = SlotOutcome::default();

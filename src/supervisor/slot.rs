@@ -76,11 +76,15 @@ impl Slot {
             Ok(i) => i,
             Err(e) => {
                 tracing::error!(worker = self.id, error = %e, "Could not start worker.");
-                self.boot_failed(format!("could not start: {e}"), String::new()).await;
+                self.boot_failed(format!("could not start: {e}"), String::new())
+                    .await;
                 return None;
             }
         };
-        match inst.wait_ready(&self.shared.backends, spec.boot_timeout, &self.stop).await {
+        match inst
+            .wait_ready(&self.shared.backends, spec.boot_timeout, &self.stop)
+            .await
+        {
             Boot::Ready => {
                 tracing::info!(
                     worker = self.id,
@@ -96,7 +100,12 @@ impl Slot {
                 Some(inst)
             }
             Boot::Stopped => {
-                inst.stop(spec.stop_timeout, &self.shared.kill_now, "stopped while booting").await;
+                inst.stop(
+                    spec.stop_timeout,
+                    &self.shared.kill_now,
+                    "stopped while booting",
+                )
+                .await;
                 None
             }
             failed => {
@@ -118,7 +127,11 @@ impl Slot {
 
     async fn boot_failed(&mut self, reason: String, stderr: String) {
         if let Some(tx) = self.first_boot.take() {
-            let _ = tx.send(Err(BootError { id: self.id, reason, stderr }));
+            let _ = tx.send(Err(BootError {
+                id: self.id,
+                reason,
+                stderr,
+            }));
             // Startup fails as a whole: the orchestrator stops this slot.
             self.stop.cancelled().await;
             return;
@@ -137,7 +150,9 @@ impl Slot {
             pid: inst.pid,
             addr: inst.addr.clone(),
             generation: inst.generation,
-            max_requests: spec.max_requests.map(|m| m + jitter(spec.max_requests_jitter)),
+            max_requests: spec
+                .max_requests
+                .map(|m| m + jitter(spec.max_requests_jitter)),
         });
     }
 
@@ -211,7 +226,12 @@ impl Slot {
     /// traffic to it and retire `old` (drain, then stop). If the new one
     /// cannot boot, keep serving with `old`.
     async fn replace(&mut self, old: Instance, reason: &str) -> Instance {
-        tracing::info!(worker = self.id, pid = old.pid, reason, "Recycling worker: starting its replacement.");
+        tracing::info!(
+            worker = self.id,
+            pid = old.pid,
+            reason,
+            "Recycling worker: starting its replacement."
+        );
         match self.start_replacement().await {
             Ok(new) => {
                 self.backoff = Backoff::default();
@@ -255,7 +275,8 @@ impl Slot {
         } else {
             let spec = self.shared.spec();
             let kill_now = self.shared.kill_now.clone();
-            new.stop(spec.stop_timeout, &kill_now, "reload aborted").await;
+            new.stop(spec.stop_timeout, &kill_now, "reload aborted")
+                .await;
             old
         }
     }
@@ -263,12 +284,16 @@ impl Slot {
     async fn start_replacement(&mut self) -> Result<Instance, BootError> {
         let spec = self.shared.spec();
         let uid = self.new_uid();
-        let mut new = Instance::start(&self.shared.reaper, &spec, self.id, uid).map_err(|e| BootError {
-            id: self.id,
-            reason: format!("could not start: {e}"),
-            stderr: String::new(),
-        })?;
-        match new.wait_ready(&self.shared.backends, spec.boot_timeout, &self.stop).await {
+        let mut new =
+            Instance::start(&self.shared.reaper, &spec, self.id, uid).map_err(|e| BootError {
+                id: self.id,
+                reason: format!("could not start: {e}"),
+                stderr: String::new(),
+            })?;
+        match new
+            .wait_ready(&self.shared.backends, spec.boot_timeout, &self.stop)
+            .await
+        {
             Boot::Ready => {
                 tracing::info!(
                     worker = self.id,
@@ -280,12 +305,25 @@ impl Slot {
                 Ok(new)
             }
             Boot::Stopped => {
-                new.stop(spec.stop_timeout, &self.shared.kill_now, "stopped while booting").await;
-                Err(BootError { id: self.id, reason: "stopped while booting".into(), stderr: String::new() })
+                new.stop(
+                    spec.stop_timeout,
+                    &self.shared.kill_now,
+                    "stopped while booting",
+                )
+                .await;
+                Err(BootError {
+                    id: self.id,
+                    reason: "stopped while booting".into(),
+                    stderr: String::new(),
+                })
             }
             failed => {
                 let reason = new.boot_failure(failed, spec.boot_timeout).await;
-                Err(BootError { id: self.id, reason, stderr: new.tail.last(12) })
+                Err(BootError {
+                    id: self.id,
+                    reason,
+                    stderr: new.tail.last(12),
+                })
             }
         }
     }
@@ -325,6 +363,10 @@ fn jitter(max: u64) -> u64 {
     if max == 0 {
         return 0;
     }
-    let r = u64::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..8].try_into().unwrap_or([0; 8]));
+    let r = u64::from_le_bytes(
+        uuid::Uuid::new_v4().as_bytes()[..8]
+            .try_into()
+            .unwrap_or([0; 8]),
+    );
     r % (max + 1)
 }

@@ -4,6 +4,7 @@
 
 mod config_errors;
 mod health;
+mod operate;
 mod proxy;
 mod python;
 mod shutdown;
