@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod config;
 pub mod exit;
+pub mod jobs;
 pub mod lifecycle;
 pub mod logging;
 pub mod proxy;
