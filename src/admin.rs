@@ -2,7 +2,8 @@
 //! recommended address): `/healthz` (alive: 200 until curfew exits) and
 //! `/readyz` (ready for traffic: 200 only while serving with at least one
 //! ready worker; 503 from the moment a stop is requested, so load balancers
-//! and Kubernetes readiness probes deregister curfew during `drain_delay`).
+//! and Kubernetes readiness probes deregister curfew during `drain_delay`)
+//! and `/status` (the JSON status report, as `curfew status --json`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use crate::proxy::listener::{Accepted, BindError, Listener};
 pub struct AdminState {
     pub phase: watch::Receiver<Phase>,
     pub front: Arc<Front>,
+    pub status: crate::status::StatusSource,
 }
 
 impl AdminState {
@@ -35,6 +37,15 @@ impl AdminState {
 
     fn respond(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         let phase = *self.phase.borrow();
+        if req.uri().path() == "/status" {
+            let body = serde_json::to_string_pretty(&self.status.snapshot()).unwrap_or_default();
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            return r;
+        }
         let (status, body) = match req.uri().path() {
             "/healthz" => (StatusCode::OK, format!("ok {phase}\n")),
             "/readyz" if self.ready() => (StatusCode::OK, format!("ready {phase}\n")),
@@ -44,7 +55,7 @@ impl AdminState {
             ),
             _ => (
                 StatusCode::NOT_FOUND,
-                "not found: try /healthz or /readyz\n".to_string(),
+                "not found: try /healthz, /readyz or /status\n".to_string(),
             ),
         };
         let mut r = Response::new(Full::new(Bytes::from(body)));

@@ -26,7 +26,77 @@ pub enum Command {
     /// Settings come from curfew.toml (or --config), then CURFEW_* environment
     /// variables (plus PORT and WEB_CONCURRENCY), then these flags; later
     /// layers win.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Print the status of a running curfew (phase, workers, requests).
+    Status {
+        /// Print the JSON report instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: ControlArgs,
+    },
+    /// Zero-downtime reload of a running curfew (like SIGHUP); waits for the
+    /// result and exits non-zero if the new generation could not start.
+    Reload {
+        #[command(flatten)]
+        target: ControlArgs,
+    },
+    /// Stop a running curfew gracefully (like SIGTERM).
+    Stop {
+        #[command(flatten)]
+        target: ControlArgs,
+    },
+    /// Set the number of workers of a running curfew.
+    Scale {
+        /// The number of workers wanted (1-1024).
+        #[arg(value_parser = clap::value_parser!(u16).range(1..=1024))]
+        workers: u16,
+        #[command(flatten)]
+        target: ControlArgs,
+    },
+}
+
+/// Which running curfew to talk to.
+#[derive(Debug, Args)]
+pub struct ControlArgs {
+    /// Its control socket [default: from --config / curfew.toml `control_socket`, else $XDG_RUNTIME_DIR/curfew.sock or /tmp/curfew-<uid>.sock; env: CURFEW_CONTROL_SOCKET]
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+    /// Its config file, to read `control_socket` from [default: ./curfew.toml if it exists; env: CURFEW_CONFIG]
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+impl ControlArgs {
+    /// The control socket path: flag, then CURFEW_CONTROL_SOCKET, then the
+    /// config file's `control_socket`, then the default.
+    pub fn socket(&self) -> Result<PathBuf, String> {
+        if let Some(p) = &self.control_socket {
+            return Ok(p.clone());
+        }
+        if let Some(p) = std::env::var_os("CURFEW_CONTROL_SOCKET").filter(|v| !v.is_empty()) {
+            return Ok(p.into());
+        }
+        let file = self
+            .config
+            .clone()
+            .or_else(|| {
+                std::env::var_os("CURFEW_CONFIG")
+                    .filter(|v| !v.is_empty())
+                    .map(Into::into)
+            })
+            .or_else(|| Some(PathBuf::from("curfew.toml")).filter(|p| p.is_file()));
+        if let Some(file) = file {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let raw: RawConfig =
+                toml::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+            if let Some(p) = raw.control_socket {
+                return Ok(p.into());
+            }
+        }
+        Ok(curfew::control::default_path())
+    }
 }
 
 #[derive(Debug, Args)]
@@ -118,6 +188,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub reload_batch: Option<i64>,
 
+    /// Control socket for `curfew status/reload/stop/scale` (mode 0600) [default: $XDG_RUNTIME_DIR/curfew.sock, else /tmp/curfew-<uid>.sock; env: CURFEW_CONTROL_SOCKET]
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<String>,
+
     /// Admin address for /healthz and /readyz, e.g. 127.0.0.1:9000 [default: off; env: CURFEW_ADMIN_BIND]
     #[arg(long, value_name = "ADDR")]
     pub admin_bind: Option<String>,
@@ -158,6 +232,7 @@ impl ServeArgs {
             chdir: self.chdir.clone(),
             forwarded_allow_ips: many(&self.forwarded_allow_ips),
             admin_bind: self.admin_bind.clone(),
+            control_socket: self.control_socket.clone(),
             max_requests: self.max_requests,
             max_requests_jitter: self.max_requests_jitter,
             max_memory: self
@@ -198,7 +273,9 @@ mod tests {
             "app:app",
         ])
         .expect("parses");
-        let Command::Serve(s) = args.command;
+        let Command::Serve(s) = args.command else {
+            panic!("parsed as serve")
+        };
         let raw = s.to_raw();
         assert_eq!(raw.workers, Some(3));
         assert_eq!(raw.graceful_timeout, Some(RawDuration::Text("-5s".into())));

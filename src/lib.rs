@@ -16,6 +16,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod control;
 pub mod exit;
 pub mod jobs;
 pub mod lifecycle;
@@ -23,4 +24,5 @@ pub mod logging;
 pub mod proxy;
 pub mod serve;
 pub mod shim;
+pub mod status;
 pub mod supervisor;

@@ -16,7 +16,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::control;
+use crate::status::StatusSource;
 
 use crate::config::{Config, ConfigError, ReloadStrategy, WorkerSocket};
 use crate::lifecycle::{Event, Machine, Outcome, Phase, StopSignal};
@@ -33,6 +36,8 @@ pub enum ServeError {
     Setup(std::io::Error),
     #[error("cannot create the directory for worker sockets: {0}")]
     RunDir(std::io::Error),
+    #[error(transparent)]
+    Control(control::ControlError),
 }
 
 struct Signals {
@@ -112,9 +117,11 @@ struct Run {
     reaper: Reaper,
     signals: Signals,
     controls: Controls,
+    /// Requests from the control socket.
+    ops: mpsc::Receiver<control::Incoming>,
+    status: StatusSource,
     reloader: Reloader,
     run_dir: std::path::PathBuf,
-    started: Instant,
     stop_requested_at: Option<Instant>,
     completed_at_stop: u64,
     aborted: usize,
@@ -203,6 +210,15 @@ pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
         },
         None => None,
     };
+    let control_listener = match control::bind(&cfg.control_socket) {
+        Ok(l) => l,
+        Err(e) => {
+            for l in listeners {
+                l.drain_and_close();
+            }
+            return Err(ServeError::Control(e));
+        }
+    };
     let run_dir = if cfg.worker_socket == WorkerSocket::Unix {
         make_run_dir().map_err(ServeError::RunDir)?
     } else {
@@ -221,6 +237,25 @@ pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
         .router
         .on_recycle(Box::new(move |uid, reason| handle.recycle(uid, reason)));
     let (phase_tx, _) = watch::channel(Phase::Starting);
+    let status = StatusSource {
+        front: front.clone(),
+        phase: phase_tx.subscribe(),
+        generation: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+        workers_wanted: Arc::new(std::sync::atomic::AtomicUsize::new(cfg.workers)),
+        started: Instant::now(),
+    };
+    let control_stop = tokio_util::sync::CancellationToken::new();
+    let (ops_tx, ops) = mpsc::channel(16);
+    {
+        let (ctl_tx, ctl_rx) = mpsc::channel(16);
+        tokio::spawn(control::serve(
+            control_listener,
+            cfg.control_socket.clone(),
+            ctl_tx,
+            control_stop.clone(),
+        ));
+        tokio::spawn(route_control(ctl_rx, ops_tx, status.clone()));
+    }
     let mut run = Run {
         cfg,
         machine: Machine::new(),
@@ -230,9 +265,10 @@ pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
         reaper,
         signals,
         controls,
+        ops,
+        status,
         reloader,
         run_dir: run_dir.clone(),
-        started: Instant::now(),
         stop_requested_at: None,
         completed_at_stop: 0,
         aborted: 0,
@@ -244,6 +280,7 @@ pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
         let state = crate::admin::AdminState {
             phase: run.phase_tx.subscribe(),
             front: run.front.clone(),
+            status: run.status.clone(),
         };
         tokio::spawn(crate::admin::serve(l, state, admin_stop.clone()));
     }
@@ -300,6 +337,7 @@ pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
                 tokio::select! {
                     sig = run.signals.next() => run.on_signal(sig),
                     ctl = run.controls.next() => control(&mut run, ctl).await,
+                    Some((req, reply)) = run.ops.recv() => operate(&mut run, req, reply).await,
                 }
             }
             Phase::LameDuck => {
@@ -335,6 +373,7 @@ pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
     }
 
     admin_stop.cancel();
+    control_stop.cancel();
     let leftovers = run.reaper.kill_all_children().await;
     if leftovers > 0 {
         tracing::warn!(
@@ -454,7 +493,9 @@ async fn drain(run: &mut Run) {
 /// Act on a control signal while serving.
 async fn control(run: &mut Run, ctl: ControlSignal) {
     match ctl {
-        ControlSignal::Reload => reload(run).await,
+        ControlSignal::Reload => {
+            let _ = reload(run).await;
+        }
         ControlSignal::ScaleUp | ControlSignal::ScaleDown => {
             let from = run.sup.workers();
             let to = match ctl {
@@ -468,6 +509,9 @@ async fn control(run: &mut Run, ctl: ControlSignal) {
             tracing::info!(from, to, "Scaling workers.");
             run.sup.scale(to);
             run.cfg.workers = to;
+            run.status
+                .workers_wanted
+                .store(to, std::sync::atomic::Ordering::Relaxed);
         }
         ControlSignal::Status => log_status(run),
     }
@@ -476,7 +520,7 @@ async fn control(run: &mut Run, ctl: ControlSignal) {
 /// SIGHUP: re-read the configuration and replace every worker with one of the
 /// new generation, without dropping a request. If the configuration is bad or
 /// the new workers cannot boot, the current ones keep serving.
-async fn reload(run: &mut Run) {
+async fn reload(run: &mut Run) -> Result<u64, String> {
     tracing::info!(
         generation = run.sup.generation(),
         "Reload requested: re-reading the configuration."
@@ -485,7 +529,9 @@ async fn reload(run: &mut Run) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "Reload failed: the configuration is invalid; the current workers keep serving.");
-            return;
+            return Err(format!(
+                "the configuration is invalid; the current workers keep serving: {e}"
+            ));
         }
     };
     for key in needs_restart(&run.cfg, &new) {
@@ -529,13 +575,107 @@ async fn reload(run: &mut Run) {
                 run.sup.scale(new.workers);
                 run.cfg.workers = new.workers;
             }
+            run.status
+                .generation
+                .store(generation, std::sync::atomic::Ordering::Relaxed);
+            run.status
+                .workers_wanted
+                .store(run.sup.workers(), std::sync::atomic::Ordering::Relaxed);
+            Ok(generation)
         }
         Ok(Err(e)) => {
-            tracing::error!(error = %e, "Reload failed; the current workers keep serving.")
+            tracing::error!(error = %e, "Reload failed; the current workers keep serving.");
+            Err(e.to_string())
         }
         Err(sig) => {
             tracing::info!(signal = sig.name(), "Reload abandoned: stopping.");
             run.on_signal(sig);
+            Err("reload abandoned: curfew is stopping".into())
+        }
+    }
+}
+
+/// A request from the control socket (`curfew reload`, `stop`, `scale`).
+async fn operate(run: &mut Run, req: control::Request, reply: oneshot::Sender<control::Response>) {
+    use control::{Request, Response};
+    match req {
+        Request::Status => {
+            let _ = reply.send(Response {
+                ok: true,
+                status: Some(run.status.snapshot()),
+                ..Default::default()
+            });
+        }
+        Request::Reload => {
+            let r = reload(run).await;
+            let _ = reply.send(match r {
+                Ok(g) => Response::ok(format!("reloaded: generation {g} is serving")),
+                Err(e) => Response::err(e),
+            });
+        }
+        Request::Stop => {
+            let _ = reply.send(Response::ok("stopping gracefully"));
+            tracing::info!("Stop requested on the control socket.");
+            run.on_signal(StopSignal::Term);
+        }
+        Request::Scale { workers } => {
+            if workers == 0 || workers > 1024 {
+                let _ = reply.send(Response::err(format!(
+                    "workers must be between 1 and 1024, not {workers}"
+                )));
+                return;
+            }
+            let from = run.sup.workers();
+            tracing::info!(from, to = workers, "Scaling workers (control socket).");
+            run.sup.scale(workers);
+            run.cfg.workers = workers;
+            run.status
+                .workers_wanted
+                .store(workers, std::sync::atomic::Ordering::Relaxed);
+            let _ = reply.send(Response::ok(format!(
+                "scaling from {from} to {workers} workers"
+            )));
+        }
+    }
+}
+
+/// Answer control requests: status at once in any phase; the rest go to the
+/// orchestrator while serving, and are refused once a stop is under way.
+async fn route_control(
+    mut rx: mpsc::Receiver<control::Incoming>,
+    ops: mpsc::Sender<control::Incoming>,
+    status: StatusSource,
+) {
+    while let Some((req, reply)) = rx.recv().await {
+        let phase = *status.phase.borrow();
+        match req {
+            control::Request::Status => {
+                let _ = reply.send(control::Response {
+                    ok: true,
+                    status: Some(status.snapshot()),
+                    ..Default::default()
+                });
+            }
+            _ if phase != Phase::Serving => {
+                let msg = match (&req, phase) {
+                    (control::Request::Stop, p) if p > Phase::Serving => {
+                        "already stopping".to_string()
+                    }
+                    (_, p) => format!("refused: curfew is {p}"),
+                };
+                let _ = reply.send(
+                    if matches!(req, control::Request::Stop) && phase > Phase::Serving {
+                        control::Response::ok(msg)
+                    } else {
+                        control::Response::err(msg)
+                    },
+                );
+            }
+            other => {
+                if ops.send((other, reply)).await.is_err() {
+                    break;
+                }
+            }
         }
     }
 }
@@ -567,27 +707,29 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     out
 }
 
-/// SIGUSR1: a status report in the log.
+/// SIGUSR1: a status report in the log (the same as `curfew status`).
 fn log_status(run: &Run) {
-    let workers = run.front.router.workers();
+    let st = run.status.snapshot();
     tracing::info!(
-        phase = %run.machine.phase(),
-        uptime_s = run.started.elapsed().as_secs(),
-        generation = run.sup.generation(),
-        workers = workers.len(),
-        in_flight = run.front.router.requests().len(),
-        queued = run.front.router.queue_len(),
-        requests_completed = run.front.router.completed(),
+        phase = %st.phase,
+        uptime_s = st.uptime_s,
+        generation = st.generation,
+        workers = st.workers.len(),
+        workers_wanted = st.workers_wanted,
+        in_flight = st.requests_in_flight,
+        queued = st.requests_queued,
+        requests_completed = st.requests_completed,
         "Status."
     );
-    for w in workers {
+    for w in st.workers {
         tracing::info!(
             worker = w.id,
             pid = w.pid,
             generation = w.generation,
+            age_s = w.age_s,
             in_flight = w.in_flight,
-            served = w.served,
-            rss_mib = crate::supervisor::group_rss_bytes(w.pid as i32) >> 20,
+            served = w.requests_served,
+            rss_mib = w.rss_bytes >> 20,
             "Status: worker."
         );
     }

@@ -156,6 +156,7 @@ pub struct Config {
     pub chdir: Option<PathBuf>,
     pub forwarded_allow: ForwardedAllow,
     pub admin_bind: Option<BindAddr>,
+    pub control_socket: PathBuf,
     pub max_requests: Option<u64>,
     pub max_requests_jitter: u64,
     pub max_memory: Option<u64>,
@@ -498,6 +499,17 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
         chdir,
         forwarded_allow,
         admin_bind,
+        control_socket: match raw.control_socket {
+            Some(p) if p.is_empty() => {
+                return Err(cx.err(
+                    "control_socket",
+                    "\"\"",
+                    "give a path, e.g. \"/run/app/curfew.sock\"",
+                ));
+            }
+            Some(p) => PathBuf::from(p),
+            None => crate::control::default_path(),
+        },
         max_requests,
         max_requests_jitter,
         max_memory,

@@ -164,6 +164,8 @@ raw_config! {
     reload_strategy: String,
     /// Rolling reload: workers replaced per step.
     reload_batch: i64,
+    /// Path of the control socket (`curfew status`, `reload`, `stop`, `scale`).
+    control_socket: String,
     /// Address of the admin endpoint (`/healthz`, `/readyz`); off when unset.
     admin_bind: String,
     /// `text` or `json`.

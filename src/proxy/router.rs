@@ -48,6 +48,8 @@ pub struct WorkerStatus {
     pub generation: u64,
     pub in_flight: usize,
     pub served: u64,
+    /// When it started taking traffic.
+    pub since: Instant,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -64,6 +66,7 @@ struct Backend {
     in_flight: usize,
     /// Requests completed.
     served: u64,
+    since: Instant,
     /// No new request until then (see [`Router::suspend`]).
     suspended_until: Option<Instant>,
 }
@@ -339,6 +342,7 @@ impl Router {
             pool,
             in_flight: 0,
             served: 0,
+            since: Instant::now(),
             suspended_until: None,
         });
         self.dispatch(&mut st);
@@ -398,6 +402,7 @@ impl Router {
                 generation: b.worker.generation,
                 in_flight: b.in_flight,
                 served: b.served,
+                since: b.since,
             })
             .collect();
         v.sort_by_key(|w| (w.id, w.uid));

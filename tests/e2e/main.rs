@@ -3,6 +3,7 @@
 //! signals and sockets. One test binary (saves link time on 2 cores).
 
 mod config_errors;
+mod control;
 mod health;
 mod operate;
 mod proxy;

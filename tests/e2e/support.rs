@@ -37,6 +37,9 @@ pub struct Curfew {
     pub port: u16,
     pub marker: String,
     logs: Arc<Mutex<Vec<String>>>,
+    /// Its control socket (a private temporary directory per instance).
+    pub control_socket: PathBuf,
+    _control_dir: tempfile::TempDir,
     /// Set when curfew's stderr closes (it exited).
     ended: Arc<std::sync::atomic::AtomicBool>,
     exit: Option<std::process::ExitStatus>,
@@ -103,6 +106,9 @@ impl Curfew {
                 .unwrap_or_else(|| format!("127.0.0.1:{port}"));
             cmd.args(["--bind", &bind]);
         }
+        let control_dir = tempfile::tempdir().expect("tempdir");
+        let control_socket = control_dir.path().join("control.sock");
+        cmd.arg("--control-socket").arg(&control_socket);
         cmd.args(&opts.args);
         cmd.arg("--");
         cmd.args(&opts.command);
@@ -162,6 +168,8 @@ impl Curfew {
             logs,
             ended,
             exit: None,
+            control_socket,
+            _control_dir: control_dir,
         }
     }
 
@@ -594,5 +602,23 @@ impl Curfew {
             .filter(|v| v["message"] == "Worker ready.")
             .filter_map(|v| v["pid"].as_i64())
             .collect()
+    }
+}
+
+impl Curfew {
+    /// Run `curfew <args…> --control-socket <this instance's socket>`;
+    /// returns (exit code, stdout, stderr).
+    pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(CURFEW)
+            .args(args)
+            .arg("--control-socket")
+            .arg(&self.control_socket)
+            .output()
+            .expect("run curfew client");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 }

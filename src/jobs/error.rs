@@ -1,0 +1,155 @@
+//! [`StoreError`]: what can go wrong in the job store, sorted by what the
+//! caller should do about it.
+
+use super::model::JobState;
+
+/// An error of the job store.
+///
+/// - [`InvalidUrl`](StoreError::InvalidUrl), [`InvalidInput`](StoreError::InvalidInput),
+///   [`PayloadTooLarge`](StoreError::PayloadTooLarge): the caller's mistake;
+///   name the field, do not retry.
+/// - [`NotFound`](StoreError::NotFound), [`WrongState`](StoreError::WrongState):
+///   the job is not there or not in a state that allows the operation.
+/// - [`Unavailable`](StoreError::Unavailable): the database cannot be reached
+///   or is busy right now; retry with backoff ([`StoreError::is_retryable`]).
+/// - [`Database`](StoreError::Database), [`Migration`](StoreError::Migration),
+///   [`Corrupt`](StoreError::Corrupt): anything else; a bug or an operator's
+///   problem.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid job store URL {url}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+
+    #[error("invalid {field}: {reason}")]
+    InvalidInput { field: &'static str, reason: String },
+
+    #[error(
+        "invalid payload: it is {size} bytes, over the limit of {limit} bytes (max_payload_bytes)"
+    )]
+    PayloadTooLarge { size: usize, limit: usize },
+
+    #[error("job {id} not found")]
+    NotFound { id: i64 },
+
+    #[error("cannot {action} job {id} in state {state}{hint}")]
+    WrongState {
+        id: i64,
+        action: &'static str,
+        state: JobState,
+        hint: &'static str,
+    },
+
+    #[error("job store {store} is unavailable: {source}")]
+    Unavailable {
+        store: String,
+        #[source]
+        source: sqlx::Error,
+    },
+
+    #[error("job store {store}: migration failed: {source}")]
+    Migration {
+        store: String,
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+
+    #[error("job store {store}: {source}")]
+    Database {
+        store: String,
+        #[source]
+        source: sqlx::Error,
+    },
+
+    #[error("job store {store}: job {id} cannot be read: {reason}")]
+    Corrupt {
+        store: String,
+        id: i64,
+        reason: String,
+    },
+}
+
+impl StoreError {
+    /// True when the same call may succeed later (the database was
+    /// unreachable, busy, or restarting).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
+
+    pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        StoreError::InvalidInput {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// Sorts a database error into [`StoreError::Unavailable`] or
+    /// [`StoreError::Database`]. `store` names the store (password redacted).
+    pub(crate) fn from_sqlx(store: &str, source: sqlx::Error) -> Self {
+        let store = store.to_owned();
+        if is_unavailable(&source) {
+            StoreError::Unavailable { store, source }
+        } else {
+            StoreError::Database { store, source }
+        }
+    }
+}
+
+/// Whether a database error means "the database cannot serve us right now"
+/// rather than "this statement is wrong".
+fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            let Some(code) = db.code() else {
+                return false;
+            };
+            if let Ok(sqlite_code) = code.parse::<i32>() {
+                // SQLite (extended result codes; the primary code is the low
+                // byte): BUSY, LOCKED, IOERR, FULL, CANTOPEN.
+                return matches!(sqlite_code & 0xff, 5 | 6 | 10 | 13 | 14);
+            }
+            // PostgreSQL SQLSTATE: connection exception, insufficient
+            // resources, operator intervention (shutdown, recovery),
+            // serialization failure and deadlock.
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57P")
+                || code == "40001"
+                || code == "40P01"
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_errors_are_retryable() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let error = StoreError::from_sqlx("sqlite:///x", sqlx::Error::Io(io));
+        assert!(error.is_retryable());
+        assert!(StoreError::from_sqlx("x", sqlx::Error::PoolTimedOut).is_retryable());
+        assert!(!StoreError::from_sqlx("x", sqlx::Error::RowNotFound).is_retryable());
+    }
+
+    #[test]
+    fn wrong_state_reads_as_a_sentence() {
+        let error = StoreError::WrongState {
+            id: 7,
+            action: "cancel",
+            state: JobState::Running,
+            hint: "; it will finish or be released",
+        };
+        assert_eq!(
+            error.to_string(),
+            "cannot cancel job 7 in state running; it will finish or be released"
+        );
+    }
+}

@@ -1,0 +1,558 @@
+//! The durable job store: where background jobs live between enqueue and
+//! completion, with leases, fencing tokens, retries and crash recovery.
+//! The store only; the dispatcher that claims and delivers jobs is elsewhere.
+//!
+//! # Backends
+//!
+//! [`Store`] has one API over two databases, one job model and one schema
+//! (`migrations/sqlite`, `migrations/postgres`, applied on open):
+//!
+//! - **SQLite** (the default; a file, nothing to install):
+//!   `sqlite:///var/lib/app/jobs.db`, `sqlite://relative.db`, or a plain
+//!   path. WAL, `synchronous=NORMAL`, `busy_timeout` 5 s; every write is a
+//!   `BEGIN IMMEDIATE` transaction, so several processes may share the file.
+//! - **PostgreSQL** (a queue shared by curfew instances on several hosts):
+//!   `postgres://user@host/db`. Everything lives in one schema (default
+//!   `curfew`, see [`StoreOptions::pg_schema`]), created if missing. Claims
+//!   use `FOR UPDATE SKIP LOCKED`; new jobs send `NOTIFY curfew_jobs,
+//!   '<queue>'` ([`Store::listen`]); "now" is the database clock.
+//!
+//! # The job's life
+//!
+//! `queued → running → succeeded`, with `failed` (a failed attempt waiting
+//! for its retry at `run_at`), `dead` and `cancelled`; see [`JobState`].
+//! A processor [claims](Store::claim) jobs with a lease and renews it
+//! ([`Store::heartbeat`], every lease/3 or so) for as long as the job runs.
+//! It ends the run with [`Store::complete`], [`Store::fail`] (retry at a time
+//! from [`backoff::backoff`], or dead after `max_attempts`), [`Store::snooze`]
+//! (back-pressure: retry later without spending an attempt) or, on a graceful
+//! shutdown, [`Store::release`]. A processor that died is detected by its
+//! expired lease ([`Store::rescue_expired`]) or, faster, by its own next boot
+//! ([`Store::reclaim_own_previous`]).
+//!
+//! # Invariants
+//!
+//! 1. **A job is `running` exactly when it holds a lease** (`lease_owner`,
+//!    `lease_token`, `lease_expires_at` all set). A CHECK constraint enforces
+//!    it in both databases.
+//! 2. **A job is never handed to two claimers while its lease is alive.** A
+//!    claim moves rows out of `queued`/`failed` atomically (row locks with
+//!    `SKIP LOCKED` in PostgreSQL, the single writer lock in SQLite), and
+//!    only a rescue, which requires an expired lease or a dead previous boot
+//!    of the owner, puts a running job back.
+//! 3. **Every write about a running job is fenced**: `WHERE id = … AND
+//!    state = 'running' AND lease_token = …`. Each claim draws a new random
+//!    token, so a processor that lost its job (rescued, released, re-claimed
+//!    elsewhere) cannot complete, fail, snooze, heartbeat or release it; it
+//!    gets `false` / [`FailOutcome::LostLease`] and must stop.
+//! 4. **Recovery never overwrites a finished job** (River #1302): rescue and
+//!    reclaim write only rows whose state and token are still the ones they
+//!    read, and (PostgreSQL) lock what they read.
+//! 5. **`attempt` counts real failures only.** A crash, a release or a snooze
+//!    gives its attempt back; crashes and releases are counted in their own
+//!    columns. A job whose processor died more than `max_crashes` times is
+//!    parked as `dead` ("interrupted by processor crashes N times") so a job
+//!    that kills its processor cannot kill every processor in turn.
+//! 6. **One job per idempotency key**, for as long as the job exists:
+//!    enqueueing the key again returns the existing id with `created: false`.
+//!
+//! Delivery is at least once: a processor that is alive but cut off from the
+//! database past its lease loses the job to a rescue and the job runs again.
+//! Handlers must be idempotent (the job id and attempt identify a run).
+//!
+//! Timestamps are unix milliseconds (`i64`) in both databases. `run_at`
+//! values passed in (enqueue, `fail`'s `retry_at`, snooze) are absolute
+//! times from the caller's clock.
+//!
+//! # Enqueueing from the application's own transaction (PostgreSQL)
+//!
+//! The migration creates a SQL function, so an application on the same
+//! database can enqueue inside its own transaction: the job exists if and
+//! only if the application's data commits (no outbox needed), and curfew is
+//! woken by `NOTIFY` at commit.
+//!
+//! ```sql
+//! BEGIN;
+//! INSERT INTO users (email) VALUES ('a@b.c');
+//! SELECT curfew.enqueue('mail', 'send_email', '{"to":"a@b.c"}');
+//! COMMIT;
+//!
+//! -- all parameters:
+//! -- curfew.enqueue(queue text, kind text, payload jsonb,
+//! --                priority int DEFAULT 0, run_at timestamptz DEFAULT now(),
+//! --                max_attempts int DEFAULT 20, idempotency_key text DEFAULT NULL)
+//! --   RETURNS bigint  -- the job id (the existing one for a known key)
+//! SELECT curfew.enqueue('mail', 'digest', '{}', run_at => now() + interval '1 hour');
+//! ```
+//!
+//! The function checks queue and kind like the API does (CHECK constraints)
+//! but not [`StoreOptions::max_payload_bytes`]. It runs with the caller's
+//! privileges: the application's role needs `USAGE` on the schema and
+//! `INSERT, SELECT` on `curfew.jobs`.
+//!
+//! # Not here
+//!
+//! Pruning of finished jobs, a registry of live processors, and the
+//! dispatcher's polling loop (wake-ups are hints: poll every second or two as
+//! well) belong to the layers above.
+
+pub mod backoff;
+mod error;
+mod model;
+mod ops;
+mod postgres;
+mod row;
+mod sqlite;
+mod target;
+mod validate;
+
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use tokio::sync::broadcast;
+
+pub use error::StoreError;
+pub use model::{
+    Claimed, DEFAULT_MAX_ATTEMPTS, Enqueued, FailOutcome, Job, JobState, ListFilter, NewJob,
+    QueueStats, UnknownState, now_ms,
+};
+pub use postgres::{CHANNEL, PgStore};
+pub use sqlite::SqliteStore;
+pub use validate::{MAX_ERROR_BYTES, MAX_NAME_CHARS};
+
+use ops::{RescueScope, Rescued};
+use target::Target;
+
+/// Settings of [`Store::open_with`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// PostgreSQL schema holding curfew's objects; created if missing.
+    /// Lower-case letters, digits and `_`. Default `curfew`.
+    pub pg_schema: String,
+    /// Largest payload accepted by [`Store::enqueue`], as serialized JSON.
+    /// Default 1 MiB.
+    pub max_payload_bytes: usize,
+    /// Connections in the pool. A [`Store::listen`]er on PostgreSQL holds one
+    /// of them for its lifetime. Default 10.
+    pub max_connections: u32,
+    /// How long to wait for a connection (also at open) before the database
+    /// counts as unavailable. Default 10 s.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            pg_schema: "curfew".to_owned(),
+            max_payload_bytes: 1024 * 1024,
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The lease owner string of a processor: `node/boot`. `node` names the
+/// machine or instance (stable across restarts, unique among the processors
+/// sharing a store, without `/`); `boot` is new on every start.
+pub fn lease_owner(node: &str, boot: &str) -> String {
+    format!("{node}/{boot}")
+}
+
+/// A job store: SQLite or PostgreSQL behind one API. Cheap to clone (a
+/// connection pool).
+#[derive(Debug, Clone)]
+pub enum Store {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+/// Runs `$body` with `$s` bound to whichever backend `$store` is.
+macro_rules! on_backend {
+    ($store:expr, $s:ident => $body:expr) => {
+        match $store {
+            Store::Sqlite($s) => $body,
+            Store::Postgres($s) => $body,
+        }
+    };
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `url` with default options and
+    /// applies pending migrations. See the module docs for the URL forms.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        Store::open_with(url, StoreOptions::default()).await
+    }
+
+    /// [`Store::open`] with options.
+    pub async fn open_with(url: &str, options: StoreOptions) -> Result<Store, StoreError> {
+        if options.max_payload_bytes == 0 {
+            return Err(StoreError::invalid(
+                "max_payload_bytes",
+                "0; it must be at least 1",
+            ));
+        }
+        if options.max_connections == 0 {
+            return Err(StoreError::invalid(
+                "max_connections",
+                "0; it must be at least 1",
+            ));
+        }
+        let store = match target::parse(url)? {
+            Target::Sqlite(path) => Store::Sqlite(SqliteStore::open(&path, &options).await?),
+            Target::Postgres(url) => Store::Postgres(PgStore::open(&url, &options).await?),
+        };
+        tracing::info!(store = %store.name(), "job store open");
+        Ok(store)
+    }
+
+    /// The store's URL (password redacted; PostgreSQL: with the schema), for
+    /// logs.
+    pub fn name(&self) -> &str {
+        on_backend!(self, s => s.name())
+    }
+
+    /// Closes the pool (SQLite: after folding the WAL into the database
+    /// file). Other clones of this store stop working too.
+    pub async fn close(&self) {
+        on_backend!(self, s => s.close().await)
+    }
+
+    /// Adds a job. With an idempotency key that exists already, returns that
+    /// job's id and `created: false`.
+    pub async fn enqueue(&self, job: NewJob) -> Result<Enqueued, StoreError> {
+        let max = on_backend!(self, s => s.max_payload_bytes());
+        let job = validate::new_job(job, max)?;
+        let (queue, kind) = (job.queue.clone(), job.kind.clone());
+        let enqueued = on_backend!(self, s => s.enqueue(job).await)?;
+        tracing::debug!(
+            job_id = enqueued.id,
+            queue,
+            kind,
+            created = enqueued.created,
+            "job enqueued"
+        );
+        Ok(enqueued)
+    }
+
+    /// Atomically moves up to `limit` claimable jobs of `queue` (queued or
+    /// failed, `run_at <= now`; by priority, run_at, id) to running, each
+    /// with attempt + 1, a new token, `owner` and a lease of `lease`.
+    /// Returned in claim order.
+    pub async fn claim(
+        &self,
+        queue: &str,
+        limit: u32,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        validate::name("queue", queue)?;
+        validate::text("owner", owner)?;
+        let lease_ms = validate::lease(lease)?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut jobs = on_backend!(self, s => s.claim(queue, limit, owner, lease_ms).await)?;
+        jobs.sort_by_key(|j| (j.priority, j.run_at, j.id));
+        let claimed = jobs
+            .into_iter()
+            .map(|job| match job.lease_token.clone() {
+                Some(token) => Ok(Claimed { job, token }),
+                None => Err(StoreError::Corrupt {
+                    store: self.name().to_owned(),
+                    id: job.id,
+                    reason: "claimed without a lease token".to_owned(),
+                }),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if !claimed.is_empty() {
+            tracing::debug!(queue, owner, count = claimed.len(), "jobs claimed");
+        }
+        Ok(claimed)
+    }
+
+    /// Extends the lease to now + `lease`, if `token` still holds the job
+    /// (also when the lease has run out but no rescue has taken the job yet).
+    /// `false`: the job was lost (rescued, released or finished); stop
+    /// working on it.
+    pub async fn heartbeat(
+        &self,
+        id: i64,
+        token: &str,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let lease_ms = validate::lease(lease)?;
+        on_backend!(self, s => s.heartbeat(id, token, lease_ms).await)
+    }
+
+    /// Marks the run succeeded, if `token` still holds the job.
+    pub async fn complete(&self, id: i64, token: &str) -> Result<bool, StoreError> {
+        on_backend!(self, s => s.complete(id, token).await)
+    }
+
+    /// Records a failed attempt, if `token` still holds the job: `dead` when
+    /// the attempt was the last (`attempt >= max_attempts`), else `failed`
+    /// until `retry_at`. `error` is stored as `last_error` (cut to
+    /// [`MAX_ERROR_BYTES`]).
+    pub async fn fail(
+        &self,
+        id: i64,
+        token: &str,
+        error: &str,
+        retry_at: i64,
+    ) -> Result<FailOutcome, StoreError> {
+        let error = validate::error_text(error);
+        on_backend!(self, s => s.fail(id, token, &error, retry_at).await)
+    }
+
+    /// Puts the job back to queued until `run_at` without spending the
+    /// attempt (429/503 back-pressure), if `token` still holds it.
+    pub async fn snooze(&self, id: i64, token: &str, run_at: i64) -> Result<bool, StoreError> {
+        on_backend!(self, s => s.snooze(id, token, run_at).await)
+    }
+
+    /// Graceful shutdown: hands back the given `(id, token)` runs in one
+    /// statement: queued, the interrupted attempt given back, `releases` + 1,
+    /// `last_error` = `reason`, lease cleared. Only rows still running under
+    /// that token change. Returns how many did.
+    pub async fn release(&self, jobs: &[(i64, String)], reason: &str) -> Result<u64, StoreError> {
+        if jobs.is_empty() {
+            return Ok(0);
+        }
+        let reason = validate::error_text(reason);
+        let released = on_backend!(self, s => s.release(jobs, &reason).await)?;
+        for job in &released {
+            tracing::info!(job_id = job.id, queue = %job.queue, reason, "job released back to its queue");
+        }
+        Ok(released.len() as u64)
+    }
+
+    /// Takes back running jobs whose lease expired (their processor stopped
+    /// heartbeating): queued again with the attempt given back and
+    /// `crashes` + 1, or dead once `crashes` would exceed `max_crashes`.
+    /// Returns their ids.
+    pub async fn rescue_expired(&self, max_crashes: i32) -> Result<Vec<i64>, StoreError> {
+        validate::max_crashes(max_crashes)?;
+        let rescued = on_backend!(self, s => s.rescue(RescueScope::Expired, max_crashes).await)?;
+        Ok(log_rescued(&rescued, "lease expired"))
+    }
+
+    /// At start-up: takes back at once (as [`Store::rescue_expired`] does)
+    /// the running jobs of this node's previous boots, i.e. whose owner is
+    /// `node/<any boot but boot>`, without waiting for their leases.
+    pub async fn reclaim_own_previous(
+        &self,
+        node: &str,
+        boot: &str,
+        max_crashes: i32,
+    ) -> Result<Vec<i64>, StoreError> {
+        validate::node(node)?;
+        validate::text("boot", boot)?;
+        validate::max_crashes(max_crashes)?;
+        let own = lease_owner(node, boot);
+        let node_prefix = format!("{node}/");
+        let scope = RescueScope::OtherBoots {
+            own: &own,
+            node_prefix: &node_prefix,
+        };
+        let rescued = on_backend!(self, s => s.rescue(scope, max_crashes).await)?;
+        Ok(log_rescued(&rescued, "previous boot of this node"))
+    }
+
+    /// The job, if it exists.
+    pub async fn get(&self, id: i64) -> Result<Option<Job>, StoreError> {
+        on_backend!(self, s => s.get(id).await)
+    }
+
+    /// Jobs matching `filter`, by id, at most `filter.limit`.
+    pub async fn list(&self, filter: ListFilter) -> Result<Vec<Job>, StoreError> {
+        if let Some(queue) = &filter.queue {
+            validate::name("queue", queue)?;
+        }
+        if filter.limit == 0 || filter.limit > ListFilter::MAX_LIMIT {
+            return Err(StoreError::invalid(
+                "limit",
+                format!(
+                    "{}; it must be 1 to {}",
+                    filter.limit,
+                    ListFilter::MAX_LIMIT
+                ),
+            ));
+        }
+        on_backend!(self, s => s.list(&filter).await)
+    }
+
+    /// Runs a dead, failed or cancelled job again now, with a clean slate
+    /// (attempt 0, crashes 0; `last_error` and `releases` are kept as
+    /// history).
+    pub async fn retry(&self, id: i64) -> Result<(), StoreError> {
+        match on_backend!(self, s => s.retry(id).await)? {
+            Ok(queue) => {
+                tracing::info!(job_id = id, queue, "job queued again by request");
+                Ok(())
+            }
+            Err(state) => Err(row::wrong_state(id, "retry", state)),
+        }
+    }
+
+    /// Cancels a queued or failed job. A running job cannot be cancelled: it
+    /// will finish or be released.
+    pub async fn cancel(&self, id: i64) -> Result<(), StoreError> {
+        on_backend!(self, s => s.cancel(id).await)?
+            .map_err(|state| row::wrong_state(id, "cancel", state))
+    }
+
+    /// Deletes a job that is not running.
+    pub async fn delete(&self, id: i64) -> Result<(), StoreError> {
+        on_backend!(self, s => s.delete(id).await)?
+            .map_err(|state| row::wrong_state(id, "delete", state))
+    }
+
+    /// Counts per queue, by queue name.
+    pub async fn stats(&self) -> Result<Vec<QueueStats>, StoreError> {
+        on_backend!(self, s => s.stats().await)
+    }
+
+    /// The earliest `run_at` among the queue's queued and failed jobs: when
+    /// the dispatcher needs to look again (it may be in the past).
+    pub async fn next_run_at(&self, queue: &str) -> Result<Option<i64>, StoreError> {
+        validate::name("queue", queue)?;
+        on_backend!(self, s => s.next_run_at(queue).await)
+    }
+
+    /// Every running job, by id.
+    pub async fn running_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        on_backend!(self, s => s.running_jobs().await)
+    }
+
+    /// Wake-ups: the queue name of each job enqueued (or put back by a
+    /// release, rescue or retry). PostgreSQL: `LISTEN curfew_jobs` on a
+    /// dedicated connection, so every instance hears every enqueue, including
+    /// the application's `curfew.enqueue()`. SQLite: this process's enqueues
+    /// only. Either way a hint, not the truth: keep polling too.
+    pub async fn listen(&self) -> Result<JobListener, StoreError> {
+        let inner = match self {
+            Store::Sqlite(s) => ListenerInner::Local(s.subscribe()),
+            Store::Postgres(s) => ListenerInner::Postgres(Box::new(s.listen().await?)),
+        };
+        Ok(JobListener {
+            inner,
+            store: self.name().to_owned(),
+        })
+    }
+}
+
+fn log_rescued(rescued: &[Rescued], why: &'static str) -> Vec<i64> {
+    for job in rescued {
+        let owner = job.owner.as_deref().unwrap_or("?");
+        if job.dead {
+            tracing::warn!(
+                job_id = job.id,
+                queue = %job.queue,
+                owner,
+                crashes = job.crashes,
+                why,
+                "job parked as dead: its processor died while running it too many times"
+            );
+        } else {
+            tracing::warn!(
+                job_id = job.id,
+                queue = %job.queue,
+                owner,
+                crashes = job.crashes,
+                why,
+                "job rescued from a dead processor and queued again"
+            );
+        }
+    }
+    rescued.iter().map(|r| r.id).collect()
+}
+
+/// Wake-ups from [`Store::listen`].
+pub struct JobListener {
+    inner: ListenerInner,
+    store: String,
+}
+
+enum ListenerInner {
+    Postgres(Box<PgListener>),
+    Local(broadcast::Receiver<String>),
+}
+
+impl std::fmt::Debug for JobListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobListener")
+            .field("store", &self.store)
+            .finish()
+    }
+}
+
+impl JobListener {
+    /// Waits for the next wake-up and returns its queue name. PostgreSQL:
+    /// reconnects by itself after a lost connection (wake-ups sent meanwhile
+    /// are lost, hence the polling); an error means the store was closed or
+    /// the database is unreachable.
+    pub async fn recv(&mut self) -> Result<String, StoreError> {
+        match &mut self.inner {
+            ListenerInner::Postgres(listener) => {
+                let notification = listener
+                    .recv()
+                    .await
+                    .map_err(|e| StoreError::from_sqlx(&self.store, e))?;
+                Ok(notification.payload().to_owned())
+            }
+            ListenerInner::Local(rx) => loop {
+                match rx.recv().await {
+                    Ok(queue) => return Ok(queue),
+                    // Missed some; the newest ones are still there.
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return Err(StoreError::from_sqlx(&self.store, sqlx::Error::PoolClosed));
+                    }
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: T) {}
+
+    /// The dispatcher and the HTTP API spawn these futures: they must be
+    /// `Send`. (Compiled, never run.)
+    #[allow(dead_code)]
+    fn every_future_is_send(store: Store, mut listener: JobListener) {
+        assert_send(Store::open("jobs.db"));
+        assert_send(store.enqueue(NewJob::default()));
+        assert_send(store.claim("q", 1, "n/b", Duration::from_secs(1)));
+        assert_send(store.heartbeat(1, "t", Duration::from_secs(1)));
+        assert_send(store.complete(1, "t"));
+        assert_send(store.fail(1, "t", "e", 0));
+        assert_send(store.snooze(1, "t", 0));
+        assert_send(store.release(&[], "r"));
+        assert_send(store.rescue_expired(1));
+        assert_send(store.reclaim_own_previous("n", "b", 1));
+        assert_send(store.get(1));
+        assert_send(store.list(ListFilter::default()));
+        assert_send(store.retry(1));
+        assert_send(store.cancel(1));
+        assert_send(store.delete(1));
+        assert_send(store.stats());
+        assert_send(store.next_run_at("q"));
+        assert_send(store.running_jobs());
+        assert_send(store.listen());
+        assert_send(store.close());
+        assert_send(listener.recv());
+        assert_send(store);
+    }
+
+    #[test]
+    fn store_and_listener_can_cross_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>() {}
+        send_sync::<Store>();
+        send::<JobListener>();
+    }
+}

@@ -1,0 +1,92 @@
+//! Decoding a `jobs` row into a [`Job`], for either backend. Only the payload
+//! differs (TEXT in SQLite, jsonb in PostgreSQL); the backend decodes it and
+//! hands it in.
+
+use sqlx::{ColumnIndex, Decode, Row, Type};
+
+use super::error::StoreError;
+use super::model::{Job, JobState, QueueStats};
+
+pub(crate) fn job<'r, R>(
+    store: &str,
+    row: &'r R,
+    payload: serde_json::Value,
+) -> Result<Job, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    i32: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let db = |e| StoreError::from_sqlx(store, e);
+    let id: i64 = row.try_get("id").map_err(db)?;
+    let state: String = row.try_get("state").map_err(db)?;
+    let state = state.parse::<JobState>().map_err(|e| StoreError::Corrupt {
+        store: store.to_owned(),
+        id,
+        reason: e.to_string(),
+    })?;
+    Ok(Job {
+        id,
+        queue: row.try_get("queue").map_err(db)?,
+        kind: row.try_get("kind").map_err(db)?,
+        payload,
+        priority: row.try_get("priority").map_err(db)?,
+        run_at: row.try_get("run_at").map_err(db)?,
+        attempt: row.try_get("attempt").map_err(db)?,
+        max_attempts: row.try_get("max_attempts").map_err(db)?,
+        state,
+        lease_owner: row.try_get("lease_owner").map_err(db)?,
+        lease_token: row.try_get("lease_token").map_err(db)?,
+        lease_expires_at: row.try_get("lease_expires_at").map_err(db)?,
+        crashes: row.try_get("crashes").map_err(db)?,
+        releases: row.try_get("releases").map_err(db)?,
+        last_error: row.try_get("last_error").map_err(db)?,
+        idempotency_key: row.try_get("idempotency_key").map_err(db)?,
+        created_at: row.try_get("created_at").map_err(db)?,
+        updated_at: row.try_get("updated_at").map_err(db)?,
+        started_at: row.try_get("started_at").map_err(db)?,
+        finished_at: row.try_get("finished_at").map_err(db)?,
+    })
+}
+
+/// One row of the stats query.
+pub(crate) fn stats<'r, R>(row: &'r R) -> Result<QueueStats, sqlx::Error>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(QueueStats {
+        queue: row.try_get("queue")?,
+        queued: row.try_get("queued")?,
+        scheduled: row.try_get("scheduled")?,
+        running: row.try_get("running")?,
+        failed: row.try_get("failed")?,
+        dead: row.try_get("dead")?,
+        succeeded: row.try_get("succeeded")?,
+        cancelled: row.try_get("cancelled")?,
+        oldest_queued_age_ms: row.try_get("oldest_queued_age_ms")?,
+    })
+}
+
+/// The hint of a [`StoreError::WrongState`] for `action` on a job in `state`.
+pub(crate) fn wrong_state(id: i64, action: &'static str, state: JobState) -> StoreError {
+    let hint = match (action, state) {
+        ("cancel", JobState::Running) => "; it will finish or be released",
+        ("delete", JobState::Running) => "; wait until it finishes or is released",
+        ("retry", JobState::Running) => "; it is being worked on",
+        ("retry", JobState::Queued) => "; it is already waiting to run",
+        ("retry", JobState::Succeeded) => "; only dead, failed or cancelled jobs can be retried",
+        ("cancel", _) => "; only queued or failed jobs can be cancelled",
+        _ => "",
+    };
+    StoreError::WrongState {
+        id,
+        action,
+        state,
+        hint,
+    }
+}

@@ -1,0 +1,126 @@
+//! `curfew status`, `reload`, `stop`, `scale` against a running instance over
+//! the control socket, and the admin endpoint's `/status` and its readiness.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use crate::support::*;
+
+#[test]
+fn status_scale_reload_stop_over_the_control_socket() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("curfew.toml");
+    let admin = free_port();
+    let write = |tag: &str, fail: bool| {
+        let fail = if fail { ", \"--fail-boot\"" } else { "" };
+        std::fs::write(
+            &cfg,
+            format!("command = [{TESTWORKER:?}, \"--tag\", {tag:?}{fail}]\nworkers = 2\nadmin_bind = \"127.0.0.1:{admin}\"\n"),
+        )
+        .expect("write");
+    };
+    write("one", false);
+    let mut c = Curfew::start(Opts {
+        args: vec!["--config".into(), cfg.display().to_string()],
+        command: vec![],
+        env: vec![],
+        cwd: None,
+        bind: None,
+    });
+    let mode = std::fs::metadata(&c.control_socket)
+        .expect("socket")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "control socket is private");
+
+    let (code, out, err) = c.ctl(&["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("phase serving")
+            && out.contains("generation 1")
+            && out.contains("workers 2/2"),
+        "{out}"
+    );
+    assert_eq!(out.lines().count(), 4, "header + 2 workers: {out}");
+
+    let (code, out, _) = c.ctl(&["scale", "3"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("to 3"), "{out}");
+    c.wait_log_count("Worker ready.", 3, Duration::from_secs(5));
+
+    write("two", false);
+    let (code, out, err) = c.ctl(&["reload"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("generation 2"), "{out}");
+    assert!(get(c.port, "/").body.contains("tag=two"));
+
+    let (code, out, _) = c.ctl(&["status", "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["generation"], 2);
+    // A reload applies the file again: its `workers = 2` replaces the scale.
+    assert_eq!(v["workers_wanted"], 2);
+    c.wait_log("scaled down", Duration::from_secs(5));
+    assert!(v["workers"].as_array().is_some_and(|w| w.len() >= 2), "{v}");
+    assert!(
+        v["workers"][0]["rss_bytes"].as_u64().is_some_and(|r| r > 0),
+        "{v}"
+    );
+    // The admin endpoint serves the same report.
+    let admin_status: serde_json::Value =
+        serde_json::from_str(&get(admin, "/status").body).expect("json");
+    assert_eq!(admin_status["generation"], 2);
+
+    write("broken", true);
+    let (code, _, err) = c.ctl(&["reload"]);
+    assert_eq!(code, 1, "a failed reload exits non-zero");
+    assert!(
+        err.contains("ImportError") || err.contains("could not boot"),
+        "{err}"
+    );
+    assert!(
+        get(c.port, "/").body.contains("tag=two"),
+        "old generation still serving"
+    );
+
+    let (code, _, err) = c.ctl(&["scale", "0"]);
+    assert_eq!(code, 2, "{err}");
+
+    let (code, out, _) = c.ctl(&["stop"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("stopping"), "{out}");
+    assert_eq!(c.wait_exit(Duration::from_secs(10)), 0, "{}", c.log_text());
+    assert!(!c.control_socket.exists(), "socket removed on exit");
+
+    let (code, _, err) = c.ctl(&["status"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no curfew is listening"), "{err}");
+    assert_no_survivors(&c);
+}
+
+#[test]
+fn second_instance_on_the_same_control_socket_is_refused() {
+    let c = Curfew::start(Opts::testworker(&["-w", "1"], &[]));
+    let out = std::process::Command::new(CURFEW)
+        .args([
+            "serve",
+            "-w",
+            "1",
+            "--bind",
+            &format!("127.0.0.1:{}", free_port()),
+            "--control-socket",
+        ])
+        .arg(&c.control_socket)
+        .args(["--", TESTWORKER])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use"), "{err}");
+    assert_eq!(
+        get(c.port, "/").status,
+        200,
+        "the first instance is unaffected"
+    );
+}

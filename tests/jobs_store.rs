@@ -1,0 +1,1481 @@
+//! Conformance suite of the job store: every test runs against both backends,
+//! each on a fresh database (a SQLite file in a temporary directory; a
+//! PostgreSQL schema `curfew_t_<random>`, dropped at the end), real
+//! databases, no mocks.
+//!
+//! PostgreSQL: `CURFEW_TEST_PG_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/test` (trust auth). If it is down:
+//! `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use curfew::jobs::{
+    FailOutcome, JobState, ListFilter, NewJob, Store, StoreError, StoreOptions, backoff, now_ms,
+};
+use serde_json::json;
+use sqlx::{AssertSqlSafe, Connection};
+
+const LEASE: Duration = Duration::from_secs(60);
+const OWNER: &str = "node-a/boot-1";
+
+fn pg_url() -> String {
+    std::env::var("CURFEW_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+fn random_suffix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// One fresh store, and what it takes to open it again (a second process or
+/// host on the same database).
+struct Harness {
+    backend: Backend,
+    store: Store,
+    url: String,
+    options: StoreOptions,
+    dir: tempfile::TempDir,
+    /// PostgreSQL schemas to drop when the test ends.
+    schemas: Mutex<Vec<String>>,
+}
+
+impl Harness {
+    async fn new(backend: Backend) -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (url, options, schemas) = match backend {
+            Backend::Sqlite => (
+                format!("sqlite://{}", dir.path().join("jobs.db").display()),
+                StoreOptions::default(),
+                vec![],
+            ),
+            Backend::Postgres => {
+                let schema = format!("curfew_t_{}", random_suffix());
+                let options = StoreOptions {
+                    pg_schema: schema.clone(),
+                    // Fail fast with a clear error when PostgreSQL is down.
+                    acquire_timeout: Duration::from_secs(3),
+                    ..StoreOptions::default()
+                };
+                (pg_url(), options, vec![schema])
+            }
+        };
+        let harness_schemas = Mutex::new(schemas);
+        let store = match Store::open_with(&url, options.clone()).await {
+            Ok(store) => store,
+            Err(e) => {
+                // Drop the schema even though the test goes no further.
+                drop(Harness::drop_schemas(&url, &harness_schemas));
+                panic!("open {url}: {e}");
+            }
+        };
+        Harness {
+            backend,
+            store,
+            url,
+            options,
+            dir,
+            schemas: harness_schemas,
+        }
+    }
+
+    /// A second, independent store on the same database.
+    async fn open_again(&self) -> Store {
+        self.open_again_with(self.options.clone()).await
+    }
+
+    async fn open_again_with(&self, options: StoreOptions) -> Store {
+        Store::open_with(&self.url, options)
+            .await
+            .expect("open again")
+    }
+
+    /// A URL and options naming a database nobody has opened yet.
+    fn fresh_target(&self) -> (String, StoreOptions) {
+        match self.backend {
+            Backend::Sqlite => (
+                format!(
+                    "sqlite://{}",
+                    self.dir
+                        .path()
+                        .join(format!("{}.db", random_suffix()))
+                        .display()
+                ),
+                StoreOptions::default(),
+            ),
+            Backend::Postgres => {
+                let schema = format!("curfew_t_{}", random_suffix());
+                self.schemas.lock().expect("lock").push(schema.clone());
+                (
+                    self.url.clone(),
+                    StoreOptions {
+                        pg_schema: schema,
+                        ..StoreOptions::default()
+                    },
+                )
+            }
+        }
+    }
+
+    fn schema(&self) -> &str {
+        &self.options.pg_schema
+    }
+
+    fn drop_schemas(url: &str, schemas: &Mutex<Vec<String>>) -> std::thread::Result<()> {
+        let schemas: Vec<String> =
+            std::mem::take(&mut *schemas.lock().unwrap_or_else(|e| e.into_inner()));
+        if schemas.is_empty() {
+            return Ok(());
+        }
+        let url = url.to_owned();
+        // Drop runs inside the test's runtime: use a thread with its own.
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&url)
+                    .await
+                    .expect("connect to drop schemas");
+                sqlx::query("SET lock_timeout = '10s'")
+                    .execute(&mut conn)
+                    .await
+                    .expect("set lock_timeout");
+                for schema in schemas {
+                    sqlx::query(AssertSqlSafe(format!(
+                        "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+                    )))
+                    .execute(&mut conn)
+                    .await
+                    .expect("drop schema");
+                }
+            });
+        })
+        .join()
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if Harness::drop_schemas(&self.url, &self.schemas).is_err() {
+            eprintln!("could not drop the test schemas of {}", self.url);
+        }
+    }
+}
+
+/// Declares each listed `async fn name(h: &Harness)` as a test per backend:
+/// `sqlite::name` and `postgres::name`.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::run(super::Backend::Sqlite, super::$name).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::run(super::Backend::Postgres, super::$name).await;
+                }
+            )*
+        }
+    };
+}
+
+async fn run(backend: Backend, test: impl AsyncFnOnce(&Harness)) {
+    let harness = Harness::new(backend).await;
+    test(&harness).await;
+    harness.store.close().await;
+    // Dropping the harness drops its PostgreSQL schemas (also when a test
+    // panics) and deletes the SQLite directory.
+}
+
+conformance!(
+    enqueue_get_list_stats,
+    idempotency_key_returns_the_existing_job,
+    claim_follows_priority_then_run_at_then_id,
+    concurrent_claimers_get_each_job_exactly_once,
+    stale_tokens_are_fenced_off,
+    fail_retries_then_dies_at_max_attempts,
+    snooze_gives_the_attempt_back,
+    release_hands_back_only_running_jobs_with_their_token,
+    rescue_expired_takes_jobs_whose_lease_ran_out,
+    crash_cap_parks_the_job_as_dead,
+    reclaim_own_previous_touches_only_this_nodes_other_boots,
+    retry_cancel_delete_follow_the_state_rules,
+    invalid_input_names_the_field,
+    payload_limit_is_enforced,
+    listen_wakes_on_enqueue,
+    concurrent_opens_migrate_once,
+);
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+fn new_job(queue: &str) -> NewJob {
+    NewJob::new(queue, "test.kind", json!({"n": 1}))
+}
+
+async fn enqueue(h: &Harness, job: NewJob) -> i64 {
+    let enqueued = h.store.enqueue(job).await.expect("enqueue");
+    assert!(enqueued.created);
+    enqueued.id
+}
+
+async fn get(h: &Harness, id: i64) -> curfew::jobs::Job {
+    h.store.get(id).await.expect("get").expect("job exists")
+}
+
+fn field_of<T: std::fmt::Debug>(result: Result<T, StoreError>) -> (&'static str, String) {
+    match result {
+        Err(e @ StoreError::InvalidInput { field, .. }) => (field, e.to_string()),
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
+}
+
+fn assert_wrong_state<T: std::fmt::Debug>(
+    result: Result<T, StoreError>,
+    expected: JobState,
+) -> String {
+    match result {
+        Err(e @ StoreError::WrongState { state, .. }) if state == expected => e.to_string(),
+        other => panic!("expected WrongState({expected}), got {other:?}"),
+    }
+}
+
+/// Claims exactly one job of `queue` and returns (id, token).
+async fn claim_one(h: &Harness, queue: &str, owner: &str, lease: Duration) -> (i64, String) {
+    let mut claimed = h.store.claim(queue, 1, owner, lease).await.expect("claim");
+    assert_eq!(claimed.len(), 1, "expected one claimable job in {queue}");
+    let c = claimed.remove(0);
+    (c.job.id, c.token)
+}
+
+// ---------------------------------------------------------------------------
+// The suite
+
+async fn enqueue_get_list_stats(h: &Harness) {
+    let before = now_ms();
+    let a = enqueue(h, new_job("mail")).await;
+    let b = enqueue(
+        h,
+        NewJob {
+            priority: 3,
+            max_attempts: Some(5),
+            ..NewJob::new("mail", "mail.send", json!({"to": "a@b.c", "tags": [1, 2]}))
+        },
+    )
+    .await;
+    let later = enqueue(
+        h,
+        NewJob {
+            run_at: Some(now_ms() + 60_000),
+            ..new_job("mail")
+        },
+    )
+    .await;
+    let sms = enqueue(h, new_job("sms")).await;
+    assert!(a < b && b < later && later < sms, "ids grow");
+
+    let job = get(h, b).await;
+    assert_eq!(job.queue, "mail");
+    assert_eq!(job.kind, "mail.send");
+    assert_eq!(job.payload, json!({"to": "a@b.c", "tags": [1, 2]}));
+    assert_eq!((job.priority, job.attempt, job.max_attempts), (3, 0, 5));
+    assert_eq!(job.state, JobState::Queued);
+    assert_eq!((job.crashes, job.releases), (0, 0));
+    assert!(
+        job.lease_owner.is_none() && job.lease_token.is_none() && job.lease_expires_at.is_none()
+    );
+    assert!(job.last_error.is_none() && job.started_at.is_none() && job.finished_at.is_none());
+    assert!((before - 5_000..=now_ms() + 5_000).contains(&job.created_at));
+    assert!((before - 5_000..=now_ms() + 5_000).contains(&job.run_at));
+    assert_eq!(get(h, a).await.max_attempts, 20, "default max_attempts");
+    assert!(h.store.get(sms + 1000).await.expect("get").is_none());
+
+    let all = h.store.list(ListFilter::default()).await.expect("list");
+    assert_eq!(
+        all.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![a, b, later, sms]
+    );
+    let mail = h
+        .store
+        .list(ListFilter {
+            queue: Some("mail".into()),
+            ..ListFilter::default()
+        })
+        .await
+        .expect("list mail");
+    assert_eq!(mail.len(), 3);
+    let page = h
+        .store
+        .list(ListFilter {
+            state: Some(JobState::Queued),
+            limit: 2,
+            after_id: Some(a),
+            ..ListFilter::default()
+        })
+        .await
+        .expect("page");
+    assert_eq!(
+        page.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![b, later]
+    );
+
+    let (claimed, _token) = claim_one(h, "mail", OWNER, LEASE).await;
+    assert_eq!(claimed, a, "priority 0 before priority 3");
+    let running = h.store.running_jobs().await.expect("running");
+    assert_eq!(running.iter().map(|j| j.id).collect::<Vec<_>>(), vec![a]);
+    assert_eq!(
+        h.store
+            .list(ListFilter {
+                state: Some(JobState::Running),
+                ..ListFilter::default()
+            })
+            .await
+            .expect("list running")
+            .len(),
+        1
+    );
+
+    let stats = h.store.stats().await.expect("stats");
+    assert_eq!(
+        stats.iter().map(|s| s.queue.as_str()).collect::<Vec<_>>(),
+        vec!["mail", "sms"]
+    );
+    let m = &stats[0];
+    assert_eq!((m.queued, m.scheduled, m.running), (1, 1, 1), "{m:?}");
+    assert_eq!(
+        (m.failed, m.dead, m.succeeded, m.cancelled),
+        (0, 0, 0, 0),
+        "{m:?}"
+    );
+    assert!(m.oldest_queued_age_ms.is_some_and(|age| age >= 0), "{m:?}");
+    assert_eq!((stats[1].queued, stats[1].running), (1, 0));
+
+    let next = h.store.next_run_at("mail").await.expect("next_run_at");
+    assert_eq!(next, Some(get(h, b).await.run_at), "earliest waiting job");
+    assert_eq!(
+        h.store.next_run_at("nothing").await.expect("next_run_at"),
+        None
+    );
+}
+
+async fn idempotency_key_returns_the_existing_job(h: &Harness) {
+    let keyed = |payload| NewJob {
+        idempotency_key: Some("order-42".into()),
+        ..NewJob::new("orders", "order.confirm", payload)
+    };
+    let first = h
+        .store
+        .enqueue(keyed(json!({"v": 1})))
+        .await
+        .expect("first");
+    assert!(first.created);
+    let again = h
+        .store
+        .enqueue(keyed(json!({"v": 2})))
+        .await
+        .expect("again");
+    assert_eq!(again.id, first.id);
+    assert!(!again.created);
+    assert_eq!(
+        get(h, first.id).await.payload,
+        json!({"v": 1}),
+        "the first one wins"
+    );
+    assert_eq!(
+        get(h, first.id).await.idempotency_key.as_deref(),
+        Some("order-42")
+    );
+
+    // Without a key, or with another key: new jobs.
+    let other = h
+        .store
+        .enqueue(NewJob {
+            idempotency_key: Some("order-43".into()),
+            ..new_job("orders")
+        })
+        .await
+        .expect("other key");
+    assert!(other.created && other.id != first.id);
+    assert!(
+        h.store
+            .enqueue(new_job("orders"))
+            .await
+            .expect("no key")
+            .created
+    );
+    assert!(
+        h.store
+            .enqueue(new_job("orders"))
+            .await
+            .expect("no key")
+            .created
+    );
+
+    // Racing enqueues of one key: one job, one `created`.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = h.store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .enqueue(NewJob {
+                    idempotency_key: Some("race".into()),
+                    ..new_job("orders")
+                })
+                .await
+                .expect("racing enqueue")
+        }));
+    }
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.expect("task"));
+    }
+    let ids: HashSet<i64> = results.iter().map(|r| r.id).collect();
+    assert_eq!(ids.len(), 1, "{results:?}");
+    assert_eq!(
+        results.iter().filter(|r| r.created).count(),
+        1,
+        "{results:?}"
+    );
+    let all = h.store.list(ListFilter::default()).await.expect("list");
+    assert_eq!(all.len(), 5);
+}
+
+async fn claim_follows_priority_then_run_at_then_id(h: &Harness) {
+    let now = now_ms();
+    let at = |priority, run_at| NewJob {
+        priority,
+        run_at: Some(run_at),
+        ..new_job("q")
+    };
+    let low = enqueue(h, at(5, now - 30_000)).await;
+    let newer = enqueue(h, at(0, now - 10_000)).await;
+    let older = enqueue(h, at(0, now - 20_000)).await;
+    let tie_1 = enqueue(h, at(1, now - 5_000)).await;
+    let tie_2 = enqueue(h, at(1, now - 5_000)).await;
+    let future = enqueue(h, at(-10, now + 60_000)).await;
+    let elsewhere = enqueue(
+        h,
+        NewJob {
+            queue: "other".into(),
+            ..at(-10, now - 60_000)
+        },
+    )
+    .await;
+    let urgent = enqueue(h, at(-1, now - 1_000)).await;
+
+    let claimed = h.store.claim("q", 10, OWNER, LEASE).await.expect("claim");
+    let ids: Vec<i64> = claimed.iter().map(|c| c.job.id).collect();
+    assert_eq!(ids, vec![urgent, older, newer, tie_1, tie_2, low]);
+    assert!(!ids.contains(&future) && !ids.contains(&elsewhere));
+
+    let tokens: HashSet<&str> = claimed.iter().map(|c| c.token.as_str()).collect();
+    assert_eq!(tokens.len(), claimed.len(), "a token per job");
+    let before = now_ms();
+    for c in &claimed {
+        let job = &c.job;
+        assert_eq!(job.state, JobState::Running);
+        assert_eq!(job.attempt, 1);
+        assert_eq!(job.lease_owner.as_deref(), Some(OWNER));
+        assert_eq!(job.lease_token.as_deref(), Some(c.token.as_str()));
+        assert!(
+            job.lease_expires_at.is_some_and(|t| t > before + 50_000),
+            "{job:?}"
+        );
+        assert!(job.started_at.is_some());
+        // A UUID v4.
+        let uuid = uuid::Uuid::parse_str(&c.token).expect("token is a UUID");
+        assert_eq!(uuid.get_version_num(), 4, "{}", c.token);
+        assert_eq!(
+            get(h, job.id).await,
+            *job,
+            "the returned job is the stored one"
+        );
+    }
+    assert!(
+        h.store
+            .claim("q", 10, OWNER, LEASE)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+
+    // A limit takes the first n.
+    let a = enqueue(h, at(2, now - 1)).await;
+    let b = enqueue(h, at(1, now - 1)).await;
+    let claimed = h.store.claim("q", 1, OWNER, LEASE).await.expect("claim");
+    assert_eq!(
+        claimed.iter().map(|c| c.job.id).collect::<Vec<_>>(),
+        vec![b]
+    );
+    assert!(
+        h.store
+            .claim("q", 0, OWNER, LEASE)
+            .await
+            .expect("claim 0")
+            .is_empty()
+    );
+    let claimed = h.store.claim("q", 5, OWNER, LEASE).await.expect("claim");
+    assert_eq!(
+        claimed.iter().map(|c| c.job.id).collect::<Vec<_>>(),
+        vec![a]
+    );
+}
+
+async fn concurrent_claimers_get_each_job_exactly_once(h: &Harness) {
+    const JOBS: usize = 500;
+    const CLAIMERS: usize = 8;
+    let mut enqueued = Vec::with_capacity(JOBS);
+    for i in 0..JOBS {
+        let job = NewJob {
+            priority: (i % 3) as i32,
+            ..new_job("bulk")
+        };
+        enqueued.push(enqueue(h, job).await);
+    }
+    // Half the claimers on a second, independent store: another process
+    // (SQLite) or host (PostgreSQL).
+    let other = h.open_again().await;
+    let mut tasks = Vec::new();
+    for i in 0..CLAIMERS {
+        let store = if i % 2 == 0 {
+            h.store.clone()
+        } else {
+            other.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            let owner = format!("node-{i}/boot");
+            let mut got = Vec::new();
+            loop {
+                let claimed = store.claim("bulk", 7, &owner, LEASE).await.expect("claim");
+                if claimed.is_empty() {
+                    return got;
+                }
+                for c in claimed {
+                    assert!(store.complete(c.job.id, &c.token).await.expect("complete"));
+                    got.push((c.job.id, c.token));
+                }
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    let mut per_claimer = Vec::new();
+    for task in tasks {
+        let got = task.await.expect("claimer");
+        per_claimer.push(got.len());
+        all.extend(got);
+    }
+    let ids: Vec<i64> = all.iter().map(|(id, _)| *id).collect();
+    let unique: HashSet<i64> = ids.iter().copied().collect();
+    assert_eq!(ids.len(), JOBS, "claims per claimer: {per_claimer:?}");
+    assert_eq!(unique.len(), JOBS, "a job was claimed twice");
+    assert_eq!(unique, enqueued.iter().copied().collect::<HashSet<_>>());
+    let tokens: HashSet<&String> = all.iter().map(|(_, token)| token).collect();
+    assert_eq!(tokens.len(), JOBS, "tokens are unique");
+    assert!(
+        per_claimer.iter().filter(|n| **n > 0).count() > 1,
+        "the claimers actually competed: {per_claimer:?}"
+    );
+    let stats = h.store.stats().await.expect("stats");
+    assert_eq!(stats[0].succeeded, JOBS as i64);
+    assert_eq!(stats[0].running + stats[0].queued, 0);
+    other.close().await;
+}
+
+async fn stale_tokens_are_fenced_off(h: &Harness) {
+    let id = enqueue(h, new_job("q")).await;
+    let (_, stale) = claim_one(h, "q", "node-a/boot-1", Duration::from_millis(1)).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(h.store.rescue_expired(5).await.expect("rescue"), vec![id]);
+    let (_, fresh) = claim_one(h, "q", "node-b/boot-1", LEASE).await;
+    assert_ne!(stale, fresh);
+    let job = get(h, id).await;
+    assert_eq!(
+        (job.attempt, job.crashes),
+        (1, 1),
+        "the crashed attempt was given back"
+    );
+
+    // The first processor wakes up: every write it tries is a no-op.
+    assert!(
+        !h.store
+            .heartbeat(id, &stale, LEASE)
+            .await
+            .expect("heartbeat")
+    );
+    assert!(!h.store.complete(id, &stale).await.expect("complete"));
+    assert_eq!(
+        h.store
+            .fail(id, &stale, "late", now_ms())
+            .await
+            .expect("fail"),
+        FailOutcome::LostLease
+    );
+    assert!(!h.store.snooze(id, &stale, now_ms()).await.expect("snooze"));
+    assert_eq!(
+        h.store
+            .release(&[(id, stale.clone())], "shutdown")
+            .await
+            .expect("release"),
+        0
+    );
+    assert_eq!(get(h, id).await, job, "nothing changed");
+
+    // The holder of the fresh token is unaffected.
+    let expires = job.lease_expires_at.expect("leased");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert!(
+        h.store
+            .heartbeat(id, &fresh, Duration::from_secs(120))
+            .await
+            .expect("heartbeat")
+    );
+    assert!(get(h, id).await.lease_expires_at.expect("leased") > expires);
+    assert!(h.store.complete(id, &fresh).await.expect("complete"));
+    let done = get(h, id).await;
+    assert_eq!(done.state, JobState::Succeeded);
+    assert!(done.finished_at.is_some() && done.lease_token.is_none() && done.lease_owner.is_none());
+    // A finished job's token is dead too.
+    assert!(!h.store.complete(id, &fresh).await.expect("complete twice"));
+    assert!(
+        !h.store
+            .heartbeat(id, &fresh, LEASE)
+            .await
+            .expect("heartbeat after")
+    );
+    assert!(
+        !h.store
+            .complete(id + 1000, &fresh)
+            .await
+            .expect("unknown job")
+    );
+}
+
+async fn fail_retries_then_dies_at_max_attempts(h: &Harness) {
+    // A failure with the real backoff: failed, not claimable for ~16 s.
+    let id = enqueue(h, new_job("q")).await;
+    let (_, token) = claim_one(h, "q", OWNER, LEASE).await;
+    let now = now_ms();
+    let retry_at = backoff::retry_at(1, now);
+    assert!(retry_at >= now + 14_000 && retry_at <= now + 18_000);
+    assert_eq!(
+        h.store
+            .fail(id, &token, "boom: connection reset", retry_at)
+            .await
+            .expect("fail"),
+        FailOutcome::Retry { run_at: retry_at }
+    );
+    let job = get(h, id).await;
+    assert_eq!(job.state, JobState::Failed);
+    assert_eq!((job.run_at, job.attempt), (retry_at, 1));
+    assert_eq!(job.last_error.as_deref(), Some("boom: connection reset"));
+    assert!(job.lease_token.is_none() && job.finished_at.is_none());
+    assert!(
+        h.store
+            .claim("q", 10, OWNER, LEASE)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    assert_eq!(
+        h.store.next_run_at("q").await.expect("next"),
+        Some(retry_at)
+    );
+    let stats = h.store.stats().await.expect("stats");
+    assert_eq!(
+        (stats[0].failed, stats[0].scheduled, stats[0].queued),
+        (1, 1, 0)
+    );
+
+    // Once its retry time has come, a failed job is claimable again, with
+    // the next attempt number; the last attempt's failure makes it dead.
+    let id = enqueue(
+        h,
+        NewJob {
+            max_attempts: Some(2),
+            ..new_job("r")
+        },
+    )
+    .await;
+    let (_, token) = claim_one(h, "r", OWNER, LEASE).await;
+    assert!(matches!(
+        h.store
+            .fail(id, &token, "first", now_ms() - 1)
+            .await
+            .expect("fail"),
+        FailOutcome::Retry { .. }
+    ));
+    let (again, token) = claim_one(h, "r", OWNER, LEASE).await;
+    assert_eq!(again, id);
+    assert_eq!(get(h, id).await.attempt, 2);
+    assert_eq!(
+        h.store
+            .fail(id, &token, "second", now_ms() + 60_000)
+            .await
+            .expect("fail"),
+        FailOutcome::Dead
+    );
+    let job = get(h, id).await;
+    assert_eq!(job.state, JobState::Dead);
+    assert_eq!(job.last_error.as_deref(), Some("second"));
+    assert!(job.finished_at.is_some() && job.lease_owner.is_none());
+    assert!(
+        h.store
+            .claim("r", 10, OWNER, LEASE)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    assert_eq!(
+        h.store.next_run_at("r").await.expect("next"),
+        None,
+        "dead jobs never run"
+    );
+
+    // A long error is cut, not refused.
+    let id = enqueue(h, new_job("s")).await;
+    let (_, token) = claim_one(h, "s", OWNER, LEASE).await;
+    let huge = "x".repeat(100_000);
+    h.store
+        .fail(id, &token, &huge, now_ms())
+        .await
+        .expect("fail with a huge error");
+    let stored = get(h, id).await.last_error.expect("last_error");
+    assert!(stored.len() < 17_000 && stored.ends_with("[truncated]"));
+}
+
+async fn snooze_gives_the_attempt_back(h: &Harness) {
+    let id = enqueue(h, new_job("q")).await;
+    let (_, token) = claim_one(h, "q", OWNER, LEASE).await;
+    let later = now_ms() + 60_000;
+    assert!(h.store.snooze(id, &token, later).await.expect("snooze"));
+    let job = get(h, id).await;
+    assert_eq!(job.state, JobState::Queued);
+    assert_eq!((job.attempt, job.run_at), (0, later));
+    assert!(
+        job.lease_token.is_none() && job.lease_owner.is_none() && job.lease_expires_at.is_none()
+    );
+    assert!(
+        h.store
+            .claim("q", 1, OWNER, LEASE)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    assert!(
+        !h.store
+            .snooze(id, &token, now_ms())
+            .await
+            .expect("snooze with an old token")
+    );
+
+    // Snoozed into the past: claimable at once, still attempt 1.
+    let other = enqueue(h, new_job("p")).await;
+    let (_, token) = claim_one(h, "p", OWNER, LEASE).await;
+    assert!(
+        h.store
+            .snooze(other, &token, now_ms() - 1)
+            .await
+            .expect("snooze")
+    );
+    let (again, _) = claim_one(h, "p", OWNER, LEASE).await;
+    assert_eq!(again, other);
+    assert_eq!(get(h, other).await.attempt, 1);
+}
+
+async fn release_hands_back_only_running_jobs_with_their_token(h: &Harness) {
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(enqueue(h, new_job("q")).await);
+    }
+    let claimed = h.store.claim("q", 3, OWNER, LEASE).await.expect("claim");
+    assert_eq!(claimed.len(), 3);
+    let pairs: Vec<(i64, String)> = claimed
+        .iter()
+        .map(|c| (c.job.id, c.token.clone()))
+        .collect();
+    let (finished, finished_token) = pairs[2].clone();
+    assert!(
+        h.store
+            .complete(finished, &finished_token)
+            .await
+            .expect("complete")
+    );
+    let queued = ids[4];
+
+    let mut handback = pairs.clone();
+    handback.push((queued, "not-a-token".into())); // queued, never claimed
+    handback.push((pairs[0].0, "stale-token".into())); // running, wrong token
+    let released = h
+        .store
+        .release(&handback, "interrupted by shutdown")
+        .await
+        .expect("release");
+    assert_eq!(released, 2);
+    for (id, _) in &pairs[..2] {
+        let job = get(h, *id).await;
+        assert_eq!(job.state, JobState::Queued);
+        assert_eq!((job.attempt, job.releases, job.crashes), (0, 1, 0));
+        assert_eq!(job.last_error.as_deref(), Some("interrupted by shutdown"));
+        assert!(
+            job.lease_owner.is_none()
+                && job.lease_token.is_none()
+                && job.lease_expires_at.is_none()
+        );
+    }
+    assert_eq!(get(h, finished).await.state, JobState::Succeeded);
+    let untouched = get(h, queued).await;
+    assert_eq!((untouched.state, untouched.releases), (JobState::Queued, 0));
+    assert!(untouched.last_error.is_none());
+    assert_eq!(
+        h.store
+            .release(&[], "nothing")
+            .await
+            .expect("empty release"),
+        0
+    );
+    // Released again: the same tokens are spent.
+    assert_eq!(
+        h.store
+            .release(&pairs, "again")
+            .await
+            .expect("release again"),
+        0
+    );
+
+    // Put back at the head of the line, attempt restored.
+    let claimed = h.store.claim("q", 2, OWNER, LEASE).await.expect("claim");
+    assert_eq!(
+        claimed.iter().map(|c| c.job.id).collect::<Vec<_>>(),
+        vec![pairs[0].0, pairs[1].0]
+    );
+    assert!(
+        claimed
+            .iter()
+            .all(|c| c.job.attempt == 1 && c.job.releases == 1)
+    );
+}
+
+async fn rescue_expired_takes_jobs_whose_lease_ran_out(h: &Harness) {
+    let short_a = enqueue(h, new_job("q")).await;
+    let short_b = enqueue(h, new_job("other")).await;
+    let long = enqueue(h, new_job("q")).await;
+    let beating = enqueue(h, new_job("q")).await;
+    let tiny = Duration::from_millis(1);
+    claim_one(h, "q", "node-a/boot-1", tiny).await;
+    claim_one(h, "other", "node-a/boot-1", tiny).await;
+    claim_one(h, "q", "node-b/boot-1", LEASE).await;
+    let (_, token) = claim_one(h, "q", "node-c/boot-1", tiny).await;
+    // A heartbeat renews the lease in time.
+    assert!(
+        h.store
+            .heartbeat(beating, &token, LEASE)
+            .await
+            .expect("heartbeat")
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    let mut rescued = h.store.rescue_expired(3).await.expect("rescue");
+    rescued.sort_unstable();
+    assert_eq!(rescued, vec![short_a, short_b]);
+    for id in [short_a, short_b] {
+        let job = get(h, id).await;
+        assert_eq!(job.state, JobState::Queued);
+        assert_eq!((job.attempt, job.crashes, job.releases), (0, 1, 0));
+        let error = job.last_error.expect("last_error");
+        assert!(
+            error.contains("node-a/boot-1") && error.contains("expired"),
+            "{error}"
+        );
+        assert!(job.lease_owner.is_none() && job.lease_token.is_none());
+    }
+    for id in [long, beating] {
+        assert_eq!(get(h, id).await.state, JobState::Running);
+    }
+    assert!(
+        h.store
+            .rescue_expired(3)
+            .await
+            .expect("rescue again")
+            .is_empty()
+    );
+    let (again, _) = claim_one(h, "q", "node-d/boot-1", LEASE).await;
+    assert_eq!(again, short_a, "a rescued job is claimable at once");
+}
+
+async fn crash_cap_parks_the_job_as_dead(h: &Harness) {
+    let id = enqueue(h, new_job("poison")).await;
+    for crash in 1..=3 {
+        claim_one(
+            h,
+            "poison",
+            &format!("node/boot-{crash}"),
+            Duration::from_millis(1),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(h.store.rescue_expired(2).await.expect("rescue"), vec![id]);
+        let job = get(h, id).await;
+        assert_eq!(job.crashes, crash);
+        assert_eq!(job.attempt, 0, "crashes do not spend attempts");
+        if crash <= 2 {
+            assert_eq!(job.state, JobState::Queued);
+        } else {
+            assert_eq!(job.state, JobState::Dead);
+            assert_eq!(
+                job.last_error.as_deref(),
+                Some("interrupted by processor crashes 3 times")
+            );
+            assert!(job.finished_at.is_some());
+        }
+    }
+    assert!(
+        h.store
+            .claim("poison", 1, OWNER, LEASE)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    // max_crashes 0: the first crash parks it.
+    let id = enqueue(h, new_job("fragile")).await;
+    claim_one(h, "fragile", "node/boot", Duration::from_millis(1)).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(h.store.rescue_expired(0).await.expect("rescue"), vec![id]);
+    assert_eq!(get(h, id).await.state, JobState::Dead);
+}
+
+async fn reclaim_own_previous_touches_only_this_nodes_other_boots(h: &Harness) {
+    let mut by_owner = Vec::new();
+    for owner in [
+        "web-1/boot-a",
+        "web-1/boot-b",
+        "web-10/boot-a",
+        "web-2/boot-a",
+        "web-1/boot-c",
+    ] {
+        let id = enqueue(h, new_job("q")).await;
+        let (claimed, _) = claim_one(h, "q", owner, LEASE).await;
+        assert_eq!(claimed, id);
+        by_owner.push((owner, id));
+    }
+    let mut reclaimed = h
+        .store
+        .reclaim_own_previous("web-1", "boot-b", 5)
+        .await
+        .expect("reclaim");
+    reclaimed.sort_unstable();
+    assert_eq!(
+        reclaimed,
+        vec![by_owner[0].1, by_owner[4].1],
+        "web-1's boots a and c"
+    );
+    for (owner, id) in &by_owner {
+        let job = get(h, *id).await;
+        if *owner == "web-1/boot-a" || *owner == "web-1/boot-c" {
+            assert_eq!(job.state, JobState::Queued, "{owner}");
+            assert_eq!((job.attempt, job.crashes), (0, 1), "{owner}");
+            let error = job.last_error.expect("last_error");
+            assert!(
+                error.contains(owner) && error.contains("restarted"),
+                "{error}"
+            );
+        } else {
+            assert_eq!(job.state, JobState::Running, "{owner}");
+        }
+    }
+    assert!(
+        h.store
+            .reclaim_own_previous("web-1", "boot-b", 5)
+            .await
+            .expect("again")
+            .is_empty()
+    );
+    let (field, _) = field_of(h.store.reclaim_own_previous("web/1", "boot", 5).await);
+    assert_eq!(field, "node");
+    let (field, _) = field_of(h.store.reclaim_own_previous("web-1", "", 5).await);
+    assert_eq!(field, "boot");
+}
+
+async fn retry_cancel_delete_follow_the_state_rules(h: &Harness) {
+    let missing = 987_654;
+    for result in [
+        h.store.retry(missing).await,
+        h.store.cancel(missing).await,
+        h.store.delete(missing).await,
+    ] {
+        assert!(
+            matches!(result, Err(StoreError::NotFound { id }) if id == missing),
+            "{result:?}"
+        );
+    }
+
+    // Queued: cancel yes, retry no.
+    let queued = enqueue(h, new_job("q")).await;
+    let message = assert_wrong_state(h.store.retry(queued).await, JobState::Queued);
+    assert!(
+        message.contains(&format!("job {queued}")) && message.contains("queued"),
+        "{message}"
+    );
+    h.store.cancel(queued).await.expect("cancel queued");
+    let job = get(h, queued).await;
+    assert_eq!(job.state, JobState::Cancelled);
+    assert!(job.finished_at.is_some());
+    assert_wrong_state(h.store.cancel(queued).await, JobState::Cancelled);
+    assert!(
+        h.store
+            .claim("q", 10, OWNER, LEASE)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    // Cancelled → retry → queued and claimable.
+    h.store.retry(queued).await.expect("retry cancelled");
+    let job = get(h, queued).await;
+    assert_eq!(
+        (job.state, job.attempt, job.finished_at),
+        (JobState::Queued, 0, None)
+    );
+
+    // Running: nothing but finishing or releasing.
+    let (running, token) = claim_one(h, "q", OWNER, LEASE).await;
+    let message = assert_wrong_state(h.store.cancel(running).await, JobState::Running);
+    assert!(
+        message.contains("running; it will finish or be released"),
+        "{message}"
+    );
+    assert_wrong_state(h.store.delete(running).await, JobState::Running);
+    assert_wrong_state(h.store.retry(running).await, JobState::Running);
+    assert_eq!(get(h, running).await.state, JobState::Running);
+
+    // Succeeded: not retried; deletable.
+    assert!(h.store.complete(running, &token).await.expect("complete"));
+    assert_wrong_state(h.store.retry(running).await, JobState::Succeeded);
+    assert_wrong_state(h.store.cancel(running).await, JobState::Succeeded);
+    h.store.delete(running).await.expect("delete succeeded");
+    assert!(h.store.get(running).await.expect("get").is_none());
+    assert!(matches!(
+        h.store.delete(running).await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    // Dead: retry gives it a clean slate.
+    let dead = enqueue(
+        h,
+        NewJob {
+            max_attempts: Some(1),
+            ..new_job("d")
+        },
+    )
+    .await;
+    let (_, token) = claim_one(h, "d", OWNER, LEASE).await;
+    assert_eq!(
+        h.store
+            .fail(dead, &token, "x", now_ms())
+            .await
+            .expect("fail"),
+        FailOutcome::Dead
+    );
+    h.store.retry(dead).await.expect("retry dead");
+    let job = get(h, dead).await;
+    assert_eq!(
+        (job.state, job.attempt, job.crashes),
+        (JobState::Queued, 0, 0)
+    );
+    assert!(job.finished_at.is_none());
+    let (again, _) = claim_one(h, "d", OWNER, LEASE).await;
+    assert_eq!(again, dead);
+
+    // Failed (waiting for a retry): cancel and retry both allowed.
+    let failed = enqueue(h, new_job("f")).await;
+    let (_, token) = claim_one(h, "f", OWNER, LEASE).await;
+    h.store
+        .fail(failed, &token, "x", now_ms() + 60_000)
+        .await
+        .expect("fail");
+    h.store.retry(failed).await.expect("retry failed now");
+    let job = get(h, failed).await;
+    assert!(job.state == JobState::Queued && job.run_at <= now_ms() + 1_000);
+    let (_, token) = claim_one(h, "f", OWNER, LEASE).await;
+    h.store
+        .fail(failed, &token, "x", now_ms() + 60_000)
+        .await
+        .expect("fail");
+    h.store.cancel(failed).await.expect("cancel failed");
+    assert_eq!(get(h, failed).await.state, JobState::Cancelled);
+}
+
+async fn invalid_input_names_the_field(h: &Harness) {
+    let cases: Vec<(NewJob, &str)> = vec![
+        (new_job(""), "queue"),
+        (new_job("has space"), "queue"),
+        (new_job(&"q".repeat(201)), "queue"),
+        (new_job("q/1"), "queue"),
+        (NewJob::new("q", "", json!({})), "kind"),
+        (NewJob::new("q", "kind;drop", json!({})), "kind"),
+        (
+            NewJob {
+                max_attempts: Some(0),
+                ..new_job("q")
+            },
+            "max_attempts",
+        ),
+        (
+            NewJob {
+                idempotency_key: Some(String::new()),
+                ..new_job("q")
+            },
+            "idempotency_key",
+        ),
+        (NewJob::new("q", "k", json!({"s": "nul\u{0}"})), "payload"),
+    ];
+    for (job, expected) in cases {
+        let (field, message) = field_of(h.store.enqueue(job.clone()).await);
+        assert_eq!(field, expected, "{job:?}");
+        assert!(
+            message.starts_with(&format!("invalid {expected}: ")),
+            "{message}"
+        );
+    }
+    assert!(
+        h.store.enqueue(new_job(&"q".repeat(200))).await.is_ok(),
+        "200 characters is fine"
+    );
+    assert!(h.store.enqueue(new_job("a-Z_0.9:x")).await.is_ok());
+
+    assert_eq!(
+        field_of(h.store.claim("bad queue", 1, OWNER, LEASE).await).0,
+        "queue"
+    );
+    assert_eq!(field_of(h.store.claim("q", 1, "", LEASE).await).0, "owner");
+    assert_eq!(
+        field_of(h.store.claim("q", 1, OWNER, Duration::ZERO).await).0,
+        "lease"
+    );
+    assert_eq!(
+        field_of(h.store.heartbeat(1, "t", Duration::from_micros(10)).await).0,
+        "lease"
+    );
+    assert_eq!(
+        field_of(
+            h.store
+                .list(ListFilter {
+                    limit: 0,
+                    ..ListFilter::default()
+                })
+                .await
+        )
+        .0,
+        "limit"
+    );
+    assert_eq!(
+        field_of(
+            h.store
+                .list(ListFilter {
+                    queue: Some("x y".into()),
+                    ..ListFilter::default()
+                })
+                .await
+        )
+        .0,
+        "queue"
+    );
+    assert_eq!(field_of(h.store.next_run_at("").await).0, "queue");
+    assert_eq!(field_of(h.store.rescue_expired(-1).await).0, "max_crashes");
+    // Nothing invalid got in.
+    assert_eq!(
+        h.store
+            .list(ListFilter::default())
+            .await
+            .expect("list")
+            .len(),
+        2
+    );
+}
+
+async fn payload_limit_is_enforced(h: &Harness) {
+    let small = h
+        .open_again_with(StoreOptions {
+            max_payload_bytes: 64,
+            ..h.options.clone()
+        })
+        .await;
+    let fits = json!({"text": "x".repeat(40)});
+    assert!(serde_json::to_string(&fits).expect("json").len() <= 64);
+    small
+        .enqueue(NewJob::new("q", "k", fits))
+        .await
+        .expect("fits");
+    let too_big = json!({"text": "x".repeat(100)});
+    match small.enqueue(NewJob::new("q", "k", too_big)).await {
+        Err(e @ StoreError::PayloadTooLarge { size, limit: 64 }) => {
+            assert!(size > 64);
+            let message = e.to_string();
+            assert!(
+                message.contains("payload") && message.contains("64"),
+                "{message}"
+            );
+        }
+        other => panic!("expected PayloadTooLarge, got {other:?}"),
+    }
+    // The default limit is 1 MiB.
+    let big = json!({"text": "x".repeat(1024 * 1024)});
+    assert!(matches!(
+        h.store.enqueue(NewJob::new("q", "k", big)).await,
+        Err(StoreError::PayloadTooLarge {
+            limit: 1_048_576,
+            ..
+        })
+    ));
+    let under = json!({"text": "x".repeat(1000 * 1000)});
+    let id = enqueue(h, NewJob::new("q", "k", under.clone())).await;
+    assert_eq!(get(h, id).await.payload, under);
+    small.close().await;
+}
+
+async fn listen_wakes_on_enqueue(h: &Harness) {
+    let mut listener = h.store.listen().await.expect("listen");
+    let queue = format!("wake-{}", random_suffix());
+    enqueue(h, new_job(&queue)).await;
+    expect_wakeup(&mut listener, &queue).await;
+    // A release wakes the queue too: another instance can take the job.
+    let (id, token) = claim_one(h, &queue, OWNER, LEASE).await;
+    assert_eq!(
+        h.store
+            .release(&[(id, token)], "shutdown")
+            .await
+            .expect("release"),
+        1
+    );
+    expect_wakeup(&mut listener, &queue).await;
+}
+
+/// Waits (at most 5 s) for a wake-up of `queue`, skipping others (the
+/// PostgreSQL channel is shared by every test running at the same time).
+async fn expect_wakeup(listener: &mut curfew::jobs::JobListener, queue: &str) {
+    let wait = async {
+        loop {
+            if listener.recv().await.expect("recv") == queue {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), wait)
+        .await
+        .unwrap_or_else(|_| panic!("no wake-up for {queue}"));
+}
+
+/// Asserts that no wake-up of `queue` arrives within `within`.
+async fn expect_no_wakeup(listener: &mut curfew::jobs::JobListener, queue: &str, within: Duration) {
+    let wait = async {
+        loop {
+            if listener.recv().await.expect("recv") == queue {
+                return;
+            }
+        }
+    };
+    assert!(
+        tokio::time::timeout(within, wait).await.is_err(),
+        "unexpected wake-up for {queue}"
+    );
+}
+
+async fn concurrent_opens_migrate_once(h: &Harness) {
+    let (url, options) = h.fresh_target();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (url, options) = (url.clone(), options.clone());
+        tasks.push(tokio::spawn(async move {
+            Store::open_with(&url, options).await
+        }));
+    }
+    let mut stores = Vec::new();
+    for task in tasks {
+        stores.push(task.await.expect("task").expect("concurrent open"));
+    }
+    let id = stores[0].enqueue(new_job("q")).await.expect("enqueue").id;
+    assert!(
+        stores[3].get(id).await.expect("get").is_some(),
+        "one database"
+    );
+    for store in stores {
+        store.close().await;
+    }
+    // Reopening an up-to-date database is a no-op.
+    Store::open_with(&url, options)
+        .await
+        .expect("reopen")
+        .close()
+        .await;
+}
+
+// ---------------------------------------------------------------------------
+// PostgreSQL only
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_sql_enqueue_follows_the_applications_transaction() {
+    run(
+        Backend::Postgres,
+        sql_enqueue_follows_the_applications_transaction,
+    )
+    .await;
+}
+
+async fn sql_enqueue_follows_the_applications_transaction(h: &Harness) {
+    {
+        let schema = h.schema();
+        let mut listener = h.store.listen().await.expect("listen");
+        let mut app = sqlx::PgConnection::connect(&h.url)
+            .await
+            .expect("app connection");
+        let rolled_back = format!("rb-{}", random_suffix());
+        let committed = format!("ok-{}", random_suffix());
+
+        // Rolled back: no job, no wake-up.
+        let mut tx = app.begin().await.expect("begin");
+        let id: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT {schema}.enqueue($1, 'send_email', '{{\"to\":\"a@b.c\"}}')"
+        )))
+        .bind(&rolled_back)
+        .fetch_one(&mut *tx)
+        .await
+        .expect("enqueue in a transaction");
+        tx.rollback().await.expect("rollback");
+        assert!(h.store.get(id).await.expect("get").is_none());
+        expect_no_wakeup(&mut listener, &rolled_back, Duration::from_millis(300)).await;
+
+        // Committed: the job exists, and the listener hears of it only then.
+        let mut tx = app.begin().await.expect("begin");
+        let id: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT {schema}.enqueue($1, 'send_email', '{{\"to\":\"a@b.c\"}}')"
+        )))
+        .bind(&committed)
+        .fetch_one(&mut *tx)
+        .await
+        .expect("enqueue in a transaction");
+        expect_no_wakeup(&mut listener, &committed, Duration::from_millis(200)).await;
+        assert!(
+            h.store.get(id).await.expect("get").is_none(),
+            "invisible before commit"
+        );
+        tx.commit().await.expect("commit");
+        expect_wakeup(&mut listener, &committed).await;
+        let job = get(h, id).await;
+        assert_eq!(job.queue, committed);
+        assert_eq!(job.kind, "send_email");
+        assert_eq!(job.payload, json!({"to": "a@b.c"}));
+        assert_eq!(
+            (job.priority, job.max_attempts, job.state),
+            (0, 20, JobState::Queued)
+        );
+        assert!((job.run_at - now_ms()).abs() < 5_000);
+        let (claimed, _) = claim_one(h, &committed, OWNER, LEASE).await;
+        assert_eq!(claimed, id);
+
+        // Named parameters, scheduling and idempotency through SQL.
+        let enqueue_later = format!(
+            "SELECT {schema}.enqueue('later', 'digest', '{{}}', priority => 2,
+                 run_at => now() + interval '1 hour', idempotency_key => 'digest-1')"
+        );
+        let first: i64 = sqlx::query_scalar(AssertSqlSafe(enqueue_later.clone()))
+            .fetch_one(&mut app)
+            .await
+            .expect("enqueue later");
+        let second: i64 = sqlx::query_scalar(AssertSqlSafe(enqueue_later))
+            .fetch_one(&mut app)
+            .await
+            .expect("enqueue later again");
+        assert_eq!(first, second);
+        let job = get(h, first).await;
+        assert_eq!(job.priority, 2);
+        assert!(
+            (job.run_at - now_ms() - 3_600_000).abs() < 5_000,
+            "{}",
+            job.run_at
+        );
+        // The table's checks apply to SQL callers too.
+        let bad = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {schema}.enqueue('bad queue', 'k', '{{}}')"
+        )))
+        .execute(&mut app)
+        .await;
+        assert!(bad.is_err());
+        app.close().await.expect("close");
+    }
+}
+
+#[tokio::test]
+async fn open_errors_name_the_url() {
+    let e = Store::open("mysql://u@h/db").await.expect_err("mysql");
+    assert!(matches!(e, StoreError::InvalidUrl { .. }), "{e:?}");
+    assert!(e.to_string().contains("mysql://u@h/db"), "{e}");
+
+    let e = Store::open("sqlite:///no/such/dir/jobs.db")
+        .await
+        .expect_err("missing dir");
+    assert!(e.to_string().contains("/no/such/dir"), "{e}");
+
+    let e = Store::open_with(
+        &pg_url(),
+        StoreOptions {
+            pg_schema: "Bad-Schema".into(),
+            ..StoreOptions::default()
+        },
+    )
+    .await
+    .expect_err("bad schema");
+    assert_eq!(field_of::<()>(Err(e)).0, "pg_schema");
+
+    let e = Store::open_with(
+        "postgres://curfew:hunter2@127.0.0.1:1/jobs",
+        StoreOptions {
+            acquire_timeout: Duration::from_secs(1),
+            ..StoreOptions::default()
+        },
+    )
+    .await
+    .expect_err("nothing listens on port 1");
+    assert!(e.is_retryable(), "{e:?}");
+    let message = e.to_string();
+    assert!(
+        message.contains("postgres://curfew:***@127.0.0.1:1/jobs"),
+        "{message}"
+    );
+    assert!(!message.contains("hunter2"), "{message}");
+}
+
+#[tokio::test]
+async fn a_plain_path_is_a_sqlite_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("plain.db");
+    let store = Store::open(path.to_str().expect("utf-8 path"))
+        .await
+        .expect("open");
+    assert!(matches!(store, Store::Sqlite(_)));
+    store.enqueue(new_job("q")).await.expect("enqueue");
+    store.close().await;
+    assert!(path.exists());
+    let mode: String = {
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .expect("connect");
+        sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut conn)
+            .await
+            .expect("journal_mode")
+    };
+    assert_eq!(mode, "wal");
+}
