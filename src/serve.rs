@@ -374,6 +374,9 @@ pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
 
     admin_stop.cancel();
     control_stop.cancel();
+    // Removed here, not (only) by the control task: the runtime may end
+    // before that task runs again.
+    let _ = std::fs::remove_file(&run.cfg.control_socket);
     let leftovers = run.reaper.kill_all_children().await;
     if leftovers > 0 {
         tracing::warn!(

@@ -225,6 +225,15 @@ impl Backends for Front {
         self.router.remove(uid);
     }
 
+    fn requests_on(&self, uid: u64) -> Vec<String> {
+        self.router
+            .requests()
+            .into_iter()
+            .filter(|r| r.uid == Some(uid))
+            .map(|r| format!("{} {} (age {} ms)", r.method, r.path, r.age().as_millis()))
+            .collect()
+    }
+
     fn drained(&self, uid: u64, timeout: Duration) -> BoxFuture<'static, bool> {
         let router = self.router.clone();
         Box::pin(async move { router.drained(uid, timeout).await })

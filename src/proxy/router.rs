@@ -31,6 +31,8 @@ pub struct RequestInfo {
     pub started: Instant,
     /// The worker slot it runs on; `None` while queued.
     pub worker: Option<usize>,
+    /// The worker process instance it runs on.
+    pub uid: Option<u64>,
 }
 
 impl RequestInfo {
@@ -167,6 +169,7 @@ impl Router {
             path: path.to_string(),
             started,
             worker: None,
+            uid: None,
         };
         let rx = {
             let mut st = self.lock();
@@ -234,6 +237,7 @@ impl Router {
         let b = &mut st.backends[i];
         b.in_flight += 1;
         info.worker = Some(b.worker.id);
+        info.uid = Some(b.worker.uid);
         let lease = Lease {
             router: self.clone(),
             req,
@@ -321,6 +325,7 @@ impl Router {
                 path: String::new(),
                 started: Instant::now(),
                 worker: None,
+                uid: None,
             });
             let lease = self.assign(st, i, w.req, info);
             if let Err(mut lease) = w.tx.send(lease) {

@@ -24,7 +24,11 @@ pub enum ExitClass {
     /// Exited on its own with this code (including 0: a worker is not meant to exit).
     Exited(i32),
     /// Killed by a signal curfew did not send.
-    KilledExternally { signal: i32, likely_oom: bool },
+    KilledExternally {
+        signal: i32,
+        likely_oom: bool,
+        oom_confirmed: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -43,6 +47,7 @@ impl ExitClass {
             (SentSignal::None, ExitStatus::Signal(sig)) => ExitClass::KilledExternally {
                 signal: sig,
                 likely_oom: sig == libc::SIGKILL || oom_kills_rose,
+                oom_confirmed: oom_kills_rose,
             },
         }
     }
@@ -62,6 +67,10 @@ impl ExitClass {
             ExitClass::KilledByCurfew => "killed_by_curfew",
             ExitClass::Exited(_) => "exited",
             ExitClass::KilledExternally {
+                oom_confirmed: true,
+                ..
+            } => "oom_killed",
+            ExitClass::KilledExternally {
                 likely_oom: true, ..
             } => "oom_or_external_kill",
             ExitClass::KilledExternally { signal, .. } if is_crash_signal(*signal) => "crashed",
@@ -75,13 +84,12 @@ impl ExitClass {
             ExitClass::Stopped(s) => format!("Worker stopped by curfew ({s})."),
             ExitClass::KilledByCurfew => "Worker killed by curfew with SIGKILL.".to_string(),
             ExitClass::Exited(code) => format!("Worker exited on its own with code {code}."),
-            ExitClass::KilledExternally { signal, likely_oom: true } if *signal == libc::SIGKILL => {
+            ExitClass::KilledExternally { oom_confirmed: true, .. } => {
+                "Worker killed by the kernel OOM killer (the cgroup's oom_kill count rose while it ran).".to_string()
+            }
+            ExitClass::KilledExternally { signal, likely_oom: true, .. } if *signal == libc::SIGKILL => {
                 "Worker killed by SIGKILL, which curfew did not send: most likely the kernel OOM killer (check `dmesg` or the cgroup's memory.events).".to_string()
             }
-            ExitClass::KilledExternally { signal, likely_oom: true } => format!(
-                "Worker killed by {}, which curfew did not send; the cgroup's oom_kill count rose: the OOM killer.",
-                signal_name(*signal)
-            ),
             ExitClass::KilledExternally { signal, .. } if is_crash_signal(*signal) => {
                 format!("Worker crashed with {} (a fatal error inside the worker).", signal_name(*signal))
             }
@@ -148,6 +156,14 @@ mod tests {
     }
 
     #[test]
+    fn a_rising_oom_count_confirms_the_oom_killer() {
+        let c = ExitClass::of(ExitStatus::Signal(libc::SIGKILL), SentSignal::None, true);
+        assert_eq!(c.reason(), "oom_killed");
+        assert!(c.describe().contains("killed by the kernel OOM killer"));
+        assert_eq!(c.severity(), Severity::Error);
+    }
+
+    #[test]
     fn foreign_sigterm_is_an_error() {
         let c = ExitClass::of(ExitStatus::Signal(libc::SIGTERM), SentSignal::None, false);
         assert_eq!(c.severity(), Severity::Error);
@@ -161,7 +177,8 @@ mod tests {
             c,
             ExitClass::KilledExternally {
                 signal: libc::SIGSEGV,
-                likely_oom: false
+                likely_oom: false,
+                oom_confirmed: false,
             }
         );
         assert!(c.describe().contains("crashed with SIGSEGV"));

@@ -25,6 +25,8 @@ pub struct Instance {
     pub exit: oneshot::Receiver<ExitStatus>,
     pub started: Instant,
     pub tail: Tail,
+    /// The cgroup's OOM-kill count when it started.
+    pub oom_kills_at_start: Option<u64>,
     stderr_done: Option<JoinHandle<()>>,
 }
 
@@ -60,6 +62,7 @@ impl Instance {
             exit: s.exit,
             started: Instant::now(),
             tail,
+            oom_kills_at_start: super::oom::oom_kills(),
             stderr_done,
         })
     }
@@ -212,6 +215,11 @@ impl Instance {
         );
     }
 
+    /// Did the cgroup's OOM-kill count rise since it started?
+    pub fn oom_killed(&self) -> bool {
+        matches!((self.oom_kills_at_start, super::oom::oom_kills()), (Some(a), Some(b)) if b > a)
+    }
+
     pub fn log_exit(&self, class: &ExitClass, restart_in: Option<Duration>, why: &str) {
         let msg = class.describe();
         let (id, pid) = (self.id, self.pid);
@@ -226,7 +234,7 @@ impl Instance {
             }
             Severity::Error => {
                 let stderr = self.tail.last_one_line(8);
-                tracing::error!(worker = id, pid, uptime_ms, reason, restart_in_ms, stderr = %stderr, "{msg}")
+                tracing::error!(worker = id, pid, uptime_ms, reason, restart_in_ms, requests = why, stderr = %stderr, "{msg}")
             }
         }
     }

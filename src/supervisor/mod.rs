@@ -23,6 +23,7 @@
 pub mod backoff;
 pub mod classify;
 mod instance;
+mod oom;
 pub mod output;
 pub mod reaper;
 mod slot;
@@ -89,6 +90,8 @@ pub trait Backends: Send + Sync + 'static {
     fn add(&self, worker: ReadyWorker);
     /// Stop routing to this worker (requests already on it finish).
     fn remove(&self, uid: u64);
+    /// The requests in flight on worker `uid` ("GET /x (age 120 ms)").
+    fn requests_on(&self, uid: u64) -> Vec<String>;
     /// Resolves `true` once no request is in flight on worker `uid` any
     /// more, `false` if that takes longer than `timeout`.
     fn drained(&self, uid: u64, timeout: Duration) -> BoxFuture<'static, bool>;
@@ -176,6 +179,8 @@ pub(crate) enum Command {
         generation: u64,
         ready: oneshot::Sender<Result<(), BootError>>,
         go: oneshot::Receiver<bool>,
+        /// Answered once traffic has switched (or the new worker is gone).
+        done: oneshot::Sender<()>,
     },
     /// Scale down: drain the worker, stop it, end the slot.
     Retire,
@@ -380,16 +385,19 @@ impl Supervisor {
             for (id, cmd) in chunk {
                 let (ready_tx, ready_rx) = oneshot::channel();
                 let (go_tx, go_rx) = oneshot::channel();
+                let (done_tx, done_rx) = oneshot::channel();
                 let _ = cmd.send(Command::Prepare {
                     generation,
                     ready: ready_tx,
                     go: go_rx,
+                    done: done_tx,
                 });
-                pending.push((*id, ready_rx, go_tx));
+                pending.push((*id, ready_rx, go_tx, done_rx));
             }
             let mut failure = None;
             let mut gos = Vec::new();
-            for (id, ready_rx, go_tx) in pending {
+            let mut dones = Vec::new();
+            for (id, ready_rx, go_tx, done_rx) in pending {
                 match tokio::time::timeout(answer_within, ready_rx).await {
                     Ok(Ok(Ok(()))) => {}
                     Ok(Ok(Err(e))) => {
@@ -400,10 +408,16 @@ impl Supervisor {
                     }
                 }
                 gos.push(go_tx);
+                dones.push(done_rx);
             }
             let commit = failure.is_none();
             for go in gos {
                 let _ = go.send(commit);
+            }
+            // "Reload complete" must mean every slot of the batch routes to
+            // its new worker, so a request sent afterwards reaches new code.
+            for done in dones {
+                let _ = tokio::time::timeout(Duration::from_secs(5), done).await;
             }
             if let Some(e) = failure {
                 // Workers restarted from now on use the old command again.

@@ -169,12 +169,15 @@ impl Slot {
             let max_memory = self.shared.spec().max_memory;
             tokio::select! {
                 status = &mut inst.exit => {
+                    // What it was serving when it died, before it leaves routing.
+                    let requests = self.shared.backends.requests_on(inst.uid).join(", ");
                     self.unroute(&inst);
                     let status = status.unwrap_or(ExitStatus::Code(-1));
                     inst.signal_group(Signal::SIGKILL);
                     inst.flush_stderr().await;
                     let delay = self.backoff.next_delay(inst.started.elapsed());
-                    inst.log_exit(&ExitClass::of(status, SentSignal::None, false), Some(delay), "");
+                    let class = ExitClass::of(status, SentSignal::None, inst.oom_killed());
+                    inst.log_exit(&class, Some(delay), &requests);
                     return Next::Restart(delay);
                 }
                 _ = self.stop.cancelled() => {
@@ -203,8 +206,9 @@ impl Slot {
                     Some(Command::Recycle { uid, reason }) if uid == inst.uid => {
                         inst = self.replace(inst, &reason).await;
                     }
-                    Some(Command::Prepare { generation, ready, go }) => {
+                    Some(Command::Prepare { generation, ready, go, done }) => {
                         inst = self.prepare(inst, generation, ready, go).await;
+                        let _ = done.send(());
                     }
                     Some(Command::Retire) => {
                         self.unroute(&inst);
