@@ -1,9 +1,11 @@
 //! The admin HTTP endpoint (off unless `admin_bind` is set; loopback is the
-//! recommended address): `/healthz` (alive: 200 until curfew exits) and
+//! recommended address): `/healthz` (alive: 200 until curfew exits),
 //! `/readyz` (ready for traffic: 200 only while serving with at least one
 //! ready worker; 503 from the moment a stop is requested, so load balancers
-//! and Kubernetes readiness probes deregister curfew during `drain_delay`)
-//! and `/status` (the JSON status report, as `curfew status --json`).
+//! and Kubernetes readiness probes deregister curfew during `drain_delay`),
+//! `/status` (the JSON status report, as `curfew status --json`) and
+//! `/metrics` (Prometheus metrics in the OpenMetrics text format; see
+//! [`crate::metrics`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -28,6 +30,7 @@ pub struct AdminState {
     pub phase: watch::Receiver<Phase>,
     pub front: Arc<Front>,
     pub status: crate::status::StatusSource,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl AdminState {
@@ -37,6 +40,30 @@ impl AdminState {
 
     fn respond(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         let phase = *self.phase.borrow();
+        if req.uri().path() == "/metrics" {
+            let router = &self.front.router;
+            let requests = router.requests();
+            let body = self.metrics.encode(&crate::metrics::Scrape {
+                in_flight: requests.iter().filter(|r| r.worker.is_some()).count(),
+                queued: router.queue_len(),
+                workers: router.ready_workers(),
+                workers_wanted: self
+                    .status
+                    .workers_wanted
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                phase,
+            });
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+            );
+            r.headers_mut().insert(
+                header::CACHE_CONTROL,
+                header::HeaderValue::from_static("no-store"),
+            );
+            return r;
+        }
         if req.uri().path() == "/status" {
             let body = serde_json::to_string_pretty(&self.status.snapshot()).unwrap_or_default();
             let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -55,7 +82,7 @@ impl AdminState {
             ),
             _ => (
                 StatusCode::NOT_FOUND,
-                "not found: try /healthz, /readyz or /status\n".to_string(),
+                "not found: try /healthz, /readyz, /status or /metrics\n".to_string(),
             ),
         };
         let mut r = Response::new(Full::new(Bytes::from(body)));

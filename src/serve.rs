@@ -19,6 +19,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::control;
+use crate::metrics::Metrics;
 use crate::status::StatusSource;
 
 use crate::config::{Config, ConfigError, ReloadStrategy, WorkerSocket};
@@ -120,6 +121,7 @@ struct Run {
     /// Requests from the control socket.
     ops: mpsc::Receiver<control::Incoming>,
     status: StatusSource,
+    metrics: Arc<Metrics>,
     reloader: Reloader,
     run_dir: std::path::PathBuf,
     stop_requested_at: Option<Instant>,
@@ -225,9 +227,10 @@ pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
         std::env::temp_dir()
     };
 
-    let front = Front::new(&cfg);
+    let metrics = Arc::new(Metrics::new());
+    let front = Front::new(&cfg, metrics.clone());
     let spec = WorkerSpec::from_config(&cfg, run_dir.clone());
-    let sup = Supervisor::new(reaper.clone(), spec, front.clone());
+    let sup = Supervisor::new(reaper.clone(), spec, front.clone(), metrics.clone());
     let handle = sup.handle();
     front.on_hung(Box::new(move |uid, reason, request| {
         handle.abort(uid, reason, request)
@@ -267,6 +270,7 @@ pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
         controls,
         ops,
         status,
+        metrics,
         reloader,
         run_dir: run_dir.clone(),
         stop_requested_at: None,
@@ -276,11 +280,12 @@ pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
 
     let admin_stop = tokio_util::sync::CancellationToken::new();
     if let Some(l) = admin_listener {
-        tracing::info!(admin = %l.describe(), "Admin endpoint: /healthz, /readyz.");
+        tracing::info!(admin = %l.describe(), "Admin endpoint: /healthz, /readyz, /status, /metrics.");
         let state = crate::admin::AdminState {
             phase: run.phase_tx.subscribe(),
             front: run.front.clone(),
             status: run.status.clone(),
+            metrics: run.metrics.clone(),
         };
         tokio::spawn(crate::admin::serve(l, state, admin_stop.clone()));
     }
@@ -457,6 +462,7 @@ async fn drain(run: &mut Run) {
             }
         }
     };
+    run.metrics.drain_done(started.elapsed());
     if drained {
         tracing::info!(
             duration_ms = started.elapsed().as_millis() as u64,
@@ -524,6 +530,12 @@ async fn control(run: &mut Run, ctl: ControlSignal) {
 /// new generation, without dropping a request. If the configuration is bad or
 /// the new workers cannot boot, the current ones keep serving.
 async fn reload(run: &mut Run) -> Result<u64, String> {
+    let r = try_reload(run).await;
+    run.metrics.reload(r.is_ok());
+    r
+}
+
+async fn try_reload(run: &mut Run) -> Result<u64, String> {
     tracing::info!(
         generation = run.sup.generation(),
         "Reload requested: re-reading the configuration."

@@ -47,6 +47,8 @@ fn millis(d: Option<std::time::Duration>) -> u64 {
 /// Longest path kept for logs.
 const MAX_LOGGED_PATH: usize = 512;
 
+/// Forward one request; every response (proxied or curfew's own) is
+/// counted in the metrics when its headers are produced.
 pub async fn handle(
     req: Request<Incoming>,
     front: Arc<Front>,
@@ -54,6 +56,20 @@ pub async fn handle(
     peer: Option<IpAddr>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     let started = Instant::now();
+    let res = forward(req, &front, conn, peer, started).await;
+    front
+        .metrics
+        .request_done(res.status().as_u16(), started.elapsed());
+    Ok(res)
+}
+
+async fn forward(
+    req: Request<Incoming>,
+    front: &Arc<Front>,
+    conn: Arc<ConnState>,
+    peer: Option<IpAddr>,
+    started: Instant,
+) -> Response<ProxyBody> {
     let request_guard = conn.begin();
     let http1 = req.version() < Version::HTTP_2;
     if !http1 {
@@ -125,25 +141,25 @@ pub async fn handle(
         .await
         else {
             tracing::warn!(%method, path, timeout_ms = millis(front.timeout), "No worker became free within timeout: answering 504.");
-            return Ok(error_response(
+            return error_response(
                 StatusCode::GATEWAY_TIMEOUT,
                 "no worker became free in time\n",
                 request_guard,
-            ));
+            );
         };
         let lease = match acquired {
             Ok(l) => l,
             Err(Rejected::QueueFull) => {
                 tracing::warn!(%method, path, backlog = front.backlog, "Every worker is busy and the queue is full: answering 503.");
-                return Ok(overloaded(request_guard));
+                return overloaded(request_guard);
             }
             Err(Rejected::Unavailable) => {
                 tracing::warn!(%method, path, "No worker accepted the connection: answering 502.");
-                return Ok(error_response(
+                return error_response(
                     StatusCode::BAD_GATEWAY,
                     "no worker accepted the request\n",
                     request_guard,
-                ));
+                );
             }
         };
         // A pooled connection, or a new one.
@@ -156,11 +172,11 @@ pub async fn handle(
                 Ok(up) => (up, false),
                 Err(ConnectError::Deadline) => {
                     tracing::warn!(%method, path, worker = lease.worker_id, "Connecting to the worker took longer than timeout: answering 504.");
-                    return Ok(error_response(
+                    return error_response(
                         StatusCode::GATEWAY_TIMEOUT,
                         "the worker did not answer in time\n",
                         request_guard,
-                    ));
+                    );
                 }
                 Err(e) => {
                     tracing::debug!(worker = lease.worker_id, error = %e, "Worker refused the connection; trying another.");
@@ -195,11 +211,11 @@ pub async fn handle(
                 age_ms = age.as_millis() as u64,
                 "Request exceeded timeout: answering 504."
             );
-            return Ok(error_response(
+            return error_response(
                 StatusCode::GATEWAY_TIMEOUT,
                 "the worker did not answer in time\n",
                 request_guard,
-            ));
+            );
         };
         match sent {
             Ok(res) => break (lease, up, res),
@@ -221,11 +237,11 @@ pub async fn handle(
                         error = %e.into_error(),
                         "Worker failed mid-request (it closed the connection or died): answering 502."
                     );
-                    return Ok(error_response(
+                    return error_response(
                         StatusCode::BAD_GATEWAY,
                         "the worker failed while handling the request\n",
                         request_guard,
-                    ));
+                    );
                 }
             },
         }
@@ -260,7 +276,7 @@ pub async fn handle(
                 _ = abort.cancelled() => {}
             }
         });
-        return Ok(Response::from_parts(parts, ProxyBody::empty(None)));
+        return Response::from_parts(parts, ProxyBody::empty(None));
     }
 
     let (mut parts, body) = res.into_parts();
@@ -272,7 +288,7 @@ pub async fn handle(
     }
     // The guard's drop hands `tx` back to the pool once the body has ended.
     let guard = Guard::new(Some(lease), Some(tx), Some(request_guard));
-    Ok(Response::from_parts(parts, ProxyBody::stream(body, guard)))
+    Response::from_parts(parts, ProxyBody::stream(body, guard))
 }
 
 fn error_response(

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ForwardedAllow};
+use crate::metrics::Metrics;
 use crate::supervisor::{Backends, BoxFuture, ReadyWorker, WorkerAddr};
 use conn::ConnState;
 use listener::{Accepted, Listener};
@@ -41,6 +42,8 @@ pub struct Front {
     /// Time to response headers; `None` = unbounded.
     pub timeout: Option<Duration>,
     pub worker_concurrency: usize,
+    /// Request counts and durations (recorded in `forward`).
+    pub metrics: Arc<Metrics>,
     /// Called with (worker uid, reason, request) when a sync worker hangs.
     on_hung: std::sync::OnceLock<HungHandler>,
     ready_path: Option<String>,
@@ -57,7 +60,7 @@ pub struct Front {
 }
 
 impl Front {
-    pub fn new(cfg: &Config) -> Arc<Front> {
+    pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Arc<Front> {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder.http1().keep_alive(true);
         Arc::new(Front {
@@ -66,6 +69,7 @@ impl Front {
             backlog: cfg.backlog,
             timeout: cfg.timeout,
             worker_concurrency: cfg.worker_concurrency,
+            metrics,
             on_hung: std::sync::OnceLock::new(),
             ready_path: cfg.ready_path.clone(),
             draining: CancellationToken::new(),

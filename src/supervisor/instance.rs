@@ -14,6 +14,7 @@ use super::classify::{ExitClass, SentSignal, Severity};
 use super::output::{self, Stream, Tail};
 use super::reaper::{ExitStatus, Reaper};
 use super::{Backends, WorkerAddr, WorkerSpec, spawn};
+use crate::metrics::Metrics;
 
 /// A worker process being supervised.
 pub struct Instance {
@@ -27,6 +28,10 @@ pub struct Instance {
     pub tail: Tail,
     /// The cgroup's OOM-kill count when it started.
     pub oom_kills_at_start: Option<u64>,
+    /// Set when it is stopped because it was replaced (`recycled`,
+    /// `reload`): the reason its exit is counted under in the metrics.
+    pub replaced: Option<&'static str>,
+    metrics: Arc<Metrics>,
     stderr_done: Option<JoinHandle<()>>,
 }
 
@@ -44,6 +49,7 @@ impl Instance {
         spec: &WorkerSpec,
         id: usize,
         uid: u64,
+        metrics: Arc<Metrics>,
     ) -> std::io::Result<Instance> {
         let s = spawn::spawn(reaper, spec, id, uid)?;
         if let Some(out) = s.stdout {
@@ -63,6 +69,8 @@ impl Instance {
             started: Instant::now(),
             tail,
             oom_kills_at_start: super::oom::oom_kills(),
+            replaced: None,
+            metrics,
             stderr_done,
         })
     }
@@ -124,6 +132,7 @@ impl Instance {
         };
         self.signal_group(Signal::SIGKILL); // leftovers of its group
         self.flush_stderr().await;
+        self.metrics.worker_exit("boot_failed");
         reason
     }
 
@@ -168,6 +177,7 @@ impl Instance {
         self.signal_group(Signal::SIGKILL);
         self.flush_stderr().await;
         if sent == SentSignal::Kill && !forced {
+            self.metrics.worker_exit("killed_by_curfew");
             tracing::info!(
                 worker = self.id,
                 pid = self.pid,
@@ -203,6 +213,7 @@ impl Instance {
         }
         self.signal_group(Signal::SIGKILL);
         self.flush_stderr().await;
+        self.metrics.worker_exit("hung");
         tracing::error!(
             worker = self.id,
             pid = self.pid,
@@ -226,6 +237,11 @@ impl Instance {
         let uptime_ms = self.started.elapsed().as_millis() as u64;
         let restart_in_ms = restart_in.map(|d| d.as_millis() as u64);
         let reason = class.reason();
+        // A replaced worker that stopped when asked counts as replaced.
+        self.metrics.worker_exit(match (class, self.replaced) {
+            (ExitClass::Stopped(_), Some(r)) => r,
+            _ => reason,
+        });
         match class.severity() {
             Severity::Info => tracing::info!(worker = id, pid, uptime_ms, reason, why, "{msg}"),
             Severity::Warn => {

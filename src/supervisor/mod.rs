@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, WorkerSocket};
+use crate::metrics::Metrics;
 use backoff::Backoff;
 pub use instance::group_rss_bytes;
 use reaper::Reaper;
@@ -190,6 +191,8 @@ pub(crate) struct Shared {
     reaper: Reaper,
     spec: RwLock<Arc<WorkerSpec>>,
     backends: Arc<dyn Backends>,
+    /// Worker exits are counted here (by reason).
+    metrics: Arc<Metrics>,
     next_uid: AtomicU64,
     /// Serving worker instances, by uid: their slot's command channel.
     serving: Mutex<HashMap<u64, mpsc::UnboundedSender<Command>>>,
@@ -276,12 +279,18 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(reaper: Reaper, spec: WorkerSpec, backends: Arc<dyn Backends>) -> Self {
+    pub fn new(
+        reaper: Reaper,
+        spec: WorkerSpec,
+        backends: Arc<dyn Backends>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Supervisor {
             shared: Arc::new(Shared {
                 reaper,
                 spec: RwLock::new(Arc::new(spec)),
                 backends,
+                metrics,
                 next_uid: AtomicU64::new(1),
                 serving: Mutex::default(),
                 retiring: TaskTracker::new(),

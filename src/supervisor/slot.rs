@@ -72,7 +72,13 @@ impl Slot {
     async fn boot(&mut self) -> Option<Instance> {
         let spec = self.shared.spec();
         let uid = self.new_uid();
-        let mut inst = match Instance::start(&self.shared.reaper, &spec, self.id, uid) {
+        let mut inst = match Instance::start(
+            &self.shared.reaper,
+            &spec,
+            self.id,
+            uid,
+            self.shared.metrics.clone(),
+        ) {
             Ok(i) => i,
             Err(e) => {
                 tracing::error!(worker = self.id, error = %e, "Could not start worker.");
@@ -239,7 +245,7 @@ impl Slot {
         match self.start_replacement().await {
             Ok(new) => {
                 self.backoff = Backoff::default();
-                self.switch(old, new, reason)
+                self.switch(old, new, reason, "recycled")
             }
             Err(e) => {
                 tracing::warn!(worker = self.id, pid = old.pid, error = %e, "Replacement failed to boot; keeping the current worker.");
@@ -275,7 +281,7 @@ impl Slot {
             _ = self.stop.cancelled() => false,
         };
         if commit {
-            self.switch(old, new, "reload")
+            self.switch(old, new, "reload", "reload")
         } else {
             let spec = self.shared.spec();
             let kill_now = self.shared.kill_now.clone();
@@ -288,12 +294,18 @@ impl Slot {
     async fn start_replacement(&mut self) -> Result<Instance, BootError> {
         let spec = self.shared.spec();
         let uid = self.new_uid();
-        let mut new =
-            Instance::start(&self.shared.reaper, &spec, self.id, uid).map_err(|e| BootError {
-                id: self.id,
-                reason: format!("could not start: {e}"),
-                stderr: String::new(),
-            })?;
+        let mut new = Instance::start(
+            &self.shared.reaper,
+            &spec,
+            self.id,
+            uid,
+            self.shared.metrics.clone(),
+        )
+        .map_err(|e| BootError {
+            id: self.id,
+            reason: format!("could not start: {e}"),
+            stderr: String::new(),
+        })?;
         match new
             .wait_ready(&self.shared.backends, spec.boot_timeout, &self.stop)
             .await
@@ -334,8 +346,16 @@ impl Slot {
 
     /// Route to `new`, stop routing to `old`, and retire `old` in the
     /// background: its in-flight requests finish (up to graceful_timeout),
-    /// then it gets SIGTERM.
-    fn switch(&mut self, old: Instance, new: Instance, why: &str) -> Instance {
+    /// then it gets SIGTERM. Its exit is counted under `replaced`
+    /// (`recycled` or `reload`) in the metrics.
+    fn switch(
+        &mut self,
+        mut old: Instance,
+        new: Instance,
+        why: &str,
+        replaced: &'static str,
+    ) -> Instance {
+        old.replaced = Some(replaced);
         self.route(&new);
         self.unroute(&old);
         let shared = self.shared.clone();

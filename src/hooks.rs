@@ -1,0 +1,691 @@
+//! Lifecycle hooks: a command or a webhook run on a lifecycle event
+//! (`on_starting`, `when_ready`, `worker_exit`, `worker_abort`, `on_reload`,
+//! `on_exit`), each with a time budget.
+//!
+//! A hook never delays curfew past its budget or a caller's deadline and never
+//! fails curfew: every outcome is logged and returned as a [`HookOutcome`].
+//!
+//! - A command hook is spawned with `std::process::Command` under the
+//!   reaper's table lock (only the reaper waits for children; see
+//!   `supervisor::reaper`), in its own process group, with the details JSON on
+//!   stdin, `CURFEW_HOOK=<event>` and one `CURFEW_HOOK_<KEY>` variable per
+//!   top-level scalar of the details. Its output is re-logged per line with
+//!   `hook=<event>`. At its budget the whole process group is SIGKILLed.
+//! - A webhook is an HTTP/1.1 `POST` of the details JSON (`http://` only).
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::pipe;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use crate::supervisor::reaper::{ExitStatus, Reaper};
+
+/// How long a killed hook's exit status is awaited (so no zombie lingers).
+const REAP_GRACE: Duration = Duration::from_millis(100);
+/// How long the output readers of an exited hook may take to reach EOF (so
+/// the last stderr line is known for the failure message).
+const OUTPUT_GRACE: Duration = Duration::from_millis(100);
+/// Longest details value put in a `CURFEW_HOOK_<KEY>` variable; longer ones
+/// are only in the JSON (the kernel refuses an exec with any environment
+/// string over 128 KiB, and the whole environment is bounded too).
+const MAX_ENV_VALUE: usize = 8 * 1024;
+/// Longest output line re-logged; the rest is cut.
+const MAX_LINE: usize = 16 * 1024;
+
+/// A lifecycle event a hook can be attached to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HookEvent {
+    OnStarting,
+    WhenReady,
+    WorkerExit,
+    WorkerAbort,
+    OnReload,
+    OnExit,
+}
+
+impl HookEvent {
+    /// Every event, in lifecycle order.
+    pub const ALL: [HookEvent; 6] = [
+        HookEvent::OnStarting,
+        HookEvent::WhenReady,
+        HookEvent::WorkerExit,
+        HookEvent::WorkerAbort,
+        HookEvent::OnReload,
+        HookEvent::OnExit,
+    ];
+
+    /// The configuration name (`on_starting`, …), also `CURFEW_HOOK`'s value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookEvent::OnStarting => "on_starting",
+            HookEvent::WhenReady => "when_ready",
+            HookEvent::WorkerExit => "worker_exit",
+            HookEvent::WorkerAbort => "worker_abort",
+            HookEvent::OnReload => "on_reload",
+            HookEvent::OnExit => "on_exit",
+        }
+    }
+
+    /// The event named `name` (as in [`HookEvent::as_str`]).
+    pub fn from_name(name: &str) -> Option<HookEvent> {
+        HookEvent::ALL.into_iter().find(|e| e.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for HookEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a hook does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookAction {
+    /// A program and its arguments (no shell unless the command names one).
+    Command(Vec<String>),
+    /// An `http://` URL that gets a `POST` of the details JSON.
+    Webhook(http::Uri),
+}
+
+impl HookAction {
+    /// `http://…` is a webhook; anything else is a command split like a shell
+    /// would split it (quotes, backslashes; no expansion).
+    pub fn parse(text: &str) -> Result<HookAction, String> {
+        let trimmed = text.trim();
+        if trimmed.is_empty() {
+            return Err("a hook must be a command or an http:// URL, not empty".into());
+        }
+        let lower = trimmed.to_ascii_lowercase();
+        if lower.starts_with("https://") {
+            return Err(format!(
+                "webhook {trimmed:?}: https is not supported (curfew has no TLS client); \
+                 use an http:// URL, e.g. a local relay"
+            ));
+        }
+        if lower.starts_with("http://") {
+            let uri: http::Uri = trimmed
+                .parse()
+                .map_err(|e| format!("webhook {trimmed:?}: not a valid URL: {e}"))?;
+            if uri.host().is_none_or(str::is_empty) {
+                return Err(format!("webhook {trimmed:?}: the URL has no host"));
+            }
+            return Ok(HookAction::Webhook(uri));
+        }
+        let argv = shlex::split(trimmed)
+            .ok_or_else(|| format!("hook command {trimmed:?}: unbalanced quotes"))?;
+        if argv.is_empty() {
+            return Err("a hook must be a command or an http:// URL, not empty".into());
+        }
+        Ok(HookAction::Command(argv))
+    }
+}
+
+/// One configured hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookSpec {
+    pub action: HookAction,
+    pub timeout: Duration,
+}
+
+/// How a hook run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookOutcome {
+    /// No hook for that event.
+    NotConfigured,
+    Ok,
+    Failed(String),
+    /// Its budget (or the caller's deadline, or `shutdown`) ran out; a command
+    /// hook's process group was killed.
+    TimedOut,
+}
+
+/// The configured hooks and the runs fired in the background.
+#[derive(Clone)]
+pub struct Hooks {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    reaper: Reaper,
+    specs: HashMap<HookEvent, HookSpec>,
+    tracker: TaskTracker,
+    /// Set by `shutdown` when fired runs outlive its deadline: they stop.
+    cancel: watch::Sender<bool>,
+}
+
+impl Hooks {
+    pub fn new(reaper: Reaper, specs: HashMap<HookEvent, HookSpec>) -> Hooks {
+        Hooks {
+            inner: Arc::new(Inner {
+                reaper,
+                specs,
+                tracker: TaskTracker::new(),
+                cancel: watch::channel(false).0,
+            }),
+        }
+    }
+
+    /// Whether a hook is configured for `event`.
+    pub fn is_configured(&self, event: HookEvent) -> bool {
+        self.inner.specs.contains_key(&event)
+    }
+
+    /// Run the hook for `event` (if configured) with `details` (a JSON
+    /// object), waiting at most min(its timeout, time left until `deadline`).
+    /// Never panics, never returns an error: outcomes are logged.
+    pub async fn run(
+        &self,
+        event: HookEvent,
+        details: serde_json::Value,
+        deadline: Option<Instant>,
+    ) -> HookOutcome {
+        self.inner.execute(event, details, deadline, None).await
+    }
+
+    /// Same as [`Hooks::run`] without waiting; [`Hooks::shutdown`] bounds it.
+    pub fn fire(&self, event: HookEvent, details: serde_json::Value) {
+        if !self.is_configured(event) {
+            return;
+        }
+        if *self.inner.cancel.borrow() {
+            tracing::warn!(hook = event.as_str(), "Hook not run: hooks were shut down.");
+            return;
+        }
+        let inner = self.inner.clone();
+        let cancel = self.inner.cancel.subscribe();
+        self.inner.tracker.spawn(async move {
+            inner.execute(event, details, None, Some(cancel)).await;
+        });
+    }
+
+    /// Wait for fired hooks, at most until `deadline`; kill what is still
+    /// running then. Later `fire` calls do nothing; `run` still works.
+    pub async fn shutdown(&self, deadline: Instant) {
+        let tracker = &self.inner.tracker;
+        tracker.close();
+        if tokio::time::timeout_at(deadline, tracker.wait())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        let _ = self.inner.cancel.send(true);
+        let still = tracker.len();
+        if still > 0 {
+            tracing::warn!(hooks = still, "Stopping hooks still running at shutdown.");
+        }
+        // Each cancelled run kills its process group and awaits its reaping
+        // for at most REAP_GRACE.
+        let _ = tokio::time::timeout(REAP_GRACE * 3, tracker.wait()).await;
+    }
+}
+
+impl Inner {
+    async fn execute(
+        &self,
+        event: HookEvent,
+        details: serde_json::Value,
+        deadline: Option<Instant>,
+        cancel: Option<watch::Receiver<bool>>,
+    ) -> HookOutcome {
+        let Some(spec) = self.specs.get(&event) else {
+            return HookOutcome::NotConfigured;
+        };
+        let budget = match deadline {
+            Some(d) => spec
+                .timeout
+                .min(d.saturating_duration_since(Instant::now())),
+            None => spec.timeout,
+        };
+        let details = complete_details(event, details);
+        let started = Instant::now();
+        if budget.is_zero() {
+            tracing::warn!(
+                hook = event.as_str(),
+                "Hook not run: its deadline has already passed."
+            );
+            return HookOutcome::TimedOut;
+        }
+        let stop = Stop::new(budget, cancel);
+        let outcome = match &spec.action {
+            HookAction::Command(argv) => {
+                run_command(&self.reaper, event, argv, &details, stop).await
+            }
+            HookAction::Webhook(uri) => run_webhook(event, uri, &details, stop).await,
+        };
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        match &outcome {
+            HookOutcome::Ok => {
+                tracing::debug!(hook = event.as_str(), duration_ms = elapsed_ms, "Hook ran.")
+            }
+            HookOutcome::Failed(error) => tracing::warn!(
+                hook = event.as_str(),
+                error = %error,
+                duration_ms = elapsed_ms,
+                "Hook failed."
+            ),
+            HookOutcome::TimedOut => tracing::warn!(
+                hook = event.as_str(),
+                budget_ms = budget.as_millis() as u64,
+                duration_ms = elapsed_ms,
+                "Hook timed out and was killed."
+            ),
+            HookOutcome::NotConfigured => {}
+        }
+        outcome
+    }
+}
+
+/// The details as sent: an object with `event` and `curfew_pid` added when
+/// absent (a non-object is kept under `details`).
+fn complete_details(event: HookEvent, details: serde_json::Value) -> serde_json::Value {
+    let mut map = match details {
+        serde_json::Value::Object(m) => m,
+        serde_json::Value::Null => serde_json::Map::new(),
+        other => {
+            let mut m = serde_json::Map::new();
+            m.insert("details".into(), other);
+            m
+        }
+    };
+    map.entry("event")
+        .or_insert_with(|| serde_json::Value::from(event.as_str()));
+    map.entry("curfew_pid")
+        .or_insert_with(|| serde_json::Value::from(std::process::id()));
+    serde_json::Value::Object(map)
+}
+
+/// `CURFEW_HOOK_<KEY>` for a details key: uppercased, anything but ASCII
+/// letters and digits replaced by `_`.
+pub fn env_name(key: &str) -> String {
+    let mut name = String::from("CURFEW_HOOK_");
+    name.extend(key.chars().map(|c| {
+        if c.is_ascii_alphanumeric() {
+            c.to_ascii_uppercase()
+        } else {
+            '_'
+        }
+    }));
+    name
+}
+
+/// The hook's environment: `CURFEW_HOOK=<event>` and one variable per
+/// top-level scalar field of the details (null, arrays and objects are left
+/// out; so is a value with a NUL byte, which no environment can hold, and one
+/// longer than 8 KiB: those are only in the JSON on stdin).
+pub fn hook_env(event: HookEvent, details: &serde_json::Value) -> Vec<(String, String)> {
+    let mut env = vec![("CURFEW_HOOK".to_string(), event.as_str().to_string())];
+    if let serde_json::Value::Object(map) = details {
+        for (key, value) in map {
+            let text = match value {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                _ => continue,
+            };
+            if text.contains('\0') || key.is_empty() || text.len() > MAX_ENV_VALUE {
+                continue;
+            }
+            env.push((env_name(key), text));
+        }
+    }
+    env
+}
+
+/// When a run must stop: its budget, or `shutdown` cancelling fired runs.
+struct Stop {
+    at: Instant,
+    cancel: Option<watch::Receiver<bool>>,
+}
+
+impl Stop {
+    fn new(budget: Duration, cancel: Option<watch::Receiver<bool>>) -> Stop {
+        Stop {
+            at: Instant::now() + budget,
+            cancel,
+        }
+    }
+
+    /// Resolves when the run must stop.
+    async fn reached(&mut self) {
+        let at = self.at;
+        match &mut self.cancel {
+            Some(rx) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = rx.wait_for(|c| *c) => {}
+                }
+            }
+            None => tokio::time::sleep_until(at).await,
+        }
+    }
+}
+
+/// Aborts a background task when dropped (also when the owning future is).
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn run_command(
+    reaper: &Reaper,
+    event: HookEvent,
+    argv: &[String],
+    details: &serde_json::Value,
+    mut stop: Stop,
+) -> HookOutcome {
+    let Some((program, args)) = argv.split_first() else {
+        return HookOutcome::Failed("empty command".into());
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    for (k, v) in hook_env(event, details) {
+        cmd.env(k, v);
+    }
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // Its own process group, so a timeout kills the hook and its children.
+    cmd.process_group(0);
+
+    let (pid, exit, mut child) = {
+        let registration = reaper.lock();
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => return HookOutcome::Failed(format!("cannot start {program:?}: {e}")),
+        };
+        let pid = child.id();
+        (pid, registration.register(pid), child)
+    };
+    let stdin = child.stdin.take();
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    // `child` is dropped without waiting: the reaper owns its exit status.
+    drop(child);
+
+    let mut json = serde_json::to_vec(details).unwrap_or_default();
+    json.push(b'\n');
+    // The hook may never read stdin: the write runs on its own and is
+    // abandoned (closing the pipe) when the run ends.
+    let _writer = stdin
+        .and_then(|s| pipe::Sender::from_owned_fd(OwnedFd::from(s)).ok())
+        .map(|mut tx| {
+            AbortOnDrop(tokio::spawn(async move {
+                let _ = tx.write_all(&json).await;
+            }))
+        });
+    let last_stderr: Arc<Mutex<Option<String>>> = Arc::default();
+    let out_reader = stdout
+        .and_then(|s| pipe::Receiver::from_owned_fd(OwnedFd::from(s)).ok())
+        .map(|rx| relog(rx, event, pid, "stdout", None));
+    let err_reader = stderr
+        .and_then(|s| pipe::Receiver::from_owned_fd(OwnedFd::from(s)).ok())
+        .map(|rx| relog(rx, event, pid, "stderr", Some(last_stderr.clone())));
+
+    let mut exit = exit;
+    let status = tokio::select! {
+        status = &mut exit => Some(status),
+        _ = stop.reached() => None,
+    };
+    match status {
+        Some(Ok(ExitStatus::Code(0))) => {
+            finish_output(out_reader, err_reader).await;
+            HookOutcome::Ok
+        }
+        Some(Ok(status)) => {
+            finish_output(out_reader, err_reader).await;
+            let last = last_stderr.lock().unwrap_or_else(|e| e.into_inner()).take();
+            HookOutcome::Failed(match last {
+                Some(line) => format!("{status}: {line}"),
+                None => status.to_string(),
+            })
+        }
+        Some(Err(_)) => HookOutcome::Failed("its exit status was lost".into()),
+        None => {
+            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            if tokio::time::timeout(REAP_GRACE, exit).await.is_err() {
+                tracing::debug!(
+                    hook = event.as_str(),
+                    pid,
+                    "Killed hook not reaped yet; the reaper will."
+                );
+            }
+            HookOutcome::TimedOut
+        }
+    }
+}
+
+/// Give the output readers a moment to reach EOF; they keep running (until
+/// EOF) if a background child of the hook still holds the pipes.
+async fn finish_output(out: Option<JoinHandle<()>>, err: Option<JoinHandle<()>>) {
+    let _ = tokio::time::timeout(OUTPUT_GRACE, async {
+        if let Some(h) = out {
+            let _ = h.await;
+        }
+        if let Some(h) = err {
+            let _ = h.await;
+        }
+    })
+    .await;
+}
+
+/// Re-log each line the hook writes at INFO, keeping the last stderr line.
+fn relog(
+    rx: pipe::Receiver,
+    event: HookEvent,
+    pid: u32,
+    stream: &'static str,
+    last: Option<Arc<Mutex<Option<String>>>>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut reader = BufReader::with_capacity(8192, rx);
+        let mut line: Vec<u8> = Vec::new();
+        while let Ok(buf) = reader.fill_buf().await {
+            if buf.is_empty() {
+                if !line.is_empty() {
+                    emit(&line, event, pid, stream, last.as_ref());
+                }
+                break;
+            }
+            let (chunk, found) = match buf.iter().position(|&b| b == b'\n') {
+                Some(i) => (&buf[..i], Some(i + 1)),
+                None => (buf, None),
+            };
+            let room = MAX_LINE.saturating_sub(line.len());
+            line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            let used = found.unwrap_or(buf.len());
+            reader.consume(used);
+            if found.is_some() {
+                emit(&line, event, pid, stream, last.as_ref());
+                line.clear();
+            }
+        }
+    })
+}
+
+fn emit(
+    raw: &[u8],
+    event: HookEvent,
+    pid: u32,
+    stream: &'static str,
+    last: Option<&Arc<Mutex<Option<String>>>>,
+) {
+    let text = String::from_utf8_lossy(raw)
+        .trim_end_matches('\r')
+        .to_string();
+    tracing::info!(hook = event.as_str(), pid, stream, "{text}");
+    if let Some(last) = last
+        && !text.trim().is_empty()
+    {
+        *last.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
+    }
+}
+
+async fn run_webhook(
+    event: HookEvent,
+    uri: &http::Uri,
+    details: &serde_json::Value,
+    mut stop: Stop,
+) -> HookOutcome {
+    tokio::select! {
+        result = post(event, uri, details) => match result {
+            Ok(()) => HookOutcome::Ok,
+            Err(e) => HookOutcome::Failed(e),
+        },
+        _ = stop.reached() => HookOutcome::TimedOut,
+    }
+}
+
+async fn post(
+    event: HookEvent,
+    uri: &http::Uri,
+    details: &serde_json::Value,
+) -> Result<(), String> {
+    let host = uri.host().ok_or("the URL has no host")?;
+    let port = uri.port_u16().unwrap_or(80);
+    let target = format!("{host}:{port}");
+    let addrs = tokio::net::lookup_host(&target)
+        .await
+        .map_err(|e| format!("resolve {target}: {e}"))?;
+    let mut last_error = format!("resolve {target}: no address");
+    let mut stream = None;
+    for addr in addrs {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last_error = format!("connect to {addr}: {e}"),
+        }
+    }
+    let stream = stream.ok_or(last_error)?;
+    let _ = stream.set_nodelay(true);
+    let (mut tx, conn) = http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake with {target}: {e}"))?;
+    let _conn = AbortOnDrop(tokio::spawn(async move {
+        let _ = conn.await;
+    }));
+    let body = serde_json::to_vec(details).map_err(|e| e.to_string())?;
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let host_header = match uri.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    };
+    let req = http::Request::post(path)
+        .header(http::header::HOST, host_header)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .header(http::header::USER_AGENT, "curfew-hook")
+        .header(http::header::CONNECTION, "close")
+        .header("x-curfew-hook", event.as_str())
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let res = tx
+        .send_request(req)
+        .await
+        .map_err(|e| format!("POST {uri}: {e}"))?;
+    let status = res.status();
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("HTTP {}", status.as_u16()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_webhook_and_commands() {
+        match HookAction::parse("http://localhost:8080/hook?x=1") {
+            Ok(HookAction::Webhook(u)) => {
+                assert_eq!(u.host(), Some("localhost"));
+                assert_eq!(u.port_u16(), Some(8080));
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = HookAction::parse("https://example.com/")
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("TLS"), "{err}");
+        assert!(HookAction::parse("http://").is_err());
+        assert_eq!(
+            HookAction::parse(r#"notify-send "worker died" --urgency='low'"#),
+            Ok(HookAction::Command(vec![
+                "notify-send".into(),
+                "worker died".into(),
+                "--urgency=low".into()
+            ]))
+        );
+        assert!(HookAction::parse("").is_err());
+        assert!(HookAction::parse("   ").is_err());
+        assert!(HookAction::parse("echo 'unbalanced").is_err());
+    }
+
+    #[test]
+    fn event_names_round_trip() {
+        for e in HookEvent::ALL {
+            assert_eq!(HookEvent::from_name(e.as_str()), Some(e));
+        }
+        assert_eq!(HookEvent::from_name("nope"), None);
+        assert_eq!(HookEvent::WorkerAbort.to_string(), "worker_abort");
+    }
+
+    #[test]
+    fn env_names_and_values() {
+        assert_eq!(env_name("worker"), "CURFEW_HOOK_WORKER");
+        assert_eq!(env_name("curfew_pid"), "CURFEW_HOOK_CURFEW_PID");
+        assert_eq!(env_name("exit-code.x"), "CURFEW_HOOK_EXIT_CODE_X");
+        let details = complete_details(
+            HookEvent::WorkerExit,
+            serde_json::json!({"worker": 1, "reason": "crashed", "ok": false,
+                               "nested": {"a": 1}, "list": [1], "none": null,
+                               "big": "x".repeat(MAX_ENV_VALUE + 1)}),
+        );
+        let env: HashMap<String, String> = hook_env(HookEvent::WorkerExit, &details)
+            .into_iter()
+            .collect();
+        assert_eq!(env["CURFEW_HOOK"], "worker_exit");
+        assert_eq!(env["CURFEW_HOOK_EVENT"], "worker_exit");
+        assert_eq!(env["CURFEW_HOOK_WORKER"], "1");
+        assert_eq!(env["CURFEW_HOOK_REASON"], "crashed");
+        assert_eq!(env["CURFEW_HOOK_OK"], "false");
+        assert_eq!(
+            env["CURFEW_HOOK_CURFEW_PID"],
+            std::process::id().to_string()
+        );
+        assert!(!env.contains_key("CURFEW_HOOK_NESTED"));
+        assert!(!env.contains_key("CURFEW_HOOK_LIST"));
+        assert!(!env.contains_key("CURFEW_HOOK_NONE"));
+        assert!(!env.contains_key("CURFEW_HOOK_BIG"));
+    }
+
+    #[test]
+    fn details_keep_a_given_event() {
+        let d = complete_details(HookEvent::OnExit, serde_json::json!({"event": "custom"}));
+        assert_eq!(d["event"], "custom");
+        let d = complete_details(HookEvent::OnExit, serde_json::json!(5));
+        assert_eq!(d["details"], 5);
+        assert_eq!(d["event"], "on_exit");
+    }
+}
