@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::raw::{OneOrMany, RawConfig, RawDuration};
+use crate::config::raw::{OneOrMany, RawConfig, RawDuration, RawHook};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -192,6 +192,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "PATH")]
     pub control_socket: Option<String>,
 
+    /// A lifecycle hook, EVENT=COMMAND or EVENT=http://URL; repeatable; events: on_starting, when_ready, worker_exit, worker_abort, on_reload, on_exit [default: none; env: CURFEW_HOOKS as a TOML table]
+    #[arg(long = "hook", value_name = "EVENT=RUN")]
+    pub hooks: Vec<String>,
+
+    /// Default time budget of a hook (it is killed after it) [default: 10s; env: CURFEW_HOOK_TIMEOUT]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub hook_timeout: Option<String>,
+
     /// Admin address for /healthz and /readyz, e.g. 127.0.0.1:9000 [default: off; env: CURFEW_ADMIN_BIND]
     #[arg(long, value_name = "ADDR")]
     pub admin_bind: Option<String>,
@@ -233,6 +241,19 @@ impl ServeArgs {
             forwarded_allow_ips: many(&self.forwarded_allow_ips),
             admin_bind: self.admin_bind.clone(),
             control_socket: self.control_socket.clone(),
+            hooks: (!self.hooks.is_empty()).then(|| {
+                self.hooks
+                    .iter()
+                    .map(|h| match h.split_once('=') {
+                        Some((event, run)) => {
+                            (event.trim().to_string(), RawHook::Run(run.to_string()))
+                        }
+                        // Validation reports the missing `=` as an unknown hook name.
+                        None => (h.clone(), RawHook::Run(String::new())),
+                    })
+                    .collect()
+            }),
+            hook_timeout: dur(&self.hook_timeout),
             max_requests: self.max_requests,
             max_requests_jitter: self.max_requests_jitter,
             max_memory: self
@@ -293,7 +314,10 @@ mod tests {
             if *key == "command" {
                 continue;
             }
-            let flag = format!("--{}", key.replace('_', "-"));
+            let flag = match *key {
+                "hooks" => "--hook".to_string(),
+                k => format!("--{}", k.replace('_', "-")),
+            };
             assert!(help.contains(&flag), "{flag} missing from --help");
             assert!(
                 help.contains(&format!("CURFEW_{}", key.to_uppercase())),

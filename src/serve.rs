@@ -19,6 +19,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::control;
+use crate::hooks::{HookEvent, Hooks};
 use crate::metrics::Metrics;
 use crate::status::StatusSource;
 
@@ -123,6 +124,7 @@ struct Run {
     status: StatusSource,
     metrics: Arc<Metrics>,
     reloader: Reloader,
+    hooks: Hooks,
     run_dir: std::path::PathBuf,
     stop_requested_at: Option<Instant>,
     completed_at_stop: u64,
@@ -187,6 +189,7 @@ pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
     let signals = Signals::install().map_err(ServeError::Setup)?;
     let controls = Controls::install().map_err(ServeError::Setup)?;
     let reaper = Reaper::start().map_err(ServeError::Setup)?;
+    let hooks = Hooks::new(reaper.clone(), cfg.hooks.clone());
 
     let mut listeners = Vec::new();
     for b in &cfg.binds {
@@ -231,6 +234,14 @@ pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
     let front = Front::new(&cfg, metrics.clone());
     let spec = WorkerSpec::from_config(&cfg, run_dir.clone());
     let sup = Supervisor::new(reaper.clone(), spec, front.clone(), metrics.clone());
+    {
+        let hooks = hooks.clone();
+        sup.on_event(Box::new(move |name, details| {
+            if let Some(event) = HookEvent::from_name(name) {
+                hooks.fire(event, details);
+            }
+        }));
+    }
     let handle = sup.handle();
     front.on_hung(Box::new(move |uid, reason, request| {
         handle.abort(uid, reason, request)
@@ -272,6 +283,7 @@ pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
         status,
         metrics,
         reloader,
+        hooks: hooks.clone(),
         run_dir: run_dir.clone(),
         stop_requested_at: None,
         completed_at_stop: 0,
@@ -290,6 +302,13 @@ pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
         tokio::spawn(crate::admin::serve(l, state, admin_stop.clone()));
     }
 
+    run.hooks
+        .run(
+            HookEvent::OnStarting,
+            serde_json::json!({ "workers": run.cfg.workers, "command": run.cfg.command.join(" ") }),
+            None,
+        )
+        .await;
     let started = Instant::now();
     tracing::info!(
         workers = run.cfg.workers,
@@ -328,6 +347,10 @@ pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
             workers = run.cfg.workers,
             boot_ms = started.elapsed().as_millis() as u64,
             "Serving."
+        );
+        run.hooks.fire(
+            HookEvent::WhenReady,
+            serde_json::json!({ "workers": run.cfg.workers, "listen": names.join(", ") }),
         );
     } else {
         for l in listeners {
@@ -382,6 +405,33 @@ pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
     // Removed here, not (only) by the control task: the runtime may end
     // before that task runs again.
     let _ = std::fs::remove_file(&run.cfg.control_socket);
+    // on_exit, and any hook still running, end by the shutdown's deadline
+    // (drain_delay + graceful_timeout + worker_stop_timeout after the stop
+    // request), never later: a hook cannot hold the platform's stop timeout.
+    let code = run.machine.exit_code();
+    let hook_deadline = run.stop_requested_at.map(|t| {
+        tokio::time::Instant::from_std(t)
+            + run.cfg.drain_delay
+            + run.cfg.graceful_timeout
+            + run.cfg.worker_stop_timeout
+    });
+    run.hooks
+        .run(
+            HookEvent::OnExit,
+            serde_json::json!({
+                "exit_code": code,
+                "signal": run.machine.stop_signal().map(|s| s.name()),
+                "requests_aborted": run.aborted,
+            }),
+            hook_deadline,
+        )
+        .await;
+    run.hooks
+        .shutdown(
+            hook_deadline
+                .unwrap_or_else(|| tokio::time::Instant::now() + std::time::Duration::from_secs(1)),
+        )
+        .await;
     let leftovers = run.reaper.kill_all_children().await;
     if leftovers > 0 {
         tracing::warn!(
@@ -393,7 +443,6 @@ pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
         let _ = std::fs::remove_dir_all(&run_dir);
     }
 
-    let code = run.machine.exit_code();
     let duration_ms = run
         .stop_requested_at
         .map(|t| t.elapsed().as_millis() as u64);
@@ -503,7 +552,7 @@ async fn drain(run: &mut Run) {
 async fn control(run: &mut Run, ctl: ControlSignal) {
     match ctl {
         ControlSignal::Reload => {
-            let _ = reload(run).await;
+            let _ = reload_and_tell(run).await;
         }
         ControlSignal::ScaleUp | ControlSignal::ScaleDown => {
             let from = run.sup.workers();
@@ -610,6 +659,17 @@ async fn try_reload(run: &mut Run) -> Result<u64, String> {
     }
 }
 
+/// A reload, then the on_reload hook with its result.
+async fn reload_and_tell(run: &mut Run) -> Result<u64, String> {
+    let r = reload(run).await;
+    let details = match &r {
+        Ok(g) => serde_json::json!({ "result": "ok", "generation": g }),
+        Err(e) => serde_json::json!({ "result": "failed", "error": e }),
+    };
+    run.hooks.fire(HookEvent::OnReload, details);
+    r
+}
+
 /// A request from the control socket (`curfew reload`, `stop`, `scale`).
 async fn operate(run: &mut Run, req: control::Request, reply: oneshot::Sender<control::Response>) {
     use control::{Request, Response};
@@ -622,7 +682,7 @@ async fn operate(run: &mut Run, req: control::Request, reply: oneshot::Sender<co
             });
         }
         Request::Reload => {
-            let r = reload(run).await;
+            let r = reload_and_tell(run).await;
             let _ = reply.send(match r {
                 Ok(g) => Response::ok(format!("reloaded: generation {g} is serving")),
                 Err(e) => Response::err(e),

@@ -157,6 +157,7 @@ pub struct Config {
     pub forwarded_allow: ForwardedAllow,
     pub admin_bind: Option<BindAddr>,
     pub control_socket: PathBuf,
+    pub hooks: std::collections::HashMap<crate::hooks::HookEvent, crate::hooks::HookSpec>,
     pub max_requests: Option<u64>,
     pub max_requests_jitter: u64,
     pub max_memory: Option<u64>,
@@ -174,6 +175,7 @@ pub const DEFAULT_GRACEFUL_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_WORKER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_ABORT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// 2 × cores + 1, the gunicorn rule of thumb, used when neither `workers`
 /// nor `WEB_CONCURRENCY` is set.
@@ -446,6 +448,46 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
         }
     };
 
+    let hook_timeout = cx.duration("hook_timeout", raw.hook_timeout, DEFAULT_HOOK_TIMEOUT)?;
+    if hook_timeout.is_zero() {
+        return Err(cx.err("hook_timeout", "0", "must be greater than zero"));
+    }
+    let mut hooks = std::collections::HashMap::new();
+    for (name, raw_hook) in raw.hooks.unwrap_or_default() {
+        let Some(event) = crate::hooks::HookEvent::from_name(&name) else {
+            let known: Vec<&str> = crate::hooks::HookEvent::ALL
+                .iter()
+                .map(|e| e.as_str())
+                .collect();
+            return Err(cx.err(
+                "hooks",
+                format!("{name:?}"),
+                format!("unknown hook; the hooks are {}", known.join(", ")),
+            ));
+        };
+        let (run, timeout) = match raw_hook {
+            raw::RawHook::Run(r) => (r, None),
+            raw::RawHook::Table { run, timeout } => (run, timeout),
+        };
+        let action = crate::hooks::HookAction::parse(&run)
+            .map_err(|m| cx.err("hooks", format!("{name} = {run:?}"), m))?;
+        let timeout = match timeout {
+            None => hook_timeout,
+            Some(t) => match duration::parse(&t) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    return Err(cx.err(
+                        "hooks",
+                        format!("{name}.timeout = {t}"),
+                        "must be greater than zero",
+                    ));
+                }
+                Err(m) => return Err(cx.err("hooks", format!("{name}.timeout = {t}"), m)),
+            },
+        };
+        hooks.insert(event, crate::hooks::HookSpec { action, timeout });
+    }
+
     let log_format = match raw.log_format.as_deref() {
         None | Some("text") => LogFormat::Text,
         Some("json") => LogFormat::Json,
@@ -510,6 +552,7 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
             Some(p) => PathBuf::from(p),
             None => crate::control::default_path(),
         },
+        hooks,
         max_requests,
         max_requests_jitter,
         max_memory,

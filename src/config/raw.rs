@@ -33,6 +33,18 @@ pub enum RawDuration {
     Text(String),
 }
 
+/// A hook as written: the command/URL, or a table with its own timeout.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum RawHook {
+    Run(String),
+    Table {
+        run: String,
+        #[serde(default)]
+        timeout: Option<RawDuration>,
+    },
+}
+
 /// A byte size: a number of bytes or a string like "512MiB", "1GiB", "300MB".
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(untagged)]
@@ -166,6 +178,11 @@ raw_config! {
     reload_batch: i64,
     /// Path of the control socket (`curfew status`, `reload`, `stop`, `scale`).
     control_socket: String,
+    /// Lifecycle hooks: event name → a command or http:// URL, or
+    /// `{ run = "...", timeout = "5s" }`.
+    hooks: std::collections::BTreeMap<String, RawHook>,
+    /// Default time budget of a hook.
+    hook_timeout: RawDuration,
     /// Address of the admin endpoint (`/healthz`, `/readyz`); off when unset.
     admin_bind: String,
     /// `text` or `json`.

@@ -230,6 +230,10 @@ async fn forward(
                 }
                 None => {
                     front.router.suspend(lease.uid, SUSPEND_AFTER_FAILURE);
+                    front.router.note_broken(
+                        lease.uid,
+                        format!("{method} {path} (age {} ms)", started.elapsed().as_millis()),
+                    );
                     tracing::warn!(
                         %method,
                         path,

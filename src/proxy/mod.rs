@@ -230,12 +230,7 @@ impl Backends for Front {
     }
 
     fn requests_on(&self, uid: u64) -> Vec<String> {
-        self.router
-            .requests()
-            .into_iter()
-            .filter(|r| r.uid == Some(uid))
-            .map(|r| format!("{} {} (age {} ms)", r.method, r.path, r.age().as_millis()))
-            .collect()
+        self.router.requests_on(uid)
     }
 
     fn drained(&self, uid: u64, timeout: Duration) -> BoxFuture<'static, bool> {

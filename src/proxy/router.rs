@@ -94,6 +94,9 @@ pub struct Router {
     state: Mutex<State>,
     /// Notified whenever a request ends (for [`Router::drained`]).
     released: tokio::sync::Notify,
+    /// Requests that just failed because their worker broke (newest last):
+    /// the supervisor names them when it learns the worker died.
+    broken: Mutex<VecDeque<(u64, String, Instant)>>,
     /// Called once when a worker reaches its `max_requests`.
     on_recycle: std::sync::OnceLock<RecycleHandler>,
     concurrency: usize,
@@ -142,6 +145,7 @@ impl Router {
         Arc::new(Router {
             state: Mutex::new(State::default()),
             released: tokio::sync::Notify::new(),
+            broken: Mutex::new(VecDeque::new()),
             on_recycle: std::sync::OnceLock::new(),
             concurrency: concurrency.max(1),
             backlog,
@@ -274,6 +278,36 @@ impl Router {
         if let (Some(n), Some(f)) = (recycle, self.on_recycle.get()) {
             f(uid, format!("recycled after {n} requests (max_requests)"));
         }
+    }
+
+    /// Remember that `request` failed because worker `uid` broke.
+    pub fn note_broken(&self, uid: u64, request: String) {
+        let mut b = self.broken.lock().unwrap_or_else(|e| e.into_inner());
+        b.retain(|(_, _, at)| at.elapsed() < Duration::from_secs(10));
+        if b.len() >= 64 {
+            b.pop_front();
+        }
+        b.push_back((uid, request, Instant::now()));
+    }
+
+    /// Requests of worker `uid`: in flight now, or failed in the last
+    /// seconds because it broke ("GET /x (age 120 ms)").
+    pub fn requests_on(&self, uid: u64) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .broken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(u, _, at)| *u == uid && at.elapsed() < Duration::from_secs(10))
+            .map(|(_, r, _)| r.clone())
+            .collect();
+        out.extend(
+            self.requests()
+                .into_iter()
+                .filter(|r| r.uid == Some(uid))
+                .map(|r| format!("{} {} (age {} ms)", r.method, r.path, r.age().as_millis())),
+        );
+        out
     }
 
     /// Set what to do when a worker reaches `max_requests`.

@@ -202,9 +202,21 @@ pub(crate) struct Shared {
     forced: AtomicBool,
     /// Cancelled for an immediate stop: SIGKILL instead of SIGTERM.
     kill_now: CancellationToken,
+    /// Told of unexpected worker exits ("worker_exit") and hung-worker
+    /// aborts ("worker_abort"), with details (the hooks).
+    on_event: std::sync::OnceLock<EventHandler>,
 }
 
+/// Receives (event name, details) for notable worker events.
+pub type EventHandler = Box<dyn Fn(&'static str, serde_json::Value) + Send + Sync>;
+
 impl Shared {
+    fn event(&self, name: &'static str, details: serde_json::Value) {
+        if let Some(f) = self.on_event.get() {
+            f(name, details);
+        }
+    }
+
     fn spec(&self) -> Arc<WorkerSpec> {
         self.spec.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -296,11 +308,17 @@ impl Supervisor {
                 retiring: TaskTracker::new(),
                 forced: AtomicBool::new(false),
                 kill_now: CancellationToken::new(),
+                on_event: std::sync::OnceLock::new(),
             }),
             slots: Vec::new(),
             leaving: Vec::new(),
             next_generation: 2,
         }
+    }
+
+    /// Set who hears of unexpected worker exits and aborts.
+    pub fn on_event(&self, f: EventHandler) {
+        let _ = self.shared.on_event.set(f);
     }
 
     pub fn handle(&self) -> Handle {

@@ -184,6 +184,19 @@ impl Slot {
                     let delay = self.backoff.next_delay(inst.started.elapsed());
                     let class = ExitClass::of(status, SentSignal::None, inst.oom_killed());
                     inst.log_exit(&class, Some(delay), &requests);
+                    self.shared.event(
+                        "worker_exit",
+                        serde_json::json!({
+                            "worker": self.id,
+                            "pid": inst.pid,
+                            "reason": class.reason(),
+                            "exit": status.to_string(),
+                            "message": class.describe(),
+                            "requests": requests,
+                            "uptime_ms": inst.started.elapsed().as_millis() as u64,
+                            "restart_in_ms": delay.as_millis() as u64,
+                        }),
+                    );
                     return Next::Restart(delay);
                 }
                 _ = self.stop.cancelled() => {
@@ -207,6 +220,16 @@ impl Slot {
                         let delay = self.backoff.next_delay(inst.started.elapsed());
                         let spec = self.shared.spec();
                         inst.abort(spec.abort_timeout, &reason, &request, &self.shared.kill_now).await;
+                        self.shared.event(
+                            "worker_abort",
+                            serde_json::json!({
+                                "worker": self.id,
+                                "pid": inst.pid,
+                                "reason": reason,
+                                "request": request,
+                                "stack_dump": inst.tail.last(60),
+                            }),
+                        );
                         return Next::Restart(delay);
                     }
                     Some(Command::Recycle { uid, reason }) if uid == inst.uid => {

@@ -5,6 +5,7 @@
 mod config_errors;
 mod control;
 mod health;
+mod hooks;
 mod metrics;
 mod operate;
 mod proxy;
