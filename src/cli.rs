@@ -200,6 +200,22 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub hook_timeout: Option<String>,
 
+    /// Liveness probe path for workers with --worker-concurrency > 1: failing it liveness_failures times in a row gets the worker aborted as hung [default: off; env: CURFEW_LIVENESS_PATH]
+    #[arg(long, value_name = "PATH")]
+    pub liveness_path: Option<String>,
+
+    /// Time between liveness probes [default: 10s; env: CURFEW_LIVENESS_INTERVAL]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub liveness_interval: Option<String>,
+
+    /// Time a liveness probe may take [default: 5s; env: CURFEW_LIVENESS_TIMEOUT]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub liveness_timeout: Option<String>,
+
+    /// Failed liveness probes in a row before the worker is aborted [default: 3; env: CURFEW_LIVENESS_FAILURES]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub liveness_failures: Option<i64>,
+
     /// Admin address for /healthz and /readyz, e.g. 127.0.0.1:9000 [default: off; env: CURFEW_ADMIN_BIND]
     #[arg(long, value_name = "ADDR")]
     pub admin_bind: Option<String>,
@@ -254,6 +270,10 @@ impl ServeArgs {
                     .collect()
             }),
             hook_timeout: dur(&self.hook_timeout),
+            liveness_path: self.liveness_path.clone(),
+            liveness_interval: dur(&self.liveness_interval),
+            liveness_timeout: dur(&self.liveness_timeout),
+            liveness_failures: self.liveness_failures,
             max_requests: self.max_requests,
             max_requests_jitter: self.max_requests_jitter,
             max_memory: self

@@ -100,6 +100,16 @@ impl fmt::Display for BindAddr {
     }
 }
 
+/// The liveness probe of workers that serve several requests at once: a
+/// worker failing `failures` probes in a row is aborted as hung.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Liveness {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub failures: u32,
+}
+
 /// How a reload replaces the workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReloadStrategy {
@@ -157,6 +167,7 @@ pub struct Config {
     pub forwarded_allow: ForwardedAllow,
     pub admin_bind: Option<BindAddr>,
     pub control_socket: PathBuf,
+    pub liveness: Option<Liveness>,
     pub hooks: std::collections::HashMap<crate::hooks::HookEvent, crate::hooks::HookSpec>,
     pub max_requests: Option<u64>,
     pub max_requests_jitter: u64,
@@ -448,6 +459,41 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
         }
     };
 
+    let liveness = match raw.liveness_path {
+        None => None,
+        Some(p) if p.starts_with('/') && p.parse::<http::uri::PathAndQuery>().is_ok() => {
+            let interval = cx.duration(
+                "liveness_interval",
+                raw.liveness_interval,
+                Duration::from_secs(10),
+            )?;
+            let timeout = cx.duration(
+                "liveness_timeout",
+                raw.liveness_timeout,
+                Duration::from_secs(5),
+            )?;
+            if interval.is_zero() {
+                return Err(cx.err("liveness_interval", "0", "must be greater than zero"));
+            }
+            if timeout.is_zero() {
+                return Err(cx.err("liveness_timeout", "0", "must be greater than zero"));
+            }
+            let failures = cx.count("liveness_failures", raw.liveness_failures, 3, 1, 100)? as u32;
+            Some(Liveness {
+                path: p,
+                interval,
+                timeout,
+                failures,
+            })
+        }
+        Some(p) => {
+            return Err(cx.err(
+                "liveness_path",
+                format!("{p:?}"),
+                "must be a URL path starting with '/', e.g. \"/health\"",
+            ));
+        }
+    };
     let hook_timeout = cx.duration("hook_timeout", raw.hook_timeout, DEFAULT_HOOK_TIMEOUT)?;
     if hook_timeout.is_zero() {
         return Err(cx.err("hook_timeout", "0", "must be greater than zero"));
@@ -553,6 +599,7 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
             None => crate::control::default_path(),
         },
         hooks,
+        liveness,
         max_requests,
         max_requests_jitter,
         max_memory,

@@ -183,6 +183,12 @@ raw_config! {
     hooks: std::collections::BTreeMap<String, RawHook>,
     /// Default time budget of a hook.
     hook_timeout: RawDuration,
+    /// Liveness probe path (workers with worker_concurrency > 1); off when unset.
+    liveness_path: String,
+    liveness_interval: RawDuration,
+    liveness_timeout: RawDuration,
+    /// Consecutive failed probes before the worker is aborted as hung.
+    liveness_failures: i64,
     /// Address of the admin endpoint (`/healthz`, `/readyz`); off when unset.
     admin_bind: String,
     /// `text` or `json`.

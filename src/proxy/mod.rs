@@ -221,6 +221,15 @@ impl Backends for Front {
         Box::pin(upstream::probe(addr, self.ready_path.clone()))
     }
 
+    fn liveness(
+        &self,
+        addr: WorkerAddr,
+        path: String,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        Box::pin(upstream::probe_with(addr, Some(path), timeout))
+    }
+
     fn add(&self, worker: ReadyWorker) {
         self.router.add(worker);
     }

@@ -235,6 +235,15 @@ impl Pool {
 /// `ready_path`, any HTTP answer to `/` from a worker counts as ready (the
 /// app is up and answering); with one, the answer must be 2xx or 3xx.
 pub async fn probe(addr: WorkerAddr, ready_path: Option<String>) -> Result<(), String> {
+    probe_with(addr, ready_path, Duration::from_secs(5)).await
+}
+
+/// [`probe`] with a given timeout (the liveness probe's).
+pub async fn probe_with(
+    addr: WorkerAddr,
+    ready_path: Option<String>,
+    timeout: Duration,
+) -> Result<(), String> {
     let attempt = async {
         let io = open(&addr).await.map_err(|e| e.to_string())?;
         let (mut tx, conn) = http1::handshake::<_, Empty<Bytes>>(io)
@@ -261,8 +270,8 @@ pub async fn probe(addr: WorkerAddr, ready_path: Option<String>) -> Result<(), S
             Err(format!("GET {path} answered {status}"))
         }
     };
-    match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+    match tokio::time::timeout(timeout, attempt).await {
         Ok(r) => r,
-        Err(_) => Err("probe timed out after 5s".into()),
+        Err(_) => Err(format!("no answer within {timeout:?}")),
     }
 }

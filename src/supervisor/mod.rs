@@ -87,6 +87,13 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait Backends: Send + Sync + 'static {
     /// Does the worker at `addr` answer? `Err` carries why not.
     fn probe(&self, addr: WorkerAddr) -> BoxFuture<'static, Result<(), String>>;
+    /// Does the worker at `addr` answer `GET path` with 2xx/3xx within `timeout`?
+    fn liveness(
+        &self,
+        addr: WorkerAddr,
+        path: String,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<(), String>>;
     /// Start routing to this worker.
     fn add(&self, worker: ReadyWorker);
     /// Stop routing to this worker (requests already on it finish).
@@ -113,6 +120,8 @@ pub struct WorkerSpec {
     pub max_requests: Option<u64>,
     pub max_requests_jitter: u64,
     pub max_memory: Option<u64>,
+    /// Liveness probe for workers with several requests at once.
+    pub liveness: Option<crate::config::Liveness>,
     pub run_dir: PathBuf,
     pub generation: u64,
 }
@@ -132,6 +141,7 @@ impl WorkerSpec {
             max_requests: cfg.max_requests,
             max_requests_jitter: cfg.max_requests_jitter,
             max_memory: cfg.max_memory,
+            liveness: cfg.liveness.clone().filter(|_| cfg.worker_concurrency > 1),
             run_dir,
             generation: 1,
         }

@@ -169,6 +169,12 @@ impl Slot {
 
     /// Serve with `inst` until it must be restarted or the slot ends.
     async fn serve(&mut self, mut inst: Instance) -> Next {
+        let liveness = self.shared.spec().liveness.clone();
+        let mut live_tick =
+            tokio::time::interval(liveness.as_ref().map_or(MEMORY_CHECK, |l| l.interval));
+        live_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        live_tick.reset(); // the first probe one interval after it became ready
+        let mut live_failures = 0u32;
         let mut memory = tokio::time::interval(MEMORY_CHECK);
         memory.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -204,6 +210,29 @@ impl Slot {
                     let spec = self.shared.spec();
                     let forced = inst.stop(spec.stop_timeout, &self.shared.kill_now, "shutdown").await;
                     return Next::Done(SlotOutcome { forced });
+                }
+                _ = live_tick.tick(), if liveness.is_some() => {
+                    let Some(l) = &liveness else { continue };
+                    match self.shared.backends.liveness(inst.addr.clone(), l.path.clone(), l.timeout).await {
+                        Ok(()) => live_failures = 0,
+                        Err(e) => {
+                            live_failures += 1;
+                            tracing::info!(worker = self.id, pid = inst.pid, failures = live_failures, of = l.failures, error = %e, "Liveness probe failed.");
+                            if live_failures >= l.failures {
+                                let requests = self.shared.backends.requests_on(inst.uid).join(", ");
+                                self.unroute(&inst);
+                                let delay = self.backoff.next_delay(inst.started.elapsed());
+                                let reason = format!("liveness probe failed {live_failures} times: {e}");
+                                let spec = self.shared.spec();
+                                inst.abort(spec.abort_timeout, &reason, &requests, &self.shared.kill_now).await;
+                                self.shared.event(
+                                    "worker_abort",
+                                    serde_json::json!({ "worker": self.id, "pid": inst.pid, "reason": reason, "request": requests, "stack_dump": inst.tail.last(60) }),
+                                );
+                                return Next::Restart(delay);
+                            }
+                        }
+                    }
                 }
                 _ = memory.tick(), if max_memory.is_some() => {
                     let limit = max_memory.unwrap_or(u64::MAX);

@@ -82,3 +82,57 @@ fn python_hang_logs_its_traceback() {
     assert_eq!(c.wait_exit(Duration::from_secs(20)), 0, "{}", c.log_text());
     assert_no_survivors(&c);
 }
+
+/// A worker serving several requests at once whose event loop is blocked:
+/// the liveness probe fails, the worker is aborted (with its traceback) and
+/// replaced; the request stuck on it fails with 502.
+#[test]
+fn liveness_probe_aborts_a_blocked_async_worker() {
+    let uvicorn = venv_bin("uvicorn");
+    let mut opts = Opts::command(
+        &[
+            "-w",
+            "2",
+            "--worker-concurrency",
+            "4",
+            "--timeout",
+            "0",
+            "--ready-path",
+            "/health",
+            "--liveness-path",
+            "/health",
+            "--liveness-interval",
+            "300ms",
+            "--liveness-timeout",
+            "300ms",
+            "--liveness-failures",
+            "2",
+        ],
+        &[
+            uvicorn.to_str().expect("utf-8 path"),
+            "app:app",
+            "--fd",
+            "3",
+        ],
+    );
+    opts.cwd = Some(examples_dir("fastapi_app"));
+    let mut c = Curfew::start(opts);
+    let t0 = Instant::now();
+    let r = get(c.port, "/spin");
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        t0.elapsed()
+    );
+    let line = c.wait_log("Worker hung", Duration::from_secs(10));
+    assert!(
+        line.contains("liveness probe failed 2 times") && line.contains("spin"),
+        "{line}"
+    );
+    c.wait_log_count("Worker ready.", 3, Duration::from_secs(15));
+    assert_eq!(get(c.port, "/plain").status, 200);
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(20)), 0, "{}", c.log_text());
+    assert_no_survivors(&c);
+}
