@@ -140,6 +140,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub timeout: Option<String>,
 
+    /// Close client keep-alive connections idle this long; keep it above your load balancer's idle timeout; 0 = never [default: 75s; env: CURFEW_KEEPALIVE_TIMEOUT]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub keepalive_timeout: Option<String>,
+
     /// Time a hung worker gets between SIGABRT (so it can dump its stack) and SIGKILL [default: 2s; env: CURFEW_ABORT_TIMEOUT]
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub abort_timeout: Option<String>,
@@ -250,6 +254,7 @@ impl ServeArgs {
             drain_delay: dur(&self.drain_delay),
             timeout: dur(&self.timeout),
             abort_timeout: dur(&self.abort_timeout),
+            keepalive_timeout: dur(&self.keepalive_timeout),
             faulthandler: self.faulthandler,
             graceful_timeout: dur(&self.graceful_timeout),
             worker_stop_timeout: dur(&self.worker_stop_timeout),

@@ -161,6 +161,8 @@ pub struct Config {
     /// `None` when disabled (`timeout = 0`).
     pub timeout: Option<Duration>,
     pub abort_timeout: Duration,
+    /// `None` when disabled (`keepalive_timeout = 0`).
+    pub keepalive_timeout: Option<Duration>,
     pub faulthandler: bool,
     pub worker_stop_timeout: Duration,
     pub chdir: Option<PathBuf>,
@@ -187,6 +189,9 @@ pub const DEFAULT_WORKER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_ABORT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longer than common load balancers' idle timeouts (AWS ALB 60 s), as the
+/// backend's keep-alive must outlast the balancer's.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
 
 /// 2 × cores + 1, the gunicorn rule of thumb, used when neither `workers`
 /// nor `WEB_CONCURRENCY` is set.
@@ -572,6 +577,12 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
         drain_delay: cx.duration("drain_delay", raw.drain_delay, Duration::ZERO)?,
         timeout: Some(cx.duration("timeout", raw.timeout, DEFAULT_TIMEOUT)?)
             .filter(|d| !d.is_zero()),
+        keepalive_timeout: Some(cx.duration(
+            "keepalive_timeout",
+            raw.keepalive_timeout,
+            DEFAULT_KEEPALIVE_TIMEOUT,
+        )?)
+        .filter(|d| !d.is_zero()),
         abort_timeout: cx.duration("abort_timeout", raw.abort_timeout, DEFAULT_ABORT_TIMEOUT)?,
         faulthandler: raw.faulthandler.unwrap_or(true),
         graceful_timeout: cx.duration(

@@ -154,6 +154,8 @@ raw_config! {
     /// A request with no response headers after this long gets 504; a sync
     /// worker (concurrency 1) serving it is hung and is aborted. 0 = off.
     timeout: RawDuration,
+    /// Idle client keep-alive connections are closed after this (0 = never).
+    keepalive_timeout: RawDuration,
     /// Time a hung worker gets between SIGABRT (stack dump) and SIGKILL.
     abort_timeout: RawDuration,
     /// Set PYTHONFAULTHANDLER=1 in workers (Python dumps its stack on SIGABRT).

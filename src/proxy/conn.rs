@@ -51,11 +51,17 @@ impl ConnState {
     /// `None` while a request is in flight; otherwise how much longer the
     /// connection should be kept open (zero: close it now).
     pub fn idle_grace_left(&self) -> Option<Duration> {
+        self.idle_left(DRAIN_IDLE_GRACE)
+    }
+
+    /// `None` while a request is in flight; otherwise how long until the
+    /// connection has been idle for `limit` (zero: it has).
+    pub fn idle_left(&self, limit: Duration) -> Option<Duration> {
         if self.active.load(Ordering::SeqCst) > 0 {
             return None;
         }
         let last = *self.last_done.lock().unwrap_or_else(|e| e.into_inner());
-        Some(DRAIN_IDLE_GRACE.saturating_sub(last.elapsed()))
+        Some(limit.saturating_sub(last.elapsed()))
     }
 
     /// Resolves after a request ends (a permit is kept if nobody waits, so a

@@ -41,6 +41,8 @@ pub struct Front {
     pub backlog: usize,
     /// Time to response headers; `None` = unbounded.
     pub timeout: Option<Duration>,
+    /// Idle client connections are closed after this; `None` = never.
+    pub keepalive_timeout: Option<Duration>,
     pub worker_concurrency: usize,
     /// Request counts and durations (recorded in `forward`).
     pub metrics: Arc<Metrics>,
@@ -68,6 +70,7 @@ impl Front {
             forwarded_allow: cfg.forwarded_allow.clone(),
             backlog: cfg.backlog,
             timeout: cfg.timeout,
+            keepalive_timeout: cfg.keepalive_timeout,
             worker_concurrency: cfg.worker_concurrency,
             metrics,
             on_hung: std::sync::OnceLock::new(),
@@ -147,10 +150,33 @@ impl Front {
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), svc);
         tokio::pin!(conn);
-        tokio::select! {
-            _ = conn.as_mut() => return,
-            _ = self.abort.cancelled() => return,
-            _ = self.draining.cancelled() => {}
+        // Serving: until the drain starts, or the client leaves it idle for
+        // keepalive_timeout (which also ends connections that never send a
+        // complete request).
+        loop {
+            let idle = self.keepalive_timeout.and_then(|ka| state.idle_left(ka));
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = self.abort.cancelled() => return,
+                _ = self.draining.cancelled() => break,
+                _ = tokio::time::sleep(idle.unwrap_or_default()), if idle.is_some() => {
+                    if let Some(ka) = self.keepalive_timeout
+                        && state.idle_left(ka) == Some(Duration::ZERO)
+                    {
+                        conn.as_mut().graceful_shutdown();
+                        // A connection stuck in the middle of a request head
+                        // (a slow or stalled client) does not close by itself:
+                        // it gets one more keepalive_timeout, then is dropped.
+                        tokio::select! {
+                            _ = conn.as_mut() => {}
+                            _ = self.abort.cancelled() => {}
+                            _ = tokio::time::sleep(ka) => {}
+                        }
+                        return;
+                    }
+                }
+                _ = state.changed() => {}
+            }
         }
         // Draining: close as soon as it is safe (see conn.rs).
         loop {

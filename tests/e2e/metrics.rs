@@ -40,12 +40,13 @@ impl Scraped {
     }
 
     /// Value of `sample` in family `name` whose labels include `labels`
-    /// (0 when there is none).
+    /// (0 when there is none: a labelled family with no sample yet is not
+    /// emitted at all).
     fn value(&self, name: &str, sample: &str, labels: &[(&str, &str)]) -> f64 {
-        let samples = self.family(name)["samples"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+        let Some(family) = self.families.get(name) else {
+            return 0.0;
+        };
+        let samples = family["samples"].as_array().cloned().unwrap_or_default();
         samples
             .iter()
             .filter(|s| s[0] == sample)

@@ -293,3 +293,50 @@ fn refused_connection_is_retried_on_another_worker() {
     );
     assert!(c.faults().is_empty(), "{:?}", c.faults());
 }
+
+/// An idle keep-alive connection is closed after keepalive_timeout (also one
+/// that never sends a complete request); a busy one is not.
+#[test]
+fn idle_client_connections_close_after_keepalive_timeout() {
+    let c = Curfew::start(Opts::testworker(
+        &["-w", "1", "--keepalive-timeout", "400ms"],
+        &[],
+    ));
+    // Busy past the timeout: the slow response still arrives, then the
+    // connection is kept for further requests.
+    let mut s = TcpStream::connect(("127.0.0.1", c.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut r = BufReader::new(s.try_clone().expect("clone"));
+    send_request(&mut s, "GET", "/sleep?ms=700", &[], b"", false).expect("send");
+    assert_eq!(read_response(&mut r).expect("slow response").status, 200);
+    send_request(&mut s, "GET", "/", &[], b"", false).expect("send");
+    assert_eq!(read_response(&mut r).expect("reused").status, 200);
+    // Then idle: closed after ~400 ms.
+    let t0 = Instant::now();
+    let mut buf = [0u8; 1];
+    assert_eq!(r.get_mut().read(&mut buf).expect("EOF, not an error"), 0);
+    let idle = t0.elapsed();
+    assert!(
+        idle >= Duration::from_millis(300) && idle < Duration::from_millis(1500),
+        "closed after {idle:?}"
+    );
+    // A connection that sends half a request head and stalls is closed too
+    // (after twice the timeout).
+    let mut half = TcpStream::connect(("127.0.0.1", c.port)).expect("connect");
+    half.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    half.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .expect("partial");
+    let t0 = Instant::now();
+    assert_eq!(
+        half.read(&mut buf).expect("EOF, not a read timeout"),
+        0,
+        "half-sent request's connection closed"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_millis(2500),
+        "closed after {:?}",
+        t0.elapsed()
+    );
+}
