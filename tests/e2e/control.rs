@@ -26,6 +26,7 @@ fn status_scale_reload_stop_over_the_control_socket() {
         env: vec![],
         cwd: None,
         bind: None,
+        wrap: None,
     });
     let mode = std::fs::metadata(&c.control_socket)
         .expect("socket")

@@ -23,6 +23,7 @@ fn config_opts(path: &std::path::Path) -> Opts {
         env: vec![],
         cwd: None,
         bind: None,
+        wrap: None,
     }
 }
 
@@ -147,7 +148,8 @@ fn rolling_reload() {
     assert_eq!(c.wait_exit(Duration::from_secs(10)), 0);
 }
 
-/// max_requests under load: many recycles, zero failed requests.
+/// max_requests = 50 under load for a minute: many recycles, zero failed
+/// requests.
 #[test]
 fn max_requests_recycles_without_failures() {
     let mut c = Curfew::start(Opts::testworker(
@@ -163,7 +165,7 @@ fn max_requests_recycles_without_failures() {
         ],
         &[],
     ));
-    let load = Load::start(c.port, &["/:20", "/sleep?ms=30:1"], 6, 5000);
+    let load = Load::start(c.port, &["/:20", "/sleep?ms=30:1"], 6, 60_000);
     let r = load.finish();
     assert_eq!(r.n("failed"), 0, "{}", r.json);
     assert_eq!(r.other_statuses("200"), 0, "{}", r.json);

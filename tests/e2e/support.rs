@@ -51,6 +51,8 @@ pub struct Opts {
     pub env: Vec<(String, String)>,
     pub cwd: Option<PathBuf>,
     pub bind: Option<String>,
+    /// Start curfew inside the cgroup whose `cgroup.procs` file this is.
+    pub wrap: Option<PathBuf>,
 }
 
 impl Opts {
@@ -64,6 +66,7 @@ impl Opts {
             env: vec![],
             cwd: None,
             bind: None,
+            wrap: None,
         }
     }
 
@@ -74,6 +77,7 @@ impl Opts {
             env: vec![],
             cwd: None,
             bind: None,
+            wrap: None,
         }
     }
 }
@@ -97,7 +101,20 @@ impl Curfew {
             .and_then(|(_, v)| v.parse().ok());
         let port = env_port.unwrap_or_else(free_port);
         let marker = marker();
-        let mut cmd = Command::new(CURFEW);
+        let mut cmd = match &opts.wrap {
+            // Join the cgroup first, then become curfew (same pid).
+            Some(procs) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!(
+                        "echo $$ > '{}' && exec \"$0\" \"$@\"",
+                        procs.display()
+                    ))
+                    .arg(CURFEW);
+                c
+            }
+            None => Command::new(CURFEW),
+        };
         cmd.arg("serve");
         if env_port.is_none() {
             let bind = opts
@@ -620,5 +637,59 @@ impl Curfew {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+}
+
+/// A memory cgroup below this process's own, removed on drop.
+pub struct TestCgroup {
+    dir: PathBuf,
+    /// Writing a pid here moves that process into the cgroup.
+    pub procs_file: PathBuf,
+}
+
+impl TestCgroup {
+    pub fn create(limit: u64) -> Option<TestCgroup> {
+        let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        let name = format!("curfew-test-{}", marker());
+        for line in text.lines() {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let rel = path.trim_start_matches('/');
+            let (dir, limit_file) = if controllers.split(',').any(|c| c == "memory") {
+                (
+                    Path::new("/sys/fs/cgroup/memory").join(rel).join(&name),
+                    "memory.limit_in_bytes",
+                )
+            } else if controllers.is_empty() {
+                (
+                    Path::new("/sys/fs/cgroup").join(rel).join(&name),
+                    "memory.max",
+                )
+            } else {
+                continue;
+            };
+            if std::fs::create_dir(&dir).is_err() {
+                continue;
+            }
+            if std::fs::write(dir.join(limit_file), limit.to_string()).is_err() {
+                let _ = std::fs::remove_dir(&dir);
+                continue;
+            }
+            let procs_file = dir.join("cgroup.procs");
+            return Some(TestCgroup { dir, procs_file });
+        }
+        None
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // Empty by now (every process of the test is gone); retry briefly.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }

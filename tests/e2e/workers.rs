@@ -208,3 +208,31 @@ fn workers_die_with_a_killed_curfew() {
     let _ = c.child.wait();
     assert_no_survivors(&c);
 }
+
+/// A worker killed by the kernel's OOM killer is reported as such (the memory
+/// cgroup's oom_kill count rose), with the request it was serving. The test
+/// runs curfew in a child memory cgroup of its own with a 96 MiB limit (cgroup
+/// v1 or v2, as root); where it cannot make one, it says so and checks nothing.
+#[test]
+fn oom_killed_worker_is_named_with_its_request() {
+    let Some(cg) = TestCgroup::create(96 << 20) else {
+        eprintln!(
+            "skipped: cannot create a memory cgroup here (needs root and a writable cgroup fs)"
+        );
+        return;
+    };
+    let mut opts = Opts::testworker(&["-w", "1"], &[]);
+    opts.wrap = Some(cg.procs_file.clone());
+    let mut c = Curfew::start(opts);
+    let r = http(c.port, "GET", "/alloc?mb=400", &[], b"").expect("request");
+    assert_eq!(r.status, 502, "{}", r.body);
+    let line = c.wait_log("killed by the kernel OOM killer", Duration::from_secs(10));
+    assert!(
+        line.contains(" ERROR ") && line.contains("/alloc?mb=400"),
+        "{line}"
+    );
+    c.wait_log_count("Worker ready.", 2, Duration::from_secs(10));
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(10)), 0);
+    assert_no_survivors(&c);
+}
