@@ -36,6 +36,8 @@ pub struct WorkerReport {
     pub requests_served: u64,
     pub in_flight: usize,
     pub rss_bytes: u64,
+    /// Times this worker slot restarted a dead or hung worker.
+    pub restarts: u32,
 }
 
 /// Where a status report is read from; cheap to clone.
@@ -63,6 +65,7 @@ impl StatusSource {
                 requests_served: w.served,
                 in_flight: w.in_flight,
                 rss_bytes: crate::supervisor::group_rss_bytes(w.pid as i32),
+                restarts: w.restarts,
             })
             .collect();
         let requests = router.requests();
@@ -96,12 +99,12 @@ impl Status {
             self.requests_completed
         );
         out.push_str(&format!(
-            "{:>4} {:>8} {:>4} {:>8} {:>8} {:>10} {:>9} {:>9}\n",
-            "ID", "PID", "GEN", "STATE", "AGE", "REQUESTS", "IN FLIGHT", "RSS MiB"
+            "{:>4} {:>8} {:>4} {:>8} {:>8} {:>10} {:>9} {:>9} {:>8}\n",
+            "ID", "PID", "GEN", "STATE", "AGE", "REQUESTS", "IN FLIGHT", "RSS MiB", "RESTARTS"
         ));
         for w in &self.workers {
             out.push_str(&format!(
-                "{:>4} {:>8} {:>4} {:>8} {:>7}s {:>10} {:>9} {:>9}\n",
+                "{:>4} {:>8} {:>4} {:>8} {:>7}s {:>10} {:>9} {:>9} {:>8}\n",
                 w.id,
                 w.pid,
                 w.generation,
@@ -109,7 +112,8 @@ impl Status {
                 w.age_s,
                 w.requests_served,
                 w.in_flight,
-                w.rss_bytes >> 20
+                w.rss_bytes >> 20,
+                w.restarts
             ));
         }
         out
@@ -141,6 +145,7 @@ mod tests {
                     requests_served: 5,
                     in_flight: 1,
                     rss_bytes: 30 << 20,
+                    restarts: 0,
                 },
                 WorkerReport {
                     id: 1,
@@ -151,6 +156,7 @@ mod tests {
                     requests_served: 5,
                     in_flight: 0,
                     rss_bytes: 31 << 20,
+                    restarts: 3,
                 },
             ],
         };

@@ -48,6 +48,7 @@ pub struct WorkerStatus {
     pub id: usize,
     pub pid: u32,
     pub generation: u64,
+    pub restarts: u32,
     pub in_flight: usize,
     pub served: u64,
     /// When it started taking traffic.
@@ -439,6 +440,7 @@ impl Router {
                 id: b.worker.id,
                 pid: b.worker.pid,
                 generation: b.worker.generation,
+                restarts: b.worker.restarts,
                 in_flight: b.in_flight,
                 served: b.served,
                 since: b.since,
@@ -481,6 +483,7 @@ mod tests {
             pid: 1000 + uid as u32,
             addr: WorkerAddr::Tcp(format!("127.0.0.1:{}", 9000 + uid).parse().expect("addr")),
             generation: 1,
+            restarts: 0,
             max_requests: None,
         }
     }

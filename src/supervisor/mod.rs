@@ -77,6 +77,8 @@ pub struct ReadyWorker {
     pub addr: WorkerAddr,
     /// Which configuration generation it runs (1 at start, +1 per reload).
     pub generation: u64,
+    /// How many times its slot restarted a dead or hung worker before it.
+    pub restarts: u32,
     /// Recycle after this many requests (`max_requests` + jitter).
     pub max_requests: Option<u64>,
 }
@@ -377,6 +379,7 @@ impl Supervisor {
             cmd_tx: cmd_tx.clone(),
             first_boot,
             backoff: Backoff::default(),
+            restarts: 0,
         };
         let join = tokio::spawn(slot.run());
         self.slots.push(SlotHandle {

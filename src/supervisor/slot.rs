@@ -30,6 +30,8 @@ pub struct Slot {
     pub cmd_tx: mpsc::UnboundedSender<Command>,
     pub first_boot: Option<oneshot::Sender<Result<usize, BootError>>>,
     pub backoff: Backoff,
+    /// Times this slot's worker died or hung and was restarted.
+    pub restarts: u32,
 }
 
 enum Next {
@@ -55,6 +57,7 @@ impl Slot {
             match self.serve(inst).await {
                 Next::Done(o) => return o,
                 Next::Restart(delay) => {
+                    self.restarts += 1;
                     if sleep_or_stop(delay, &self.stop).await {
                         return SlotOutcome::default();
                     }
@@ -156,6 +159,7 @@ impl Slot {
             pid: inst.pid,
             addr: inst.addr.clone(),
             generation: inst.generation,
+            restarts: self.restarts,
             max_requests: spec
                 .max_requests
                 .map(|m| m + jitter(spec.max_requests_jitter)),

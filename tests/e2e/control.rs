@@ -125,3 +125,17 @@ fn second_instance_on_the_same_control_socket_is_refused() {
         "the first instance is unaffected"
     );
 }
+
+/// `curfew status` counts each slot's restarts of dead workers.
+#[test]
+fn status_counts_restarts() {
+    let c = Curfew::start(Opts::testworker(&["-w", "1"], &[]));
+    assert_eq!(get(c.port, "/crash").status, 502);
+    c.wait_log_count("Worker ready.", 2, Duration::from_secs(5));
+    let (code, out, err) = c.ctl(&["status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["workers"][0]["restarts"], 1, "{v}");
+    let (_, table, _) = c.ctl(&["status"]);
+    assert!(table.contains("RESTARTS"), "{table}");
+}
