@@ -263,30 +263,11 @@ impl Instance {
 
 /// Sum of RSS over the processes whose process group is `pgid` (from /proc).
 pub fn group_rss_bytes(pgid: i32) -> u64 {
-    let page = 4096u64; // x86_64 and aarch64 Linux default page size
-    let mut total = 0;
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        // After the command: state(1) ppid(2) pgrp(3) ... rss(22)
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        if f.get(2).and_then(|p| p.parse::<i32>().ok()) == Some(pgid)
-            && let Some(rss) = f.get(21).and_then(|r| r.parse::<u64>().ok())
-        {
-            total += rss * page;
-        }
-    }
-    total
+    super::procfs::all()
+        .iter()
+        .filter(|p| p.pgrp == pgid)
+        .map(|p| p.rss_pages * super::procfs::PAGE)
+        .sum()
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ pub mod classify;
 mod instance;
 mod oom;
 pub mod output;
+mod procfs;
 pub mod reaper;
 mod slot;
 mod spawn;

@@ -164,37 +164,13 @@ impl Reaper {
     }
 }
 
-/// Pids whose parent is this process, read from /proc.
+/// Live (non-zombie) processes whose parent is this process, from /proc. A
+/// zombie is already dead; it only needs reaping.
 pub fn own_children() -> Vec<i32> {
     let me = std::process::id() as i32;
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // Fields after the ")" that closes the command name: state ppid ...
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        let mut it = rest.split_whitespace();
-        let state = it.next();
-        if state == Some("Z") {
-            // A zombie is already dead; it only needs reaping.
-            continue;
-        }
-        if it.next().and_then(|p| p.parse::<i32>().ok()) == Some(me) {
-            out.push(pid);
-        }
-    }
-    out
+    super::procfs::all()
+        .into_iter()
+        .filter(|p| p.ppid == me && p.state != 'Z')
+        .map(|p| p.pid)
+        .collect()
 }
