@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::raw::{OneOrMany, RawConfig, RawDuration, RawHook};
+use crate::config::raw::{OneOrMany, RawConfig, RawDuration, RawHook, RawJobs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -54,6 +54,84 @@ pub enum Command {
         #[command(flatten)]
         target: ControlArgs,
     },
+    /// Add a background job through a running curfew (its [jobs] store).
+    Enqueue(Box<EnqueueArgs>),
+    /// List, inspect, retry, cancel or delete jobs of a running curfew.
+    Jobs {
+        #[command(subcommand)]
+        action: Option<JobsAction>,
+        #[command(flatten)]
+        list: ListArgs,
+        #[command(flatten)]
+        target: ControlArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// The job's kind (the handler: delivered to the path template's {kind}).
+    pub kind: String,
+    /// Queue [default: default]
+    #[arg(long, short)]
+    pub queue: Option<String>,
+    /// The payload, as JSON [default: {}]
+    #[arg(long, short, value_name = "JSON", conflicts_with = "payload_file")]
+    pub payload: Option<String>,
+    /// Read the payload (JSON) from this file, or - for stdin
+    #[arg(long, value_name = "PATH")]
+    pub payload_file: Option<PathBuf>,
+    /// Run at this time: RFC 3339 (2026-11-21T10:00:00Z) or unix milliseconds
+    #[arg(long, value_name = "TIME", conflicts_with = "delay")]
+    pub run_at: Option<String>,
+    /// Run after this many seconds
+    #[arg(long, value_name = "SECONDS")]
+    pub delay: Option<f64>,
+    /// Lower runs first [default: 0]
+    #[arg(long, allow_negative_numbers = true)]
+    pub priority: Option<i32>,
+    /// Attempts before the job is dead [default: the queue's max_attempts]
+    #[arg(long, value_name = "N")]
+    pub max_attempts: Option<i32>,
+    /// At most one job per key: enqueueing it again does nothing
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+    /// Print the JSON answer
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub target: ControlArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsAction {
+    /// Print one job (JSON).
+    Show { id: i64 },
+    /// Queue a dead, failed or cancelled job again, with a clean slate.
+    Retry { id: i64 },
+    /// Cancel a queued or failed job.
+    Cancel { id: i64 },
+    /// Delete a job that is not running.
+    Delete { id: i64 },
+}
+
+/// Filters of `curfew jobs` (listing).
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this queue
+    #[arg(long, short)]
+    pub queue: Option<String>,
+    /// Only this state: queued, running, succeeded, failed, dead, cancelled
+    #[arg(long, short)]
+    pub state: Option<String>,
+    /// At most this many jobs [default: 100]
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// Only jobs with an id above this (paging)
+    #[arg(long, value_name = "ID")]
+    pub after: Option<i64>,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Which running curfew to talk to.
@@ -196,7 +274,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "PATH")]
     pub control_socket: Option<String>,
 
-    /// A lifecycle hook, EVENT=COMMAND or EVENT=http://URL; repeatable; events: on_starting, when_ready, worker_exit, worker_abort, on_reload, on_exit [default: none; env: CURFEW_HOOKS as a TOML table]
+    /// A lifecycle hook, EVENT=COMMAND or EVENT=http://URL; repeatable; events: on_starting, when_ready, worker_exit, worker_abort, on_reload, on_incomplete, on_exit [default: none; env: CURFEW_HOOKS as a TOML table]
     #[arg(long = "hook", value_name = "EVENT=RUN")]
     pub hooks: Vec<String>,
 
@@ -223,6 +301,10 @@ pub struct ServeArgs {
     /// Admin address for /healthz and /readyz, e.g. 127.0.0.1:9000 [default: off; env: CURFEW_ADMIN_BIND]
     #[arg(long, value_name = "ADDR")]
     pub admin_bind: Option<String>,
+
+    /// Job store URL (enables the job processor): sqlite:///path/jobs.db, a file path, or postgres://user@host/db; the rest of [jobs] comes from curfew.toml [default: off; env: CURFEW_JOBS as a TOML table, e.g. '{ store = "postgres://..." }']
+    #[arg(long, value_name = "URL")]
+    pub jobs_store: Option<String>,
 
     /// Log format: text or json [default: text; env: CURFEW_LOG_FORMAT]
     #[arg(long, value_name = "FORMAT")]
@@ -288,6 +370,10 @@ impl ServeArgs {
             reload_strategy: self.reload_strategy.clone(),
             reload_batch: self.reload_batch,
             log_format: self.log_format.clone(),
+            jobs: self.jobs_store.clone().map(|store| RawJobs {
+                store: Some(store),
+                ..RawJobs::default()
+            }),
             log_level: self.log_level.clone(),
         }
     }
@@ -341,6 +427,7 @@ mod tests {
             }
             let flag = match *key {
                 "hooks" => "--hook".to_string(),
+                "jobs" => "--jobs-store".to_string(),
                 k => format!("--{}", k.replace('_', "-")),
             };
             assert!(help.contains(&flag), "{flag} missing from --help");

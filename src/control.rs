@@ -19,8 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::status::Status;
 
-/// Longest request line accepted.
-const MAX_REQUEST: usize = 4096;
+/// Longest request line accepted (an enqueue carries the payload, up to
+/// jobs.max_payload's ceiling of 64 MiB, escaped).
+const MAX_REQUEST: usize = 200 << 20;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -28,7 +29,13 @@ pub enum Request {
     Status,
     Reload,
     Stop,
-    Scale { workers: usize },
+    Scale {
+        workers: usize,
+    },
+    /// `curfew enqueue`, `curfew jobs …`.
+    Jobs {
+        request: crate::processor::api::JobsRequest,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -40,6 +47,9 @@ pub struct Response {
     pub message: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
+    /// The result of a jobs request (a job, a list, an enqueue reply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
 }
 
 impl Response {

@@ -5,47 +5,35 @@
 //! A hook never delays curfew past its budget or a caller's deadline and never
 //! fails curfew: every outcome is logged and returned as a [`HookOutcome`].
 //!
-//! - A command hook is spawned with `std::process::Command` under the
-//!   reaper's table lock (only the reaper waits for children; see
-//!   `supervisor::reaper`), in its own process group, with the details JSON on
-//!   stdin, `CURFEW_HOOK=<event>` and one `CURFEW_HOOK_<KEY>` variable per
-//!   top-level scalar of the details. Its output is re-logged per line with
-//!   `hook=<event>`. At its budget the whole process group is SIGKILLed.
+//! - A command hook is run by [`crate::supervisor::command`] (spawned under
+//!   the reaper's table lock, as only the reaper waits for children, in its
+//!   own process group), with the details JSON on stdin, `CURFEW_HOOK=<event>`
+//!   and one `CURFEW_HOOK_<KEY>` variable per top-level scalar of the details.
+//!   Its output is re-logged per line with `hook=<event>`. At its budget the
+//!   whole process group is SIGKILLed.
 //! - A webhook is an HTTP/1.1 `POST` of the details JSON (`http://` only).
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::unix::pipe;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
+use crate::supervisor::command::{
+    self, AbortOnDrop, CommandOutcome, CommandSpec, LineLogger, REAP_GRACE,
+};
 use crate::supervisor::reaper::{ExitStatus, Reaper};
 
-/// How long a killed hook's exit status is awaited (so no zombie lingers).
-const REAP_GRACE: Duration = Duration::from_millis(100);
-/// How long the output readers of an exited hook may take to reach EOF (so
-/// the last stderr line is known for the failure message).
-const OUTPUT_GRACE: Duration = Duration::from_millis(100);
 /// Longest details value put in a `CURFEW_HOOK_<KEY>` variable; longer ones
 /// are only in the JSON (the kernel refuses an exec with any environment
 /// string over 128 KiB, and the whole environment is bounded too).
 const MAX_ENV_VALUE: usize = 8 * 1024;
-/// Longest output line re-logged; the rest is cut.
-const MAX_LINE: usize = 16 * 1024;
 
 /// A lifecycle event a hook can be attached to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -55,17 +43,20 @@ pub enum HookEvent {
     WorkerExit,
     WorkerAbort,
     OnReload,
+    /// Jobs still running at the shutdown's cut-off were handed back.
+    OnIncomplete,
     OnExit,
 }
 
 impl HookEvent {
     /// Every event, in lifecycle order.
-    pub const ALL: [HookEvent; 6] = [
+    pub const ALL: [HookEvent; 7] = [
         HookEvent::OnStarting,
         HookEvent::WhenReady,
         HookEvent::WorkerExit,
         HookEvent::WorkerAbort,
         HookEvent::OnReload,
+        HookEvent::OnIncomplete,
         HookEvent::OnExit,
     ];
 
@@ -77,6 +68,7 @@ impl HookEvent {
             HookEvent::WorkerExit => "worker_exit",
             HookEvent::WorkerAbort => "worker_abort",
             HookEvent::OnReload => "on_reload",
+            HookEvent::OnIncomplete => "on_incomplete",
             HookEvent::OnExit => "on_exit",
         }
     }
@@ -376,15 +368,9 @@ impl Stop {
     }
 }
 
-/// Aborts a background task when dropped (also when the owning future is).
-struct AbortOnDrop<T>(JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
+/// Run a command hook: [`command::run`] with the details JSON (and a line
+/// end) on stdin and the hook's environment, each output line re-logged at
+/// INFO with `hook=<event>`.
 async fn run_command(
     reaper: &Reaper,
     event: HookEvent,
@@ -392,150 +378,33 @@ async fn run_command(
     details: &serde_json::Value,
     mut stop: Stop,
 ) -> HookOutcome {
-    let Some((program, args)) = argv.split_first() else {
-        return HookOutcome::Failed("empty command".into());
-    };
-    let mut cmd = Command::new(program);
-    cmd.args(args);
-    for (k, v) in hook_env(event, details) {
-        cmd.env(k, v);
-    }
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // Its own process group, so a timeout kills the hook and its children.
-    cmd.process_group(0);
-
-    let (pid, exit, mut child) = {
-        let registration = reaper.lock();
-        let child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) => return HookOutcome::Failed(format!("cannot start {program:?}: {e}")),
-        };
-        let pid = child.id();
-        (pid, registration.register(pid), child)
-    };
-    let stdin = child.stdin.take();
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    // `child` is dropped without waiting: the reaper owns its exit status.
-    drop(child);
-
     let mut json = serde_json::to_vec(details).unwrap_or_default();
     json.push(b'\n');
-    // The hook may never read stdin: the write runs on its own and is
-    // abandoned (closing the pipe) when the run ends.
-    let _writer = stdin
-        .and_then(|s| pipe::Sender::from_owned_fd(OwnedFd::from(s)).ok())
-        .map(|mut tx| {
-            AbortOnDrop(tokio::spawn(async move {
-                let _ = tx.write_all(&json).await;
-            }))
-        });
-    let last_stderr: Arc<Mutex<Option<String>>> = Arc::default();
-    let out_reader = stdout
-        .and_then(|s| pipe::Receiver::from_owned_fd(OwnedFd::from(s)).ok())
-        .map(|rx| relog(rx, event, pid, "stdout", None));
-    let err_reader = stderr
-        .and_then(|s| pipe::Receiver::from_owned_fd(OwnedFd::from(s)).ok())
-        .map(|rx| relog(rx, event, pid, "stderr", Some(last_stderr.clone())));
-
-    let mut exit = exit;
-    let status = tokio::select! {
-        status = &mut exit => Some(status),
-        _ = stop.reached() => None,
+    let log: LineLogger = Arc::new(move |pid, stream, text| {
+        tracing::info!(hook = event.as_str(), pid, stream, "{text}");
+    });
+    let spec = CommandSpec {
+        argv,
+        env: hook_env(event, details),
+        stdin: json,
+        cwd: None,
+        log,
     };
-    match status {
-        Some(Ok(ExitStatus::Code(0))) => {
-            finish_output(out_reader, err_reader).await;
-            HookOutcome::Ok
-        }
-        Some(Ok(status)) => {
-            finish_output(out_reader, err_reader).await;
-            let last = last_stderr.lock().unwrap_or_else(|e| e.into_inner()).take();
-            HookOutcome::Failed(match last {
-                Some(line) => format!("{status}: {line}"),
-                None => status.to_string(),
-            })
-        }
-        Some(Err(_)) => HookOutcome::Failed("its exit status was lost".into()),
-        None => {
-            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
-            if tokio::time::timeout(REAP_GRACE, exit).await.is_err() {
-                tracing::debug!(
-                    hook = event.as_str(),
-                    pid,
-                    "Killed hook not reaped yet; the reaper will."
-                );
-            }
-            HookOutcome::TimedOut
-        }
-    }
-}
-
-/// Give the output readers a moment to reach EOF; they keep running (until
-/// EOF) if a background child of the hook still holds the pipes.
-async fn finish_output(out: Option<JoinHandle<()>>, err: Option<JoinHandle<()>>) {
-    let _ = tokio::time::timeout(OUTPUT_GRACE, async {
-        if let Some(h) = out {
-            let _ = h.await;
-        }
-        if let Some(h) = err {
-            let _ = h.await;
-        }
-    })
-    .await;
-}
-
-/// Re-log each line the hook writes at INFO, keeping the last stderr line.
-fn relog(
-    rx: pipe::Receiver,
-    event: HookEvent,
-    pid: u32,
-    stream: &'static str,
-    last: Option<Arc<Mutex<Option<String>>>>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut reader = BufReader::with_capacity(8192, rx);
-        let mut line: Vec<u8> = Vec::new();
-        while let Ok(buf) = reader.fill_buf().await {
-            if buf.is_empty() {
-                if !line.is_empty() {
-                    emit(&line, event, pid, stream, last.as_ref());
-                }
-                break;
-            }
-            let (chunk, found) = match buf.iter().position(|&b| b == b'\n') {
-                Some(i) => (&buf[..i], Some(i + 1)),
-                None => (buf, None),
-            };
-            let room = MAX_LINE.saturating_sub(line.len());
-            line.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            let used = found.unwrap_or(buf.len());
-            reader.consume(used);
-            if found.is_some() {
-                emit(&line, event, pid, stream, last.as_ref());
-                line.clear();
-            }
-        }
-    })
-}
-
-fn emit(
-    raw: &[u8],
-    event: HookEvent,
-    pid: u32,
-    stream: &'static str,
-    last: Option<&Arc<Mutex<Option<String>>>>,
-) {
-    let text = String::from_utf8_lossy(raw)
-        .trim_end_matches('\r')
-        .to_string();
-    tracing::info!(hook = event.as_str(), pid, stream, "{text}");
-    if let Some(last) = last
-        && !text.trim().is_empty()
-    {
-        *last.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
+    match command::run(reaper, spec, stop.reached()).await {
+        CommandOutcome::Exited {
+            status: ExitStatus::Code(0),
+            ..
+        } => HookOutcome::Ok,
+        CommandOutcome::Exited {
+            status,
+            last_stderr,
+        } => HookOutcome::Failed(match last_stderr {
+            Some(line) => format!("{status}: {line}"),
+            None => status.to_string(),
+        }),
+        CommandOutcome::SpawnFailed(error) => HookOutcome::Failed(error),
+        CommandOutcome::Lost => HookOutcome::Failed("its exit status was lost".into()),
+        CommandOutcome::Stopped => HookOutcome::TimedOut,
     }
 }
 

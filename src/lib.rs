@@ -23,6 +23,7 @@ pub mod jobs;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
+pub mod processor;
 pub mod proxy;
 pub mod serve;
 pub mod shim;

@@ -24,6 +24,12 @@ fn main() -> ExitCode {
             },
             false,
         ),
+        cli::Command::Enqueue(args) => run_enqueue(*args),
+        cli::Command::Jobs {
+            action,
+            list,
+            target,
+        } => run_jobs(action, list, &target),
     };
     ExitCode::from(code.clamp(0, 255) as u8)
 }
@@ -122,4 +128,164 @@ fn run_serve(args: cli::ServeArgs) -> i32 {
             exit::FAILURE
         }
     }
+}
+
+/// Send a jobs request and return the answer, or the exit code after
+/// printing why it failed.
+fn jobs_call(
+    target: &cli::ControlArgs,
+    request: curfew::processor::api::JobsRequest,
+) -> Result<curfew::control::Response, i32> {
+    let path = target.socket().map_err(|e| {
+        eprintln!("curfew: {e}");
+        exit::CONFIG
+    })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("curfew: cannot start the async runtime: {e}");
+            exit::FAILURE
+        })?;
+    let req = curfew::control::Request::Jobs { request };
+    match rt.block_on(curfew::control::request(
+        &path,
+        &req,
+        std::time::Duration::from_secs(60),
+    )) {
+        Err(e) => {
+            eprintln!("curfew: {e}");
+            Err(exit::FAILURE)
+        }
+        Ok(r) if !r.ok => {
+            eprintln!(
+                "curfew: {}",
+                r.error.unwrap_or_else(|| "request failed".into())
+            );
+            Err(exit::FAILURE)
+        }
+        Ok(r) => Ok(r),
+    }
+}
+
+fn run_enqueue(args: cli::EnqueueArgs) -> i32 {
+    use curfew::processor::api::{EnqueueRequest, JobsRequest, RunAt};
+    let text = match (&args.payload, &args.payload_file) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(path)) => {
+            let read = if path.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())
+            } else {
+                std::fs::read_to_string(path)
+            };
+            match read {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    eprintln!("curfew: cannot read --payload-file {}: {e}", path.display());
+                    return exit::USAGE;
+                }
+            }
+        }
+        (None, None) => None,
+    };
+    let payload = match text.map(|t| serde_json::from_str::<serde_json::Value>(&t)) {
+        None => None,
+        Some(Ok(v)) => Some(v),
+        Some(Err(e)) => {
+            eprintln!(
+                "curfew: invalid --payload: {e}; give JSON, e.g. --payload '{{\"to\": \"a@b.c\"}}'"
+            );
+            return exit::USAGE;
+        }
+    };
+    let job = EnqueueRequest {
+        queue: args.queue,
+        kind: args.kind,
+        payload,
+        priority: args.priority,
+        run_at: args.run_at.map(RunAt::Text),
+        delay_s: args.delay,
+        max_attempts: args.max_attempts,
+        idempotency_key: args.idempotency_key,
+    };
+    match jobs_call(&args.target, JobsRequest::Enqueue { job }) {
+        Err(code) => code,
+        Ok(r) => {
+            if args.json {
+                println!("{}", r.data.unwrap_or_default());
+            } else {
+                println!("{}", r.message.unwrap_or_default());
+            }
+            exit::OK
+        }
+    }
+}
+
+fn run_jobs(
+    action: Option<cli::JobsAction>,
+    list: cli::ListArgs,
+    target: &cli::ControlArgs,
+) -> i32 {
+    use cli::JobsAction;
+    use curfew::processor::api::JobsRequest;
+    let (request, listing) = match action {
+        None => (
+            JobsRequest::List {
+                queue: list.queue,
+                state: list.state,
+                limit: list.limit,
+                after: list.after,
+            },
+            true,
+        ),
+        Some(JobsAction::Show { id }) => (JobsRequest::Show { id }, false),
+        Some(JobsAction::Retry { id }) => (JobsRequest::Retry { id }, false),
+        Some(JobsAction::Cancel { id }) => (JobsRequest::Cancel { id }, false),
+        Some(JobsAction::Delete { id }) => (JobsRequest::Delete { id }, false),
+    };
+    let r = match jobs_call(target, request) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    match r.data {
+        Some(data) if listing && !list.json => print!("{}", jobs_table(&data)),
+        Some(data) => println!(
+            "{}",
+            serde_json::to_string_pretty(&data).unwrap_or_default()
+        ),
+        None => println!("{}", r.message.unwrap_or_default()),
+    }
+    exit::OK
+}
+
+/// A table of jobs (`curfew jobs`).
+fn jobs_table(data: &serde_json::Value) -> String {
+    let mut out = format!(
+        "{:>8} {:<16} {:<20} {:<10} {:>7} {:<24} {}\n",
+        "ID", "QUEUE", "KIND", "STATE", "ATTEMPT", "RUN AT", "LAST ERROR"
+    );
+    let empty = Vec::new();
+    for job in data.as_array().unwrap_or(&empty) {
+        let s = |k: &str| job.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+        let n = |k: &str| job.get(k).and_then(|v| v.as_i64()).unwrap_or(0);
+        let run_at = jiff::Timestamp::from_millisecond(n("run_at"))
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        let mut error = s("last_error").replace('\n', " ");
+        if error.chars().count() > 60 {
+            error = error.chars().take(59).collect::<String>() + "…";
+        }
+        out.push_str(&format!(
+            "{:>8} {:<16} {:<20} {:<10} {:>3}/{:<3} {:<24} {}\n",
+            n("id"),
+            s("queue"),
+            s("kind"),
+            s("state"),
+            n("attempt"),
+            n("max_attempts"),
+            run_at,
+            error
+        ));
+    }
+    out
 }

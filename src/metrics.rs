@@ -16,6 +16,11 @@
 //! | `curfew_reloads_total` | counter | `result` = `ok`, `failed` |
 //! | `curfew_drain_duration_seconds` | histogram | |
 //! | `curfew_phase` | gauge: 1 for the current phase, 0 for the others | `phase` |
+//! | `curfew_jobs` | gauge: jobs in the store (all processors; at scrape time) | `queue`, `state` = `queued`, `scheduled`, `running`, `failed`, `dead` |
+//! | `curfew_jobs_oldest_queued_age_seconds` | gauge: how long the oldest claimable job has waited | `queue` |
+//! | `curfew_jobs_running_here` | gauge: jobs this curfew is running | `queue` |
+//! | `curfew_jobs_processed_total` | counter: verdicts recorded by this curfew | `queue`, `outcome` = `succeeded`, `failed`, `dead`, `snoozed`, `released`, `lost` |
+//! | `curfew_jobs_store_up` | gauge: 1 when the job store answered the scrape | |
 //!
 //! `reason` of a worker exit is [`ExitClass::reason`](crate::supervisor::classify::ExitClass::reason),
 //! except that a worker stopped because it was replaced counts as `recycled`
@@ -73,18 +78,37 @@ struct ReloadResult {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabel {
+    queue: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueState {
+    queue: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueOutcome {
+    queue: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabel {
     phase: &'static str,
 }
 
 /// Values read from the router and the orchestrator when scraped.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Scrape {
     pub in_flight: usize,
     pub queued: usize,
     pub workers: usize,
     pub workers_wanted: usize,
     pub phase: Phase,
+    /// The job processor's report, with a `[jobs]` section.
+    pub jobs: Option<crate::processor::JobsReport>,
 }
 
 /// The registry and the metric handles (shared as `Arc<Metrics>`).
@@ -100,6 +124,11 @@ pub struct Metrics {
     reloads: Family<ReloadResult, Counter>,
     drain_duration: Histogram,
     phase: Family<PhaseLabel, Gauge>,
+    jobs: Family<QueueState, Gauge>,
+    jobs_oldest: Family<QueueLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    jobs_running_here: Family<QueueLabel, Gauge>,
+    jobs_processed: Family<QueueOutcome, Counter>,
+    jobs_store_up: Gauge,
 }
 
 impl Default for Metrics {
@@ -171,6 +200,37 @@ impl Metrics {
             "Lifecycle phase: 1 for the current one, 0 for the others",
             phase.clone(),
         );
+        let jobs = Family::<QueueState, Gauge>::default();
+        registry.register(
+            "jobs",
+            "Jobs in the store (all processors), by queue and state",
+            jobs.clone(),
+        );
+        let jobs_oldest = Family::<QueueLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register_with_unit(
+            "jobs_oldest_queued_age",
+            "How long the oldest claimable job of the queue has waited",
+            Unit::Seconds,
+            jobs_oldest.clone(),
+        );
+        let jobs_running_here = Family::<QueueLabel, Gauge>::default();
+        registry.register(
+            "jobs_running_here",
+            "Jobs this curfew is running",
+            jobs_running_here.clone(),
+        );
+        let jobs_processed = Family::<QueueOutcome, Counter>::default();
+        registry.register(
+            "jobs_processed",
+            "Job runs ended by this curfew, by queue and outcome",
+            jobs_processed.clone(),
+        );
+        let jobs_store_up = Gauge::default();
+        registry.register(
+            "jobs_store_up",
+            "1 when the job store answered at scrape time",
+            jobs_store_up.clone(),
+        );
         // Known label values start at 0, so rates work from the first scrape.
         for class in ["2xx", "3xx", "4xx", "5xx"] {
             let _ = requests.get_or_create(&CodeClass { code_class: class });
@@ -190,6 +250,11 @@ impl Metrics {
             reloads,
             drain_duration,
             phase,
+            jobs,
+            jobs_oldest,
+            jobs_running_here,
+            jobs_processed,
+            jobs_store_up,
         };
         m.set_phase(Phase::Starting);
         m
@@ -232,6 +297,52 @@ impl Metrics {
         }
     }
 
+    fn set_jobs(&self, report: &crate::processor::JobsReport) {
+        self.jobs_store_up.set(i64::from(report.store_up));
+        for q in &report.queues {
+            let queue = || QueueLabel {
+                queue: q.queue.clone(),
+            };
+            self.jobs_running_here
+                .get_or_create(&queue())
+                .set(q.running_here as i64);
+            if let Some(s) = &q.store {
+                for (state, n) in [
+                    ("queued", s.queued),
+                    ("scheduled", s.scheduled),
+                    ("running", s.running),
+                    ("failed", s.failed),
+                    ("dead", s.dead),
+                ] {
+                    self.jobs
+                        .get_or_create(&QueueState {
+                            queue: q.queue.clone(),
+                            state,
+                        })
+                        .set(n);
+                }
+                self.jobs_oldest
+                    .get_or_create(&queue())
+                    .set(s.oldest_queued_age_ms.unwrap_or(0) as f64 / 1000.0);
+            }
+            for (outcome, n) in [
+                ("succeeded", q.succeeded),
+                ("failed", q.failed),
+                ("dead", q.dead),
+                ("snoozed", q.snoozed),
+                ("released", q.released),
+                ("lost", q.lost),
+            ] {
+                let c = self.jobs_processed.get_or_create(&QueueOutcome {
+                    queue: q.queue.clone(),
+                    outcome,
+                });
+                // The processor keeps the totals; the counter follows them.
+                c.inc_by(n.saturating_sub(c.get()));
+            }
+        }
+    }
+
     /// Set the scrape-time gauges and encode everything (OpenMetrics text).
     pub fn encode(&self, now: &Scrape) -> String {
         let gauge = |g: &Gauge, v: usize| {
@@ -242,6 +353,9 @@ impl Metrics {
         gauge(&self.workers, now.workers);
         gauge(&self.workers_wanted, now.workers_wanted);
         self.set_phase(now.phase);
+        if let Some(report) = &now.jobs {
+            self.set_jobs(report);
+        }
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -260,6 +374,7 @@ mod tests {
             workers: 2,
             workers_wanted: 4,
             phase: Phase::Serving,
+            jobs: None,
         }
     }
 

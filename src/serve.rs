@@ -25,6 +25,7 @@ use crate::status::StatusSource;
 
 use crate::config::{Config, ConfigError, ReloadStrategy, WorkerSocket};
 use crate::lifecycle::{Event, Machine, Outcome, Phase, StopSignal};
+use crate::processor::Processor;
 use crate::proxy::Front;
 use crate::proxy::listener::{BindError, Listener};
 use crate::supervisor::reaper::Reaper;
@@ -40,6 +41,8 @@ pub enum ServeError {
     RunDir(std::io::Error),
     #[error(transparent)]
     Control(control::ControlError),
+    #[error("cannot open the job store: {0}")]
+    Jobs(crate::jobs::StoreError),
 }
 
 struct Signals {
@@ -125,6 +128,8 @@ struct Run {
     metrics: Arc<Metrics>,
     reloader: Reloader,
     hooks: Hooks,
+    /// The job processor, with a `[jobs]` section.
+    jobs: Option<Processor>,
     run_dir: std::path::PathBuf,
     stop_requested_at: Option<Instant>,
     completed_at_stop: u64,
@@ -144,6 +149,10 @@ impl Run {
             Outcome::StopNow => {
                 let _ = self.phase_tx.send(Phase::Stopping);
                 tracing::info!(from = %before, ?event, "Immediate stop requested: killing workers now.");
+                // Jobs first: a delivery cut by the kill is handed back, not failed.
+                if let Some(jobs) = &self.jobs {
+                    jobs.cut_now();
+                }
                 self.sup.kill_now();
                 self.front.abort.cancel();
             }
@@ -160,6 +169,9 @@ impl Run {
         if self.stop_requested_at.is_none() {
             self.stop_requested_at = Some(Instant::now());
             self.completed_at_stop = self.front.router.completed();
+            if let Some(jobs) = &self.jobs {
+                jobs.stop_claiming();
+            }
         }
         let phase = self.machine.phase();
         if let Outcome::Enter(Phase::LameDuck) = self.apply(Event::Signal(sig)) {
@@ -190,6 +202,10 @@ pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
     let controls = Controls::install().map_err(ServeError::Setup)?;
     let reaper = Reaper::start().map_err(ServeError::Setup)?;
     let hooks = Hooks::new(reaper.clone(), cfg.hooks.clone());
+    let store = match &cfg.jobs {
+        Some(j) => Some(Processor::open_store(j).await.map_err(ServeError::Jobs)?),
+        None => None,
+    };
 
     let mut listeners = Vec::new();
     for b in &cfg.binds {
@@ -250,6 +266,16 @@ pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
     front
         .router
         .on_recycle(Box::new(move |uid, reason| handle.recycle(uid, reason)));
+    let jobs = match (store, &cfg.jobs) {
+        (Some(store), Some(j)) => Some(Processor::new(
+            j.clone(),
+            store,
+            front.clone(),
+            reaper.clone(),
+            cfg.chdir.clone(),
+        )),
+        _ => None,
+    };
     let (phase_tx, _) = watch::channel(Phase::Starting);
     let status = StatusSource {
         front: front.clone(),
@@ -257,6 +283,7 @@ pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
         generation: Arc::new(std::sync::atomic::AtomicU64::new(1)),
         workers_wanted: Arc::new(std::sync::atomic::AtomicUsize::new(cfg.workers)),
         started: Instant::now(),
+        jobs: jobs.clone(),
     };
     let control_stop = tokio_util::sync::CancellationToken::new();
     let (ops_tx, ops) = mpsc::channel(16);
@@ -284,6 +311,7 @@ pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
         metrics,
         reloader,
         hooks: hooks.clone(),
+        jobs,
         run_dir: run_dir.clone(),
         stop_requested_at: None,
         completed_at_stop: 0,
@@ -298,6 +326,7 @@ pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
             front: run.front.clone(),
             status: run.status.clone(),
             metrics: run.metrics.clone(),
+            jobs: run.jobs.clone(),
         };
         tokio::spawn(crate::admin::serve(l, state, admin_stop.clone()));
     }
@@ -348,6 +377,9 @@ pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
             boot_ms = started.elapsed().as_millis() as u64,
             "Serving."
         );
+        if let Some(jobs) = &run.jobs {
+            jobs.begin();
+        }
         run.hooks.fire(
             HookEvent::WhenReady,
             serde_json::json!({ "workers": run.cfg.workers, "listen": names.join(", ") }),
@@ -377,6 +409,14 @@ pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
             }
             Phase::Draining => drain(&mut run).await,
             Phase::Stopping => {
+                // Whatever is still running (an immediate stop, a stop while
+                // starting) is handed back before the workers go.
+                if let Some(jobs) = run.jobs.clone() {
+                    let report = jobs
+                        .finish(tokio::time::Instant::now() + std::time::Duration::from_secs(2))
+                        .await;
+                    report_incomplete(&run, &report);
+                }
                 let stop = run.sup.stop_all();
                 tokio::pin!(stop);
                 let outcome = loop {
@@ -432,6 +472,9 @@ pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
                 .unwrap_or_else(|| tokio::time::Instant::now() + std::time::Duration::from_secs(1)),
         )
         .await;
+    if let Some(jobs) = &run.jobs {
+        jobs.close().await;
+    }
     let leftovers = run.reaper.kill_all_children().await;
     if leftovers > 0 {
         tracing::warn!(
@@ -479,10 +522,46 @@ pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
     Ok(code)
 }
 
+/// Logs the jobs handed back at the cut-off and tells the `on_incomplete`
+/// hook.
+fn report_incomplete(run: &Run, report: &crate::processor::DrainReport) {
+    if report.released.is_empty() && report.unreleased.is_empty() {
+        return;
+    }
+    for r in &report.released {
+        tracing::info!(job_id = r.id, queue = %r.queue, kind = %r.kind, attempt = r.attempt, age_ms = r.age_ms, "Job still running at the cut-off: stopped and handed back to its queue (it runs again; the attempt is not counted as a failure).");
+    }
+    for r in &report.unreleased {
+        tracing::error!(job_id = r.id, queue = %r.queue, kind = %r.kind, attempt = r.attempt, age_ms = r.age_ms, "Job still running at the cut-off could not be handed back (store unreachable): it runs again when its lease expires or when this node starts again.");
+    }
+    tracing::warn!(
+        released = report.released.len(),
+        unreleased = report.unreleased.len(),
+        finished = report.finished,
+        "Jobs were still running at the shutdown's cut-off (graceful_timeout minus jobs.release_reserve)."
+    );
+    let list = |v: &[crate::processor::Running]| serde_json::to_value(v).unwrap_or_default();
+    run.hooks.fire(
+        HookEvent::OnIncomplete,
+        serde_json::json!({
+            "released": list(&report.released),
+            "unreleased": list(&report.unreleased),
+        }),
+    );
+}
+
 async fn drain(run: &mut Run) {
     let started = Instant::now();
     run.front.stop_accepting().await;
     let deadline = tokio::time::Instant::now() + run.cfg.graceful_timeout;
+    // Jobs drain beside the requests, until the cut-off that keeps
+    // `release_reserve` of the budget for handing the rest back.
+    let mut job_drain = run.jobs.clone().map(|jobs| {
+        let cut_at = deadline
+            .checked_sub(jobs.config().release_reserve)
+            .unwrap_or(deadline);
+        tokio::spawn(async move { jobs.drain(cut_at, deadline).await })
+    });
     let in_flight = run.front.router.requests().len();
     tracing::info!(
         in_flight,
@@ -511,6 +590,27 @@ async fn drain(run: &mut Run) {
             }
         }
     };
+    if let Some(handle) = job_drain.as_mut() {
+        let jobs_running = run.jobs.as_ref().map_or(0, |j| j.running().len());
+        if jobs_running > 0 {
+            tracing::info!(jobs_running, "Waiting for running jobs.");
+        }
+        let report = loop {
+            tokio::select! {
+                r = &mut *handle => break r,
+                sig = run.signals.next() => {
+                    run.on_signal(sig);
+                    if run.machine.phase() != Phase::Draining {
+                        return;
+                    }
+                }
+            }
+        };
+        match report {
+            Ok(report) => report_incomplete(run, &report),
+            Err(e) => tracing::error!(error = %e, "The job drain task failed."),
+        }
+    }
     run.metrics.drain_done(started.elapsed());
     if drained {
         tracing::info!(
@@ -571,7 +671,7 @@ async fn control(run: &mut Run, ctl: ControlSignal) {
                 .workers_wanted
                 .store(to, std::sync::atomic::Ordering::Relaxed);
         }
-        ControlSignal::Status => log_status(run),
+        ControlSignal::Status => log_status(run).await,
     }
 }
 
@@ -677,7 +777,7 @@ async fn operate(run: &mut Run, req: control::Request, reply: oneshot::Sender<co
         Request::Status => {
             let _ = reply.send(Response {
                 ok: true,
-                status: Some(run.status.snapshot()),
+                status: Some(run.status.full().await),
                 ..Default::default()
             });
         }
@@ -692,6 +792,11 @@ async fn operate(run: &mut Run, req: control::Request, reply: oneshot::Sender<co
             let _ = reply.send(Response::ok("stopping gracefully"));
             tracing::info!("Stop requested on the control socket.");
             run.on_signal(StopSignal::Term);
+        }
+        Request::Jobs { .. } => {
+            let _ = reply.send(Response::err(
+                "jobs requests are answered by the control router",
+            ));
         }
         Request::Scale { workers } => {
             if workers == 0 || workers > 1024 {
@@ -727,8 +832,30 @@ async fn route_control(
             control::Request::Status => {
                 let _ = reply.send(control::Response {
                     ok: true,
-                    status: Some(status.snapshot()),
+                    status: Some(status.full().await),
                     ..Default::default()
+                });
+            }
+            // Jobs live in the store: answered in any phase, beside the
+            // orchestrator (a slow store does not hold up other requests).
+            control::Request::Jobs { request } => {
+                let jobs = status.jobs.clone();
+                tokio::spawn(async move {
+                    let response = match jobs {
+                        None => control::Response::err(
+                            "this curfew has no job processor: add a [jobs] section to curfew.toml",
+                        ),
+                        Some(j) => match j.operate(request).await {
+                            Ok((message, data)) => control::Response {
+                                ok: true,
+                                message: Some(message),
+                                data,
+                                ..Default::default()
+                            },
+                            Err(e) => control::Response::err(e.message),
+                        },
+                    };
+                    let _ = reply.send(response);
                 });
             }
             _ if phase != Phase::Serving => {
@@ -783,8 +910,8 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
 }
 
 /// SIGUSR1: a status report in the log (the same as `curfew status`).
-fn log_status(run: &Run) {
-    let st = run.status.snapshot();
+async fn log_status(run: &Run) {
+    let st = run.status.full().await;
     tracing::info!(
         phase = %st.phase,
         uptime_s = st.uptime_s,
@@ -807,5 +934,27 @@ fn log_status(run: &Run) {
             rss_mib = w.rss_bytes >> 20,
             "Status: worker."
         );
+    }
+    if let Some(jobs) = st.jobs {
+        for q in jobs.queues {
+            let s = q.store.as_ref();
+            tracing::info!(
+                queue = %q.queue,
+                concurrency = q.concurrency,
+                running_here = q.running_here,
+                queued = s.map(|s| s.queued),
+                scheduled = s.map(|s| s.scheduled),
+                running = s.map(|s| s.running),
+                failed = s.map(|s| s.failed),
+                dead = s.map(|s| s.dead),
+                oldest_queued_age_ms = s.and_then(|s| s.oldest_queued_age_ms),
+                succeeded_here = q.succeeded,
+                store_up = jobs.store_up,
+                "Status: job queue."
+            );
+        }
+        for r in jobs.running {
+            tracing::info!(job_id = r.id, queue = %r.queue, kind = %r.kind, attempt = r.attempt, age_ms = r.age_ms, "Status: running job.");
+        }
     }
 }

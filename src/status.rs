@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::lifecycle::Phase;
+use crate::processor::{JobsReport, Processor};
 use crate::proxy::Front;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -24,6 +25,9 @@ pub struct Status {
     pub requests_queued: usize,
     pub requests_completed: u64,
     pub workers: Vec<WorkerReport>,
+    /// The job processor, with a `[jobs]` section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<JobsReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -48,6 +52,7 @@ pub struct StatusSource {
     pub generation: Arc<AtomicU64>,
     pub workers_wanted: Arc<AtomicUsize>,
     pub started: Instant,
+    pub jobs: Option<Processor>,
 }
 
 impl StatusSource {
@@ -79,7 +84,18 @@ impl StatusSource {
             requests_queued: requests.iter().filter(|r| r.worker.is_none()).count(),
             requests_completed: router.completed(),
             workers,
+            jobs: None,
         }
+    }
+
+    /// [`StatusSource::snapshot`] with the job queues' counts (which asks
+    /// the store, for at most 2 s).
+    pub async fn full(&self) -> Status {
+        let mut status = self.snapshot();
+        if let Some(jobs) = &self.jobs {
+            status.jobs = Some(jobs.report(std::time::Duration::from_secs(2)).await);
+        }
+        status
     }
 }
 
@@ -115,6 +131,9 @@ impl Status {
                 w.rss_bytes >> 20,
                 w.restarts
             ));
+        }
+        if let Some(jobs) = &self.jobs {
+            out.push_str(&jobs.table());
         }
         out
     }
@@ -159,6 +178,7 @@ mod tests {
                     restarts: 3,
                 },
             ],
+            jobs: None,
         };
         let t = s.table();
         assert_eq!(t.lines().count(), 4);

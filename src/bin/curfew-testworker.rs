@@ -80,6 +80,11 @@ struct Args {
     /// On SIGTERM, wait N more ms after in-flight requests finish.
     #[arg(long, value_name = "N", default_value_t = 0)]
     drain_ms: u64,
+
+    /// `POST /jobs/<kind>` appends "start <id> <attempt> <kind> <pid>" and,
+    /// on success, "done <id> <attempt>" lines to this file.
+    #[arg(long, value_name = "PATH", env = "TESTWORKER_JOBS_LOG")]
+    jobs_log: Option<PathBuf>,
 }
 
 /// Where the listening socket comes from.
@@ -112,6 +117,7 @@ struct State {
     tag: String,
     /// `/close-listener`: stop accepting, keep running.
     close_listener: tokio::sync::Notify,
+    jobs_log: Option<PathBuf>,
 }
 
 /// Write one line to stderr, ignoring errors (a closed log pipe must not
@@ -325,6 +331,7 @@ async fn run(args: Args, spec: SocketSpec) -> ExitCode {
         pid,
         tag: args.tag.clone(),
         close_listener: tokio::sync::Notify::new(),
+        jobs_log: args.jobs_log.clone(),
     });
 
     {
@@ -686,8 +693,84 @@ async fn route(req: Request<Incoming>, state: &State) -> Result<Response<Body>, 
 
         "/upgrade" => upgrade_echo(req),
 
+        p if p.starts_with("/jobs/") && req.method() == hyper::Method::POST => {
+            job(req, state).await?
+        }
+
         _ => text(StatusCode::NOT_FOUND, "not found"),
     };
+    Ok(resp)
+}
+
+/// `POST /jobs/<kind>`: a job delivered by curfew. The JSON payload steers
+/// it: `ms` (sleep first), `status` (answer with it), `retry_after` (header),
+/// `fail_until_attempt` (500 while X-Job-Attempt is below it), `crash`
+/// (exit at once, mid-job).
+async fn job(req: Request<Incoming>, state: &State) -> Result<Response<Body>, Reject> {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let (id, attempt) = (header("x-job-id"), header("x-job-attempt"));
+    let kind = req.uri().path().trim_start_matches("/jobs/").to_owned();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| reject(&format!("cannot read the body: {e}")))?
+        .to_bytes();
+    let payload: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| reject(&format!("payload is not JSON: {e}")))?;
+    let record = |line: String| {
+        if let Some(path) = &state.jobs_log {
+            // One write per line with O_APPEND: lines from several workers
+            // never interleave.
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
+                let _ = f.write_all(line.as_bytes());
+            }
+        }
+    };
+    record(format!("start {id} {attempt} {kind} {}\n", state.pid));
+    if payload.get("crash").and_then(|v| v.as_bool()) == Some(true) {
+        log("job asked to crash the worker");
+        std::process::exit(70);
+    }
+    if let Some(ms) = payload.get("ms").and_then(|v| v.as_u64()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let attempt_n: i64 = attempt.parse().unwrap_or(0);
+    if let Some(n) = payload.get("fail_until_attempt").and_then(|v| v.as_i64())
+        && attempt_n < n
+    {
+        return Ok(text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("failing attempt {attempt_n} on purpose"),
+        ));
+    }
+    let code = payload
+        .get("status")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(200) as u16;
+    let status = StatusCode::from_u16(code).map_err(|_| reject("invalid status"))?;
+    let mut resp = text(
+        status,
+        format!("job {id} attempt {attempt} kind {kind}: {code}\n"),
+    );
+    if let Some(ra) = payload.get("retry_after").and_then(|v| v.as_str())
+        && let Ok(v) = HeaderValue::from_str(ra)
+    {
+        resp.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+    }
+    if status.is_success() {
+        record(format!("done {id} {attempt}\n"));
+    }
     Ok(resp)
 }
 

@@ -6,6 +6,7 @@
 
 pub mod duration;
 pub mod env;
+pub mod jobs;
 pub mod raw;
 
 use std::collections::HashMap;
@@ -177,6 +178,8 @@ pub struct Config {
     pub reload: ReloadStrategy,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// The job processor; `None` without a `[jobs]` section.
+    pub jobs: Option<jobs::JobsConfig>,
     /// The config file that was read, if any.
     pub config_file: Option<PathBuf>,
 }
@@ -559,7 +562,8 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
         ));
     }
 
-    Ok(Config {
+    let raw_jobs = raw.jobs;
+    let mut cfg = Config {
         command,
         workers,
         binds: bind_addrs,
@@ -617,8 +621,18 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
         reload,
         log_format,
         log_level,
+        jobs: None,
         config_file: None,
-    })
+    };
+    cfg.jobs = jobs::validate(
+        raw_jobs,
+        &jobs::Context {
+            origins,
+            graceful_timeout: cfg.graceful_timeout,
+            capacity: cfg.workers * cfg.worker_concurrency,
+        },
+    )?;
+    Ok(cfg)
 }
 
 fn parse_bind(s: &str) -> Result<Vec<BindAddr>, String> {

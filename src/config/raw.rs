@@ -105,6 +105,68 @@ impl std::fmt::Display for RawDuration {
     }
 }
 
+/// The `[jobs]` section as written.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawJobs {
+    /// `sqlite:///path.db`, a file path, or `postgres://user@host/db`.
+    pub store: Option<String>,
+    pub lease: Option<RawDuration>,
+    pub max_crashes: Option<i64>,
+    pub release_reserve: Option<RawDuration>,
+    pub poll_interval: Option<RawDuration>,
+    pub max_payload: Option<RawSize>,
+    pub node: Option<String>,
+    pub pg_schema: Option<String>,
+    pub queues: Option<std::collections::BTreeMap<String, RawQueue>>,
+}
+
+/// One `[jobs.queues.<name>]` table as written.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueue {
+    pub concurrency: Option<i64>,
+    /// HTTP delivery: a path template on the app's workers (`/jobs/{kind}`).
+    pub path: Option<String>,
+    /// Command delivery: the payload on stdin, the exit code decides.
+    pub command: Option<OneOrMany>,
+    pub timeout: Option<RawDuration>,
+    pub max_attempts: Option<i64>,
+}
+
+/// How a value set by a higher layer combines with the one below it:
+/// replaces it, except for tables merged key by key (`[jobs]`).
+pub trait Layer: Sized {
+    fn over(self, _below: Option<Self>) -> Self {
+        self
+    }
+}
+
+impl Layer for i64 {}
+impl Layer for bool {}
+impl Layer for String {}
+impl Layer for OneOrMany {}
+impl Layer for RawDuration {}
+impl Layer for RawSize {}
+impl Layer for std::collections::BTreeMap<String, RawHook> {}
+
+impl Layer for RawJobs {
+    fn over(self, below: Option<Self>) -> Self {
+        let Some(b) = below else { return self };
+        RawJobs {
+            store: self.store.or(b.store),
+            lease: self.lease.or(b.lease),
+            max_crashes: self.max_crashes.or(b.max_crashes),
+            release_reserve: self.release_reserve.or(b.release_reserve),
+            poll_interval: self.poll_interval.or(b.poll_interval),
+            max_payload: self.max_payload.or(b.max_payload),
+            node: self.node.or(b.node),
+            pg_schema: self.pg_schema.or(b.pg_schema),
+            queues: self.queues.or(b.queues),
+        }
+    }
+}
+
 /// Defines [`RawConfig`], its list of keys and a field-wise merge in one place,
 /// so a new setting cannot be added to one and forgotten in the others.
 macro_rules! raw_config {
@@ -124,8 +186,8 @@ macro_rules! raw_config {
             /// each key `other` sets, that it came from `origin`.
             pub fn merge(&mut self, other: RawConfig, origin: &super::Origin, origins: &mut super::Origins) {
                 $(
-                    if other.$field.is_some() {
-                        self.$field = other.$field;
+                    if let Some(value) = other.$field {
+                        self.$field = Some(value.over(self.$field.take()));
                         origins.insert(stringify!($field), origin.clone());
                     }
                 )*
@@ -195,6 +257,9 @@ raw_config! {
     admin_bind: String,
     /// `text` or `json`.
     log_format: String,
+    /// The job processor (`[jobs]`; from the environment or a flag as an
+    /// inline TOML table, which replaces the file's whole section).
+    jobs: RawJobs,
     /// A tracing filter (`info`, `debug`, `curfew=debug,info`).
     log_level: String,
 }

@@ -151,6 +151,16 @@ impl Default for StoreOptions {
     }
 }
 
+/// Checks that `url` names a store this build can open (without opening it).
+pub fn check_url(url: &str) -> Result<(), StoreError> {
+    target::parse(url).map(|_| ())
+}
+
+/// `url` with any password replaced, for logs and errors.
+pub fn redact(url: &str) -> String {
+    target::redact(url)
+}
+
 /// The lease owner string of a processor: `node/boot`. `node` names the
 /// machine or instance (stable across restarts, unique among the processors
 /// sharing a store, without `/`); `boot` is new on every start.
@@ -313,17 +323,21 @@ impl Store {
     /// Graceful shutdown: hands back the given `(id, token)` runs in one
     /// statement: queued, the interrupted attempt given back, `releases` + 1,
     /// `last_error` = `reason`, lease cleared. Only rows still running under
-    /// that token change. Returns how many did.
-    pub async fn release(&self, jobs: &[(i64, String)], reason: &str) -> Result<u64, StoreError> {
+    /// that token change. Returns their ids.
+    pub async fn release(
+        &self,
+        jobs: &[(i64, String)],
+        reason: &str,
+    ) -> Result<Vec<i64>, StoreError> {
         if jobs.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let reason = validate::error_text(reason);
         let released = on_backend!(self, s => s.release(jobs, &reason).await)?;
         for job in &released {
-            tracing::info!(job_id = job.id, queue = %job.queue, reason, "job released back to its queue");
+            tracing::debug!(job_id = job.id, queue = %job.queue, reason, "job released back to its queue");
         }
-        Ok(released.len() as u64)
+        Ok(released.iter().map(|j| j.id).collect())
     }
 
     /// Takes back running jobs whose lease expired (their processor stopped

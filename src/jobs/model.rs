@@ -212,7 +212,7 @@ impl Default for ListFilter {
 /// Counts of one queue. `queued + scheduled + running + succeeded + dead +
 /// cancelled` is the number of jobs in the queue; `failed` is a subset of
 /// `queued + scheduled`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct QueueStats {
     pub queue: String,
     /// Claimable now: state queued or failed with `run_at <= now` (the queue

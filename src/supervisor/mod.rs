@@ -22,6 +22,7 @@
 
 pub mod backoff;
 pub mod classify;
+pub mod command;
 mod instance;
 mod oom;
 pub mod output;

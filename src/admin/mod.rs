@@ -6,6 +6,12 @@
 //! `/status` (the JSON status report, as `curfew status --json`) and
 //! `/metrics` (Prometheus metrics in the OpenMetrics text format; see
 //! [`crate::metrics`]).
+//!
+//! With a `[jobs]` section it is also the application's job API
+//! ([`jobs`]): `POST /jobs` to enqueue, `GET /jobs/<id>` to read one job,
+//! `GET /jobs?queue=&state=&limit=&after=` to list.
+
+mod jobs;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -31,6 +37,7 @@ pub struct AdminState {
     pub front: Arc<Front>,
     pub status: crate::status::StatusSource,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub jobs: Option<crate::processor::Processor>,
 }
 
 impl AdminState {
@@ -38,12 +45,21 @@ impl AdminState {
         self.phase.borrow().is_ready() && self.front.router.ready_workers() > 0
     }
 
-    fn respond(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn respond(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let phase = *self.phase.borrow();
+        let path = req.uri().path();
+        if path == "/jobs" || path.starts_with("/jobs/") {
+            return jobs::respond(self.jobs.as_ref(), req).await;
+        }
         if req.uri().path() == "/metrics" {
             let router = &self.front.router;
             let requests = router.requests();
+            let jobs = match &self.jobs {
+                Some(j) => Some(j.report(std::time::Duration::from_secs(2)).await),
+                None => None,
+            };
             let body = self.metrics.encode(&crate::metrics::Scrape {
+                jobs,
                 in_flight: requests.iter().filter(|r| r.worker.is_some()).count(),
                 queued: router.queue_len(),
                 workers: router.ready_workers(),
@@ -65,7 +81,7 @@ impl AdminState {
             return r;
         }
         if req.uri().path() == "/status" {
-            let body = serde_json::to_string_pretty(&self.status.snapshot()).unwrap_or_default();
+            let body = serde_json::to_string_pretty(&self.status.full().await).unwrap_or_default();
             let mut r = Response::new(Full::new(Bytes::from(body)));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -82,7 +98,7 @@ impl AdminState {
             ),
             _ => (
                 StatusCode::NOT_FOUND,
-                "not found: try /healthz, /readyz, /status or /metrics\n".to_string(),
+                "not found: try /healthz, /readyz, /status, /metrics or /jobs\n".to_string(),
             ),
         };
         let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -118,8 +134,8 @@ pub async fn serve(listener: Listener, state: AdminState, stop: CancellationToke
         let st = state.clone();
         let stop = stop.clone();
         let svc = service_fn(move |req: Request<Incoming>| {
-            let r = st.respond(&req);
-            async move { Ok::<_, Infallible>(r) }
+            let st = st.clone();
+            async move { Ok::<_, Infallible>(st.respond(req).await) }
         });
         tokio::spawn(async move {
             let builder = hyper::server::conn::http1::Builder::new();

@@ -1,0 +1,227 @@
+//! The job API on the admin address:
+//!
+//! | request                                   | answer                                    |
+//! |-------------------------------------------|-------------------------------------------|
+//! | `POST /jobs` (JSON, see [`EnqueueRequest`]) | 201 `{"id","created":true,"queue"}`; 200 with `created: false` for a known idempotency key |
+//! | `GET /jobs/<id>`                          | 200 the job; 404                          |
+//! | `GET /jobs?queue=&state=&limit=&after=`   | 200 `{"jobs": [...]}`                     |
+//!
+//! The `Idempotency-Key` header is the same as the body's `idempotency_key`.
+//! Errors are JSON `{"error": "..."}` with 400 (bad input, naming the
+//! field), 404, 405, 413 (payload over `jobs.max_payload`), 422 (unknown
+//! queue), 503 (store unreachable; `Retry-After: 1`: nothing was stored).
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+
+use crate::jobs::{JobState, ListFilter, now_ms};
+use crate::processor::Processor;
+use crate::processor::api::{self, ApiError, EnqueueReply};
+
+pub async fn respond(jobs: Option<&Processor>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let Some(jobs) = jobs else {
+        return error(&ApiError {
+            status: 404,
+            message: "no job processor: add a [jobs] section to curfew.toml".to_owned(),
+        });
+    };
+    match handle(jobs, req).await {
+        Ok(r) => r,
+        Err(e) => error(&e),
+    }
+}
+
+async fn handle(
+    jobs: &Processor,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    match (method, path.as_str()) {
+        (Method::POST, "/jobs") => enqueue(jobs, req).await,
+        (Method::GET, "/jobs") => list(jobs, req.uri().query().unwrap_or("")).await,
+        (Method::GET, p) => {
+            let id = p
+                .strip_prefix("/jobs/")
+                .and_then(|s| s.parse::<i64>().ok())
+                .ok_or_else(|| ApiError {
+                    status: 404,
+                    message: format!("not found: {p}; a job is at /jobs/<numeric id>"),
+                })?;
+            match jobs.store().get(id).await? {
+                Some(job) => Ok(json(StatusCode::OK, &job)),
+                None => Err(ApiError {
+                    status: 404,
+                    message: format!("job {id} not found"),
+                }),
+            }
+        }
+        (m, p) => Err(ApiError {
+            status: 405,
+            message: format!(
+                "{m} {p} is not supported: POST /jobs enqueues, GET /jobs/<id> reads a job"
+            ),
+        }),
+    }
+}
+
+async fn enqueue(
+    jobs: &Processor,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let header_key = match req.headers().get("idempotency-key") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| {
+                    ApiError::bad("invalid Idempotency-Key header: it must be visible ASCII")
+                })?
+                .to_owned(),
+        ),
+    };
+    // The payload limit plus room for the envelope; past it, 413 without
+    // reading the rest.
+    let limit = jobs.config().max_payload + 64 * 1024;
+    let body = match Limited::new(req.into_body(), limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(ApiError {
+                status: 413,
+                message: format!(
+                    "invalid payload: the request body is over {limit} bytes (jobs.max_payload is {} bytes)",
+                    jobs.config().max_payload
+                ),
+            });
+        }
+        Err(e) => return Err(ApiError::bad(format!("cannot read the request body: {e}"))),
+    };
+    let mut request = api::parse_body(&body)?;
+    match (&request.idempotency_key, header_key) {
+        (Some(a), Some(b)) if *a != b => {
+            return Err(ApiError::bad(
+                "the Idempotency-Key header and the body's idempotency_key differ; give one",
+            ));
+        }
+        (None, Some(b)) => request.idempotency_key = Some(b),
+        _ => {}
+    }
+    let job = request.into_new_job(now_ms())?;
+    let queue = job.queue.clone();
+    let enqueued = jobs.enqueue(job).await?;
+    let status = if enqueued.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(json(
+        status,
+        &EnqueueReply {
+            id: enqueued.id,
+            created: enqueued.created,
+            queue,
+        },
+    ))
+}
+
+async fn list(jobs: &Processor, query: &str) -> Result<Response<Full<Bytes>>, ApiError> {
+    let filter = parse_filter(query)?;
+    let found = jobs.store().list(filter).await?;
+    Ok(json(StatusCode::OK, &serde_json::json!({ "jobs": found })))
+}
+
+/// `queue=&state=&limit=&after=` → a list filter.
+pub fn parse_filter(query: &str) -> Result<ListFilter, ApiError> {
+    let mut filter = ListFilter::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "queue" => filter.queue = Some(v.to_owned()),
+            "state" => {
+                filter.state = Some(
+                    v.parse::<JobState>()
+                        .map_err(|e| ApiError::bad(format!("invalid state: {e}")))?,
+                )
+            }
+            "limit" => {
+                filter.limit = v.parse().map_err(|_| {
+                    ApiError::bad(format!(
+                        "invalid limit {v:?}: give 1 to {}",
+                        ListFilter::MAX_LIMIT
+                    ))
+                })?
+            }
+            "after" => {
+                filter.after_id =
+                    Some(v.parse().map_err(|_| {
+                        ApiError::bad(format!("invalid after {v:?}: give a job id"))
+                    })?)
+            }
+            other => {
+                return Err(ApiError::bad(format!(
+                    "unknown query parameter {other:?}: use queue, state, limit, after"
+                )));
+            }
+        }
+    }
+    Ok(filter)
+}
+
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    let mut body = serde_json::to_vec(value).unwrap_or_default();
+    body.push(b'\n');
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(e: &ApiError) -> Response<Full<Bytes>> {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = json(status, &serde_json::json!({ "error": e.message }));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters() {
+        let f = parse_filter("queue=mail&state=dead&limit=5&after=10").expect("valid");
+        assert_eq!(f.queue.as_deref(), Some("mail"));
+        assert_eq!(f.state, Some(JobState::Dead));
+        assert_eq!(f.limit, 5);
+        assert_eq!(f.after_id, Some(10));
+        assert!(
+            parse_filter("state=bogus")
+                .expect_err("bad")
+                .message
+                .contains("state")
+        );
+        assert!(
+            parse_filter("limit=x")
+                .expect_err("bad")
+                .message
+                .contains("limit")
+        );
+        assert!(
+            parse_filter("sort=id")
+                .expect_err("bad")
+                .message
+                .contains("sort")
+        );
+        assert_eq!(
+            parse_filter("").expect("empty").limit,
+            ListFilter::DEFAULT_LIMIT
+        );
+    }
+}

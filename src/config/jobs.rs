@@ -1,0 +1,525 @@
+//! The `[jobs]` section: the job store and its queues, validated.
+//!
+//! ```toml
+//! [jobs]
+//! store = "sqlite://curfew-jobs.db"   # or postgres://user@host/db
+//! lease = "30s"                       # renewed every lease/3 while a job runs
+//! max_crashes = 3                     # processor deaths before a job is parked dead
+//! release_reserve = "5s"              # slice of graceful_timeout kept for the hand-back
+//!
+//! [jobs.queues.mail]
+//! concurrency = 4
+//! path = "/jobs/{kind}"               # POST to the app's own workers (default)
+//! # command = ["python", "job.py"]    # or a command: payload on stdin, exit code decides
+//! timeout = "10m"
+//! max_attempts = 20
+//! ```
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::raw::{OneOrMany, RawJobs, RawQueue};
+use super::{ConfigError, Origin, Origins, duration};
+
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_CRASHES: i32 = 3;
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
+pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(600);
+pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+pub const DEFAULT_PATH: &str = "/jobs/{kind}";
+pub const DEFAULT_QUEUE: &str = "default";
+/// The default `release_reserve`: this, or a sixth of `graceful_timeout`
+/// when that is less.
+pub const DEFAULT_RELEASE_RESERVE: Duration = Duration::from_secs(5);
+
+/// How a queue's jobs reach the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// `POST` to this path template (`{kind}`, `{queue}` filled in) on the
+    /// app's own workers, through the same router as requests.
+    Http { path: String },
+    /// Run this command per job: payload on stdin, exit code decides.
+    Command(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueConfig {
+    pub name: String,
+    /// Jobs of this queue running at once in this curfew.
+    pub concurrency: usize,
+    pub delivery: Delivery,
+    /// A delivery running longer is cut off and counts as a failed attempt.
+    pub timeout: Duration,
+    /// Default `max_attempts` of jobs enqueued into this queue through curfew.
+    pub max_attempts: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobsConfig {
+    pub store: String,
+    pub lease: Duration,
+    pub max_crashes: i32,
+    pub release_reserve: Duration,
+    pub poll_interval: Duration,
+    pub max_payload: usize,
+    /// This processor's stable name in lease owners (`node/boot`).
+    pub node: String,
+    pub pg_schema: String,
+    /// By name.
+    pub queues: Vec<QueueConfig>,
+}
+
+impl JobsConfig {
+    pub fn queue(&self, name: &str) -> Option<&QueueConfig> {
+        self.queues.iter().find(|q| q.name == name)
+    }
+
+    pub fn queue_names(&self) -> Vec<&str> {
+        self.queues.iter().map(|q| q.name.as_str()).collect()
+    }
+}
+
+/// What the rest of the configuration tells the jobs section.
+pub struct Context<'a> {
+    pub origins: &'a Origins,
+    pub graceful_timeout: Duration,
+    /// Requests the whole pool serves at once (workers × worker_concurrency).
+    pub capacity: usize,
+}
+
+impl Context<'_> {
+    fn err(
+        &self,
+        key: impl Into<String>,
+        value: impl std::fmt::Display,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::Invalid {
+            key: key.into(),
+            origin: self.origins.get("jobs").cloned().unwrap_or(Origin::Default),
+            value: value.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn duration(
+        &self,
+        key: &str,
+        v: Option<super::raw::RawDuration>,
+        default: Duration,
+        min: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let d = match v {
+            None => return Ok(default),
+            Some(raw) => duration::parse(&raw).map_err(|m| self.err(key, &raw, m))?,
+        };
+        if d < min {
+            return Err(self.err(key, format!("{d:?}"), format!("must be at least {min:?}")));
+        }
+        Ok(d)
+    }
+
+    fn int(
+        &self,
+        key: &str,
+        v: Option<i64>,
+        default: i64,
+        min: i64,
+        max: i64,
+    ) -> Result<i64, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(n) if n < min || n > max => {
+                Err(self.err(key, n, format!("must be between {min} and {max}")))
+            }
+            Some(n) => Ok(n),
+        }
+    }
+}
+
+/// Validate the `[jobs]` section; `None` when it is absent (no processor).
+pub fn validate(raw: Option<RawJobs>, cx: &Context<'_>) -> Result<Option<JobsConfig>, ConfigError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let store = raw
+        .store
+        .unwrap_or_else(|| "sqlite://curfew-jobs.db".to_owned());
+    if let Err(e) = crate::jobs::check_url(&store) {
+        return Err(cx.err(
+            "jobs.store",
+            format!("{:?}", crate::jobs::redact(&store)),
+            e.to_string(),
+        ));
+    }
+    let lease = cx.duration(
+        "jobs.lease",
+        raw.lease,
+        DEFAULT_LEASE,
+        Duration::from_secs(1),
+    )?;
+    let max_crashes = cx.int(
+        "jobs.max_crashes",
+        raw.max_crashes,
+        DEFAULT_MAX_CRASHES as i64,
+        0,
+        1000,
+    )? as i32;
+    let default_reserve = DEFAULT_RELEASE_RESERVE.min(cx.graceful_timeout / 6);
+    let release_reserve = cx.duration(
+        "jobs.release_reserve",
+        raw.release_reserve,
+        default_reserve,
+        Duration::ZERO,
+    )?;
+    if !cx.graceful_timeout.is_zero() && release_reserve >= cx.graceful_timeout {
+        return Err(cx.err(
+            "jobs.release_reserve",
+            format!("{release_reserve:?}"),
+            format!(
+                "must be less than graceful_timeout ({:?}): running jobs get graceful_timeout minus this to finish",
+                cx.graceful_timeout
+            ),
+        ));
+    }
+    let poll_interval = cx.duration(
+        "jobs.poll_interval",
+        raw.poll_interval,
+        DEFAULT_POLL_INTERVAL,
+        Duration::from_millis(50),
+    )?;
+    let max_payload = match raw.max_payload {
+        None => DEFAULT_MAX_PAYLOAD,
+        Some(size) => match size.bytes() {
+            Ok(b) if (1..=64 << 20).contains(&b) => b as usize,
+            Ok(_) => {
+                return Err(cx.err(
+                    "jobs.max_payload",
+                    &size,
+                    "must be between 1 byte and 64MiB",
+                ));
+            }
+            Err(m) => return Err(cx.err("jobs.max_payload", &size, m)),
+        },
+    };
+    let node = match raw.node {
+        Some(n) => n,
+        None => default_node(),
+    };
+    if node.is_empty()
+        || node.contains('/')
+        || node.chars().any(char::is_control)
+        || node.len() > 200
+    {
+        return Err(cx.err(
+            "jobs.node",
+            format!("{node:?}"),
+            "must be a non-empty name without '/' or control characters, at most 200 bytes (default: the host name)",
+        ));
+    }
+    let pg_schema = raw.pg_schema.unwrap_or_else(|| "curfew".to_owned());
+    if pg_schema.is_empty()
+        || pg_schema.len() > 63
+        || !pg_schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        || pg_schema.starts_with(|c: char| c.is_ascii_digit())
+    {
+        return Err(cx.err(
+            "jobs.pg_schema",
+            format!("{pg_schema:?}"),
+            "must be lower-case letters, digits and '_' (not starting with a digit), at most 63 bytes",
+        ));
+    }
+
+    let raw_queues = raw
+        .queues
+        .unwrap_or_else(|| BTreeMap::from([(DEFAULT_QUEUE.to_owned(), RawQueue::default())]));
+    if raw_queues.is_empty() {
+        return Err(cx.err(
+            "jobs.queues",
+            "{}",
+            "declare at least one queue, e.g. [jobs.queues.default]",
+        ));
+    }
+    let mut queues = Vec::new();
+    for (name, q) in raw_queues {
+        queues.push(queue(&name, q, cx)?);
+    }
+    Ok(Some(JobsConfig {
+        store,
+        lease,
+        max_crashes,
+        release_reserve,
+        poll_interval,
+        max_payload,
+        node,
+        pg_schema,
+        queues,
+    }))
+}
+
+fn queue(name: &str, q: RawQueue, cx: &Context<'_>) -> Result<QueueConfig, ConfigError> {
+    let key = |k: &str| format!("jobs.queues.{name}.{k}");
+    if name.is_empty()
+        || name.chars().count() > crate::jobs::MAX_NAME_CHARS
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))
+    {
+        return Err(cx.err(
+            "jobs.queues",
+            format!("{name:?}"),
+            format!(
+                "a queue name is 1 to {} characters of A-Z a-z 0-9 _ . : -",
+                crate::jobs::MAX_NAME_CHARS
+            ),
+        ));
+    }
+    let default_concurrency = (cx.capacity / 2).max(1) as i64;
+    let concurrency = cx.int(
+        &key("concurrency"),
+        q.concurrency,
+        default_concurrency,
+        1,
+        10_000,
+    )? as usize;
+    let delivery = match (q.path, q.command) {
+        (Some(_), Some(_)) => {
+            return Err(cx.err(
+                key("command"),
+                "…",
+                "give either `path` (HTTP to the app's workers) or `command`, not both",
+            ));
+        }
+        (None, Some(cmd)) => {
+            let argv = match cmd {
+                OneOrMany::Many(v) => v,
+                OneOrMany::One(s) => shlex::split(&s).ok_or_else(|| {
+                    cx.err(
+                        key("command"),
+                        format!("{s:?}"),
+                        "unbalanced quotes in the command string",
+                    )
+                })?,
+            };
+            if argv.is_empty() || argv[0].is_empty() {
+                return Err(cx.err(
+                    key("command"),
+                    "[]",
+                    "give a program to run, e.g. [\"python\", \"job.py\"]",
+                ));
+            }
+            if let Err(m) = super::resolve_program(&argv[0], None) {
+                return Err(cx.err(key("command"), format!("{:?}", argv[0]), m));
+            }
+            Delivery::Command(argv)
+        }
+        (path, None) => {
+            let path = path.unwrap_or_else(|| DEFAULT_PATH.to_owned());
+            check_path_template(&path).map_err(|m| cx.err(key("path"), format!("{path:?}"), m))?;
+            Delivery::Http { path }
+        }
+    };
+    let timeout = cx.duration(
+        &key("timeout"),
+        q.timeout,
+        DEFAULT_JOB_TIMEOUT,
+        Duration::from_millis(10),
+    )?;
+    let max_attempts = cx.int(
+        &key("max_attempts"),
+        q.max_attempts,
+        crate::jobs::DEFAULT_MAX_ATTEMPTS as i64,
+        1,
+        10_000,
+    )? as i32;
+    Ok(QueueConfig {
+        name: name.to_owned(),
+        concurrency,
+        delivery,
+        timeout,
+        max_attempts,
+    })
+}
+
+/// A path template: starts with `/`, placeholders `{kind}` and `{queue}`
+/// only, and a valid URL path once they are filled in.
+fn check_path_template(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err("must be a URL path starting with '/', e.g. \"/jobs/{kind}\"".into());
+    }
+    let filled = fill_path(path, "kind", "queue");
+    if filled.contains('{') || filled.contains('}') {
+        return Err("the only placeholders are {kind} and {queue}".into());
+    }
+    if filled.parse::<http::uri::PathAndQuery>().is_err() {
+        return Err("is not a valid URL path".into());
+    }
+    Ok(())
+}
+
+/// The delivery path of a job: the template with `{kind}` and `{queue}`
+/// replaced. Kinds and queues are restricted to URL-safe characters by the
+/// store, so no escaping is needed.
+pub fn fill_path(template: &str, kind: &str, queue: &str) -> String {
+    template.replace("{kind}", kind).replace("{queue}", queue)
+}
+
+/// The host name, else "localhost".
+fn default_node() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().replace('/', "_"))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::raw::RawDuration;
+
+    fn cx(origins: &Origins) -> Context<'_> {
+        Context {
+            origins,
+            graceful_timeout: Duration::from_secs(30),
+            capacity: 8,
+        }
+    }
+
+    fn parse(text: &str) -> Result<Option<JobsConfig>, ConfigError> {
+        #[derive(serde::Deserialize)]
+        struct W {
+            jobs: RawJobs,
+        }
+        let w: W = toml::from_str(text).expect("toml");
+        let origins = Origins::new();
+        validate(Some(w.jobs), &cx(&origins))
+    }
+
+    fn key_of(r: Result<Option<JobsConfig>, ConfigError>) -> String {
+        match r {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("expected an invalid key, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn absent_section_means_no_processor() {
+        let origins = Origins::new();
+        assert_eq!(validate(None, &cx(&origins)).expect("ok"), None);
+    }
+
+    #[test]
+    fn empty_section_gets_defaults_and_a_default_queue() {
+        let c = parse("[jobs]").expect("valid").expect("some");
+        assert_eq!(c.store, "sqlite://curfew-jobs.db");
+        assert_eq!(c.lease, DEFAULT_LEASE);
+        assert_eq!(c.release_reserve, Duration::from_secs(5));
+        assert_eq!(c.queues.len(), 1);
+        let q = &c.queues[0];
+        assert_eq!(q.name, "default");
+        assert_eq!(q.concurrency, 4, "half of the pool's capacity");
+        assert_eq!(
+            q.delivery,
+            Delivery::Http {
+                path: DEFAULT_PATH.into()
+            }
+        );
+        assert_eq!(q.max_attempts, 20);
+    }
+
+    #[test]
+    fn queues_with_path_or_command() {
+        let c = parse(
+            r#"
+            [jobs]
+            store = "postgres://u@h/db"
+            [jobs.queues.mail]
+            concurrency = 2
+            path = "/tasks/{queue}/{kind}"
+            timeout = "5s"
+            max_attempts = 3
+            [jobs.queues.shell]
+            command = "sh -c 'cat'"
+            "#,
+        )
+        .expect("valid")
+        .expect("some");
+        let mail = c.queue("mail").expect("mail");
+        assert_eq!(mail.concurrency, 2);
+        assert_eq!(mail.timeout, Duration::from_secs(5));
+        assert_eq!(
+            fill_path("/tasks/{queue}/{kind}", "send", "mail"),
+            "/tasks/mail/send"
+        );
+        assert_eq!(
+            c.queue("shell").expect("shell").delivery,
+            Delivery::Command(vec!["sh".into(), "-c".into(), "cat".into()])
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        assert_eq!(key_of(parse("[jobs]\nstore = \"mysql://x\"")), "jobs.store");
+        assert_eq!(key_of(parse("[jobs]\nlease = \"10ms\"")), "jobs.lease");
+        assert_eq!(
+            key_of(parse("[jobs]\nrelease_reserve = \"30s\"")),
+            "jobs.release_reserve"
+        );
+        assert_eq!(key_of(parse("[jobs]\nnode = \"a/b\"")), "jobs.node");
+        assert_eq!(
+            key_of(parse("[jobs]\npg_schema = \"Bad-Name\"")),
+            "jobs.pg_schema"
+        );
+        assert_eq!(key_of(parse("[jobs]\nmax_payload = 0")), "jobs.max_payload");
+        assert_eq!(key_of(parse("[jobs.queues.\"a b\"]")), "jobs.queues");
+        assert_eq!(
+            key_of(parse("[jobs.queues.q]\nconcurrency = 0")),
+            "jobs.queues.q.concurrency"
+        );
+        assert_eq!(
+            key_of(parse("[jobs.queues.q]\npath = \"jobs\"")),
+            "jobs.queues.q.path"
+        );
+        assert_eq!(
+            key_of(parse("[jobs.queues.q]\npath = \"/j/{job}\"")),
+            "jobs.queues.q.path"
+        );
+        assert_eq!(
+            key_of(parse("[jobs.queues.q]\npath = \"/j\"\ncommand = \"true\"")),
+            "jobs.queues.q.command"
+        );
+        assert_eq!(
+            key_of(parse("[jobs.queues.q]\ncommand = \"no-such-program-xyz\"")),
+            "jobs.queues.q.command"
+        );
+        assert_eq!(
+            key_of(parse("[jobs.queues.q]\nmax_attempts = 0")),
+            "jobs.queues.q.max_attempts"
+        );
+        assert_eq!(key_of(parse("[jobs]\nqueues = {}")), "jobs.queues");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_the_parser() {
+        assert!(toml::from_str::<RawJobs>("stor = \"x\"").is_err());
+        assert!(toml::from_str::<RawQueue>("concurency = 1").is_err());
+    }
+
+    #[test]
+    fn a_higher_layer_overrides_field_by_field() {
+        use crate::config::raw::Layer;
+        let file = RawJobs {
+            store: Some("a.db".into()),
+            lease: Some(RawDuration::Int(10)),
+            ..RawJobs::default()
+        };
+        let flag = RawJobs {
+            store: Some("b.db".into()),
+            ..RawJobs::default()
+        };
+        let merged = flag.over(Some(file));
+        assert_eq!(merged.store.as_deref(), Some("b.db"));
+        assert_eq!(merged.lease, Some(RawDuration::Int(10)));
+    }
+}

@@ -1,0 +1,269 @@
+//! The enqueue request as the application and the CLI send it (`POST /jobs`
+//! on the admin address, `curfew enqueue` over the control socket), and its
+//! checks. Every error names the field and the fix.
+
+use serde::{Deserialize, Serialize};
+
+use crate::jobs::{NewJob, StoreError};
+
+use super::EnqueueError;
+
+/// `POST /jobs` body / `curfew enqueue` arguments.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnqueueRequest {
+    /// Default: `default`.
+    #[serde(default)]
+    pub queue: Option<String>,
+    pub kind: String,
+    /// Any JSON value; default `{}`.
+    #[serde(default)]
+    pub payload: Option<serde_json::Value>,
+    /// Lower runs first; default 0.
+    #[serde(default)]
+    pub priority: Option<i32>,
+    /// When to run: RFC 3339 (`2026-11-21T10:00:00Z`) or unix milliseconds.
+    #[serde(default)]
+    pub run_at: Option<RunAt>,
+    /// Seconds from now (alternative to `run_at`).
+    #[serde(default)]
+    pub delay_s: Option<f64>,
+    /// Default: the queue's `max_attempts`.
+    #[serde(default)]
+    pub max_attempts: Option<i32>,
+    /// At most one job per key: sending it again returns the existing job.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RunAt {
+    Millis(i64),
+    Text(String),
+}
+
+/// A job operation from `curfew enqueue` / `curfew jobs` over the control
+/// socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum JobsRequest {
+    Enqueue {
+        job: EnqueueRequest,
+    },
+    List {
+        #[serde(default)]
+        queue: Option<String>,
+        #[serde(default)]
+        state: Option<String>,
+        #[serde(default)]
+        limit: Option<u32>,
+        #[serde(default)]
+        after: Option<i64>,
+    },
+    Show {
+        id: i64,
+    },
+    Retry {
+        id: i64,
+    },
+    Cancel {
+        id: i64,
+    },
+    Delete {
+        id: i64,
+    },
+}
+
+/// The answer to an enqueue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnqueueReply {
+    pub id: i64,
+    /// false: a job with this idempotency key existed already; `id` is that job.
+    pub created: bool,
+    pub queue: String,
+}
+
+/// What went wrong, with the HTTP status it maps to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn bad(message: impl Into<String>) -> Self {
+        ApiError {
+            status: 400,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<EnqueueError> for ApiError {
+    fn from(e: EnqueueError) -> Self {
+        let status = match &e {
+            EnqueueError::UnknownQueue { .. } => 422,
+            EnqueueError::Store(s) => store_status(s),
+        };
+        ApiError {
+            status,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError {
+            status: store_status(&e),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// The HTTP status of a store error.
+pub fn store_status(e: &StoreError) -> u16 {
+    match e {
+        StoreError::InvalidInput { .. } | StoreError::InvalidUrl { .. } => 400,
+        StoreError::PayloadTooLarge { .. } => 413,
+        StoreError::NotFound { .. } => 404,
+        StoreError::WrongState { .. } => 409,
+        StoreError::Unavailable { .. } => 503,
+        _ => 500,
+    }
+}
+
+impl EnqueueRequest {
+    /// The job to store, or what is wrong. `now_ms` is the local clock.
+    pub fn into_new_job(self, now_ms: i64) -> Result<NewJob, ApiError> {
+        let run_at = match (self.run_at, self.delay_s) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::bad("give either `run_at` or `delay_s`, not both"));
+            }
+            (Some(RunAt::Millis(ms)), None) => Some(ms),
+            (Some(RunAt::Text(t)), None) => Some(parse_time(&t)?),
+            (None, Some(d)) if d.is_finite() && (0.0..=1e10).contains(&d) => {
+                Some(now_ms + (d * 1000.0) as i64)
+            }
+            (None, Some(d)) => {
+                return Err(ApiError::bad(format!(
+                    "invalid delay_s {d}: give a number of seconds, 0 or more"
+                )));
+            }
+            (None, None) => None,
+        };
+        if let Some(key) = &self.idempotency_key
+            && key.is_empty()
+        {
+            return Err(ApiError::bad(
+                "invalid idempotency_key: it is empty; leave it out or give a unique string",
+            ));
+        }
+        Ok(NewJob {
+            queue: self
+                .queue
+                .unwrap_or_else(|| crate::config::jobs::DEFAULT_QUEUE.to_owned()),
+            kind: self.kind,
+            payload: self
+                .payload
+                .unwrap_or_else(|| serde_json::Value::Object(Default::default())),
+            priority: self.priority.unwrap_or(0),
+            run_at,
+            max_attempts: self.max_attempts,
+            idempotency_key: self.idempotency_key,
+        })
+    }
+}
+
+/// An RFC 3339 time (or unix milliseconds as text) → unix milliseconds.
+pub fn parse_time(text: &str) -> Result<i64, ApiError> {
+    if let Ok(ms) = text.trim().parse::<i64>() {
+        return Ok(ms);
+    }
+    text.trim()
+        .parse::<jiff::Timestamp>()
+        .map(|t| t.as_millisecond())
+        .map_err(|e| {
+            ApiError::bad(format!(
+                "invalid run_at {text:?}: {e}; give an RFC 3339 time such as \"2026-11-21T10:00:00Z\" or unix milliseconds"
+            ))
+        })
+}
+
+/// Parses a `POST /jobs` body, naming the field that is wrong.
+pub fn parse_body(body: &[u8]) -> Result<EnqueueRequest, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad(format!(
+            "invalid job: {e}; send JSON like {{\"queue\": \"default\", \"kind\": \"send_email\", \"payload\": {{\"to\": \"a@b.c\"}}}}"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_request_gets_defaults() {
+        let r = parse_body(br#"{"kind": "send"}"#).expect("valid");
+        let job = r.into_new_job(1000).expect("valid");
+        assert_eq!(job.queue, "default");
+        assert_eq!(job.payload, serde_json::json!({}));
+        assert_eq!(job.run_at, None);
+        assert_eq!(job.priority, 0);
+    }
+
+    #[test]
+    fn times_and_delays() {
+        let r = parse_body(br#"{"kind": "k", "run_at": "2026-11-21T10:00:00Z"}"#).expect("valid");
+        assert_eq!(
+            r.into_new_job(0).expect("ok").run_at,
+            Some(1_795_255_200_000)
+        );
+        let r = parse_body(br#"{"kind": "k", "run_at": 5}"#).expect("valid");
+        assert_eq!(r.into_new_job(0).expect("ok").run_at, Some(5));
+        let r = parse_body(br#"{"kind": "k", "delay_s": 1.5}"#).expect("valid");
+        assert_eq!(r.into_new_job(1000).expect("ok").run_at, Some(2500));
+    }
+
+    #[test]
+    fn bad_requests_name_the_problem() {
+        let e = parse_body(br#"{"kind": "k", "queu": "x"}"#).expect_err("unknown field");
+        assert!(e.message.contains("queu"), "{}", e.message);
+        assert_eq!(e.status, 400);
+        let e = parse_body(br#"{"payload": {}}"#).expect_err("no kind");
+        assert!(e.message.contains("kind"), "{}", e.message);
+        let e = parse_body(b"not json").expect_err("not json");
+        assert!(e.message.contains("invalid job"), "{}", e.message);
+        let e = parse_body(br#"{"kind": "k", "run_at": "tomorrow"}"#)
+            .expect("parses")
+            .into_new_job(0)
+            .expect_err("bad time");
+        assert!(e.message.contains("run_at"), "{}", e.message);
+        let e = parse_body(br#"{"kind": "k", "run_at": 1, "delay_s": 1}"#)
+            .expect("parses")
+            .into_new_job(0)
+            .expect_err("both");
+        assert!(e.message.contains("delay_s"), "{}", e.message);
+        let e = parse_body(br#"{"kind": "k", "delay_s": -1}"#)
+            .expect("parses")
+            .into_new_job(0)
+            .expect_err("negative");
+        assert!(e.message.contains("delay_s"), "{}", e.message);
+        let e = parse_body(br#"{"kind": "k", "idempotency_key": ""}"#)
+            .expect("parses")
+            .into_new_job(0)
+            .expect_err("empty key");
+        assert!(e.message.contains("idempotency_key"), "{}", e.message);
+    }
+
+    #[test]
+    fn store_errors_map_to_statuses() {
+        assert_eq!(
+            store_status(&StoreError::PayloadTooLarge { size: 2, limit: 1 }),
+            413
+        );
+        assert_eq!(store_status(&StoreError::NotFound { id: 1 }), 404);
+    }
+}
