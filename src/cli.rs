@@ -138,10 +138,10 @@ pub struct ListArgs {
 #[derive(Debug, Args)]
 pub struct ControlArgs {
     /// Its control socket [default: from --config / curfew.toml `control_socket`, else $XDG_RUNTIME_DIR/curfew.sock or /tmp/curfew-<uid>.sock; env: CURFEW_CONTROL_SOCKET]
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", global = true)]
     pub control_socket: Option<PathBuf>,
     /// Its config file, to read `control_socket` from [default: ./curfew.toml if it exists; env: CURFEW_CONFIG]
-    #[arg(short, long, value_name = "FILE")]
+    #[arg(short, long, value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
 }
 

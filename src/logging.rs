@@ -10,7 +10,7 @@ use crate::config::LogFormat;
 
 /// Install the global subscriber. `level` was validated by the config.
 pub fn init(format: LogFormat, level: &str) {
-    let filter = EnvFilter::builder().parse_lossy(level);
+    let filter = EnvFilter::builder().parse_lossy(with_quiet_libraries(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -21,5 +21,27 @@ pub fn init(format: LogFormat, level: &str) {
             .flatten_event(true)
             .with_current_span(false)
             .init(),
+    }
+}
+
+/// The job store's database driver logs its own reconnects and slow
+/// statements at INFO/WARN; curfew reports store trouble itself (once per
+/// outage). Unless the filter names `sqlx`, keep only its errors.
+fn with_quiet_libraries(level: &str) -> String {
+    if level.contains("sqlx") {
+        level.to_owned()
+    } else {
+        format!("{level},sqlx=error")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlx_is_quiet_unless_named() {
+        assert_eq!(with_quiet_libraries("info"), "info,sqlx=error");
+        assert_eq!(with_quiet_libraries("debug,sqlx=debug"), "debug,sqlx=debug");
     }
 }

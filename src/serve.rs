@@ -248,7 +248,17 @@ pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
 
     let metrics = Arc::new(Metrics::new());
     let front = Front::new(&cfg, metrics.clone());
-    let spec = WorkerSpec::from_config(&cfg, run_dir.clone());
+    let jobs = match (store, &cfg.jobs) {
+        (Some(store), Some(j)) => Some(Processor::new(
+            j.clone(),
+            store,
+            front.clone(),
+            reaper.clone(),
+            cfg.chdir.clone(),
+        )),
+        _ => None,
+    };
+    let spec = worker_spec(&cfg, run_dir.clone(), jobs.as_ref());
     let sup = Supervisor::new(reaper.clone(), spec, front.clone(), metrics.clone());
     {
         let hooks = hooks.clone();
@@ -266,16 +276,6 @@ pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
     front
         .router
         .on_recycle(Box::new(move |uid, reason| handle.recycle(uid, reason)));
-    let jobs = match (store, &cfg.jobs) {
-        (Some(store), Some(j)) => Some(Processor::new(
-            j.clone(),
-            store,
-            front.clone(),
-            reaper.clone(),
-            cfg.chdir.clone(),
-        )),
-        _ => None,
-    };
     let (phase_tx, _) = watch::channel(Phase::Starting);
     let status = StatusSource {
         front: front.clone(),
@@ -522,6 +522,17 @@ pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
     Ok(code)
 }
 
+/// The workers' spec: the config's, plus `CURFEW_JOB_TOKEN` with a job
+/// processor (the secret that tells the app a request is a job delivery).
+fn worker_spec(cfg: &Config, run_dir: std::path::PathBuf, jobs: Option<&Processor>) -> WorkerSpec {
+    let mut spec = WorkerSpec::from_config(cfg, run_dir);
+    if let Some(jobs) = jobs {
+        spec.extra_env
+            .push(("CURFEW_JOB_TOKEN".to_owned(), jobs.token().to_owned()));
+    }
+    spec
+}
+
 /// Logs the jobs handed back at the cut-off and tells the `on_incomplete`
 /// hook.
 fn report_incomplete(run: &Run, report: &crate::processor::DrainReport) {
@@ -704,7 +715,7 @@ async fn try_reload(run: &mut Run) -> Result<u64, String> {
             "Reload: `{key}` changed, which needs a restart of curfew; keeping the current value."
         );
     }
-    let spec = WorkerSpec::from_config(&new, run.run_dir.clone());
+    let spec = worker_spec(&new, run.run_dir.clone(), run.jobs.as_ref());
     let batch = match new.reload {
         ReloadStrategy::AllAtOnce => run.sup.workers(),
         ReloadStrategy::Rolling(n) => n,

@@ -9,6 +9,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse
 
 VERSION = os.environ.get("APP_VERSION", "1")
+# When set, every job delivery appends "<id> <attempt> <kind> <pid>" here.
+JOBS_LOG = os.environ.get("JOBS_LOG")
+# Set by curfew for its workers when [jobs] is on; every job delivery carries
+# it in X-Curfew-Job-Token (curfew strips that header from client requests).
+JOB_TOKEN = os.environ.get("CURFEW_JOB_TOKEN")
 
 app = FastAPI()
 
@@ -44,6 +49,26 @@ async def spin():
 @app.post("/jobs/echo")
 async def echo(request: Request):
     return await request.json()
+
+
+@app.post("/jobs/{kind}")
+async def job(kind: str, request: Request):
+    """Background jobs delivered by curfew ([jobs] in curfew.toml)."""
+    if JOB_TOKEN is None or request.headers.get("x-curfew-job-token") != JOB_TOKEN:
+        return PlainTextResponse("job endpoints are for curfew only", status_code=403)
+    payload = await request.json()
+    job_id = request.headers.get("x-job-id")
+    attempt = request.headers.get("x-job-attempt")
+    if JOBS_LOG:
+        with open(JOBS_LOG, "a") as f:
+            f.write(f"{job_id} {attempt} {kind} {os.getpid()}\n")
+    if kind == "sleep":
+        await asyncio.sleep(payload.get("ms", 0) / 1000)
+    elif kind == "fail":
+        return PlainTextResponse("failing on purpose", status_code=500)
+    elif kind == "send_email":
+        print(f"sending email to {payload.get('to')} (job {job_id}, attempt {attempt})", flush=True)
+    return {"ok": True, "job": job_id, "attempt": attempt}
 
 
 @app.get("/plain", response_class=PlainTextResponse)

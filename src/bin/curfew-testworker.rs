@@ -85,6 +85,10 @@ struct Args {
     /// on success, "done <id> <attempt>" lines to this file.
     #[arg(long, value_name = "PATH", env = "TESTWORKER_JOBS_LOG")]
     jobs_log: Option<PathBuf>,
+
+    /// Cap a job's `ms` sleep at N (a restarted app that is faster).
+    #[arg(long, value_name = "N", env = "TESTWORKER_MAX_JOB_MS")]
+    max_job_ms: Option<u64>,
 }
 
 /// Where the listening socket comes from.
@@ -118,6 +122,7 @@ struct State {
     /// `/close-listener`: stop accepting, keep running.
     close_listener: tokio::sync::Notify,
     jobs_log: Option<PathBuf>,
+    max_job_ms: Option<u64>,
 }
 
 /// Write one line to stderr, ignoring errors (a closed log pipe must not
@@ -332,6 +337,7 @@ async fn run(args: Args, spec: SocketSpec) -> ExitCode {
         tag: args.tag.clone(),
         close_listener: tokio::sync::Notify::new(),
         jobs_log: args.jobs_log.clone(),
+        max_job_ms: args.max_job_ms,
     });
 
     {
@@ -715,6 +721,14 @@ async fn job(req: Request<Incoming>, state: &State) -> Result<Response<Body>, Re
             .to_owned()
     };
     let (id, attempt) = (header("x-job-id"), header("x-job-attempt"));
+    // Like an app should: only curfew's deliveries carry the token.
+    let token = std::env::var("CURFEW_JOB_TOKEN").unwrap_or_default();
+    if token.is_empty() || header("x-curfew-job-token") != token {
+        return Ok(text(
+            StatusCode::FORBIDDEN,
+            "not a job delivery from curfew\n",
+        ));
+    }
     let kind = req.uri().path().trim_start_matches("/jobs/").to_owned();
     let body = req
         .into_body()
@@ -743,6 +757,7 @@ async fn job(req: Request<Incoming>, state: &State) -> Result<Response<Body>, Re
         std::process::exit(70);
     }
     if let Some(ms) = payload.get("ms").and_then(|v| v.as_u64()) {
+        let ms = state.max_job_ms.map_or(ms, |max| ms.min(max));
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let attempt_n: i64 = attempt.parse().unwrap_or(0);

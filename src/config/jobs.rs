@@ -13,6 +13,7 @@
 //! # command = ["python", "job.py"]    # or a command: payload on stdin, exit code decides
 //! timeout = "10m"
 //! max_attempts = 20
+//! retry_backoff = "15s"              # first retry; later: 15 s + n⁴ s, scaled
 //! ```
 
 use std::collections::BTreeMap;
@@ -52,6 +53,9 @@ pub struct QueueConfig {
     pub timeout: Duration,
     /// Default `max_attempts` of jobs enqueued into this queue through curfew.
     pub max_attempts: i32,
+    /// The delay before the first retry of a failed attempt; later retries
+    /// grow like `15 s + n⁴ s`, scaled by `retry_backoff / 15 s`.
+    pub retry_backoff: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -332,12 +336,19 @@ fn queue(name: &str, q: RawQueue, cx: &Context<'_>) -> Result<QueueConfig, Confi
         1,
         10_000,
     )? as i32;
+    let retry_backoff = cx.duration(
+        &key("retry_backoff"),
+        q.retry_backoff,
+        crate::jobs::backoff::BASE,
+        Duration::from_millis(10),
+    )?;
     Ok(QueueConfig {
         name: name.to_owned(),
         concurrency,
         delivery,
         timeout,
         max_attempts,
+        retry_backoff,
     })
 }
 

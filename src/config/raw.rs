@@ -132,6 +132,8 @@ pub struct RawQueue {
     pub command: Option<OneOrMany>,
     pub timeout: Option<RawDuration>,
     pub max_attempts: Option<i64>,
+    /// Delay before the first retry (later ones grow like 15 s + n⁴ s, scaled).
+    pub retry_backoff: Option<RawDuration>,
 }
 
 /// How a value set by a higher layer combines with the one below it:

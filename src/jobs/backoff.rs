@@ -49,6 +49,19 @@ pub fn retry_at(attempt: i32, now_ms: i64) -> i64 {
     now_ms.saturating_add(delay)
 }
 
+/// [`retry_at`] with the delay multiplied by `scale` (a queue's
+/// `retry_backoff` divided by [`BASE`]), still at most [`CAP`]. A scale that
+/// is not a positive finite number counts as 1.
+pub fn retry_at_scaled(attempt: i32, now_ms: i64, scale: f64) -> i64 {
+    let scale = if scale.is_finite() && scale > 0.0 {
+        scale
+    } else {
+        1.0
+    };
+    let delay = (backoff(attempt).as_secs_f64() * scale).min(CAP.as_secs_f64());
+    now_ms.saturating_add((delay * 1000.0) as i64)
+}
+
 /// A uniformly distributed value in `[-1, 1)`, from the operating system's
 /// randomness (through `uuid`, already a dependency; no `rand` needed).
 fn random_unit() -> f64 {
@@ -63,6 +76,19 @@ mod tests {
 
     fn secs(d: Duration) -> f64 {
         d.as_secs_f64()
+    }
+
+    #[test]
+    fn scaled_retries_keep_the_shape() {
+        // 100 ms instead of 15 s: attempt 1 ≈ 107 ms, attempt 3 ≈ 640 ms.
+        let scale = 0.1 / 15.0;
+        let d1 = retry_at_scaled(1, 0, scale);
+        let d3 = retry_at_scaled(3, 0, scale);
+        assert!((96..=118).contains(&d1), "{d1}");
+        assert!((576..=704).contains(&d3), "{d3}");
+        assert_eq!(retry_at_scaled(1000, 0, 1e9), CAP.as_millis() as i64);
+        let d = retry_at_scaled(1, 0, f64::NAN);
+        assert!((14_400..=17_600).contains(&d), "{d}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use super::verdict::{self, MAX_ERROR_SNIPPET, Verdict};
 use crate::config::jobs::fill_path;
 use crate::jobs::Job;
 use crate::proxy::Front;
+use crate::proxy::headers::JOB_TOKEN_HEADER;
 use crate::proxy::router::Rejected;
 use crate::proxy::upstream;
 use crate::supervisor::command::{self, AbortOnDrop, CommandOutcome, CommandSpec};
@@ -32,7 +33,13 @@ const COMMAND_GRACE: Duration = Duration::from_secs(2);
 
 /// POST the job to `template` on one of the app's workers, within `timeout`
 /// (waiting for a free worker slot included).
-pub async fn http(front: &Arc<Front>, template: &str, job: &Job, timeout: Duration) -> Verdict {
+pub async fn http(
+    front: &Arc<Front>,
+    template: &str,
+    job: &Job,
+    token: &str,
+    timeout: Duration,
+) -> Verdict {
     let started = Instant::now();
     let deadline = tokio::time::Instant::from_std(started) + timeout;
     let path = fill_path(template, &job.kind, &job.queue);
@@ -97,7 +104,7 @@ pub async fn http(front: &Arc<Front>, template: &str, job: &Job, timeout: Durati
         let _conn = AbortOnDrop(tokio::spawn(async move {
             let _ = conn.await;
         }));
-        let request = match build_request(&path, job, body.clone()) {
+        let request = match build_request(&path, job, token, body.clone()) {
             Ok(r) => r,
             Err(e) => return Verdict::Fail { error: e },
         };
@@ -163,7 +170,12 @@ pub async fn http(front: &Arc<Front>, template: &str, job: &Job, timeout: Durati
     }
 }
 
-fn build_request(path: &str, job: &Job, body: Bytes) -> Result<Request<Full<Bytes>>, String> {
+fn build_request(
+    path: &str,
+    job: &Job,
+    token: &str,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, String> {
     let value =
         |v: String| HeaderValue::from_str(&v).map_err(|e| format!("cannot send header: {e}"));
     let mut req = Request::new(Full::new(body));
@@ -182,6 +194,7 @@ fn build_request(path: &str, job: &Job, body: Bytes) -> Result<Request<Full<Byte
     h.insert("x-job-max-attempts", value(job.max_attempts.to_string())?);
     h.insert("x-job-kind", value(job.kind.clone())?);
     h.insert("x-job-queue", value(job.queue.clone())?);
+    h.insert(JOB_TOKEN_HEADER, value(token.to_owned())?);
     Ok(req)
 }
 

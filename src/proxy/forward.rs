@@ -106,6 +106,8 @@ async fn forward(
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
     headers::strip_hop_by_hop(&mut parts.headers);
+    // Only curfew's job deliveries may carry the job token.
+    parts.headers.remove(headers::JOB_TOKEN_HEADER);
     if let Some(up) = &upgrade {
         parts
             .headers

@@ -45,6 +45,10 @@ pub fn upgrade_of(headers: &HeaderMap) -> Option<HeaderValue> {
 
 /// Remove hop-by-hop fields, including every field named in `Connection`.
 /// `TE: trailers` is kept (it is end-to-end in meaning for HTTP/1.1 → app).
+/// The header that proves a request is a job delivery from curfew (its value
+/// is the workers' `CURFEW_JOB_TOKEN`). Never taken from a client.
+pub const JOB_TOKEN_HEADER: &str = "x-curfew-job-token";
+
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)

@@ -128,6 +128,9 @@ pub struct WorkerSpec {
     pub liveness: Option<crate::config::Liveness>,
     pub run_dir: PathBuf,
     pub generation: u64,
+    /// Variables set for every worker on top of the inherited environment
+    /// (e.g. `CURFEW_JOB_TOKEN`).
+    pub extra_env: Vec<(String, String)>,
 }
 
 impl WorkerSpec {
@@ -148,6 +151,7 @@ impl WorkerSpec {
             liveness: cfg.liveness.clone().filter(|_| cfg.worker_concurrency > 1),
             run_dir,
             generation: 1,
+            extra_env: Vec::new(),
         }
     }
 }

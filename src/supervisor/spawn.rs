@@ -91,6 +91,9 @@ pub fn spawn(reaper: &Reaper, spec: &WorkerSpec, id: usize, uid: u64) -> std::io
         // On SIGABRT (a hung worker) Python prints every thread's traceback.
         cmd.env("PYTHONFAULTHANDLER", "1");
     }
+    for (k, v) in &spec.extra_env {
+        cmd.env(k, v);
+    }
     for (k, v) in &env {
         cmd.env(k, v);
     }

@@ -6,6 +6,7 @@ mod config_errors;
 mod control;
 mod health;
 mod hooks;
+mod jobs;
 mod metrics;
 mod operate;
 mod proxy;

@@ -1,0 +1,190 @@
+//! The processor's long-running tasks: reclaim at start, the wake-up
+//! listener, the rescue loop and one claim loop per queue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Inner, QueueState, STORE_RETRY_MAX, STORE_RETRY_MIN};
+use crate::jobs::now_ms;
+
+impl Inner {
+    pub(super) async fn reclaim_previous(&self) {
+        let mut wait = STORE_RETRY_MIN;
+        loop {
+            let t = self.health.tick();
+            match self
+                .store
+                .reclaim_own_previous(&self.node, &self.boot, self.cfg.max_crashes)
+                .await
+            {
+                Ok(ids) => {
+                    self.health.ok();
+                    if !ids.is_empty() {
+                        tracing::info!(
+                            jobs = ids.len(),
+                            "Reclaimed the jobs this node was running when it last stopped."
+                        );
+                    }
+                    return;
+                }
+                Err(e) => {
+                    self.health.failed("reclaim the previous run's jobs", &e, t);
+                    if !e.is_retryable() {
+                        return;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.stop_claiming.cancelled() => return,
+            }
+            wait = (wait * 2).min(STORE_RETRY_MAX);
+        }
+    }
+
+    pub(super) async fn listen_loop(self: Arc<Self>) {
+        let mut wait = STORE_RETRY_MIN;
+        while !self.stop_claiming.is_cancelled() {
+            let t = self.health.tick();
+            let listener = tokio::select! {
+                l = self.store.listen() => l,
+                _ = self.stop_claiming.cancelled() => return,
+            };
+            match listener {
+                Ok(mut l) => loop {
+                    let got = tokio::select! {
+                        g = l.recv() => g,
+                        _ = self.stop_claiming.cancelled() => return,
+                    };
+                    match got {
+                        Ok(queue) => {
+                            wait = STORE_RETRY_MIN;
+                            if let Some(q) = self.queues.get(&queue) {
+                                q.wake.notify_one();
+                            }
+                        }
+                        Err(e) => {
+                            // A live connection failing now: no straggler.
+                            self.health
+                                .failed("listen for new jobs", &e, self.health.tick());
+                            break;
+                        }
+                    }
+                },
+                Err(e) => self.health.failed("listen for new jobs", &e, t),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.stop_claiming.cancelled() => return,
+            }
+            wait = (wait * 2).min(STORE_RETRY_MAX);
+        }
+    }
+
+    /// Takes back jobs whose processor died (lease expired), every half lease.
+    pub(super) async fn rescue_loop(self: Arc<Self>) {
+        let every = (self.cfg.lease / 2).max(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = self.stop_claiming.cancelled() => return,
+            }
+            let t = self.health.tick();
+            match self.store.rescue_expired(self.cfg.max_crashes).await {
+                Ok(ids) if !ids.is_empty() => {
+                    self.health.ok();
+                    for q in self.queues.values() {
+                        q.wake.notify_one();
+                    }
+                }
+                Ok(_) => self.health.ok(),
+                Err(e) => self.health.failed("rescue jobs of dead processors", &e, t),
+            }
+        }
+    }
+
+    pub(super) async fn queue_loop(self: Arc<Self>, q: Arc<QueueState>) {
+        let mut wait = STORE_RETRY_MIN;
+        loop {
+            if self.stop_claiming.is_cancelled() {
+                return;
+            }
+            let free = q.slots.available_permits();
+            let mut sleep_for = self.cfg.poll_interval;
+            if free > 0 {
+                let t = self.health.tick();
+                match self
+                    .store
+                    .claim(&q.cfg.name, free as u32, &self.owner, self.cfg.lease)
+                    .await
+                {
+                    Ok(claimed) => {
+                        self.health.ok();
+                        wait = STORE_RETRY_MIN;
+                        if self.stop_claiming.is_cancelled() {
+                            // The stop came while this claim was in flight:
+                            // give the jobs back untouched.
+                            let pairs: Vec<(i64, String)> =
+                                claimed.into_iter().map(|c| (c.job.id, c.token)).collect();
+                            if let Err(e) = self
+                                .store
+                                .release(&pairs, "claimed as curfew began to stop")
+                                .await
+                            {
+                                self.health
+                                    .failed("hand back jobs claimed while stopping", &e, t);
+                            }
+                            return;
+                        }
+                        let got = claimed.len();
+                        for c in claimed {
+                            let Ok(permit) = q.slots.clone().try_acquire_owned() else {
+                                // Cannot happen: only this loop takes permits
+                                // and it claimed no more than were free. Hand
+                                // the job back rather than overrun the limit.
+                                let _ = self
+                                    .store
+                                    .release(&[(c.job.id, c.token)], "no free slot")
+                                    .await;
+                                continue;
+                            };
+                            self.runs.spawn(self.clone().run(q.clone(), c, permit));
+                        }
+                        if got == free {
+                            // Maybe more: claim again as soon as a slot frees.
+                            continue;
+                        }
+                        match self.store.next_run_at(&q.cfg.name).await {
+                            Ok(Some(at)) => {
+                                let until = Duration::from_millis((at - now_ms()).max(0) as u64);
+                                sleep_for = sleep_for.min(until.max(Duration::from_millis(5)));
+                            }
+                            Ok(None) => {}
+                            Err(e) => self.health.failed("look for scheduled jobs", &e, t),
+                        }
+                    }
+                    Err(e) => {
+                        self.health
+                            .failed(&format!("claim jobs of queue {}", q.cfg.name), &e, t);
+                        sleep_for = wait;
+                        wait = (wait * 2).min(STORE_RETRY_MAX);
+                    }
+                }
+            }
+            let slot_free = async {
+                if free == 0 {
+                    // Wait for a slot (then give it back: the claim takes it).
+                    let _ = q.slots.acquire().await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                _ = q.wake.notified() => {}
+                _ = slot_free => {}
+                _ = tokio::time::sleep(sleep_for) => {}
+                _ = self.stop_claiming.cancelled() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! What the processor reports: per-queue counts from the store and from
+//! this processor, for `curfew status`, SIGUSR1 and /metrics.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Processor, Running};
+use crate::jobs::QueueStats;
+
+/// Counts since this curfew started, per queue.
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    pub(super) succeeded: AtomicU64,
+    pub(super) failed: AtomicU64,
+    pub(super) dead: AtomicU64,
+    pub(super) snoozed: AtomicU64,
+    pub(super) released: AtomicU64,
+    pub(super) lost: AtomicU64,
+}
+
+/// One queue's numbers: the store's counts and this processor's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueReport {
+    pub queue: String,
+    pub concurrency: usize,
+    /// Running in this curfew.
+    pub running_here: usize,
+    /// From the store (all processors); `None` when it is unreachable.
+    pub store: Option<QueueStats>,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub dead: u64,
+    pub snoozed: u64,
+    pub released: u64,
+    pub lost: u64,
+}
+
+/// What the processor is doing, for `curfew status`, SIGUSR1 and /metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobsReport {
+    pub store: String,
+    pub store_up: bool,
+    pub owner: String,
+    pub queues: Vec<QueueReport>,
+    pub running: Vec<Running>,
+}
+
+impl Processor {
+    /// Counts per queue: the store's (asked for at most `timeout`) and this
+    /// processor's. Queues in the store that this curfew does not process
+    /// are listed too, with concurrency 0.
+    pub async fn report(&self, timeout: Duration) -> JobsReport {
+        let inner = &self.inner;
+        let stats = tokio::time::timeout(timeout, inner.store.stats()).await;
+        let stats = match stats {
+            Ok(Ok(s)) => Some(s),
+            _ => None,
+        };
+        let store_up = stats.is_some() && inner.health.is_up();
+        let running = inner.running_snapshot();
+        let mut queues: Vec<QueueReport> = inner
+            .cfg
+            .queues
+            .iter()
+            .filter_map(|qc| inner.queues.get(&qc.name))
+            .map(|q| {
+                let c = &q.counters;
+                let name = &q.cfg.name;
+                QueueReport {
+                    queue: name.clone(),
+                    concurrency: q.cfg.concurrency,
+                    running_here: running.iter().filter(|r| &r.queue == name).count(),
+                    store: stats.as_ref().map(|all| {
+                        all.iter()
+                            .find(|s| &s.queue == name)
+                            .cloned()
+                            .unwrap_or_else(|| empty_stats(name))
+                    }),
+                    succeeded: c.succeeded.load(Ordering::Relaxed),
+                    failed: c.failed.load(Ordering::Relaxed),
+                    dead: c.dead.load(Ordering::Relaxed),
+                    snoozed: c.snoozed.load(Ordering::Relaxed),
+                    released: c.released.load(Ordering::Relaxed),
+                    lost: c.lost.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        for s in stats.iter().flatten() {
+            if !inner.queues.contains_key(&s.queue) {
+                queues.push(QueueReport {
+                    queue: s.queue.clone(),
+                    concurrency: 0,
+                    running_here: 0,
+                    store: Some(s.clone()),
+                    succeeded: 0,
+                    failed: 0,
+                    dead: 0,
+                    snoozed: 0,
+                    released: 0,
+                    lost: 0,
+                });
+            }
+        }
+        queues.sort_by(|a, b| a.queue.cmp(&b.queue));
+        JobsReport {
+            store: inner.store.name().to_owned(),
+            store_up,
+            owner: inner.owner.clone(),
+            queues,
+            running,
+        }
+    }
+}
+
+fn empty_stats(queue: &str) -> QueueStats {
+    QueueStats {
+        queue: queue.to_owned(),
+        queued: 0,
+        scheduled: 0,
+        running: 0,
+        failed: 0,
+        dead: 0,
+        succeeded: 0,
+        cancelled: 0,
+        oldest_queued_age_ms: None,
+    }
+}
+
+impl JobsReport {
+    /// A human-readable table (for `curfew status`).
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "jobs: store {} ({})  owner {}  running here {}\n",
+            self.store,
+            if self.store_up { "up" } else { "UNREACHABLE" },
+            self.owner,
+            self.running.len()
+        );
+        out.push_str(&format!(
+            "{:<20} {:>5} {:>7} {:>9} {:>8} {:>7} {:>6} {:>6} {:>10} {:>11}\n",
+            "QUEUE",
+            "CONC",
+            "QUEUED",
+            "SCHEDULED",
+            "RUNNING",
+            "FAILED",
+            "DEAD",
+            "HERE",
+            "SUCCEEDED",
+            "OLDEST ms"
+        ));
+        for q in &self.queues {
+            let n = |f: fn(&QueueStats) -> i64| {
+                q.store
+                    .as_ref()
+                    .map_or("?".to_owned(), |s| f(s).to_string())
+            };
+            out.push_str(&format!(
+                "{:<20} {:>5} {:>7} {:>9} {:>8} {:>7} {:>6} {:>6} {:>10} {:>11}\n",
+                q.queue,
+                q.concurrency,
+                n(|s| s.queued),
+                n(|s| s.scheduled),
+                n(|s| s.running),
+                n(|s| s.failed),
+                n(|s| s.dead),
+                q.running_here,
+                n(|s| s.succeeded),
+                q.store
+                    .as_ref()
+                    .and_then(|s| s.oldest_queued_age_ms)
+                    .map_or("-".to_owned(), |a| a.to_string()),
+            ));
+        }
+        out
+    }
+}

@@ -1,0 +1,209 @@
+//! One job's run: delivery, lease heartbeats, and the verdict written back.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+
+use super::verdict::Verdict;
+use super::{Entry, Inner, QueueState, Running, STORE_RETRY_MAX, STORE_RETRY_MIN, deliver};
+use crate::config::jobs::Delivery;
+use crate::jobs::{Claimed, FailOutcome, backoff, now_ms};
+use crate::supervisor::command::AbortOnDrop;
+
+impl Inner {
+    /// One job, from claim to recorded verdict.
+    pub(super) async fn run(
+        self: Arc<Self>,
+        q: Arc<QueueState>,
+        claimed: Claimed,
+        _permit: OwnedSemaphorePermit,
+    ) {
+        let Claimed { job, token } = claimed;
+        self.lock_running().insert(
+            job.id,
+            Entry {
+                info: Running {
+                    id: job.id,
+                    queue: job.queue.clone(),
+                    kind: job.kind.clone(),
+                    attempt: job.attempt,
+                    age_ms: 0,
+                },
+                token: token.clone(),
+                started: Instant::now(),
+            },
+        );
+        tracing::debug!(job_id = job.id, queue = %job.queue, kind = %job.kind, attempt = job.attempt, "Job started.");
+        let started = Instant::now();
+        let lost = CancellationToken::new();
+        let _heartbeat = AbortOnDrop(tokio::spawn(self.clone().heartbeat(
+            job.id,
+            token.clone(),
+            lost.clone(),
+        )));
+        let stop = {
+            let (cut, lost) = (self.cut.clone(), lost.clone());
+            async move {
+                tokio::select! {
+                    _ = cut.cancelled() => {}
+                    _ = lost.cancelled() => {}
+                }
+            }
+        };
+        let delivery = async {
+            match &q.cfg.delivery {
+                Delivery::Http { path } => {
+                    Some(deliver::http(&self.front, path, &job, &self.token, q.cfg.timeout).await)
+                }
+                Delivery::Command(argv) => {
+                    deliver::command(
+                        &self.reaper,
+                        argv,
+                        self.chdir.as_deref(),
+                        &job,
+                        q.cfg.timeout,
+                        stop,
+                    )
+                    .await
+                }
+            }
+        };
+        let verdict = tokio::select! {
+            v = delivery => v,
+            _ = self.cut.cancelled() => None,
+            _ = lost.cancelled() => None,
+        };
+        drop(_heartbeat);
+        if lost.is_cancelled() {
+            q.counters.lost.fetch_add(1, Ordering::Relaxed);
+            self.lock_running().remove(&job.id);
+            tracing::warn!(job_id = job.id, queue = %job.queue, kind = %job.kind, "Job abandoned: its lease was lost (another processor rescued it after this one could not renew it); it will run again there.");
+            return;
+        }
+        let Some(verdict) = verdict else {
+            // Cut off by the shutdown: stays in `running` for the hand-back.
+            return;
+        };
+        if self.cut.is_cancelled() && !matches!(verdict, Verdict::Done) {
+            // A failure caused by the shutdown itself (workers stopping) is
+            // not the job's: hand it back with the others.
+            return;
+        }
+        self.record(&q, &job, &token, verdict, started.elapsed())
+            .await;
+        self.lock_running().remove(&job.id);
+    }
+
+    /// Renews the lease every lease/3; cancels `lost` when the job is no
+    /// longer ours.
+    pub(super) async fn heartbeat(
+        self: Arc<Self>,
+        id: i64,
+        token: String,
+        lost: CancellationToken,
+    ) {
+        let every = self.cfg.lease / 3;
+        loop {
+            tokio::time::sleep(every).await;
+            let t = self.health.tick();
+            match self.store.heartbeat(id, &token, self.cfg.lease).await {
+                Ok(true) => self.health.ok(),
+                Ok(false) => {
+                    lost.cancel();
+                    return;
+                }
+                Err(e) => self.health.failed("renew a job's lease", &e, t),
+            }
+        }
+    }
+
+    /// Writes the verdict, retrying an unreachable store for up to one lease
+    /// (after that the job may be rescued elsewhere anyway).
+    pub(super) async fn record(
+        &self,
+        q: &QueueState,
+        job: &crate::jobs::Job,
+        token: &str,
+        verdict: Verdict,
+        took: Duration,
+    ) {
+        let give_up = Instant::now() + self.cfg.lease;
+        let mut wait = STORE_RETRY_MIN;
+        let took_ms = took.as_millis() as u64;
+        loop {
+            let t = self.health.tick();
+            let written = match &verdict {
+                Verdict::Done => self
+                    .store
+                    .complete(job.id, token)
+                    .await
+                    .map(|ok| ok.then_some(None)),
+                Verdict::Snooze { after, .. } => self
+                    .store
+                    .snooze(job.id, token, now_ms() + after.as_millis() as i64)
+                    .await
+                    .map(|ok| ok.then_some(None)),
+                Verdict::Fail { error } => self
+                    .store
+                    .fail(
+                        job.id,
+                        token,
+                        error,
+                        backoff::retry_at_scaled(
+                            job.attempt,
+                            now_ms(),
+                            q.cfg.retry_backoff.as_secs_f64() / backoff::BASE.as_secs_f64(),
+                        ),
+                    )
+                    .await
+                    .map(|o| match o {
+                        FailOutcome::LostLease => None,
+                        other => Some(Some(other)),
+                    }),
+            };
+            match written {
+                Ok(Some(outcome)) => {
+                    self.health.ok();
+                    let (id, queue, kind, attempt) = (job.id, &job.queue, &job.kind, job.attempt);
+                    match (&verdict, outcome) {
+                        (Verdict::Done, _) => {
+                            q.counters.succeeded.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(job_id = id, queue = %queue, kind = %kind, attempt, took_ms, "Job succeeded.");
+                        }
+                        (Verdict::Snooze { after, why }, _) => {
+                            q.counters.snoozed.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(job_id = id, queue = %queue, kind = %kind, retry_in_ms = after.as_millis() as u64, why = %why, "Job postponed (back-pressure); no attempt spent.");
+                        }
+                        (Verdict::Fail { error }, Some(FailOutcome::Dead)) => {
+                            q.counters.dead.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(job_id = id, queue = %queue, kind = %kind, attempt, max_attempts = job.max_attempts, took_ms, error = %error, "Job failed its last attempt: it is dead (kept until retried or deleted).");
+                        }
+                        (Verdict::Fail { error }, Some(FailOutcome::Retry { run_at })) => {
+                            q.counters.failed.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(job_id = id, queue = %queue, kind = %kind, attempt, max_attempts = job.max_attempts, took_ms, retry_in_ms = (run_at - now_ms()).max(0), error = %error, "Job attempt failed; it will be retried.");
+                        }
+                        (Verdict::Fail { .. }, _) => {}
+                    }
+                    return;
+                }
+                Ok(None) => {
+                    q.counters.lost.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(job_id = job.id, queue = %job.queue, kind = %job.kind, "Job result not recorded: its lease was lost meanwhile (it was rescued or handed back); it will run again.");
+                    return;
+                }
+                Err(e) if e.is_retryable() && Instant::now() + wait < give_up => {
+                    self.health.failed("record a job's result", &e, t);
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(STORE_RETRY_MAX);
+                }
+                Err(e) => {
+                    tracing::error!(job_id = job.id, queue = %job.queue, error = %e, "Could not record the job's result: it will run again once its lease expires.");
+                    return;
+                }
+            }
+        }
+    }
+}

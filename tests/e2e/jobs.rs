@@ -1,0 +1,1054 @@
+//! Background jobs end to end: the real binary with a `[jobs]` section, real
+//! SQLite files and a real PostgreSQL, jobs delivered to real worker
+//! processes (the Rust test worker, FastAPI under uvicorn, Flask under
+//! gunicorn), real SIGTERM and SIGKILL.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::BufReader;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use curfew::jobs::{Job, JobState, ListFilter, Store, StoreOptions};
+use nix::sys::signal::Signal;
+
+use crate::support::*;
+
+fn pg_url() -> String {
+    std::env::var("CURFEW_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A job store for one test: a SQLite file in a temporary directory, or a
+/// fresh PostgreSQL schema (dropped at the end).
+struct TestStore {
+    url: String,
+    schema: Option<String>,
+    dir: tempfile::TempDir,
+}
+
+impl TestStore {
+    fn sqlite() -> TestStore {
+        let dir = tempfile::tempdir().expect("tempdir");
+        TestStore {
+            url: format!("sqlite://{}", dir.path().join("jobs.db").display()),
+            schema: None,
+            dir,
+        }
+    }
+
+    fn postgres() -> TestStore {
+        let suffix = &uuid::Uuid::new_v4().simple().to_string()[..12];
+        TestStore {
+            url: pg_url(),
+            schema: Some(format!("curfew_e2e_{suffix}")),
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// The `[jobs]` store lines of curfew.toml.
+    fn toml(&self) -> String {
+        match &self.schema {
+            None => format!("store = {:?}\n", self.url),
+            Some(s) => format!("store = {:?}\npg_schema = {s:?}\n", self.url),
+        }
+    }
+
+    /// Writes curfew.toml (`top` settings, then `[jobs]` with the store and
+    /// `jobs`) and returns its path.
+    fn config(&self, name: &str, top: &str, jobs: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        let text = format!("{top}\n[jobs]\n{}{jobs}\n", self.toml());
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("jobs.log")
+    }
+
+    /// Every job in the store, by id.
+    fn jobs(&self) -> Vec<Job> {
+        let options = StoreOptions {
+            pg_schema: self.schema.clone().unwrap_or_else(|| "curfew".to_owned()),
+            ..StoreOptions::default()
+        };
+        let url = self.url.clone();
+        run_async(async move {
+            let store = Store::open_with(&url, options).await.expect("open store");
+            let mut all = Vec::new();
+            let mut after = None;
+            loop {
+                let page = store
+                    .list(ListFilter {
+                        limit: ListFilter::MAX_LIMIT,
+                        after_id: after,
+                        ..ListFilter::default()
+                    })
+                    .await
+                    .expect("list");
+                let Some(last) = page.last() else { break };
+                after = Some(last.id);
+                all.extend(page);
+            }
+            store.close().await;
+            all
+        })
+    }
+}
+
+impl Drop for TestStore {
+    fn drop(&mut self) {
+        if let Some(schema) = self.schema.take() {
+            let url = self.url.clone();
+            run_async(async move {
+                use sqlx::Connection;
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+                    )))
+                    .execute(&mut conn)
+                    .await;
+                }
+            });
+        }
+    }
+}
+
+/// Runs a future on a runtime of its own (on a thread of its own, so it also
+/// works from inside another runtime's drop).
+fn run_async<T: Send + 'static>(f: impl std::future::Future<Output = T> + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    })
+    .join()
+    .expect("async helper")
+}
+
+/// `POST /jobs` bodies sent on `connections` keep-alive connections; returns
+/// the ids, in no particular order. Panics on any answer but 201.
+fn enqueue_many(admin: u16, bodies: Vec<String>, connections: usize) -> Vec<i64> {
+    let chunk = bodies.len().div_ceil(connections.max(1)).max(1);
+    let handles: Vec<_> = bodies
+        .chunks(chunk)
+        .map(|part| {
+            let part = part.to_vec();
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(("127.0.0.1", admin)).expect("connect admin");
+                s.set_nodelay(true).expect("nodelay");
+                let mut r = BufReader::new(s.try_clone().expect("clone"));
+                let mut ids = Vec::new();
+                for body in part {
+                    send_request(&mut s, "POST", "/jobs", &[], body.as_bytes(), false)
+                        .expect("send");
+                    let resp = read_response(&mut r).expect("response");
+                    assert_eq!(resp.status, 201, "{}", resp.body);
+                    let v: serde_json::Value = serde_json::from_str(&resp.body).expect("json");
+                    ids.push(v["id"].as_i64().expect("id"));
+                }
+                ids
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("enqueue thread"))
+        .collect()
+}
+
+fn job_body(kind: &str, payload: &str) -> String {
+    format!(r#"{{"kind": "{kind}", "payload": {payload}}}"#)
+}
+
+/// Lines of a jobs log, split in fields.
+fn log_lines(path: &Path) -> Vec<Vec<String>> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect()
+}
+
+/// How many times each job id appears in the test worker's "start" lines.
+fn starts(path: &Path) -> BTreeMap<i64, usize> {
+    let mut m = BTreeMap::new();
+    for f in log_lines(path) {
+        if f.first().map(String::as_str) == Some("start")
+            && let Some(id) = f.get(1).and_then(|s| s.parse().ok())
+        {
+            *m.entry(id).or_insert(0) += 1;
+        }
+    }
+    m
+}
+
+/// Ids in the test worker's "done" lines.
+fn dones(path: &Path) -> BTreeSet<i64> {
+    log_lines(path)
+        .into_iter()
+        .filter(|f| f.first().map(String::as_str) == Some("done"))
+        .filter_map(|f| f.get(1).and_then(|s| s.parse().ok()))
+        .collect()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn count_state(jobs: &[Job], state: JobState) -> usize {
+    jobs.iter().filter(|j| j.state == state).count()
+}
+
+/// curfew with the test worker, a jobs config and an admin port.
+fn start_testworker(
+    store: &TestStore,
+    name: &str,
+    top: &str,
+    jobs: &str,
+    env: &[(&str, &str)],
+) -> (Curfew, u16) {
+    let admin = free_port();
+    let config = store.config(
+        name,
+        &format!("admin_bind = \"127.0.0.1:{admin}\"\n{top}"),
+        jobs,
+    );
+    let mut opts = Opts::testworker(
+        &["--config", config.to_str().expect("utf-8 path")],
+        &["--jobs-log", store.log_path().to_str().expect("utf-8 path")],
+    );
+    opts.env = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    (Curfew::start(opts), admin)
+}
+
+/// A Python app as workers, with the jobs log in `JOBS_LOG`.
+fn start_python(
+    store: &TestStore,
+    top: &str,
+    jobs: &str,
+    command: &[String],
+    app: &str,
+) -> (Curfew, u16) {
+    let admin = free_port();
+    let config = store.config(
+        "curfew.toml",
+        &format!("admin_bind = \"127.0.0.1:{admin}\"\nready_path = \"/health\"\n{top}"),
+        jobs,
+    );
+    let command: Vec<&str> = command.iter().map(String::as_str).collect();
+    let mut opts = Opts::command(
+        &["--config", config.to_str().expect("utf-8 path")],
+        &command,
+    );
+    opts.cwd = Some(examples_dir(app));
+    opts.env = vec![(
+        "JOBS_LOG".to_owned(),
+        store.log_path().to_str().expect("utf-8 path").to_owned(),
+    )];
+    (Curfew::start(opts), admin)
+}
+
+/// 10,000 jobs through a real Python handler: each runs exactly once, all
+/// end `succeeded`, nothing is left running, no WARN/ERROR.
+fn ten_thousand_through_python(
+    store: TestStore,
+    command: Vec<String>,
+    app: &str,
+    top: &str,
+    concurrency: u32,
+) {
+    const N: usize = 10_000;
+    let (mut c, admin) = start_python(
+        &store,
+        top,
+        &format!("[jobs.queues.default]\nconcurrency = {concurrency}\n"),
+        &command,
+        app,
+    );
+    let t0 = Instant::now();
+    let bodies = (0..N)
+        .map(|i| job_body("noop", &format!(r#"{{"n": {i}}}"#)))
+        .collect();
+    let ids = enqueue_many(admin, bodies, 4);
+    assert_eq!(ids.len(), N);
+    let log = store.log_path();
+    wait_until("10,000 deliveries", Duration::from_secs(240), || {
+        log_lines(&log).len() >= N
+    });
+    let took = t0.elapsed();
+    // Let the last verdicts be written, then stop.
+    wait_until("the last verdicts", Duration::from_secs(30), || {
+        let (_, out, _) = c.ctl(&["jobs", "--state", "running", "--json"]);
+        out.trim() == "[]"
+    });
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(30)), 0, "{}", c.log_text());
+
+    let mut seen: BTreeMap<i64, usize> = BTreeMap::new();
+    for f in log_lines(&log) {
+        *seen.entry(f[0].parse().expect("job id")).or_insert(0) += 1;
+        assert_eq!(f[1], "1", "every delivery is a first attempt: {f:?}");
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "jobs delivered twice: {twice:?}");
+    let expected: BTreeSet<i64> = ids.into_iter().collect();
+    assert_eq!(seen.keys().copied().collect::<BTreeSet<_>>(), expected);
+    let jobs = store.jobs();
+    assert_eq!(jobs.len(), N);
+    assert_eq!(count_state(&jobs, JobState::Succeeded), N, "final states");
+    assert!(
+        jobs.iter()
+            .all(|j| j.attempt == 1 && j.crashes == 0 && j.releases == 0)
+    );
+    assert!(c.faults().is_empty(), "{:#?}", c.faults());
+    eprintln!(
+        "{N} jobs through {app}: {:.1} s ({:.0} jobs/s)",
+        took.as_secs_f64(),
+        N as f64 / took.as_secs_f64()
+    );
+}
+
+#[test]
+fn ten_thousand_jobs_through_fastapi_on_sqlite() {
+    ten_thousand_through_python(
+        TestStore::sqlite(),
+        vec![
+            venv_bin("uvicorn").to_string_lossy().into_owned(),
+            "app:app".into(),
+            "--fd".into(),
+            "3".into(),
+            "--no-access-log".into(),
+        ],
+        "fastapi_app",
+        "workers = 2\nworker_concurrency = 32\n",
+        16,
+    );
+}
+
+#[test]
+fn ten_thousand_jobs_through_flask_on_postgres() {
+    ten_thousand_through_python(
+        TestStore::postgres(),
+        vec![
+            venv_bin("gunicorn").to_string_lossy().into_owned(),
+            "--workers".into(),
+            "1".into(),
+            "app:app".into(),
+        ],
+        "flask_app",
+        "workers = 3\n",
+        3,
+    );
+}
+
+/// SIGTERM with jobs running: short ones finish, long ones are handed back
+/// in one go before graceful_timeout, reported to the on_incomplete hook,
+/// and run again after a restart; nothing lost, nothing left `running`.
+#[test]
+fn sigterm_finishes_short_jobs_and_hands_back_long_ones() {
+    let store = TestStore::sqlite();
+    let hook_out = store.dir.path().join("incomplete.json");
+    let top = format!(
+        "workers = 2\nworker_concurrency = 8\ngraceful_timeout = \"3s\"\n[hooks]\non_incomplete = \"sh -c 'cat > {}'\"\n",
+        hook_out.display()
+    );
+    // `[hooks]` must come before `[jobs]`: the config writer appends [jobs].
+    let jobs_toml = "release_reserve = \"1s\"\n[jobs.queues.default]\nconcurrency = 8\n";
+    let (mut c, admin) = start_testworker(&store, "curfew.toml", &top, jobs_toml, &[]);
+    let short: Vec<String> = (0..6)
+        .map(|_| job_body("short", r#"{"ms": 400}"#))
+        .collect();
+    let long: Vec<String> = (0..2)
+        .map(|_| job_body("long", r#"{"ms": 60000}"#))
+        .collect();
+    let long_ids = enqueue_many(admin, long, 1);
+    let short_ids = enqueue_many(admin, short, 1);
+    let log = store.log_path();
+    wait_until("8 jobs started", Duration::from_secs(10), || {
+        starts(&log).len() == 8
+    });
+    let t0 = Instant::now();
+    c.signal(Signal::SIGTERM);
+    let code = c.wait_exit(Duration::from_secs(15));
+    let took = t0.elapsed();
+    assert_eq!(code, 0, "{}", c.log_text());
+    assert!(
+        took < Duration::from_millis(3500),
+        "exit took {took:?}: must be inside graceful_timeout (3 s)"
+    );
+    assert!(
+        took >= Duration::from_millis(1900),
+        "jobs get graceful_timeout - release_reserve: {took:?}"
+    );
+
+    let jobs = store.jobs();
+    let by_id: BTreeMap<i64, &Job> = jobs.iter().map(|j| (j.id, j)).collect();
+    for id in &short_ids {
+        assert_eq!(by_id[id].state, JobState::Succeeded, "short job {id}");
+    }
+    for id in &long_ids {
+        let j = by_id[id];
+        assert_eq!(j.state, JobState::Queued, "long job {id} handed back");
+        assert_eq!(
+            (j.attempt, j.releases),
+            (0, 1),
+            "the interrupted attempt is not a failure"
+        );
+    }
+    assert_eq!(count_state(&jobs, JobState::Running), 0);
+    // The log names each handed-back job; the only WARN is the summary.
+    for id in &long_ids {
+        assert!(
+            c.logs().iter().any(|l| l.contains("handed back")
+                && field(l, "job_id").as_deref() == Some(&id.to_string())),
+            "job {id} not named in the log:\n{}",
+            c.log_text()
+        );
+    }
+    let faults = c.faults();
+    assert_eq!(faults.len(), 1, "{faults:#?}");
+    assert!(faults[0].contains("released=2"), "{}", faults[0]);
+    let hook: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&hook_out).expect("on_incomplete ran"))
+            .expect("hook json");
+    let released: BTreeSet<i64> = hook["released"]
+        .as_array()
+        .expect("released list")
+        .iter()
+        .map(|j| j["id"].as_i64().expect("id"))
+        .collect();
+    assert_eq!(released, long_ids.iter().copied().collect());
+
+    // Restart (a faster app): the long jobs run again and succeed.
+    let (mut c, _) = start_testworker(
+        &store,
+        "curfew.toml",
+        &top,
+        jobs_toml,
+        &[("TESTWORKER_MAX_JOB_MS", "50")],
+    );
+    wait_until(
+        "long jobs done after restart",
+        Duration::from_secs(15),
+        || long_ids.iter().all(|id| dones(&log).contains(id)),
+    );
+    wait_until("all jobs succeeded", Duration::from_secs(10), || {
+        count_state(&store.jobs(), JobState::Succeeded) == 8
+    });
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(10)), 0);
+    let s = starts(&log);
+    for id in &short_ids {
+        assert_eq!(s[id], 1, "short job {id} ran once");
+    }
+    for id in &long_ids {
+        assert_eq!(s[id], 2, "long job {id}: interrupted, then run again");
+    }
+}
+
+/// SIGKILL of curfew mid-run, then a restart: every job succeeds; only the
+/// jobs that were running at the kill run twice, and the restart reclaims
+/// them at once (no lease wait).
+#[test]
+fn sigkill_then_restart_reclaims_and_finishes_every_job() {
+    let store = TestStore::sqlite();
+    let top = "workers = 2\nworker_concurrency = 4\n";
+    // A long lease: the restart must not wait for it.
+    let jobs = "lease = \"60s\"\n[jobs.queues.default]\nconcurrency = 4\n";
+    let (mut c, admin) = start_testworker(&store, "curfew.toml", top, jobs, &[]);
+    let ids = enqueue_many(
+        admin,
+        (0..24)
+            .map(|_| job_body("work", r#"{"ms": 300}"#))
+            .collect(),
+        1,
+    );
+    let log = store.log_path();
+    wait_until("some jobs done", Duration::from_secs(10), || {
+        dones(&log).len() >= 6
+    });
+    c.signal(Signal::SIGKILL);
+    let _ = c.child.wait();
+    // Workers die with curfew (PDEATHSIG); wait for the last log lines.
+    wait_until("workers gone", Duration::from_secs(5), || {
+        processes_with(&c.marker).is_empty()
+    });
+    let started_at_kill = starts(&log);
+    let done_at_kill = dones(&log);
+    let in_flight: BTreeSet<i64> = started_at_kill
+        .keys()
+        .copied()
+        .filter(|id| !done_at_kill.contains(id))
+        .collect();
+    assert!(!in_flight.is_empty(), "some jobs were running at the kill");
+
+    let t0 = Instant::now();
+    let (mut c2, _) = start_testworker(&store, "curfew.toml", top, jobs, &[]);
+    wait_until("every job succeeded", Duration::from_secs(30), || {
+        count_state(&store.jobs(), JobState::Succeeded) == ids.len()
+    });
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "reclaimed without waiting for the 60 s lease"
+    );
+    assert!(
+        c2.log_text()
+            .contains("Reclaimed the jobs this node was running"),
+        "{}",
+        c2.log_text()
+    );
+    c2.signal(Signal::SIGTERM);
+    assert_eq!(c2.wait_exit(Duration::from_secs(10)), 0);
+
+    let s = starts(&log);
+    for id in &ids {
+        let expected = if in_flight.contains(id) { 2 } else { 1 };
+        // A job that was running may have finished its work right at the
+        // kill without its verdict being stored: it runs twice too. Any
+        // other job runs exactly once.
+        assert!(
+            s[id] == expected || (s[id] == 2 && started_at_kill.contains_key(id)),
+            "job {id}: {} runs, expected {expected}",
+            s[id]
+        );
+    }
+    let jobs = store.jobs();
+    for j in &jobs {
+        assert_eq!(j.crashes, i32::from(s[&j.id] == 2), "job {}", j.id);
+    }
+}
+
+/// Two curfew instances on one PostgreSQL queue: each job runs once; when
+/// one is killed, the other finishes its jobs after their leases expire.
+#[test]
+fn two_instances_share_a_postgres_queue() {
+    let store = TestStore::postgres();
+    let top = "workers = 2\nworker_concurrency = 4\n";
+    let jobs_a = "node = \"host-a\"\nlease = \"2s\"\n[jobs.queues.default]\nconcurrency = 4\n";
+    let jobs_b = "node = \"host-b\"\nlease = \"2s\"\n[jobs.queues.default]\nconcurrency = 4\n";
+    let (mut a, admin_a) = start_testworker(&store, "a.toml", top, jobs_a, &[]);
+    let (mut b, _) = start_testworker(&store, "b.toml", top, jobs_b, &[]);
+    let ids = enqueue_many(
+        admin_a,
+        (0..300)
+            .map(|_| job_body("quick", r#"{"ms": 10}"#))
+            .collect(),
+        2,
+    );
+    let log = store.log_path();
+    wait_until("300 jobs done", Duration::from_secs(60), || {
+        dones(&log).len() >= 300
+    });
+    let s = starts(&log);
+    assert!(
+        ids.iter().all(|id| s.get(id) == Some(&1)),
+        "each job ran exactly once"
+    );
+    // Both instances took part (each logged deliveries from its own workers).
+    let pids_a: BTreeSet<String> = a.worker_pids().iter().map(|p| p.to_string()).collect();
+    let by_a = log_lines(&log)
+        .iter()
+        .filter(|f| f[0] == "start" && pids_a.contains(&f[4]))
+        .count();
+    assert!(by_a > 0 && by_a < 300, "instance a ran {by_a} of 300");
+
+    // Long jobs: both instances take some; kill a.
+    let long = enqueue_many(
+        admin_a,
+        (0..8)
+            .map(|_| job_body("long", r#"{"ms": 2500}"#))
+            .collect(),
+        1,
+    );
+    wait_until("8 long jobs started", Duration::from_secs(10), || {
+        let s = starts(&log);
+        long.iter().all(|id| s.contains_key(id))
+    });
+    let on_a: BTreeSet<i64> = log_lines(&log)
+        .iter()
+        .filter(|f| f[0] == "start" && pids_a.contains(&f[4]))
+        .filter_map(|f| f[1].parse().ok())
+        .filter(|id| long.contains(id))
+        .collect();
+    assert_eq!(on_a.len(), 4, "a runs 4 of the 8 long jobs");
+    a.signal(Signal::SIGKILL);
+    let _ = a.child.wait();
+    wait_until("b finishes every long job", Duration::from_secs(30), || {
+        let jobs = store.jobs();
+        long.iter().all(|id| {
+            jobs.iter()
+                .any(|j| j.id == *id && j.state == JobState::Succeeded)
+        })
+    });
+    b.signal(Signal::SIGTERM);
+    assert_eq!(b.wait_exit(Duration::from_secs(10)), 0);
+    let jobs = store.jobs();
+    for j in jobs.iter().filter(|j| on_a.contains(&j.id)) {
+        assert_eq!(
+            j.crashes, 1,
+            "job {} rescued from the killed instance",
+            j.id
+        );
+    }
+    assert_eq!(count_state(&jobs, JobState::Succeeded), 308);
+    assert!(
+        b.log_text().contains("job rescued from a dead processor"),
+        "{}",
+        b.log_text()
+    );
+}
+
+/// A job that always fails ends `dead` after max_attempts, with growing
+/// delays between attempts and the last error kept; a retry by request
+/// runs it again.
+#[test]
+fn always_failing_job_ends_dead_after_max_attempts() {
+    let store = TestStore::sqlite();
+    let jobs =
+        "[jobs.queues.default]\nconcurrency = 2\nmax_attempts = 4\nretry_backoff = \"100ms\"\n";
+    let (mut c, admin) = start_testworker(
+        &store,
+        "curfew.toml",
+        "workers = 1\nworker_concurrency = 4\n",
+        jobs,
+        &[],
+    );
+    let id = enqueue_many(admin, vec![job_body("broken", r#"{"status": 500}"#)], 1)[0];
+    wait_until("dead", Duration::from_secs(20), || {
+        store
+            .jobs()
+            .iter()
+            .any(|j| j.id == id && j.state == JobState::Dead)
+    });
+    let job = store.jobs().into_iter().find(|j| j.id == id).expect("job");
+    assert_eq!(job.attempt, 4);
+    assert!(
+        job.last_error.as_deref().unwrap_or("").contains("HTTP 500"),
+        "{:?}",
+        job.last_error
+    );
+    // Four deliveries, one per attempt.
+    let attempts: Vec<String> = log_lines(&store.log_path())
+        .into_iter()
+        .filter(|f| f[0] == "start")
+        .map(|f| f[2].clone())
+        .collect();
+    assert_eq!(attempts, ["1", "2", "3", "4"]);
+    assert_eq!(c.count_log("Job attempt failed; it will be retried."), 3);
+    assert_eq!(c.count_log("it is dead"), 1);
+    // The delays grew: read retry_in_ms of the three WARN lines.
+    let delays: Vec<u64> = c
+        .logs()
+        .iter()
+        .filter(|l| l.contains("Job attempt failed"))
+        .filter_map(|l| field(l, "retry_in_ms").and_then(|v| v.parse().ok()))
+        .collect();
+    assert_eq!(delays.len(), 3);
+    assert!(
+        delays[0] < delays[1] && delays[1] < delays[2],
+        "backoff grows: {delays:?}"
+    );
+    // An operator retries it: it runs again from attempt 1.
+    let (code, out, err) = c.ctl(&["jobs", "retry", &id.to_string()]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_until("fifth delivery", Duration::from_secs(10), || {
+        log_lines(&store.log_path())
+            .iter()
+            .filter(|f| f[0] == "start")
+            .count()
+            == 5
+    });
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(10)), 0);
+}
+
+/// Back-pressure: 429 / 503 with Retry-After postpones the job without
+/// spending an attempt.
+#[test]
+fn retry_after_postpones_without_spending_attempts() {
+    let store = TestStore::sqlite();
+    let jobs = "[jobs.queues.default]\nconcurrency = 1\nmax_attempts = 1\n";
+    let (mut c, admin) = start_testworker(
+        &store,
+        "curfew.toml",
+        "workers = 1\nworker_concurrency = 2\n",
+        jobs,
+        &[],
+    );
+    let id = enqueue_many(
+        admin,
+        vec![job_body("busy", r#"{"status": 429, "retry_after": "1"}"#)],
+        1,
+    )[0];
+    wait_until("two deliveries", Duration::from_secs(10), || {
+        starts(&store.log_path()).get(&id) >= Some(&2)
+    });
+    let job = store.jobs().into_iter().find(|j| j.id == id).expect("job");
+    assert!(
+        matches!(job.state, JobState::Queued | JobState::Running),
+        "{:?}",
+        job.state
+    );
+    assert!(
+        job.attempt <= 1,
+        "snoozes give the attempt back: {}",
+        job.attempt
+    );
+    assert!(c.log_text().contains("Job postponed (back-pressure)"));
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(10)), 0);
+}
+
+/// A command queue: payload on stdin, job in the environment, exit code
+/// decides.
+#[test]
+fn command_delivery_runs_the_job_with_its_payload_on_stdin() {
+    let store = TestStore::sqlite();
+    let out = store.dir.path().join("cmd.out");
+    let jobs = format!(
+        "[jobs.queues.shell]\nconcurrency = 2\nmax_attempts = 1\ncommand = [\"sh\", \"-c\", 'read -r p; echo \"$CURFEW_JOB_ID $CURFEW_JOB_KIND $p\" >> {}; test \"$CURFEW_JOB_KIND\" != bad || {{ echo boom >&2; exit 3; }}']\n",
+        out.display()
+    );
+    let (mut c, admin) = start_testworker(&store, "curfew.toml", "workers = 1\n", &jobs, &[]);
+    let good = enqueue_many(
+        admin,
+        vec![r#"{"queue": "shell", "kind": "good", "payload": {"a": 1}}"#.to_owned()],
+        1,
+    )[0];
+    let bad = enqueue_many(
+        admin,
+        vec![r#"{"queue": "shell", "kind": "bad", "payload": {}}"#.to_owned()],
+        1,
+    )[0];
+    wait_until("both ended", Duration::from_secs(10), || {
+        let jobs = store.jobs();
+        count_state(&jobs, JobState::Succeeded) == 1 && count_state(&jobs, JobState::Dead) == 1
+    });
+    let text = std::fs::read_to_string(&out).expect("command output");
+    assert!(text.contains(&format!("{good} good {{\"a\":1}}")), "{text}");
+    let dead = store
+        .jobs()
+        .into_iter()
+        .find(|j| j.id == bad)
+        .expect("bad job");
+    assert_eq!(dead.last_error.as_deref(), Some("exit code 3: boom"));
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(10)), 0);
+}
+
+/// Bad input through the API and the CLI: clear errors, nothing stored.
+#[test]
+fn bad_enqueues_are_refused_with_the_field_named() {
+    let store = TestStore::sqlite();
+    let jobs = "max_payload = 1000\n[jobs.queues.default]\n";
+    let (mut c, admin) = start_testworker(&store, "curfew.toml", "workers = 1\n", jobs, &[]);
+    let post = |body: &str| http(admin, "POST", "/jobs", &[], body.as_bytes()).expect("POST /jobs");
+    let r = post(r#"{"kind": "k", "queue": "nope"}"#);
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(
+        r.body.contains("unknown queue") && r.body.contains("default"),
+        "{}",
+        r.body
+    );
+    let r = post(r#"{"kind": "has space"}"#);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("kind"), "{}", r.body);
+    let r = post(&format!(
+        r#"{{"kind": "k", "payload": "{}"}}"#,
+        "x".repeat(2000)
+    ));
+    assert_eq!(r.status, 413, "{}", r.body);
+    let r = post("{not json");
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = post(r#"{"kind": "k", "priorty": 1}"#);
+    assert!(r.status == 400 && r.body.contains("priorty"), "{}", r.body);
+    let (code, _, err) = c.ctl(&["enqueue", "k", "--payload", "{oops"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--payload"), "{err}");
+    let (code, _, err) = c.ctl(&["enqueue", "k", "--queue", "nope"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown queue"), "{err}");
+    // Idempotency: the same key twice is one job.
+    let key = [("Idempotency-Key", "order-42")];
+    let r1 = http(admin, "POST", "/jobs", &key, br#"{"kind": "k"}"#).expect("post");
+    let r2 = http(admin, "POST", "/jobs", &key, br#"{"kind": "k"}"#).expect("post");
+    assert_eq!((r1.status, r2.status), (201, 200));
+    let id1: serde_json::Value = serde_json::from_str(&r1.body).expect("json");
+    let id2: serde_json::Value = serde_json::from_str(&r2.body).expect("json");
+    assert_eq!(id1["id"], id2["id"]);
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(10)), 0);
+    assert_eq!(store.jobs().len(), 1, "only the valid job was stored");
+}
+
+/// `curfew enqueue`, `curfew jobs`, `curfew status` and /metrics show the
+/// queues.
+#[test]
+fn cli_status_and_metrics_show_the_queues() {
+    let store = TestStore::sqlite();
+    let jobs = "[jobs.queues.mail]\nconcurrency = 1\n[jobs.queues.slow]\nconcurrency = 1\n";
+    let (mut c, admin) = start_testworker(
+        &store,
+        "curfew.toml",
+        "workers = 1\nworker_concurrency = 4\n",
+        jobs,
+        &[],
+    );
+    let (code, out, err) = c.ctl(&[
+        "enqueue",
+        "send",
+        "-q",
+        "mail",
+        "--payload",
+        r#"{"to": "a@b.c"}"#,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("enqueued job 1 in queue mail"), "{out}");
+    let (code, _, err) = c.ctl(&["enqueue", "later", "-q", "slow", "--delay", "3600"]);
+    assert_eq!(code, 0, "{err}");
+    wait_until("job 1 done", Duration::from_secs(10), || {
+        dones(&store.log_path()).contains(&1)
+    });
+    let (code, out, _) = c.ctl(&["jobs"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("succeeded") && out.contains("queued") && out.contains("later"),
+        "{out}"
+    );
+    let (_, out, _) = c.ctl(&["jobs", "show", "2"]);
+    let job: serde_json::Value = serde_json::from_str(&out).expect("job json");
+    assert_eq!(job["kind"], "later");
+    let (_, out, _) = c.ctl(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&out).expect("status json");
+    let queues = status["jobs"]["queues"].as_array().expect("queues");
+    let slow = queues
+        .iter()
+        .find(|q| q["queue"] == "slow")
+        .expect("slow queue");
+    assert_eq!(slow["store"]["scheduled"], 1);
+    let mail = queues
+        .iter()
+        .find(|q| q["queue"] == "mail")
+        .expect("mail queue");
+    assert_eq!(mail["succeeded"], 1);
+    let (_, table, _) = c.ctl(&["status"]);
+    assert!(table.contains("QUEUE") && table.contains("slow"), "{table}");
+    let metrics = get(admin, "/metrics").body;
+    assert!(
+        metrics.contains(r#"curfew_jobs{queue="slow",state="scheduled"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"curfew_jobs_processed_total{queue="mail",outcome="succeeded"} 1"#),
+        "{metrics}"
+    );
+    // SIGUSR1 logs the queues.
+    c.signal(Signal::SIGUSR1);
+    c.wait_log("Status: job queue.", Duration::from_secs(5));
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(10)), 0);
+}
+
+/// An unreachable store at start is a clear error naming it, exit 1 (curfew
+/// does not start without the store its config names).
+#[test]
+fn unreachable_store_at_start_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("curfew.toml");
+    std::fs::write(
+        &config,
+        "[jobs]\nstore = \"postgres://postgres@127.0.0.1:1/none\"\n",
+    )
+    .expect("write");
+    let mut c = Curfew::spawn(Opts::testworker(
+        &["--config", config.to_str().expect("utf-8")],
+        &[],
+    ));
+    assert_eq!(c.wait_exit(Duration::from_secs(30)), 1);
+    let text = c.log_text();
+    assert!(
+        text.contains("cannot open the job store") && text.contains("127.0.0.1:1"),
+        "{text}"
+    );
+}
+
+/// A TCP relay in front of PostgreSQL that can be cut (every connection
+/// reset, new ones refused) and restored: the database "goes away" for
+/// curfew the way a network partition or a server restart looks.
+struct Relay {
+    port: u16,
+    state: std::sync::Arc<RelayState>,
+}
+
+struct RelayState {
+    up: std::sync::atomic::AtomicBool,
+    conns: std::sync::Mutex<Vec<TcpStream>>,
+}
+
+impl Relay {
+    fn start(target: u16) -> Relay {
+        let port = free_port();
+        let state = std::sync::Arc::new(RelayState {
+            up: std::sync::atomic::AtomicBool::new(true),
+            conns: std::sync::Mutex::new(Vec::new()),
+        });
+        let st = state.clone();
+        std::thread::spawn(move || {
+            let mut listener: Option<std::net::TcpListener> = None;
+            // Bounded: the relay dies with the test process at the latest.
+            loop {
+                let up = st.up.load(std::sync::atomic::Ordering::SeqCst);
+                if up && listener.is_none() {
+                    let l = std::net::TcpListener::bind(("127.0.0.1", port)).expect("relay bind");
+                    l.set_nonblocking(true).expect("nonblocking");
+                    listener = Some(l);
+                } else if !up && listener.is_some() {
+                    listener = None; // closed: connects are refused
+                }
+                let accepted = listener.as_ref().and_then(|l| l.accept().ok());
+                let Some((client, _)) = accepted else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let mut conns = st.conns.lock().expect("conns");
+                for (from, to) in [(&client, &server), (&server, &client)] {
+                    let (mut from, mut to) = (
+                        from.try_clone().expect("clone"),
+                        to.try_clone().expect("clone"),
+                    );
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                conns.push(client);
+                conns.push(server);
+            }
+        });
+        Relay { port, state }
+    }
+
+    fn cut(&self) {
+        self.state
+            .up
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.state.conns.lock().expect("conns").drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.state
+            .up
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The database goes away mid-run: web traffic is unaffected, the outage is
+/// reported once (WARN) and its end once (INFO), enqueues answer 503 with
+/// Retry-After (nothing stored, nothing lost), and jobs flow again after.
+#[test]
+fn database_outage_mid_run_keeps_web_traffic_and_recovers() {
+    let mut store = TestStore::postgres();
+    let pg_port: u16 = pg_url()
+        .rsplit_once(':')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(5432);
+    let relay = Relay::start(pg_port);
+    store.url = format!("postgres://postgres@127.0.0.1:{}/test", relay.port);
+    let jobs =
+        "lease = \"3s\"\npoll_interval = \"200ms\"\n[jobs.queues.default]\nconcurrency = 2\n";
+    let (mut c, admin) = start_testworker(&store, "curfew.toml", "workers = 2\n", jobs, &[]);
+    let first = enqueue_many(admin, vec![job_body("before", r#"{"ms": 1}"#)], 1);
+    let log = store.log_path();
+    wait_until("first job done", Duration::from_secs(10), || {
+        dones(&log).contains(&first[0])
+    });
+
+    relay.cut();
+    let load = Load::start(c.port, &["/"], 2, 3000);
+    std::thread::sleep(Duration::from_millis(500));
+    let r = http(admin, "POST", "/jobs", &[], br#"{"kind": "during"}"#).expect("POST /jobs");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    let result = load.finish();
+    assert_eq!(
+        result.n("failed"),
+        0,
+        "web traffic during the outage: {:?}",
+        result.json
+    );
+    assert_eq!(result.other_statuses("200"), 0, "{:?}", result.json);
+    c.wait_log("Job store unreachable", Duration::from_secs(10));
+
+    relay.restore();
+    c.wait_log("Job store reachable again", Duration::from_secs(30));
+    let after = enqueue_many(admin, vec![job_body("after", r#"{"ms": 1}"#)], 1);
+    wait_until("job after the outage done", Duration::from_secs(15), || {
+        dones(&log).contains(&after[0])
+    });
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(15)), 0, "{}", c.log_text());
+    assert_eq!(
+        c.count_log("Job store unreachable"),
+        1,
+        "one WARN per outage:\n{}",
+        c.log_text()
+    );
+    // Back to the real port to read what was stored.
+    store.url = pg_url();
+    let jobs = store.jobs();
+    assert_eq!(jobs.len(), 2, "the refused enqueue stored nothing");
+    assert_eq!(count_state(&jobs, JobState::Succeeded), 2);
+}
+
+/// Only curfew's deliveries carry the job token: a client cannot forge a job
+/// delivery through the front, even knowing the token.
+#[test]
+fn clients_cannot_forge_job_deliveries() {
+    let store = TestStore::sqlite();
+    let (mut c, admin) = start_testworker(
+        &store,
+        "curfew.toml",
+        "workers = 1\n",
+        "[jobs.queues.default]\n",
+        &[],
+    );
+    let token = get(c.port, "/env?name=CURFEW_JOB_TOKEN").body;
+    assert_eq!(token.len(), 32, "workers get the token: {token:?}");
+    let forged = http(
+        c.port,
+        "POST",
+        "/jobs/x",
+        &[("X-Curfew-Job-Token", &token), ("X-Job-Id", "1")],
+        b"{}",
+    )
+    .expect("post");
+    assert_eq!(
+        forged.status, 403,
+        "the front strips the token from clients: {}",
+        forged.body
+    );
+    let id = enqueue_many(admin, vec![job_body("real", "{}")], 1)[0];
+    wait_until("the real job done", Duration::from_secs(10), || {
+        dones(&store.log_path()).contains(&id)
+    });
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(10)), 0);
+}
