@@ -471,44 +471,41 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key() {
-        assert_eq!(key_of(parse("[jobs]\nstore = \"mysql://x\"")), "jobs.store");
-        assert_eq!(key_of(parse("[jobs]\nlease = \"10ms\"")), "jobs.lease");
-        assert_eq!(
-            key_of(parse("[jobs]\nrelease_reserve = \"30s\"")),
-            "jobs.release_reserve"
-        );
-        assert_eq!(key_of(parse("[jobs]\nnode = \"a/b\"")), "jobs.node");
-        assert_eq!(
-            key_of(parse("[jobs]\npg_schema = \"Bad-Name\"")),
-            "jobs.pg_schema"
-        );
-        assert_eq!(key_of(parse("[jobs]\nmax_payload = 0")), "jobs.max_payload");
-        assert_eq!(key_of(parse("[jobs.queues.\"a b\"]")), "jobs.queues");
-        assert_eq!(
-            key_of(parse("[jobs.queues.q]\nconcurrency = 0")),
-            "jobs.queues.q.concurrency"
-        );
-        assert_eq!(
-            key_of(parse("[jobs.queues.q]\npath = \"jobs\"")),
-            "jobs.queues.q.path"
-        );
-        assert_eq!(
-            key_of(parse("[jobs.queues.q]\npath = \"/j/{job}\"")),
-            "jobs.queues.q.path"
-        );
-        assert_eq!(
-            key_of(parse("[jobs.queues.q]\npath = \"/j\"\ncommand = \"true\"")),
-            "jobs.queues.q.command"
-        );
-        assert_eq!(
-            key_of(parse("[jobs.queues.q]\ncommand = \"no-such-program-xyz\"")),
-            "jobs.queues.q.command"
-        );
-        assert_eq!(
-            key_of(parse("[jobs.queues.q]\nmax_attempts = 0")),
-            "jobs.queues.q.max_attempts"
-        );
-        assert_eq!(key_of(parse("[jobs]\nqueues = {}")), "jobs.queues");
+        let cases = [
+            ("[jobs]\nstore = \"mysql://x\"", "jobs.store"),
+            ("[jobs]\nlease = \"10ms\"", "jobs.lease"),
+            ("[jobs]\nrelease_reserve = \"30s\"", "jobs.release_reserve"),
+            ("[jobs]\nnode = \"a/b\"", "jobs.node"),
+            ("[jobs]\npg_schema = \"Bad-Name\"", "jobs.pg_schema"),
+            ("[jobs]\nmax_payload = 0", "jobs.max_payload"),
+            ("[jobs]\nqueues = {}", "jobs.queues"),
+            ("[jobs.queues.\"a b\"]", "jobs.queues"),
+            (
+                "[jobs.queues.q]\nconcurrency = 0",
+                "jobs.queues.q.concurrency",
+            ),
+            ("[jobs.queues.q]\npath = \"jobs\"", "jobs.queues.q.path"),
+            ("[jobs.queues.q]\npath = \"/j/{job}\"", "jobs.queues.q.path"),
+            (
+                "[jobs.queues.q]\npath = \"/j\"\ncommand = \"true\"",
+                "jobs.queues.q.command",
+            ),
+            (
+                "[jobs.queues.q]\ncommand = \"no-such-program-xyz\"",
+                "jobs.queues.q.command",
+            ),
+            (
+                "[jobs.queues.q]\nmax_attempts = 0",
+                "jobs.queues.q.max_attempts",
+            ),
+            (
+                "[jobs.queues.q]\nretry_backoff = \"1ms\"",
+                "jobs.queues.q.retry_backoff",
+            ),
+        ];
+        for (text, key) in cases {
+            assert_eq!(key_of(parse(text)), key, "{text}");
+        }
     }
 
     #[test]

@@ -1052,3 +1052,46 @@ fn clients_cannot_forge_job_deliveries() {
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit(Duration::from_secs(10)), 0);
 }
+
+/// A job that outlives its timeout on a sync worker is a failed attempt and
+/// the worker, still stuck in it, is aborted as hung and replaced; a job
+/// that kills its worker mid-run is a failed attempt too. Web requests keep
+/// being answered throughout.
+#[test]
+fn job_timeouts_and_worker_crashes_are_failed_attempts() {
+    let store = TestStore::sqlite();
+    let jobs = "[jobs.queues.default]\nconcurrency = 1\nmax_attempts = 1\ntimeout = \"500ms\"\n";
+    let (mut c, admin) = start_testworker(
+        &store,
+        "curfew.toml",
+        "workers = 2\nworker_concurrency = 1\nabort_timeout = \"200ms\"\n",
+        jobs,
+        &[],
+    );
+    let slow = enqueue_many(admin, vec![job_body("slow", r#"{"ms": 30000}"#)], 1)[0];
+    let find = |id: i64| store.jobs().into_iter().find(|j| j.id == id).expect("job");
+    wait_until("slow job dead", Duration::from_secs(10), || {
+        find(slow).state == JobState::Dead
+    });
+    let error = find(slow).last_error.unwrap_or_default();
+    assert!(error.contains("timed out"), "{error}");
+    c.wait_log("Worker ready.", Duration::from_secs(1));
+    wait_until("hung worker replaced", Duration::from_secs(10), || {
+        c.count_log("Worker ready.") >= 3
+    });
+    assert!(
+        c.log_text().contains("job exceeded its timeout"),
+        "{}",
+        c.log_text()
+    );
+
+    let crash = enqueue_many(admin, vec![job_body("crash", r#"{"crash": true}"#)], 1)[0];
+    wait_until("crash job dead", Duration::from_secs(10), || {
+        find(crash).state == JobState::Dead
+    });
+    let error = find(crash).last_error.unwrap_or_default();
+    assert!(error.contains("failed during the job"), "{error}");
+    assert_eq!(get(c.port, "/").status, 200);
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(10)), 0);
+}
