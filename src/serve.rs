@@ -917,6 +917,9 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.log_format != new.log_format || old.log_level != new.log_level {
         out.push("log_format/log_level");
     }
+    if old.jobs != new.jobs {
+        out.push("jobs");
+    }
     out
 }
 
@@ -967,5 +970,31 @@ async fn log_status(run: &Run) {
         for r in jobs.running {
             tracing::info!(job_id = r.id, queue = %r.queue, kind = %r.kind, attempt = r.attempt, age_ms = r.age_ms, "Status: running job.");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(extra: &str) -> Config {
+        let raw: crate::config::raw::RawConfig =
+            toml::from_str(&format!("command = \"sh\"\n{extra}")).expect("toml");
+        crate::config::validate(raw, &Default::default()).expect("valid config")
+    }
+
+    #[test]
+    fn a_reload_names_the_settings_it_cannot_apply() {
+        let base = cfg("");
+        assert!(needs_restart(&base, &cfg("workers = 3")).is_empty());
+        assert_eq!(
+            needs_restart(&base, &cfg("bind = \"127.0.0.1:9\"")),
+            ["bind"]
+        );
+        assert_eq!(needs_restart(&base, &cfg("[jobs]")), ["jobs"]);
+        assert_eq!(
+            needs_restart(&cfg("[jobs]"), &cfg("[jobs]\nlease = \"10s\"")),
+            ["jobs"]
+        );
     }
 }
