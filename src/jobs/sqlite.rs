@@ -96,7 +96,29 @@ impl WriteTx {
 }
 
 impl SqliteStore {
+    /// Opens the file and migrates it. Processes opening a new file at the
+    /// same moment can get `SQLITE_BUSY` without SQLite's busy handler being
+    /// consulted (the switch of a fresh file to WAL, or a reader meeting a
+    /// WAL recovery in progress): such an open is tried again, for up to
+    /// `acquire_timeout`.
     pub(crate) async fn open(path: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
+        let deadline = tokio::time::Instant::now() + options.acquire_timeout;
+        let mut pause = std::time::Duration::from_millis(10);
+        loop {
+            match SqliteStore::open_once(path, options).await {
+                Err(StoreError::Unavailable { source, .. })
+                    if is_busy(&source) && tokio::time::Instant::now() + pause < deadline =>
+                {
+                    tracing::debug!(error = %source, "SQLite store busy while opening; trying again.");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_millis(200));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn open_once(path: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
         let name: Arc<str> = format!("sqlite://{}", path.display()).into();
         let connect = SqliteConnectOptions::new()
             .filename(path)
@@ -644,5 +666,16 @@ impl SqliteStore {
             .fetch_optional(&mut **tx)
             .await?;
         Ok(Outcome::from_state(state))
+    }
+}
+
+/// SQLITE_BUSY or SQLITE_LOCKED (any extended code).
+fn is_busy(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| matches!(c & 0xff, 5 | 6)),
+        _ => false,
     }
 }
