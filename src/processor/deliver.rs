@@ -140,6 +140,12 @@ pub async fn http(
                     SystemTime::now(),
                 )
             }
+            Ok(Err(_)) if front.router.stopped_by_curfew(lease.uid) => Verdict::Interrupted {
+                why: format!(
+                    "its worker {} was stopped by curfew (reload, recycle or scale down) before the job finished",
+                    lease.worker_id
+                ),
+            },
             Ok(Err(e)) => {
                 front.router.suspend(lease.uid, SUSPEND_AFTER_FAILURE);
                 front.router.note_broken(lease.uid, request_name());

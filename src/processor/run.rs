@@ -146,6 +146,11 @@ impl Inner {
                     .snooze(job.id, token, now_ms() + after.as_millis() as i64)
                     .await
                     .map(|ok| ok.then_some(None)),
+                Verdict::Interrupted { why } => self
+                    .store
+                    .release(&[(job.id, token.to_owned())], why)
+                    .await
+                    .map(|ids| (!ids.is_empty()).then_some(None)),
                 Verdict::Fail { error } => self
                     .store
                     .fail(
@@ -172,6 +177,10 @@ impl Inner {
                         (Verdict::Done, _) => {
                             q.counters.succeeded.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(job_id = id, queue = %queue, kind = %kind, attempt, took_ms, "Job succeeded.");
+                        }
+                        (Verdict::Interrupted { why }, _) => {
+                            q.counters.released.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(job_id = id, queue = %queue, kind = %kind, attempt, took_ms, why = %why, "Job interrupted by curfew and handed back to its queue (the attempt is not counted as a failure).");
                         }
                         (Verdict::Snooze { after, why }, _) => {
                             q.counters.snoozed.fetch_add(1, Ordering::Relaxed);

@@ -21,6 +21,9 @@ pub enum Verdict {
     Snooze { after: Duration, why: String },
     /// A failed attempt (retried with backoff, or dead after max_attempts).
     Fail { error: String },
+    /// Cut off by curfew itself (its worker was replaced or removed before
+    /// the job finished): handed back, the attempt not counted.
+    Interrupted { why: String },
 }
 
 /// The verdict on an HTTP answer: 2xx done; 429, or 503 with

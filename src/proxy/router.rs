@@ -100,6 +100,9 @@ pub struct Router {
     broken: Mutex<VecDeque<(u64, String, Instant)>>,
     /// Called once when a worker reaches its `max_requests`.
     on_recycle: std::sync::OnceLock<RecycleHandler>,
+    /// Workers curfew stopped with work still in flight (uids are never
+    /// reused; only drains that ran out add one).
+    cut_by_curfew: Mutex<std::collections::HashSet<u64>>,
     concurrency: usize,
     backlog: usize,
     next_req: AtomicU64,
@@ -148,6 +151,7 @@ impl Router {
             released: tokio::sync::Notify::new(),
             broken: Mutex::new(VecDeque::new()),
             on_recycle: std::sync::OnceLock::new(),
+            cut_by_curfew: Mutex::new(std::collections::HashSet::new()),
             concurrency: concurrency.max(1),
             backlog,
             next_req: AtomicU64::new(1),
@@ -326,7 +330,10 @@ impl Router {
             .unwrap_or(0)
     }
 
-    /// Wait until worker `uid` has no request in flight; `false` after `timeout`.
+    /// Wait until worker `uid` has no request in flight; `false` after
+    /// `timeout`. Called by the supervisor right before it stops a worker it
+    /// is replacing or removing: after a `false`, the worker is marked as
+    /// stopped by curfew with work in flight ([`Router::stopped_by_curfew`]).
     pub async fn drained(&self, uid: u64, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -337,9 +344,26 @@ impl Router {
                 return true;
             }
             if tokio::time::timeout_at(deadline, released).await.is_err() {
-                return self.in_flight_of(uid) == 0;
+                let done = self.in_flight_of(uid) == 0;
+                if !done {
+                    self.cut_by_curfew
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(uid);
+                }
+                return done;
             }
         }
+    }
+
+    /// Whether curfew is stopping worker `uid` (a reload, recycle or scale
+    /// down whose drain ran out) while work was still on it: a connection to
+    /// it that breaks now was cut by curfew, not by the app.
+    pub fn stopped_by_curfew(&self, uid: u64) -> bool {
+        self.cut_by_curfew
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&uid)
     }
 
     /// Hand free slots to waiting requests, oldest first.

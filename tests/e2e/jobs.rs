@@ -1095,3 +1095,45 @@ fn job_timeouts_and_worker_crashes_are_failed_attempts() {
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit(Duration::from_secs(10)), 0);
 }
+
+/// A reload replaces a worker that is still running a job past
+/// graceful_timeout: the job is handed back (not a failed attempt) and runs
+/// again on the new generation.
+#[test]
+fn a_reload_hands_back_jobs_its_old_workers_could_not_finish() {
+    let store = TestStore::sqlite();
+    let top = "workers = 1\nworker_concurrency = 4\ngraceful_timeout = \"1s\"\nworker_stop_timeout = \"300ms\"\n";
+    let jobs = "[jobs.queues.default]\nconcurrency = 1\nmax_attempts = 1\n";
+    let (mut c, admin) = start_testworker(&store, "curfew.toml", top, jobs, &[]);
+    let id = enqueue_many(admin, vec![job_body("long", r#"{"ms": 4000}"#)], 1)[0];
+    let log = store.log_path();
+    wait_until("job started", Duration::from_secs(10), || {
+        starts(&log).contains_key(&id)
+    });
+    let (code, out, err) = c.ctl(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    c.wait_log("Job interrupted by curfew", Duration::from_secs(10));
+    wait_until(
+        "job succeeded on the new generation",
+        Duration::from_secs(15),
+        || {
+            store
+                .jobs()
+                .iter()
+                .any(|j| j.id == id && j.state == JobState::Succeeded)
+        },
+    );
+    let job = store.jobs().into_iter().find(|j| j.id == id).expect("job");
+    assert_eq!(
+        (job.attempt, job.releases),
+        (1, 1),
+        "handed back once, then one real attempt"
+    );
+    assert_eq!(starts(&log)[&id], 2);
+    assert_eq!(c.count_log("Job attempt failed"), 0, "{}", c.log_text());
+    assert_eq!(c.count_log("it is dead"), 0);
+    c.signal(Signal::SIGTERM);
+    // 3, not 0: the old worker, still in the job, had to be SIGKILLed after
+    // worker_stop_timeout (a forced stop, logged as such).
+    assert_eq!(c.wait_exit(Duration::from_secs(15)), 3);
+}
