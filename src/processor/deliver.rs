@@ -21,11 +21,6 @@ use crate::proxy::upstream;
 use crate::supervisor::command::{self, AbortOnDrop, CommandOutcome, CommandSpec};
 use crate::supervisor::reaper::{ExitStatus, Reaper};
 
-/// A worker whose connection broke gets no new work for this long (time for
-/// the supervisor to learn whether it died), as for requests.
-const SUSPEND_AFTER_FAILURE: Duration = Duration::from_millis(250);
-/// A hung sync worker stays out of routing until it has been replaced.
-const HUNG_SUSPENSION: Duration = Duration::from_secs(3600);
 /// No worker slot became free: try the job again after this (no attempt spent).
 const NO_WORKER_SNOOZE: Duration = Duration::from_secs(1);
 /// A stopped command gets this long between SIGTERM and SIGKILL.
@@ -86,7 +81,7 @@ pub async fn http(
             }
             Ok(Err(e)) => {
                 tracing::debug!(worker = lease.worker_id, error = %e, "Worker refused a job connection; trying another.");
-                front.router.suspend(lease.uid, SUSPEND_AFTER_FAILURE);
+                front.worker_refused(lease.uid);
                 excluded.push(lease.uid);
                 continue;
             }
@@ -147,8 +142,7 @@ pub async fn http(
                 ),
             },
             Ok(Err(e)) => {
-                front.router.suspend(lease.uid, SUSPEND_AFTER_FAILURE);
-                front.router.note_broken(lease.uid, request_name());
+                front.worker_broke(lease.uid, request_name());
                 Verdict::Fail {
                     error: format!(
                         "worker {} failed during the job (it closed the connection or died): {e}",
@@ -161,8 +155,7 @@ pub async fn http(
                     // A sync worker still busy with the job past its timeout
                     // is hung: it would take no other work. Abort it (stack
                     // dump) like a hung request.
-                    front.router.suspend(lease.uid, HUNG_SUSPENSION);
-                    front.report_hung(
+                    front.worker_hung(
                         lease.uid,
                         format!("job exceeded its timeout ({timeout:?})"),
                         request_name(),

@@ -22,13 +22,6 @@ use super::headers;
 use super::router::Rejected;
 use super::upstream::ConnectError;
 
-/// How long a worker whose connection broke or refused gets no new request
-/// (time for the supervisor to learn whether it died).
-const SUSPEND_AFTER_FAILURE: std::time::Duration = std::time::Duration::from_millis(250);
-
-/// A hung worker stays out of routing until the supervisor has replaced it.
-const HUNG_SUSPENSION: std::time::Duration = std::time::Duration::from_secs(3600);
-
 /// Run `f` until `deadline` (`None` when it passed first).
 async fn until<F: std::future::Future>(
     deadline: Option<tokio::time::Instant>,
@@ -182,7 +175,7 @@ async fn forward(
                 }
                 Err(e) => {
                     tracing::debug!(worker = lease.worker_id, error = %e, "Worker refused the connection; trying another.");
-                    front.router.suspend(lease.uid, SUSPEND_AFTER_FAILURE);
+                    front.worker_refused(lease.uid);
                     excluded.push(lease.uid);
                     continue;
                 }
@@ -196,8 +189,7 @@ async fn forward(
             if front.worker_concurrency == 1 {
                 // A sync worker that has not answered in `timeout` is hung:
                 // keep it out of routing and have the supervisor abort it.
-                front.router.suspend(lease.uid, HUNG_SUSPENSION);
-                front.report_hung(
+                front.worker_hung(
                     lease.uid,
                     format!(
                         "request exceeded timeout ({:?})",
@@ -231,8 +223,7 @@ async fn forward(
                     continue;
                 }
                 None => {
-                    front.router.suspend(lease.uid, SUSPEND_AFTER_FAILURE);
-                    front.router.note_broken(
+                    front.worker_broke(
                         lease.uid,
                         format!("{method} {path} (age {} ms)", started.elapsed().as_millis()),
                     );

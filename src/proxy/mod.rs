@@ -34,6 +34,12 @@ use router::Router;
 
 pub type HungHandler = Box<dyn Fn(u64, String, String) + Send + Sync>;
 
+/// How long a worker whose connection broke or refused gets no new work.
+const SUSPEND_AFTER_FAILURE: Duration = Duration::from_millis(250);
+
+/// A hung worker stays out of routing until the supervisor has replaced it.
+const HUNG_SUSPENSION: Duration = Duration::from_secs(3600);
+
 /// Shared state of the front.
 pub struct Front {
     pub router: Arc<Router>,
@@ -89,7 +95,24 @@ impl Front {
         let _ = self.on_hung.set(f);
     }
 
-    pub(crate) fn report_hung(&self, uid: u64, reason: String, request: String) {
+    /// Worker `uid` refused a connection: no new work for it for a moment
+    /// (time for the supervisor to learn whether it died).
+    pub(crate) fn worker_refused(self: &Arc<Self>, uid: u64) {
+        self.router.suspend(uid, SUSPEND_AFTER_FAILURE);
+    }
+
+    /// Worker `uid` broke (closed the connection or died) while serving
+    /// `request`: no new work for it for a moment, and the request is
+    /// remembered so the supervisor can name it if the worker died.
+    pub(crate) fn worker_broke(self: &Arc<Self>, uid: u64, request: String) {
+        self.router.suspend(uid, SUSPEND_AFTER_FAILURE);
+        self.router.note_broken(uid, request);
+    }
+
+    /// A sync worker is hung in `request`: out of routing until it is
+    /// replaced, and the supervisor aborts it (stack dump).
+    pub(crate) fn worker_hung(self: &Arc<Self>, uid: u64, reason: String, request: String) {
+        self.router.suspend(uid, HUNG_SUSPENSION);
         if let Some(f) = self.on_hung.get() {
             f(uid, reason, request);
         }
