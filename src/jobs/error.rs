@@ -94,6 +94,16 @@ impl StoreError {
     }
 }
 
+/// The primary result code of a SQLite error (SQLite reports extended
+/// codes; the primary code is their low byte): the low byte of any numeric
+/// database error code. `None` for errors without one.
+pub(crate) fn sqlite_primary_code(error: &sqlx::Error) -> Option<i32> {
+    match error {
+        sqlx::Error::Database(db) => db.code()?.parse::<i32>().ok().map(|c| c & 0xff),
+        _ => None,
+    }
+}
+
 /// Whether a database error means "the database cannot serve us right now"
 /// rather than "this statement is wrong".
 fn is_unavailable(error: &sqlx::Error) -> bool {
@@ -108,10 +118,9 @@ fn is_unavailable(error: &sqlx::Error) -> bool {
             let Some(code) = db.code() else {
                 return false;
             };
-            if let Ok(sqlite_code) = code.parse::<i32>() {
-                // SQLite (extended result codes; the primary code is the low
-                // byte): BUSY, LOCKED, IOERR, FULL, CANTOPEN.
-                return matches!(sqlite_code & 0xff, 5 | 6 | 10 | 13 | 14);
+            if let Some(primary) = sqlite_primary_code(error) {
+                // BUSY, LOCKED, IOERR, FULL, CANTOPEN.
+                return matches!(primary, 5 | 6 | 10 | 13 | 14);
             }
             // PostgreSQL SQLSTATE: connection exception, insufficient
             // resources, operator intervention (shutdown, recovery),

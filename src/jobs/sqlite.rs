@@ -671,11 +671,5 @@ impl SqliteStore {
 
 /// SQLITE_BUSY or SQLITE_LOCKED (any extended code).
 fn is_busy(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Database(db) => db
-            .code()
-            .and_then(|c| c.parse::<i32>().ok())
-            .is_some_and(|c| matches!(c & 0xff, 5 | 6)),
-        _ => false,
-    }
+    matches!(super::error::sqlite_primary_code(e), Some(5 | 6))
 }
