@@ -95,11 +95,15 @@ impl StoreError {
 }
 
 /// The primary result code of a SQLite error (SQLite reports extended
-/// codes; the primary code is their low byte): the low byte of any numeric
-/// database error code. `None` for errors without one.
+/// codes; the primary code is their low byte). `None` for anything else —
+/// in particular PostgreSQL's SQLSTATEs, many of which are digits too
+/// (`08006`, `40001`, `53300`).
 pub(crate) fn sqlite_primary_code(error: &sqlx::Error) -> Option<i32> {
     match error {
-        sqlx::Error::Database(db) => db.code()?.parse::<i32>().ok().map(|c| c & 0xff),
+        sqlx::Error::Database(db) => {
+            db.try_downcast_ref::<sqlx::sqlite::SqliteError>()?;
+            db.code()?.parse::<i32>().ok().map(|c| c & 0xff)
+        }
         _ => None,
     }
 }
@@ -138,6 +142,58 @@ fn is_unavailable(error: &sqlx::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A database error with a given SQLSTATE, as PostgreSQL would report it.
+    #[derive(Debug)]
+    struct Sqlstate(&'static str);
+
+    impl std::fmt::Display for Sqlstate {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "SQLSTATE {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Sqlstate {}
+
+    impl sqlx::error::DatabaseError for Sqlstate {
+        fn message(&self) -> &str {
+            self.0
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn postgres(code: &'static str) -> StoreError {
+        StoreError::from_sqlx(
+            "postgres://x",
+            sqlx::Error::Database(Box::new(Sqlstate(code))),
+        )
+    }
+
+    #[test]
+    fn postgres_sqlstates_are_not_read_as_sqlite_codes() {
+        // All-digit SQLSTATEs: connection failure, serialization failure,
+        // too many connections. Read as SQLite codes they were "not retryable".
+        for code in ["08006", "40001", "53300", "57P01", "40P01"] {
+            assert!(postgres(code).is_retryable(), "{code}");
+        }
+        for code in ["23505", "42P01", "22P02"] {
+            assert!(!postgres(code).is_retryable(), "{code}");
+        }
+    }
 
     #[test]
     fn connection_errors_are_retryable() {
