@@ -16,9 +16,9 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
-use crate::jobs::{JobState, ListFilter, now_ms};
+use crate::jobs::ListFilter;
 use crate::processor::Processor;
-use crate::processor::api::{self, ApiError, EnqueueReply};
+use crate::processor::api::{self, ApiError};
 
 pub async fn respond(jobs: Option<&Processor>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let Some(jobs) = jobs else {
@@ -50,13 +50,7 @@ async fn handle(
                     status: 404,
                     message: format!("not found: {p}; a job is at /jobs/<numeric id>"),
                 })?;
-            match jobs.store().get(id).await? {
-                Some(job) => Ok(json(StatusCode::OK, &job)),
-                None => Err(ApiError {
-                    status: 404,
-                    message: format!("job {id} not found"),
-                }),
-            }
+            Ok(json(StatusCode::OK, &jobs.job(id).await?))
         }
         (m, p) => Err(ApiError {
             status: 405,
@@ -107,22 +101,13 @@ async fn enqueue(
         (None, Some(b)) => request.idempotency_key = Some(b),
         _ => {}
     }
-    let job = request.into_new_job(now_ms())?;
-    let queue = job.queue.clone();
-    let enqueued = jobs.enqueue(job).await?;
-    let status = if enqueued.created {
+    let reply = jobs.submit(request).await?;
+    let status = if reply.created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok(json(
-        status,
-        &EnqueueReply {
-            id: enqueued.id,
-            created: enqueued.created,
-            queue,
-        },
-    ))
+    Ok(json(status, &reply))
 }
 
 async fn list(jobs: &Processor, query: &str) -> Result<Response<Full<Bytes>>, ApiError> {
@@ -138,12 +123,7 @@ pub fn parse_filter(query: &str) -> Result<ListFilter, ApiError> {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k {
             "queue" => filter.queue = Some(v.to_owned()),
-            "state" => {
-                filter.state = Some(
-                    v.parse::<JobState>()
-                        .map_err(|e| ApiError::bad(format!("invalid state: {e}")))?,
-                )
-            }
+            "state" => filter.state = Some(api::parse_state(v)?),
             "limit" => {
                 filter.limit = v.parse().map_err(|_| {
                     ApiError::bad(format!(
@@ -198,7 +178,7 @@ mod tests {
     fn filters() {
         let f = parse_filter("queue=mail&state=dead&limit=5&after=10").expect("valid");
         assert_eq!(f.queue.as_deref(), Some("mail"));
-        assert_eq!(f.state, Some(JobState::Dead));
+        assert_eq!(f.state, Some(crate::jobs::JobState::Dead));
         assert_eq!(f.limit, 5);
         assert_eq!(f.after_id, Some(10));
         assert!(

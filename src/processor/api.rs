@@ -191,6 +191,12 @@ pub fn parse_time(text: &str) -> Result<i64, ApiError> {
         })
 }
 
+/// A job state as given by a user (`--state`, `?state=`).
+pub fn parse_state(text: &str) -> Result<crate::jobs::JobState, ApiError> {
+    text.parse()
+        .map_err(|e| ApiError::bad(format!("invalid state: {e}")))
+}
+
 /// Parses a `POST /jobs` body, naming the field that is wrong.
 pub fn parse_body(body: &[u8]) -> Result<EnqueueRequest, ApiError> {
     serde_json::from_slice(body).map_err(|e| {

@@ -1,34 +1,47 @@
 //! `curfew enqueue` / `curfew jobs` requests from the control socket.
 
 use super::Processor;
-use super::api;
-use crate::jobs::now_ms;
+use super::api::{self, ApiError, EnqueueReply, EnqueueRequest};
+use crate::jobs::{Job, now_ms};
 
 impl Processor {
+    /// Enqueues a job as the API and the CLI send it.
+    pub async fn submit(&self, request: EnqueueRequest) -> Result<EnqueueReply, ApiError> {
+        let job = request.into_new_job(now_ms())?;
+        let queue = job.queue.clone();
+        let e = self.enqueue(job).await?;
+        Ok(EnqueueReply {
+            id: e.id,
+            created: e.created,
+            queue,
+        })
+    }
+
+    /// One job, or 404.
+    pub async fn job(&self, id: i64) -> Result<Job, ApiError> {
+        self.inner.store.get(id).await?.ok_or_else(|| ApiError {
+            status: 404,
+            message: format!("job {id} not found"),
+        })
+    }
+
     /// Answers a `curfew enqueue` / `curfew jobs` request: a message and,
     /// for enqueue, list and show, the data as JSON.
     pub async fn operate(
         &self,
         req: api::JobsRequest,
     ) -> Result<(String, Option<serde_json::Value>), api::ApiError> {
-        use api::{ApiError, JobsRequest};
+        use api::JobsRequest;
         let store = &self.inner.store;
         match req {
             JobsRequest::Enqueue { job } => {
-                let job = job.into_new_job(now_ms())?;
-                let queue = job.queue.clone();
-                let e = self.enqueue(job).await?;
-                let reply = api::EnqueueReply {
-                    id: e.id,
-                    created: e.created,
-                    queue: queue.clone(),
-                };
-                let msg = if e.created {
-                    format!("enqueued job {} in queue {queue}", e.id)
+                let reply = self.submit(job).await?;
+                let (id, queue) = (reply.id, &reply.queue);
+                let msg = if reply.created {
+                    format!("enqueued job {id} in queue {queue}")
                 } else {
                     format!(
-                        "job {} exists already with this idempotency key (queue {queue}); nothing added",
-                        e.id
+                        "job {id} exists already with this idempotency key (queue {queue}); nothing added"
                     )
                 };
                 Ok((msg, serde_json::to_value(reply).ok()))
@@ -41,13 +54,7 @@ impl Processor {
             } => {
                 let filter = crate::jobs::ListFilter {
                     queue,
-                    state: match state {
-                        None => None,
-                        Some(s) => Some(
-                            s.parse()
-                                .map_err(|e| ApiError::bad(format!("invalid --state: {e}")))?,
-                        ),
-                    },
+                    state: state.as_deref().map(api::parse_state).transpose()?,
                     limit: limit.unwrap_or(crate::jobs::ListFilter::DEFAULT_LIMIT),
                     after_id: after,
                 };
@@ -57,13 +64,10 @@ impl Processor {
                     serde_json::to_value(jobs).ok(),
                 ))
             }
-            JobsRequest::Show { id } => match store.get(id).await? {
-                Some(job) => Ok((format!("job {id}"), serde_json::to_value(job).ok())),
-                None => Err(ApiError {
-                    status: 404,
-                    message: format!("job {id} not found"),
-                }),
-            },
+            JobsRequest::Show { id } => {
+                let job = self.job(id).await?;
+                Ok((format!("job {id}"), serde_json::to_value(job).ok()))
+            }
             JobsRequest::Retry { id } => {
                 store.retry(id).await?;
                 for q in self.inner.queues.values() {
