@@ -257,13 +257,6 @@ impl Processor {
         Ok(enqueued)
     }
 
-    /// Wakes a queue's loop (after a retry through curfew, say).
-    pub fn wake(&self, queue: &str) {
-        if let Some(q) = self.inner.queues.get(queue) {
-            q.wake.notify_one();
-        }
-    }
-
     /// The stop request: claim nothing more. Running jobs go on.
     pub fn stop_claiming(&self) {
         if !self.inner.stop_claiming.is_cancelled() {

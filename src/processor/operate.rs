@@ -69,10 +69,8 @@ impl Processor {
                 Ok((format!("job {id}"), serde_json::to_value(job).ok()))
             }
             JobsRequest::Retry { id } => {
+                // The store wakes the job's queue (NOTIFY / in-process).
                 store.retry(id).await?;
-                for q in self.inner.queues.values() {
-                    q.wake.notify_one();
-                }
                 Ok((format!("job {id} queued again"), None))
             }
             JobsRequest::Cancel { id } => {
