@@ -172,6 +172,12 @@ impl Inner {
             match written {
                 Ok(Some(outcome)) => {
                     self.health.ok();
+                    if !matches!(verdict, Verdict::Done) {
+                        // The job is claimable again (now, or at its retry
+                        // time): the queue's loop may be asleep until its
+                        // poll, not knowing of this run_at.
+                        q.wake.notify_one();
+                    }
                     let (id, queue, kind, attempt) = (job.id, &job.queue, &job.kind, job.attempt);
                     match (&verdict, outcome) {
                         (Verdict::Done, _) => {

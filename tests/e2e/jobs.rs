@@ -624,6 +624,7 @@ fn always_failing_job_ends_dead_after_max_attempts() {
         jobs,
         &[],
     );
+    let t0 = Instant::now();
     let id = enqueue_many(admin, vec![job_body("broken", r#"{"status": 500}"#)], 1)[0];
     wait_until("dead", Duration::from_secs(20), || {
         store
@@ -631,6 +632,13 @@ fn always_failing_job_ends_dead_after_max_attempts() {
             .iter()
             .any(|j| j.id == id && j.state == JobState::Dead)
     });
+    // Retries run at their retry time (about 0.1 + 0.2 + 0.6 s here), not
+    // at the next 2 s poll.
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "four attempts took {:?}",
+        t0.elapsed()
+    );
     let job = store.jobs().into_iter().find(|j| j.id == id).expect("job");
     assert_eq!(job.attempt, 4);
     assert!(
