@@ -36,37 +36,9 @@ fn main() -> ExitCode {
 
 /// Talk to a running curfew over its control socket.
 fn run_control(target: &cli::ControlArgs, req: curfew::control::Request, json: bool) -> i32 {
-    let path = match target.socket() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("curfew: {e}");
-            return exit::CONFIG;
-        }
-    };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("curfew: cannot start the async runtime: {e}");
-            return exit::FAILURE;
-        }
-    };
     // A reload waits for the new generation to boot.
-    let timeout = std::time::Duration::from_secs(600);
-    match rt.block_on(curfew::control::request(&path, &req, timeout)) {
-        Err(e) => {
-            eprintln!("curfew: {e}");
-            exit::FAILURE
-        }
-        Ok(r) if !r.ok => {
-            eprintln!(
-                "curfew: {}",
-                r.error.unwrap_or_else(|| "request failed".into())
-            );
-            exit::FAILURE
-        }
+    match call(target, &req, std::time::Duration::from_secs(600)) {
+        Err(code) => code,
         Ok(r) => {
             match (r.status, json) {
                 (Some(s), true) => {
@@ -130,11 +102,12 @@ fn run_serve(args: cli::ServeArgs) -> i32 {
     }
 }
 
-/// Send a jobs request and return the answer, or the exit code after
-/// printing why it failed.
-fn jobs_call(
+/// Send one request to a running curfew; its answer when it says ok,
+/// else the exit code after printing why not.
+fn call(
     target: &cli::ControlArgs,
-    request: curfew::processor::api::JobsRequest,
+    req: &curfew::control::Request,
+    timeout: std::time::Duration,
 ) -> Result<curfew::control::Response, i32> {
     let path = target.socket().map_err(|e| {
         eprintln!("curfew: {e}");
@@ -147,12 +120,7 @@ fn jobs_call(
             eprintln!("curfew: cannot start the async runtime: {e}");
             exit::FAILURE
         })?;
-    let req = curfew::control::Request::Jobs { request };
-    match rt.block_on(curfew::control::request(
-        &path,
-        &req,
-        std::time::Duration::from_secs(60),
-    )) {
+    match rt.block_on(curfew::control::request(&path, req, timeout)) {
         Err(e) => {
             eprintln!("curfew: {e}");
             Err(exit::FAILURE)
@@ -166,6 +134,15 @@ fn jobs_call(
         }
         Ok(r) => Ok(r),
     }
+}
+
+/// A jobs request (`curfew enqueue`, `curfew jobs`).
+fn jobs_call(
+    target: &cli::ControlArgs,
+    request: curfew::processor::api::JobsRequest,
+) -> Result<curfew::control::Response, i32> {
+    let req = curfew::control::Request::Jobs { request };
+    call(target, &req, std::time::Duration::from_secs(60))
 }
 
 fn run_enqueue(args: cli::EnqueueArgs) -> i32 {
