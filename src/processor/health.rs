@@ -3,9 +3,39 @@
 //! the log, and its return is visible.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::jobs::StoreError;
+
+/// Pauses between retries of an unreachable store: 100 ms, doubling, at
+/// most 5 s.
+pub(super) struct RetryPause(Duration);
+
+impl RetryPause {
+    const MIN: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(5);
+
+    pub(super) fn new() -> RetryPause {
+        RetryPause(RetryPause::MIN)
+    }
+
+    /// The pause to take now (the next one is twice as long).
+    pub(super) fn next(&mut self) -> Duration {
+        let now = self.0;
+        self.0 = (now * 2).min(RetryPause::MAX);
+        now
+    }
+
+    /// The pause [`RetryPause::next`] would give.
+    pub(super) fn peek(&self) -> Duration {
+        self.0
+    }
+
+    /// The store answered: start again from the shortest pause.
+    pub(super) fn reset(&mut self) {
+        self.0 = RetryPause::MIN;
+    }
+}
 
 pub(super) struct StoreHealth {
     store: String,
@@ -73,6 +103,15 @@ mod tests {
             store: "x".into(),
             source: sqlx::Error::PoolTimedOut,
         }
+    }
+
+    #[test]
+    fn pauses_double_up_to_the_cap_and_reset() {
+        let mut p = RetryPause::new();
+        let taken: Vec<u64> = (0..8).map(|_| p.next().as_millis() as u64).collect();
+        assert_eq!(taken, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        p.reset();
+        assert_eq!(p.peek(), Duration::from_millis(100));
     }
 
     #[test]

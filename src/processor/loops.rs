@@ -4,12 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Inner, QueueState, STORE_RETRY_MAX, STORE_RETRY_MIN};
+use super::{Inner, QueueState, RetryPause};
 use crate::jobs::now_ms;
 
 impl Inner {
     pub(super) async fn reclaim_previous(&self) {
-        let mut wait = STORE_RETRY_MIN;
+        let mut pause = RetryPause::new();
         loop {
             let t = self.health.tick();
             match self
@@ -35,15 +35,14 @@ impl Inner {
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(pause.next()) => {}
                 _ = self.stop_claiming.cancelled() => return,
             }
-            wait = (wait * 2).min(STORE_RETRY_MAX);
         }
     }
 
     pub(super) async fn listen_loop(self: Arc<Self>) {
-        let mut wait = STORE_RETRY_MIN;
+        let mut pause = RetryPause::new();
         while !self.stop_claiming.is_cancelled() {
             let t = self.health.tick();
             let listener = tokio::select! {
@@ -58,7 +57,7 @@ impl Inner {
                     };
                     match got {
                         Ok(queue) => {
-                            wait = STORE_RETRY_MIN;
+                            pause.reset();
                             if let Some(q) = self.queues.get(&queue) {
                                 q.wake.notify_one();
                             }
@@ -74,10 +73,9 @@ impl Inner {
                 Err(e) => self.health.failed("listen for new jobs", &e, t),
             }
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(pause.next()) => {}
                 _ = self.stop_claiming.cancelled() => return,
             }
-            wait = (wait * 2).min(STORE_RETRY_MAX);
         }
     }
 
@@ -104,7 +102,7 @@ impl Inner {
     }
 
     pub(super) async fn queue_loop(self: Arc<Self>, q: Arc<QueueState>) {
-        let mut wait = STORE_RETRY_MIN;
+        let mut pause = RetryPause::new();
         loop {
             if self.stop_claiming.is_cancelled() {
                 return;
@@ -120,7 +118,7 @@ impl Inner {
                 {
                     Ok(claimed) => {
                         self.health.ok();
-                        wait = STORE_RETRY_MIN;
+                        pause.reset();
                         if self.stop_claiming.is_cancelled() {
                             // The stop came while this claim was in flight:
                             // give the jobs back untouched.
@@ -166,8 +164,7 @@ impl Inner {
                     Err(e) => {
                         self.health
                             .failed(&format!("claim jobs of queue {}", q.cfg.name), &e, t);
-                        sleep_for = wait;
-                        wait = (wait * 2).min(STORE_RETRY_MAX);
+                        sleep_for = pause.next();
                     }
                 }
             }

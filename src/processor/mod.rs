@@ -25,7 +25,7 @@ mod operate;
 mod report;
 mod run;
 
-use health::StoreHealth;
+use health::{RetryPause, StoreHealth};
 use report::Counters;
 pub use report::{JobsReport, QueueReport};
 pub mod deliver;
@@ -47,9 +47,6 @@ use crate::jobs::{Enqueued, NewJob, Store, StoreError, StoreOptions, lease_owner
 use crate::proxy::Front;
 use crate::supervisor::reaper::Reaper;
 
-/// Waits between retries of a store that is unreachable.
-const STORE_RETRY_MIN: Duration = Duration::from_millis(100);
-const STORE_RETRY_MAX: Duration = Duration::from_secs(5);
 /// After the cut-off, how long stopped deliveries get to wind down before the
 /// hand-back.
 const CUT_GRACE: Duration = Duration::from_millis(500);
@@ -320,7 +317,7 @@ impl Processor {
             return DrainReport::default();
         }
         let pairs: Vec<(i64, String)> = left.iter().map(|(r, t)| (r.id, t.clone())).collect();
-        let mut wait = STORE_RETRY_MIN;
+        let mut pause = RetryPause::new();
         let released = loop {
             match inner
                 .store
@@ -331,10 +328,12 @@ impl Processor {
                 .await
             {
                 Ok(ids) => break Some(ids),
-                Err(e) if e.is_retryable() && tokio::time::Instant::now() + wait < deadline => {
+                Err(e)
+                    if e.is_retryable()
+                        && tokio::time::Instant::now() + pause.peek() < deadline =>
+                {
                     tracing::warn!(error = %e, "Could not hand the running jobs back yet; retrying.");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(STORE_RETRY_MAX);
+                    tokio::time::sleep(pause.next()).await;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "Could not hand the running jobs back: they run again when their lease expires or at this node's next start.");

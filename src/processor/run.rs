@@ -8,7 +8,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::verdict::Verdict;
-use super::{Entry, Inner, QueueState, Running, STORE_RETRY_MAX, STORE_RETRY_MIN, deliver};
+use super::{Entry, Inner, QueueState, RetryPause, Running, deliver};
 use crate::config::jobs::Delivery;
 use crate::jobs::{Claimed, FailOutcome, backoff, now_ms};
 use crate::supervisor::command::AbortOnDrop;
@@ -131,7 +131,7 @@ impl Inner {
         took: Duration,
     ) {
         let give_up = Instant::now() + self.cfg.lease;
-        let mut wait = STORE_RETRY_MIN;
+        let mut pause = RetryPause::new();
         let took_ms = took.as_millis() as u64;
         loop {
             let t = self.health.tick();
@@ -209,10 +209,9 @@ impl Inner {
                     tracing::warn!(job_id = job.id, queue = %job.queue, kind = %job.kind, "Job result not recorded: its lease was lost meanwhile (it was rescued or handed back); it will run again.");
                     return;
                 }
-                Err(e) if e.is_retryable() && Instant::now() + wait < give_up => {
+                Err(e) if e.is_retryable() && Instant::now() + pause.peek() < give_up => {
                     self.health.failed("record a job's result", &e, t);
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(STORE_RETRY_MAX);
+                    tokio::time::sleep(pause.next()).await;
                 }
                 Err(e) => {
                     tracing::error!(job_id = job.id, queue = %job.queue, error = %e, "Could not record the job's result: it will run again once its lease expires.");
