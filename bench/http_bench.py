@@ -794,14 +794,16 @@ def render_section(results, table, args, cmdline, mach, vers, skipped) -> str:
     return "\n".join(parts)
 
 
-def write_results(section: str) -> None:
+def write_results(section: str, begin: str = SECTION_BEGIN, end: str = SECTION_END) -> None:
+    """Put `section` between the `begin` / `end` markers of RESULTS.md (each
+    bench script has its own), or append it."""
     if RESULTS_MD.exists():
         text = RESULTS_MD.read_text()
     else:
         text = "# Benchmark results\n\nWritten by the scripts in `bench/`; see `bench/README.md`.\n\n"
-    if SECTION_BEGIN in text and SECTION_END in text:
-        a = text.index(SECTION_BEGIN)
-        b = text.index(SECTION_END) + len(SECTION_END)
+    if begin in text and end in text:
+        a = text.index(begin)
+        b = text.index(end) + len(end)
         text = text[:a] + section.rstrip("\n") + text[b:]
     else:
         text = text.rstrip("\n") + "\n\n" + section

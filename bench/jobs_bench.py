@@ -881,20 +881,6 @@ def render_section(table, args, cmdline, mach, vers, skipped, cols) -> str:
     return "\n".join(parts)
 
 
-def write_results(section: str) -> None:
-    p = hb.RESULTS_MD
-    text = p.read_text() if p.exists() else \
-        "# Benchmark results\n\nWritten by the scripts in `bench/`; see `bench/README.md`.\n\n"
-    if SECTION_BEGIN in text and SECTION_END in text:
-        a = text.index(SECTION_BEGIN)
-        b = text.index(SECTION_END) + len(SECTION_END)
-        text = text[:a] + section.rstrip("\n") + text[b:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    p.write_text(text)
-    log(f"wrote {p}")
-
-
 # --------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------
@@ -1053,7 +1039,8 @@ def main() -> int:
         print("\nNotes:")
         print("\n".join(ns))
     if args.write:
-        write_results(render_section(table, args, cmdline, hb.machine_info(), versions(ctx), skipped, cols))
+        hb.write_results(render_section(table, args, cmdline, hb.machine_info(), versions(ctx), skipped, cols),
+                         SECTION_BEGIN, SECTION_END)
     if ctx.redis_proc is not None:
         ctx.redis_proc.close()
     hb.kill_all_sessions()

@@ -253,19 +253,6 @@ def render_section(results, table, args, cmdline, mach, vers) -> str:
     return "\n".join(parts)
 
 
-def write_results(section: str) -> None:
-    p = hb.RESULTS_MD
-    text = p.read_text() if p.exists() else \
-        "# Benchmark results\n\nWritten by the scripts in `bench/`; see `bench/README.md`.\n\n"
-    if SECTION_BEGIN in text and SECTION_END in text:
-        a, b = text.index(SECTION_BEGIN), text.index(SECTION_END) + len(SECTION_END)
-        text = text[:a] + section.rstrip("\n") + text[b:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    p.write_text(text)
-    log(f"wrote {p}")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reloads", type=int, default=10, help="reloads per server (default 10)")
@@ -346,8 +333,9 @@ def main() -> int:
         for p in r.problems:
             print(f"- {r.name}: {p}")
     if args.write:
-        write_results(render_section(results, table, args, cmdline, hb.machine_info(),
-                                     hb.versions(vbin / "python", curfew_bin)))
+        hb.write_results(render_section(results, table, args, cmdline, hb.machine_info(),
+                                        hb.versions(vbin / "python", curfew_bin)),
+                         SECTION_BEGIN, SECTION_END)
     return 0
 
 
