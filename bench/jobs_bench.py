@@ -46,6 +46,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import http_bench as hb  # noqa: E402  (helpers: sessions, subreaper, cleanup, machine info)
@@ -359,33 +360,25 @@ class Curfew:
         return out
 
 
-def curfew_enqueue(port: int, n: int, threads: int, kind: str = "noop") -> tuple[float, list[int], list[str]]:
-    """n jobs over `threads` keep-alive connections; returns (seconds, ids, errors)."""
-    ids: list[int] = []
+def timed_clients(n: int, threads: int, make_call: Callable[[int], Callable[[int], object]]
+                  ) -> tuple[float, list, list[str]]:
+    """Calls 0..n-1 spread over `threads` threads, thread k making its client
+    with make_call(k) before the clock starts; each call returns an id or
+    raises. Returns (seconds, ids, errors)."""
+    ids: list = []
     errors: list[str] = []
     lock = threading.Lock()
     barrier = threading.Barrier(threads + 1)
 
     def worker(k: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        call = make_call(k)
         mine, errs = [], []
-        bodies = [json.dumps({"queue": "default", "kind": kind, "payload": {"i": i}}).encode()
-                  for i in range(k, n, threads)]
         barrier.wait()
-        for body in bodies:
+        for i in range(k, n, threads):
             try:
-                conn.request("POST", "/jobs", body=body, headers={"Content-Type": "application/json"})
-                r = conn.getresponse()
-                data = r.read()
-                if r.status == 201:
-                    mine.append(json.loads(data)["id"])
-                else:
-                    errs.append(f"{r.status} {data[:200]!r}")
-            except (OSError, http.client.HTTPException) as e:
+                mine.append(call(i))
+            except Exception as e:  # noqa: BLE001
                 errs.append(f"{type(e).__name__}: {e}")
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        conn.close()
         with lock:
             ids.extend(mine)
             errors.extend(errs)
@@ -398,6 +391,30 @@ def curfew_enqueue(port: int, n: int, threads: int, kind: str = "noop") -> tuple
     for t in ts:
         t.join(timeout=600)
     return time.perf_counter() - t0, ids, errors
+
+
+def curfew_enqueue(port: int, n: int, threads: int, kind: str = "noop") -> tuple[float, list[int], list[str]]:
+    """n jobs over `threads` keep-alive connections; returns (seconds, ids, errors)."""
+    def make_call(k: int) -> Callable[[int], int]:
+        conn = [http.client.HTTPConnection("127.0.0.1", port, timeout=30)]
+        bodies = {i: json.dumps({"queue": "default", "kind": kind, "payload": {"i": i}}).encode()
+                  for i in range(k, n, threads)}
+
+        def call(i: int) -> int:
+            try:
+                conn[0].request("POST", "/jobs", body=bodies[i], headers={"Content-Type": "application/json"})
+                r = conn[0].getresponse()
+                data = r.read()
+            except (OSError, http.client.HTTPException):
+                conn[0].close()
+                conn[0] = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                raise
+            if r.status != 201:
+                raise RuntimeError(f"{r.status} {data[:200]!r}")
+            return json.loads(data)["id"]
+        return call
+
+    return timed_clients(n, threads, make_call)
 
 
 def paced(n_warm: int, n: int, gap_s: float, send) -> tuple[dict, list[str]]:
@@ -633,33 +650,11 @@ def rq_phase(ctx, col: Col, cls: str, tag: str) -> None:
                                    + procs[0].log_tail())
             time.sleep(0.05)
         log(f"{col.name}: enqueue {n} jobs over {a.threads} connections ({r_workers} workers held)")
-        ids: list[str] = []
-        errors: list[str] = []
-        lock = threading.Lock()
-        barrier = threading.Barrier(a.threads + 1)
+        def make_call(_k: int) -> Callable[[int], str]:
+            qq = Queue(qname, connection=redis.Redis.from_url(ctx.redis_url))
+            return lambda _i: qq.enqueue("rq_jobs.noop", result_ttl=600).id
 
-        def worker(k: int) -> None:
-            c = redis.Redis.from_url(ctx.redis_url)
-            qq = Queue(qname, connection=c)
-            mine, errs = [], []
-            barrier.wait()
-            for i in range(k, n, a.threads):
-                try:
-                    mine.append(qq.enqueue("rq_jobs.noop", result_ttl=600).id)
-                except Exception as e:  # noqa: BLE001
-                    errs.append(f"{type(e).__name__}: {e}")
-            with lock:
-                ids.extend(mine)
-                errors.extend(errs)
-
-        ts = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(a.threads)]
-        for t in ts:
-            t.start()
-        barrier.wait()
-        t0 = time.perf_counter()
-        for t in ts:
-            t.join(timeout=600)
-        secs = time.perf_counter() - t0
+        secs, ids, errors = timed_clients(n, a.threads, make_call)
         col.enqueue_rps = len(ids) / secs
         log(f"{col.name}: enqueued {len(ids)} in {secs:.2f} s = {col.enqueue_rps:,.0f} jobs/s")
         if errors:
