@@ -561,6 +561,24 @@ fn report_incomplete(run: &Run, report: &crate::processor::DrainReport) {
     );
 }
 
+/// Waits for `work` while answering stop signals (a repeated SIGTERM is
+/// ignored and the wait goes on); `None` when a signal ended the draining
+/// phase (an immediate stop).
+async fn while_draining<F: std::future::Future>(run: &mut Run, work: F) -> Option<F::Output> {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return Some(out),
+            sig = run.signals.next() => {
+                run.on_signal(sig);
+                if run.machine.phase() != Phase::Draining {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
 async fn drain(run: &mut Run) {
     let started = Instant::now();
     run.front.stop_accepting().await;
@@ -580,42 +598,16 @@ async fn drain(run: &mut Run) {
         "Draining: listeners closed; waiting for in-flight requests."
     );
     let front = run.front.clone();
-    let drained = tokio::select! {
-        d = front.drain(deadline) => d,
-        sig = run.signals.next() => {
-            run.on_signal(sig);
-            if run.machine.phase() != Phase::Draining {
-                return;
-            }
-            // Ignored repeat signal: keep draining until the same deadline.
-            loop {
-                tokio::select! {
-                    d = front.drain(deadline) => break d,
-                    sig = run.signals.next() => {
-                        run.on_signal(sig);
-                        if run.machine.phase() != Phase::Draining {
-                            return;
-                        }
-                    }
-                }
-            }
-        }
+    let Some(drained) = while_draining(run, front.drain(deadline)).await else {
+        return;
     };
     if let Some(handle) = job_drain.as_mut() {
         let jobs_running = run.jobs.as_ref().map_or(0, |j| j.running().len());
         if jobs_running > 0 {
             tracing::info!(jobs_running, "Waiting for running jobs.");
         }
-        let report = loop {
-            tokio::select! {
-                r = &mut *handle => break r,
-                sig = run.signals.next() => {
-                    run.on_signal(sig);
-                    if run.machine.phase() != Phase::Draining {
-                        return;
-                    }
-                }
-            }
+        let Some(report) = while_draining(run, handle).await else {
+            return;
         };
         match report {
             Ok(report) => report_incomplete(run, &report),
