@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::raw::{OneOrMany, RawJobs, RawQueue};
-use super::{ConfigError, Origin, Origins, duration};
+use super::{ConfigError, Ctx, Origins};
 
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_CRASHES: i32 = 3;
@@ -91,76 +91,27 @@ pub struct Context<'a> {
     pub capacity: usize,
 }
 
-impl Context<'_> {
-    fn err(
-        &self,
-        key: impl Into<String>,
-        value: impl std::fmt::Display,
-        message: impl Into<String>,
-    ) -> ConfigError {
-        ConfigError::Invalid {
-            key: key.into(),
-            origin: self.origins.get("jobs").cloned().unwrap_or(Origin::Default),
-            value: value.to_string(),
-            message: message.into(),
-        }
-    }
-
-    fn duration(
-        &self,
-        key: &str,
-        v: Option<super::raw::RawDuration>,
-        default: Duration,
-        min: Duration,
-    ) -> Result<Duration, ConfigError> {
-        let d = match v {
-            None => return Ok(default),
-            Some(raw) => duration::parse(&raw).map_err(|m| self.err(key, &raw, m))?,
-        };
-        if d < min {
-            return Err(self.err(key, format!("{d:?}"), format!("must be at least {min:?}")));
-        }
-        Ok(d)
-    }
-
-    fn int(
-        &self,
-        key: &str,
-        v: Option<i64>,
-        default: i64,
-        min: i64,
-        max: i64,
-    ) -> Result<i64, ConfigError> {
-        match v {
-            None => Ok(default),
-            Some(n) if n < min || n > max => {
-                Err(self.err(key, n, format!("must be between {min} and {max}")))
-            }
-            Some(n) => Ok(n),
-        }
-    }
-}
-
 /// Validate the `[jobs]` section; `None` when it is absent (no processor).
 pub fn validate(raw: Option<RawJobs>, cx: &Context<'_>) -> Result<Option<JobsConfig>, ConfigError> {
     let Some(raw) = raw else { return Ok(None) };
+    let c = Ctx::section(cx.origins, "jobs");
     let store = raw
         .store
         .unwrap_or_else(|| "sqlite://curfew-jobs.db".to_owned());
     if let Err(e) = crate::jobs::check_url(&store) {
-        return Err(cx.err(
+        return Err(c.err(
             "jobs.store",
             format!("{:?}", crate::jobs::redact(&store)),
             e.to_string(),
         ));
     }
-    let lease = cx.duration(
+    let lease = c.duration_at_least(
         "jobs.lease",
         raw.lease,
         DEFAULT_LEASE,
         Duration::from_secs(1),
     )?;
-    let max_crashes = cx.int(
+    let max_crashes = c.int(
         "jobs.max_crashes",
         raw.max_crashes,
         DEFAULT_MAX_CRASHES as i64,
@@ -168,14 +119,14 @@ pub fn validate(raw: Option<RawJobs>, cx: &Context<'_>) -> Result<Option<JobsCon
         1000,
     )? as i32;
     let default_reserve = DEFAULT_RELEASE_RESERVE.min(cx.graceful_timeout / 6);
-    let release_reserve = cx.duration(
+    let release_reserve = c.duration_at_least(
         "jobs.release_reserve",
         raw.release_reserve,
         default_reserve,
         Duration::ZERO,
     )?;
     if !cx.graceful_timeout.is_zero() && release_reserve >= cx.graceful_timeout {
-        return Err(cx.err(
+        return Err(c.err(
             "jobs.release_reserve",
             format!("{release_reserve:?}"),
             format!(
@@ -184,7 +135,7 @@ pub fn validate(raw: Option<RawJobs>, cx: &Context<'_>) -> Result<Option<JobsCon
             ),
         ));
     }
-    let poll_interval = cx.duration(
+    let poll_interval = c.duration_at_least(
         "jobs.poll_interval",
         raw.poll_interval,
         DEFAULT_POLL_INTERVAL,
@@ -195,13 +146,13 @@ pub fn validate(raw: Option<RawJobs>, cx: &Context<'_>) -> Result<Option<JobsCon
         Some(size) => match size.bytes() {
             Ok(b) if (1..=64 << 20).contains(&b) => b as usize,
             Ok(_) => {
-                return Err(cx.err(
+                return Err(c.err(
                     "jobs.max_payload",
                     &size,
                     "must be between 1 byte and 64MiB",
                 ));
             }
-            Err(m) => return Err(cx.err("jobs.max_payload", &size, m)),
+            Err(m) => return Err(c.err("jobs.max_payload", &size, m)),
         },
     };
     let node = match raw.node {
@@ -213,7 +164,7 @@ pub fn validate(raw: Option<RawJobs>, cx: &Context<'_>) -> Result<Option<JobsCon
         || node.chars().any(char::is_control)
         || node.len() > 200
     {
-        return Err(cx.err(
+        return Err(c.err(
             "jobs.node",
             format!("{node:?}"),
             "must be a non-empty name without '/' or control characters, at most 200 bytes (default: the host name)",
@@ -227,7 +178,7 @@ pub fn validate(raw: Option<RawJobs>, cx: &Context<'_>) -> Result<Option<JobsCon
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         || pg_schema.starts_with(|c: char| c.is_ascii_digit())
     {
-        return Err(cx.err(
+        return Err(c.err(
             "jobs.pg_schema",
             format!("{pg_schema:?}"),
             "must be lower-case letters, digits and '_' (not starting with a digit), at most 63 bytes",
@@ -238,7 +189,7 @@ pub fn validate(raw: Option<RawJobs>, cx: &Context<'_>) -> Result<Option<JobsCon
         .queues
         .unwrap_or_else(|| BTreeMap::from([(DEFAULT_QUEUE.to_owned(), RawQueue::default())]));
     if raw_queues.is_empty() {
-        return Err(cx.err(
+        return Err(c.err(
             "jobs.queues",
             "{}",
             "declare at least one queue, e.g. [jobs.queues.default]",
@@ -246,7 +197,7 @@ pub fn validate(raw: Option<RawJobs>, cx: &Context<'_>) -> Result<Option<JobsCon
     }
     let mut queues = Vec::new();
     for (name, q) in raw_queues {
-        queues.push(queue(&name, q, cx)?);
+        queues.push(queue(&name, q, &c, cx.capacity)?);
     }
     Ok(Some(JobsConfig {
         store,
@@ -261,7 +212,12 @@ pub fn validate(raw: Option<RawJobs>, cx: &Context<'_>) -> Result<Option<JobsCon
     }))
 }
 
-fn queue(name: &str, q: RawQueue, cx: &Context<'_>) -> Result<QueueConfig, ConfigError> {
+fn queue(
+    name: &str,
+    q: RawQueue,
+    c: &Ctx<'_>,
+    capacity: usize,
+) -> Result<QueueConfig, ConfigError> {
     let key = |k: &str| format!("jobs.queues.{name}.{k}");
     if name.is_empty()
         || name.chars().count() > crate::jobs::MAX_NAME_CHARS
@@ -269,7 +225,7 @@ fn queue(name: &str, q: RawQueue, cx: &Context<'_>) -> Result<QueueConfig, Confi
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))
     {
-        return Err(cx.err(
+        return Err(c.err(
             "jobs.queues",
             format!("{name:?}"),
             format!(
@@ -278,8 +234,8 @@ fn queue(name: &str, q: RawQueue, cx: &Context<'_>) -> Result<QueueConfig, Confi
             ),
         ));
     }
-    let default_concurrency = (cx.capacity / 2).max(1) as i64;
-    let concurrency = cx.int(
+    let default_concurrency = (capacity / 2).max(1) as i64;
+    let concurrency = c.int(
         &key("concurrency"),
         q.concurrency,
         default_concurrency,
@@ -288,7 +244,7 @@ fn queue(name: &str, q: RawQueue, cx: &Context<'_>) -> Result<QueueConfig, Confi
     )? as usize;
     let delivery = match (q.path, q.command) {
         (Some(_), Some(_)) => {
-            return Err(cx.err(
+            return Err(c.err(
                 key("command"),
                 "…",
                 "give either `path` (HTTP to the app's workers) or `command`, not both",
@@ -298,7 +254,7 @@ fn queue(name: &str, q: RawQueue, cx: &Context<'_>) -> Result<QueueConfig, Confi
             let argv = match cmd {
                 OneOrMany::Many(v) => v,
                 OneOrMany::One(s) => shlex::split(&s).ok_or_else(|| {
-                    cx.err(
+                    c.err(
                         key("command"),
                         format!("{s:?}"),
                         "unbalanced quotes in the command string",
@@ -306,37 +262,37 @@ fn queue(name: &str, q: RawQueue, cx: &Context<'_>) -> Result<QueueConfig, Confi
                 })?,
             };
             if argv.is_empty() || argv[0].is_empty() {
-                return Err(cx.err(
+                return Err(c.err(
                     key("command"),
                     "[]",
                     "give a program to run, e.g. [\"python\", \"job.py\"]",
                 ));
             }
             if let Err(m) = super::resolve_program(&argv[0], None) {
-                return Err(cx.err(key("command"), format!("{:?}", argv[0]), m));
+                return Err(c.err(key("command"), format!("{:?}", argv[0]), m));
             }
             Delivery::Command(argv)
         }
         (path, None) => {
             let path = path.unwrap_or_else(|| DEFAULT_PATH.to_owned());
-            check_path_template(&path).map_err(|m| cx.err(key("path"), format!("{path:?}"), m))?;
+            check_path_template(&path).map_err(|m| c.err(key("path"), format!("{path:?}"), m))?;
             Delivery::Http { path }
         }
     };
-    let timeout = cx.duration(
+    let timeout = c.duration_at_least(
         &key("timeout"),
         q.timeout,
         DEFAULT_JOB_TIMEOUT,
         Duration::from_millis(10),
     )?;
-    let max_attempts = cx.int(
+    let max_attempts = c.int(
         &key("max_attempts"),
         q.max_attempts,
         crate::jobs::DEFAULT_MAX_ATTEMPTS as i64,
         1,
         10_000,
     )? as i32;
-    let retry_backoff = cx.duration(
+    let retry_backoff = c.duration_at_least(
         &key("retry_backoff"),
         q.retry_backoff,
         crate::jobs::backoff::BASE,

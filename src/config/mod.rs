@@ -251,45 +251,82 @@ pub fn load(sources: Sources) -> Result<Config, ConfigError> {
     Ok(cfg)
 }
 
+/// Checks values and builds errors that name the key and where it came from.
 struct Ctx<'a> {
     origins: &'a Origins,
+    /// Keys inside a table (`jobs.queues.mail.timeout`) came from wherever
+    /// the table did: this top-level key's origin.
+    section: Option<&'static str>,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    fn top(origins: &'a Origins) -> Ctx<'a> {
+        Ctx {
+            origins,
+            section: None,
+        }
+    }
+
+    fn section(origins: &'a Origins, key: &'static str) -> Ctx<'a> {
+        Ctx {
+            origins,
+            section: Some(key),
+        }
+    }
+
     fn err(
         &self,
-        key: &'static str,
+        key: impl AsRef<str>,
         value: impl fmt::Display,
         message: impl Into<String>,
     ) -> ConfigError {
+        let key = key.as_ref();
+        let origin_key = self.section.unwrap_or(key);
         ConfigError::Invalid {
             key: key.to_string(),
-            origin: self.origins.get(key).cloned().unwrap_or(Origin::Default),
+            origin: self
+                .origins
+                .get(origin_key)
+                .cloned()
+                .unwrap_or(Origin::Default),
             value: value.to_string(),
             message: message.into(),
         }
     }
 
-    fn count(
+    fn int(
         &self,
-        key: &'static str,
+        key: &str,
         v: Option<i64>,
-        default: usize,
+        default: i64,
         min: i64,
         max: i64,
-    ) -> Result<usize, ConfigError> {
+    ) -> Result<i64, ConfigError> {
         match v {
             None => Ok(default),
             Some(n) if n < min || n > max => {
                 Err(self.err(key, n, format!("must be between {min} and {max}")))
             }
-            Some(n) => Ok(n as usize),
+            Some(n) => Ok(n),
         }
+    }
+
+    fn count(
+        &self,
+        key: &str,
+        v: Option<i64>,
+        default: usize,
+        min: i64,
+        max: i64,
+    ) -> Result<usize, ConfigError> {
+        // `default` fits: every default count is far below i64::MAX.
+        self.int(key, v, default as i64, min, max)
+            .map(|n| n as usize)
     }
 
     fn duration(
         &self,
-        key: &'static str,
+        key: &str,
         v: Option<RawDuration>,
         default: Duration,
     ) -> Result<Duration, ConfigError> {
@@ -298,11 +335,26 @@ impl Ctx<'_> {
             Some(raw) => duration::parse(&raw).map_err(|m| self.err(key, &raw, m)),
         }
     }
+
+    /// [`Ctx::duration`], and at least `min` when given.
+    fn duration_at_least(
+        &self,
+        key: &str,
+        v: Option<RawDuration>,
+        default: Duration,
+        min: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let d = self.duration(key, v, default)?;
+        if d < min {
+            return Err(self.err(key, format!("{d:?}"), format!("must be at least {min:?}")));
+        }
+        Ok(d)
+    }
 }
 
 /// Turn a merged raw layer into a [`Config`], or say exactly what is wrong.
 pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError> {
-    let cx = Ctx { origins };
+    let cx = Ctx::top(origins);
     let command = match raw.command {
         None => return Err(ConfigError::NoCommand),
         Some(OneOrMany::Many(v)) => v,
