@@ -350,19 +350,9 @@ mod tests {
 
     /// Whether process group `pgid` has a live member (zombies don't count).
     fn group_alive(pgid: i32) -> bool {
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return false;
-        };
-        dir.flatten().any(|entry| {
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-                return false;
-            };
-            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-                return false;
-            };
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            fields.len() > 2 && fields[0] != "Z" && fields[2].parse::<i32>().ok() == Some(pgid)
-        })
+        crate::supervisor::procfs::all()
+            .iter()
+            .any(|p| p.pgrp == pgid && p.state != 'Z')
     }
 
     async fn read_pid(path: &std::path::Path) -> i32 {

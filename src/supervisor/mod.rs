@@ -26,7 +26,7 @@ pub mod command;
 mod instance;
 mod oom;
 pub mod output;
-mod procfs;
+pub mod procfs;
 pub mod reaper;
 mod slot;
 mod spawn;

@@ -1,6 +1,7 @@
 //! The few facts curfew reads from `/proc/<pid>/stat`: every process's state,
 //! parent, process group and resident size. One parser for the reaper's
-//! "children left?" sweep and the RSS of a worker's process group.
+//! "children left?" sweep, the RSS of a worker's process group, and the
+//! tests' process checks.
 
 /// One process as `/proc/<pid>/stat` describes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -319,24 +319,11 @@ pub fn field(line: &str, key: &str) -> Option<String> {
 pub fn processes_with(needle: &str) -> Vec<i32> {
     let mut out = Vec::new();
     let me = std::process::id() as i32;
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        if pid == me {
+    for p in curfew::supervisor::procfs::all() {
+        if p.pid == me || p.state == 'Z' {
             continue;
         }
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|r| r.trim_start().starts_with('Z'))
-        {
-            continue;
-        }
+        let pid = p.pid;
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
         let hay = |b: &[u8]| String::from_utf8_lossy(b).contains(needle);
@@ -594,19 +581,11 @@ impl Curfew {
     /// Number of worker processes alive now (children of curfew).
     pub fn worker_ids_alive(&self) -> usize {
         let me = self.pid();
-        let mut n = 0;
-        for pid in processes_with(&self.marker) {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let ppid = stat
-                .rsplit(')')
-                .next()
-                .and_then(|r| r.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<i32>().ok());
-            if ppid == Some(me) {
-                n += 1;
-            }
-        }
-        n
+        let marked = processes_with(&self.marker);
+        curfew::supervisor::procfs::all()
+            .iter()
+            .filter(|p| p.ppid == me && marked.contains(&p.pid))
+            .count()
     }
 }
 
