@@ -3,6 +3,7 @@
 //! requests), or a command with the payload on stdin.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -38,7 +39,7 @@ pub async fn http(
     let started = Instant::now();
     let deadline = tokio::time::Instant::from_std(started) + timeout;
     let path = fill_path(template, &job.kind, &job.queue);
-    let body = Bytes::from(serde_json::to_vec(&job.payload).unwrap_or_else(|_| b"null".to_vec()));
+    let body = Bytes::from(payload_json(job));
     let mut excluded: Vec<u64> = Vec::new();
     loop {
         let acquired = tokio::time::timeout_at(
@@ -197,6 +198,13 @@ fn build_request(
     Ok(req)
 }
 
+/// The job's payload as JSON text, as the app receives it.
+fn payload_json(job: &Job) -> Vec<u8> {
+    // Serializing a `serde_json::Value` into memory cannot fail: its map
+    // keys are strings and nothing is written to I/O.
+    serde_json::to_vec(&job.payload).unwrap_or_default()
+}
+
 /// Run `argv` for the job: the payload (JSON) on stdin, the job in
 /// `CURFEW_JOB_*` variables; exit 0 done, 75 snooze, else failed. `stop`
 /// ends it early (SIGTERM, SIGKILL after a grace): then `None`.
@@ -208,7 +216,7 @@ pub async fn command(
     timeout: Duration,
     stop: impl std::future::Future<Output = ()>,
 ) -> Option<Verdict> {
-    let mut stdin = serde_json::to_vec(&job.payload).unwrap_or_else(|_| b"null".to_vec());
+    let mut stdin = payload_json(job);
     stdin.push(b'\n');
     let (id, queue, kind) = (job.id, job.queue.clone(), job.kind.clone());
     let log: command::LineLogger = Arc::new(move |pid, stream, line| {
@@ -230,11 +238,10 @@ pub async fn command(
         cwd,
         log,
     };
-    let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = timed_out.clone();
-    let stop = async move {
+    let timed_out = AtomicBool::new(false);
+    let stop = async {
         tokio::select! {
-            _ = tokio::time::sleep(timeout) => flag.store(true, std::sync::atomic::Ordering::SeqCst),
+            _ = tokio::time::sleep(timeout) => timed_out.store(true, Ordering::Relaxed),
             _ = stop => {}
         }
     };
@@ -253,11 +260,9 @@ pub async fn command(
                 last_stderr.as_deref(),
             ))
         }
-        CommandOutcome::Stopped if timed_out.load(std::sync::atomic::Ordering::SeqCst) => {
-            Some(Verdict::Fail {
-                error: format!("timed out after {timeout:?}"),
-            })
-        }
+        CommandOutcome::Stopped if timed_out.load(Ordering::Relaxed) => Some(Verdict::Fail {
+            error: format!("timed out after {timeout:?}"),
+        }),
         CommandOutcome::Stopped => None,
         CommandOutcome::SpawnFailed(e) => Some(Verdict::Fail { error: e }),
         CommandOutcome::Lost => Some(Verdict::Fail {
