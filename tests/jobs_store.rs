@@ -7,7 +7,7 @@
 //! `postgres://postgres@127.0.0.1:5432/test` (trust auth). If it is down:
 //! `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -213,6 +213,7 @@ conformance!(
     release_hands_back_only_running_jobs_with_their_token,
     rescue_expired_takes_jobs_whose_lease_ran_out,
     crash_cap_parks_the_job_as_dead,
+    a_job_claimed_but_never_delivered_is_not_charged_a_crash,
     reclaim_own_previous_touches_only_this_nodes_other_boots,
     retry_cancel_delete_follow_the_state_rules,
     invalid_input_names_the_field,
@@ -261,6 +262,20 @@ async fn claim_one(h: &Harness, queue: &str, owner: &str, lease: Duration) -> (i
     assert_eq!(claimed.len(), 1, "expected one claimable job in {queue}");
     let c = claimed.remove(0);
     (c.job.id, c.token)
+}
+
+/// [`claim_one`], then marks the delivery started (a processor death from
+/// here on counts as a crash of the job).
+async fn claim_started(h: &Harness, queue: &str, owner: &str, lease: Duration) -> (i64, String) {
+    let (id, token) = claim_one(h, queue, owner, lease).await;
+    assert!(
+        h.store
+            .mark_started(id, &token)
+            .await
+            .expect("mark started"),
+        "job {id} is still ours"
+    );
+    (id, token)
 }
 
 // ---------------------------------------------------------------------------
@@ -496,7 +511,7 @@ async fn claim_follows_priority_then_run_at_then_id(h: &Harness) {
             job.lease_expires_at.is_some_and(|t| t > before + 50_000),
             "{job:?}"
         );
-        assert!(job.started_at.is_some());
+        assert!(job.started_at.is_none(), "not started until delivered");
         // A UUID v4.
         let uuid = uuid::Uuid::parse_str(&c.token).expect("token is a UUID");
         assert_eq!(uuid.get_version_num(), 4, "{}", c.token);
@@ -598,7 +613,7 @@ async fn concurrent_claimers_get_each_job_exactly_once(h: &Harness) {
 
 async fn stale_tokens_are_fenced_off(h: &Harness) {
     let id = enqueue(h, new_job("q")).await;
-    let (_, stale) = claim_one(h, "q", "node-a/boot-1", Duration::from_millis(1)).await;
+    let (_, stale) = claim_started(h, "q", "node-a/boot-1", Duration::from_millis(1)).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(h.store.rescue_expired(5).await.expect("rescue"), vec![id]);
     let (_, fresh) = claim_one(h, "q", "node-b/boot-1", LEASE).await;
@@ -626,6 +641,12 @@ async fn stale_tokens_are_fenced_off(h: &Harness) {
         FailOutcome::LostLease
     );
     assert!(!h.store.snooze(id, &stale, now_ms()).await.expect("snooze"));
+    assert!(
+        !h.store
+            .mark_started(id, &stale)
+            .await
+            .expect("mark started")
+    );
     assert_eq!(
         h.store
             .release(&[(id, stale.clone())], "shutdown")
@@ -879,10 +900,10 @@ async fn rescue_expired_takes_jobs_whose_lease_ran_out(h: &Harness) {
     let long = enqueue(h, new_job("q")).await;
     let beating = enqueue(h, new_job("q")).await;
     let tiny = Duration::from_millis(1);
-    claim_one(h, "q", "node-a/boot-1", tiny).await;
-    claim_one(h, "other", "node-a/boot-1", tiny).await;
-    claim_one(h, "q", "node-b/boot-1", LEASE).await;
-    let (_, token) = claim_one(h, "q", "node-c/boot-1", tiny).await;
+    claim_started(h, "q", "node-a/boot-1", tiny).await;
+    claim_started(h, "other", "node-a/boot-1", tiny).await;
+    claim_started(h, "q", "node-b/boot-1", LEASE).await;
+    let (_, token) = claim_started(h, "q", "node-c/boot-1", tiny).await;
     // A heartbeat renews the lease in time.
     assert!(
         h.store
@@ -923,7 +944,7 @@ async fn rescue_expired_takes_jobs_whose_lease_ran_out(h: &Harness) {
 async fn crash_cap_parks_the_job_as_dead(h: &Harness) {
     let id = enqueue(h, new_job("poison")).await;
     for crash in 1..=3 {
-        claim_one(
+        claim_started(
             h,
             "poison",
             &format!("node/boot-{crash}"),
@@ -955,10 +976,70 @@ async fn crash_cap_parks_the_job_as_dead(h: &Harness) {
     );
     // max_crashes 0: the first crash parks it.
     let id = enqueue(h, new_job("fragile")).await;
-    claim_one(h, "fragile", "node/boot", Duration::from_millis(1)).await;
+    claim_started(h, "fragile", "node/boot", Duration::from_millis(1)).await;
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert_eq!(h.store.rescue_expired(0).await.expect("rescue"), vec![id]);
     assert_eq!(get(h, id).await.state, JobState::Dead);
+}
+
+async fn a_job_claimed_but_never_delivered_is_not_charged_a_crash(h: &Harness) {
+    let waiting = enqueue(h, new_job("q")).await;
+    let delivered = enqueue(h, new_job("q")).await;
+    let max_crashes = 2;
+    // Both claimed by each boot; only `delivered` reaches a worker. Well past
+    // max_crashes processor deaths: the waiting job is never charged.
+    for boot in 1..=5 {
+        let owner = format!("node/boot-{boot}");
+        let claimed = h.store.claim("q", 10, &owner, LEASE).await.expect("claim");
+        let tokens: HashMap<i64, String> =
+            claimed.into_iter().map(|c| (c.job.id, c.token)).collect();
+        assert!(tokens.contains_key(&waiting), "boot {boot}: {tokens:?}");
+        assert_eq!(get(h, waiting).await.started_at, None);
+        if let Some(token) = tokens.get(&delivered) {
+            assert!(h.store.mark_started(delivered, token).await.expect("mark"));
+            assert!(get(h, delivered).await.started_at.is_some());
+        }
+        let next = format!("boot-{}", boot + 1);
+        let mut rescued = h
+            .store
+            .reclaim_own_previous("node", &next, max_crashes)
+            .await
+            .expect("reclaim");
+        rescued.sort_unstable();
+        let mut expected = tokens.keys().copied().collect::<Vec<_>>();
+        expected.sort_unstable();
+        assert_eq!(rescued, expected, "boot {boot}");
+
+        let job = get(h, waiting).await;
+        assert_eq!(job.state, JobState::Queued, "boot {boot}");
+        assert_eq!((job.attempt, job.crashes), (0, 0), "boot {boot}");
+        let error = job.last_error.expect("last_error");
+        assert!(
+            error.contains(&owner) && error.contains("before delivering"),
+            "{error}"
+        );
+        let job = get(h, delivered).await;
+        let charged = boot.min(max_crashes + 1);
+        assert_eq!(job.crashes, charged, "boot {boot}");
+        assert_eq!(
+            job.state,
+            if boot <= max_crashes {
+                JobState::Queued
+            } else {
+                JobState::Dead
+            },
+            "boot {boot}"
+        );
+    }
+    // A mark on a lost run changes nothing.
+    let (id, token) = claim_one(h, "q", "node/boot-9", LEASE).await;
+    assert_eq!(id, waiting);
+    h.store
+        .reclaim_own_previous("node", "boot-10", max_crashes)
+        .await
+        .expect("reclaim");
+    assert!(!h.store.mark_started(id, &token).await.expect("mark"));
+    assert_eq!(get(h, id).await.started_at, None);
 }
 
 async fn reclaim_own_previous_touches_only_this_nodes_other_boots(h: &Harness) {
@@ -971,7 +1052,7 @@ async fn reclaim_own_previous_touches_only_this_nodes_other_boots(h: &Harness) {
         "web-1/boot-c",
     ] {
         let id = enqueue(h, new_job("q")).await;
-        let (claimed, _) = claim_one(h, "q", owner, LEASE).await;
+        let (claimed, _) = claim_started(h, "q", owner, LEASE).await;
         assert_eq!(claimed, id);
         by_owner.push((owner, id));
     }

@@ -21,7 +21,8 @@
 //!
 //! `queued → running → succeeded`, with `failed` (a failed attempt waiting
 //! for its retry at `run_at`), `dead` and `cancelled`; see [`JobState`].
-//! A processor [claims](Store::claim) jobs with a lease and renews it
+//! A processor [claims](Store::claim) jobs with a lease, records when it
+//! starts delivering one ([`Store::mark_started`]) and renews the lease
 //! ([`Store::heartbeat`], every lease/3 or so) for as long as the job runs.
 //! It ends the run with [`Store::complete`], [`Store::fail`] (retry at a time
 //! from [`backoff::backoff`], or dead after `max_attempts`), [`Store::snooze`]
@@ -50,9 +51,15 @@
 //!    read, and (PostgreSQL) lock what they read.
 //! 5. **`attempt` counts real failures only.** A crash, a release or a snooze
 //!    gives its attempt back; crashes and releases are counted in their own
-//!    columns. A job whose processor died more than `max_crashes` times is
-//!    parked as `dead` ("interrupted by processor crashes N times") so a job
-//!    that kills its processor cannot kill every processor in turn.
+//!    columns. A job whose processor died more than `max_crashes` times
+//!    while delivering it is parked as `dead` ("interrupted by processor
+//!    crashes N times") so a job that kills its processor cannot kill every
+//!    processor in turn. Only a run whose delivery had started
+//!    ([`Store::mark_started`], which sets `started_at`; a claim clears it)
+//!    counts: a job claimed but still waiting for a worker when its
+//!    processor died is queued again with no crash charged. Jobs delivered
+//!    beside the one that killed the processor are charged too (nothing in
+//!    the store tells them apart; Sidekiq Pro's super_fetch does the same).
 //! 6. **One job per idempotency key**, for as long as the job exists:
 //!    enqueueing the key again returns the existing id with `created: false`.
 //!
@@ -294,6 +301,15 @@ impl Store {
         on_backend!(self, s => s.heartbeat(id, token, lease_ms).await)
     }
 
+    /// Records that the run's delivery is starting (sets `started_at`), if
+    /// `token` still holds the job. Only a run marked so is charged a crash
+    /// when its processor dies ([`Store::rescue_expired`]): a job that was
+    /// claimed but never handed to a worker cannot be what killed it.
+    /// `false`: the job was lost; stop working on it.
+    pub async fn mark_started(&self, id: i64, token: &str) -> Result<bool, StoreError> {
+        on_backend!(self, s => s.mark_started(id, token).await)
+    }
+
     /// Marks the run succeeded, if `token` still holds the job.
     pub async fn complete(&self, id: i64, token: &str) -> Result<bool, StoreError> {
         on_backend!(self, s => s.complete(id, token).await)
@@ -341,8 +357,10 @@ impl Store {
     }
 
     /// Takes back running jobs whose lease expired (their processor stopped
-    /// heartbeating): queued again with the attempt given back and
-    /// `crashes` + 1, or dead once `crashes` would exceed `max_crashes`.
+    /// heartbeating): queued again with the attempt given back. A run whose
+    /// delivery had started ([`Store::mark_started`]) also gets `crashes` +
+    /// 1, or is parked dead once `crashes` would exceed `max_crashes`; a run
+    /// that was only claimed is queued again with no crash counted.
     /// Returns their ids.
     pub async fn rescue_expired(&self, max_crashes: i32) -> Result<Vec<i64>, StoreError> {
         validate::max_crashes(max_crashes)?;
@@ -458,7 +476,15 @@ impl Store {
 fn log_rescued(rescued: &[Rescued], why: &'static str) -> Vec<i64> {
     for job in rescued {
         let owner = job.owner.as_deref().unwrap_or("?");
-        if job.dead {
+        if !job.delivered {
+            tracing::info!(
+                job_id = job.id,
+                queue = %job.queue,
+                owner,
+                why,
+                "job taken back from a stopped processor that had claimed it but not delivered it; queued again, no crash counted"
+            );
+        } else if job.dead {
             tracing::warn!(
                 job_id = job.id,
                 queue = %job.queue,
@@ -542,6 +568,7 @@ mod tests {
         assert_send(store.enqueue(NewJob::default()));
         assert_send(store.claim("q", 1, "n/b", Duration::from_secs(1)));
         assert_send(store.heartbeat(1, "t", Duration::from_secs(1)));
+        assert_send(store.mark_started(1, "t"));
         assert_send(store.complete(1, "t"));
         assert_send(store.fail(1, "t", "e", 0));
         assert_send(store.snooze(1, "t", 0));

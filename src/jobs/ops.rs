@@ -13,6 +13,9 @@ pub(crate) struct Rescued {
     pub queue: String,
     pub dead: bool,
     pub crashes: i32,
+    /// Whether the interrupted run's delivery had started (so a crash was
+    /// counted); `false`: claimed, never delivered.
+    pub delivered: bool,
     /// The lease owner it was taken from, when known.
     pub owner: Option<String>,
 }
@@ -79,6 +82,13 @@ impl RescueScope<'_> {
     }
 }
 
+/// `last_error` of a rescued job whose delivery never started is
+/// `prefix`, the lease owner, `suffix`.
+pub(crate) const UNDELIVERED_REASON: (&str, &str) = (
+    "claimed by ",
+    ", which stopped before delivering it (not counted as a crash)",
+);
+
 /// The queues that got claimable jobs back, each once.
 pub(crate) fn distinct_queues(rescued: &[Rescued]) -> Vec<&str> {
     let mut queues: Vec<&str> = rescued
@@ -91,7 +101,7 @@ pub(crate) fn distinct_queues(rescued: &[Rescued]) -> Vec<&str> {
     queues
 }
 
-/// Rows `id, queue, state, crashes` returned by a rescue or release, with
+/// Rows `id, queue, state, crashes, delivered` returned by a rescue or release, with
 /// the owners read before (by id).
 pub(crate) fn rescued<'r, R>(
     store: &str,
@@ -103,6 +113,7 @@ where
     &'static str: ColumnIndex<R>,
     i64: Decode<'r, R::Database> + Type<R::Database>,
     i32: Decode<'r, R::Database> + Type<R::Database>,
+    bool: Decode<'r, R::Database> + Type<R::Database>,
     String: Decode<'r, R::Database> + Type<R::Database>,
 {
     let db = |e| StoreError::from_sqlx(store, e);
@@ -119,6 +130,7 @@ where
                 queue: r.try_get("queue").map_err(db)?,
                 dead: state == JobState::Dead.as_str(),
                 crashes: r.try_get("crashes").map_err(db)?,
+                delivered: r.try_get("delivered").map_err(db)?,
                 owner,
             })
         })

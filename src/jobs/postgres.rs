@@ -24,7 +24,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::error::StoreError;
 use super::model::{Enqueued, FailOutcome, Job, ListFilter, QueueStats};
-use super::ops::{Outcome, RescueScope, Rescued, distinct_queues, fail_outcome, rescued};
+use super::ops::{self, Outcome, RescueScope, Rescued, distinct_queues, fail_outcome, rescued};
 use super::target::redact;
 use super::validate::ValidJob;
 use super::{StoreOptions, row};
@@ -236,7 +236,7 @@ impl PgStore {
                  lease_owner = $3,
                  lease_token = gen_random_uuid()::text,
                  lease_expires_at = {s}.now_ms() + $4,
-                 started_at = {s}.now_ms(),
+                 started_at = NULL,
                  updated_at = {s}.now_ms()
              FROM picked
              WHERE j.id = picked.id
@@ -265,6 +265,19 @@ impl PgStore {
         .bind(id)
         .bind(token)
         .bind(lease_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub(crate) async fn mark_started(&self, id: i64, token: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(self.sql(
+            "UPDATE {s}.jobs SET started_at = {s}.now_ms(), updated_at = {s}.now_ms()
+             WHERE id = $1 AND state = 'running' AND lease_token = $2",
+        ))
+        .bind(id)
+        .bind(token)
         .execute(&self.pool)
         .await
         .map_err(|e| self.err(e))?;
@@ -348,7 +361,7 @@ impl PgStore {
                  lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
              FROM unnest($1::bigint[], $2::text[]) AS r(id, token)
              WHERE j.id = r.id AND j.lease_token = r.token AND j.state = 'running'
-             RETURNING j.id, j.queue, j.state, j.crashes",
+             RETURNING j.id, j.queue, j.state, j.crashes, j.started_at IS NOT NULL AS delivered",
         ))
         .bind(&ids)
         .bind(&tokens)
@@ -373,7 +386,7 @@ impl PgStore {
         let condition = match scope {
             RescueScope::Expired => "lease_expires_at < {s}.now_ms()",
             RescueScope::OtherBoots { .. } => {
-                "lease_owner <> $4 AND substr(lease_owner, 1, length($5)) = $5"
+                "lease_owner <> $6 AND substr(lease_owner, 1, length($7)) = $7"
             }
         };
         let sql = format!(
@@ -384,24 +397,32 @@ impl PgStore {
                  FOR UPDATE SKIP LOCKED
              )
              UPDATE {{s}}.jobs AS j SET
-                 crashes = j.crashes + 1,
+                 crashes = j.crashes + (j.started_at IS NOT NULL)::int,
                  attempt = greatest(j.attempt - 1, 0),
-                 state = CASE WHEN j.crashes + 1 > $1 THEN 'dead' ELSE 'queued' END,
-                 last_error = CASE WHEN j.crashes + 1 > $1
+                 state = CASE WHEN j.started_at IS NOT NULL AND j.crashes + 1 > $1
+                     THEN 'dead' ELSE 'queued' END,
+                 last_error = CASE
+                     WHEN j.started_at IS NULL THEN $4 || j.lease_owner || $5
+                     WHEN j.crashes + 1 > $1
                      THEN 'interrupted by processor crashes ' || (j.crashes + 1) || ' times'
                      ELSE $2 || j.lease_owner || $3 END,
-                 finished_at = CASE WHEN j.crashes + 1 > $1 THEN {{s}}.now_ms() ELSE NULL END,
+                 finished_at = CASE WHEN j.started_at IS NOT NULL AND j.crashes + 1 > $1
+                     THEN {{s}}.now_ms() ELSE NULL END,
                  updated_at = {{s}}.now_ms(),
                  lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
              FROM candidate AS c
              WHERE j.id = c.id AND j.lease_token = c.lease_token AND j.state = 'running'
-             RETURNING j.id, j.queue, j.state, j.crashes, c.lease_owner AS owner"
+             RETURNING j.id, j.queue, j.state, j.crashes, c.lease_owner AS owner,
+                 j.started_at IS NOT NULL AS delivered"
         );
         let (prefix, suffix) = scope.reason();
+        let (undelivered_prefix, undelivered_suffix) = ops::UNDELIVERED_REASON;
         let mut query = sqlx::query(self.sql(&sql))
             .bind(max_crashes)
             .bind(prefix)
-            .bind(suffix);
+            .bind(suffix)
+            .bind(undelivered_prefix)
+            .bind(undelivered_suffix);
         if let RescueScope::OtherBoots { own, node_prefix } = scope {
             query = query.bind(own).bind(node_prefix);
         }

@@ -30,7 +30,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard, broadcast};
 
 use super::error::StoreError;
 use super::model::{Enqueued, FailOutcome, Job, JobState, ListFilter, QueueStats, now_ms};
-use super::ops::{Outcome, RescueScope, Rescued, distinct_queues, fail_outcome, rescued};
+use super::ops::{self, Outcome, RescueScope, Rescued, distinct_queues, fail_outcome, rescued};
 use super::validate::ValidJob;
 use super::{StoreOptions, row};
 
@@ -286,7 +286,7 @@ impl SqliteStore {
             uuid_v4_sql!(),
             ",
                 lease_expires_at = ?2 + ?3,
-                started_at = ?2,
+                started_at = NULL,
                 updated_at = ?2
              WHERE id IN (
                 SELECT id FROM jobs INDEXED BY jobs_claim
@@ -323,6 +323,19 @@ impl SqliteStore {
             .bind(token)
             .bind(now)
             .bind(lease_ms),
+        )
+        .await
+    }
+
+    pub(crate) async fn mark_started(&self, id: i64, token: &str) -> Result<bool, StoreError> {
+        self.fenced_write(
+            sqlx::query(
+                "UPDATE jobs SET started_at = ?3, updated_at = ?3
+                 WHERE id = ?1 AND state = 'running' AND lease_token = ?2",
+            )
+            .bind(id)
+            .bind(token)
+            .bind(now_ms()),
         )
         .await
     }
@@ -417,7 +430,7 @@ impl SqliteStore {
                AND (id, lease_token) IN (
                    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')
                    FROM json_each(?1))
-             RETURNING id, queue, state, crashes",
+             RETURNING id, queue, state, crashes, started_at IS NOT NULL AS delivered",
         )
         .bind(&pairs)
         .bind(reason)
@@ -479,28 +492,35 @@ impl SqliteStore {
             let pairs =
                 serde_json::to_string(&pairs).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
             let (prefix, suffix) = scope.reason();
+            let (undelivered_prefix, undelivered_suffix) = ops::UNDELIVERED_REASON;
             let rows = sqlx::query(
                 "UPDATE jobs SET
-                     crashes = crashes + 1,
+                     crashes = crashes + (started_at IS NOT NULL),
                      attempt = max(attempt - 1, 0),
-                     state = CASE WHEN crashes + 1 > ?2 THEN 'dead' ELSE 'queued' END,
-                     last_error = CASE WHEN crashes + 1 > ?2
+                     state = CASE WHEN started_at IS NOT NULL AND crashes + 1 > ?2
+                         THEN 'dead' ELSE 'queued' END,
+                     last_error = CASE
+                         WHEN started_at IS NULL THEN ?6 || lease_owner || ?7
+                         WHEN crashes + 1 > ?2
                          THEN 'interrupted by processor crashes ' || (crashes + 1) || ' times'
                          ELSE ?3 || lease_owner || ?4 END,
-                     finished_at = CASE WHEN crashes + 1 > ?2 THEN ?5 ELSE NULL END,
+                     finished_at = CASE WHEN started_at IS NOT NULL AND crashes + 1 > ?2
+                         THEN ?5 ELSE NULL END,
                      updated_at = ?5,
                      lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
                  WHERE state = 'running'
                    AND (id, lease_token) IN (
                        SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')
                        FROM json_each(?1))
-                 RETURNING id, queue, state, crashes",
+                 RETURNING id, queue, state, crashes, started_at IS NOT NULL AS delivered",
             )
             .bind(&pairs)
             .bind(max_crashes)
             .bind(prefix)
             .bind(suffix)
             .bind(now)
+            .bind(undelivered_prefix)
+            .bind(undelivered_suffix)
             .fetch_all(&mut *w.tx)
             .await?;
             Ok((rows, owners))

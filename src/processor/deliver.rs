@@ -12,6 +12,7 @@ use http::{Method, Request};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1;
 
+use super::run::StartMark;
 use super::verdict::{self, MAX_ERROR_SNIPPET, Verdict};
 use crate::config::jobs::fill_path;
 use crate::jobs::Job;
@@ -28,13 +29,15 @@ const NO_WORKER_SNOOZE: Duration = Duration::from_secs(1);
 const COMMAND_GRACE: Duration = Duration::from_secs(2);
 
 /// POST the job to `template` on one of the app's workers, within `timeout`
-/// (waiting for a free worker slot included).
-pub async fn http(
+/// (waiting for a free worker slot included). `mark` is written once a
+/// worker slot is held, beside the connect.
+pub(super) async fn http(
     front: &Arc<Front>,
     template: &str,
     job: &Job,
     token: &str,
     timeout: Duration,
+    mark: &mut StartMark<'_>,
 ) -> Verdict {
     let started = Instant::now();
     let deadline = tokio::time::Instant::from_std(started) + timeout;
@@ -70,7 +73,17 @@ pub async fn http(
             }
             Ok(Ok(lease)) => lease,
         };
-        let conn = tokio::time::timeout_at(deadline, upstream::open(lease.pool.addr())).await;
+        let (conn, ours) = tokio::join!(
+            tokio::time::timeout_at(deadline, upstream::open(lease.pool.addr())),
+            mark.mark()
+        );
+        if !ours {
+            // The lease was lost: the run is being abandoned (the caller
+            // ignores this verdict).
+            return Verdict::Interrupted {
+                why: "its lease was lost before delivery".to_owned(),
+            };
+        }
         let io = match conn {
             Err(_) => {
                 return Verdict::Fail {
@@ -207,15 +220,20 @@ fn payload_json(job: &Job) -> Vec<u8> {
 
 /// Run `argv` for the job: the payload (JSON) on stdin, the job in
 /// `CURFEW_JOB_*` variables; exit 0 done, 75 snooze, else failed. `stop`
-/// ends it early (SIGTERM, SIGKILL after a grace): then `None`.
-pub async fn command(
+/// ends it early (SIGTERM, SIGKILL after a grace): then `None`. `mark` is
+/// written before the spawn.
+pub(super) async fn command(
     reaper: &Reaper,
     argv: &[String],
     cwd: Option<&std::path::Path>,
     job: &Job,
     timeout: Duration,
     stop: impl std::future::Future<Output = ()>,
+    mark: &mut StartMark<'_>,
 ) -> Option<Verdict> {
+    if !mark.mark().await {
+        return None;
+    }
     let mut stdin = payload_json(job);
     stdin.push(b'\n');
     let (id, queue, kind) = (job.id, job.queue.clone(), job.kind.clone());

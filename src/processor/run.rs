@@ -13,6 +13,52 @@ use crate::config::jobs::Delivery;
 use crate::jobs::{Claimed, FailOutcome, backoff, now_ms};
 use crate::supervisor::command::AbortOnDrop;
 
+/// Records, once, that a job's delivery is starting
+/// ([`crate::jobs::Store::mark_started`]): from then on a death of this
+/// processor is charged to the job as a crash. Written just before the job
+/// reaches a worker (HTTP: beside the connect, once a worker slot is held;
+/// command: before the spawn), so a job still waiting for a worker is never
+/// charged.
+pub(super) struct StartMark<'a> {
+    inner: &'a Inner,
+    id: i64,
+    token: &'a str,
+    lost: &'a CancellationToken,
+    written: bool,
+}
+
+impl<'a> StartMark<'a> {
+    fn new(inner: &'a Inner, id: i64, token: &'a str, lost: &'a CancellationToken) -> Self {
+        StartMark {
+            inner,
+            id,
+            token,
+            lost,
+            written: false,
+        }
+    }
+
+    /// Writes the mark the first time it is called. `false`: the lease was
+    /// lost (the run is abandoned through `lost`); do not deliver.
+    pub(super) async fn mark(&mut self) -> bool {
+        if self.written {
+            return !self.lost.is_cancelled();
+        }
+        self.written = true;
+        let t = self.inner.health.tick();
+        match self.inner.store.mark_started(self.id, self.token).await {
+            Ok(true) => self.inner.health.ok(),
+            Ok(false) => self.lost.cancel(),
+            // The store is away: deliver anyway (the verdict write retries
+            // for a lease). Only the crash count is at stake: should this
+            // processor die before the store returns, this run is not
+            // charged a crash.
+            Err(e) => self.inner.health.failed("record that a job started", &e, t),
+        }
+        !self.lost.is_cancelled()
+    }
+}
+
 impl Inner {
     /// One job, from claim to recorded verdict.
     pub(super) async fn run(
@@ -54,10 +100,19 @@ impl Inner {
             }
         };
         let delivery = async {
+            let mut mark = StartMark::new(&self, job.id, &token, &lost);
             match &q.cfg.delivery {
-                Delivery::Http { path } => {
-                    Some(deliver::http(&self.front, path, &job, &self.token, q.cfg.timeout).await)
-                }
+                Delivery::Http { path } => Some(
+                    deliver::http(
+                        &self.front,
+                        path,
+                        &job,
+                        &self.token,
+                        q.cfg.timeout,
+                        &mut mark,
+                    )
+                    .await,
+                ),
                 Delivery::Command(argv) => {
                     deliver::command(
                         &self.reaper,
@@ -66,6 +121,7 @@ impl Inner {
                         &job,
                         q.cfg.timeout,
                         stop,
+                        &mut mark,
                     )
                     .await
                 }
