@@ -42,7 +42,7 @@ pub enum ServeError {
     #[error(transparent)]
     Control(control::ControlError),
     #[error("cannot open the job store: {0}")]
-    Jobs(crate::jobs::StoreError),
+    Jobs(curfew_store::StoreError),
 }
 
 struct Signals {

@@ -16,9 +16,9 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
-use crate::jobs::ListFilter;
 use crate::processor::Processor;
 use crate::processor::api::{self, ApiError};
+use curfew_store::ListFilter;
 
 pub async fn respond(jobs: Option<&Processor>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let Some(jobs) = jobs else {
@@ -178,7 +178,7 @@ mod tests {
     fn filters() {
         let f = parse_filter("queue=mail&state=dead&limit=5&after=10").expect("valid");
         assert_eq!(f.queue.as_deref(), Some("mail"));
-        assert_eq!(f.state, Some(crate::jobs::JobState::Dead));
+        assert_eq!(f.state, Some(curfew_store::JobState::Dead));
         assert_eq!(f.limit, 5);
         assert_eq!(f.after_id, Some(10));
         assert!(

@@ -98,10 +98,10 @@ pub fn validate(raw: Option<RawJobs>, cx: &Context<'_>) -> Result<Option<JobsCon
     let store = raw
         .store
         .unwrap_or_else(|| "sqlite://curfew-jobs.db".to_owned());
-    if let Err(e) = crate::jobs::check_url(&store) {
+    if let Err(e) = curfew_store::check_url(&store) {
         return Err(c.err(
             "jobs.store",
-            format!("{:?}", crate::jobs::redact(&store)),
+            format!("{:?}", curfew_store::redact(&store)),
             e.to_string(),
         ));
     }
@@ -220,7 +220,7 @@ fn queue(
 ) -> Result<QueueConfig, ConfigError> {
     let key = |k: &str| format!("jobs.queues.{name}.{k}");
     if name.is_empty()
-        || name.chars().count() > crate::jobs::MAX_NAME_CHARS
+        || name.chars().count() > curfew_store::MAX_NAME_CHARS
         || !name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))
@@ -230,7 +230,7 @@ fn queue(
             format!("{name:?}"),
             format!(
                 "a queue name is 1 to {} characters of A-Z a-z 0-9 _ . : -",
-                crate::jobs::MAX_NAME_CHARS
+                curfew_store::MAX_NAME_CHARS
             ),
         ));
     }
@@ -288,14 +288,14 @@ fn queue(
     let max_attempts = c.int(
         &key("max_attempts"),
         q.max_attempts,
-        crate::jobs::DEFAULT_MAX_ATTEMPTS as i64,
+        curfew_store::DEFAULT_MAX_ATTEMPTS as i64,
         1,
         10_000,
     )? as i32;
     let retry_backoff = c.duration_at_least(
         &key("retry_backoff"),
         q.retry_backoff,
-        crate::jobs::backoff::BASE,
+        curfew_store::backoff::BASE,
         Duration::from_millis(10),
     )?;
     Ok(QueueConfig {

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::jobs::{NewJob, StoreError};
+use curfew_store::{NewJob, StoreError};
 
 use super::EnqueueError;
 
@@ -192,7 +192,7 @@ pub fn parse_time(text: &str) -> Result<i64, ApiError> {
 }
 
 /// A job state as given by a user (`--state`, `?state=`).
-pub fn parse_state(text: &str) -> Result<crate::jobs::JobState, ApiError> {
+pub fn parse_state(text: &str) -> Result<curfew_store::JobState, ApiError> {
     text.parse()
         .map_err(|e| ApiError::bad(format!("invalid state: {e}")))
 }

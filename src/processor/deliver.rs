@@ -15,13 +15,13 @@ use hyper::client::conn::http1;
 use super::run::StartMark;
 use super::verdict::{self, MAX_ERROR_SNIPPET, Verdict};
 use crate::config::jobs::fill_path;
-use crate::jobs::Job;
 use crate::proxy::Front;
 use crate::proxy::headers::JOB_TOKEN_HEADER;
 use crate::proxy::router::Rejected;
 use crate::proxy::upstream;
 use crate::supervisor::command::{self, AbortOnDrop, CommandOutcome, CommandSpec};
 use crate::supervisor::reaper::{ExitStatus, Reaper};
+use curfew_store::Job;
 
 /// No worker slot became free: try the job again after this (no attempt spent).
 const NO_WORKER_SNOOZE: Duration = Duration::from_secs(1);

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::jobs::StoreError;
+use curfew_store::StoreError;
 
 /// Pauses between retries of an unreachable store: 100 ms, doubling, at
 /// most 5 s.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Inner, QueueState, RetryPause};
-use crate::jobs::now_ms;
+use curfew_store::now_ms;
 
 impl Inner {
     pub(super) async fn reclaim_previous(&self) {

@@ -1,4 +1,4 @@
-//! The job processor: claims jobs from the store ([`crate::jobs`]) per
+//! The job processor: claims jobs from the store ([`curfew_store`]) per
 //! queue, delivers them to the app ([`deliver`]), records each verdict
 //! ([`verdict`]), and follows curfew's lifecycle.
 //!
@@ -43,9 +43,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::jobs::{JobsConfig, QueueConfig};
-use crate::jobs::{Enqueued, NewJob, Store, StoreError, StoreOptions, lease_owner};
 use crate::proxy::Front;
 use crate::supervisor::reaper::Reaper;
+use curfew_store::{Enqueued, NewJob, Store, StoreError, StoreOptions, lease_owner};
 
 /// After the cut-off, how long stopped deliveries get to wind down before the
 /// hand-back.

@@ -2,7 +2,7 @@
 
 use super::Processor;
 use super::api::{self, ApiError, EnqueueReply, EnqueueRequest};
-use crate::jobs::{Job, now_ms};
+use curfew_store::{Job, now_ms};
 
 impl Processor {
     /// Enqueues a job as the API and the CLI send it.
@@ -52,10 +52,10 @@ impl Processor {
                 limit,
                 after,
             } => {
-                let filter = crate::jobs::ListFilter {
+                let filter = curfew_store::ListFilter {
                     queue,
                     state: state.as_deref().map(api::parse_state).transpose()?,
-                    limit: limit.unwrap_or(crate::jobs::ListFilter::DEFAULT_LIMIT),
+                    limit: limit.unwrap_or(curfew_store::ListFilter::DEFAULT_LIMIT),
                     after_id: after,
                 };
                 let jobs = store.list(filter).await?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{Processor, Running};
-use crate::jobs::QueueStats;
+use curfew_store::QueueStats;
 
 /// Counts since this curfew started, per queue.
 #[derive(Debug, Default)]

@@ -10,11 +10,11 @@ use tokio_util::sync::CancellationToken;
 use super::verdict::Verdict;
 use super::{Entry, Inner, QueueState, RetryPause, Running, deliver};
 use crate::config::jobs::Delivery;
-use crate::jobs::{Claimed, FailOutcome, backoff, now_ms};
 use crate::supervisor::command::AbortOnDrop;
+use curfew_store::{Claimed, FailOutcome, backoff, now_ms};
 
 /// Records, once, that a job's delivery is starting
-/// ([`crate::jobs::Store::mark_started`]): from then on a death of this
+/// ([`curfew_store::Store::mark_started`]): from then on a death of this
 /// processor is charged to the job as a crash. Written just before the job
 /// reaches a worker (HTTP: beside the connect, once a worker slot is held;
 /// command: before the spawn), so a job still waiting for a worker is never
@@ -181,7 +181,7 @@ impl Inner {
     pub(super) async fn record(
         &self,
         q: &QueueState,
-        job: &crate::jobs::Job,
+        job: &curfew_store::Job,
         token: &str,
         verdict: Verdict,
         took: Duration,

@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use curfew::jobs::{Job, JobState, ListFilter, Store, StoreOptions, now_ms};
+use curfew_store::{Job, JobState, ListFilter, Store, StoreOptions, now_ms};
 use nix::sys::signal::Signal;
 
 use crate::support::*;

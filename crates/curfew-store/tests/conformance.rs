@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use curfew::jobs::{
+use curfew_store::{
     FailOutcome, JobState, ListFilter, NewJob, Store, StoreError, StoreOptions, backoff, now_ms,
 };
 use serde_json::json;
@@ -235,7 +235,7 @@ async fn enqueue(h: &Harness, job: NewJob) -> i64 {
     enqueued.id
 }
 
-async fn get(h: &Harness, id: i64) -> curfew::jobs::Job {
+async fn get(h: &Harness, id: i64) -> curfew_store::Job {
     h.store.get(id).await.expect("get").expect("job exists")
 }
 
@@ -1350,7 +1350,7 @@ async fn listen_wakes_on_enqueue(h: &Harness) {
 
 /// Waits (at most 5 s) for a wake-up of `queue`, skipping others (the
 /// PostgreSQL channel is shared by every test running at the same time).
-async fn expect_wakeup(listener: &mut curfew::jobs::JobListener, queue: &str) {
+async fn expect_wakeup(listener: &mut curfew_store::JobListener, queue: &str) {
     let wait = async {
         loop {
             if listener.recv().await.expect("recv") == queue {
@@ -1364,7 +1364,7 @@ async fn expect_wakeup(listener: &mut curfew::jobs::JobListener, queue: &str) {
 }
 
 /// Asserts that no wake-up of `queue` arrives within `within`.
-async fn expect_no_wakeup(listener: &mut curfew::jobs::JobListener, queue: &str, within: Duration) {
+async fn expect_no_wakeup(listener: &mut curfew_store::JobListener, queue: &str, within: Duration) {
     let wait = async {
         loop {
             if listener.recv().await.expect("recv") == queue {
