@@ -3,8 +3,9 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
+use crate::config::defaults;
 use crate::config::raw::{OneOrMany, RawConfig, RawDuration, RawHook, RawJobs};
 
 #[derive(Debug, Parser)]
@@ -17,6 +18,41 @@ use crate::config::raw::{OneOrMany, RawConfig, RawDuration, RawHook, RawJobs};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The command line as clap sees it, with each `serve` setting's
+    /// default and environment variable appended to its help from
+    /// [`defaults`] (the constants validation uses), so `--help` cannot
+    /// drift from the code.
+    pub fn command_with_defaults() -> clap::Command {
+        Cli::command().mut_subcommand("serve", |serve| {
+            RawConfig::KEYS
+                .iter()
+                .filter(|key| **key != "command")
+                .fold(serve, |cmd, key| {
+                    let id = match *key {
+                        "jobs" => "jobs_store",
+                        k => k,
+                    };
+                    cmd.mut_arg(id, |arg| {
+                        let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                        let default = defaults::shown(key).unwrap_or_default().replace('`', "");
+                        arg.help(format!(
+                            "{help} [default: {default}; env: CURFEW_{}{}]",
+                            key.to_uppercase(),
+                            defaults::env_note(key)
+                        ))
+                    })
+                })
+        })
+    }
+
+    /// Parses `std::env::args` (exits with clap's message on bad usage).
+    pub fn parse_with_defaults() -> Cli {
+        let matches = Cli::command_with_defaults().get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -173,7 +209,7 @@ impl ControlArgs {
                 return Ok(p.into());
             }
         }
-        Ok(curfew::control::default_path())
+        Ok(curfew::config::defaults::control_socket())
     }
 }
 
@@ -186,131 +222,131 @@ pub struct ServeArgs {
     #[arg(short, long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Public address, host:port or unix:/path; repeat for several [default: 127.0.0.1:8000; env: CURFEW_BIND, or PORT → 0.0.0.0:$PORT]
+    /// Public address, host:port or unix:/path; repeat for several
     #[arg(short, long, value_name = "ADDR")]
     pub bind: Vec<String>,
 
-    /// Number of worker processes [default: WEB_CONCURRENCY, else 2 × cores + 1; env: CURFEW_WORKERS]
+    /// Number of worker processes
     #[arg(short, long, value_name = "N", allow_negative_numbers = true)]
     pub workers: Option<i64>,
 
-    /// How each worker gets its socket: fd (inherited fd 3, LISTEN_FDS=1), port ($PORT and {port}) or unix ({socket}) [default: port if the command has {port}, unix if it has {socket}, else fd; env: CURFEW_WORKER_SOCKET]
+    /// How each worker gets its socket: fd (inherited fd 3, LISTEN_FDS=1), port ($PORT and {port}) or unix ({socket})
     #[arg(long, value_name = "MODE")]
     pub worker_socket: Option<String>,
 
-    /// Requests one worker serves at once; 1 for sync (WSGI) workers [default: 1; env: CURFEW_WORKER_CONCURRENCY]
+    /// Requests one worker serves at once; 1 for sync (WSGI) workers
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub worker_concurrency: Option<i64>,
 
-    /// Requests that may wait for a free worker; beyond it curfew answers 503 with Retry-After [default: 1024; env: CURFEW_BACKLOG]
+    /// Requests that may wait for a free worker; beyond it curfew answers 503 with Retry-After
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub backlog: Option<i64>,
 
-    /// Path a worker must answer with 2xx/3xx to be ready [default: none: any answer to / counts; env: CURFEW_READY_PATH]
+    /// Path a worker must answer with 2xx/3xx to be ready (without it, any answer to / counts)
     #[arg(long, value_name = "PATH")]
     pub ready_path: Option<String>,
 
-    /// Time a worker has to become ready [default: 30s; env: CURFEW_BOOT_TIMEOUT]
+    /// Time a worker has to become ready
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub boot_timeout: Option<String>,
 
-    /// A request with no response after this long gets 504; a sync worker (concurrency 1) serving it is aborted as hung; 0 disables [default: 30s; env: CURFEW_TIMEOUT]
+    /// A request with no response after this long gets 504; a sync worker (concurrency 1) serving it is aborted as hung; 0 disables
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub timeout: Option<String>,
 
-    /// Close client keep-alive connections idle this long; keep it above your load balancer's idle timeout; 0 = never [default: 75s; env: CURFEW_KEEPALIVE_TIMEOUT]
+    /// Close client keep-alive connections idle this long; keep it above your load balancer's idle timeout; 0 = never
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub keepalive_timeout: Option<String>,
 
-    /// Time a hung worker gets between SIGABRT (so it can dump its stack) and SIGKILL [default: 2s; env: CURFEW_ABORT_TIMEOUT]
+    /// Time a hung worker gets between SIGABRT (so it can dump its stack) and SIGKILL
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub abort_timeout: Option<String>,
 
-    /// Set PYTHONFAULTHANDLER=1 for workers so Python prints its traceback on SIGABRT [default: true; env: CURFEW_FAULTHANDLER]
+    /// Set PYTHONFAULTHANDLER=1 for workers so Python prints its traceback on SIGABRT
     #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
     pub faulthandler: Option<bool>,
 
-    /// After SIGTERM, keep serving (while not ready) this long so load balancers deregister [default: 0; env: CURFEW_DRAIN_DELAY]
+    /// After SIGTERM, keep serving (while not ready) this long so load balancers deregister
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub drain_delay: Option<String>,
 
-    /// Time in-flight requests get to finish once draining [default: 30s; env: CURFEW_GRACEFUL_TIMEOUT]
+    /// Time in-flight requests get to finish once draining
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub graceful_timeout: Option<String>,
 
-    /// Time a worker gets between SIGTERM and SIGKILL [default: 5s; env: CURFEW_WORKER_STOP_TIMEOUT]
+    /// Time a worker gets between SIGTERM and SIGKILL
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub worker_stop_timeout: Option<String>,
 
-    /// Directory the workers run in [default: the current directory; env: CURFEW_CHDIR]
+    /// Directory the workers run in
     #[arg(long, value_name = "DIR")]
     pub chdir: Option<String>,
 
-    /// Peers whose X-Forwarded-* headers are trusted: IPs, CIDRs or * [default: 127.0.0.1,::1; env: CURFEW_FORWARDED_ALLOW_IPS]
+    /// Peers whose X-Forwarded-* headers are trusted: IPs, CIDRs or *
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub forwarded_allow_ips: Vec<String>,
 
-    /// Recycle a worker (drained first) after this many requests; 0 = never [default: 0; env: CURFEW_MAX_REQUESTS]
+    /// Recycle a worker (drained first) after this many requests; 0 = never
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub max_requests: Option<i64>,
 
-    /// Add a random 0..=N to max_requests per worker [default: 0; env: CURFEW_MAX_REQUESTS_JITTER]
+    /// Add a random 0..=N to max_requests per worker
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub max_requests_jitter: Option<i64>,
 
-    /// Recycle a worker whose RSS (with its children) exceeds this, e.g. 512MiB; 0 = no limit [default: 0; env: CURFEW_MAX_MEMORY]
+    /// Recycle a worker whose RSS (with its children) exceeds this, e.g. 512MiB; 0 = no limit
     #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
     pub max_memory: Option<String>,
 
-    /// Reload strategy: all (boot the whole new generation, then switch) or rolling [default: all; env: CURFEW_RELOAD_STRATEGY]
+    /// Reload strategy: all (boot the whole new generation, then switch) or rolling
     #[arg(long, value_name = "STRATEGY")]
     pub reload_strategy: Option<String>,
 
-    /// Workers replaced per step in a rolling reload [default: 1; env: CURFEW_RELOAD_BATCH]
+    /// Workers replaced per step in a rolling reload
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub reload_batch: Option<i64>,
 
-    /// Control socket for `curfew status/reload/stop/scale` (mode 0600) [default: $XDG_RUNTIME_DIR/curfew.sock, else /tmp/curfew-<uid>.sock; env: CURFEW_CONTROL_SOCKET]
+    /// Control socket for `curfew status/reload/stop/scale` (mode 0600)
     #[arg(long, value_name = "PATH")]
     pub control_socket: Option<String>,
 
-    /// A lifecycle hook, EVENT=COMMAND or EVENT=http://URL; repeatable; events: on_starting, when_ready, worker_exit, worker_abort, on_reload, on_incomplete, on_exit [default: none; env: CURFEW_HOOKS as a TOML table]
+    /// A lifecycle hook, EVENT=COMMAND or EVENT=http://URL; repeatable; events: on_starting, when_ready, worker_exit, worker_abort, on_reload, on_incomplete, on_exit
     #[arg(long = "hook", value_name = "EVENT=RUN")]
     pub hooks: Vec<String>,
 
-    /// Default time budget of a hook (it is killed after it) [default: 10s; env: CURFEW_HOOK_TIMEOUT]
+    /// Default time budget of a hook (it is killed after it)
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub hook_timeout: Option<String>,
 
-    /// Liveness probe path for workers with --worker-concurrency > 1: failing it liveness_failures times in a row gets the worker aborted as hung [default: off; env: CURFEW_LIVENESS_PATH]
+    /// Liveness probe path for workers with --worker-concurrency > 1: failing it liveness_failures times in a row gets the worker aborted as hung
     #[arg(long, value_name = "PATH")]
     pub liveness_path: Option<String>,
 
-    /// Time between liveness probes [default: 10s; env: CURFEW_LIVENESS_INTERVAL]
+    /// Time between liveness probes
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub liveness_interval: Option<String>,
 
-    /// Time a liveness probe may take [default: 5s; env: CURFEW_LIVENESS_TIMEOUT]
+    /// Time a liveness probe may take
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub liveness_timeout: Option<String>,
 
-    /// Failed liveness probes in a row before the worker is aborted [default: 3; env: CURFEW_LIVENESS_FAILURES]
+    /// Failed liveness probes in a row before the worker is aborted
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub liveness_failures: Option<i64>,
 
-    /// Admin address for /healthz and /readyz, e.g. 127.0.0.1:9000 [default: off; env: CURFEW_ADMIN_BIND]
+    /// Admin address for /healthz and /readyz, e.g. 127.0.0.1:9000
     #[arg(long, value_name = "ADDR")]
     pub admin_bind: Option<String>,
 
-    /// Job store URL (enables the job processor): sqlite:///path/jobs.db, a file path, or postgres://user@host/db; the rest of [jobs] comes from curfew.toml [default: off; env: CURFEW_JOBS as a TOML table, e.g. '{ store = "postgres://..." }']
+    /// Job store URL (enables the job processor): sqlite:///path/jobs.db, a file path, or postgres://user@host/db; the rest of [jobs] comes from curfew.toml
     #[arg(long, value_name = "URL")]
     pub jobs_store: Option<String>,
 
-    /// Log format: text or json [default: text; env: CURFEW_LOG_FORMAT]
+    /// Log format: text or json
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<String>,
 
-    /// Log filter, e.g. info, debug, curfew=debug,info [default: info; env: CURFEW_LOG_LEVEL]
+    /// Log filter, e.g. info, debug, curfew=debug,info
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
 
@@ -387,6 +423,7 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+        Cli::command_with_defaults().debug_assert();
     }
 
     #[test]
@@ -416,11 +453,13 @@ mod tests {
             Some(OneOrMany::Many(vec!["uvicorn".into(), "app:app".into()]))
         );
         // Every key of the raw layer is documented as a flag.
-        let help = Cli::command()
+        let help = Cli::command_with_defaults()
             .find_subcommand_mut("serve")
             .expect("serve")
             .render_long_help()
             .to_string();
+        // Wrapped lines joined again.
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
         for key in RawConfig::KEYS {
             if *key == "command" {
                 continue;
@@ -434,6 +473,11 @@ mod tests {
             assert!(
                 help.contains(&format!("CURFEW_{}", key.to_uppercase())),
                 "env var for {key} missing"
+            );
+            let default = defaults::shown(key).expect("a default").replace('`', "");
+            assert!(
+                help.contains(&format!("[default: {default};")),
+                "default of {key} ({default}) missing from --help"
             );
         }
     }

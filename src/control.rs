@@ -93,14 +93,6 @@ pub enum ControlError {
     Timeout { path: PathBuf },
 }
 
-/// The default path: `$XDG_RUNTIME_DIR/curfew.sock`, else `/tmp/curfew-<uid>.sock`.
-pub fn default_path() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
-        Some(dir) => PathBuf::from(dir).join("curfew.sock"),
-        None => std::env::temp_dir().join(format!("curfew-{}.sock", nix::unistd::getuid())),
-    }
-}
-
 /// Bind the control socket (mode 0600). A stale socket file (nobody
 /// answering) is replaced; a live one is an error.
 pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {

@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use curfew::{config, exit, logging, serve};
 
 mod cli;
@@ -10,7 +9,7 @@ mod cli;
 fn main() -> ExitCode {
     // Worker exec shim (see shim.rs): must run before anything else.
     curfew::shim::run_if_requested();
-    let cli = cli::Cli::parse();
+    let cli = cli::Cli::parse_with_defaults();
     use curfew::control::Request;
     let code = match cli.command {
         cli::Command::Serve(args) => run_serve(*args),

@@ -1,0 +1,162 @@
+//! Every top-level setting's default: the constants validation uses, and the
+//! same values as `curfew serve --help` and the README's configuration table
+//! show them ([`shown`]). A unit test checks that every key has one, that
+//! `--help` prints it and that the README's table agrees.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const BIND: &str = "127.0.0.1:8000";
+pub const WORKER_CONCURRENCY: usize = 1;
+pub const BACKLOG: usize = 1024;
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+/// Longer than common load balancers' idle timeouts (AWS ALB 60 s), as the
+/// backend's keep-alive must outlast the balancer's.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+pub const ABORT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const FAULTHANDLER: bool = true;
+pub const DRAIN_DELAY: Duration = Duration::ZERO;
+pub const GRACEFUL_TIMEOUT: Duration = Duration::from_secs(30);
+pub const WORKER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+pub const FORWARDED_ALLOW_IPS: &[&str] = &["127.0.0.1", "::1"];
+pub const LIVENESS_INTERVAL: Duration = Duration::from_secs(10);
+pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(5);
+pub const LIVENESS_FAILURES: usize = 3;
+pub const RELOAD_STRATEGY: &str = "all";
+pub const RELOAD_BATCH: usize = 1;
+pub const HOOK_TIMEOUT: Duration = Duration::from_secs(10);
+pub const LOG_FORMAT: &str = "text";
+pub const LOG_LEVEL: &str = "info";
+
+/// 2 × cores + 1, the gunicorn rule of thumb, used when neither `workers`
+/// nor `WEB_CONCURRENCY` is set.
+pub fn workers() -> usize {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    2 * cores + 1
+}
+
+/// The control socket: `$XDG_RUNTIME_DIR/curfew.sock`, else
+/// `/tmp/curfew-<uid>.sock`.
+pub fn control_socket() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join("curfew.sock"),
+        None => std::env::temp_dir().join(format!("curfew-{}.sock", nix::unistd::getuid())),
+    }
+}
+
+/// A duration as the docs write it: `30s`, `500ms`, `0`.
+fn duration(d: Duration) -> String {
+    if d.is_zero() {
+        "`0`".to_owned()
+    } else if d.subsec_millis() == 0 {
+        format!("`{}s`", d.as_secs())
+    } else {
+        format!("`{}ms`", d.as_millis())
+    }
+}
+
+/// The default of a top-level key, as the README's table writes it
+/// (Markdown; `--help` shows it without the backticks). `None` for a key
+/// this table does not know (a test keeps it complete).
+pub fn shown(key: &str) -> Option<String> {
+    let code = |s: &str| format!("`{s}`");
+    Some(match key {
+        "command" => "— (required)".to_owned(),
+        "workers" => "2 × cores + 1".to_owned(),
+        "bind" => code(BIND),
+        "worker_socket" => {
+            "`fd`, or `port` / `unix` when the command has `{port}` / `{socket}`".to_owned()
+        }
+        "worker_concurrency" => code(&WORKER_CONCURRENCY.to_string()),
+        "backlog" => code(&BACKLOG.to_string()),
+        "ready_path" => "none".to_owned(),
+        "boot_timeout" => duration(BOOT_TIMEOUT),
+        "timeout" => duration(TIMEOUT),
+        "keepalive_timeout" => duration(KEEPALIVE_TIMEOUT),
+        "abort_timeout" => duration(ABORT_TIMEOUT),
+        "faulthandler" => code(&FAULTHANDLER.to_string()),
+        "drain_delay" => duration(DRAIN_DELAY),
+        "graceful_timeout" => duration(GRACEFUL_TIMEOUT),
+        "worker_stop_timeout" => duration(WORKER_STOP_TIMEOUT),
+        "chdir" => "current directory".to_owned(),
+        "forwarded_allow_ips" => FORWARDED_ALLOW_IPS
+            .iter()
+            .map(|ip| code(ip))
+            .collect::<Vec<_>>()
+            .join(", "),
+        "max_requests" => "`0` (never)".to_owned(),
+        "max_requests_jitter" => "`0`".to_owned(),
+        "max_memory" => "`0` (no limit)".to_owned(),
+        "reload_strategy" => code(RELOAD_STRATEGY),
+        "reload_batch" => code(&RELOAD_BATCH.to_string()),
+        "control_socket" => {
+            "`$XDG_RUNTIME_DIR/curfew.sock`, else `/tmp/curfew-<uid>.sock`".to_owned()
+        }
+        "hooks" => "none".to_owned(),
+        "hook_timeout" => duration(HOOK_TIMEOUT),
+        "liveness_path" => "off".to_owned(),
+        "liveness_interval" => duration(LIVENESS_INTERVAL),
+        "liveness_timeout" => duration(LIVENESS_TIMEOUT),
+        "liveness_failures" => code(&LIVENESS_FAILURES.to_string()),
+        "admin_bind" => "off".to_owned(),
+        "jobs" => "off".to_owned(),
+        "log_format" => code(LOG_FORMAT),
+        "log_level" => code(LOG_LEVEL),
+        _ => return None,
+    })
+}
+
+/// Where a key can also come from in the environment, beside
+/// `CURFEW_<KEY>`, as `--help` says it.
+pub fn env_note(key: &str) -> &'static str {
+    match key {
+        "workers" => ", else WEB_CONCURRENCY",
+        "bind" => ", or PORT → 0.0.0.0:$PORT",
+        "hooks" => " as a TOML table",
+        "jobs" => " as a TOML table, e.g. '{ store = \"postgres://...\" }'",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::raw::RawConfig;
+
+    #[test]
+    fn every_key_has_a_default() {
+        for key in RawConfig::KEYS {
+            assert!(shown(key).is_some(), "no default shown for {key}");
+        }
+    }
+
+    #[test]
+    fn durations_read_like_the_docs() {
+        assert_eq!(duration(Duration::ZERO), "`0`");
+        assert_eq!(duration(Duration::from_secs(75)), "`75s`");
+        assert_eq!(duration(Duration::from_millis(1500)), "`1500ms`");
+    }
+
+    /// The README's configuration table shows the same defaults.
+    #[test]
+    fn readme_table_agrees() {
+        let readme = include_str!("../../README.md");
+        for key in RawConfig::KEYS {
+            let prefix = format!("| `{key}` |");
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&prefix))
+                .unwrap_or_else(|| panic!("README has no row for {key}"));
+            let cells: Vec<&str> = row.split(" | ").collect();
+            let default = cells.get(3).map(|c| c.trim()).unwrap_or_default();
+            assert_eq!(
+                Some(default.to_owned()),
+                shown(key),
+                "README's default for {key}"
+            );
+        }
+    }
+}

@@ -1,0 +1,587 @@
+//! Validation: the merged raw layer ([`RawConfig`]) becomes one typed
+//! [`Config`], group by group (what the workers run, addresses, worker
+//! health, recycling, hooks, logging; `[jobs]` in [`super::jobs`]), with the
+//! checkers in [`Ctx`] shared by every group. Each error names the key, its
+//! origin, the value and what is allowed.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::hooks::{HookAction, HookEvent, HookSpec};
+use super::parse::{parse_allow, parse_bind, resolve_program};
+use super::raw::{OneOrMany, RawConfig, RawDuration, RawHook};
+use super::{
+    BindAddr, Config, ConfigError, ForwardedAllow, Liveness, LogFormat, Origin, Origins,
+    ReloadStrategy, WorkerSocket, defaults, duration, jobs,
+};
+
+/// Checks values and builds errors that name the key and where it came from.
+pub(crate) struct Ctx<'a> {
+    pub(crate) origins: &'a Origins,
+    /// Keys inside a table (`jobs.queues.mail.timeout`) came from wherever
+    /// the table did: this top-level key's origin.
+    section: Option<&'static str>,
+}
+
+impl<'a> Ctx<'a> {
+    pub(crate) fn top(origins: &'a Origins) -> Ctx<'a> {
+        Ctx {
+            origins,
+            section: None,
+        }
+    }
+
+    pub(crate) fn section(origins: &'a Origins, key: &'static str) -> Ctx<'a> {
+        Ctx {
+            origins,
+            section: Some(key),
+        }
+    }
+
+    pub(crate) fn err(
+        &self,
+        key: impl AsRef<str>,
+        value: impl fmt::Display,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        let key = key.as_ref();
+        let origin_key = self.section.unwrap_or(key);
+        ConfigError::Invalid {
+            key: key.to_string(),
+            origin: self
+                .origins
+                .get(origin_key)
+                .cloned()
+                .unwrap_or(Origin::Default),
+            value: value.to_string(),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn int(
+        &self,
+        key: &str,
+        v: Option<i64>,
+        default: i64,
+        min: i64,
+        max: i64,
+    ) -> Result<i64, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(n) if n < min || n > max => {
+                Err(self.err(key, n, format!("must be between {min} and {max}")))
+            }
+            Some(n) => Ok(n),
+        }
+    }
+
+    pub(crate) fn count(
+        &self,
+        key: &str,
+        v: Option<i64>,
+        default: usize,
+        min: i64,
+        max: i64,
+    ) -> Result<usize, ConfigError> {
+        // `default` fits: every default count is far below i64::MAX.
+        self.int(key, v, default as i64, min, max)
+            .map(|n| n as usize)
+    }
+
+    pub(crate) fn duration(
+        &self,
+        key: &str,
+        v: Option<RawDuration>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(raw) => duration::parse(&raw).map_err(|m| self.err(key, &raw, m)),
+        }
+    }
+
+    /// [`Ctx::duration`], and at least `min` when given.
+    pub(crate) fn duration_at_least(
+        &self,
+        key: &str,
+        v: Option<RawDuration>,
+        default: Duration,
+        min: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let d = self.duration(key, v, default)?;
+        if d < min {
+            return Err(self.err(key, format!("{d:?}"), format!("must be at least {min:?}")));
+        }
+        Ok(d)
+    }
+
+    /// [`Ctx::duration`] that must not be zero.
+    fn positive(
+        &self,
+        key: &str,
+        v: Option<RawDuration>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let d = self.duration(key, v, default)?;
+        if d.is_zero() {
+            return Err(self.err(key, "0", "must be greater than zero"));
+        }
+        Ok(d)
+    }
+
+    /// [`Ctx::duration`] where `0` turns the feature off (`None`).
+    fn optional(
+        &self,
+        key: &str,
+        v: Option<RawDuration>,
+        default: Duration,
+    ) -> Result<Option<Duration>, ConfigError> {
+        Ok(Some(self.duration(key, v, default)?).filter(|d| !d.is_zero()))
+    }
+
+    /// A URL path starting with `/`, if given.
+    fn url_path(&self, key: &str, v: Option<String>) -> Result<Option<String>, ConfigError> {
+        match v {
+            None => Ok(None),
+            Some(p) if p.starts_with('/') && p.parse::<http::uri::PathAndQuery>().is_ok() => {
+                Ok(Some(p))
+            }
+            Some(p) => Err(self.err(
+                key,
+                format!("{p:?}"),
+                "must be a URL path starting with '/', e.g. \"/health\"",
+            )),
+        }
+    }
+
+    /// One of `allowed` (`default` when not given).
+    fn one_of(
+        &self,
+        key: &str,
+        v: Option<String>,
+        default: &str,
+        allowed: &[&str],
+    ) -> Result<String, ConfigError> {
+        let v = v.unwrap_or_else(|| default.to_owned());
+        if allowed.contains(&v.as_str()) {
+            return Ok(v);
+        }
+        let quoted: Vec<String> = allowed.iter().map(|a| format!("{a:?}")).collect();
+        let list = match quoted.split_last() {
+            Some((last, [])) => last.clone(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
+        };
+        Err(self.err(key, format!("{v:?}"), format!("must be {list}")))
+    }
+}
+
+/// Turn a merged raw layer into a [`Config`], or say exactly what is wrong.
+/// Each group of settings is checked by a function of its own; the struct
+/// literal at the end names every field of [`Config`].
+pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError> {
+    let cx = Ctx::top(origins);
+    let program = program(&cx, &raw)?;
+    let net = network(&cx, &raw)?;
+    let health = health(&cx, &raw)?;
+    let recycle = recycle(&cx, &raw)?;
+    let hooks = hooks(&cx, &raw)?;
+    let (log_format, log_level) = logging(&cx, &raw)?;
+    let graceful_timeout = cx.duration(
+        "graceful_timeout",
+        raw.graceful_timeout.clone(),
+        defaults::GRACEFUL_TIMEOUT,
+    )?;
+    let workers = cx.count("workers", raw.workers, defaults::workers(), 1, 1024)?;
+    let worker_concurrency = cx.count(
+        "worker_concurrency",
+        raw.worker_concurrency,
+        defaults::WORKER_CONCURRENCY,
+        1,
+        100_000,
+    )?;
+    let jobs = jobs::validate(
+        raw.jobs,
+        &jobs::Context {
+            origins,
+            graceful_timeout,
+            capacity: workers * worker_concurrency,
+        },
+    )?;
+    Ok(Config {
+        command: program.command,
+        workers,
+        binds: net.binds,
+        worker_socket: program.worker_socket,
+        worker_concurrency,
+        backlog: cx.count("backlog", raw.backlog, defaults::BACKLOG, 0, 1_000_000)?,
+        ready_path: health.ready_path,
+        boot_timeout: health.boot_timeout,
+        drain_delay: cx.duration("drain_delay", raw.drain_delay, defaults::DRAIN_DELAY)?,
+        graceful_timeout,
+        timeout: health.timeout,
+        abort_timeout: health.abort_timeout,
+        keepalive_timeout: cx.optional(
+            "keepalive_timeout",
+            raw.keepalive_timeout,
+            defaults::KEEPALIVE_TIMEOUT,
+        )?,
+        faulthandler: raw.faulthandler.unwrap_or(defaults::FAULTHANDLER),
+        worker_stop_timeout: cx.duration(
+            "worker_stop_timeout",
+            raw.worker_stop_timeout,
+            defaults::WORKER_STOP_TIMEOUT,
+        )?,
+        chdir: program.chdir,
+        forwarded_allow: net.forwarded_allow,
+        admin_bind: net.admin_bind,
+        control_socket: net.control_socket,
+        liveness: health.liveness,
+        hooks,
+        max_requests: recycle.max_requests,
+        max_requests_jitter: recycle.max_requests_jitter,
+        max_memory: recycle.max_memory,
+        reload: recycle.reload,
+        log_format,
+        log_level,
+        jobs,
+        config_file: None,
+    })
+}
+
+/// What the workers run: `command`, `chdir`, `worker_socket`.
+struct Program {
+    command: Vec<String>,
+    chdir: Option<PathBuf>,
+    worker_socket: WorkerSocket,
+}
+
+fn program(cx: &Ctx<'_>, raw: &RawConfig) -> Result<Program, ConfigError> {
+    let command = match raw.command.clone() {
+        None => return Err(ConfigError::NoCommand),
+        Some(OneOrMany::Many(v)) => v,
+        Some(OneOrMany::One(s)) => shlex::split(&s).ok_or_else(|| {
+            cx.err(
+                "command",
+                format!("{s:?}"),
+                "unbalanced quotes in the command string",
+            )
+        })?,
+    };
+    if command.is_empty() || command[0].is_empty() {
+        return Err(ConfigError::NoCommand);
+    }
+    let chdir = raw.chdir.clone().map(PathBuf::from);
+    if let Some(dir) = &chdir
+        && !dir.is_dir()
+    {
+        return Err(cx.err("chdir", dir.display(), "is not a directory"));
+    }
+    if let Err(msg) = resolve_program(&command[0], chdir.as_deref()) {
+        return Err(cx.err("command", format!("{:?}", command[0]), msg));
+    }
+    let has_port = command.iter().any(|a| a.contains("{port}"));
+    let has_socket = command.iter().any(|a| a.contains("{socket}"));
+    if has_port && has_socket {
+        return Err(cx.err(
+            "command",
+            command.join(" "),
+            "use either {port} or {socket}, not both",
+        ));
+    }
+    let implied = if has_port {
+        "port"
+    } else if has_socket {
+        "unix"
+    } else {
+        "fd"
+    };
+    let mode = cx.one_of(
+        "worker_socket",
+        raw.worker_socket.clone(),
+        implied,
+        &["fd", "port", "unix"],
+    )?;
+    let worker_socket = match (mode.as_str(), has_port, has_socket) {
+        ("fd", false, false) => WorkerSocket::Fd,
+        ("fd", _, _) => {
+            return Err(cx.err(
+                "worker_socket",
+                "\"fd\"",
+                "the command has a {port} or {socket} placeholder; remove it or choose that mode",
+            ));
+        }
+        ("port", _, true) => {
+            return Err(cx.err("worker_socket", "\"port\"", "the command uses {socket}"));
+        }
+        ("port", _, _) => WorkerSocket::Port,
+        ("unix", true, _) => {
+            return Err(cx.err("worker_socket", "\"unix\"", "the command uses {port}"));
+        }
+        _ => WorkerSocket::Unix,
+    };
+    Ok(Program {
+        command,
+        chdir,
+        worker_socket,
+    })
+}
+
+/// Addresses: `bind`, `admin_bind`, `forwarded_allow_ips`, `control_socket`.
+struct Network {
+    binds: Vec<BindAddr>,
+    admin_bind: Option<BindAddr>,
+    forwarded_allow: ForwardedAllow,
+    control_socket: PathBuf,
+}
+
+fn network(cx: &Ctx<'_>, raw: &RawConfig) -> Result<Network, ConfigError> {
+    let binds = raw
+        .bind
+        .clone()
+        .map(OneOrMany::into_vec)
+        .unwrap_or_else(|| vec![defaults::BIND.to_string()]);
+    if binds.is_empty() {
+        return Err(cx.err(
+            "bind",
+            "[]",
+            "give at least one address, e.g. \"127.0.0.1:8000\"",
+        ));
+    }
+    let mut bind_addrs = Vec::new();
+    for b in &binds {
+        for addr in parse_bind(b).map_err(|m| cx.err("bind", format!("{b:?}"), m))? {
+            if !bind_addrs.contains(&addr) {
+                bind_addrs.push(addr);
+            }
+        }
+    }
+    let allow = raw
+        .forwarded_allow_ips
+        .clone()
+        .map(OneOrMany::into_vec)
+        .unwrap_or_else(|| {
+            defaults::FORWARDED_ALLOW_IPS
+                .iter()
+                .map(|ip| ip.to_string())
+                .collect()
+        });
+    let forwarded_allow =
+        parse_allow(&allow).map_err(|m| cx.err("forwarded_allow_ips", format!("{allow:?}"), m))?;
+    let admin_bind = match raw.admin_bind.clone() {
+        None => None,
+        Some(a) => {
+            let addrs = parse_bind(&a).map_err(|m| cx.err("admin_bind", format!("{a:?}"), m))?;
+            if addrs.iter().any(|x| bind_addrs.contains(x)) {
+                return Err(cx.err(
+                    "admin_bind",
+                    format!("{a:?}"),
+                    "must differ from every `bind` address",
+                ));
+            }
+            addrs.into_iter().next()
+        }
+    };
+    let control_socket = match raw.control_socket.clone() {
+        Some(p) if p.is_empty() => {
+            return Err(cx.err(
+                "control_socket",
+                "\"\"",
+                "give a path, e.g. \"/run/app/curfew.sock\"",
+            ));
+        }
+        Some(p) => PathBuf::from(p),
+        None => defaults::control_socket(),
+    };
+    Ok(Network {
+        binds: bind_addrs,
+        admin_bind,
+        forwarded_allow,
+        control_socket,
+    })
+}
+
+/// When a worker counts as ready, alive or hung: `ready_path`,
+/// `boot_timeout`, `timeout`, `abort_timeout`, `liveness_*`.
+struct Health {
+    ready_path: Option<String>,
+    boot_timeout: Duration,
+    timeout: Option<Duration>,
+    abort_timeout: Duration,
+    liveness: Option<Liveness>,
+}
+
+fn health(cx: &Ctx<'_>, raw: &RawConfig) -> Result<Health, ConfigError> {
+    let liveness = match cx.url_path("liveness_path", raw.liveness_path.clone())? {
+        None => None,
+        Some(path) => Some(Liveness {
+            path,
+            interval: cx.positive(
+                "liveness_interval",
+                raw.liveness_interval.clone(),
+                defaults::LIVENESS_INTERVAL,
+            )?,
+            timeout: cx.positive(
+                "liveness_timeout",
+                raw.liveness_timeout.clone(),
+                defaults::LIVENESS_TIMEOUT,
+            )?,
+            failures: cx.count(
+                "liveness_failures",
+                raw.liveness_failures,
+                defaults::LIVENESS_FAILURES,
+                1,
+                100,
+            )? as u32,
+        }),
+    };
+    Ok(Health {
+        ready_path: cx.url_path("ready_path", raw.ready_path.clone())?,
+        boot_timeout: cx.positive(
+            "boot_timeout",
+            raw.boot_timeout.clone(),
+            defaults::BOOT_TIMEOUT,
+        )?,
+        timeout: cx.optional("timeout", raw.timeout.clone(), defaults::TIMEOUT)?,
+        abort_timeout: cx.duration(
+            "abort_timeout",
+            raw.abort_timeout.clone(),
+            defaults::ABORT_TIMEOUT,
+        )?,
+        liveness,
+    })
+}
+
+/// When and how workers are replaced: `max_requests`, `max_requests_jitter`,
+/// `max_memory`, `reload_strategy`, `reload_batch`.
+struct Recycle {
+    max_requests: Option<u64>,
+    max_requests_jitter: u64,
+    max_memory: Option<u64>,
+    reload: ReloadStrategy,
+}
+
+fn recycle(cx: &Ctx<'_>, raw: &RawConfig) -> Result<Recycle, ConfigError> {
+    let max_requests = match cx.count("max_requests", raw.max_requests, 0, 0, i64::MAX)? {
+        0 => None,
+        n => Some(n as u64),
+    };
+    let max_requests_jitter = cx.count(
+        "max_requests_jitter",
+        raw.max_requests_jitter,
+        0,
+        0,
+        i64::MAX,
+    )? as u64;
+    let max_memory = match raw.max_memory.clone() {
+        None => None,
+        Some(raw_size) => match raw_size.bytes() {
+            Ok(0) => None,
+            Ok(b) if b < 1 << 20 => {
+                return Err(cx.err(
+                    "max_memory",
+                    &raw_size,
+                    "must be at least 1MiB (or 0 for no limit)",
+                ));
+            }
+            Ok(b) => Some(b),
+            Err(m) => return Err(cx.err("max_memory", &raw_size, m)),
+        },
+    };
+    let batch = cx.count(
+        "reload_batch",
+        raw.reload_batch,
+        defaults::RELOAD_BATCH,
+        1,
+        1024,
+    )?;
+    let strategy = cx.one_of(
+        "reload_strategy",
+        raw.reload_strategy.clone(),
+        defaults::RELOAD_STRATEGY,
+        &["all", "rolling"],
+    )?;
+    let reload = if strategy == "rolling" {
+        ReloadStrategy::Rolling(batch)
+    } else {
+        ReloadStrategy::AllAtOnce
+    };
+    Ok(Recycle {
+        max_requests,
+        max_requests_jitter,
+        max_memory,
+        reload,
+    })
+}
+
+/// `hooks` and `hook_timeout`.
+fn hooks(cx: &Ctx<'_>, raw: &RawConfig) -> Result<HashMap<HookEvent, HookSpec>, ConfigError> {
+    let hook_timeout = cx.positive(
+        "hook_timeout",
+        raw.hook_timeout.clone(),
+        defaults::HOOK_TIMEOUT,
+    )?;
+    let mut hooks = HashMap::new();
+    for (name, raw_hook) in raw.hooks.clone().unwrap_or_default() {
+        let Some(event) = HookEvent::from_name(&name) else {
+            let known: Vec<&str> = HookEvent::ALL.iter().map(|e| e.as_str()).collect();
+            return Err(cx.err(
+                "hooks",
+                format!("{name:?}"),
+                format!("unknown hook; the hooks are {}", known.join(", ")),
+            ));
+        };
+        let (run, timeout) = match raw_hook {
+            RawHook::Run(r) => (r, None),
+            RawHook::Table { run, timeout } => (run, timeout),
+        };
+        let action =
+            HookAction::parse(&run).map_err(|m| cx.err("hooks", format!("{name} = {run:?}"), m))?;
+        let timeout = match timeout {
+            None => hook_timeout,
+            Some(t) => match duration::parse(&t) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    return Err(cx.err(
+                        "hooks",
+                        format!("{name}.timeout = {t}"),
+                        "must be greater than zero",
+                    ));
+                }
+                Err(m) => return Err(cx.err("hooks", format!("{name}.timeout = {t}"), m)),
+            },
+        };
+        hooks.insert(event, HookSpec { action, timeout });
+    }
+    Ok(hooks)
+}
+
+/// `log_format` and `log_level`.
+fn logging(cx: &Ctx<'_>, raw: &RawConfig) -> Result<(LogFormat, String), ConfigError> {
+    let format = match cx
+        .one_of(
+            "log_format",
+            raw.log_format.clone(),
+            defaults::LOG_FORMAT,
+            &["text", "json"],
+        )?
+        .as_str()
+    {
+        "json" => LogFormat::Json,
+        _ => LogFormat::Text,
+    };
+    let level = raw
+        .log_level
+        .clone()
+        .unwrap_or_else(|| defaults::LOG_LEVEL.into());
+    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&level) {
+        return Err(cx.err(
+            "log_level",
+            format!("{level:?}"),
+            format!("{e} (write e.g. \"info\" or \"curfew=debug,info\")"),
+        ));
+    }
+    Ok((format, level))
+}
