@@ -29,8 +29,8 @@ const NO_WORKER_SNOOZE: Duration = Duration::from_secs(1);
 const COMMAND_GRACE: Duration = Duration::from_secs(2);
 
 /// POST the job to `template` on one of the app's workers, within `timeout`
-/// (waiting for a free worker slot included). `mark` is written once a
-/// worker slot is held, beside the connect.
+/// (waiting for a free worker slot included). `mark` follows whether the
+/// job waits for a worker.
 pub(super) async fn http(
     front: &Arc<Front>,
     template: &str,
@@ -45,13 +45,29 @@ pub(super) async fn http(
     let body = Bytes::from(payload_json(job));
     let mut excluded: Vec<u64> = Vec::new();
     loop {
-        let acquired = tokio::time::timeout_at(
-            deadline,
-            front
+        // The future (and its borrow of `excluded`) ends with this block.
+        let acquired = {
+            let acquire = front
                 .router
-                .acquire(&Method::POST, &path, started, &excluded),
-        )
-        .await;
+                .acquire(&Method::POST, &path, started, &excluded);
+            tokio::pin!(acquire);
+            // A free worker now: deliver. None: the job waits in the front's
+            // queue (its place kept while the store is told so).
+            let now = tokio::select! {
+                biased;
+                r = &mut acquire => Some(r),
+                _ = std::future::ready(()) => None,
+            };
+            match now {
+                Some(r) => Ok(r),
+                None => {
+                    if !mark.waiting().await {
+                        return lost_lease();
+                    }
+                    tokio::time::timeout_at(deadline, acquire).await
+                }
+            }
+        };
         let lease = match acquired {
             Err(_) => {
                 return Verdict::Snooze {
@@ -75,14 +91,10 @@ pub(super) async fn http(
         };
         let (conn, ours) = tokio::join!(
             tokio::time::timeout_at(deadline, upstream::open(lease.pool.addr())),
-            mark.mark()
+            mark.started()
         );
         if !ours {
-            // The lease was lost: the run is being abandoned (the caller
-            // ignores this verdict).
-            return Verdict::Interrupted {
-                why: "its lease was lost before delivery".to_owned(),
-            };
+            return lost_lease();
         }
         let io = match conn {
             Err(_) => {
@@ -183,6 +195,14 @@ pub(super) async fn http(
     }
 }
 
+/// The run's lease was lost: it is being abandoned (the caller ignores
+/// this verdict).
+fn lost_lease() -> Verdict {
+    Verdict::Interrupted {
+        why: "its lease was lost before delivery".to_owned(),
+    }
+}
+
 fn build_request(
     path: &str,
     job: &Job,
@@ -220,8 +240,8 @@ fn payload_json(job: &Job) -> Vec<u8> {
 
 /// Run `argv` for the job: the payload (JSON) on stdin, the job in
 /// `CURFEW_JOB_*` variables; exit 0 done, 75 snooze, else failed. `stop`
-/// ends it early (SIGTERM, SIGKILL after a grace): then `None`. `mark` is
-/// written before the spawn.
+/// ends it early (SIGTERM, SIGKILL after a grace): then `None`. A command
+/// never waits for a worker: its claim is its start.
 pub(super) async fn command(
     reaper: &Reaper,
     argv: &[String],
@@ -229,11 +249,7 @@ pub(super) async fn command(
     job: &Job,
     timeout: Duration,
     stop: impl std::future::Future<Output = ()>,
-    mark: &mut StartMark<'_>,
 ) -> Option<Verdict> {
-    if !mark.mark().await {
-        return None;
-    }
     let mut stdin = payload_json(job);
     stdin.push(b'\n');
     let (id, queue, kind) = (job.id, job.queue.clone(), job.kind.clone());

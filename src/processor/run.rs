@@ -13,18 +13,19 @@ use crate::config::jobs::Delivery;
 use crate::supervisor::command::AbortOnDrop;
 use curfew_store::{Claimed, FailOutcome, backoff, now_ms};
 
-/// Records, once, that a job's delivery is starting
-/// ([`curfew_store::Store::mark_started`]): from then on a death of this
-/// processor is charged to the job as a crash. Written just before the job
-/// reaches a worker (HTTP: beside the connect, once a worker slot is held;
-/// command: before the spawn), so a job still waiting for a worker is never
-/// charged.
+/// Keeps the store's `started_at` true to the run: a claim presumes the
+/// delivery starts at once; a job that has to wait for a free worker is
+/// marked waiting before it waits ([`curfew_store::Store::mark_waiting`])
+/// and started again once it has one, so a death of this processor while
+/// it waits is never charged to the job as a crash. A job that finds a
+/// worker at once (the common case) costs no write.
 pub(super) struct StartMark<'a> {
     inner: &'a Inner,
     id: i64,
     token: &'a str,
     lost: &'a CancellationToken,
-    written: bool,
+    /// What the store says: `started_at` set.
+    started: bool,
 }
 
 impl<'a> StartMark<'a> {
@@ -34,28 +35,48 @@ impl<'a> StartMark<'a> {
             id,
             token,
             lost,
-            written: false,
+            started: true,
         }
     }
 
-    /// Writes the mark the first time it is called. `false`: the lease was
-    /// lost (the run is abandoned through `lost`); do not deliver.
-    pub(super) async fn mark(&mut self) -> bool {
-        if self.written {
-            return !self.lost.is_cancelled();
-        }
-        self.written = true;
-        let t = self.inner.health.tick();
-        match self.inner.store.mark_started(self.id, self.token).await {
-            Ok(true) => self.inner.health.ok(),
-            Ok(false) => self.lost.cancel(),
-            // The store is away: deliver anyway (the verdict write retries
-            // for a lease). Only the crash count is at stake: should this
-            // processor die before the store returns, this run is not
-            // charged a crash.
-            Err(e) => self.inner.health.failed("record that a job started", &e, t),
+    /// Before waiting for a worker. `false`: the lease was lost (the run is
+    /// abandoned through `lost`); do not deliver.
+    pub(super) async fn waiting(&mut self) -> bool {
+        if self.started {
+            self.write(false).await;
         }
         !self.lost.is_cancelled()
+    }
+
+    /// Once the job has a worker. `false`: the lease was lost.
+    pub(super) async fn started(&mut self) -> bool {
+        if !self.started {
+            self.write(true).await;
+        }
+        !self.lost.is_cancelled()
+    }
+
+    async fn write(&mut self, started: bool) {
+        self.started = started;
+        let t = self.inner.health.tick();
+        let store = &self.inner.store;
+        let written = if started {
+            store.mark_started(self.id, self.token).await
+        } else {
+            store.mark_waiting(self.id, self.token).await
+        };
+        match written {
+            Ok(true) => self.inner.health.ok(),
+            Ok(false) => self.lost.cancel(),
+            // The store is away: go on (the verdict write retries for a
+            // lease). Only the crash count is at stake, should this
+            // processor die before the store returns.
+            Err(e) => {
+                self.inner
+                    .health
+                    .failed("record whether a job is waiting for a worker", &e, t)
+            }
+        }
     }
 }
 
@@ -121,7 +142,6 @@ impl Inner {
                         &job,
                         q.cfg.timeout,
                         stop,
-                        &mut mark,
                     )
                     .await
                 }

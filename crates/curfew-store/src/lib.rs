@@ -21,9 +21,10 @@
 //!
 //! `queued → running → succeeded`, with `failed` (a failed attempt waiting
 //! for its retry at `run_at`), `dead` and `cancelled`; see [`JobState`].
-//! A processor [claims](Store::claim) jobs with a lease, records when it
-//! starts delivering one ([`Store::mark_started`]) and renews the lease
-//! ([`Store::heartbeat`], every lease/3 or so) for as long as the job runs.
+//! A processor [claims](Store::claim) jobs with a lease, records when a
+//! claimed job has to wait for a worker ([`Store::mark_waiting`], then
+//! [`Store::mark_started`]) and renews the lease ([`Store::heartbeat`],
+//! every lease/3 or so) for as long as the job runs.
 //! It ends the run with [`Store::complete`], [`Store::fail`] (retry at a time
 //! from [`backoff::backoff`], or dead after `max_attempts`), [`Store::snooze`]
 //! (back-pressure: retry later without spending an attempt) or, on a graceful
@@ -54,10 +55,11 @@
 //!    columns. A job whose processor died more than `max_crashes` times
 //!    while delivering it is parked as `dead` ("interrupted by processor
 //!    crashes N times") so a job that kills its processor cannot kill every
-//!    processor in turn. Only a run whose delivery had started
-//!    ([`Store::mark_started`], which sets `started_at`; a claim clears it)
-//!    counts: a job claimed but still waiting for a worker when its
-//!    processor died is queued again with no crash charged. Jobs delivered
+//!    processor in turn. Only a run whose delivery had started counts
+//!    (`started_at` set: by the claim, cleared by [`Store::mark_waiting`]
+//!    while the processor waits for a free worker, set again by
+//!    [`Store::mark_started`]): a job claimed but still waiting for a worker
+//!    when its processor died is queued again with no crash charged. Jobs delivered
 //!    beside the one that killed the processor are charged too (nothing in
 //!    the store tells them apart; Sidekiq Pro's super_fetch does the same).
 //! 6. **One job per idempotency key**, for as long as the job exists:
@@ -301,13 +303,21 @@ impl Store {
         on_backend!(self, s => s.heartbeat(id, token, lease_ms).await)
     }
 
-    /// Records that the run's delivery is starting (sets `started_at`), if
-    /// `token` still holds the job. Only a run marked so is charged a crash
-    /// when its processor dies ([`Store::rescue_expired`]): a job that was
-    /// claimed but never handed to a worker cannot be what killed it.
-    /// `false`: the job was lost; stop working on it.
+    /// Records that the claimed run is waiting for a worker and has not
+    /// been delivered (clears `started_at`), if `token` still holds the job.
+    /// A claim presumes delivery starts at once; a processor that finds no
+    /// free worker calls this before it waits, and [`Store::mark_started`]
+    /// when it has one. A run marked waiting is never charged a crash when
+    /// its processor dies ([`Store::rescue_expired`]): it cannot be what
+    /// killed it. `false`: the job was lost; stop working on it.
+    pub async fn mark_waiting(&self, id: i64, token: &str) -> Result<bool, StoreError> {
+        on_backend!(self, s => s.set_started(id, token, false).await)
+    }
+
+    /// Records that the run's delivery is starting (sets `started_at` to
+    /// now) after [`Store::mark_waiting`], if `token` still holds the job.
     pub async fn mark_started(&self, id: i64, token: &str) -> Result<bool, StoreError> {
-        on_backend!(self, s => s.mark_started(id, token).await)
+        on_backend!(self, s => s.set_started(id, token, true).await)
     }
 
     /// Marks the run succeeded, if `token` still holds the job.
@@ -358,8 +368,8 @@ impl Store {
 
     /// Takes back running jobs whose lease expired (their processor stopped
     /// heartbeating): queued again with the attempt given back. A run whose
-    /// delivery had started ([`Store::mark_started`]) also gets `crashes` +
-    /// 1, or is parked dead once `crashes` would exceed `max_crashes`; a run
+    /// delivery had started (not [`Store::mark_waiting`]) also gets
+    /// `crashes` + 1, or is parked dead once `crashes` would exceed `max_crashes`; a run
     /// that was only claimed is queued again with no crash counted.
     /// Returns their ids.
     pub async fn rescue_expired(&self, max_crashes: i32) -> Result<Vec<i64>, StoreError> {
@@ -568,6 +578,7 @@ mod tests {
         assert_send(store.enqueue(NewJob::default()));
         assert_send(store.claim("q", 1, "n/b", Duration::from_secs(1)));
         assert_send(store.heartbeat(1, "t", Duration::from_secs(1)));
+        assert_send(store.mark_waiting(1, "t"));
         assert_send(store.mark_started(1, "t"));
         assert_send(store.complete(1, "t"));
         assert_send(store.fail(1, "t", "e", 0));

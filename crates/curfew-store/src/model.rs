@@ -119,8 +119,9 @@ pub struct Job {
     pub idempotency_key: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
-    /// When the latest run's delivery started ([`Store::mark_started`](super::Store::mark_started));
-    /// `None` while a claimed job waits for a worker.
+    /// When the latest run's delivery started: its claim, or
+    /// [`Store::mark_started`](super::Store::mark_started) after a wait for a
+    /// worker; `None` while a claimed job waits for one.
     pub started_at: Option<i64>,
     /// Set when the job reached succeeded, dead or cancelled.
     pub finished_at: Option<i64>,

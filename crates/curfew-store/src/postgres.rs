@@ -236,7 +236,7 @@ impl PgStore {
                  lease_owner = $3,
                  lease_token = gen_random_uuid()::text,
                  lease_expires_at = {s}.now_ms() + $4,
-                 started_at = NULL,
+                 started_at = {s}.now_ms(),
                  updated_at = {s}.now_ms()
              FROM picked
              WHERE j.id = picked.id
@@ -271,13 +271,20 @@ impl PgStore {
         Ok(done.rows_affected() == 1)
     }
 
-    pub(crate) async fn mark_started(&self, id: i64, token: &str) -> Result<bool, StoreError> {
+    pub(crate) async fn set_started(
+        &self,
+        id: i64,
+        token: &str,
+        started: bool,
+    ) -> Result<bool, StoreError> {
         let done = sqlx::query(self.sql(
-            "UPDATE {s}.jobs SET started_at = {s}.now_ms(), updated_at = {s}.now_ms()
+            "UPDATE {s}.jobs SET started_at = CASE WHEN $3 THEN {s}.now_ms() END,
+                 updated_at = {s}.now_ms()
              WHERE id = $1 AND state = 'running' AND lease_token = $2",
         ))
         .bind(id)
         .bind(token)
+        .bind(started)
         .execute(&self.pool)
         .await
         .map_err(|e| self.err(e))?;

@@ -286,7 +286,7 @@ impl SqliteStore {
             uuid_v4_sql!(),
             ",
                 lease_expires_at = ?2 + ?3,
-                started_at = NULL,
+                started_at = ?2,
                 updated_at = ?2
              WHERE id IN (
                 SELECT id FROM jobs INDEXED BY jobs_claim
@@ -327,15 +327,22 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn mark_started(&self, id: i64, token: &str) -> Result<bool, StoreError> {
+    pub(crate) async fn set_started(
+        &self,
+        id: i64,
+        token: &str,
+        started: bool,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
         self.fenced_write(
             sqlx::query(
-                "UPDATE jobs SET started_at = ?3, updated_at = ?3
+                "UPDATE jobs SET started_at = ?3, updated_at = ?4
                  WHERE id = ?1 AND state = 'running' AND lease_token = ?2",
             )
             .bind(id)
             .bind(token)
-            .bind(now_ms()),
+            .bind(started.then_some(now))
+            .bind(now),
         )
         .await
     }

@@ -264,20 +264,6 @@ async fn claim_one(h: &Harness, queue: &str, owner: &str, lease: Duration) -> (i
     (c.job.id, c.token)
 }
 
-/// [`claim_one`], then marks the delivery started (a processor death from
-/// here on counts as a crash of the job).
-async fn claim_started(h: &Harness, queue: &str, owner: &str, lease: Duration) -> (i64, String) {
-    let (id, token) = claim_one(h, queue, owner, lease).await;
-    assert!(
-        h.store
-            .mark_started(id, &token)
-            .await
-            .expect("mark started"),
-        "job {id} is still ours"
-    );
-    (id, token)
-}
-
 // ---------------------------------------------------------------------------
 // The suite
 
@@ -511,7 +497,7 @@ async fn claim_follows_priority_then_run_at_then_id(h: &Harness) {
             job.lease_expires_at.is_some_and(|t| t > before + 50_000),
             "{job:?}"
         );
-        assert!(job.started_at.is_none(), "not started until delivered");
+        assert!(job.started_at.is_some(), "a claim presumes delivery starts");
         // A UUID v4.
         let uuid = uuid::Uuid::parse_str(&c.token).expect("token is a UUID");
         assert_eq!(uuid.get_version_num(), 4, "{}", c.token);
@@ -613,7 +599,7 @@ async fn concurrent_claimers_get_each_job_exactly_once(h: &Harness) {
 
 async fn stale_tokens_are_fenced_off(h: &Harness) {
     let id = enqueue(h, new_job("q")).await;
-    let (_, stale) = claim_started(h, "q", "node-a/boot-1", Duration::from_millis(1)).await;
+    let (_, stale) = claim_one(h, "q", "node-a/boot-1", Duration::from_millis(1)).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(h.store.rescue_expired(5).await.expect("rescue"), vec![id]);
     let (_, fresh) = claim_one(h, "q", "node-b/boot-1", LEASE).await;
@@ -646,6 +632,12 @@ async fn stale_tokens_are_fenced_off(h: &Harness) {
             .mark_started(id, &stale)
             .await
             .expect("mark started")
+    );
+    assert!(
+        !h.store
+            .mark_waiting(id, &stale)
+            .await
+            .expect("mark waiting")
     );
     assert_eq!(
         h.store
@@ -900,10 +892,10 @@ async fn rescue_expired_takes_jobs_whose_lease_ran_out(h: &Harness) {
     let long = enqueue(h, new_job("q")).await;
     let beating = enqueue(h, new_job("q")).await;
     let tiny = Duration::from_millis(1);
-    claim_started(h, "q", "node-a/boot-1", tiny).await;
-    claim_started(h, "other", "node-a/boot-1", tiny).await;
-    claim_started(h, "q", "node-b/boot-1", LEASE).await;
-    let (_, token) = claim_started(h, "q", "node-c/boot-1", tiny).await;
+    claim_one(h, "q", "node-a/boot-1", tiny).await;
+    claim_one(h, "other", "node-a/boot-1", tiny).await;
+    claim_one(h, "q", "node-b/boot-1", LEASE).await;
+    let (_, token) = claim_one(h, "q", "node-c/boot-1", tiny).await;
     // A heartbeat renews the lease in time.
     assert!(
         h.store
@@ -944,7 +936,7 @@ async fn rescue_expired_takes_jobs_whose_lease_ran_out(h: &Harness) {
 async fn crash_cap_parks_the_job_as_dead(h: &Harness) {
     let id = enqueue(h, new_job("poison")).await;
     for crash in 1..=3 {
-        claim_started(
+        claim_one(
             h,
             "poison",
             &format!("node/boot-{crash}"),
@@ -976,7 +968,7 @@ async fn crash_cap_parks_the_job_as_dead(h: &Harness) {
     );
     // max_crashes 0: the first crash parks it.
     let id = enqueue(h, new_job("fragile")).await;
-    claim_started(h, "fragile", "node/boot", Duration::from_millis(1)).await;
+    claim_one(h, "fragile", "node/boot", Duration::from_millis(1)).await;
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert_eq!(h.store.rescue_expired(0).await.expect("rescue"), vec![id]);
     assert_eq!(get(h, id).await.state, JobState::Dead);
@@ -986,15 +978,25 @@ async fn a_job_claimed_but_never_delivered_is_not_charged_a_crash(h: &Harness) {
     let waiting = enqueue(h, new_job("q")).await;
     let delivered = enqueue(h, new_job("q")).await;
     let max_crashes = 2;
-    // Both claimed by each boot; only `delivered` reaches a worker. Well past
-    // max_crashes processor deaths: the waiting job is never charged.
+    // Both claimed by each boot. `waiting` is marked as waiting for a
+    // worker; `delivered` waited too but got one. Well past max_crashes
+    // processor deaths, the waiting job is never charged.
     for boot in 1..=5 {
         let owner = format!("node/boot-{boot}");
         let claimed = h.store.claim("q", 10, &owner, LEASE).await.expect("claim");
         let tokens: HashMap<i64, String> =
             claimed.into_iter().map(|c| (c.job.id, c.token)).collect();
         assert!(tokens.contains_key(&waiting), "boot {boot}: {tokens:?}");
-        assert_eq!(get(h, waiting).await.started_at, None);
+        for (id, token) in &tokens {
+            assert!(get(h, *id).await.started_at.is_some(), "claimed: started");
+            assert!(
+                h.store
+                    .mark_waiting(*id, token)
+                    .await
+                    .expect("mark waiting")
+            );
+            assert_eq!(get(h, *id).await.started_at, None);
+        }
         if let Some(token) = tokens.get(&delivered) {
             assert!(h.store.mark_started(delivered, token).await.expect("mark"));
             assert!(get(h, delivered).await.started_at.is_some());
@@ -1031,15 +1033,17 @@ async fn a_job_claimed_but_never_delivered_is_not_charged_a_crash(h: &Harness) {
             "boot {boot}"
         );
     }
-    // A mark on a lost run changes nothing.
+    // Marks on a lost run change nothing.
     let (id, token) = claim_one(h, "q", "node/boot-9", LEASE).await;
     assert_eq!(id, waiting);
     h.store
         .reclaim_own_previous("node", "boot-10", max_crashes)
         .await
         .expect("reclaim");
+    let before = get(h, id).await;
+    assert!(!h.store.mark_waiting(id, &token).await.expect("mark"));
     assert!(!h.store.mark_started(id, &token).await.expect("mark"));
-    assert_eq!(get(h, id).await.started_at, None);
+    assert_eq!(get(h, id).await, before);
 }
 
 async fn reclaim_own_previous_touches_only_this_nodes_other_boots(h: &Harness) {
@@ -1052,7 +1056,7 @@ async fn reclaim_own_previous_touches_only_this_nodes_other_boots(h: &Harness) {
         "web-1/boot-c",
     ] {
         let id = enqueue(h, new_job("q")).await;
-        let (claimed, _) = claim_started(h, "q", owner, LEASE).await;
+        let (claimed, _) = claim_one(h, "q", owner, LEASE).await;
         assert_eq!(claimed, id);
         by_owner.push((owner, id));
     }
