@@ -862,7 +862,7 @@ def render_section(table, args, cmdline, mach, vers, skipped, cols) -> str:
         "is N / (last finish − first start) from the store's own timestamps (curfew: `started_at`, "
         "`finished_at`, ms; RQ: `started_at`, `ended_at`, µs); \"steady state\" leaves out the first and "
         "last 10% of finishes. \"enqueue → start\" is `started_at − created_at` (curfew: created when "
-        "the admin API / PostgreSQL receives it, started when its delivery starts, a worker slot held) or "
+        "the admin API / PostgreSQL receives it, started when claimed, before delivery) or "
         "`started_at − enqueued_at` (RQ: enqueued_at from the client, started_at in the work horse, "
         "after the fork); \"enqueue call → handler runs\" is the same clock for both: time.time() in "
         "this script before the enqueue call, time.time() in the handler / job function. CPU s per "
