@@ -11,63 +11,16 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::status::Status;
-
 /// Longest request line accepted (an enqueue carries the payload, up to
 /// jobs.max_payload's ceiling of 64 MiB, escaped).
 const MAX_REQUEST: usize = 200 << 20;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "cmd", rename_all = "snake_case")]
-pub enum Request {
-    Status,
-    Reload,
-    Stop,
-    Scale {
-        workers: usize,
-    },
-    /// `curfew enqueue`, `curfew jobs …`.
-    Jobs {
-        request: crate::processor::api::JobsRequest,
-    },
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-pub struct Response {
-    pub ok: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<Status>,
-    /// The result of a jobs request (a job, a list, an enqueue reply).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<serde_json::Value>,
-}
-
-impl Response {
-    pub fn ok(message: impl Into<String>) -> Self {
-        Response {
-            ok: true,
-            message: Some(message.into()),
-            ..Default::default()
-        }
-    }
-    pub fn err(error: impl Into<String>) -> Self {
-        Response {
-            ok: false,
-            error: Some(error.into()),
-            ..Default::default()
-        }
-    }
-}
+pub use crate::protocol::control::{Request, Response};
 
 /// A request waiting for the orchestrator's answer.
 pub type Incoming = (Request, oneshot::Sender<Response>);

@@ -29,8 +29,130 @@ pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod processor;
+pub mod protocol;
 pub mod proxy;
 pub mod serve;
 pub mod shim;
 pub mod status;
 pub mod supervisor;
+
+/// The modules' layering, checked against their `crate::` paths: each
+/// module may use only the modules listed for it (all of them below it), so
+/// the import graph has no cycles. A new dependency is a decision: add it
+/// here, in a lower layer, or not at all.
+#[cfg(test)]
+mod layering {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    const ALLOWED: &[(&str, &[&str])] = &[
+        ("exit", &[]),
+        ("shim", &[]),
+        ("protocol", &[]),
+        ("config", &[]),
+        ("lifecycle", &["exit"]),
+        ("logging", &["config"]),
+        ("metrics", &["lifecycle", "protocol"]),
+        ("supervisor", &["config", "metrics", "shim"]),
+        ("hooks", &["config", "supervisor"]),
+        ("proxy", &["config", "metrics", "supervisor"]),
+        ("processor", &["config", "protocol", "proxy", "supervisor"]),
+        ("control", &["protocol"]),
+        (
+            "status",
+            &["lifecycle", "processor", "protocol", "proxy", "supervisor"],
+        ),
+        (
+            "admin",
+            &[
+                "config",
+                "lifecycle",
+                "metrics",
+                "processor",
+                "protocol",
+                "proxy",
+                "status",
+            ],
+        ),
+        (
+            "serve",
+            &[
+                "admin",
+                "config",
+                "control",
+                "exit",
+                "hooks",
+                "lifecycle",
+                "metrics",
+                "processor",
+                "protocol",
+                "proxy",
+                "status",
+                "supervisor",
+            ],
+        ),
+    ];
+
+    /// The `crate::<module>` names used in code (not comments) under `path`.
+    fn uses(path: &Path, found: &mut BTreeSet<String>) {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(path).expect("read src dir") {
+                uses(&entry.expect("dir entry").path(), found);
+            }
+            return;
+        }
+        if path.extension().is_none_or(|e| e != "rs") {
+            return;
+        }
+        let text = std::fs::read_to_string(path).expect("read source");
+        for line in text.lines() {
+            let code = line.split("//").next().unwrap_or("");
+            for (i, _) in code.match_indices("crate::") {
+                let name: String = code[i + 7..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                if !name.is_empty() {
+                    found.insert(name);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn modules_use_only_the_layers_below_them() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let listed: BTreeSet<&str> = ALLOWED.iter().map(|(m, _)| *m).collect();
+        for entry in std::fs::read_dir(&src).expect("read src") {
+            let path = entry.expect("entry").path();
+            let name = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_owned();
+            if ["lib", "main", "cli", "bin"].contains(&name.as_str()) {
+                continue;
+            }
+            assert!(
+                listed.contains(name.as_str()),
+                "module {name} is not in the layering table"
+            );
+        }
+        for (module, allowed) in ALLOWED {
+            let file = src.join(format!("{module}.rs"));
+            let dir = src.join(module);
+            let mut found = BTreeSet::new();
+            for p in [file, dir] {
+                if p.exists() {
+                    uses(&p, &mut found);
+                }
+            }
+            for dep in found {
+                assert!(
+                    dep == *module || allowed.contains(&dep.as_str()),
+                    "{module} uses crate::{dep}, which is not below it in the layering"
+                );
+            }
+        }
+    }
+}

@@ -188,7 +188,10 @@ fn run_enqueue(args: cli::EnqueueArgs) -> i32 {
         Err(code) => code,
         Ok(r) => {
             if args.json {
-                println!("{}", r.data.unwrap_or_default());
+                let data = r
+                    .data
+                    .map(|d| serde_json::to_string(&d).unwrap_or_default());
+                println!("{}", data.unwrap_or_default());
             } else {
                 println!("{}", r.message.unwrap_or_default());
             }
@@ -223,8 +226,9 @@ fn run_jobs(
         Ok(r) => r,
         Err(code) => return code,
     };
+    use curfew::protocol::jobs::JobsReply;
     match r.data {
-        Some(data) if listing && !list.json => print!("{}", jobs_table(&data)),
+        Some(JobsReply::Jobs(jobs)) if listing && !list.json => print!("{}", jobs_table(&jobs)),
         Some(data) => println!(
             "{}",
             serde_json::to_string_pretty(&data).unwrap_or_default()
@@ -235,30 +239,27 @@ fn run_jobs(
 }
 
 /// A table of jobs (`curfew jobs`).
-fn jobs_table(data: &serde_json::Value) -> String {
+fn jobs_table(jobs: &[curfew_store::Job]) -> String {
     let mut out = format!(
         "{:>8} {:<16} {:<20} {:<10} {:>7} {:<24} {}\n",
         "ID", "QUEUE", "KIND", "STATE", "ATTEMPT", "RUN AT", "LAST ERROR"
     );
-    let empty = Vec::new();
-    for job in data.as_array().unwrap_or(&empty) {
-        let s = |k: &str| job.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
-        let n = |k: &str| job.get(k).and_then(|v| v.as_i64()).unwrap_or(0);
-        let run_at = jiff::Timestamp::from_millisecond(n("run_at"))
+    for job in jobs {
+        let run_at = jiff::Timestamp::from_millisecond(job.run_at)
             .map(|t| t.to_string())
             .unwrap_or_default();
-        let mut error = s("last_error").replace('\n', " ");
+        let mut error = job.last_error.as_deref().unwrap_or("").replace('\n', " ");
         if error.chars().count() > 60 {
             error = error.chars().take(59).collect::<String>() + "…";
         }
         out.push_str(&format!(
             "{:>8} {:<16} {:<20} {:<10} {:>3}/{:<3} {:<24} {}\n",
-            n("id"),
-            s("queue"),
-            s("kind"),
-            s("state"),
-            n("attempt"),
-            n("max_attempts"),
+            job.id,
+            job.queue,
+            job.kind,
+            job.state.as_str(),
+            job.attempt,
+            job.max_attempts,
             run_at,
             error
         ));

@@ -108,7 +108,7 @@ pub struct Scrape {
     pub workers_wanted: usize,
     pub phase: Phase,
     /// The job processor's report, with a `[jobs]` section.
-    pub jobs: Option<crate::processor::JobsReport>,
+    pub jobs: Option<crate::protocol::jobs::JobsReport>,
 }
 
 /// The registry and the metric handles (shared as `Arc<Metrics>`).
@@ -297,7 +297,7 @@ impl Metrics {
         }
     }
 
-    fn set_jobs(&self, report: &crate::processor::JobsReport) {
+    fn set_jobs(&self, report: &crate::protocol::jobs::JobsReport) {
         self.jobs_store_up.set(i64::from(report.store_up));
         for q in &report.queues {
             let queue = || QueueLabel {

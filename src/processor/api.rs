@@ -2,87 +2,11 @@
 //! on the admin address, `curfew enqueue` over the control socket), and its
 //! checks. Every error names the field and the fix.
 
-use serde::{Deserialize, Serialize};
-
 use curfew_store::{NewJob, StoreError};
 
 use super::EnqueueError;
 
-/// `POST /jobs` body / `curfew enqueue` arguments.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnqueueRequest {
-    /// Default: `default`.
-    #[serde(default)]
-    pub queue: Option<String>,
-    pub kind: String,
-    /// Any JSON value; default `{}`.
-    #[serde(default)]
-    pub payload: Option<serde_json::Value>,
-    /// Lower runs first; default 0.
-    #[serde(default)]
-    pub priority: Option<i32>,
-    /// When to run: RFC 3339 (`2026-11-21T10:00:00Z`) or unix milliseconds.
-    #[serde(default)]
-    pub run_at: Option<RunAt>,
-    /// Seconds from now (alternative to `run_at`).
-    #[serde(default)]
-    pub delay_s: Option<f64>,
-    /// Default: the queue's `max_attempts`.
-    #[serde(default)]
-    pub max_attempts: Option<i32>,
-    /// At most one job per key: sending it again returns the existing job.
-    #[serde(default)]
-    pub idempotency_key: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum RunAt {
-    Millis(i64),
-    Text(String),
-}
-
-/// A job operation from `curfew enqueue` / `curfew jobs` over the control
-/// socket.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-pub enum JobsRequest {
-    Enqueue {
-        job: EnqueueRequest,
-    },
-    List {
-        #[serde(default)]
-        queue: Option<String>,
-        #[serde(default)]
-        state: Option<String>,
-        #[serde(default)]
-        limit: Option<u32>,
-        #[serde(default)]
-        after: Option<i64>,
-    },
-    Show {
-        id: i64,
-    },
-    Retry {
-        id: i64,
-    },
-    Cancel {
-        id: i64,
-    },
-    Delete {
-        id: i64,
-    },
-}
-
-/// The answer to an enqueue.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EnqueueReply {
-    pub id: i64,
-    /// false: a job with this idempotency key existed already; `id` is that job.
-    pub created: bool,
-    pub queue: String,
-}
+pub use crate::protocol::jobs::{EnqueueReply, EnqueueRequest, JobsRequest, RunAt};
 
 /// What went wrong, with the HTTP status it maps to.
 #[derive(Debug, Clone, PartialEq, Eq)]

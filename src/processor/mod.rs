@@ -37,7 +37,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -59,15 +58,7 @@ pub enum EnqueueError {
     Store(#[from] StoreError),
 }
 
-/// A job running in this processor (for status and the shutdown report).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Running {
-    pub id: i64,
-    pub queue: String,
-    pub kind: String,
-    pub attempt: i32,
-    pub age_ms: u64,
-}
+pub use crate::protocol::jobs::Running;
 
 /// A running job's entry: what is shown, and its lease token.
 struct Entry {

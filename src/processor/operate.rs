@@ -2,6 +2,7 @@
 
 use super::Processor;
 use super::api::{self, ApiError, EnqueueReply, EnqueueRequest};
+use crate::protocol::jobs::JobsReply;
 use curfew_store::{Job, now_ms};
 
 impl Processor {
@@ -26,11 +27,11 @@ impl Processor {
     }
 
     /// Answers a `curfew enqueue` / `curfew jobs` request: a message and,
-    /// for enqueue, list and show, the data as JSON.
+    /// for enqueue, list and show, the data.
     pub async fn operate(
         &self,
         req: api::JobsRequest,
-    ) -> Result<(String, Option<serde_json::Value>), api::ApiError> {
+    ) -> Result<(String, Option<JobsReply>), api::ApiError> {
         use api::JobsRequest;
         let store = &self.inner.store;
         match req {
@@ -44,7 +45,7 @@ impl Processor {
                         "job {id} exists already with this idempotency key (queue {queue}); nothing added"
                     )
                 };
-                Ok((msg, serde_json::to_value(reply).ok()))
+                Ok((msg, Some(JobsReply::Enqueued(reply))))
             }
             JobsRequest::List {
                 queue,
@@ -59,14 +60,11 @@ impl Processor {
                     after_id: after,
                 };
                 let jobs = store.list(filter).await?;
-                Ok((
-                    format!("{} jobs", jobs.len()),
-                    serde_json::to_value(jobs).ok(),
-                ))
+                Ok((format!("{} jobs", jobs.len()), Some(JobsReply::Jobs(jobs))))
             }
             JobsRequest::Show { id } => {
                 let job = self.job(id).await?;
-                Ok((format!("job {id}"), serde_json::to_value(job).ok()))
+                Ok((format!("job {id}"), Some(JobsReply::Job(Box::new(job)))))
             }
             JobsRequest::Retry { id } => {
                 // The store wakes the job's queue (NOTIFY / in-process).

@@ -4,9 +4,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
-use super::{Processor, Running};
+use super::Processor;
+pub use crate::protocol::jobs::{JobsReport, QueueReport};
 use curfew_store::QueueStats;
 
 /// Counts since this curfew started, per queue.
@@ -18,33 +17,6 @@ pub(super) struct Counters {
     pub(super) snoozed: AtomicU64,
     pub(super) released: AtomicU64,
     pub(super) lost: AtomicU64,
-}
-
-/// One queue's numbers: the store's counts and this processor's.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct QueueReport {
-    pub queue: String,
-    pub concurrency: usize,
-    /// Running in this curfew.
-    pub running_here: usize,
-    /// From the store (all processors); `None` when it is unreachable.
-    pub store: Option<QueueStats>,
-    pub succeeded: u64,
-    pub failed: u64,
-    pub dead: u64,
-    pub snoozed: u64,
-    pub released: u64,
-    pub lost: u64,
-}
-
-/// What the processor is doing, for `curfew status`, SIGUSR1 and /metrics.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobsReport {
-    pub store: String,
-    pub store_up: bool,
-    pub owner: String,
-    pub queues: Vec<QueueReport>,
-    pub running: Vec<Running>,
 }
 
 impl Processor {
@@ -125,55 +97,5 @@ fn empty_stats(queue: &str) -> QueueStats {
         succeeded: 0,
         cancelled: 0,
         oldest_queued_age_ms: None,
-    }
-}
-
-impl JobsReport {
-    /// A human-readable table (for `curfew status`).
-    pub fn table(&self) -> String {
-        let mut out = format!(
-            "jobs: store {} ({})  owner {}  running here {}\n",
-            self.store,
-            if self.store_up { "up" } else { "UNREACHABLE" },
-            self.owner,
-            self.running.len()
-        );
-        out.push_str(&format!(
-            "{:<20} {:>5} {:>7} {:>9} {:>8} {:>7} {:>6} {:>6} {:>10} {:>11}\n",
-            "QUEUE",
-            "CONC",
-            "QUEUED",
-            "SCHEDULED",
-            "RUNNING",
-            "FAILED",
-            "DEAD",
-            "HERE",
-            "SUCCEEDED",
-            "OLDEST ms"
-        ));
-        for q in &self.queues {
-            let n = |f: fn(&QueueStats) -> i64| {
-                q.store
-                    .as_ref()
-                    .map_or("?".to_owned(), |s| f(s).to_string())
-            };
-            out.push_str(&format!(
-                "{:<20} {:>5} {:>7} {:>9} {:>8} {:>7} {:>6} {:>6} {:>10} {:>11}\n",
-                q.queue,
-                q.concurrency,
-                n(|s| s.queued),
-                n(|s| s.scheduled),
-                n(|s| s.running),
-                n(|s| s.failed),
-                n(|s| s.dead),
-                q.running_here,
-                n(|s| s.succeeded),
-                q.store
-                    .as_ref()
-                    .and_then(|s| s.oldest_queued_age_ms)
-                    .map_or("-".to_owned(), |a| a.to_string()),
-            ));
-        }
-        out
     }
 }

@@ -89,7 +89,7 @@ impl FromStr for JobState {
 }
 
 /// One job, as stored.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     pub id: i64,
     pub queue: String,
@@ -108,7 +108,7 @@ pub struct Job {
     pub lease_owner: Option<String>,
     /// The fencing token of the current lease; set only while running. Not
     /// serialized: whoever holds it can complete the job.
-    #[serde(skip_serializing)]
+    #[serde(skip_serializing, default)]
     pub lease_token: Option<String>,
     pub lease_expires_at: Option<i64>,
     /// Times the job was rescued after its processor died.
