@@ -3,6 +3,8 @@
 //! the real load generator against it, and check the process table.
 #![allow(dead_code)]
 
+pub mod jobs;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
