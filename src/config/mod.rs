@@ -11,6 +11,7 @@ pub mod hooks;
 pub mod jobs;
 mod parse;
 pub mod raw;
+pub mod reload;
 mod validate;
 
 pub use parse::resolve_program;

@@ -1,0 +1,308 @@
+//! What a reload (SIGHUP, `curfew reload`) does with each setting, decided
+//! in one place: [`plan_reload`] compares the running configuration with
+//! the one just read and sorts every changed key into applied (the new
+//! generation of workers or the orchestrator takes it) or restart-only (it
+//! is held by a part built once at start: the listeners, the front, the
+//! router, the job processor, the logger, the hooks; its old value stays
+//! until curfew restarts, and the reload says so).
+//!
+//! [`plan_reload`] destructures [`Config`] without `..`: a new setting does
+//! not compile until it is classified here.
+
+use super::Config;
+
+/// How a reload treats one setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnReload {
+    /// The reload applies the new value.
+    Applied,
+    /// The old value stays until curfew restarts.
+    RestartOnly,
+}
+
+/// Every top-level setting and how a reload treats it (the README's list of
+/// restart-only settings is checked against this).
+pub const SETTINGS: &[(&str, OnReload)] = &[
+    ("command", OnReload::Applied),
+    ("workers", OnReload::Applied),
+    ("bind", OnReload::RestartOnly),
+    ("worker_socket", OnReload::Applied),
+    ("worker_concurrency", OnReload::RestartOnly),
+    ("backlog", OnReload::RestartOnly),
+    ("ready_path", OnReload::RestartOnly),
+    ("boot_timeout", OnReload::Applied),
+    ("drain_delay", OnReload::Applied),
+    ("graceful_timeout", OnReload::Applied),
+    ("timeout", OnReload::RestartOnly),
+    ("abort_timeout", OnReload::Applied),
+    ("keepalive_timeout", OnReload::RestartOnly),
+    ("faulthandler", OnReload::Applied),
+    ("worker_stop_timeout", OnReload::Applied),
+    ("chdir", OnReload::Applied),
+    ("forwarded_allow_ips", OnReload::RestartOnly),
+    ("admin_bind", OnReload::RestartOnly),
+    ("control_socket", OnReload::RestartOnly),
+    ("liveness_path", OnReload::Applied),
+    ("hooks", OnReload::RestartOnly),
+    ("max_requests", OnReload::Applied),
+    ("max_requests_jitter", OnReload::Applied),
+    ("max_memory", OnReload::Applied),
+    ("reload_strategy", OnReload::Applied),
+    ("log_format", OnReload::RestartOnly),
+    ("log_level", OnReload::RestartOnly),
+    ("jobs", OnReload::RestartOnly),
+];
+
+/// What a reload does with the keys that changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadPlan {
+    /// Changed keys the reload applies.
+    pub applied: Vec<&'static str>,
+    /// Changed keys that keep their old value until a restart.
+    pub restart_only: Vec<&'static str>,
+}
+
+impl ReloadPlan {
+    fn note(&mut self, key: &'static str, changed: bool) {
+        if !changed {
+            return;
+        }
+        let how = SETTINGS
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map_or(OnReload::RestartOnly, |(_, how)| *how);
+        match how {
+            OnReload::Applied => self.applied.push(key),
+            OnReload::RestartOnly => self.restart_only.push(key),
+        }
+    }
+}
+
+/// Sorts the settings that differ between `old` (running) and `new` (just
+/// read). `workers` counts as changed only when the configured number
+/// changed, so a `curfew scale` survives a reload that leaves it alone.
+pub fn plan_reload(old: &Config, new: &Config) -> ReloadPlan {
+    let Config {
+        command,
+        workers,
+        binds,
+        worker_socket,
+        worker_concurrency,
+        backlog,
+        ready_path,
+        boot_timeout,
+        drain_delay,
+        graceful_timeout,
+        timeout,
+        abort_timeout,
+        keepalive_timeout,
+        faulthandler,
+        worker_stop_timeout,
+        chdir,
+        forwarded_allow,
+        admin_bind,
+        control_socket,
+        liveness,
+        hooks,
+        max_requests,
+        max_requests_jitter,
+        max_memory,
+        reload,
+        log_format,
+        log_level,
+        jobs,
+        // Where the settings came from, not a setting.
+        config_file: _,
+    } = new;
+    let mut plan = ReloadPlan::default();
+    plan.note("command", old.command != *command);
+    plan.note("workers", old.workers != *workers);
+    plan.note("bind", old.binds != *binds);
+    plan.note("worker_socket", old.worker_socket != *worker_socket);
+    plan.note(
+        "worker_concurrency",
+        old.worker_concurrency != *worker_concurrency,
+    );
+    plan.note("backlog", old.backlog != *backlog);
+    plan.note("ready_path", old.ready_path != *ready_path);
+    plan.note("boot_timeout", old.boot_timeout != *boot_timeout);
+    plan.note("drain_delay", old.drain_delay != *drain_delay);
+    plan.note(
+        "graceful_timeout",
+        old.graceful_timeout != *graceful_timeout,
+    );
+    plan.note("timeout", old.timeout != *timeout);
+    plan.note("abort_timeout", old.abort_timeout != *abort_timeout);
+    plan.note(
+        "keepalive_timeout",
+        old.keepalive_timeout != *keepalive_timeout,
+    );
+    plan.note("faulthandler", old.faulthandler != *faulthandler);
+    plan.note(
+        "worker_stop_timeout",
+        old.worker_stop_timeout != *worker_stop_timeout,
+    );
+    plan.note("chdir", old.chdir != *chdir);
+    plan.note(
+        "forwarded_allow_ips",
+        old.forwarded_allow != *forwarded_allow,
+    );
+    plan.note("admin_bind", old.admin_bind != *admin_bind);
+    plan.note("control_socket", old.control_socket != *control_socket);
+    plan.note("liveness_path", old.liveness != *liveness);
+    plan.note("hooks", old.hooks != *hooks);
+    plan.note("max_requests", old.max_requests != *max_requests);
+    plan.note(
+        "max_requests_jitter",
+        old.max_requests_jitter != *max_requests_jitter,
+    );
+    plan.note("max_memory", old.max_memory != *max_memory);
+    plan.note("reload_strategy", old.reload != *reload);
+    plan.note("log_format", old.log_format != *log_format);
+    plan.note("log_level", old.log_level != *log_level);
+    plan.note("jobs", old.jobs != *jobs);
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Origins, raw::RawConfig, validate};
+
+    fn cfg(extra: &str) -> Config {
+        let text = if extra.contains("command =") {
+            extra.to_owned()
+        } else {
+            format!("command = \"sh -c true\"\n{extra}")
+        };
+        let raw: RawConfig = toml::from_str(&text).expect("toml");
+        validate(raw, &Origins::new()).expect("valid config")
+    }
+
+    /// One changed value per key: the key lands where SETTINGS says.
+    #[test]
+    fn every_key_is_classified_as_the_table_says() {
+        let base = cfg("workers = 2");
+        let cases: &[(&str, &str)] = &[
+            ("command", "workers = 2\ncommand = \"sh -c false\""),
+            ("workers", "workers = 3"),
+            ("bind", "workers = 2\nbind = \"127.0.0.1:9\""),
+            (
+                "worker_socket",
+                "workers = 2\nworker_socket = \"port\"\ncommand = \"sh -c true {port}\"",
+            ),
+            ("worker_concurrency", "workers = 2\nworker_concurrency = 4"),
+            ("backlog", "workers = 2\nbacklog = 5"),
+            ("ready_path", "workers = 2\nready_path = \"/up\""),
+            ("boot_timeout", "workers = 2\nboot_timeout = 3"),
+            ("drain_delay", "workers = 2\ndrain_delay = 3"),
+            ("graceful_timeout", "workers = 2\ngraceful_timeout = 3"),
+            ("timeout", "workers = 2\ntimeout = 3"),
+            ("abort_timeout", "workers = 2\nabort_timeout = 3"),
+            ("keepalive_timeout", "workers = 2\nkeepalive_timeout = 3"),
+            ("faulthandler", "workers = 2\nfaulthandler = false"),
+            (
+                "worker_stop_timeout",
+                "workers = 2\nworker_stop_timeout = 3",
+            ),
+            ("chdir", "workers = 2\nchdir = \"/\""),
+            (
+                "forwarded_allow_ips",
+                "workers = 2\nforwarded_allow_ips = \"*\"",
+            ),
+            ("admin_bind", "workers = 2\nadmin_bind = \"127.0.0.1:9\""),
+            (
+                "control_socket",
+                "workers = 2\ncontrol_socket = \"/tmp/x.sock\"",
+            ),
+            ("liveness_path", "workers = 2\nliveness_path = \"/alive\""),
+            ("hooks", "workers = 2\n[hooks]\non_exit = \"true\""),
+            ("max_requests", "workers = 2\nmax_requests = 3"),
+            (
+                "max_requests_jitter",
+                "workers = 2\nmax_requests_jitter = 3",
+            ),
+            ("max_memory", "workers = 2\nmax_memory = \"2MiB\""),
+            (
+                "reload_strategy",
+                "workers = 2\nreload_strategy = \"rolling\"",
+            ),
+            ("log_format", "workers = 2\nlog_format = \"json\""),
+            ("log_level", "workers = 2\nlog_level = \"debug\""),
+            ("jobs", "workers = 2\n[jobs]"),
+        ];
+        for (key, text) in cases {
+            let plan = plan_reload(&base, &cfg(text));
+            let how = SETTINGS
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, h)| *h)
+                .unwrap_or_else(|| panic!("{key} not in SETTINGS"));
+            let expected = match how {
+                OnReload::Applied => ReloadPlan {
+                    applied: vec![key],
+                    restart_only: vec![],
+                },
+                OnReload::RestartOnly => ReloadPlan {
+                    applied: vec![],
+                    restart_only: vec![key],
+                },
+            };
+            let mut got = plan.clone();
+            // worker_socket needs a {port} placeholder: the command changes too.
+            got.applied.retain(|k| *k == *key || *k != "command");
+            assert_eq!(got, expected, "{key}");
+        }
+        // Every key of SETTINGS has a case, and every case a key.
+        let keys: Vec<&str> = SETTINGS.iter().map(|(k, _)| *k).collect();
+        assert_eq!(cases.len(), keys.len());
+        for key in keys {
+            assert!(cases.iter().any(|(k, _)| *k == key), "no case for {key}");
+        }
+    }
+
+    #[test]
+    fn nothing_changed_nothing_planned() {
+        assert_eq!(
+            plan_reload(&cfg("workers = 2"), &cfg("workers = 2")),
+            ReloadPlan::default()
+        );
+    }
+
+    /// SETTINGS covers every key a layer can set (`liveness_*` as one,
+    /// `reload_batch` with `reload_strategy`, `hook_timeout` with `hooks`).
+    #[test]
+    fn every_raw_key_is_covered() {
+        for key in RawConfig::KEYS {
+            let covered_by = match *key {
+                "liveness_interval" | "liveness_timeout" | "liveness_failures" => "liveness_path",
+                "reload_batch" => "reload_strategy",
+                // Folded into each hook's own timeout.
+                "hook_timeout" => "hooks",
+                k => k,
+            };
+            assert!(
+                SETTINGS.iter().any(|(k, _)| *k == covered_by),
+                "{key} is not classified for reloads"
+            );
+        }
+    }
+
+    /// The README names every restart-only setting in the SIGHUP row.
+    #[test]
+    fn readme_lists_the_restart_only_settings() {
+        let readme = include_str!("../../README.md");
+        let row = readme
+            .lines()
+            .find(|l| l.starts_with("| SIGHUP |"))
+            .expect("README's signals table has a SIGHUP row");
+        for (key, how) in SETTINGS {
+            if *how == OnReload::RestartOnly {
+                assert!(
+                    row.contains(&format!("`{key}`")),
+                    "README's SIGHUP row omits `{key}`"
+                );
+            }
+        }
+    }
+}
