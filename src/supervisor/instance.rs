@@ -266,7 +266,11 @@ impl Instance {
             );
         } else {
             let class = ExitClass::of(status, sent, self.oom_killed());
-            self.log_exit(&class, None, why);
+            if class.asked() {
+                self.log_exit(&class, None, why);
+            } else {
+                self.log_exit(&class, None, &format!("stopping ({why})"));
+            }
         }
         forced
     }

@@ -30,6 +30,8 @@ pub mod procfs;
 pub mod reaper;
 mod slot;
 mod spawn;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -623,6 +623,11 @@ impl Slot {
             }
             self.discard(old.stage, "superseded by a reload");
         }
+        // A recycle's worker was to take an empty slot (its worker died):
+        // the reload's may not before `go`, so the slot restarts its own.
+        if st.current.is_none() && st.restart.is_none() {
+            st.restart = Some(self.boot(self.spec.clone(), false));
+        }
         st.replacement = Some(Replacement {
             purpose: Purpose::Reload(Ticket {
                 spec: spec.clone(),
