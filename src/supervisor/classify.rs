@@ -1,6 +1,8 @@
 //! Why did a worker exit? Every exit is classified, and the class decides the
-//! log level: an exit curfew asked for is INFO, a crash is WARN, a kill curfew
-//! did not send is ERROR (naming the OOM killer when it is the likely cause).
+//! log level: an exit curfew asked for is INFO, an exit on its own is WARN, a
+//! crash or a kill curfew did not send is ERROR (naming the OOM killer when it
+//! is the likely cause). An exit by a foreign signal is foreign even after
+//! curfew's SIGTERM (a worker OOM-killed while it drains).
 
 use super::reaper::{ExitStatus, signal_name};
 

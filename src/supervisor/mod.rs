@@ -13,12 +13,17 @@
 //! - a worker is routed to only between "ready" and its removal, and it is
 //!   removed from routing *before* it is signalled to stop; a worker that is
 //!   replaced or scaled away first finishes its in-flight requests;
+//! - a worker that dies is removed from routing as soon as the reaper
+//!   reports it, whatever its slot is doing (a slot never waits on one thing
+//!   alone, see `slot`), and a slot without a worker always has one on its
+//!   way;
 //! - every worker process is reaped by [`reaper::Reaper`]; a stopped slot
 //!   leaves no process of its group behind (the group is SIGKILLed once its
 //!   leader has exited);
 //! - a reload switches a slot to the new generation only after every slot of
 //!   its batch has a ready new worker; otherwise the old ones keep serving;
-//! - every exit is classified and logged exactly once ([`classify`]).
+//! - every exit is classified and logged exactly once ([`classify`]), by
+//!   what happened to the process, not by what its slot was doing.
 
 pub mod backoff;
 pub mod classify;
