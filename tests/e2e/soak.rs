@@ -543,6 +543,26 @@ fn soak_kills_reloads_and_scaling_under_load() {
         .iter()
         .filter(|l| l.message.starts_with("Reload failed"))
         .count();
+    // How often the interesting overlaps happened (for the summary).
+    let count = |needle: &str| logs.iter().filter(|l| l.message.contains(needle)).count();
+    let overlaps = format!(
+        "deaths while a reload prepared {}, prepared workers killed {}, kills while draining {}, \
+         kills while booting {}, recycles superseded {}, ops queued behind a reload {}, merged {}",
+        count("restarting the current generation meanwhile"),
+        count("the prepared worker died before the switch"),
+        logs.iter()
+            .filter(|l| l.message.starts_with(EXTERNAL_KILL)
+                && l.json["during"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("draining") || d.contains("stopping")))
+            .count(),
+        logs.iter()
+            .filter(|l| l.message.starts_with(EXTERNAL_KILL) && l.json["during"] == "booting")
+            .count(),
+        count("recycle under way is superseded"),
+        count("queued; it runs when the reload ends"),
+        count("merged into the reload already queued"),
+    );
     let growth = |a: f64, b: f64| (b - a) / a;
     let fd_growth = growth(fds0 as f64, fds1 as f64);
     let rss_growth = growth(rss0 as f64, rss1 as f64);
@@ -550,7 +570,7 @@ fn soak_kills_reloads_and_scaling_under_load() {
         "soak {secs} s (seed {seed}): requests {} ok {} failed {failed} non-200 {non200} {by_status:?}; \
          kills {} (missed {missed}), HUP {hups} (reloads complete {reloads_ok}, failed {reloads_failed}), \
          TTIN {ttins}, TTOU {ttous}; fds {fds0} -> {fds1} ({:+.1} %), RSS {rss0} -> {rss1} KiB ({:+.1} %); \
-         mid-request 502s {}; exit {code}",
+         mid-request 502s {}; exit {code}; {overlaps}",
         result["sent"],
         result["ok"],
         kills.len(),
