@@ -48,6 +48,13 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Whether `pid` runs (not a zombie, not gone).
+fn alive(pid: i32) -> bool {
+    curfew::supervisor::procfs::all()
+        .iter()
+        .any(|p| p.pid == pid && p.state != 'Z')
+}
+
 fn kill(pid: i32) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).expect("kill worker");
 }
@@ -111,6 +118,12 @@ fn kill_the_only_worker_while_a_reload_prepares() {
     );
     let killed_at = Instant::now();
     kill(old);
+    // Dead (a zombie at most: its sockets are closed). A request sent while
+    // the SIGKILL was still on its way could reach the dying process and
+    // fail, like one in flight at the kill.
+    wait_until("the worker to be dead", Duration::from_secs(5), || {
+        !alive(old)
+    });
     // The gap: nothing is ready until the restart (600 ms boot) or the new
     // generation (1500 ms boot) answers.
     let port = c.port;
@@ -142,6 +155,37 @@ fn kill_the_only_worker_while_a_reload_prepares() {
         Duration::ZERO,
     );
     assert!(line.contains(" INFO "), "{line}");
+    assert_eq!(c.count_log("No worker accepted"), 0, "{}", c.log_text());
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(10)), 0, "{}", c.log_text());
+    assert_no_survivors(&c);
+}
+
+/// A request refused by the only worker (it closed its listener: it is
+/// going away) is not failed: it waits in the queue, and the next worker to
+/// be ready (here the restart after the worker is killed) serves it.
+#[test]
+fn a_refused_request_waits_for_the_next_worker() {
+    let mut c = Curfew::start(Opts::testworker(
+        &["-w", "1", "--worker-concurrency", "1", "--timeout", "20s"],
+        &["--boot-delay-ms", "500"],
+    ));
+    let old = c.worker_pids()[0];
+    assert_eq!(get(c.port, "/close-listener").status, 200);
+    c.wait_log("testworker closed its listener", Duration::from_secs(2));
+    // Pooled connections to it expire (1 s): the next request must connect.
+    std::thread::sleep(Duration::from_millis(1300));
+    let port = c.port;
+    let waiting = std::thread::spawn(move || {
+        let r = http(port, "POST", "/echo", &[], b"kept").expect("answer");
+        (r.status, r.body)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!waiting.is_finished(), "the refused request is waiting");
+    kill(old);
+    let (status, body) = waiting.join().expect("join");
+    assert_eq!((status, body.as_str()), (200, "kept"), "{}", c.log_text());
+    assert_logged_as_external_kill(&c, old);
     assert_eq!(c.count_log("No worker accepted"), 0, "{}", c.log_text());
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit(Duration::from_secs(10)), 0, "{}", c.log_text());
