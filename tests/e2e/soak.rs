@@ -1,7 +1,7 @@
 //! Soak (issue 15): an operator's worst hour, compressed. Keep-alive load
 //! from 12 clients (requests of 0–200 ms) on 3 workers with
-//! `worker_concurrency = 16`, while about every 2 s (0.2–3.8 s apart, so
-//! operations overlap) one of: SIGKILL a random worker process from outside
+//! `worker_concurrency = 16`, while about every 2 s (a Poisson process, so
+//! operations come in bursts and overlap) one of: SIGKILL a random worker process from outside
 //! (serving, booting, prepared for a reload or draining: any child of
 //! curfew), SIGHUP, SIGTTIN, SIGTTOU.
 //!
@@ -72,6 +72,15 @@ impl Rng {
 
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
+    }
+
+    /// The time to the next chaos step: exponential with a mean of 2 s (a
+    /// Poisson process: "about every 2 s", with bursts in which operations
+    /// overlap), between 50 ms and 8 s.
+    fn gap(&mut self) -> Duration {
+        let u = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
+        let ms = -(1.0 - u).ln() * 2000.0;
+        Duration::from_millis(ms.clamp(50.0, 8000.0) as u64)
     }
 }
 
@@ -388,7 +397,7 @@ fn soak_kills_reloads_and_scaling_under_load() {
         if baseline.is_none() && t0.elapsed() >= warmup {
             baseline = Some(soak.checkpoint(load, "after warm-up"));
         }
-        std::thread::sleep(Duration::from_millis(200 + rng.below(3600)));
+        std::thread::sleep(rng.gap());
         soak.act(&mut rng);
     }
     let (fds0, rss0) = baseline.expect("the run is longer than the warm-up");
