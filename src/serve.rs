@@ -134,6 +134,8 @@ struct Run {
     stop_requested_at: Option<Instant>,
     completed_at_stop: u64,
     aborted: usize,
+    /// Operations that arrived while a reload was running (run after it).
+    deferred: Deferred,
 }
 
 impl Run {
@@ -187,6 +189,9 @@ impl Run {
                 "Received {} while starting: stopping workers.",
                 sig.name()
             );
+        }
+        if self.machine.phase() != Phase::Serving {
+            self.deferred.cancel();
         }
     }
 }
@@ -316,6 +321,7 @@ pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
         stop_requested_at: None,
         completed_at_stop: 0,
         aborted: 0,
+        deferred: Deferred::default(),
     };
 
     let admin_stop = tokio_util::sync::CancellationToken::new();
@@ -394,6 +400,10 @@ pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
         match run.machine.phase() {
             Phase::Starting => unreachable!("left above"),
             Phase::Serving => {
+                if let Some(op) = run.deferred.next() {
+                    run_deferred(&mut run, op).await;
+                    continue;
+                }
                 tokio::select! {
                     sig = run.signals.next() => run.on_signal(sig),
                     ctl = run.controls.next() => control(&mut run, ctl).await,
@@ -657,24 +667,143 @@ async fn control(run: &mut Run, ctl: ControlSignal) {
         ControlSignal::Reload => {
             let _ = reload_and_tell(run).await;
         }
-        ControlSignal::ScaleUp | ControlSignal::ScaleDown => {
-            let from = run.sup.workers();
-            let to = match ctl {
-                ControlSignal::ScaleUp => from + 1,
-                _ => from.saturating_sub(1).max(1),
-            };
-            if to == from {
-                tracing::info!(workers = from, "Already at one worker; not scaling down.");
-                return;
+        ControlSignal::ScaleUp => scale_by_one(run, true),
+        ControlSignal::ScaleDown => scale_by_one(run, false),
+        ControlSignal::Status => log_status(&run.status).await,
+    }
+}
+
+/// SIGTTIN / SIGTTOU: one worker more or fewer (never fewer than one).
+fn scale_by_one(run: &mut Run, up: bool) {
+    let from = run.sup.workers();
+    let to = if up {
+        from + 1
+    } else {
+        from.saturating_sub(1).max(1)
+    };
+    if to == from {
+        tracing::info!(workers = from, "Already at one worker; not scaling down.");
+        return;
+    }
+    tracing::info!(from, to, "Scaling workers.");
+    scale_to(run, to);
+}
+
+fn scale_to(run: &mut Run, to: usize) {
+    run.sup.scale(to);
+    run.cfg.workers = to;
+    run.status
+        .workers_wanted
+        .store(to, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// An operation that arrived while a reload was running. A reload holds the
+/// supervisor until every slot of its batch has switched, so nothing else
+/// may change the slots meanwhile; instead:
+///
+/// - a reload request is queued; one that arrives right after another
+///   queued reload merges into it (a reload re-reads the configuration
+///   when it runs, so one covers both);
+/// - a scale request (SIGTTIN, SIGTTOU, `curfew scale`) is queued;
+/// - a status request is answered at once; a stop abandons the reload.
+///
+/// Queued operations run in arrival order as soon as the reload is over,
+/// each logged (INFO) when queued; a stop drops them (their callers are
+/// told). Worker deaths need none of this: each slot handles its own at once.
+enum Op {
+    Reload {
+        replies: Vec<oneshot::Sender<control::Response>>,
+    },
+    Scale {
+        up: bool,
+    },
+    ScaleTo {
+        workers: usize,
+        reply: oneshot::Sender<control::Response>,
+    },
+}
+
+#[derive(Default)]
+struct Deferred {
+    queue: std::collections::VecDeque<Op>,
+}
+
+impl Deferred {
+    /// Queue `op`; `true` if it merged into the reload queued last.
+    fn push(&mut self, op: Op) -> bool {
+        if let Op::Reload { replies } = op {
+            if let Some(Op::Reload { replies: queued }) = self.queue.back_mut() {
+                queued.extend(replies);
+                return true;
             }
-            tracing::info!(from, to, "Scaling workers.");
-            run.sup.scale(to);
-            run.cfg.workers = to;
-            run.status
-                .workers_wanted
-                .store(to, std::sync::atomic::Ordering::Relaxed);
+            self.queue.push_back(Op::Reload { replies });
+            return false;
         }
-        ControlSignal::Status => log_status(run).await,
+        self.queue.push_back(op);
+        false
+    }
+
+    fn next(&mut self) -> Option<Op> {
+        self.queue.pop_front()
+    }
+
+    /// curfew is stopping: drop what is queued, telling any caller.
+    fn cancel(&mut self) {
+        if self.queue.is_empty() {
+            return;
+        }
+        tracing::info!(
+            operations = self.queue.len(),
+            "Operations queued behind a reload are dropped: curfew is stopping."
+        );
+        for op in self.queue.drain(..) {
+            let replies = match op {
+                Op::Reload { replies } => replies,
+                Op::ScaleTo { reply, .. } => vec![reply],
+                Op::Scale { .. } => vec![],
+            };
+            for r in replies {
+                let _ = r.send(control::Response::err("refused: curfew is stopping"));
+            }
+        }
+    }
+
+    /// Queue `op`, arrived during a reload, and say so in the log.
+    fn defer(&mut self, op: Op) {
+        let what = match &op {
+            Op::Reload { .. } => "reload",
+            Op::Scale { up: true } => "scale up (SIGTTIN)",
+            Op::Scale { up: false } => "scale down (SIGTTOU)",
+            Op::ScaleTo { .. } => "scale (control socket)",
+        };
+        if self.push(op) {
+            tracing::info!(
+                operation = what,
+                "Reload requested while a reload is running: merged into the reload already queued."
+            );
+        } else {
+            tracing::info!(
+                operation = what,
+                queued = self.queue.len(),
+                "Operation requested while a reload is running: queued; it runs when the reload ends."
+            );
+        }
+    }
+}
+
+/// Run an operation that waited for a reload to end.
+async fn run_deferred(run: &mut Run, op: Op) {
+    match op {
+        Op::Reload { replies } => {
+            let r = reload_and_tell(run).await;
+            for reply in replies {
+                let _ = reply.send(reload_response(&r));
+            }
+        }
+        Op::Scale { up } => scale_by_one(run, up),
+        Op::ScaleTo { workers, reply } => {
+            let _ = reply.send(scale_op(run, workers));
+        }
     }
 }
 
@@ -716,9 +845,30 @@ async fn try_reload(run: &mut Run) -> Result<u64, String> {
     let outcome = {
         let reload = run.sup.reload(spec, batch);
         tokio::pin!(reload);
-        tokio::select! {
-            r = &mut reload => Ok(r),
-            sig = run.signals.next() => Err(sig),
+        loop {
+            tokio::select! {
+                r = &mut reload => break Ok(r),
+                sig = run.signals.next() => break Err(sig),
+                ctl = run.controls.next() => match ctl {
+                    ControlSignal::Status => log_status(&run.status).await,
+                    ControlSignal::Reload => run.deferred.defer(Op::Reload { replies: vec![] }),
+                    ControlSignal::ScaleUp => run.deferred.defer(Op::Scale { up: true }),
+                    ControlSignal::ScaleDown => run.deferred.defer(Op::Scale { up: false }),
+                },
+                Some((req, reply)) = run.ops.recv() => match req {
+                    control::Request::Stop => {
+                        let _ = reply.send(control::Response::ok("stopping gracefully"));
+                        tracing::info!("Stop requested on the control socket.");
+                        break Err(StopSignal::Term);
+                    }
+                    control::Request::Reload => run.deferred.defer(Op::Reload { replies: vec![reply] }),
+                    control::Request::Scale { workers } => run.deferred.defer(Op::ScaleTo { workers, reply }),
+                    // Answered by the control router, never sent here.
+                    control::Request::Status | control::Request::Jobs { .. } => {
+                        let _ = reply.send(control::Response::err("not an operation"));
+                    }
+                },
+            }
         }
     };
     match outcome {
@@ -786,10 +936,7 @@ async fn operate(run: &mut Run, req: control::Request, reply: oneshot::Sender<co
         }
         Request::Reload => {
             let r = reload_and_tell(run).await;
-            let _ = reply.send(match r {
-                Ok(g) => Response::ok(format!("reloaded: generation {g} is serving")),
-                Err(e) => Response::err(e),
-            });
+            let _ = reply.send(reload_response(&r));
         }
         Request::Stop => {
             let _ = reply.send(Response::ok("stopping gracefully"));
@@ -802,24 +949,29 @@ async fn operate(run: &mut Run, req: control::Request, reply: oneshot::Sender<co
             ));
         }
         Request::Scale { workers } => {
-            if workers == 0 || workers > 1024 {
-                let _ = reply.send(Response::err(format!(
-                    "workers must be between 1 and 1024, not {workers}"
-                )));
-                return;
-            }
-            let from = run.sup.workers();
-            tracing::info!(from, to = workers, "Scaling workers (control socket).");
-            run.sup.scale(workers);
-            run.cfg.workers = workers;
-            run.status
-                .workers_wanted
-                .store(workers, std::sync::atomic::Ordering::Relaxed);
-            let _ = reply.send(Response::ok(format!(
-                "scaling from {from} to {workers} workers"
-            )));
+            let _ = reply.send(scale_op(run, workers));
         }
     }
+}
+
+fn reload_response(r: &Result<u64, String>) -> control::Response {
+    match r {
+        Ok(g) => control::Response::ok(format!("reloaded: generation {g} is serving")),
+        Err(e) => control::Response::err(e.clone()),
+    }
+}
+
+/// `curfew scale N`.
+fn scale_op(run: &mut Run, workers: usize) -> control::Response {
+    if workers == 0 || workers > 1024 {
+        return control::Response::err(format!(
+            "workers must be between 1 and 1024, not {workers}"
+        ));
+    }
+    let from = run.sup.workers();
+    tracing::info!(from, to = workers, "Scaling workers (control socket).");
+    scale_to(run, workers);
+    control::Response::ok(format!("scaling from {from} to {workers} workers"))
 }
 
 /// Answer control requests: status at once in any phase; the rest go to the
@@ -916,8 +1068,8 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
 }
 
 /// SIGUSR1: a status report in the log (the same as `curfew status`).
-async fn log_status(run: &Run) {
-    let st = run.status.full().await;
+async fn log_status(status: &StatusSource) {
+    let st = status.full().await;
     tracing::info!(
         phase = %st.phase,
         uptime_s = st.uptime_s,
@@ -973,6 +1125,35 @@ mod tests {
         let raw: crate::config::raw::RawConfig =
             toml::from_str(&format!("command = \"sh\"\n{extra}")).expect("toml");
         crate::config::validate(raw, &Default::default()).expect("valid config")
+    }
+
+    /// Operations arriving during a reload: queued in order; a reload right
+    /// after a queued reload merges into it (with its caller's reply);
+    /// one after a queued scale does not (it must see the scale).
+    #[test]
+    fn operations_during_a_reload_queue_and_merge() {
+        let mut d = Deferred::default();
+        assert!(!d.push(Op::Reload { replies: vec![] }));
+        let (tx, mut rx) = oneshot::channel();
+        assert!(d.push(Op::Reload { replies: vec![tx] }));
+        assert!(!d.push(Op::Scale { up: true }));
+        assert!(!d.push(Op::Reload { replies: vec![] }));
+        assert!(!d.push(Op::Scale { up: false }));
+        let kinds: Vec<String> = d
+            .queue
+            .iter()
+            .map(|op| match op {
+                Op::Reload { replies } => format!("reload/{}", replies.len()),
+                Op::Scale { up } => format!("scale/{up}"),
+                Op::ScaleTo { workers, .. } => format!("to/{workers}"),
+            })
+            .collect();
+        assert_eq!(kinds, ["reload/1", "scale/true", "reload/0", "scale/false"]);
+        // A stop drops them all and answers the callers.
+        d.cancel();
+        assert!(d.next().is_none());
+        let answer = rx.try_recv().expect("answered");
+        assert!(!answer.ok);
     }
 
     #[test]

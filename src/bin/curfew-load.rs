@@ -94,6 +94,14 @@ struct Cli {
     #[arg(long, value_name = "PATH")]
     ready_file: Option<PathBuf>,
 
+    /// Write every request that did not end in a 2xx answer to this file,
+    /// one JSON object a line: `start_ms`/`end_ms` (wall clock, Unix
+    /// milliseconds), `path`, `status` (or null), `error` (the failure kind,
+    /// or null), `body` (the start of a non-2xx answer's body) or `detail`.
+    /// Lets a caller tell why each request failed and when.
+    #[arg(long, value_name = "PATH")]
+    record: Option<PathBuf>,
+
     /// Print the result as JSON (always the case; accepted for clarity).
     #[arg(long)]
     json: bool,
@@ -131,6 +139,7 @@ struct Shared {
     rate: Option<(Mutex<Instant>, Duration)>,
     ready_file: Option<PathBuf>,
     ready_done: AtomicBool,
+    record: bool,
 }
 
 impl Shared {
@@ -223,6 +232,27 @@ impl XorShift {
     }
 }
 
+/// One request that did not end in a 2xx answer (`--record`).
+#[derive(Debug, Serialize)]
+struct Record {
+    start_ms: f64,
+    end_ms: f64,
+    path: String,
+    status: Option<u16>,
+    error: Option<&'static str>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    body: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    detail: String,
+}
+
+/// Wall-clock time, Unix milliseconds.
+fn unix_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
 /// Counters of one connection loop, merged at the end.
 #[derive(Debug, Default)]
 struct Stats {
@@ -236,6 +266,9 @@ struct Stats {
     /// (elapsed micros since start, description)
     first_errors: Vec<(u128, String)>,
     latencies_us: Vec<u32>,
+    records: Vec<Record>,
+    /// The last failure's kind and detail (for its record).
+    last_failure: Option<(&'static str, String)>,
 }
 
 impl Stats {
@@ -246,6 +279,7 @@ impl Stats {
     fn fail(&mut self, start: Instant, path: &str, kind: &'static str, detail: &str) {
         self.failed += 1;
         self.error(kind);
+        self.last_failure = Some((kind, detail.to_owned()));
         if self.first_errors.len() < FIRST_ERRORS {
             let elapsed = start.elapsed();
             self.first_errors.push((
@@ -269,6 +303,7 @@ impl Stats {
         }
         self.first_errors.extend(other.first_errors);
         self.latencies_us.extend(other.latencies_us);
+        self.records.extend(other.records);
     }
 }
 
@@ -338,10 +373,11 @@ fn io_connect_error(e: &std::io::Error) -> (&'static str, String) {
 
 /// What became of one attempt to send a request and read its response.
 enum Outcome {
-    /// The whole response was read.
+    /// The whole response was read (`body`: the start of a non-2xx one).
     Done {
         status: StatusCode,
         keep_alive: bool,
+        body: Vec<u8>,
     },
     /// hyper handed the request back: it was never written.
     GivenBack(Box<Request<Empty<Bytes>>>, hyper::Error),
@@ -364,15 +400,30 @@ async fn exchange(sender: &mut SendRequest<Empty<Bytes>>, req: Request<Empty<Byt
     let status = resp.status();
     let keep_alive = response_keeps_alive(&resp);
     let mut body = resp.into_body();
+    let mut kept = Vec::new();
     loop {
         match body.frame().await {
             None => break,
-            Some(Ok(_)) => {}
+            Some(Ok(frame)) => {
+                if !status.is_success()
+                    && let Some(data) = frame.data_ref()
+                {
+                    let room = BODY_KEPT.saturating_sub(kept.len());
+                    kept.extend_from_slice(&data[..data.len().min(room)]);
+                }
+            }
             Some(Err(e)) => return Outcome::BodyError(status, e),
         }
     }
-    Outcome::Done { status, keep_alive }
+    Outcome::Done {
+        status,
+        keep_alive,
+        body: kept,
+    }
 }
+
+/// How much of a non-2xx answer's body `--record` keeps.
+const BODY_KEPT: usize = 200;
 
 fn has_token(resp: &Response<Incoming>, token: &str) -> bool {
     resp.headers()
@@ -452,6 +503,8 @@ async fn connection_loop(shared: Arc<Shared>, index: u32) -> Stats {
         let path = shared.pick(&mut rng);
         let mut req = shared.build_request(path);
         let started = Instant::now();
+        let started_ms = unix_ms();
+        let failures_before = stats.failed;
         let mut fresh_givebacks = 0u32;
 
         loop {
@@ -540,9 +593,24 @@ async fn connection_loop(shared: Arc<Shared>, index: u32) -> Stats {
                     let detail = format!("status {}: {}", status.as_u16(), err_chain(&e));
                     stats.fail(shared.start, &path.display, "body", &detail);
                 }
-                Ok(Outcome::Done { status, keep_alive }) => {
+                Ok(Outcome::Done {
+                    status,
+                    keep_alive,
+                    body,
+                }) => {
                     stats.sent += 1;
                     *stats.status.entry(status.as_u16()).or_default() += 1;
+                    if shared.record && !status.is_success() {
+                        stats.records.push(Record {
+                            start_ms: started_ms,
+                            end_ms: unix_ms(),
+                            path: path.display.clone(),
+                            status: Some(status.as_u16()),
+                            error: None,
+                            body: String::from_utf8_lossy(&body).into_owned(),
+                            detail: String::new(),
+                        });
+                    }
                     if status.is_success() {
                         stats.ok += 1;
                         let micros = started.elapsed().as_micros();
@@ -557,6 +625,21 @@ async fn connection_loop(shared: Arc<Shared>, index: u32) -> Stats {
                 }
             }
             break;
+        }
+        if shared.record && stats.failed > failures_before {
+            let (error, detail) = stats
+                .last_failure
+                .take()
+                .unwrap_or(("unknown", String::new()));
+            stats.records.push(Record {
+                start_ms: started_ms,
+                end_ms: unix_ms(),
+                path: path.display.clone(),
+                status: None,
+                error: Some(error),
+                body: String::new(),
+                detail,
+            });
         }
     }
     if let Some(c) = conn {
@@ -756,11 +839,13 @@ async fn setup(cli: Cli) -> Result<Shared, String> {
         rate: rate.map(|interval| (Mutex::new(start), interval)),
         ready_file: cli.ready_file.clone(),
         ready_done: AtomicBool::new(false),
+        record: cli.record.is_some(),
     })
 }
 
 async fn run(cli: Cli) -> Result<Report, String> {
     let connections = cli.connections;
+    let record = cli.record.clone();
     let shared = Arc::new(setup(cli).await?);
     let tasks: Vec<_> = (0..connections)
         .map(|i| tokio::spawn(connection_loop(Arc::clone(&shared), i)))
@@ -771,6 +856,17 @@ async fn run(cli: Cli) -> Result<Report, String> {
             Ok(stats) => total.merge(stats),
             Err(e) => eprintln!("curfew-load: a connection loop died: {e}"),
         }
+    }
+    if let Some(path) = record {
+        let mut records = std::mem::take(&mut total.records);
+        records.sort_by(|a, b| a.start_ms.total_cmp(&b.start_ms));
+        let mut text = String::new();
+        for r in &records {
+            text.push_str(&serde_json::to_string(r).map_err(|e| e.to_string())?);
+            text.push('\n');
+        }
+        std::fs::write(&path, text)
+            .map_err(|e| format!("--record {}: cannot write: {e}", path.display()))?;
     }
     Ok(report(total, shared.start.elapsed()))
 }

@@ -3,8 +3,12 @@
 //! Retries: a request is retried on another worker only when it provably
 //! never reached one: the connect was refused or failed, or a pooled
 //! connection turned out closed before the request was written (hyper hands
-//! the request back). Once any byte may have been written, a failure is a 502
-//! for this request only, logged with method, path and worker.
+//! the request back). A worker that refused is most likely dead (the
+//! supervisor is removing it): the request goes back to the router's queue,
+//! keeping its place, and waits for another worker (one booting, one coming
+//! back from a suspension, one freed), within `timeout` — never a 502. Once
+//! any byte may have been written, a failure is a 502 for this request only,
+//! logged with method, path, worker and pid.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -174,14 +178,16 @@ async fn forward(
                     );
                 }
                 Err(e) => {
-                    tracing::debug!(worker = lease.worker_id, error = %e, "Worker refused the connection; trying another.");
+                    tracing::debug!(worker = lease.worker_id, pid = lease.pid, error = %e, "Worker refused the connection; the request waits for another.");
                     front.worker_refused(lease.uid);
                     excluded.push(lease.uid);
+                    lease.unused();
                     continue;
                 }
             },
         };
         if reused && up.tx.ready().await.is_err() {
+            lease.unused();
             continue; // closed while idle; the request was not sent
         }
         let Some(sent) = until(deadline, up.tx.try_send_request(upreq)).await else {
@@ -220,6 +226,7 @@ async fn forward(
                     if !reused {
                         excluded.push(lease.uid);
                     }
+                    lease.unused();
                     continue;
                 }
                 None => {
@@ -231,6 +238,7 @@ async fn forward(
                         %method,
                         path,
                         worker = lease.worker_id,
+                        pid = lease.pid,
                         error = %e.into_error(),
                         "Worker failed mid-request (it closed the connection or died): answering 502."
                     );

@@ -4,8 +4,14 @@
 //! - A request goes to the ready worker with the fewest requests in flight,
 //!   never above `worker_concurrency` (1 = a sync worker gets one request at
 //!   a time).
-//! - When every worker is full, the request waits in a FIFO queue of at most
-//!   `backlog` entries; a full queue is refused (the caller answers 503).
+//! - When no worker can take it (every worker is full, suspended, booting,
+//!   or there is none), the request waits in a FIFO queue (by arrival) of at
+//!   most `backlog` entries for the next one that can; a full queue is
+//!   refused (the caller answers 503). The caller bounds the wait (`timeout`).
+//! - A request retried because a worker refused it (it provably never reached
+//!   one) names the instances that refused it: it never goes back to them,
+//!   and waits, keeping its place in the queue, for another worker. A
+//!   refused connect is a reason to wait, not to fail.
 //! - A [`Lease`] is one request's hold on one worker slot. Dropping it frees
 //!   the slot and hands it straight to the oldest waiter.
 //!
@@ -59,6 +65,8 @@ pub struct WorkerStatus {
 pub enum Rejected {
     #[error("every worker is busy and the queue is full")]
     QueueFull,
+    /// The router went away while the request waited (not while curfew
+    /// runs: a waiting request is only ever answered with a slot).
     #[error("no worker can take the request")]
     Unavailable,
 }
@@ -76,6 +84,10 @@ struct Backend {
 
 struct Waiter {
     req: u64,
+    /// When the request arrived (the queue's order).
+    started: Instant,
+    /// Worker instances that refused it.
+    exclude: Vec<u64>,
     tx: oneshot::Sender<Lease>,
 }
 
@@ -115,6 +127,8 @@ pub struct Lease {
     req: u64,
     pub uid: u64,
     pub worker_id: usize,
+    /// The worker's process id (for logs).
+    pub pid: u32,
     pub pool: Arc<Pool>,
     armed: bool,
 }
@@ -122,8 +136,18 @@ pub struct Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if self.armed {
-            self.router.release(self.req, self.uid);
+            self.router.release(self.req, self.uid, true);
         }
+    }
+}
+
+impl Lease {
+    /// Give the slot back without counting a request: the request never
+    /// reached the worker (refused connect, closed pooled connection) and is
+    /// about to be retried.
+    pub fn unused(mut self) {
+        self.armed = false;
+        self.router.release(self.req, self.uid, false);
     }
 }
 
@@ -163,8 +187,9 @@ impl Router {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Get a worker slot for a request, waiting in the queue if every worker
-    /// is busy. `exclude` lists worker instances that already refused it.
+    /// Get a worker slot for a request, waiting in the queue while no worker
+    /// can take it. `exclude` lists worker instances that already refused
+    /// it: it waits for another one.
     pub async fn acquire(
         self: &Arc<Self>,
         method: &Method,
@@ -182,18 +207,35 @@ impl Router {
         };
         let rx = {
             let mut st = self.lock();
+            // Those waiting ahead of it first (a worker back from a
+            // suspension may not have been handed out yet); what is left
+            // free now is of no use to any of them.
+            if !st.waiters.is_empty() {
+                self.dispatch(&mut st);
+            }
             if let Some(i) = self.pick(&st, exclude) {
                 return Ok(self.assign(&mut st, i, req, info));
-            }
-            if !exclude.is_empty() && st.backends.iter().all(|b| exclude.contains(&b.worker.uid)) {
-                return Err(Rejected::Unavailable);
             }
             st.waiters.retain(|w| !w.tx.is_closed());
             if st.waiters.len() >= self.backlog {
                 return Err(Rejected::QueueFull);
             }
             let (tx, rx) = oneshot::channel();
-            st.waiters.push_back(Waiter { req, tx });
+            // By arrival: a retried request keeps its place.
+            let at = st
+                .waiters
+                .iter()
+                .rposition(|w| w.started <= started)
+                .map_or(0, |p| p + 1);
+            st.waiters.insert(
+                at,
+                Waiter {
+                    req,
+                    started,
+                    exclude: exclude.to_vec(),
+                    tx,
+                },
+            );
             st.requests.insert(req, info);
             rx
         };
@@ -252,6 +294,7 @@ impl Router {
             req,
             uid: b.worker.uid,
             worker_id: b.worker.id,
+            pid: b.worker.pid,
             pool: b.pool.clone(),
             armed: true,
         };
@@ -259,15 +302,18 @@ impl Router {
         lease
     }
 
-    fn release(self: &Arc<Self>, req: u64, uid: u64) {
+    /// Free a slot; `counted`: the request was sent (it counts as served).
+    fn release(self: &Arc<Self>, req: u64, uid: u64, counted: bool) {
         let mut recycle = None;
         {
             let mut st = self.lock();
             if let Some(b) = st.backends.iter_mut().find(|b| b.worker.uid == uid) {
                 b.in_flight = b.in_flight.saturating_sub(1);
-                b.served += 1;
-                if b.worker.max_requests == Some(b.served) {
-                    recycle = Some(b.served);
+                if counted {
+                    b.served += 1;
+                    if b.worker.max_requests == Some(b.served) {
+                        recycle = Some(b.served);
+                    }
                 }
             } else if let Some(n) = st.retiring.get_mut(&uid) {
                 *n = n.saturating_sub(1);
@@ -276,7 +322,9 @@ impl Router {
                 }
             }
             st.requests.remove(&req);
-            self.completed.fetch_add(1, Ordering::Relaxed);
+            if counted {
+                self.completed.fetch_add(1, Ordering::Relaxed);
+            }
             self.dispatch(&mut st);
         }
         self.released.notify_waiters();
@@ -366,23 +414,31 @@ impl Router {
             .contains(&uid)
     }
 
-    /// Hand free slots to waiting requests, oldest first.
+    /// Hand free slots to waiting requests, oldest first; a request that
+    /// refused-by-every-free-worker leaves its turn to the next one.
     fn dispatch(self: &Arc<Self>, st: &mut State) {
-        while let Some(w) = st.waiters.front() {
-            if w.tx.is_closed() {
-                let req = w.req;
-                st.waiters.pop_front();
-                st.requests.remove(&req);
+        let mut k = 0;
+        while k < st.waiters.len() {
+            if st.waiters[k].tx.is_closed() {
+                if let Some(w) = st.waiters.remove(k) {
+                    st.requests.remove(&w.req);
+                }
                 continue;
             }
-            let Some(i) = self.pick(st, &[]) else { break };
-            let Some(w) = st.waiters.pop_front() else {
+            let Some(i) = self.pick(st, &st.waiters[k].exclude) else {
+                if st.waiters[k].exclude.is_empty() {
+                    break; // no worker can take anything now
+                }
+                k += 1;
+                continue;
+            };
+            let Some(w) = st.waiters.remove(k) else {
                 break;
             };
             let info = st.requests.remove(&w.req).unwrap_or_else(|| RequestInfo {
                 method: Method::GET,
                 path: String::new(),
-                started: Instant::now(),
+                started: w.started,
                 worker: None,
                 uid: None,
             });
@@ -584,7 +640,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn exclusion_and_unavailable() {
+    async fn a_refused_request_avoids_the_worker_that_refused_it() {
         let r = Router::new(1, 5);
         r.add(worker(1, 0));
         r.add(worker(2, 1));
@@ -593,13 +649,94 @@ mod tests {
             .await
             .expect("slot");
         assert_eq!(l.uid, 2);
-        drop(l);
-        assert_eq!(
-            r.acquire(&Method::GET, "/", Instant::now(), &[1, 2])
+    }
+
+    /// Issue 15: every worker refused the request (they died). It is not
+    /// failed: it waits in the queue for the next worker that is ready.
+    #[tokio::test]
+    async fn refused_everywhere_waits_for_the_next_worker() {
+        let r = Router::new(1, 5);
+        r.add(worker(1, 0));
+        r.add(worker(2, 1));
+        let r2 = r.clone();
+        let w = tokio::spawn(async move {
+            r2.acquire(&Method::GET, "/", Instant::now(), &[1, 2])
                 .await
-                .err(),
-            Some(Rejected::Unavailable)
+                .map(|l| l.uid)
+        });
+        while r.queue_len() < 1 {
+            tokio::task::yield_now().await;
+        }
+        // A free worker it refused does not take it.
+        assert_eq!(get(&r).await.expect("slot").uid, 1);
+        assert_eq!(r.queue_len(), 1);
+        r.remove(1);
+        r.remove(2);
+        r.add(worker(3, 0));
+        assert_eq!(w.await.expect("join"), Ok(3));
+    }
+
+    /// A request that waits for another worker does not hold up those
+    /// behind it that can use the free one, and a retried request keeps its
+    /// place (by arrival) in the queue.
+    #[tokio::test]
+    async fn waiting_for_another_worker_blocks_nobody() {
+        let r = Router::new(1, 5);
+        r.add(worker(1, 0));
+        let held = get(&r).await.expect("slot");
+        let t0 = Instant::now();
+        // Queued first: a request that arrived later.
+        let r2 = r.clone();
+        let later = tokio::spawn(async move {
+            r2.acquire(&Method::GET, "/later", t0 + Duration::from_millis(5), &[])
+                .await
+                .map(|l| l.uid)
+        });
+        while r.queue_len() < 1 {
+            tokio::task::yield_now().await;
+        }
+        // Then a retried one that arrived earlier and refuses worker 1.
+        let r3 = r.clone();
+        let retried = tokio::spawn(async move {
+            r3.acquire(&Method::GET, "/retried", t0, &[1])
+                .await
+                .map(|l| l.uid)
+        });
+        while r.queue_len() < 2 {
+            tokio::task::yield_now().await;
+        }
+        let order: Vec<String> = r
+            .requests()
+            .into_iter()
+            .filter(|q| q.worker.is_none())
+            .map(|q| q.path)
+            .collect();
+        assert_eq!(order, ["/retried", "/later"]);
+        drop(held);
+        assert_eq!(
+            later.await.expect("join"),
+            Ok(1),
+            "passes the one that refused worker 1"
         );
+        r.add(worker(2, 1));
+        assert_eq!(retried.await.expect("join"), Ok(2));
+    }
+
+    #[tokio::test]
+    async fn an_unused_lease_counts_nothing() {
+        let r = Router::new(1, 5);
+        let mut w = worker(1, 0);
+        w.max_requests = Some(1);
+        let recycled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = recycled.clone();
+        r.on_recycle(Box::new(move |_, _| flag.store(true, Ordering::SeqCst)));
+        r.add(w);
+        get(&r).await.expect("slot").unused();
+        assert_eq!(r.completed(), 0);
+        assert_eq!(r.workers()[0].served, 0);
+        assert_eq!(r.workers()[0].in_flight, 0);
+        assert!(!recycled.load(Ordering::SeqCst));
+        assert!(r.requests().is_empty());
     }
 
     #[tokio::test]

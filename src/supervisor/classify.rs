@@ -1,6 +1,8 @@
 //! Why did a worker exit? Every exit is classified, and the class decides the
-//! log level: an exit curfew asked for is INFO, a crash is WARN, a kill curfew
-//! did not send is ERROR (naming the OOM killer when it is the likely cause).
+//! log level: an exit curfew asked for is INFO, an exit on its own is WARN, a
+//! crash or a kill curfew did not send is ERROR (naming the OOM killer when it
+//! is the likely cause). An exit by a foreign signal is foreign even after
+//! curfew's SIGTERM (a worker OOM-killed while it drains).
 
 use super::reaper::{ExitStatus, signal_name};
 
@@ -8,7 +10,9 @@ use super::reaper::{ExitStatus, signal_name};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SentSignal {
     None,
-    /// The polite stop signal (SIGTERM) to drain and exit.
+    /// The polite stop signal (SIGTERM) to drain and exit. An exit by any
+    /// other signal after it (SIGKILL from the OOM killer or an operator, a
+    /// crash) is still not curfew's doing.
     Term,
     /// SIGKILL after the worker did not stop within `worker_stop_timeout`,
     /// or because the worker failed to boot in time.
@@ -42,6 +46,9 @@ impl ExitClass {
     pub fn of(status: ExitStatus, sent: SentSignal, oom_kills_rose: bool) -> ExitClass {
         match (sent, status) {
             (SentSignal::Kill, _) => ExitClass::KilledByCurfew,
+            (SentSignal::Term, ExitStatus::Signal(sig)) if sig != libc::SIGTERM => {
+                ExitClass::of(status, SentSignal::None, oom_kills_rose)
+            }
             (SentSignal::Term, s) => ExitClass::Stopped(s),
             (SentSignal::None, ExitStatus::Code(c)) => ExitClass::Exited(c),
             (SentSignal::None, ExitStatus::Signal(sig)) => ExitClass::KilledExternally {
@@ -50,6 +57,11 @@ impl ExitClass {
                 oom_confirmed: oom_kills_rose,
             },
         }
+    }
+
+    /// Whether curfew asked for this exit (stopped or killed it itself).
+    pub fn asked(&self) -> bool {
+        matches!(self, ExitClass::Stopped(_) | ExitClass::KilledByCurfew)
     }
 
     pub fn severity(&self) -> Severity {
@@ -130,6 +142,20 @@ mod tests {
             assert_eq!(c, ExitClass::Stopped(s));
             assert_eq!(c.severity(), Severity::Info);
         }
+    }
+
+    /// The issue-15 case: curfew sent SIGTERM (a reload's old worker, a
+    /// scale-down) but the worker died of a SIGKILL curfew did not send.
+    #[test]
+    fn a_foreign_signal_after_our_sigterm_is_still_foreign() {
+        let c = ExitClass::of(ExitStatus::Signal(libc::SIGKILL), SentSignal::Term, false);
+        assert_eq!(c.severity(), Severity::Error);
+        assert_eq!(c.reason(), "oom_or_external_kill");
+        assert!(!c.asked());
+        assert!(!c.describe().contains("stopped by curfew"));
+        let c = ExitClass::of(ExitStatus::Signal(libc::SIGSEGV), SentSignal::Term, false);
+        assert_eq!(c.reason(), "crashed");
+        assert!(ExitClass::of(ExitStatus::Signal(libc::SIGTERM), SentSignal::Term, false).asked());
     }
 
     #[test]

@@ -317,10 +317,6 @@ fn emit(
 mod tests {
     use super::*;
 
-    /// A reaper calls `waitpid(-1)`: two tests with one each, running at once
-    /// in the same process, would reap each other's children.
-    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
     type Lines = Arc<Mutex<Vec<(u32, &'static str, String)>>>;
 
     fn collector() -> (LineLogger, Lines) {
@@ -424,7 +420,7 @@ mod tests {
 
     #[tokio::test]
     async fn exit_with_output_stdin_env_and_cwd() {
-        let _serial = SERIAL.lock().await;
+        let _serial = crate::supervisor::reaper::TEST_CHILDREN.lock().await;
         let reaper = Reaper::start().expect("reaper");
         let dir = tempfile::tempdir().expect("tempdir");
         let argv = sh("read line; echo \"got $line in $(pwd) with $FOO\"; \
@@ -453,7 +449,7 @@ mod tests {
 
     #[tokio::test]
     async fn spawn_failures_and_empty_commands() {
-        let _serial = SERIAL.lock().await;
+        let _serial = crate::supervisor::reaper::TEST_CHILDREN.lock().await;
         let reaper = Reaper::start().expect("reaper");
         let (log, _) = collector();
         let argv = vec!["/nonexistent/curfew-no-such-program".to_string()];
@@ -472,7 +468,7 @@ mod tests {
 
     #[tokio::test]
     async fn stop_kills_the_whole_group() {
-        let _serial = SERIAL.lock().await;
+        let _serial = crate::supervisor::reaper::TEST_CHILDREN.lock().await;
         let reaper = Reaper::start().expect("reaper");
         let dir = tempfile::tempdir().expect("tempdir");
         let pidfile = dir.path().join("pid");
@@ -496,7 +492,7 @@ mod tests {
 
     #[tokio::test]
     async fn graceful_stop_terms_then_kills() {
-        let _serial = SERIAL.lock().await;
+        let _serial = crate::supervisor::reaper::TEST_CHILDREN.lock().await;
         let reaper = Reaper::start().expect("reaper");
         let dir = tempfile::tempdir().expect("tempdir");
 

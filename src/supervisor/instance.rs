@@ -1,7 +1,13 @@
 //! One worker process: starting it, waiting until it is ready, stopping it,
 //! aborting it when hung, measuring its memory, and logging how it ended.
+//!
+//! Its exit status arrives once (from the reaper) and is kept: whoever
+//! watches the process next ([`Instance::wait_exit`], [`Instance::exited`])
+//! sees the same status, so an exit noticed in one state of its slot is never
+//! lost or re-read as something else in the next.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
@@ -12,9 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::classify::{ExitClass, SentSignal, Severity};
 use super::output::{self, Stream, Tail};
-use super::reaper::{ExitStatus, Reaper};
-use super::{Backends, WorkerAddr, WorkerSpec, spawn};
-use crate::metrics::Metrics;
+use super::reaper::ExitStatus;
+use super::{Backends, Shared, WorkerAddr, WorkerSpec, spawn};
 
 /// A worker process being supervised.
 pub struct Instance {
@@ -23,7 +28,11 @@ pub struct Instance {
     pub pid: u32,
     pub addr: WorkerAddr,
     pub generation: u64,
-    pub exit: oneshot::Receiver<ExitStatus>,
+    /// Recycle after this many requests (`max_requests` + jitter).
+    pub max_requests: Option<u64>,
+    exit: oneshot::Receiver<ExitStatus>,
+    /// The exit status, once received.
+    status: Option<ExitStatus>,
     pub started: Instant,
     pub tail: Tail,
     /// The cgroup's OOM-kill count when it started.
@@ -31,7 +40,7 @@ pub struct Instance {
     /// Set when it is stopped because it was replaced (`recycled`,
     /// `reload`): the reason its exit is counted under in the metrics.
     pub replaced: Option<&'static str>,
-    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
     stderr_done: Option<JoinHandle<()>>,
 }
 
@@ -43,15 +52,22 @@ pub enum Boot {
     Stopped,
 }
 
+/// Why a worker did not become ready.
+pub struct BootFailure {
+    pub reason: String,
+    /// Its exit was logged (and reported) as a worker exit already: it was
+    /// killed by a signal curfew did not send, or crashed, while booting.
+    pub logged: bool,
+}
+
 impl Instance {
     pub fn start(
-        reaper: &Reaper,
+        shared: &Arc<Shared>,
         spec: &WorkerSpec,
         id: usize,
         uid: u64,
-        metrics: Arc<Metrics>,
     ) -> std::io::Result<Instance> {
-        let s = spawn::spawn(reaper, spec, id, uid)?;
+        let s = spawn::spawn(&shared.reaper, spec, id, uid)?;
         if let Some(out) = s.stdout {
             output::capture(out, id, s.pid, Stream::Stdout, None);
         }
@@ -65,14 +81,45 @@ impl Instance {
             pid: s.pid,
             addr: s.addr,
             generation: spec.generation,
+            max_requests: spec
+                .max_requests
+                .map(|m| m + jitter(spec.max_requests_jitter)),
             exit: s.exit,
+            status: None,
             started: Instant::now(),
             tail,
             oom_kills_at_start: super::oom::oom_kills(),
             replaced: None,
-            metrics,
+            shared: shared.clone(),
             stderr_done,
         })
+    }
+
+    /// Resolves once the process has exited (at once if it has already).
+    /// Cancel-safe: dropping it loses nothing.
+    pub async fn wait_exit(&mut self) -> ExitStatus {
+        if let Some(s) = self.status {
+            return s;
+        }
+        // The reaper drops the sender only if its table is gone (never while
+        // curfew runs); -1 stands for "unknown".
+        let s = (&mut self.exit).await.unwrap_or(ExitStatus::Code(-1));
+        self.status = Some(s);
+        s
+    }
+
+    /// The exit status if the process has exited, without waiting.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            match self.exit.try_recv() {
+                Ok(s) => self.status = Some(s),
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    self.status = Some(ExitStatus::Code(-1))
+                }
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+        }
+        self.status
     }
 
     pub fn signal_group(&self, sig: Signal) {
@@ -99,18 +146,19 @@ impl Instance {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut interval = Duration::from_millis(10);
         let mut last = String::from("no probe completed");
+        let addr = self.addr.clone();
         loop {
             tokio::select! {
-                status = &mut self.exit => return Boot::Exited(status.unwrap_or(ExitStatus::Code(-1))),
+                status = self.wait_exit() => return Boot::Exited(status),
                 _ = tokio::time::sleep_until(deadline) => return Boot::TimedOut(last),
                 _ = stop.cancelled() => return Boot::Stopped,
-                r = backends.probe(self.addr.clone()) => match r {
+                r = backends.probe(addr.clone()) => match r {
                     Ok(()) => return Boot::Ready,
                     Err(e) => last = e,
                 },
             }
             tokio::select! {
-                status = &mut self.exit => return Boot::Exited(status.unwrap_or(ExitStatus::Code(-1))),
+                status = self.wait_exit() => return Boot::Exited(status),
                 _ = tokio::time::sleep_until(deadline) => return Boot::TimedOut(last),
                 _ = stop.cancelled() => return Boot::Stopped,
                 _ = tokio::time::sleep(interval) => {}
@@ -119,31 +167,64 @@ impl Instance {
         }
     }
 
-    /// After a failed boot: make sure it is gone and describe why.
-    pub async fn boot_failure(&mut self, boot: Boot, boot_timeout: Duration) -> String {
+    /// After a failed boot: make sure it is gone and describe why. A worker
+    /// killed by a signal curfew did not send (the OOM killer, an operator)
+    /// or crashed while booting is logged as such, like any such exit.
+    pub async fn boot_failure(&mut self, boot: Boot, boot_timeout: Duration) -> BootFailure {
+        let mut logged = false;
         let reason = match boot {
-            Boot::Exited(status) => format!("it exited during boot ({status})"),
+            Boot::Exited(status) => {
+                self.signal_group(Signal::SIGKILL);
+                self.flush_stderr().await;
+                let class = ExitClass::of(status, SentSignal::None, self.oom_killed());
+                if matches!(class, ExitClass::KilledExternally { .. }) {
+                    self.log_exit(&class, None, "booting");
+                    logged = true;
+                }
+                format!("it exited during boot ({status})")
+            }
             Boot::TimedOut(last) => {
                 self.signal_group(Signal::SIGKILL);
-                let _ = (&mut self.exit).await;
+                let _ = self.wait_exit().await;
                 format!("not ready within boot_timeout ({boot_timeout:?}); last probe: {last}")
             }
             Boot::Ready | Boot::Stopped => String::from("boot interrupted"),
         };
         self.signal_group(Signal::SIGKILL); // leftovers of its group
         self.flush_stderr().await;
-        self.metrics.worker_exit("boot_failed");
-        reason
+        if !logged {
+            self.shared.metrics.worker_exit("boot_failed");
+        }
+        BootFailure { reason, logged }
+    }
+
+    /// An exit curfew did not ask for (the process died while it served,
+    /// booted, waited for a reload's go, or drained): kill what is left of its
+    /// group, read its last words, log it by its class (WARN or ERROR, never
+    /// "stopped by curfew") and tell the `worker_exit` hook. `during` says
+    /// what it was doing.
+    pub async fn died(mut self, status: ExitStatus, restart_in: Option<Duration>, during: &str) {
+        self.signal_group(Signal::SIGKILL);
+        self.flush_stderr().await;
+        let class = ExitClass::of(status, SentSignal::None, self.oom_killed());
+        self.log_exit(&class, restart_in, during);
     }
 
     /// SIGTERM the worker's group, wait `stop_timeout`, then SIGKILL (at once
-    /// if `kill_now` fires). Returns whether it had to be killed.
+    /// if `kill_now` fires). Returns whether it had to be killed. A worker
+    /// that is already dead, or dies of a signal curfew did not send while it
+    /// stops, is reported as such (see [`Instance::died`]).
     pub async fn stop(
         mut self,
         stop_timeout: Duration,
         kill_now: &CancellationToken,
         why: &str,
     ) -> bool {
+        if let Some(status) = self.exited() {
+            self.died(status, None, &format!("before it was stopped ({why})"))
+                .await;
+            return false;
+        }
         let mut sent = SentSignal::Term;
         let mut forced = false;
         if kill_now.is_cancelled() {
@@ -152,9 +233,10 @@ impl Instance {
         } else {
             self.signal_group(Signal::SIGTERM);
         }
+        let term = sent == SentSignal::Term;
         let status = tokio::select! {
-            s = &mut self.exit => s,
-            _ = tokio::time::sleep(stop_timeout), if sent == SentSignal::Term => {
+            s = self.wait_exit() => s,
+            _ = tokio::time::sleep(stop_timeout), if term => {
                 tracing::warn!(
                     worker = self.id,
                     pid = self.pid,
@@ -164,27 +246,31 @@ impl Instance {
                 forced = true;
                 self.signal_group(Signal::SIGKILL);
                 sent = SentSignal::Kill;
-                (&mut self.exit).await
+                self.wait_exit().await
             }
-            _ = kill_now.cancelled(), if sent == SentSignal::Term => {
+            _ = kill_now.cancelled(), if term => {
                 self.signal_group(Signal::SIGKILL);
                 sent = SentSignal::Kill;
-                (&mut self.exit).await
+                self.wait_exit().await
             }
         };
-        let status = status.unwrap_or(ExitStatus::Code(-1));
         // Anything left in its process group goes too.
         self.signal_group(Signal::SIGKILL);
         self.flush_stderr().await;
         if sent == SentSignal::Kill && !forced {
-            self.metrics.worker_exit("killed_by_curfew");
+            self.shared.metrics.worker_exit("killed_by_curfew");
             tracing::info!(
                 worker = self.id,
                 pid = self.pid,
                 "Worker killed (immediate stop)."
             );
         } else {
-            self.log_exit(&ExitClass::of(status, sent, false), None, why);
+            let class = ExitClass::of(status, sent, self.oom_killed());
+            if class.asked() {
+                self.log_exit(&class, None, why);
+            } else {
+                self.log_exit(&class, None, &format!("stopping ({why})"));
+            }
         }
         forced
     }
@@ -192,37 +278,49 @@ impl Instance {
     /// A hung worker: SIGABRT so its runtime can dump where it is stuck
     /// (Python with faulthandler prints every thread's traceback), wait
     /// `abort_timeout`, SIGKILL if still there; then log it, with the stack
-    /// dump, as the one worker event that is an ERROR by design.
-    pub async fn abort(
-        &mut self,
-        abort_timeout: Duration,
-        reason: &str,
-        request: &str,
-        kill_now: &CancellationToken,
-    ) {
+    /// dump, as the one worker event that is an ERROR by design, and tell the
+    /// `worker_abort` hook. (One that died before the SIGABRT is reported as
+    /// the exit it was.)
+    pub async fn abort(mut self, abort_timeout: Duration, reason: &str, request: &str) {
+        if let Some(status) = self.exited() {
+            self.died(status, None, "serving").await;
+            return;
+        }
         let mark = self.tail.mark();
         self.signal_group(Signal::SIGABRT);
+        let kill_now = self.shared.kill_now.clone();
         let killed = tokio::select! {
-            _ = &mut self.exit => false,
+            _ = self.wait_exit() => false,
             _ = tokio::time::sleep(abort_timeout) => true,
             _ = kill_now.cancelled() => true,
         };
         if killed {
             self.signal_group(Signal::SIGKILL);
-            let _ = (&mut self.exit).await;
+            let _ = self.wait_exit().await;
         }
         self.signal_group(Signal::SIGKILL);
         self.flush_stderr().await;
-        self.metrics.worker_exit("hung");
+        self.shared.metrics.worker_exit("hung");
+        let stack_dump = self.tail.since(mark, 60);
         tracing::error!(
             worker = self.id,
             pid = self.pid,
             reason,
             request,
             killed_after_abort = killed,
-            stack_dump = %self.tail.since(mark, 60),
+            stack_dump = %stack_dump,
             "Worker hung: aborted it (SIGABRT{}) and starting a replacement.",
             if killed { ", then SIGKILL" } else { "" }
+        );
+        self.shared.event(
+            "worker_abort",
+            serde_json::json!({
+                "worker": self.id,
+                "pid": self.pid,
+                "reason": reason,
+                "request": request,
+                "stack_dump": self.tail.last(60),
+            }),
         );
     }
 
@@ -231,6 +329,10 @@ impl Instance {
         matches!((self.oom_kills_at_start, super::oom::oom_kills()), (Some(a), Some(b)) if b > a)
     }
 
+    /// Log an exit once, at the level its class calls for, and count it. An
+    /// exit curfew did not ask for names the requests the worker was serving
+    /// and goes to the `worker_exit` hook; `why` is why curfew stopped it, or
+    /// for an exit it did not ask for, what the worker was doing.
     pub fn log_exit(&self, class: &ExitClass, restart_in: Option<Duration>, why: &str) {
         let msg = class.describe();
         let (id, pid) = (self.id, self.pid);
@@ -238,20 +340,40 @@ impl Instance {
         let restart_in_ms = restart_in.map(|d| d.as_millis() as u64);
         let reason = class.reason();
         // A replaced worker that stopped when asked counts as replaced.
-        self.metrics.worker_exit(match (class, self.replaced) {
-            (ExitClass::Stopped(_), Some(r)) => r,
-            _ => reason,
-        });
+        self.shared
+            .metrics
+            .worker_exit(match (class, self.replaced) {
+                (ExitClass::Stopped(_), Some(r)) => r,
+                _ => reason,
+            });
+        if class.severity() == Severity::Info {
+            tracing::info!(worker = id, pid, uptime_ms, reason, why, "{msg}");
+            return;
+        }
+        let requests = self.shared.backends.requests_on(self.uid).join(", ");
+        let stderr = self.tail.last_one_line(8);
         match class.severity() {
-            Severity::Info => tracing::info!(worker = id, pid, uptime_ms, reason, why, "{msg}"),
-            Severity::Warn => {
-                let stderr = self.tail.last_one_line(8);
-                tracing::warn!(worker = id, pid, uptime_ms, reason, restart_in_ms, stderr = %stderr, "{msg}")
-            }
             Severity::Error => {
-                let stderr = self.tail.last_one_line(8);
-                tracing::error!(worker = id, pid, uptime_ms, reason, restart_in_ms, requests = why, stderr = %stderr, "{msg}")
+                tracing::error!(worker = id, pid, uptime_ms, reason, during = why, restart_in_ms, requests, stderr = %stderr, "{msg}")
             }
+            _ => {
+                tracing::warn!(worker = id, pid, uptime_ms, reason, during = why, restart_in_ms, requests, stderr = %stderr, "{msg}")
+            }
+        }
+        if !class.asked() {
+            self.shared.event(
+                "worker_exit",
+                serde_json::json!({
+                    "worker": id,
+                    "pid": pid,
+                    "reason": reason,
+                    "exit": self.status.map(|s| s.to_string()).unwrap_or_default(),
+                    "message": msg,
+                    "requests": requests,
+                    "uptime_ms": uptime_ms,
+                    "restart_in_ms": restart_in_ms,
+                }),
+            );
         }
     }
 
@@ -259,6 +381,27 @@ impl Instance {
     pub fn rss_bytes(&self) -> u64 {
         group_rss_bytes(self.pid as i32)
     }
+}
+
+/// Record that a worker's stop had to be forced (for the exit code).
+pub fn note_forced(shared: &Shared, forced: bool) {
+    if forced {
+        shared.forced.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A random number in `0..=max` (for `max_requests_jitter`), from the
+/// process's random uuid source; no cryptographic need.
+fn jitter(max: u64) -> u64 {
+    if max == 0 {
+        return 0;
+    }
+    let r = u64::from_le_bytes(
+        uuid::Uuid::new_v4().as_bytes()[..8]
+            .try_into()
+            .unwrap_or([0; 8]),
+    );
+    r % (max + 1)
 }
 
 /// Sum of RSS over the processes whose process group is `pgid` (from /proc).

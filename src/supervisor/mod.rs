@@ -13,12 +13,17 @@
 //! - a worker is routed to only between "ready" and its removal, and it is
 //!   removed from routing *before* it is signalled to stop; a worker that is
 //!   replaced or scaled away first finishes its in-flight requests;
+//! - a worker that dies is removed from routing as soon as the reaper
+//!   reports it, whatever its slot is doing (a slot never waits on one thing
+//!   alone, see `slot`), and a slot without a worker always has one on its
+//!   way;
 //! - every worker process is reaped by [`reaper::Reaper`]; a stopped slot
 //!   leaves no process of its group behind (the group is SIGKILLed once its
 //!   leader has exited);
 //! - a reload switches a slot to the new generation only after every slot of
 //!   its batch has a ready new worker; otherwise the old ones keep serving;
-//! - every exit is classified and logged exactly once ([`classify`]).
+//! - every exit is classified and logged exactly once ([`classify`]), by
+//!   what happened to the process, not by what its slot was doing.
 
 pub mod backoff;
 pub mod classify;
@@ -30,6 +35,8 @@ pub mod procfs;
 pub mod reaper;
 mod slot;
 mod spawn;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -172,6 +179,13 @@ pub enum ReloadError {
     Boot(BootError),
     #[error("worker {0} did not answer the reload in time; the old generation keeps serving")]
     NoAnswer(usize),
+    /// Every new worker of the batch was ready, but this slot's died before
+    /// the switch and no other could boot in its place: the slots before it
+    /// switched, this one keeps its old worker.
+    #[error(
+        "worker {0}'s new worker died before the switch and no replacement became ready; that slot keeps its old generation"
+    )]
+    Lost(usize),
 }
 
 /// How a slot ended.
@@ -192,14 +206,15 @@ pub(crate) enum Command {
     },
     /// Replace worker `uid` (max_requests, max_memory).
     Recycle { uid: u64, reason: String },
-    /// Reload, phase one: boot a worker of `generation`, say whether it is
-    /// ready, then switch to it only if `go` says so.
+    /// Reload, phase one: boot a worker of `spec` (the reload's generation),
+    /// say whether it is ready, then switch to it only if `go` says so.
     Prepare {
-        generation: u64,
+        spec: Arc<WorkerSpec>,
         ready: oneshot::Sender<Result<(), BootError>>,
         go: oneshot::Receiver<bool>,
-        /// Answered once traffic has switched (or the new worker is gone).
-        done: oneshot::Sender<()>,
+        /// Answered once traffic has switched (`true`), or once the new
+        /// worker is gone without a switch (`false`).
+        done: oneshot::Sender<bool>,
     },
     /// Scale down: drain the worker, stop it, end the slot.
     Retire,
@@ -207,6 +222,9 @@ pub(crate) enum Command {
 
 pub(crate) struct Shared {
     reaper: Reaper,
+    /// The spec of the last completed reload (or of the start): new slots
+    /// start from it. Each slot keeps its own copy, which a reload replaces
+    /// when that slot switches.
     spec: RwLock<Arc<WorkerSpec>>,
     backends: Arc<dyn Backends>,
     /// Worker exits are counted here (by reason).
@@ -386,6 +404,7 @@ impl Supervisor {
             first_boot,
             backoff: Backoff::default(),
             restarts: 0,
+            spec: self.shared.spec(),
         };
         let join = tokio::spawn(slot.run());
         self.slots.push(SlotHandle {
@@ -413,17 +432,21 @@ impl Supervisor {
         self.leaving.retain(|j| !j.is_finished());
     }
 
-    /// Reload with `spec` (its generation must be higher): boot new workers
-    /// `batch` slots at a time; each batch switches only when all of its new
-    /// workers are ready. On failure the slots not yet switched keep their
-    /// old workers (with `batch >= workers`, that is all of them).
+    /// Reload with `spec`: boot new workers `batch` slots at a time; each
+    /// batch switches only when all of its new workers are ready. On failure
+    /// the slots not yet switched keep their old workers (with `batch >=
+    /// workers`, that is all of them) and their old spec, so their restarts
+    /// use the old command too. Generations are never reused.
+    ///
+    /// A slot keeps watching its serving worker throughout: if it dies while
+    /// the new one boots or waits for `go`, the slot restarts it with its own
+    /// (old) generation at once, and the new one takes over on `go` as usual.
     pub async fn reload(&mut self, mut spec: WorkerSpec, batch: usize) -> Result<u64, ReloadError> {
-        let previous = self.shared.spec();
         let generation = self.next_generation;
         self.next_generation += 1;
         spec.generation = generation;
         let answer_within = spec.boot_timeout * 2 + Duration::from_secs(10);
-        *self.shared.spec.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(spec);
+        let spec = Arc::new(spec);
         let ids: Vec<(usize, mpsc::UnboundedSender<Command>)> =
             self.slots.iter().map(|s| (s.id, s.cmd.clone())).collect();
         for chunk in ids.chunks(batch.max(1)) {
@@ -433,7 +456,7 @@ impl Supervisor {
                 let (go_tx, go_rx) = oneshot::channel();
                 let (done_tx, done_rx) = oneshot::channel();
                 let _ = cmd.send(Command::Prepare {
-                    generation,
+                    spec: spec.clone(),
                     ready: ready_tx,
                     go: go_rx,
                     done: done_tx,
@@ -454,7 +477,7 @@ impl Supervisor {
                     }
                 }
                 gos.push(go_tx);
-                dones.push(done_rx);
+                dones.push((id, done_rx));
             }
             let commit = failure.is_none();
             for go in gos {
@@ -462,15 +485,21 @@ impl Supervisor {
             }
             // "Reload complete" must mean every slot of the batch routes to
             // its new worker, so a request sent afterwards reaches new code.
-            for done in dones {
-                let _ = tokio::time::timeout(Duration::from_secs(5), done).await;
+            // (A switch is immediate, unless the prepared worker died and the
+            // slot is booting another one.)
+            for (id, done) in dones {
+                if let Ok(Ok(false)) = tokio::time::timeout(answer_within, done).await
+                    && commit
+                {
+                    failure.get_or_insert(ReloadError::Lost(id));
+                }
             }
             if let Some(e) = failure {
-                // Workers restarted from now on use the old command again.
-                *self.shared.spec.write().unwrap_or_else(|e| e.into_inner()) = previous;
                 return Err(e);
             }
         }
+        // Slots added from now on (scale up) start the new generation.
+        *self.shared.spec.write().unwrap_or_else(|e| e.into_inner()) = spec;
         Ok(generation)
     }
 

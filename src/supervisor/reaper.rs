@@ -43,6 +43,11 @@ pub fn signal_name(sig: i32) -> String {
         .unwrap_or_else(|_| format!("{sig}"))
 }
 
+/// Held by every unit test that starts child processes: one reap loop at a
+/// time (each `waitpid(-1)` loop would take the others' children).
+#[cfg(test)]
+pub(crate) static TEST_CHILDREN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[derive(Default)]
 struct Table {
     waiting: HashMap<i32, oneshot::Sender<ExitStatus>>,

@@ -4,6 +4,7 @@
 
 mod config_errors;
 mod control;
+mod deaths;
 mod health;
 mod hooks;
 mod jobs;
@@ -12,5 +13,6 @@ mod operate;
 mod proxy;
 mod python;
 mod shutdown;
+mod soak;
 mod support;
 mod workers;
