@@ -53,7 +53,7 @@ mod layering {
         ("lifecycle", &["exit"]),
         ("logging", &["config"]),
         ("metrics", &["lifecycle", "protocol"]),
-        ("supervisor", &["config", "metrics", "shim"]),
+        ("supervisor", &["config", "lifecycle", "metrics", "shim"]),
         ("hooks", &["config", "supervisor"]),
         ("proxy", &["config", "metrics", "supervisor"]),
         ("processor", &["config", "protocol", "proxy", "supervisor"]),
