@@ -23,6 +23,7 @@ use crate::hooks::{HookEvent, Hooks};
 use crate::metrics::Metrics;
 use crate::status::StatusSource;
 
+use crate::config::reload::{after_reload, plan_reload};
 use crate::config::{Config, ConfigError, ReloadStrategy, WorkerSocket};
 use crate::lifecycle::{Event, Machine, Outcome, Phase, StopSignal};
 use crate::processor::Processor;
@@ -689,9 +690,10 @@ fn scale_by_one(run: &mut Run, up: bool) {
     scale_to(run, to);
 }
 
+/// Scales to `to` workers. `run.cfg.workers` stays the configured number,
+/// so a later reload changes the count only when the file's does.
 fn scale_to(run: &mut Run, to: usize) {
     run.sup.scale(to);
-    run.cfg.workers = to;
     run.status
         .workers_wanted
         .store(to, std::sync::atomic::Ordering::Relaxed);
@@ -810,13 +812,20 @@ async fn run_deferred(run: &mut Run, op: Op) {
 /// SIGHUP: re-read the configuration and replace every worker with one of the
 /// new generation, without dropping a request. If the configuration is bad or
 /// the new workers cannot boot, the current ones keep serving.
-async fn reload(run: &mut Run) -> Result<u64, String> {
+async fn reload(run: &mut Run) -> Result<Reloaded, String> {
     let r = try_reload(run).await;
     run.metrics.reload(r.is_ok());
     r
 }
 
-async fn try_reload(run: &mut Run) -> Result<u64, String> {
+/// A reload that happened.
+struct Reloaded {
+    generation: u64,
+    /// Changed settings that keep their old value until a restart.
+    restart_only: Vec<&'static str>,
+}
+
+async fn try_reload(run: &mut Run) -> Result<Reloaded, String> {
     tracing::info!(
         generation = run.sup.generation(),
         "Reload requested: re-reading the configuration."
@@ -830,12 +839,20 @@ async fn try_reload(run: &mut Run) -> Result<u64, String> {
             ));
         }
     };
-    for key in needs_restart(&run.cfg, &new) {
+    let plan = plan_reload(&run.cfg, &new);
+    for key in &plan.restart_only {
         tracing::warn!(
             setting = key,
             "Reload: `{key}` changed, which needs a restart of curfew; keeping the current value."
         );
     }
+    if !plan.applied.is_empty() {
+        tracing::info!(
+            settings = plan.applied.join(", "),
+            "Reload: applying the changed settings."
+        );
+    }
+    let new = after_reload(&run.cfg, &new);
     let spec = worker_spec(&new, run.run_dir.clone(), run.jobs.as_ref());
     let batch = match new.reload {
         ReloadStrategy::AllAtOnce => run.sup.workers(),
@@ -878,27 +895,26 @@ async fn try_reload(run: &mut Run) -> Result<u64, String> {
                 duration_ms = t0.elapsed().as_millis() as u64,
                 "Reload complete: the new generation is serving."
             );
-            // What a reload can change besides the workers.
-            run.cfg.command = new.command.clone();
-            run.cfg.drain_delay = new.drain_delay;
-            run.cfg.graceful_timeout = new.graceful_timeout;
-            run.cfg.worker_stop_timeout = new.worker_stop_timeout;
-            if new.workers != run.sup.workers() {
+            // A count set by `curfew scale` stays unless the file's changed.
+            if plan.applied.contains(&"workers") && new.workers != run.sup.workers() {
                 tracing::info!(
                     from = run.sup.workers(),
                     to = new.workers,
                     "Reload: scaling workers."
                 );
                 run.sup.scale(new.workers);
-                run.cfg.workers = new.workers;
             }
+            run.cfg = new;
             run.status
                 .generation
                 .store(generation, std::sync::atomic::Ordering::Relaxed);
             run.status
                 .workers_wanted
                 .store(run.sup.workers(), std::sync::atomic::Ordering::Relaxed);
-            Ok(generation)
+            Ok(Reloaded {
+                generation,
+                restart_only: plan.restart_only,
+            })
         }
         Ok(Err(e)) => {
             tracing::error!(error = %e, "Reload failed; the current workers keep serving.");
@@ -913,10 +929,14 @@ async fn try_reload(run: &mut Run) -> Result<u64, String> {
 }
 
 /// A reload, then the on_reload hook with its result.
-async fn reload_and_tell(run: &mut Run) -> Result<u64, String> {
+async fn reload_and_tell(run: &mut Run) -> Result<Reloaded, String> {
     let r = reload(run).await;
     let details = match &r {
-        Ok(g) => serde_json::json!({ "result": "ok", "generation": g }),
+        Ok(r) => serde_json::json!({
+            "result": "ok",
+            "generation": r.generation,
+            "restart_only": r.restart_only,
+        }),
         Err(e) => serde_json::json!({ "result": "failed", "error": e }),
     };
     run.hooks.fire(HookEvent::OnReload, details);
@@ -954,9 +974,16 @@ async fn operate(run: &mut Run, req: control::Request, reply: oneshot::Sender<co
     }
 }
 
-fn reload_response(r: &Result<u64, String>) -> control::Response {
+fn reload_response(r: &Result<Reloaded, String>) -> control::Response {
     match r {
-        Ok(g) => control::Response::ok(format!("reloaded: generation {g} is serving")),
+        Ok(Reloaded {
+            generation,
+            restart_only,
+        }) if !restart_only.is_empty() => control::Response::ok(format!(
+            "reloaded: generation {generation} is serving; changed but kept until a restart of curfew: {}",
+            restart_only.join(", ")
+        )),
+        Ok(r) => control::Response::ok(format!("reloaded: generation {} is serving", r.generation)),
         Err(e) => control::Response::err(e.clone()),
     }
 }
@@ -1037,36 +1064,6 @@ async fn route_control(
     }
 }
 
-/// Settings a reload cannot apply (they belong to listeners or the front).
-fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
-    let mut out = Vec::new();
-    if old.binds != new.binds {
-        out.push("bind");
-    }
-    if old.admin_bind != new.admin_bind {
-        out.push("admin_bind");
-    }
-    if old.worker_concurrency != new.worker_concurrency {
-        out.push("worker_concurrency");
-    }
-    if old.backlog != new.backlog {
-        out.push("backlog");
-    }
-    if old.timeout != new.timeout {
-        out.push("timeout");
-    }
-    if old.forwarded_allow != new.forwarded_allow {
-        out.push("forwarded_allow_ips");
-    }
-    if old.log_format != new.log_format || old.log_level != new.log_level {
-        out.push("log_format/log_level");
-    }
-    if old.jobs != new.jobs {
-        out.push("jobs");
-    }
-    out
-}
-
 /// SIGUSR1: a status report in the log (the same as `curfew status`).
 async fn log_status(status: &StatusSource) {
     let st = status.full().await;
@@ -1121,12 +1118,6 @@ async fn log_status(status: &StatusSource) {
 mod tests {
     use super::*;
 
-    fn cfg(extra: &str) -> Config {
-        let raw: crate::config::raw::RawConfig =
-            toml::from_str(&format!("command = \"sh\"\n{extra}")).expect("toml");
-        crate::config::validate(raw, &Default::default()).expect("valid config")
-    }
-
     /// Operations arriving during a reload: queued in order; a reload right
     /// after a queued reload merges into it (with its caller's reply);
     /// one after a queued scale does not (it must see the scale).
@@ -1154,20 +1145,5 @@ mod tests {
         assert!(d.next().is_none());
         let answer = rx.try_recv().expect("answered");
         assert!(!answer.ok);
-    }
-
-    #[test]
-    fn a_reload_names_the_settings_it_cannot_apply() {
-        let base = cfg("");
-        assert!(needs_restart(&base, &cfg("workers = 3")).is_empty());
-        assert_eq!(
-            needs_restart(&base, &cfg("bind = \"127.0.0.1:9\"")),
-            ["bind"]
-        );
-        assert_eq!(needs_restart(&base, &cfg("[jobs]")), ["jobs"]);
-        assert_eq!(
-            needs_restart(&cfg("[jobs]"), &cfg("[jobs]\nlease = \"10s\"")),
-            ["jobs"]
-        );
     }
 }

@@ -164,6 +164,106 @@ pub fn plan_reload(old: &Config, new: &Config) -> ReloadPlan {
     plan
 }
 
+/// Whether a reload applies `key` (see [`SETTINGS`]).
+fn applies(key: &str) -> bool {
+    SETTINGS
+        .iter()
+        .any(|(k, how)| *k == key && *how == OnReload::Applied)
+}
+
+/// `new`'s value where a reload applies the key, else `old`'s.
+fn pick<T: Clone>(key: &str, old: &T, new: &T) -> T {
+    if applies(key) {
+        new.clone()
+    } else {
+        old.clone()
+    }
+}
+
+/// The configuration curfew runs with after a reload from `old` to `new`:
+/// the new values of the applied settings, the old values of the
+/// restart-only ones (as [`SETTINGS`] says, field by field).
+pub fn after_reload(old: &Config, new: &Config) -> Config {
+    let Config {
+        command,
+        workers,
+        binds,
+        worker_socket,
+        worker_concurrency,
+        backlog,
+        ready_path,
+        boot_timeout,
+        drain_delay,
+        graceful_timeout,
+        timeout,
+        abort_timeout,
+        keepalive_timeout,
+        faulthandler,
+        worker_stop_timeout,
+        chdir,
+        forwarded_allow,
+        admin_bind,
+        control_socket,
+        liveness,
+        hooks,
+        max_requests,
+        max_requests_jitter,
+        max_memory,
+        reload,
+        log_format,
+        log_level,
+        jobs,
+        config_file,
+    } = new;
+    Config {
+        command: pick("command", &old.command, command),
+        workers: pick("workers", &old.workers, workers),
+        binds: pick("bind", &old.binds, binds),
+        worker_socket: pick("worker_socket", &old.worker_socket, worker_socket),
+        worker_concurrency: pick(
+            "worker_concurrency",
+            &old.worker_concurrency,
+            worker_concurrency,
+        ),
+        backlog: pick("backlog", &old.backlog, backlog),
+        ready_path: pick("ready_path", &old.ready_path, ready_path),
+        boot_timeout: pick("boot_timeout", &old.boot_timeout, boot_timeout),
+        drain_delay: pick("drain_delay", &old.drain_delay, drain_delay),
+        graceful_timeout: pick("graceful_timeout", &old.graceful_timeout, graceful_timeout),
+        timeout: pick("timeout", &old.timeout, timeout),
+        abort_timeout: pick("abort_timeout", &old.abort_timeout, abort_timeout),
+        keepalive_timeout: pick(
+            "keepalive_timeout",
+            &old.keepalive_timeout,
+            keepalive_timeout,
+        ),
+        faulthandler: pick("faulthandler", &old.faulthandler, faulthandler),
+        worker_stop_timeout: pick(
+            "worker_stop_timeout",
+            &old.worker_stop_timeout,
+            worker_stop_timeout,
+        ),
+        chdir: pick("chdir", &old.chdir, chdir),
+        forwarded_allow: pick("forwarded_allow_ips", &old.forwarded_allow, forwarded_allow),
+        admin_bind: pick("admin_bind", &old.admin_bind, admin_bind),
+        control_socket: pick("control_socket", &old.control_socket, control_socket),
+        liveness: pick("liveness_path", &old.liveness, liveness),
+        hooks: pick("hooks", &old.hooks, hooks),
+        max_requests: pick("max_requests", &old.max_requests, max_requests),
+        max_requests_jitter: pick(
+            "max_requests_jitter",
+            &old.max_requests_jitter,
+            max_requests_jitter,
+        ),
+        max_memory: pick("max_memory", &old.max_memory, max_memory),
+        reload: pick("reload_strategy", &old.reload, reload),
+        log_format: pick("log_format", &old.log_format, log_format),
+        log_level: pick("log_level", &old.log_level, log_level),
+        jobs: pick("jobs", &old.jobs, jobs),
+        config_file: config_file.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,6 +359,23 @@ mod tests {
         for key in keys {
             assert!(cases.iter().any(|(k, _)| *k == key), "no case for {key}");
         }
+    }
+
+    /// After a reload, applied keys have the new value, restart-only keys
+    /// the old one: planning again from there finds only the restart-only
+    /// differences.
+    #[test]
+    fn after_reload_keeps_what_needs_a_restart() {
+        let old = cfg("workers = 2");
+        let new = cfg("workers = 3\ngraceful_timeout = 7\nbind = \"127.0.0.1:9\"\nbacklog = 5");
+        let running = after_reload(&old, &new);
+        assert_eq!(running.workers, 3);
+        assert_eq!(running.graceful_timeout, std::time::Duration::from_secs(7));
+        assert_eq!(running.binds, old.binds);
+        assert_eq!(running.backlog, old.backlog);
+        let again = plan_reload(&running, &new);
+        assert!(again.applied.is_empty(), "{again:?}");
+        assert_eq!(again.restart_only, ["bind", "backlog"]);
     }
 
     #[test]

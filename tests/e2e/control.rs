@@ -11,14 +11,15 @@ fn status_scale_reload_stop_over_the_control_socket() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("curfew.toml");
     let admin = free_port();
-    let write = |tag: &str, fail: bool| {
+    let write_with = |tag: &str, fail: bool, extra: &str| {
         let fail = if fail { ", \"--fail-boot\"" } else { "" };
         std::fs::write(
             &cfg,
-            format!("command = [{TESTWORKER:?}, \"--tag\", {tag:?}{fail}]\nworkers = 2\nadmin_bind = \"127.0.0.1:{admin}\"\n"),
+            format!("command = [{TESTWORKER:?}, \"--tag\", {tag:?}{fail}]\nadmin_bind = \"127.0.0.1:{admin}\"\n{extra}"),
         )
         .expect("write");
     };
+    let write = |tag: &str, fail: bool| write_with(tag, fail, "workers = 2\n");
     write("one", false);
     let mut c = Curfew::start(Opts {
         args: vec!["--config".into(), cfg.display().to_string()],
@@ -50,20 +51,26 @@ fn status_scale_reload_stop_over_the_control_socket() {
     assert!(out.contains("to 3"), "{out}");
     c.wait_log_count("Worker ready.", 3, Duration::from_secs(5));
 
-    write("two", false);
+    // A new command and a restart-only setting (backlog): the reload
+    // applies the one and names the other, in its answer and a WARN line.
+    write_with("two", false, "workers = 2\nbacklog = 5\n");
     let (code, out, err) = c.ctl(&["reload"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("generation 2"), "{out}");
+    assert!(
+        out.contains("kept until a restart of curfew: backlog"),
+        "{out}"
+    );
+    assert_eq!(c.count_log("`backlog` changed, which needs a restart"), 1);
     assert!(get(c.port, "/").body.contains("tag=two"));
 
     let (code, out, _) = c.ctl(&["status", "--json"]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["generation"], 2);
-    // A reload applies the file again: its `workers = 2` replaces the scale.
-    assert_eq!(v["workers_wanted"], 2);
-    c.wait_log("scaled down", Duration::from_secs(5));
-    assert!(v["workers"].as_array().is_some_and(|w| w.len() >= 2), "{v}");
+    // The file's `workers` did not change: the scale to 3 survives.
+    assert_eq!(v["workers_wanted"], 3);
+    assert!(v["workers"].as_array().is_some_and(|w| w.len() == 3), "{v}");
     assert!(
         v["workers"][0]["rss_bytes"].as_u64().is_some_and(|r| r > 0),
         "{v}"
@@ -71,7 +78,26 @@ fn status_scale_reload_stop_over_the_control_socket() {
     // The admin endpoint serves the same report.
     let admin_status: serde_json::Value =
         serde_json::from_str(&get(admin, "/status").body).expect("json");
-    assert_eq!(admin_status["generation"], 2);
+    assert!(admin_status["generation"].as_u64() >= Some(2), "{admin_status}");
+
+    // The file's `workers` changed: the reload applies it.
+    write_with("two", false, "workers = 4\nbacklog = 5\n");
+    let (code, out, err) = c.ctl(&["reload"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("generation 3"), "{out}");
+    let v: serde_json::Value =
+        serde_json::from_str(&c.ctl(&["status", "--json"]).1).expect("json");
+    assert_eq!(v["workers_wanted"], 4);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let v: serde_json::Value =
+            serde_json::from_str(&c.ctl(&["status", "--json"]).1).expect("json");
+        if v["workers"].as_array().is_some_and(|w| w.len() == 4) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "4 workers serving: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     write("broken", true);
     let (code, _, err) = c.ctl(&["reload"]);
