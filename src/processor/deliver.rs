@@ -109,6 +109,8 @@ pub(super) async fn http(
                 tracing::debug!(worker = lease.worker_id, error = %e, "Worker refused a job connection; trying another.");
                 front.worker_refused(lease.uid);
                 excluded.push(lease.uid);
+                // Never reached the worker: not a served request.
+                lease.unused();
                 continue;
             }
             Ok(Ok(io)) => io,
@@ -118,6 +120,7 @@ pub(super) async fn http(
             Err(e) => {
                 excluded.push(lease.uid);
                 tracing::debug!(worker = lease.worker_id, error = %e, "Job connection handshake failed; trying another worker.");
+                lease.unused();
                 continue;
             }
         };
