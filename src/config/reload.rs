@@ -6,8 +6,9 @@
 //! router, the job processor, the logger, the hooks; its old value stays
 //! until curfew restarts, and the reload says so).
 //!
-//! [`plan_reload`] destructures [`Config`] without `..`: a new setting does
-//! not compile until it is classified here.
+//! [`plan_reload`] and [`after_reload`] come from one list of fields that
+//! destructures [`Config`] without `..`: a new setting does not compile
+//! until it is listed and classified here.
 
 use super::Config;
 
@@ -78,92 +79,6 @@ impl ReloadPlan {
     }
 }
 
-/// Sorts the settings that differ between `old` (running) and `new` (just
-/// read). `workers` counts as changed only when the configured number
-/// changed, so a `curfew scale` survives a reload that leaves it alone.
-pub fn plan_reload(old: &Config, new: &Config) -> ReloadPlan {
-    let Config {
-        command,
-        workers,
-        binds,
-        worker_socket,
-        worker_concurrency,
-        backlog,
-        ready_path,
-        boot_timeout,
-        drain_delay,
-        graceful_timeout,
-        timeout,
-        abort_timeout,
-        keepalive_timeout,
-        faulthandler,
-        worker_stop_timeout,
-        chdir,
-        forwarded_allow,
-        admin_bind,
-        control_socket,
-        liveness,
-        hooks,
-        max_requests,
-        max_requests_jitter,
-        max_memory,
-        reload,
-        log_format,
-        log_level,
-        jobs,
-        // Where the settings came from, not a setting.
-        config_file: _,
-    } = new;
-    let mut plan = ReloadPlan::default();
-    plan.note("command", old.command != *command);
-    plan.note("workers", old.workers != *workers);
-    plan.note("bind", old.binds != *binds);
-    plan.note("worker_socket", old.worker_socket != *worker_socket);
-    plan.note(
-        "worker_concurrency",
-        old.worker_concurrency != *worker_concurrency,
-    );
-    plan.note("backlog", old.backlog != *backlog);
-    plan.note("ready_path", old.ready_path != *ready_path);
-    plan.note("boot_timeout", old.boot_timeout != *boot_timeout);
-    plan.note("drain_delay", old.drain_delay != *drain_delay);
-    plan.note(
-        "graceful_timeout",
-        old.graceful_timeout != *graceful_timeout,
-    );
-    plan.note("timeout", old.timeout != *timeout);
-    plan.note("abort_timeout", old.abort_timeout != *abort_timeout);
-    plan.note(
-        "keepalive_timeout",
-        old.keepalive_timeout != *keepalive_timeout,
-    );
-    plan.note("faulthandler", old.faulthandler != *faulthandler);
-    plan.note(
-        "worker_stop_timeout",
-        old.worker_stop_timeout != *worker_stop_timeout,
-    );
-    plan.note("chdir", old.chdir != *chdir);
-    plan.note(
-        "forwarded_allow_ips",
-        old.forwarded_allow != *forwarded_allow,
-    );
-    plan.note("admin_bind", old.admin_bind != *admin_bind);
-    plan.note("control_socket", old.control_socket != *control_socket);
-    plan.note("liveness_path", old.liveness != *liveness);
-    plan.note("hooks", old.hooks != *hooks);
-    plan.note("max_requests", old.max_requests != *max_requests);
-    plan.note(
-        "max_requests_jitter",
-        old.max_requests_jitter != *max_requests_jitter,
-    );
-    plan.note("max_memory", old.max_memory != *max_memory);
-    plan.note("reload_strategy", old.reload != *reload);
-    plan.note("log_format", old.log_format != *log_format);
-    plan.note("log_level", old.log_level != *log_level);
-    plan.note("jobs", old.jobs != *jobs);
-    plan
-}
-
 /// Whether a reload applies `key` (see [`SETTINGS`]).
 fn applies(key: &str) -> bool {
     SETTINGS
@@ -180,88 +95,65 @@ fn pick<T: Clone>(key: &str, old: &T, new: &T) -> T {
     }
 }
 
-/// The configuration curfew runs with after a reload from `old` to `new`:
-/// the new values of the applied settings, the old values of the
-/// restart-only ones (as [`SETTINGS`] says, field by field).
-pub fn after_reload(old: &Config, new: &Config) -> Config {
-    let Config {
-        command,
-        workers,
-        binds,
-        worker_socket,
-        worker_concurrency,
-        backlog,
-        ready_path,
-        boot_timeout,
-        drain_delay,
-        graceful_timeout,
-        timeout,
-        abort_timeout,
-        keepalive_timeout,
-        faulthandler,
-        worker_stop_timeout,
-        chdir,
-        forwarded_allow,
-        admin_bind,
-        control_socket,
-        liveness,
-        hooks,
-        max_requests,
-        max_requests_jitter,
-        max_memory,
-        reload,
-        log_format,
-        log_level,
-        jobs,
-        config_file,
-    } = new;
-    Config {
-        command: pick("command", &old.command, command),
-        workers: pick("workers", &old.workers, workers),
-        binds: pick("bind", &old.binds, binds),
-        worker_socket: pick("worker_socket", &old.worker_socket, worker_socket),
-        worker_concurrency: pick(
-            "worker_concurrency",
-            &old.worker_concurrency,
-            worker_concurrency,
-        ),
-        backlog: pick("backlog", &old.backlog, backlog),
-        ready_path: pick("ready_path", &old.ready_path, ready_path),
-        boot_timeout: pick("boot_timeout", &old.boot_timeout, boot_timeout),
-        drain_delay: pick("drain_delay", &old.drain_delay, drain_delay),
-        graceful_timeout: pick("graceful_timeout", &old.graceful_timeout, graceful_timeout),
-        timeout: pick("timeout", &old.timeout, timeout),
-        abort_timeout: pick("abort_timeout", &old.abort_timeout, abort_timeout),
-        keepalive_timeout: pick(
-            "keepalive_timeout",
-            &old.keepalive_timeout,
-            keepalive_timeout,
-        ),
-        faulthandler: pick("faulthandler", &old.faulthandler, faulthandler),
-        worker_stop_timeout: pick(
-            "worker_stop_timeout",
-            &old.worker_stop_timeout,
-            worker_stop_timeout,
-        ),
-        chdir: pick("chdir", &old.chdir, chdir),
-        forwarded_allow: pick("forwarded_allow_ips", &old.forwarded_allow, forwarded_allow),
-        admin_bind: pick("admin_bind", &old.admin_bind, admin_bind),
-        control_socket: pick("control_socket", &old.control_socket, control_socket),
-        liveness: pick("liveness_path", &old.liveness, liveness),
-        hooks: pick("hooks", &old.hooks, hooks),
-        max_requests: pick("max_requests", &old.max_requests, max_requests),
-        max_requests_jitter: pick(
-            "max_requests_jitter",
-            &old.max_requests_jitter,
-            max_requests_jitter,
-        ),
-        max_memory: pick("max_memory", &old.max_memory, max_memory),
-        reload: pick("reload_strategy", &old.reload, reload),
-        log_format: pick("log_format", &old.log_format, log_format),
-        log_level: pick("log_level", &old.log_level, log_level),
-        jobs: pick("jobs", &old.jobs, jobs),
-        config_file: config_file.clone(),
-    }
+/// Defines [`plan_reload`] and [`after_reload`] from one list of `Config`
+/// fields and their setting names. Both destructure `Config` without `..`,
+/// so a new field does not compile until it is listed here.
+macro_rules! reload_by_field {
+    ($($field:ident => $key:literal),* $(,)?) => {
+        /// Sorts the settings that differ between `old` (running) and `new`
+        /// (just read). `workers` counts as changed only when the configured
+        /// number changed, so a `curfew scale` survives a reload that leaves
+        /// it alone.
+        pub fn plan_reload(old: &Config, new: &Config) -> ReloadPlan {
+            // `config_file` says where the settings came from; not a setting.
+            let Config { $($field,)* config_file: _ } = new;
+            let mut plan = ReloadPlan::default();
+            $( plan.note($key, old.$field != *$field); )*
+            plan
+        }
+
+        /// The configuration curfew runs with after a reload from `old` to
+        /// `new`: the new values of the applied settings, the old values of
+        /// the restart-only ones (as [`SETTINGS`] says).
+        pub fn after_reload(old: &Config, new: &Config) -> Config {
+            let Config { $($field,)* config_file } = new;
+            Config {
+                $($field: pick($key, &old.$field, $field),)*
+                config_file: config_file.clone(),
+            }
+        }
+    };
+}
+
+reload_by_field! {
+    command => "command",
+    workers => "workers",
+    binds => "bind",
+    worker_socket => "worker_socket",
+    worker_concurrency => "worker_concurrency",
+    backlog => "backlog",
+    ready_path => "ready_path",
+    boot_timeout => "boot_timeout",
+    drain_delay => "drain_delay",
+    graceful_timeout => "graceful_timeout",
+    timeout => "timeout",
+    abort_timeout => "abort_timeout",
+    keepalive_timeout => "keepalive_timeout",
+    faulthandler => "faulthandler",
+    worker_stop_timeout => "worker_stop_timeout",
+    chdir => "chdir",
+    forwarded_allow => "forwarded_allow_ips",
+    admin_bind => "admin_bind",
+    control_socket => "control_socket",
+    liveness => "liveness_path",
+    hooks => "hooks",
+    max_requests => "max_requests",
+    max_requests_jitter => "max_requests_jitter",
+    max_memory => "max_memory",
+    reload => "reload_strategy",
+    log_format => "log_format",
+    log_level => "log_level",
+    jobs => "jobs",
 }
 
 #[cfg(test)]

@@ -78,15 +78,17 @@ fn status_scale_reload_stop_over_the_control_socket() {
     // The admin endpoint serves the same report.
     let admin_status: serde_json::Value =
         serde_json::from_str(&get(admin, "/status").body).expect("json");
-    assert!(admin_status["generation"].as_u64() >= Some(2), "{admin_status}");
+    assert!(
+        admin_status["generation"].as_u64() >= Some(2),
+        "{admin_status}"
+    );
 
     // The file's `workers` changed: the reload applies it.
     write_with("two", false, "workers = 4\nbacklog = 5\n");
     let (code, out, err) = c.ctl(&["reload"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("generation 3"), "{out}");
-    let v: serde_json::Value =
-        serde_json::from_str(&c.ctl(&["status", "--json"]).1).expect("json");
+    let v: serde_json::Value = serde_json::from_str(&c.ctl(&["status", "--json"]).1).expect("json");
     assert_eq!(v["workers_wanted"], 4);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -95,7 +97,10 @@ fn status_scale_reload_stop_over_the_control_socket() {
         if v["workers"].as_array().is_some_and(|w| w.len() == 4) {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "4 workers serving: {v}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "4 workers serving: {v}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 
