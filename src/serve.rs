@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::control;
@@ -25,7 +25,8 @@ use crate::status::StatusSource;
 
 use crate::config::reload::{after_reload, plan_reload};
 use crate::config::{Config, ConfigError, ReloadStrategy, WorkerSocket};
-use crate::lifecycle::{Event, Machine, Outcome, Phase, StopSignal};
+pub use crate::lifecycle::StopSignal;
+use crate::lifecycle::{Event, Machine, Outcome, Phase};
 use crate::processor::Processor;
 use crate::proxy::Front;
 use crate::proxy::listener::{BindError, Listener};
@@ -46,33 +47,9 @@ pub enum ServeError {
     Jobs(curfew_store::StoreError),
 }
 
-struct Signals {
-    term: Signal,
-    int: Signal,
-    quit: Signal,
-}
-
-impl Signals {
-    fn install() -> std::io::Result<Signals> {
-        Ok(Signals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-            quit: signal(SignalKind::quit())?,
-        })
-    }
-
-    async fn next(&mut self) -> StopSignal {
-        tokio::select! {
-            _ = self.term.recv() => StopSignal::Term,
-            _ = self.int.recv() => StopSignal::Int,
-            _ = self.quit.recv() => StopSignal::Quit,
-        }
-    }
-}
-
 /// Signals that control a running curfew (not stops).
-#[derive(Debug, Clone, Copy)]
-enum ControlSignal {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlSignal {
     /// SIGHUP: zero-downtime reload.
     Reload,
     /// SIGTTIN: one worker more.
@@ -83,29 +60,100 @@ enum ControlSignal {
     Status,
 }
 
-struct Controls {
-    hup: Signal,
-    ttin: Signal,
-    ttou: Signal,
-    usr1: Signal,
+/// Where the orchestrator's outside inputs come from: the process's signals
+/// ([`Inputs::os`]) or, to drive the orchestration in-process (tests),
+/// channels ([`Inputs::channel`]). Requests from the control socket arrive
+/// beside them.
+pub struct Inputs {
+    stops: mpsc::UnboundedReceiver<StopSignal>,
+    controls: mpsc::UnboundedReceiver<ControlSignal>,
 }
 
-impl Controls {
-    fn install() -> std::io::Result<Controls> {
-        Ok(Controls {
-            hup: signal(SignalKind::hangup())?,
-            ttin: signal(SignalKind::from_raw(libc::SIGTTIN))?,
-            ttou: signal(SignalKind::from_raw(libc::SIGTTOU))?,
-            usr1: signal(SignalKind::user_defined1())?,
-        })
+/// One input: a stop or a control signal.
+enum Input {
+    Stop(StopSignal),
+    Control(ControlSignal),
+}
+
+/// Sends inputs to an orchestrator built with [`Inputs::channel`].
+#[derive(Clone)]
+pub struct InputSender {
+    stops: mpsc::UnboundedSender<StopSignal>,
+    controls: mpsc::UnboundedSender<ControlSignal>,
+}
+
+impl InputSender {
+    /// As if the process got SIGTERM (`Term`), SIGINT (`Int`) or SIGQUIT
+    /// (`Quit`).
+    pub fn stop(&self, sig: StopSignal) {
+        let _ = self.stops.send(sig);
     }
 
-    async fn next(&mut self) -> ControlSignal {
+    /// As if the process got SIGHUP, SIGTTIN, SIGTTOU or SIGUSR1.
+    pub fn control(&self, ctl: ControlSignal) {
+        let _ = self.controls.send(ctl);
+    }
+}
+
+impl Inputs {
+    /// Inputs fed by channels, and their sender.
+    pub fn channel() -> (Inputs, InputSender) {
+        let (stop_tx, stops) = mpsc::unbounded_channel();
+        let (ctl_tx, controls) = mpsc::unbounded_channel();
+        (
+            Inputs { stops, controls },
+            InputSender {
+                stops: stop_tx,
+                controls: ctl_tx,
+            },
+        )
+    }
+
+    /// Inputs from the process's signals: TERM, INT, QUIT stop; HUP, TTIN,
+    /// TTOU, USR1 control. Must be called inside the runtime.
+    pub fn os() -> std::io::Result<Inputs> {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut quit = signal(SignalKind::quit())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut ttin = signal(SignalKind::from_raw(libc::SIGTTIN))?;
+        let mut ttou = signal(SignalKind::from_raw(libc::SIGTTOU))?;
+        let mut usr1 = signal(SignalKind::user_defined1())?;
+        let (inputs, tx) = Inputs::channel();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = term.recv() => tx.stop(StopSignal::Term),
+                    _ = int.recv() => tx.stop(StopSignal::Int),
+                    _ = quit.recv() => tx.stop(StopSignal::Quit),
+                    _ = hup.recv() => tx.control(ControlSignal::Reload),
+                    _ = ttin.recv() => tx.control(ControlSignal::ScaleUp),
+                    _ = ttou.recv() => tx.control(ControlSignal::ScaleDown),
+                    _ = usr1.recv() => tx.control(ControlSignal::Status),
+                }
+                if tx.stops.is_closed() {
+                    return;
+                }
+            }
+        });
+        Ok(inputs)
+    }
+
+    /// The next input of either kind.
+    async fn next(&mut self) -> Input {
+        let Inputs { stops, controls } = self;
         tokio::select! {
-            _ = self.hup.recv() => ControlSignal::Reload,
-            _ = self.ttin.recv() => ControlSignal::ScaleUp,
-            _ = self.ttou.recv() => ControlSignal::ScaleDown,
-            _ = self.usr1.recv() => ControlSignal::Status,
+            Some(sig) = stops.recv() => Input::Stop(sig),
+            Some(ctl) = controls.recv() => Input::Control(ctl),
+            else => std::future::pending().await,
+        }
+    }
+
+    /// The next stop signal (never, once the sender is gone).
+    async fn next_stop(&mut self) -> StopSignal {
+        match self.stops.recv().await {
+            Some(sig) => sig,
+            None => std::future::pending().await,
         }
     }
 }
@@ -121,8 +169,7 @@ struct Run {
     front: Arc<Front>,
     sup: Supervisor,
     reaper: Reaper,
-    signals: Signals,
-    controls: Controls,
+    inputs: Inputs,
     /// Requests from the control socket.
     ops: mpsc::Receiver<control::Incoming>,
     status: StatusSource,
@@ -197,15 +244,20 @@ impl Run {
     }
 }
 
-/// Run curfew until it has stopped; returns the process exit code.
+/// Run curfew until it has stopped, driven by the process's signals;
+/// returns the process exit code.
 pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
+    let inputs = Inputs::os().map_err(ServeError::Setup)?;
+    run_with(cfg, reloader, inputs).await
+}
+
+/// [`run`], driven by `inputs` instead of the process's signals.
+pub async fn run_with(cfg: Config, reloader: Reloader, inputs: Inputs) -> Result<i32, ServeError> {
     // Become the subreaper of everything the workers start, so no grandchild
     // escapes to the host's init and every one is reaped here.
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         tracing::debug!(error = %e, "Could not become a child subreaper.");
     }
-    let signals = Signals::install().map_err(ServeError::Setup)?;
-    let controls = Controls::install().map_err(ServeError::Setup)?;
     let reaper = Reaper::start().map_err(ServeError::Setup)?;
     let hooks = Hooks::new(reaper.clone(), cfg.hooks.clone());
     let store = match &cfg.jobs {
@@ -310,8 +362,7 @@ pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
         front,
         sup,
         reaper,
-        signals,
-        controls,
+        inputs,
         ops,
         status,
         metrics,
@@ -371,7 +422,7 @@ pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
                     run.apply(Event::BootFailed);
                 }
             },
-            sig = run.signals.next() => run.on_signal(sig),
+            sig = run.inputs.next_stop() => run.on_signal(sig),
         }
     }
 
@@ -406,8 +457,10 @@ pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
                     continue;
                 }
                 tokio::select! {
-                    sig = run.signals.next() => run.on_signal(sig),
-                    ctl = run.controls.next() => control(&mut run, ctl).await,
+                    input = run.inputs.next() => match input {
+                        Input::Stop(sig) => run.on_signal(sig),
+                        Input::Control(ctl) => control(&mut run, ctl).await,
+                    },
                     Some((req, reply)) = run.ops.recv() => operate(&mut run, req, reply).await,
                 }
             }
@@ -415,7 +468,7 @@ pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
                 let delay = run.cfg.drain_delay;
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => { run.apply(Event::DrainDelayElapsed); }
-                    sig = run.signals.next() => run.on_signal(sig),
+                    sig = run.inputs.next_stop() => run.on_signal(sig),
                 }
             }
             Phase::Draining => drain(&mut run).await,
@@ -433,7 +486,7 @@ pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
                 let outcome = loop {
                     tokio::select! {
                         o = &mut stop => break o,
-                        sig = run.signals.next() => {
+                        sig = run.inputs.next_stop() => {
                             // Only an escalation matters now; apply() kills at once.
                             if let Outcome::StopNow = run.machine.clone().handle(Event::Signal(sig)) {
                                 run.apply(Event::Signal(sig));
@@ -580,7 +633,7 @@ async fn while_draining<F: std::future::Future>(run: &mut Run, work: F) -> Optio
     loop {
         tokio::select! {
             out = &mut work => return Some(out),
-            sig = run.signals.next() => {
+            sig = run.inputs.next_stop() => {
                 run.on_signal(sig);
                 if run.machine.phase() != Phase::Draining {
                     return None;
@@ -865,12 +918,12 @@ async fn try_reload(run: &mut Run) -> Result<Reloaded, String> {
         loop {
             tokio::select! {
                 r = &mut reload => break Ok(r),
-                sig = run.signals.next() => break Err(sig),
-                ctl = run.controls.next() => match ctl {
-                    ControlSignal::Status => log_status(&run.status).await,
-                    ControlSignal::Reload => run.deferred.defer(Op::Reload { replies: vec![] }),
-                    ControlSignal::ScaleUp => run.deferred.defer(Op::Scale { up: true }),
-                    ControlSignal::ScaleDown => run.deferred.defer(Op::Scale { up: false }),
+                input = run.inputs.next() => match input {
+                    Input::Stop(sig) => break Err(sig),
+                    Input::Control(ControlSignal::Status) => log_status(&run.status).await,
+                    Input::Control(ControlSignal::Reload) => run.deferred.defer(Op::Reload { replies: vec![] }),
+                    Input::Control(ControlSignal::ScaleUp) => run.deferred.defer(Op::Scale { up: true }),
+                    Input::Control(ControlSignal::ScaleDown) => run.deferred.defer(Op::Scale { up: false }),
                 },
                 Some((req, reply)) = run.ops.recv() => match req {
                     control::Request::Stop => {
