@@ -1,0 +1,159 @@
+//! Setting up a run: the reaper, the job store, the listeners (bound before
+//! anything starts, closed again if setup fails), the front, the job
+//! processor, the supervisor and their wiring, the control socket and the
+//! admin endpoint.
+
+use super::*;
+
+/// The public listeners, bound and not yet serving. Dropped unused (setup
+/// failed, or a stop came while starting), each is closed after its kernel
+/// accept queue is drained.
+pub(super) struct Bound(Vec<Listener>);
+
+impl Bound {
+    fn bind_all(cfg: &Config) -> Result<Bound, ServeError> {
+        let mut bound = Bound(Vec::new());
+        for b in &cfg.binds {
+            // On an error, `bound` drops and closes what was bound before.
+            bound.0.push(Listener::bind(b)?);
+        }
+        Ok(bound)
+    }
+
+    /// The listeners, to serve (no longer closed on drop).
+    pub(super) fn take(mut self) -> Vec<Listener> {
+        std::mem::take(&mut self.0)
+    }
+
+    pub(super) fn names(&self) -> Vec<String> {
+        self.0.iter().map(Listener::describe).collect()
+    }
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        for l in self.0.drain(..) {
+            l.drain_and_close();
+        }
+    }
+}
+
+impl Run {
+    /// Everything a run needs, wired together; the workers are not started.
+    pub(super) async fn build(
+        cfg: Config,
+        reloader: Reloader,
+        inputs: Inputs,
+    ) -> Result<(Run, Bound), ServeError> {
+        // Become the subreaper of everything the workers start, so no grandchild
+        // escapes to the host's init and every one is reaped here.
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            tracing::debug!(error = %e, "Could not become a child subreaper.");
+        }
+        let reaper = Reaper::start().map_err(ServeError::Setup)?;
+        let hooks = Hooks::new(reaper.clone(), cfg.hooks.clone());
+        let store = match &cfg.jobs {
+            Some(j) => Some(Processor::open_store(j).await.map_err(ServeError::Jobs)?),
+            None => None,
+        };
+
+        // Closed again (after their accept queues) if anything below fails.
+        let listeners = Bound::bind_all(&cfg)?;
+        let admin_listener = match &cfg.admin_bind {
+            Some(a) => Some(crate::admin::bind(a)?),
+            None => None,
+        };
+        let control_listener = control::bind(&cfg.control_socket).map_err(ServeError::Control)?;
+        let run_dir = if cfg.worker_socket == WorkerSocket::Unix {
+            make_run_dir().map_err(ServeError::RunDir)?
+        } else {
+            std::env::temp_dir()
+        };
+
+        let metrics = Arc::new(Metrics::new());
+        let front = Front::new(&cfg, metrics.clone());
+        let jobs = match (store, &cfg.jobs) {
+            (Some(store), Some(j)) => Some(Processor::new(
+                j.clone(),
+                store,
+                front.clone(),
+                reaper.clone(),
+                cfg.chdir.clone(),
+            )),
+            _ => None,
+        };
+        let spec = worker_spec(&cfg, run_dir.clone(), jobs.as_ref());
+        let sup = Supervisor::new(reaper.clone(), spec, front.clone(), metrics.clone());
+        {
+            let hooks = hooks.clone();
+            sup.on_event(Box::new(move |name, details| {
+                if let Some(event) = HookEvent::from_name(name) {
+                    hooks.fire(event, details);
+                }
+            }));
+        }
+        let handle = sup.handle();
+        front.on_hung(Box::new(move |uid, reason, request| {
+            handle.abort(uid, reason, request)
+        }));
+        let handle = sup.handle();
+        front
+            .router
+            .on_recycle(Box::new(move |uid, reason| handle.recycle(uid, reason)));
+        let (phase_tx, _) = watch::channel(Phase::Starting);
+        let status = StatusSource {
+            front: front.clone(),
+            phase: phase_tx.subscribe(),
+            generation: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+            workers_wanted: Arc::new(std::sync::atomic::AtomicUsize::new(cfg.workers)),
+            started: Instant::now(),
+            jobs: jobs.clone(),
+        };
+        let background = tokio_util::sync::CancellationToken::new();
+        let (ops_tx, ops) = mpsc::channel(16);
+        {
+            let (ctl_tx, ctl_rx) = mpsc::channel(16);
+            tokio::spawn(control::serve(
+                control_listener,
+                cfg.control_socket.clone(),
+                ctl_tx,
+                background.clone(),
+            ));
+            tokio::spawn(route_control(ctl_rx, ops_tx, status.clone()));
+        }
+        let run = Run {
+            cfg,
+            machine: Machine::new(),
+            phase_tx,
+            front,
+            sup,
+            reaper,
+            inputs,
+            ops,
+            status,
+            metrics,
+            reloader,
+            hooks: hooks.clone(),
+            jobs,
+            run_dir: run_dir.clone(),
+            stop_requested_at: None,
+            completed_at_stop: 0,
+            aborted: 0,
+            deferred: Deferred::default(),
+            background,
+        };
+
+        if let Some(l) = admin_listener {
+            tracing::info!(admin = %l.describe(), "Admin endpoint: /healthz, /readyz, /status, /metrics.");
+            let state = crate::admin::AdminState {
+                phase: run.phase_tx.subscribe(),
+                front: run.front.clone(),
+                status: run.status.clone(),
+                metrics: run.metrics.clone(),
+                jobs: run.jobs.clone(),
+            };
+            tokio::spawn(crate::admin::serve(l, state, run.background.clone()));
+        }
+        Ok((run, listeners))
+    }
+}

@@ -1,0 +1,96 @@
+//! The draining phase: the request drain and, beside it, the job drain.
+
+use super::*;
+
+/// Waits for `work` while answering stop signals (a repeated SIGTERM is
+/// ignored and the wait goes on); `None` when a signal ended the draining
+/// phase (an immediate stop).
+pub(super) async fn while_draining<F: std::future::Future>(
+    run: &mut Run,
+    work: F,
+) -> Option<F::Output> {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return Some(out),
+            sig = run.inputs.next_stop() => {
+                run.on_signal(sig);
+                if run.machine.phase() != Phase::Draining {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+pub(super) async fn drain(run: &mut Run) {
+    let started = Instant::now();
+    run.front.stop_accepting().await;
+    let deadline = tokio::time::Instant::now() + run.cfg.graceful_timeout;
+    // Jobs drain beside the requests, until the cut-off that keeps
+    // `release_reserve` of the budget for handing the rest back.
+    let mut job_drain = run.jobs.clone().map(|jobs| {
+        let cut_at = deadline
+            .checked_sub(jobs.config().release_reserve)
+            .unwrap_or(deadline);
+        tokio::spawn(async move { jobs.drain(cut_at, deadline).await })
+    });
+    let in_flight = run.front.router.requests().len();
+    tracing::info!(
+        in_flight,
+        graceful_timeout_ms = run.cfg.graceful_timeout.as_millis() as u64,
+        "Draining: listeners closed; waiting for in-flight requests."
+    );
+    let front = run.front.clone();
+    let Some(drained) = while_draining(run, front.drain(deadline)).await else {
+        return;
+    };
+    if let Some(handle) = job_drain.as_mut() {
+        let jobs_running = run.jobs.as_ref().map_or(0, |j| j.running().len());
+        if jobs_running > 0 {
+            tracing::info!(jobs_running, "Waiting for running jobs.");
+        }
+        let Some(report) = while_draining(run, handle).await else {
+            return;
+        };
+        match report {
+            Ok(report) => report_incomplete(run, &report),
+            Err(e) => tracing::error!(error = %e, "The job drain task failed."),
+        }
+    }
+    run.metrics.drain_done(started.elapsed());
+    if drained {
+        tracing::info!(
+            duration_ms = started.elapsed().as_millis() as u64,
+            "Drained: every request finished."
+        );
+        run.apply(Event::Drained);
+    } else {
+        let left = run.front.router.requests();
+        run.aborted = left.len();
+        for r in &left {
+            match r.worker {
+                Some(w) => tracing::warn!(
+                    method = %r.method,
+                    path = %r.path,
+                    age_ms = r.age().as_millis() as u64,
+                    worker = w,
+                    "Request still in flight at graceful_timeout: cutting it off."
+                ),
+                None => tracing::warn!(
+                    method = %r.method,
+                    path = %r.path,
+                    age_ms = r.age().as_millis() as u64,
+                    "Request still queued at graceful_timeout: cutting it off."
+                ),
+            }
+        }
+        tracing::warn!(
+            requests = left.len(),
+            graceful_timeout_ms = run.cfg.graceful_timeout.as_millis() as u64,
+            "graceful_timeout reached with work in flight."
+        );
+        run.front.abort_all().await;
+        run.apply(Event::GraceExpired);
+    }
+}

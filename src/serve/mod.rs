@@ -1,0 +1,183 @@
+//! `curfew serve`: the orchestrator. It owns the lifecycle [`Machine`], feeds
+//! it signals, timers and worker events, and performs each phase's entry
+//! actions on the proxy ([`Front`]) and the [`Supervisor`]:
+//!
+//! | phase      | entry action                                                          |
+//! |------------|-----------------------------------------------------------------------|
+//! | starting   | bind listeners, start N workers, wait until all are ready             |
+//! | serving    | accept connections                                                    |
+//! | lame-duck  | readiness fails; keep serving for `drain_delay`                        |
+//! | draining   | accept what is queued, close listeners, drain connections until done  |
+//! |            | or `graceful_timeout` (then name and cut what is left)                |
+//! | stopping   | SIGTERM workers, SIGKILL after `worker_stop_timeout`; kill leftovers   |
+//! | stopped    | log the summary; the exit code comes from the machine                 |
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::control;
+use crate::hooks::{HookEvent, Hooks};
+use crate::metrics::Metrics;
+use crate::status::StatusSource;
+
+use crate::config::reload::{after_reload, plan_reload};
+use crate::config::{Config, ConfigError, ReloadStrategy, WorkerSocket};
+pub use crate::lifecycle::StopSignal;
+use crate::lifecycle::{Event, Machine, Outcome, Phase};
+use crate::processor::Processor;
+use crate::proxy::Front;
+use crate::proxy::listener::{BindError, Listener};
+use crate::supervisor::reaper::Reaper;
+use crate::supervisor::{Supervisor, WorkerSpec, make_run_dir};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("cannot set up signal handling or the reaper: {0}")]
+    Setup(std::io::Error),
+    #[error("cannot create the directory for worker sockets: {0}")]
+    RunDir(std::io::Error),
+    #[error(transparent)]
+    Control(control::ControlError),
+    #[error("cannot open the job store: {0}")]
+    Jobs(curfew_store::StoreError),
+}
+
+mod build;
+mod drain;
+mod inputs;
+mod ops;
+mod phases;
+mod report;
+
+use drain::drain;
+use inputs::Input;
+pub use inputs::{ControlSignal, InputSender, Inputs};
+use ops::{Deferred, control, operate, route_control, run_deferred};
+use report::report_incomplete;
+
+/// Re-reads the configuration from the same sources as at start (for reloads).
+pub type Reloader = Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
+
+/// The orchestrator's state across phases.
+struct Run {
+    cfg: Config,
+    machine: Machine,
+    phase_tx: watch::Sender<Phase>,
+    front: Arc<Front>,
+    sup: Supervisor,
+    reaper: Reaper,
+    inputs: Inputs,
+    /// Requests from the control socket.
+    ops: mpsc::Receiver<control::Incoming>,
+    status: StatusSource,
+    metrics: Arc<Metrics>,
+    reloader: Reloader,
+    hooks: Hooks,
+    /// The job processor, with a `[jobs]` section.
+    jobs: Option<Processor>,
+    run_dir: std::path::PathBuf,
+    stop_requested_at: Option<Instant>,
+    completed_at_stop: u64,
+    aborted: usize,
+    /// Operations that arrived while a reload was running (run after it).
+    deferred: Deferred,
+    /// Ends the control socket and admin endpoint tasks at teardown.
+    background: tokio_util::sync::CancellationToken,
+}
+
+impl Run {
+    /// Feed an event to the machine and publish the new phase.
+    fn apply(&mut self, event: Event) -> Outcome {
+        let before = self.machine.phase();
+        let out = self.machine.handle(event);
+        match out {
+            Outcome::Enter(p) => {
+                let _ = self.phase_tx.send(p);
+                tracing::debug!(from = %before, to = %p, ?event, "Phase change.");
+            }
+            Outcome::StopNow => {
+                let _ = self.phase_tx.send(Phase::Stopping);
+                tracing::info!(from = %before, ?event, "Immediate stop requested: killing workers now.");
+                // Jobs first: a delivery cut by the kill is handed back, not failed.
+                if let Some(jobs) = &self.jobs {
+                    jobs.cut_now();
+                }
+                self.sup.kill_now();
+                self.front.abort.cancel();
+            }
+            Outcome::Ignored => {
+                if let Event::Signal(sig) = event {
+                    tracing::info!(signal = sig.name(), phase = %before, "Stop already in progress; signal ignored (send SIGQUIT or a second SIGINT to stop at once).");
+                }
+            }
+        }
+        out
+    }
+
+    fn on_signal(&mut self, sig: StopSignal) {
+        if self.stop_requested_at.is_none() {
+            self.stop_requested_at = Some(Instant::now());
+            self.completed_at_stop = self.front.router.completed();
+            if let Some(jobs) = &self.jobs {
+                jobs.stop_claiming();
+            }
+        }
+        let phase = self.machine.phase();
+        if let Outcome::Enter(Phase::LameDuck) = self.apply(Event::Signal(sig)) {
+            tracing::info!(
+                signal = sig.name(),
+                drain_delay_ms = self.cfg.drain_delay.as_millis() as u64,
+                "Received {}: shutting down gracefully; not ready any more, still serving for drain_delay.",
+                sig.name()
+            );
+        } else if phase == Phase::Starting && self.machine.phase() == Phase::Stopping {
+            tracing::info!(
+                signal = sig.name(),
+                "Received {} while starting: stopping workers.",
+                sig.name()
+            );
+        }
+        if self.machine.phase() != Phase::Serving {
+            self.deferred.cancel();
+        }
+    }
+}
+
+/// Run curfew until it has stopped, driven by the process's signals;
+/// returns the process exit code.
+pub async fn run(cfg: Config, reloader: Reloader) -> Result<i32, ServeError> {
+    let inputs = Inputs::os().map_err(ServeError::Setup)?;
+    run_with(cfg, reloader, inputs).await
+}
+
+/// [`run`], driven by `inputs` instead of the process's signals.
+pub async fn run_with(cfg: Config, reloader: Reloader, inputs: Inputs) -> Result<i32, ServeError> {
+    let (mut run, listeners) = Run::build(cfg, reloader, inputs).await?;
+    phases::starting(&mut run, listeners).await;
+    loop {
+        match run.machine.phase() {
+            Phase::Starting => unreachable!("starting() leaves it"),
+            Phase::Serving => phases::serving(&mut run).await,
+            Phase::LameDuck => phases::lame_duck(&mut run).await,
+            Phase::Draining => drain(&mut run).await,
+            Phase::Stopping => phases::stopping(&mut run).await,
+            Phase::Stopped => break,
+        }
+    }
+    Ok(phases::teardown(run).await)
+}
+
+/// The workers' spec: the config's, plus `CURFEW_JOB_TOKEN` with a job
+/// processor (the secret that tells the app a request is a job delivery).
+fn worker_spec(cfg: &Config, run_dir: std::path::PathBuf, jobs: Option<&Processor>) -> WorkerSpec {
+    let mut spec = WorkerSpec::from_config(cfg, run_dir);
+    if let Some(jobs) = jobs {
+        spec.extra_env
+            .push(("CURFEW_JOB_TOKEN".to_owned(), jobs.token().to_owned()));
+    }
+    spec
+}

@@ -1,0 +1,446 @@
+//! What an operator asks of a running curfew: control signals (HUP, TTIN,
+//! TTOU, USR1) and control-socket requests (reload, scale, stop), the
+//! reload itself, and the operations that wait for a reload to end.
+
+use super::report::log_status;
+use super::*;
+
+/// Act on a control signal while serving.
+pub(super) async fn control(run: &mut Run, ctl: ControlSignal) {
+    match ctl {
+        ControlSignal::Reload => {
+            let _ = reload_and_tell(run).await;
+        }
+        ControlSignal::ScaleUp => scale_by_one(run, true),
+        ControlSignal::ScaleDown => scale_by_one(run, false),
+        ControlSignal::Status => log_status(&run.status).await,
+    }
+}
+
+/// SIGTTIN / SIGTTOU: one worker more or fewer (never fewer than one).
+pub(super) fn scale_by_one(run: &mut Run, up: bool) {
+    let from = run.sup.workers();
+    let to = if up {
+        from + 1
+    } else {
+        from.saturating_sub(1).max(1)
+    };
+    if to == from {
+        tracing::info!(workers = from, "Already at one worker; not scaling down.");
+        return;
+    }
+    tracing::info!(from, to, "Scaling workers.");
+    scale_to(run, to);
+}
+
+/// Scales to `to` workers. `run.cfg.workers` stays the configured number,
+/// so a later reload changes the count only when the file's does.
+pub(super) fn scale_to(run: &mut Run, to: usize) {
+    run.sup.scale(to);
+    run.status
+        .workers_wanted
+        .store(to, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// An operation that arrived while a reload was running. A reload holds the
+/// supervisor until every slot of its batch has switched, so nothing else
+/// may change the slots meanwhile; instead:
+///
+/// - a reload request is queued; one that arrives right after another
+///   queued reload merges into it (a reload re-reads the configuration
+///   when it runs, so one covers both);
+/// - a scale request (SIGTTIN, SIGTTOU, `curfew scale`) is queued;
+/// - a status request is answered at once; a stop abandons the reload.
+///
+/// Queued operations run in arrival order as soon as the reload is over,
+/// each logged (INFO) when queued; a stop drops them (their callers are
+/// told). Worker deaths need none of this: each slot handles its own at once.
+pub(super) enum Op {
+    Reload {
+        replies: Vec<oneshot::Sender<control::Response>>,
+    },
+    Scale {
+        up: bool,
+    },
+    ScaleTo {
+        workers: usize,
+        reply: oneshot::Sender<control::Response>,
+    },
+}
+
+#[derive(Default)]
+pub(super) struct Deferred {
+    queue: std::collections::VecDeque<Op>,
+}
+
+impl Deferred {
+    /// Queue `op`; `true` if it merged into the reload queued last.
+    pub(super) fn push(&mut self, op: Op) -> bool {
+        if let Op::Reload { replies } = op {
+            if let Some(Op::Reload { replies: queued }) = self.queue.back_mut() {
+                queued.extend(replies);
+                return true;
+            }
+            self.queue.push_back(Op::Reload { replies });
+            return false;
+        }
+        self.queue.push_back(op);
+        false
+    }
+
+    pub(super) fn next(&mut self) -> Option<Op> {
+        self.queue.pop_front()
+    }
+
+    /// curfew is stopping: drop what is queued, telling any caller.
+    pub(super) fn cancel(&mut self) {
+        if self.queue.is_empty() {
+            return;
+        }
+        tracing::info!(
+            operations = self.queue.len(),
+            "Operations queued behind a reload are dropped: curfew is stopping."
+        );
+        for op in self.queue.drain(..) {
+            let replies = match op {
+                Op::Reload { replies } => replies,
+                Op::ScaleTo { reply, .. } => vec![reply],
+                Op::Scale { .. } => vec![],
+            };
+            for r in replies {
+                let _ = r.send(control::Response::err("refused: curfew is stopping"));
+            }
+        }
+    }
+
+    /// Queue `op`, arrived during a reload, and say so in the log.
+    pub(super) fn defer(&mut self, op: Op) {
+        let what = match &op {
+            Op::Reload { .. } => "reload",
+            Op::Scale { up: true } => "scale up (SIGTTIN)",
+            Op::Scale { up: false } => "scale down (SIGTTOU)",
+            Op::ScaleTo { .. } => "scale (control socket)",
+        };
+        if self.push(op) {
+            tracing::info!(
+                operation = what,
+                "Reload requested while a reload is running: merged into the reload already queued."
+            );
+        } else {
+            tracing::info!(
+                operation = what,
+                queued = self.queue.len(),
+                "Operation requested while a reload is running: queued; it runs when the reload ends."
+            );
+        }
+    }
+}
+
+/// Run an operation that waited for a reload to end.
+pub(super) async fn run_deferred(run: &mut Run, op: Op) {
+    match op {
+        Op::Reload { replies } => {
+            let r = reload_and_tell(run).await;
+            for reply in replies {
+                let _ = reply.send(reload_response(&r));
+            }
+        }
+        Op::Scale { up } => scale_by_one(run, up),
+        Op::ScaleTo { workers, reply } => {
+            let _ = reply.send(scale_op(run, workers));
+        }
+    }
+}
+
+/// SIGHUP: re-read the configuration and replace every worker with one of the
+/// new generation, without dropping a request. If the configuration is bad or
+/// the new workers cannot boot, the current ones keep serving.
+pub(super) async fn reload(run: &mut Run) -> Result<Reloaded, String> {
+    let r = try_reload(run).await;
+    run.metrics.reload(r.is_ok());
+    r
+}
+
+/// A reload that happened.
+pub(super) struct Reloaded {
+    generation: u64,
+    /// Changed settings that keep their old value until a restart.
+    restart_only: Vec<&'static str>,
+}
+
+pub(super) async fn try_reload(run: &mut Run) -> Result<Reloaded, String> {
+    tracing::info!(
+        generation = run.sup.generation(),
+        "Reload requested: re-reading the configuration."
+    );
+    let new = match (run.reloader)() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "Reload failed: the configuration is invalid; the current workers keep serving.");
+            return Err(format!(
+                "the configuration is invalid; the current workers keep serving: {e}"
+            ));
+        }
+    };
+    let plan = plan_reload(&run.cfg, &new);
+    for key in &plan.restart_only {
+        tracing::warn!(
+            setting = key,
+            "Reload: `{key}` changed, which needs a restart of curfew; keeping the current value."
+        );
+    }
+    if !plan.applied.is_empty() {
+        tracing::info!(
+            settings = plan.applied.join(", "),
+            "Reload: applying the changed settings."
+        );
+    }
+    let new = after_reload(&run.cfg, &new);
+    let spec = worker_spec(&new, run.run_dir.clone(), run.jobs.as_ref());
+    let batch = match new.reload {
+        ReloadStrategy::AllAtOnce => run.sup.workers(),
+        ReloadStrategy::Rolling(n) => n,
+    };
+    let t0 = Instant::now();
+    let outcome = {
+        let reload = run.sup.reload(spec, batch);
+        tokio::pin!(reload);
+        loop {
+            tokio::select! {
+                r = &mut reload => break Ok(r),
+                input = run.inputs.next() => match input {
+                    Input::Stop(sig) => break Err(sig),
+                    Input::Control(ControlSignal::Status) => log_status(&run.status).await,
+                    Input::Control(ControlSignal::Reload) => run.deferred.defer(Op::Reload { replies: vec![] }),
+                    Input::Control(ControlSignal::ScaleUp) => run.deferred.defer(Op::Scale { up: true }),
+                    Input::Control(ControlSignal::ScaleDown) => run.deferred.defer(Op::Scale { up: false }),
+                },
+                Some((req, reply)) = run.ops.recv() => match req {
+                    control::Request::Stop => {
+                        let _ = reply.send(control::Response::ok("stopping gracefully"));
+                        tracing::info!("Stop requested on the control socket.");
+                        break Err(StopSignal::Term);
+                    }
+                    control::Request::Reload => run.deferred.defer(Op::Reload { replies: vec![reply] }),
+                    control::Request::Scale { workers } => run.deferred.defer(Op::ScaleTo { workers, reply }),
+                    // Answered by the control router, never sent here.
+                    control::Request::Status | control::Request::Jobs { .. } => {
+                        let _ = reply.send(control::Response::err("not an operation"));
+                    }
+                },
+            }
+        }
+    };
+    match outcome {
+        Ok(Ok(generation)) => {
+            tracing::info!(
+                generation,
+                duration_ms = t0.elapsed().as_millis() as u64,
+                "Reload complete: the new generation is serving."
+            );
+            // A count set by `curfew scale` stays unless the file's changed.
+            if plan.applied.contains(&"workers") && new.workers != run.sup.workers() {
+                tracing::info!(
+                    from = run.sup.workers(),
+                    to = new.workers,
+                    "Reload: scaling workers."
+                );
+                run.sup.scale(new.workers);
+            }
+            run.cfg = new;
+            run.status
+                .generation
+                .store(generation, std::sync::atomic::Ordering::Relaxed);
+            run.status
+                .workers_wanted
+                .store(run.sup.workers(), std::sync::atomic::Ordering::Relaxed);
+            Ok(Reloaded {
+                generation,
+                restart_only: plan.restart_only,
+            })
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "Reload failed; the current workers keep serving.");
+            Err(e.to_string())
+        }
+        Err(sig) => {
+            tracing::info!(signal = sig.name(), "Reload abandoned: stopping.");
+            run.on_signal(sig);
+            Err("reload abandoned: curfew is stopping".into())
+        }
+    }
+}
+
+/// A reload, then the on_reload hook with its result.
+pub(super) async fn reload_and_tell(run: &mut Run) -> Result<Reloaded, String> {
+    let r = reload(run).await;
+    let details = match &r {
+        Ok(r) => serde_json::json!({
+            "result": "ok",
+            "generation": r.generation,
+            "restart_only": r.restart_only,
+        }),
+        Err(e) => serde_json::json!({ "result": "failed", "error": e }),
+    };
+    run.hooks.fire(HookEvent::OnReload, details);
+    r
+}
+
+/// A request from the control socket (`curfew reload`, `stop`, `scale`).
+pub(super) async fn operate(
+    run: &mut Run,
+    req: control::Request,
+    reply: oneshot::Sender<control::Response>,
+) {
+    use control::{Request, Response};
+    match req {
+        Request::Status => {
+            let _ = reply.send(Response {
+                ok: true,
+                status: Some(run.status.full().await),
+                ..Default::default()
+            });
+        }
+        Request::Reload => {
+            let r = reload_and_tell(run).await;
+            let _ = reply.send(reload_response(&r));
+        }
+        Request::Stop => {
+            let _ = reply.send(Response::ok("stopping gracefully"));
+            tracing::info!("Stop requested on the control socket.");
+            run.on_signal(StopSignal::Term);
+        }
+        Request::Jobs { .. } => {
+            let _ = reply.send(Response::err(
+                "jobs requests are answered by the control router",
+            ));
+        }
+        Request::Scale { workers } => {
+            let _ = reply.send(scale_op(run, workers));
+        }
+    }
+}
+
+pub(super) fn reload_response(r: &Result<Reloaded, String>) -> control::Response {
+    match r {
+        Ok(Reloaded {
+            generation,
+            restart_only,
+        }) if !restart_only.is_empty() => control::Response::ok(format!(
+            "reloaded: generation {generation} is serving; changed but kept until a restart of curfew: {}",
+            restart_only.join(", ")
+        )),
+        Ok(r) => control::Response::ok(format!("reloaded: generation {} is serving", r.generation)),
+        Err(e) => control::Response::err(e.clone()),
+    }
+}
+
+/// `curfew scale N`.
+pub(super) fn scale_op(run: &mut Run, workers: usize) -> control::Response {
+    if workers == 0 || workers > 1024 {
+        return control::Response::err(format!(
+            "workers must be between 1 and 1024, not {workers}"
+        ));
+    }
+    let from = run.sup.workers();
+    tracing::info!(from, to = workers, "Scaling workers (control socket).");
+    scale_to(run, workers);
+    control::Response::ok(format!("scaling from {from} to {workers} workers"))
+}
+
+/// Answer control requests: status at once in any phase; the rest go to the
+/// orchestrator while serving, and are refused once a stop is under way.
+pub(super) async fn route_control(
+    mut rx: mpsc::Receiver<control::Incoming>,
+    ops: mpsc::Sender<control::Incoming>,
+    status: StatusSource,
+) {
+    while let Some((req, reply)) = rx.recv().await {
+        let phase = *status.phase.borrow();
+        match req {
+            control::Request::Status => {
+                let _ = reply.send(control::Response {
+                    ok: true,
+                    status: Some(status.full().await),
+                    ..Default::default()
+                });
+            }
+            // Jobs live in the store: answered in any phase, beside the
+            // orchestrator (a slow store does not hold up other requests).
+            control::Request::Jobs { request } => {
+                let jobs = status.jobs.clone();
+                tokio::spawn(async move {
+                    let response = match jobs {
+                        None => control::Response::err(
+                            "this curfew has no job processor: add a [jobs] section to curfew.toml",
+                        ),
+                        Some(j) => match j.operate(request).await {
+                            Ok((message, data)) => control::Response {
+                                ok: true,
+                                message: Some(message),
+                                data,
+                                ..Default::default()
+                            },
+                            Err(e) => control::Response::err(e.message),
+                        },
+                    };
+                    let _ = reply.send(response);
+                });
+            }
+            _ if phase != Phase::Serving => {
+                let msg = match (&req, phase) {
+                    (control::Request::Stop, p) if p > Phase::Serving => {
+                        "already stopping".to_string()
+                    }
+                    (_, p) => format!("refused: curfew is {p}"),
+                };
+                let _ = reply.send(
+                    if matches!(req, control::Request::Stop) && phase > Phase::Serving {
+                        control::Response::ok(msg)
+                    } else {
+                        control::Response::err(msg)
+                    },
+                );
+            }
+            other => {
+                if ops.send((other, reply)).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Operations arriving during a reload: queued in order; a reload right
+    /// after a queued reload merges into it (with its caller's reply);
+    /// one after a queued scale does not (it must see the scale).
+    #[test]
+    fn operations_during_a_reload_queue_and_merge() {
+        let mut d = Deferred::default();
+        assert!(!d.push(Op::Reload { replies: vec![] }));
+        let (tx, mut rx) = oneshot::channel();
+        assert!(d.push(Op::Reload { replies: vec![tx] }));
+        assert!(!d.push(Op::Scale { up: true }));
+        assert!(!d.push(Op::Reload { replies: vec![] }));
+        assert!(!d.push(Op::Scale { up: false }));
+        let kinds: Vec<String> = d
+            .queue
+            .iter()
+            .map(|op| match op {
+                Op::Reload { replies } => format!("reload/{}", replies.len()),
+                Op::Scale { up } => format!("scale/{up}"),
+                Op::ScaleTo { workers, .. } => format!("to/{workers}"),
+            })
+            .collect();
+        assert_eq!(kinds, ["reload/1", "scale/true", "reload/0", "scale/false"]);
+        // A stop drops them all and answers the callers.
+        d.cancel();
+        assert!(d.next().is_none());
+        let answer = rx.try_recv().expect("answered");
+        assert!(!answer.ok);
+    }
+}

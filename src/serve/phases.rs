@@ -1,0 +1,210 @@
+//! The phase handlers: starting (boot the workers, then serve), serving
+//! (signals, control requests, operations deferred by a reload), lame-duck
+//! (serve, not ready, for `drain_delay`), stopping (hand back jobs, stop the
+//! workers) and the teardown after `stopped`. Draining is in `drain`.
+
+use super::build::Bound;
+use super::*;
+
+/// Boots the workers; serves the listeners once every worker is ready (or
+/// closes them when the boot failed or a stop came first).
+pub(super) async fn starting(run: &mut Run, listeners: Bound) {
+    run.hooks
+        .run(
+            HookEvent::OnStarting,
+            serde_json::json!({ "workers": run.cfg.workers, "command": run.cfg.command.join(" ") }),
+            None,
+        )
+        .await;
+    let started = Instant::now();
+    tracing::info!(
+        workers = run.cfg.workers,
+        command = %run.cfg.command.join(" "),
+        worker_socket = run.cfg.worker_socket.as_str(),
+        "Starting workers."
+    );
+    let mut boots = run.sup.start(run.cfg.workers);
+    let mut ready = 0;
+    while run.machine.phase() == Phase::Starting {
+        tokio::select! {
+            r = boots.recv() => match r {
+                Some(Ok(_)) => {
+                    ready += 1;
+                    if ready == run.cfg.workers {
+                        run.apply(Event::WorkersReady);
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::error!("{e}");
+                    run.apply(Event::BootFailed);
+                }
+                None => {
+                    run.apply(Event::BootFailed);
+                }
+            },
+            sig = run.inputs.next_stop() => run.on_signal(sig),
+        }
+    }
+
+    if run.machine.phase() == Phase::Serving {
+        let names = listeners.names();
+        run.front.serve(listeners.take());
+        tracing::info!(
+            listen = %names.join(", "),
+            workers = run.cfg.workers,
+            boot_ms = started.elapsed().as_millis() as u64,
+            "Serving."
+        );
+        if let Some(jobs) = &run.jobs {
+            jobs.begin();
+        }
+        run.hooks.fire(
+            HookEvent::WhenReady,
+            serde_json::json!({ "workers": run.cfg.workers, "listen": names.join(", ") }),
+        );
+    }
+    // Otherwise `listeners` drops here: closed after their accept queues.
+}
+
+/// One input while serving: a stop or control signal, a control request,
+/// or an operation a reload deferred.
+pub(super) async fn serving(run: &mut Run) {
+    if let Some(op) = run.deferred.next() {
+        run_deferred(run, op).await;
+        return;
+    }
+    tokio::select! {
+        input = run.inputs.next() => match input {
+            Input::Stop(sig) => run.on_signal(sig),
+            Input::Control(ctl) => control(run, ctl).await,
+        },
+        Some((req, reply)) = run.ops.recv() => operate(run, req, reply).await,
+    }
+}
+
+/// Not ready any more, still serving, for `drain_delay` (a stop signal
+/// meanwhile may escalate).
+pub(super) async fn lame_duck(run: &mut Run) {
+    let delay = run.cfg.drain_delay;
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => { run.apply(Event::DrainDelayElapsed); }
+        sig = run.inputs.next_stop() => run.on_signal(sig),
+    }
+}
+
+/// Hands back what jobs still run, stops every worker (SIGTERM, SIGKILL
+/// after `worker_stop_timeout`; at once after an escalation), then
+/// `stopped`.
+pub(super) async fn stopping(run: &mut Run) {
+    // Whatever is still running (an immediate stop, a stop while
+    // starting) is handed back before the workers go.
+    if let Some(jobs) = run.jobs.clone() {
+        let report = jobs
+            .finish(tokio::time::Instant::now() + std::time::Duration::from_secs(2))
+            .await;
+        report_incomplete(run, &report);
+    }
+    let stop = run.sup.stop_all();
+    tokio::pin!(stop);
+    let outcome = loop {
+        tokio::select! {
+            o = &mut stop => break o,
+            sig = run.inputs.next_stop() => {
+                // Only an escalation matters now; apply() kills at once.
+                if let Outcome::StopNow = run.machine.clone().handle(Event::Signal(sig)) {
+                    run.apply(Event::Signal(sig));
+                }
+            }
+        }
+    };
+    if outcome.forced {
+        run.machine.mark_forced();
+    }
+    run.front.abort_all().await;
+    run.apply(Event::WorkersStopped);
+}
+
+/// After `stopped`: control socket and admin endpoint closed, `on_exit` run
+/// within the shutdown's deadline, leftovers killed, the summary logged.
+/// Returns the exit code.
+pub(super) async fn teardown(run: Run) -> i32 {
+    run.background.cancel();
+    // Removed here, not (only) by the control task: the runtime may end
+    // before that task runs again.
+    let _ = std::fs::remove_file(&run.cfg.control_socket);
+    // on_exit, and any hook still running, end by the shutdown's deadline
+    // (drain_delay + graceful_timeout + worker_stop_timeout after the stop
+    // request), never later: a hook cannot hold the platform's stop timeout.
+    let code = run.machine.exit_code();
+    let hook_deadline = run.stop_requested_at.map(|t| {
+        tokio::time::Instant::from_std(t)
+            + run.cfg.drain_delay
+            + run.cfg.graceful_timeout
+            + run.cfg.worker_stop_timeout
+    });
+    run.hooks
+        .run(
+            HookEvent::OnExit,
+            serde_json::json!({
+                "exit_code": code,
+                "signal": run.machine.stop_signal().map(|s| s.name()),
+                "requests_aborted": run.aborted,
+            }),
+            hook_deadline,
+        )
+        .await;
+    run.hooks
+        .shutdown(
+            hook_deadline
+                .unwrap_or_else(|| tokio::time::Instant::now() + std::time::Duration::from_secs(1)),
+        )
+        .await;
+    if let Some(jobs) = &run.jobs {
+        jobs.close().await;
+    }
+    let leftovers = run.reaper.kill_all_children().await;
+    if leftovers > 0 {
+        tracing::warn!(
+            processes = leftovers,
+            "Killed leftover child processes (started by workers and left behind)."
+        );
+    }
+    if run.cfg.worker_socket == WorkerSocket::Unix {
+        let _ = std::fs::remove_dir_all(&run.run_dir);
+    }
+
+    let duration_ms = run
+        .stop_requested_at
+        .map(|t| t.elapsed().as_millis() as u64);
+    let finished = run
+        .front
+        .router
+        .completed()
+        .saturating_sub(run.completed_at_stop);
+    let signal = run.machine.stop_signal().map(|s| s.name());
+    if code == crate::exit::OK {
+        tracing::info!(
+            signal,
+            duration_ms,
+            requests_finished_during_shutdown = finished,
+            requests_aborted = run.aborted,
+            exit_code = code,
+            "Shutdown complete: clean."
+        );
+    } else {
+        tracing::warn!(
+            signal,
+            duration_ms,
+            requests_finished_during_shutdown = finished,
+            requests_aborted = run.aborted,
+            exit_code = code,
+            "Shutdown complete: {}.",
+            match code {
+                crate::exit::FORCED => "forced (work was cut off or a worker had to be killed)",
+                crate::exit::IMMEDIATE => "immediate stop requested",
+                _ => "failed",
+            }
+        );
+    }
+    code
+}
