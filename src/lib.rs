@@ -23,6 +23,7 @@
 pub mod admin;
 pub mod config;
 pub mod control;
+pub mod events;
 pub mod exit;
 pub mod hooks;
 pub mod lifecycle;
@@ -58,6 +59,7 @@ mod layering {
         ("proxy", &["config", "metrics", "supervisor"]),
         ("processor", &["config", "protocol", "proxy", "supervisor"]),
         ("control", &["protocol"]),
+        ("events", &["hooks", "metrics", "protocol", "exit"]),
         (
             "status",
             &["lifecycle", "processor", "protocol", "proxy", "supervisor"],
@@ -80,6 +82,7 @@ mod layering {
                 "admin",
                 "config",
                 "control",
+                "events",
                 "exit",
                 "hooks",
                 "lifecycle",

@@ -118,6 +118,14 @@ impl Run {
         out
     }
 
+    /// Where events go besides the log.
+    fn sinks(&self) -> crate::events::Sinks<'_> {
+        crate::events::Sinks {
+            metrics: &self.metrics,
+            hooks: &self.hooks,
+        }
+    }
+
     fn on_signal(&mut self, sig: StopSignal) {
         if self.stop_requested_at.is_none() {
             self.stop_requested_at = Some(Instant::now());

@@ -4,6 +4,7 @@
 
 use super::report::log_status;
 use super::*;
+use crate::events::ReloadFinished;
 
 /// Act on a control signal while serving.
 pub(super) async fn control(run: &mut Run, ctl: ControlSignal) {
@@ -152,15 +153,6 @@ pub(super) async fn run_deferred(run: &mut Run, op: Op) {
     }
 }
 
-/// SIGHUP: re-read the configuration and replace every worker with one of the
-/// new generation, without dropping a request. If the configuration is bad or
-/// the new workers cannot boot, the current ones keep serving.
-pub(super) async fn reload(run: &mut Run) -> Result<Reloaded, String> {
-    let r = try_reload(run).await;
-    run.metrics.reload(r.is_ok());
-    r
-}
-
 /// A reload that happened.
 pub(super) struct Reloaded {
     generation: u64,
@@ -168,7 +160,10 @@ pub(super) struct Reloaded {
     restart_only: Vec<&'static str>,
 }
 
-pub(super) async fn try_reload(run: &mut Run) -> Result<Reloaded, String> {
+/// SIGHUP: re-read the configuration and replace every worker with one of the
+/// new generation, without dropping a request. If the configuration is bad or
+/// the new workers cannot boot, the current ones keep serving.
+async fn try_reload(run: &mut Run) -> ReloadFinished {
     tracing::info!(
         generation = run.sup.generation(),
         "Reload requested: re-reading the configuration."
@@ -176,10 +171,11 @@ pub(super) async fn try_reload(run: &mut Run) -> Result<Reloaded, String> {
     let new = match (run.reloader)() {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(error = %e, "Reload failed: the configuration is invalid; the current workers keep serving.");
-            return Err(format!(
-                "the configuration is invalid; the current workers keep serving: {e}"
-            ));
+            return ReloadFinished::Failed {
+                error: format!(
+                    "the configuration is invalid; the current workers keep serving: {e}"
+                ),
+            };
         }
     };
     let plan = plan_reload(&run.cfg, &new);
@@ -233,11 +229,6 @@ pub(super) async fn try_reload(run: &mut Run) -> Result<Reloaded, String> {
     };
     match outcome {
         Ok(Ok(generation)) => {
-            tracing::info!(
-                generation,
-                duration_ms = t0.elapsed().as_millis() as u64,
-                "Reload complete: the new generation is serving."
-            );
             // A count set by `curfew scale` stays unless the file's changed.
             if plan.applied.contains(&"workers") && new.workers != run.sup.workers() {
                 tracing::info!(
@@ -254,36 +245,44 @@ pub(super) async fn try_reload(run: &mut Run) -> Result<Reloaded, String> {
             run.status
                 .workers_wanted
                 .store(run.sup.workers(), std::sync::atomic::Ordering::Relaxed);
-            Ok(Reloaded {
+            ReloadFinished::Done {
                 generation,
+                duration_ms: t0.elapsed().as_millis() as u64,
                 restart_only: plan.restart_only,
-            })
+            }
         }
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "Reload failed; the current workers keep serving.");
-            Err(e.to_string())
-        }
+        Ok(Err(e)) => ReloadFinished::Failed {
+            error: e.to_string(),
+        },
         Err(sig) => {
-            tracing::info!(signal = sig.name(), "Reload abandoned: stopping.");
+            // The event first: the stop's own lines follow it.
+            let finished = ReloadFinished::Abandoned { signal: sig.name() };
+            finished.emit(&run.sinks());
             run.on_signal(sig);
-            Err("reload abandoned: curfew is stopping".into())
+            finished
         }
     }
 }
 
-/// A reload, then the on_reload hook with its result.
+/// A reload, its event (log line, metric, `on_reload` hook), and its
+/// result for `curfew reload`.
 pub(super) async fn reload_and_tell(run: &mut Run) -> Result<Reloaded, String> {
-    let r = reload(run).await;
-    let details = match &r {
-        Ok(r) => serde_json::json!({
-            "result": "ok",
-            "generation": r.generation,
-            "restart_only": r.restart_only,
+    let finished = try_reload(run).await;
+    if !matches!(finished, ReloadFinished::Abandoned { .. }) {
+        finished.emit(&run.sinks());
+    }
+    match finished {
+        ReloadFinished::Done {
+            generation,
+            restart_only,
+            ..
+        } => Ok(Reloaded {
+            generation,
+            restart_only,
         }),
-        Err(e) => serde_json::json!({ "result": "failed", "error": e }),
-    };
-    run.hooks.fire(HookEvent::OnReload, details);
-    r
+        ReloadFinished::Failed { error } => Err(error),
+        ReloadFinished::Abandoned { .. } => Err("reload abandoned: curfew is stopping".into()),
+    }
 }
 
 /// A request from the control socket (`curfew reload`, `stop`, `scale`).

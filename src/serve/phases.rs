@@ -5,6 +5,7 @@
 
 use super::build::Bound;
 use super::*;
+use crate::events::ShutdownComplete;
 
 /// Boots the workers; serves the listeners once every worker is ready (or
 /// closes them when the boot failed or a stop came first).
@@ -142,16 +143,15 @@ pub(super) async fn teardown(run: Run) -> i32 {
             + run.cfg.graceful_timeout
             + run.cfg.worker_stop_timeout
     });
+    let mut done = ShutdownComplete {
+        signal: run.machine.stop_signal().map(|s| s.name()),
+        duration_ms: None,
+        requests_finished: 0,
+        requests_aborted: run.aborted,
+        exit_code: code,
+    };
     run.hooks
-        .run(
-            HookEvent::OnExit,
-            serde_json::json!({
-                "exit_code": code,
-                "signal": run.machine.stop_signal().map(|s| s.name()),
-                "requests_aborted": run.aborted,
-            }),
-            hook_deadline,
-        )
+        .run(HookEvent::OnExit, done.hook(), hook_deadline)
         .await;
     run.hooks
         .shutdown(
@@ -173,38 +173,15 @@ pub(super) async fn teardown(run: Run) -> i32 {
         let _ = std::fs::remove_dir_all(&run.run_dir);
     }
 
-    let duration_ms = run
+    // The summary counts up to here (hooks and leftovers included).
+    done.duration_ms = run
         .stop_requested_at
         .map(|t| t.elapsed().as_millis() as u64);
-    let finished = run
+    done.requests_finished = run
         .front
         .router
         .completed()
         .saturating_sub(run.completed_at_stop);
-    let signal = run.machine.stop_signal().map(|s| s.name());
-    if code == crate::exit::OK {
-        tracing::info!(
-            signal,
-            duration_ms,
-            requests_finished_during_shutdown = finished,
-            requests_aborted = run.aborted,
-            exit_code = code,
-            "Shutdown complete: clean."
-        );
-    } else {
-        tracing::warn!(
-            signal,
-            duration_ms,
-            requests_finished_during_shutdown = finished,
-            requests_aborted = run.aborted,
-            exit_code = code,
-            "Shutdown complete: {}.",
-            match code {
-                crate::exit::FORCED => "forced (work was cut off or a worker had to be killed)",
-                crate::exit::IMMEDIATE => "immediate stop requested",
-                _ => "failed",
-            }
-        );
-    }
+    done.emit();
     code
 }

@@ -1,34 +1,17 @@
-//! What the orchestrator writes to the log beyond single events: the
-//! SIGUSR1 status report and the jobs handed back at the cut-off.
+//! What the orchestrator reports: the SIGUSR1 status report and the jobs
+//! handed back at the cut-off.
 
 use super::*;
 
-/// Logs the jobs handed back at the cut-off and tells the `on_incomplete`
-/// hook.
+/// The jobs handed back at the cut-off: their event (log lines and the
+/// `on_incomplete` hook).
 pub(super) fn report_incomplete(run: &Run, report: &crate::processor::DrainReport) {
-    if report.released.is_empty() && report.unreleased.is_empty() {
-        return;
+    crate::events::JobsHandedBack {
+        released: &report.released,
+        unreleased: &report.unreleased,
+        finished: report.finished,
     }
-    for r in &report.released {
-        tracing::info!(job_id = r.id, queue = %r.queue, kind = %r.kind, attempt = r.attempt, age_ms = r.age_ms, "Job still running at the cut-off: stopped and handed back to its queue (it runs again; the attempt is not counted as a failure).");
-    }
-    for r in &report.unreleased {
-        tracing::error!(job_id = r.id, queue = %r.queue, kind = %r.kind, attempt = r.attempt, age_ms = r.age_ms, "Job still running at the cut-off could not be handed back (store unreachable): it runs again when its lease expires or when this node starts again.");
-    }
-    tracing::warn!(
-        released = report.released.len(),
-        unreleased = report.unreleased.len(),
-        finished = report.finished,
-        "Jobs were still running at the shutdown's cut-off (graceful_timeout minus jobs.release_reserve)."
-    );
-    let list = |v: &[crate::processor::Running]| serde_json::to_value(v).unwrap_or_default();
-    run.hooks.fire(
-        HookEvent::OnIncomplete,
-        serde_json::json!({
-            "released": list(&report.released),
-            "unreleased": list(&report.unreleased),
-        }),
-    );
+    .emit(&run.sinks());
 }
 
 /// SIGUSR1: a status report in the log (the same as `curfew status`).

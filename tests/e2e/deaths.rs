@@ -147,7 +147,7 @@ fn kill_the_only_worker_while_a_reload_prepares() {
             "answered before any worker could be ready"
         );
     }
-    c.wait_log("Reload complete", Duration::from_secs(10));
+    c.wait_log(&event("reload_finished", "ok"), Duration::from_secs(10));
     assert!(get(c.port, "/").body.contains("tag=new"));
     assert_logged_as_external_kill(&c, old);
     let line = c.wait_log(
@@ -208,7 +208,7 @@ fn kill_a_draining_worker_after_a_reload_and_a_scale_down() {
     let slow = std::thread::spawn(move || http(port, "GET", "/sleep?ms=5000", &[], b""));
     std::thread::sleep(Duration::from_millis(300)); // on the worker by now
     c.signal(Signal::SIGHUP);
-    c.wait_log("Reload complete", Duration::from_secs(10));
+    c.wait_log(&event("reload_finished", "ok"), Duration::from_secs(10));
     kill(old);
     let r = slow.join().expect("join").expect("answer");
     assert_eq!(r.status, 502, "{}", r.body);
@@ -274,7 +274,7 @@ fn kill_a_booting_new_worker() {
         },
     );
     kill(booting);
-    let line = c.wait_log("Reload failed", Duration::from_secs(10));
+    let line = c.wait_log(&event("reload_finished", "failed"), Duration::from_secs(10));
     assert!(line.contains("signal SIGKILL"), "{line}");
     assert_logged_as_external_kill(&c, booting);
     assert!(
@@ -318,7 +318,7 @@ fn operations_during_a_reload_are_queued_and_merged() {
         2,
         Duration::from_secs(5),
     );
-    c.wait_log_count("Reload complete", 2, Duration::from_secs(20));
+    c.wait_log_count(&event("reload_finished", "ok"), 2, Duration::from_secs(20));
     c.wait_log("Scaling workers.", Duration::from_secs(5));
     wait_until("three workers", Duration::from_secs(10), || {
         children(&c).len() == 3

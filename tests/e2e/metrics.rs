@@ -197,7 +197,7 @@ fn metrics_parse_and_count() {
     // A reload: counted, and the replaced workers' exits count as `reload`.
     c.wait_log_count("Worker ready.", 3, Duration::from_secs(10));
     c.signal(Signal::SIGHUP);
-    c.wait_log("Reload complete", Duration::from_secs(10));
+    c.wait_log(&event("reload_finished", "ok"), Duration::from_secs(10));
     let deadline = Instant::now() + Duration::from_secs(10);
     let m = loop {
         let m = scrape(admin);

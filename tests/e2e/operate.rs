@@ -53,7 +53,7 @@ fn reloads_under_load_fail_no_request() {
         let tag = format!("v{i}");
         write_config(&cfg, &tag, "");
         c.signal(Signal::SIGHUP);
-        c.wait_log_count("Reload complete", i, Duration::from_secs(20));
+        c.wait_log_count(&event("reload_finished", "ok"), i, Duration::from_secs(20));
         // The new code answers (old workers may still finish their requests).
         let body = get(c.port, "/").body;
         assert!(
@@ -111,7 +111,7 @@ fn failed_reload_keeps_the_old_generation() {
     )
     .expect("write");
     c.signal(Signal::SIGHUP);
-    let line = c.wait_log("Reload failed", Duration::from_secs(10));
+    let line = c.wait_log(&event("reload_finished", "failed"), Duration::from_secs(10));
     assert!(
         line.contains("ImportError") || line.contains("exited during boot"),
         "{line}"
@@ -140,7 +140,7 @@ fn rolling_reload() {
     let mut c = Curfew::start(config_opts(&cfg));
     write_config(&cfg, "b", "reload_strategy = \"rolling\"\nreload_batch = 1");
     c.signal(Signal::SIGHUP);
-    c.wait_log("Reload complete", Duration::from_secs(10));
+    c.wait_log(&event("reload_finished", "ok"), Duration::from_secs(10));
     for _ in 0..6 {
         assert!(get(c.port, "/").body.contains("tag=b"));
     }

@@ -60,7 +60,9 @@ fn sigterm_under_load_fails_no_request() {
     );
     let summary = c.logs().last().cloned().unwrap_or_default();
     assert!(
-        summary.contains("Shutdown complete: clean.") && summary.contains("requests_aborted=0"),
+        summary.contains("event=\"shutdown_complete\"")
+            && summary.contains("exit_code=0")
+            && summary.contains("requests_aborted=0"),
         "{summary}"
     );
     assert_no_survivors(&c);

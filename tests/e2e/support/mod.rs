@@ -16,6 +16,12 @@ pub const CURFEW: &str = env!("CARGO_BIN_EXE_curfew");
 pub const TESTWORKER: &str = env!("CARGO_BIN_EXE_curfew-testworker");
 pub const LOAD: &str = env!("CARGO_BIN_EXE_curfew-load");
 
+/// The start of a lifecycle event's fields in a text log line
+/// (`events.rs`), e.g. `event("reload_finished", "ok")`.
+pub fn event(name: &str, result: &str) -> String {
+    format!("event=\"{name}\" result=\"{result}\"")
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind :0")
