@@ -6,17 +6,164 @@
 //! In text logs an event reads `event="reload_finished" result="ok" …`;
 //! tests wait on that, not on the sentence.
 //!
-//! Events of the supervisor (worker exits, aborts) are still logged where
-//! they happen (`supervisor::instance`); they move here next.
+//! The supervisor emits [`WorkerExited`] and [`WorkerAborted`]; the
+//! orchestrator the rest. Hooks arrive through [`HookSink`] (the
+//! supervisor sits below the hooks runner).
 
-use crate::hooks::{HookEvent, Hooks};
+use std::time::Duration;
+
+use crate::config::hooks::HookEvent;
 use crate::metrics::Metrics;
 use crate::protocol::jobs::Running;
+
+/// Where hook details go: [`crate::hooks::Hooks`] in curfew, anything that
+/// records them in tests.
+pub trait HookSink: Send + Sync {
+    fn fire(&self, event: HookEvent, details: serde_json::Value);
+}
+
+impl<F: Fn(HookEvent, serde_json::Value) + Send + Sync> HookSink for F {
+    fn fire(&self, event: HookEvent, details: serde_json::Value) {
+        self(event, details)
+    }
+}
+
+/// No hooks (before the orchestrator has wired them).
+pub struct NoHooks;
+
+impl HookSink for NoHooks {
+    fn fire(&self, _: HookEvent, _: serde_json::Value) {}
+}
 
 /// Where an event goes besides the log.
 pub struct Sinks<'a> {
     pub metrics: &'a Metrics,
-    pub hooks: &'a Hooks,
+    pub hooks: &'a dyn HookSink,
+}
+
+/// How loud a worker's exit is (from `supervisor::classify`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loudness {
+    /// Stopped as curfew asked.
+    Info,
+    /// It exited on its own, or had to be SIGKILLed.
+    Warn,
+    /// A signal curfew did not send, or a crash.
+    Error,
+}
+
+/// A worker process exited (`curfew_worker_exits_total`, `worker_exit` for
+/// an exit curfew did not ask for).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerExited {
+    pub worker: usize,
+    pub pid: u32,
+    pub uptime_ms: u64,
+    /// The classification (`exited`, `oom_killed`, `stopped`, …).
+    pub reason: &'static str,
+    /// What the metric counts: `reason`, or why curfew replaced it
+    /// (`recycled`, `reload`) when it stopped as asked.
+    pub counted_as: &'static str,
+    /// The log message (`classify`'s description).
+    pub message: String,
+    pub loudness: Loudness,
+    /// Curfew asked it to stop (no `worker_exit` hook).
+    pub asked: bool,
+    /// Why curfew stopped it, or what it was doing when it exited.
+    pub why: String,
+    /// The exit status as text.
+    pub exit: String,
+    pub restart_in: Option<Duration>,
+    /// Requests it was serving (not asked for exits only).
+    pub requests: String,
+    /// Its last stderr lines, on one line.
+    pub stderr: String,
+}
+
+impl WorkerExited {
+    pub const NAME: &'static str = "worker_exited";
+
+    /// The `worker_exit` hook's details.
+    pub fn hook(&self) -> serde_json::Value {
+        serde_json::json!({
+            "worker": self.worker,
+            "pid": self.pid,
+            "reason": self.reason,
+            "exit": self.exit,
+            "message": self.message,
+            "requests": self.requests,
+            "uptime_ms": self.uptime_ms,
+            "restart_in_ms": self.restart_in.map(|d| d.as_millis() as u64),
+        })
+    }
+
+    pub fn emit(&self, sinks: &Sinks<'_>) {
+        let event = Self::NAME;
+        let (worker, pid, uptime_ms, reason) = (self.worker, self.pid, self.uptime_ms, self.reason);
+        let restart_in_ms = self.restart_in.map(|d| d.as_millis() as u64);
+        let (msg, why, requests, stderr) = (&self.message, &self.why, &self.requests, &self.stderr);
+        sinks.metrics.worker_exit(self.counted_as);
+        match self.loudness {
+            Loudness::Info => {
+                tracing::info!(event, worker, pid, uptime_ms, reason, why = %why, "{msg}");
+                return;
+            }
+            Loudness::Error => {
+                tracing::error!(event, worker, pid, uptime_ms, reason, during = %why, restart_in_ms, requests = %requests, stderr = %stderr, "{msg}")
+            }
+            Loudness::Warn => {
+                tracing::warn!(event, worker, pid, uptime_ms, reason, during = %why, restart_in_ms, requests = %requests, stderr = %stderr, "{msg}")
+            }
+        }
+        if !self.asked {
+            sinks.hooks.fire(HookEvent::WorkerExit, self.hook());
+        }
+    }
+}
+
+/// A hung worker was aborted (SIGABRT, then SIGKILL) with its stack dump
+/// (`curfew_worker_exits_total{reason="hung"}`, `worker_abort`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerAborted {
+    pub worker: usize,
+    pub pid: u32,
+    pub reason: String,
+    pub request: String,
+    /// It did not exit on SIGABRT within `abort_timeout`.
+    pub killed_after_abort: bool,
+    /// What it wrote after the SIGABRT (the stack dump).
+    pub stack_dump: String,
+}
+
+impl WorkerAborted {
+    pub const NAME: &'static str = "worker_aborted";
+
+    /// The `worker_abort` hook's details.
+    pub fn hook(&self) -> serde_json::Value {
+        serde_json::json!({
+            "worker": self.worker,
+            "pid": self.pid,
+            "reason": self.reason,
+            "request": self.request,
+            "stack_dump": self.stack_dump,
+        })
+    }
+
+    pub fn emit(&self, sinks: &Sinks<'_>) {
+        sinks.metrics.worker_exit("hung");
+        tracing::error!(
+            event = Self::NAME,
+            worker = self.worker,
+            pid = self.pid,
+            reason = %self.reason,
+            request = %self.request,
+            killed_after_abort = self.killed_after_abort,
+            stack_dump = %self.stack_dump,
+            "Worker hung: aborted it (SIGABRT{}) and starting a replacement.",
+            if self.killed_after_abort { ", then SIGKILL" } else { "" }
+        );
+        sinks.hooks.fire(HookEvent::WorkerAbort, self.hook());
+    }
 }
 
 /// How a reload ended (`curfew_reloads_total`, `on_reload`).

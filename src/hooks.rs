@@ -37,6 +37,12 @@ const MAX_ENV_VALUE: usize = 8 * 1024;
 
 pub use crate::config::hooks::{HookAction, HookEvent, HookSpec};
 
+impl crate::events::HookSink for Hooks {
+    fn fire(&self, event: HookEvent, details: serde_json::Value) {
+        Hooks::fire(self, event, details);
+    }
+}
+
 /// How a hook run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HookOutcome {

@@ -54,12 +54,15 @@ mod layering {
         ("lifecycle", &["exit"]),
         ("logging", &["config"]),
         ("metrics", &["lifecycle", "protocol"]),
-        ("supervisor", &["config", "lifecycle", "metrics", "shim"]),
-        ("hooks", &["config", "supervisor"]),
+        (
+            "supervisor",
+            &["config", "events", "lifecycle", "metrics", "shim"],
+        ),
+        ("hooks", &["config", "events", "supervisor"]),
         ("proxy", &["config", "metrics", "supervisor"]),
         ("processor", &["config", "protocol", "proxy", "supervisor"]),
         ("control", &["protocol"]),
-        ("events", &["hooks", "metrics", "protocol", "exit"]),
+        ("events", &["config", "exit", "metrics", "protocol"]),
         (
             "status",
             &["lifecycle", "processor", "protocol", "proxy", "supervisor"],

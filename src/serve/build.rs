@@ -84,14 +84,7 @@ impl Run {
         };
         let spec = worker_spec(&cfg, run_dir.clone(), jobs.as_ref());
         let sup = Supervisor::new(reaper.clone(), spec, front.clone(), metrics.clone());
-        {
-            let hooks = hooks.clone();
-            sup.on_event(Box::new(move |name, details| {
-                if let Some(event) = HookEvent::from_name(name) {
-                    hooks.fire(event, details);
-                }
-            }));
-        }
+        sup.set_hooks(Box::new(hooks.clone()));
         let handle = sup.handle();
         front.on_hung(Box::new(move |uid, reason, request| {
             handle.abort(uid, reason, request)

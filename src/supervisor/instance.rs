@@ -20,6 +20,7 @@ use super::classify::{ExitClass, SentSignal, Severity};
 use super::output::{self, Stream, Tail};
 use super::reaper::ExitStatus;
 use super::{Backends, Shared, WorkerAddr, WorkerSpec, spawn};
+use crate::events::{Loudness, WorkerAborted, WorkerExited};
 
 /// A worker process being supervised.
 pub struct Instance {
@@ -300,28 +301,15 @@ impl Instance {
         }
         self.signal_group(Signal::SIGKILL);
         self.flush_stderr().await;
-        self.shared.metrics.worker_exit("hung");
-        let stack_dump = self.tail.since(mark, 60);
-        tracing::error!(
-            worker = self.id,
-            pid = self.pid,
-            reason,
-            request,
-            killed_after_abort = killed,
-            stack_dump = %stack_dump,
-            "Worker hung: aborted it (SIGABRT{}) and starting a replacement.",
-            if killed { ", then SIGKILL" } else { "" }
-        );
-        self.shared.event(
-            "worker_abort",
-            serde_json::json!({
-                "worker": self.id,
-                "pid": self.pid,
-                "reason": reason,
-                "request": request,
-                "stack_dump": self.tail.last(60),
-            }),
-        );
+        WorkerAborted {
+            worker: self.id,
+            pid: self.pid,
+            reason: reason.to_string(),
+            request: request.to_string(),
+            killed_after_abort: killed,
+            stack_dump: self.tail.since(mark, 60),
+        }
+        .emit(&self.shared.sinks());
     }
 
     /// Did the cgroup's OOM-kill count rise since it started?
@@ -334,47 +322,40 @@ impl Instance {
     /// and goes to the `worker_exit` hook; `why` is why curfew stopped it, or
     /// for an exit it did not ask for, what the worker was doing.
     pub fn log_exit(&self, class: &ExitClass, restart_in: Option<Duration>, why: &str) {
-        let msg = class.describe();
-        let (id, pid) = (self.id, self.pid);
-        let uptime_ms = self.started.elapsed().as_millis() as u64;
-        let restart_in_ms = restart_in.map(|d| d.as_millis() as u64);
-        let reason = class.reason();
-        // A replaced worker that stopped when asked counts as replaced.
-        self.shared
-            .metrics
-            .worker_exit(match (class, self.replaced) {
+        let severity = class.severity();
+        let quiet = severity == Severity::Info;
+        WorkerExited {
+            worker: self.id,
+            pid: self.pid,
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            reason: class.reason(),
+            // A replaced worker that stopped when asked counts as replaced.
+            counted_as: match (class, self.replaced) {
                 (ExitClass::Stopped(_), Some(r)) => r,
-                _ => reason,
-            });
-        if class.severity() == Severity::Info {
-            tracing::info!(worker = id, pid, uptime_ms, reason, why, "{msg}");
-            return;
+                _ => class.reason(),
+            },
+            message: class.describe(),
+            loudness: match severity {
+                Severity::Info => Loudness::Info,
+                Severity::Error => Loudness::Error,
+                _ => Loudness::Warn,
+            },
+            asked: class.asked(),
+            why: why.to_owned(),
+            exit: self.status.map(|s| s.to_string()).unwrap_or_default(),
+            restart_in,
+            requests: if quiet {
+                String::new()
+            } else {
+                self.shared.backends.requests_on(self.uid).join(", ")
+            },
+            stderr: if quiet {
+                String::new()
+            } else {
+                self.tail.last_one_line(8)
+            },
         }
-        let requests = self.shared.backends.requests_on(self.uid).join(", ");
-        let stderr = self.tail.last_one_line(8);
-        match class.severity() {
-            Severity::Error => {
-                tracing::error!(worker = id, pid, uptime_ms, reason, during = why, restart_in_ms, requests, stderr = %stderr, "{msg}")
-            }
-            _ => {
-                tracing::warn!(worker = id, pid, uptime_ms, reason, during = why, restart_in_ms, requests, stderr = %stderr, "{msg}")
-            }
-        }
-        if !class.asked() {
-            self.shared.event(
-                "worker_exit",
-                serde_json::json!({
-                    "worker": id,
-                    "pid": pid,
-                    "reason": reason,
-                    "exit": self.status.map(|s| s.to_string()).unwrap_or_default(),
-                    "message": msg,
-                    "requests": requests,
-                    "uptime_ms": uptime_ms,
-                    "restart_in_ms": restart_in_ms,
-                }),
-            );
-        }
+        .emit(&self.shared.sinks());
     }
 
     /// Resident memory of the worker and every process in its group, bytes.

@@ -52,6 +52,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, WorkerSocket};
+use crate::events::{HookSink, NoHooks, Sinks};
 use crate::metrics::Metrics;
 use backoff::Backoff;
 pub use instance::group_rss_bytes;
@@ -238,18 +239,20 @@ pub(crate) struct Shared {
     forced: AtomicBool,
     /// Cancelled for an immediate stop: SIGKILL instead of SIGTERM.
     kill_now: CancellationToken,
-    /// Told of unexpected worker exits ("worker_exit") and hung-worker
-    /// aborts ("worker_abort"), with details (the hooks).
-    on_event: std::sync::OnceLock<EventHandler>,
+    /// Where the `worker_exit` and `worker_abort` hooks go (set by the
+    /// orchestrator; none until then).
+    hooks: std::sync::OnceLock<Box<dyn HookSink>>,
 }
 
-/// Receives (event name, details) for notable worker events.
-pub type EventHandler = Box<dyn Fn(&'static str, serde_json::Value) + Send + Sync>;
-
 impl Shared {
-    fn event(&self, name: &'static str, details: serde_json::Value) {
-        if let Some(f) = self.on_event.get() {
-            f(name, details);
+    /// Where the supervisor's events go besides the log.
+    fn sinks(&self) -> Sinks<'_> {
+        Sinks {
+            metrics: &self.metrics,
+            hooks: match self.hooks.get() {
+                Some(h) => h.as_ref(),
+                None => &NoHooks,
+            },
         }
     }
 
@@ -344,7 +347,7 @@ impl Supervisor {
                 retiring: TaskTracker::new(),
                 forced: AtomicBool::new(false),
                 kill_now: CancellationToken::new(),
-                on_event: std::sync::OnceLock::new(),
+                hooks: std::sync::OnceLock::new(),
             }),
             slots: Vec::new(),
             leaving: Vec::new(),
@@ -353,8 +356,8 @@ impl Supervisor {
     }
 
     /// Set who hears of unexpected worker exits and aborts.
-    pub fn on_event(&self, f: EventHandler) {
-        let _ = self.shared.on_event.set(f);
+    pub fn set_hooks(&self, hooks: Box<dyn HookSink>) {
+        let _ = self.shared.hooks.set(hooks);
     }
 
     pub fn handle(&self) -> Handle {

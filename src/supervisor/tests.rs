@@ -156,13 +156,15 @@ async fn setup(workers: usize) -> Setup {
     );
     let events = Arc::new(Mutex::new(Vec::new()));
     let e = events.clone();
-    sup.on_event(Box::new(move |name, details| {
-        e.lock().unwrap_or_else(|e| e.into_inner()).push((
-            name.to_string(),
-            details["pid"].as_i64().unwrap_or(0),
-            details["reason"].as_str().unwrap_or("").to_string(),
-        ));
-    }));
+    sup.set_hooks(Box::new(
+        move |event: crate::config::hooks::HookEvent, details: serde_json::Value| {
+            e.lock().unwrap_or_else(|e| e.into_inner()).push((
+                event.as_str().to_string(),
+                details["pid"].as_i64().unwrap_or(0),
+                details["reason"].as_str().unwrap_or("").to_string(),
+            ));
+        },
+    ));
     let mut s = Setup {
         sup,
         fake,
