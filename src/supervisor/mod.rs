@@ -198,7 +198,7 @@ pub struct SlotOutcome {
 
 /// Something a slot is asked to do.
 #[derive(Debug)]
-pub(crate) enum Command {
+pub(crate) enum SlotCommand {
     /// Worker `uid` is hung: dump its stack (SIGABRT), kill it, replace it.
     Abort {
         uid: u64,
@@ -232,7 +232,7 @@ pub(crate) struct Shared {
     metrics: Arc<Metrics>,
     next_uid: AtomicU64,
     /// Serving worker instances, by uid: their slot's command channel.
-    serving: Mutex<HashMap<u64, mpsc::UnboundedSender<Command>>>,
+    serving: Mutex<HashMap<u64, mpsc::UnboundedSender<SlotCommand>>>,
     /// Old workers being drained and stopped after a replacement.
     retiring: TaskTracker,
     /// Set when a retiring worker had to be SIGKILLed.
@@ -260,7 +260,7 @@ impl Shared {
         self.spec.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn register(&self, uid: u64, tx: mpsc::UnboundedSender<Command>) {
+    fn register(&self, uid: u64, tx: mpsc::UnboundedSender<SlotCommand>) {
         self.serving
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -274,7 +274,7 @@ impl Shared {
             .remove(&uid);
     }
 
-    fn send(&self, uid: u64, cmd: Command) {
+    fn send(&self, uid: u64, cmd: SlotCommand) {
         if let Some(tx) = self
             .serving
             .lock()
@@ -298,7 +298,7 @@ impl Handle {
     pub fn abort(&self, uid: u64, reason: String, request: String) {
         self.shared.send(
             uid,
-            Command::Abort {
+            SlotCommand::Abort {
                 uid,
                 reason,
                 request,
@@ -308,14 +308,14 @@ impl Handle {
 
     /// Replace worker instance `uid` (no-op if it is gone already).
     pub fn recycle(&self, uid: u64, reason: String) {
-        self.shared.send(uid, Command::Recycle { uid, reason });
+        self.shared.send(uid, SlotCommand::Recycle { uid, reason });
     }
 }
 
 struct SlotHandle {
     id: usize,
     stop: CancellationToken,
-    cmd: mpsc::UnboundedSender<Command>,
+    cmd: mpsc::UnboundedSender<SlotCommand>,
     join: JoinHandle<SlotOutcome>,
 }
 
@@ -428,7 +428,7 @@ impl Supervisor {
         }
         while self.slots.len() > n {
             if let Some(s) = self.slots.pop() {
-                let _ = s.cmd.send(Command::Retire);
+                let _ = s.cmd.send(SlotCommand::Retire);
                 self.leaving.push(s.join);
             }
         }
@@ -450,7 +450,7 @@ impl Supervisor {
         spec.generation = generation;
         let answer_within = spec.boot_timeout * 2 + Duration::from_secs(10);
         let spec = Arc::new(spec);
-        let ids: Vec<(usize, mpsc::UnboundedSender<Command>)> =
+        let ids: Vec<(usize, mpsc::UnboundedSender<SlotCommand>)> =
             self.slots.iter().map(|s| (s.id, s.cmd.clone())).collect();
         for chunk in ids.chunks(batch.max(1)) {
             let mut pending = Vec::new();
@@ -458,7 +458,7 @@ impl Supervisor {
                 let (ready_tx, ready_rx) = oneshot::channel();
                 let (go_tx, go_rx) = oneshot::channel();
                 let (done_tx, done_rx) = oneshot::channel();
-                let _ = cmd.send(Command::Prepare {
+                let _ = cmd.send(SlotCommand::Prepare {
                     spec: spec.clone(),
                     ready: ready_tx,
                     go: go_rx,

@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use super::backoff::Backoff;
 use super::instance::{Boot, Instance, note_forced};
 use super::reaper::ExitStatus;
-use super::{BootError, BoxFuture, Command, ReadyWorker, Shared, SlotOutcome, WorkerSpec};
+use super::{BootError, BoxFuture, ReadyWorker, Shared, SlotCommand, SlotOutcome, WorkerSpec};
 use crate::config::Liveness;
 
 /// How often `max_memory` is checked.
@@ -52,8 +52,8 @@ pub struct Slot {
     pub shared: Arc<Shared>,
     pub id: usize,
     pub stop: CancellationToken,
-    pub cmds: mpsc::UnboundedReceiver<Command>,
-    pub cmd_tx: mpsc::UnboundedSender<Command>,
+    pub cmds: mpsc::UnboundedReceiver<SlotCommand>,
+    pub cmd_tx: mpsc::UnboundedSender<SlotCommand>,
     pub first_boot: Option<oneshot::Sender<Result<usize, BootError>>>,
     pub backoff: Backoff,
     /// Times this slot's worker died or hung and was restarted.
@@ -87,7 +87,7 @@ enum Stage {
     Prepared(Instance),
 }
 
-/// A reload's request to this slot (see [`Command::Prepare`]).
+/// A reload's request to this slot (see [`SlotCommand::Prepare`]).
 struct Ticket {
     spec: Arc<WorkerSpec>,
     /// Answered once the new worker is ready or could not boot.
@@ -165,7 +165,7 @@ enum Event {
     LiveTick,
     Live(Result<(), String>),
     MemoryTick,
-    Cmd(Command),
+    Cmd(SlotCommand),
     Stop,
 }
 
@@ -178,7 +178,7 @@ impl Slot {
         loop {
             match self.next_event(&mut st).await {
                 Event::Stop => return self.shutdown(st).await,
-                Event::Cmd(Command::Retire) => return self.retire(st).await,
+                Event::Cmd(SlotCommand::Retire) => return self.retire(st).await,
                 event => {
                     if let Some(outcome) = self.handle(&mut st, event).await {
                         return outcome;
@@ -239,7 +239,7 @@ impl Slot {
                     }
                 }
             }
-            Event::Cmd(Command::Abort {
+            Event::Cmd(SlotCommand::Abort {
                 uid,
                 reason,
                 request,
@@ -248,15 +248,15 @@ impl Slot {
                     self.abort_current(st, reason, request);
                 }
             }
-            Event::Cmd(Command::Recycle { uid, reason }) => self.recycle(st, uid, reason),
-            Event::Cmd(Command::Prepare {
+            Event::Cmd(SlotCommand::Recycle { uid, reason }) => self.recycle(st, uid, reason),
+            Event::Cmd(SlotCommand::Prepare {
                 spec,
                 ready,
                 go,
                 done,
             }) => self.prepare(st, spec, ready, go, done),
             // Handled by the loop.
-            Event::Cmd(Command::Retire) | Event::Stop => {}
+            Event::Cmd(SlotCommand::Retire) | Event::Stop => {}
         }
         None
     }
