@@ -103,7 +103,6 @@ impl Run {
             jobs: jobs.clone(),
         };
         let background = tokio_util::sync::CancellationToken::new();
-        let (ops_tx, ops) = mpsc::channel(16);
         {
             let (ctl_tx, ctl_rx) = mpsc::channel(16);
             tokio::spawn(control::serve(
@@ -112,7 +111,7 @@ impl Run {
                 ctl_tx,
                 background.clone(),
             ));
-            tokio::spawn(route_control(ctl_rx, ops_tx, status.clone()));
+            tokio::spawn(route_control(ctl_rx, inputs.sender(), status.clone()));
         }
         let run = Run {
             cfg,
@@ -122,7 +121,6 @@ impl Run {
             sup,
             reaper,
             inputs,
-            ops,
             status,
             metrics,
             reloader,

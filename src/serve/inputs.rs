@@ -4,6 +4,7 @@
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
+use super::ops::Op;
 use crate::lifecycle::StopSignal;
 
 /// Signals that control a running curfew (not stops).
@@ -21,24 +22,25 @@ pub enum ControlSignal {
 
 /// Where the orchestrator's outside inputs come from: the process's signals
 /// ([`Inputs::os`]) or, to drive the orchestration in-process (tests),
-/// channels ([`Inputs::channel`]). Requests from the control socket arrive
-/// beside them.
+/// channels ([`Inputs::channel`]). Control-socket requests join the same
+/// stream as operations ([`Op`]), so every phase handler reads one source.
 pub struct Inputs {
     stops: mpsc::UnboundedReceiver<StopSignal>,
-    controls: mpsc::UnboundedReceiver<ControlSignal>,
+    ops: mpsc::UnboundedReceiver<Op>,
+    sender: InputSender,
 }
 
-/// One input: a stop or a control signal.
+/// One input: a stop signal (for the lifecycle machine) or an operation.
 pub(super) enum Input {
     Stop(StopSignal),
-    Control(ControlSignal),
+    Op(Op),
 }
 
 /// Sends inputs to an orchestrator built with [`Inputs::channel`].
 #[derive(Clone)]
 pub struct InputSender {
     stops: mpsc::UnboundedSender<StopSignal>,
-    controls: mpsc::UnboundedSender<ControlSignal>,
+    ops: mpsc::UnboundedSender<Op>,
 }
 
 impl InputSender {
@@ -50,7 +52,17 @@ impl InputSender {
 
     /// As if the process got SIGHUP, SIGTTIN, SIGTTOU or SIGUSR1.
     pub fn control(&self, ctl: ControlSignal) {
-        let _ = self.controls.send(ctl);
+        self.op(match ctl {
+            ControlSignal::Reload => Op::Reload { replies: vec![] },
+            ControlSignal::ScaleUp => Op::Scale { up: true },
+            ControlSignal::ScaleDown => Op::Scale { up: false },
+            ControlSignal::Status => Op::LogStatus,
+        });
+    }
+
+    /// An operation (from a signal or the control socket).
+    pub(super) fn op(&self, op: Op) {
+        let _ = self.ops.send(op);
     }
 }
 
@@ -58,14 +70,24 @@ impl Inputs {
     /// Inputs fed by channels, and their sender.
     pub fn channel() -> (Inputs, InputSender) {
         let (stop_tx, stops) = mpsc::unbounded_channel();
-        let (ctl_tx, controls) = mpsc::unbounded_channel();
+        let (op_tx, ops) = mpsc::unbounded_channel();
+        let sender = InputSender {
+            stops: stop_tx,
+            ops: op_tx,
+        };
         (
-            Inputs { stops, controls },
-            InputSender {
-                stops: stop_tx,
-                controls: ctl_tx,
+            Inputs {
+                stops,
+                ops,
+                sender: sender.clone(),
             },
+            sender,
         )
+    }
+
+    /// A sender into these inputs (for the control socket's requests).
+    pub(super) fn sender(&self) -> InputSender {
+        self.sender.clone()
     }
 
     /// Inputs from the process's signals: TERM, INT, QUIT stop; HUP, TTIN,
@@ -90,9 +112,6 @@ impl Inputs {
                     _ = ttou.recv() => tx.control(ControlSignal::ScaleDown),
                     _ = usr1.recv() => tx.control(ControlSignal::Status),
                 }
-                if tx.stops.is_closed() {
-                    return;
-                }
             }
         });
         Ok(inputs)
@@ -100,10 +119,10 @@ impl Inputs {
 
     /// The next input of either kind.
     pub(super) async fn next(&mut self) -> Input {
-        let Inputs { stops, controls } = self;
+        let Inputs { stops, ops, .. } = self;
         tokio::select! {
             Some(sig) = stops.recv() => Input::Stop(sig),
-            Some(ctl) = controls.recv() => Input::Control(ctl),
+            Some(op) = ops.recv() => Input::Op(op),
             else => std::future::pending().await,
         }
     }

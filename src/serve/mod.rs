@@ -56,7 +56,7 @@ mod report;
 use drain::drain;
 use inputs::Input;
 pub use inputs::{ControlSignal, InputSender, Inputs};
-use ops::{Deferred, control, operate, route_control, run_deferred};
+use ops::{Deferred, route_control, run_op};
 use report::report_incomplete;
 
 /// Re-reads the configuration from the same sources as at start (for reloads).
@@ -71,8 +71,6 @@ struct Run {
     sup: Supervisor,
     reaper: Reaper,
     inputs: Inputs,
-    /// Requests from the control socket.
-    ops: mpsc::Receiver<control::Incoming>,
     status: StatusSource,
     metrics: Arc<Metrics>,
     reloader: Reloader,

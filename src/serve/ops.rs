@@ -6,18 +6,6 @@ use super::report::log_status;
 use super::*;
 use crate::events::ReloadFinished;
 
-/// Act on a control signal while serving.
-pub(super) async fn control(run: &mut Run, ctl: ControlSignal) {
-    match ctl {
-        ControlSignal::Reload => {
-            let _ = reload_and_tell(run).await;
-        }
-        ControlSignal::ScaleUp => scale_by_one(run, true),
-        ControlSignal::ScaleDown => scale_by_one(run, false),
-        ControlSignal::Status => log_status(&run.status).await,
-    }
-}
-
 /// SIGTTIN / SIGTTOU: one worker more or fewer (never fewer than one).
 pub(super) fn scale_by_one(run: &mut Run, up: bool) {
     let from = run.sup.workers();
@@ -43,7 +31,9 @@ pub(super) fn scale_to(run: &mut Run, to: usize) {
         .store(to, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// An operation that arrived while a reload was running. A reload holds the
+/// An operation asked of a running curfew, by a signal (HUP, TTIN, TTOU,
+/// USR1) or over the control socket (reload, scale, stop); both arrive in
+/// the same [`Inputs`] stream. While a reload runs it holds the
 /// supervisor until every slot of its batch has switched, so nothing else
 /// may change the slots meanwhile; instead:
 ///
@@ -67,6 +57,12 @@ pub(super) enum Op {
         workers: usize,
         reply: oneshot::Sender<control::Response>,
     },
+    /// `curfew stop` (a stop signal goes to the machine directly).
+    Stop {
+        reply: oneshot::Sender<control::Response>,
+    },
+    /// SIGUSR1: the status report to the log.
+    LogStatus,
 }
 
 #[derive(Default)]
@@ -105,8 +101,8 @@ impl Deferred {
         for op in self.queue.drain(..) {
             let replies = match op {
                 Op::Reload { replies } => replies,
-                Op::ScaleTo { reply, .. } => vec![reply],
-                Op::Scale { .. } => vec![],
+                Op::ScaleTo { reply, .. } | Op::Stop { reply } => vec![reply],
+                Op::Scale { .. } | Op::LogStatus => vec![],
             };
             for r in replies {
                 let _ = r.send(control::Response::err("refused: curfew is stopping"));
@@ -121,6 +117,8 @@ impl Deferred {
             Op::Scale { up: true } => "scale up (SIGTTIN)",
             Op::Scale { up: false } => "scale down (SIGTTOU)",
             Op::ScaleTo { .. } => "scale (control socket)",
+            Op::Stop { .. } => "stop",
+            Op::LogStatus => "status",
         };
         if self.push(op) {
             tracing::info!(
@@ -137,8 +135,8 @@ impl Deferred {
     }
 }
 
-/// Run an operation that waited for a reload to end.
-pub(super) async fn run_deferred(run: &mut Run, op: Op) {
+/// Run an operation while serving (also one a reload deferred).
+pub(super) async fn run_op(run: &mut Run, op: Op) {
     match op {
         Op::Reload { replies } => {
             let r = reload_and_tell(run).await;
@@ -150,6 +148,12 @@ pub(super) async fn run_deferred(run: &mut Run, op: Op) {
         Op::ScaleTo { workers, reply } => {
             let _ = reply.send(scale_op(run, workers));
         }
+        Op::Stop { reply } => {
+            let _ = reply.send(control::Response::ok("stopping gracefully"));
+            tracing::info!("Stop requested on the control socket.");
+            run.on_signal(StopSignal::Term);
+        }
+        Op::LogStatus => log_status(&run.status).await,
     }
 }
 
@@ -206,23 +210,13 @@ async fn try_reload(run: &mut Run) -> ReloadFinished {
                 r = &mut reload => break Ok(r),
                 input = run.inputs.next() => match input {
                     Input::Stop(sig) => break Err(sig),
-                    Input::Control(ControlSignal::Status) => log_status(&run.status).await,
-                    Input::Control(ControlSignal::Reload) => run.deferred.defer(Op::Reload { replies: vec![] }),
-                    Input::Control(ControlSignal::ScaleUp) => run.deferred.defer(Op::Scale { up: true }),
-                    Input::Control(ControlSignal::ScaleDown) => run.deferred.defer(Op::Scale { up: false }),
-                },
-                Some((req, reply)) = run.ops.recv() => match req {
-                    control::Request::Stop => {
+                    Input::Op(Op::LogStatus) => log_status(&run.status).await,
+                    Input::Op(Op::Stop { reply }) => {
                         let _ = reply.send(control::Response::ok("stopping gracefully"));
                         tracing::info!("Stop requested on the control socket.");
                         break Err(StopSignal::Term);
                     }
-                    control::Request::Reload => run.deferred.defer(Op::Reload { replies: vec![reply] }),
-                    control::Request::Scale { workers } => run.deferred.defer(Op::ScaleTo { workers, reply }),
-                    // Answered by the control router, never sent here.
-                    control::Request::Status | control::Request::Jobs { .. } => {
-                        let _ = reply.send(control::Response::err("not an operation"));
-                    }
+                    Input::Op(op) => run.deferred.defer(op),
                 },
             }
         }
@@ -285,41 +279,6 @@ pub(super) async fn reload_and_tell(run: &mut Run) -> Result<Reloaded, String> {
     }
 }
 
-/// A request from the control socket (`curfew reload`, `stop`, `scale`).
-pub(super) async fn operate(
-    run: &mut Run,
-    req: control::Request,
-    reply: oneshot::Sender<control::Response>,
-) {
-    use control::{Request, Response};
-    match req {
-        Request::Status => {
-            let _ = reply.send(Response {
-                ok: true,
-                status: Some(run.status.full().await),
-                ..Default::default()
-            });
-        }
-        Request::Reload => {
-            let r = reload_and_tell(run).await;
-            let _ = reply.send(reload_response(&r));
-        }
-        Request::Stop => {
-            let _ = reply.send(Response::ok("stopping gracefully"));
-            tracing::info!("Stop requested on the control socket.");
-            run.on_signal(StopSignal::Term);
-        }
-        Request::Jobs { .. } => {
-            let _ = reply.send(Response::err(
-                "jobs requests are answered by the control router",
-            ));
-        }
-        Request::Scale { workers } => {
-            let _ = reply.send(scale_op(run, workers));
-        }
-    }
-}
-
 pub(super) fn reload_response(r: &Result<Reloaded, String>) -> control::Response {
     match r {
         Ok(Reloaded {
@@ -347,11 +306,12 @@ pub(super) fn scale_op(run: &mut Run, workers: usize) -> control::Response {
     control::Response::ok(format!("scaling from {from} to {workers} workers"))
 }
 
-/// Answer control requests: status at once in any phase; the rest go to the
-/// orchestrator while serving, and are refused once a stop is under way.
+/// Answer control requests: status and jobs at once in any phase; reload,
+/// scale and stop become operations in the orchestrator's inputs while
+/// serving, and are refused once a stop is under way.
 pub(super) async fn route_control(
     mut rx: mpsc::Receiver<control::Incoming>,
-    ops: mpsc::Sender<control::Incoming>,
+    inputs: InputSender,
     status: StatusSource,
 ) {
     while let Some((req, reply)) = rx.recv().await {
@@ -401,11 +361,11 @@ pub(super) async fn route_control(
                     },
                 );
             }
-            other => {
-                if ops.send((other, reply)).await.is_err() {
-                    break;
-                }
-            }
+            control::Request::Reload => inputs.op(Op::Reload {
+                replies: vec![reply],
+            }),
+            control::Request::Scale { workers } => inputs.op(Op::ScaleTo { workers, reply }),
+            control::Request::Stop => inputs.op(Op::Stop { reply }),
         }
     }
 }
@@ -433,6 +393,8 @@ mod tests {
                 Op::Reload { replies } => format!("reload/{}", replies.len()),
                 Op::Scale { up } => format!("scale/{up}"),
                 Op::ScaleTo { workers, .. } => format!("to/{workers}"),
+                Op::Stop { .. } => "stop".to_owned(),
+                Op::LogStatus => "status".to_owned(),
             })
             .collect();
         assert_eq!(kinds, ["reload/1", "scale/true", "reload/0", "scale/false"]);

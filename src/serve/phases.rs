@@ -67,19 +67,16 @@ pub(super) async fn starting(run: &mut Run, listeners: Bound) {
     // Otherwise `listeners` drops here: closed after their accept queues.
 }
 
-/// One input while serving: a stop or control signal, a control request,
-/// or an operation a reload deferred.
+/// One input while serving: a stop signal, an operation (signal or control
+/// request), or an operation a reload deferred.
 pub(super) async fn serving(run: &mut Run) {
     if let Some(op) = run.deferred.next() {
-        run_deferred(run, op).await;
+        run_op(run, op).await;
         return;
     }
-    tokio::select! {
-        input = run.inputs.next() => match input {
-            Input::Stop(sig) => run.on_signal(sig),
-            Input::Control(ctl) => control(run, ctl).await,
-        },
-        Some((req, reply)) = run.ops.recv() => operate(run, req, reply).await,
+    match run.inputs.next().await {
+        Input::Stop(sig) => run.on_signal(sig),
+        Input::Op(op) => run_op(run, op).await,
     }
 }
 
