@@ -32,7 +32,7 @@ pub(super) fn scale_to(run: &mut Run, to: usize) {
 }
 
 /// An operation asked of a running curfew, by a signal (HUP, TTIN, TTOU,
-/// USR1) or over the control socket (reload, scale, stop); both arrive in
+/// USR1) or over the control socket (reload, scale); both arrive in
 /// the same [`Inputs`] stream. While a reload runs it holds the
 /// supervisor until every slot of its batch has switched, so nothing else
 /// may change the slots meanwhile; instead:
@@ -55,10 +55,6 @@ pub(super) enum Op {
     },
     ScaleTo {
         workers: usize,
-        reply: oneshot::Sender<control::Response>,
-    },
-    /// `curfew stop` (a stop signal goes to the machine directly).
-    Stop {
         reply: oneshot::Sender<control::Response>,
     },
     /// SIGUSR1: the status report to the log.
@@ -101,7 +97,7 @@ impl Deferred {
         for op in self.queue.drain(..) {
             let replies = match op {
                 Op::Reload { replies } => replies,
-                Op::ScaleTo { reply, .. } | Op::Stop { reply } => vec![reply],
+                Op::ScaleTo { reply, .. } => vec![reply],
                 Op::Scale { .. } | Op::LogStatus => vec![],
             };
             for r in replies {
@@ -117,7 +113,6 @@ impl Deferred {
             Op::Scale { up: true } => "scale up (SIGTTIN)",
             Op::Scale { up: false } => "scale down (SIGTTOU)",
             Op::ScaleTo { .. } => "scale (control socket)",
-            Op::Stop { .. } => "stop",
             Op::LogStatus => "status",
         };
         if self.push(op) {
@@ -147,11 +142,6 @@ pub(super) async fn run_op(run: &mut Run, op: Op) {
         Op::Scale { up } => scale_by_one(run, up),
         Op::ScaleTo { workers, reply } => {
             let _ = reply.send(scale_op(run, workers));
-        }
-        Op::Stop { reply } => {
-            let _ = reply.send(control::Response::ok("stopping gracefully"));
-            tracing::info!("Stop requested on the control socket.");
-            run.on_signal(StopSignal::Term);
         }
         Op::LogStatus => log_status(&run.status).await,
     }
@@ -211,11 +201,6 @@ async fn try_reload(run: &mut Run) -> ReloadFinished {
                 input = run.inputs.next() => match input {
                     Input::Stop(sig) => break Err(sig),
                     Input::Op(Op::LogStatus) => log_status(&run.status).await,
-                    Input::Op(Op::Stop { reply }) => {
-                        let _ = reply.send(control::Response::ok("stopping gracefully"));
-                        tracing::info!("Stop requested on the control socket.");
-                        break Err(StopSignal::Term);
-                    }
                     Input::Op(op) => run.deferred.defer(op),
                 },
             }
@@ -365,7 +350,13 @@ pub(super) async fn route_control(
                 replies: vec![reply],
             }),
             control::Request::Scale { workers } => inputs.op(Op::ScaleTo { workers, reply }),
-            control::Request::Stop => inputs.op(Op::Stop { reply }),
+            // A stop is a SIGTERM: it goes to the lifecycle machine like one
+            // (and abandons a reload in progress the same way).
+            control::Request::Stop => {
+                let _ = reply.send(control::Response::ok("stopping gracefully"));
+                tracing::info!("Stop requested on the control socket.");
+                inputs.stop(StopSignal::Term);
+            }
         }
     }
 }
@@ -393,7 +384,6 @@ mod tests {
                 Op::Reload { replies } => format!("reload/{}", replies.len()),
                 Op::Scale { up } => format!("scale/{up}"),
                 Op::ScaleTo { workers, .. } => format!("to/{workers}"),
-                Op::Stop { .. } => "stop".to_owned(),
                 Op::LogStatus => "status".to_owned(),
             })
             .collect();
