@@ -90,19 +90,11 @@ fn status_scale_reload_stop_over_the_control_socket() {
     assert!(out.contains("generation 3"), "{out}");
     let v: serde_json::Value = serde_json::from_str(&c.ctl(&["status", "--json"]).1).expect("json");
     assert_eq!(v["workers_wanted"], 4);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    wait_until("4 workers serving", Duration::from_secs(10), || {
         let v: serde_json::Value =
             serde_json::from_str(&c.ctl(&["status", "--json"]).1).expect("json");
-        if v["workers"].as_array().is_some_and(|w| w.len() == 4) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "4 workers serving: {v}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        v["workers"].as_array().is_some_and(|w| w.len() == 4)
+    });
 
     write("broken", true);
     let (code, _, err) = c.ctl(&["reload"]);

@@ -40,14 +40,6 @@ fn children(c: &Curfew) -> Vec<i32> {
         .collect()
 }
 
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// Whether `pid` runs (not a zombie, not gone).
 fn alive(pid: i32) -> bool {
     curfew::supervisor::procfs::all()

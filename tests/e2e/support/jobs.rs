@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufReader;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use curfew_store::{Job, JobState, ListFilter, Store, StoreOptions};
 
@@ -209,14 +208,6 @@ pub fn dones(path: &Path) -> BTreeSet<i64> {
         .filter(|f| f.first().map(String::as_str) == Some("done"))
         .filter_map(|f| f.get(1).and_then(|s| s.parse().ok()))
         .collect()
-}
-
-pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 pub fn count_state(jobs: &[Job], state: JobState) -> usize {
