@@ -9,22 +9,22 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::client::conn::http1;
+use http_body_util::{BodyExt, Limited};
 
 use super::run::StartMark;
 use super::verdict::{self, MAX_ERROR_SNIPPET, Verdict};
 use crate::config::jobs::fill_path;
-use crate::proxy::Front;
+use crate::proxy::body::UpstreamBody;
+use crate::proxy::dispatch::{DispatchError, Dispatched, Dispatcher, Observer, Work, until};
 use crate::proxy::headers::JOB_TOKEN_HEADER;
-use crate::proxy::router::Rejected;
-use crate::proxy::upstream;
-use crate::supervisor::command::{self, AbortOnDrop, CommandOutcome, CommandSpec};
+use crate::supervisor::command::{self, CommandOutcome, CommandSpec};
 use crate::supervisor::reaper::{ExitStatus, Reaper};
 use curfew_store::Job;
 
 /// No worker slot became free: try the job again after this (no attempt spent).
 const NO_WORKER_SNOOZE: Duration = Duration::from_secs(1);
+/// The most of a worker's answer kept (the start of it is the error text).
+const MAX_ANSWER: usize = 64 * 1024;
 /// A stopped command gets this long between SIGTERM and SIGKILL.
 const COMMAND_GRACE: Duration = Duration::from_secs(2);
 
@@ -32,169 +32,102 @@ const COMMAND_GRACE: Duration = Duration::from_secs(2);
 /// (waiting for a free worker slot included). `mark` follows whether the
 /// job waits for a worker.
 pub(super) async fn http(
-    front: &Arc<Front>,
+    dispatcher: &Dispatcher,
     template: &str,
     job: &Job,
     token: &str,
     timeout: Duration,
     mark: &mut StartMark<'_>,
 ) -> Verdict {
-    let started = Instant::now();
-    let deadline = tokio::time::Instant::from_std(started) + timeout;
     let path = fill_path(template, &job.kind, &job.queue);
-    let body = Bytes::from(payload_json(job));
-    let mut excluded: Vec<u64> = Vec::new();
-    loop {
-        // The future (and its borrow of `excluded`) ends with this block.
-        let acquired = {
-            let acquire = front
-                .router
-                .acquire(&Method::POST, &path, started, &excluded);
-            tokio::pin!(acquire);
-            // A free worker now: deliver. None: the job waits in the front's
-            // queue (its place kept while the store is told so).
-            let now = tokio::select! {
-                biased;
-                r = &mut acquire => Some(r),
-                _ = std::future::ready(()) => None,
-            };
-            match now {
-                Some(r) => Ok(r),
-                None => {
-                    if !mark.waiting().await {
-                        return lost_lease();
-                    }
-                    tokio::time::timeout_at(deadline, acquire).await
-                }
-            }
-        };
-        let lease = match acquired {
-            Err(_) => {
-                return Verdict::Snooze {
-                    after: NO_WORKER_SNOOZE,
-                    why: format!("no worker became free within the job timeout ({timeout:?})"),
-                };
-            }
-            Ok(Err(Rejected::QueueFull)) => {
-                return Verdict::Snooze {
-                    after: NO_WORKER_SNOOZE,
-                    why: "every worker is busy and the request queue is full".to_owned(),
-                };
-            }
-            Ok(Err(Rejected::Unavailable)) => {
-                return Verdict::Snooze {
-                    after: NO_WORKER_SNOOZE,
-                    why: "no worker accepted the connection".to_owned(),
-                };
-            }
-            Ok(Ok(lease)) => lease,
-        };
-        let (conn, ours) = tokio::join!(
-            tokio::time::timeout_at(deadline, upstream::open(lease.pool.addr())),
-            mark.started()
-        );
-        if !ours {
-            return lost_lease();
-        }
-        let io = match conn {
-            Err(_) => {
-                return Verdict::Fail {
-                    error: format!(
-                        "timed out after {timeout:?} connecting to worker {}",
-                        lease.worker_id
-                    ),
-                };
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(worker = lease.worker_id, error = %e, "Worker refused a job connection; trying another.");
-                front.worker_refused(lease.uid);
-                excluded.push(lease.uid);
-                // Never reached the worker: not a served request.
-                lease.unused();
-                continue;
-            }
-            Ok(Ok(io)) => io,
-        };
-        let (mut tx, conn) = match http1::Builder::new().handshake::<_, Full<Bytes>>(io).await {
-            Ok(pair) => pair,
-            Err(e) => {
-                excluded.push(lease.uid);
-                tracing::debug!(worker = lease.worker_id, error = %e, "Job connection handshake failed; trying another worker.");
-                lease.unused();
-                continue;
-            }
-        };
-        // Dropped with this function: the connection closes with it.
-        let _conn = AbortOnDrop(tokio::spawn(async move {
-            let _ = conn.await;
-        }));
-        let request = match build_request(&path, job, token, body.clone()) {
-            Ok(r) => r,
-            Err(e) => return Verdict::Fail { error: e },
-        };
-        let exchange = async {
-            let res = tx.send_request(request).await?;
-            let (parts, body) = res.into_parts();
-            // Only the start of the body is kept (as the error text).
-            let bytes = match Limited::new(body, 64 * 1024).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(_) => Bytes::new(),
-            };
-            Ok::<_, hyper::Error>((parts, bytes))
-        };
-        let outcome = tokio::time::timeout_at(deadline, exchange).await;
-        let request_name = || {
-            format!(
-                "POST {path} (job {}, age {} ms)",
-                job.id,
-                started.elapsed().as_millis()
+    let request = match build_request(&path, job, token, Bytes::from(payload_json(job))) {
+        Ok(r) => r,
+        Err(e) => return Verdict::Fail { error: e },
+    };
+    let work = Work {
+        method: &Method::POST,
+        path: &path,
+        started: Instant::now(),
+        timeout: Some(timeout),
+        job: Some(job.id),
+    };
+    let answer = match dispatcher.dispatch(request, &work, mark).await {
+        Ok(d) => read_answer(dispatcher, &work, d).await,
+        Err(e) => Err(e),
+    };
+    match answer {
+        Ok((parts, bytes)) => {
+            let retry_after = parts
+                .headers
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok());
+            let snippet = &bytes[..bytes.len().min(MAX_ERROR_SNIPPET)];
+            verdict::of_http(
+                parts.status.as_u16(),
+                retry_after,
+                snippet,
+                SystemTime::now(),
             )
-        };
-        return match outcome {
-            Ok(Ok((parts, bytes))) => {
-                let retry_after = parts
-                    .headers
-                    .get(header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok());
-                let snippet = &bytes[..bytes.len().min(MAX_ERROR_SNIPPET)];
-                verdict::of_http(
-                    parts.status.as_u16(),
-                    retry_after,
-                    snippet,
-                    SystemTime::now(),
-                )
-            }
-            Ok(Err(_)) if front.router.stopped_by_curfew(lease.uid) => Verdict::Interrupted {
-                why: format!(
-                    "its worker {} was stopped by curfew (reload, recycle or scale down) before the job finished",
-                    lease.worker_id
-                ),
-            },
-            Ok(Err(e)) => {
-                front.worker_broke(lease.uid, request_name());
-                Verdict::Fail {
-                    error: format!(
-                        "worker {} failed during the job (it closed the connection or died): {e}",
-                        lease.worker_id
-                    ),
-                }
-            }
-            Err(_) => {
-                if front.worker_concurrency == 1 {
-                    // A sync worker still busy with the job past its timeout
-                    // is hung: it would take no other work. Abort it (stack
-                    // dump) like a hung request.
-                    front.worker_hung(
-                        lease.uid,
-                        format!("job exceeded its timeout ({timeout:?})"),
-                        request_name(),
-                    );
-                }
-                Verdict::Fail {
-                    error: format!("timed out after {timeout:?}"),
-                }
-            }
-        };
+        }
+        Err(e) => of_dispatch_error(e, timeout),
+    }
+}
+
+/// The worker's answer: its head and the start of its body (the error
+/// text), read within the job's deadline (past it, the worker is judged
+/// like one that did not answer). A body read to its end gives the
+/// connection back to the pool.
+async fn read_answer(
+    dispatcher: &Dispatcher,
+    work: &Work<'_>,
+    d: Dispatched,
+) -> Result<(http::response::Parts, Bytes), DispatchError> {
+    let (parts, body) = d.response.into_parts();
+    let read = until(work.deadline(), Limited::new(body, MAX_ANSWER).collect()).await;
+    match read {
+        None => Err(dispatcher.timed_out(&d.lease, work)),
+        Some(Ok(collected)) => {
+            d.lease.pool.put(d.upstream);
+            Ok((parts, collected.to_bytes()))
+        }
+        // Broken off or longer than we keep: the head is the answer (the
+        // connection is not reused).
+        Some(Err(_)) => Ok((parts, Bytes::new())),
+    }
+}
+
+/// What a delivery that did not get an answer means for the job.
+fn of_dispatch_error(e: DispatchError, timeout: Duration) -> Verdict {
+    let snooze = |why: String| Verdict::Snooze {
+        after: NO_WORKER_SNOOZE,
+        why,
+    };
+    match e {
+        DispatchError::NoWorkerInTime => snooze(format!(
+            "no worker became free within the job timeout ({timeout:?})"
+        )),
+        DispatchError::QueueFull | DispatchError::Unavailable => snooze(e.to_string()),
+        DispatchError::ConnectTimeout { worker } => Verdict::Fail {
+            error: format!("timed out after {timeout:?} connecting to worker {worker}"),
+        },
+        DispatchError::Timeout { .. } => Verdict::Fail {
+            error: format!("timed out after {timeout:?}"),
+        },
+        DispatchError::Broke {
+            worker,
+            stopped_by_curfew: true,
+            ..
+        } => Verdict::Interrupted {
+            why: format!(
+                "its worker {worker} was stopped by curfew (reload, recycle or scale down) before the job finished"
+            ),
+        },
+        DispatchError::Broke { worker, source, .. } => Verdict::Fail {
+            error: format!(
+                "worker {worker} failed during the job (it closed the connection or died): {source}"
+            ),
+        },
+        DispatchError::Abandoned => lost_lease(),
     }
 }
 
@@ -211,10 +144,10 @@ fn build_request(
     job: &Job,
     token: &str,
     body: Bytes,
-) -> Result<Request<Full<Bytes>>, String> {
+) -> Result<Request<UpstreamBody>, String> {
     let value =
         |v: String| HeaderValue::from_str(&v).map_err(|e| format!("cannot send header: {e}"));
-    let mut req = Request::new(Full::new(body));
+    let mut req = Request::new(UpstreamBody::bytes(body));
     *req.method_mut() = Method::POST;
     *req.uri_mut() = path
         .parse()
@@ -305,5 +238,14 @@ pub(super) async fn command(
         CommandOutcome::Lost => Some(Verdict::Fail {
             error: "its exit status was lost".to_owned(),
         }),
+    }
+}
+
+impl Observer for StartMark<'_> {
+    async fn waiting(&mut self) -> bool {
+        StartMark::waiting(self).await
+    }
+    async fn started(&mut self) -> bool {
+        StartMark::started(self).await
     }
 }

@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::jobs::{JobsConfig, QueueConfig};
-use crate::proxy::Front;
+use crate::proxy::dispatch::Dispatcher;
 use crate::supervisor::reaper::Reaper;
 use curfew_store::{Enqueued, NewJob, Store, StoreError, StoreOptions, lease_owner};
 
@@ -96,7 +96,7 @@ struct Inner {
     /// the workers (`CURFEW_JOB_TOKEN`): a request carrying it came from
     /// curfew. The front removes the header from client requests.
     token: String,
-    front: Arc<Front>,
+    dispatcher: Arc<Dispatcher>,
     reaper: Reaper,
     chdir: Option<PathBuf>,
     queues: HashMap<String, Arc<QueueState>>,
@@ -138,7 +138,7 @@ impl Processor {
     pub fn new(
         cfg: JobsConfig,
         store: Store,
-        front: Arc<Front>,
+        dispatcher: Arc<Dispatcher>,
         reaper: Reaper,
         chdir: Option<PathBuf>,
     ) -> Processor {
@@ -169,7 +169,7 @@ impl Processor {
                 boot,
                 owner,
                 token,
-                front,
+                dispatcher,
                 reaper,
                 chdir,
                 queues,

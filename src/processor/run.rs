@@ -125,7 +125,7 @@ impl Inner {
             match &q.cfg.delivery {
                 Delivery::Http { path } => Some(
                     deliver::http(
-                        &self.front,
+                        &self.dispatcher,
                         path,
                         &job,
                         &self.token,

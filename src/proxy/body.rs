@@ -19,6 +19,55 @@ use super::upstream::Upstream;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The body curfew sends to a worker: a client's streamed through, or one
+/// curfew made itself (a job's payload). One type, so requests and jobs
+/// share the worker connections and the dispatch path.
+pub enum UpstreamBody {
+    Client(Incoming),
+    Bytes(Option<Bytes>),
+}
+
+impl UpstreamBody {
+    pub fn bytes(data: impl Into<Bytes>) -> Self {
+        UpstreamBody::Bytes(Some(data.into()))
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::Client(inner) => Pin::new(inner).poll_frame(cx),
+            UpstreamBody::Bytes(data) => Poll::Ready(
+                data.take()
+                    .filter(|d| !d.is_empty())
+                    .map(|d| Ok(Frame::data(d))),
+            ),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Client(inner) => inner.is_end_stream(),
+            UpstreamBody::Bytes(data) => data.as_ref().is_none_or(|d| d.is_empty()),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Client(inner) => inner.size_hint(),
+            UpstreamBody::Bytes(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}
+
 /// Accounting that ends with the response.
 pub struct Guard {
     pub lease: Option<Lease>,

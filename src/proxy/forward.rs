@@ -1,14 +1,9 @@
-//! Forwarding one request to a worker and its response back.
-//!
-//! Retries: a request is retried on another worker only when it provably
-//! never reached one: the connect was refused or failed, or a pooled
-//! connection turned out closed before the request was written (hyper hands
-//! the request back). A worker that refused is most likely dead (the
-//! supervisor is removing it): the request goes back to the router's queue,
-//! keeping its place, and waits for another worker (one booting, one coming
-//! back from a suspension, one freed), within `timeout` — never a 502. Once
-//! any byte may have been written, a failure is a 502 for this request only,
-//! logged with method, path, worker and pid.
+//! Forwarding one request to a worker and its response back: the client's
+//! request is rewritten for the worker (hop-by-hop headers, forwarding
+//! headers, origin-form URI), sent through the [`super::dispatch`] path
+//! (which retries it elsewhere while it provably never reached a worker),
+//! and a dispatch failure becomes this request's 502/503/504 only, logged
+//! with method, path, worker and pid.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -20,22 +15,12 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::Front;
-use super::body::{Guard, ProxyBody};
+use super::body::{Guard, ProxyBody, UpstreamBody};
 use super::conn::{ConnState, RequestGuard};
+use super::dispatch::{DispatchError, Unobserved, Work};
 use super::headers;
-use super::router::Rejected;
-use super::upstream::ConnectError;
-
-/// Run `f` until `deadline` (`None` when it passed first).
-async fn until<F: std::future::Future>(
-    deadline: Option<tokio::time::Instant>,
-    f: F,
-) -> Option<F::Output> {
-    match deadline {
-        Some(d) => tokio::time::timeout_at(d, f).await.ok(),
-        None => Some(f.await),
-    }
-}
+use super::router::Lease;
+use super::upstream::Upstream;
 
 fn millis(d: Option<std::time::Duration>) -> u64 {
     d.map_or(0, |d| d.as_millis() as u64)
@@ -61,7 +46,7 @@ pub async fn handle(
 }
 
 async fn forward(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     front: &Arc<Front>,
     conn: Arc<ConnState>,
     peer: Option<IpAddr>,
@@ -73,8 +58,62 @@ async fn forward(
         conn.http2.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     let method = req.method().clone();
-    let mut path: String = req
-        .uri()
+    let path = logged_path(req.uri());
+    let upgrade = if http1 {
+        headers::upgrade_of(req.headers())
+    } else {
+        None
+    };
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let trusted = peer.is_none_or(|ip| front.forwarded_allow.trusts(ip));
+    let upreq = for_worker(req, upgrade, peer, trusted);
+
+    let work = Work {
+        method: &method,
+        path: &path,
+        started,
+        timeout: front.timeout,
+        job: None,
+    };
+    let dispatched = front
+        .dispatcher
+        .dispatch(upreq, &work, &mut Unobserved)
+        .await;
+    let mut d = match dispatched {
+        Ok(d) => d,
+        Err(e) => return failed(front, &work, e, request_guard),
+    };
+    if d.response.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_upgrade) = client_upgrade
+    {
+        let upstream_upgrade = hyper::upgrade::on(&mut d.response);
+        let (parts, _body) = d.response.into_parts();
+        let hold = (d.lease, d.upstream, request_guard);
+        front.tasks.spawn(tunnel(
+            client_upgrade,
+            upstream_upgrade,
+            hold,
+            front.abort.clone(),
+        ));
+        return Response::from_parts(parts, ProxyBody::empty(None));
+    }
+
+    let (mut parts, body) = d.response.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    if http1 && front.draining.is_cancelled() {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    // The guard's drop hands the connection back to the pool once the body
+    // has ended.
+    let guard = Guard::new(Some(d.lease), Some(d.upstream), Some(request_guard));
+    Response::from_parts(parts, ProxyBody::stream(body, guard))
+}
+
+/// The request's path and query as logged, cut at [`MAX_LOGGED_PATH`].
+fn logged_path(uri: &http::Uri) -> String {
+    let mut path = uri
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/")
@@ -87,14 +126,18 @@ async fn forward(
         path.truncate(cut);
         path.push('…');
     }
+    path
+}
 
-    let mut req = req;
-    let upgrade = if http1 {
-        headers::upgrade_of(req.headers())
-    } else {
-        None
-    };
-    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+/// The client's request as the worker gets it: HTTP/1.1 in origin form,
+/// hop-by-hop headers and the job token removed, the upgrade (if any)
+/// restated, the forwarding headers set and `Host` kept.
+fn for_worker(
+    req: Request<Incoming>,
+    upgrade: Option<HeaderValue>,
+    peer: Option<IpAddr>,
+    trusted: bool,
+) -> Request<UpstreamBody> {
     let (mut parts, body) = req.into_parts();
     let host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts
@@ -105,18 +148,17 @@ async fn forward(
     headers::strip_hop_by_hop(&mut parts.headers);
     // Only curfew's job deliveries may carry the job token.
     parts.headers.remove(headers::JOB_TOKEN_HEADER);
-    if let Some(up) = &upgrade {
+    if let Some(up) = upgrade {
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        parts.headers.insert(header::UPGRADE, up.clone());
+        parts.headers.insert(header::UPGRADE, up);
     }
-    let trusted = peer.is_none_or(|ip| front.forwarded_allow.trusts(ip));
     headers::set_forwarded(&mut parts.headers, peer, trusted, host.as_ref());
-    if let Some(h) = &host
+    if let Some(h) = host
         && !parts.headers.contains_key(header::HOST)
     {
-        parts.headers.insert(header::HOST, h.clone());
+        parts.headers.insert(header::HOST, h);
     }
     parts.uri = parts
         .uri
@@ -125,175 +167,97 @@ async fn forward(
         .map(http::Uri::from)
         .unwrap_or_else(|| http::Uri::from_static("/"));
     parts.version = Version::HTTP_11;
-    let mut upreq = Request::from_parts(parts, body);
+    Request::from_parts(parts, UpstreamBody::Client(body))
+}
 
-    let mut excluded: Vec<u64> = Vec::new();
-    // `timeout` bounds the wait for a worker and for the response headers.
-    let deadline = front
-        .timeout
-        .map(|t| tokio::time::Instant::from_std(started) + t);
-    let (lease, tx, res) = loop {
-        let Some(acquired) = until(
-            deadline,
-            front.router.acquire(&method, &path, started, &excluded),
-        )
-        .await
-        else {
-            tracing::warn!(%method, path, timeout_ms = millis(front.timeout), "No worker became free within timeout: answering 504.");
-            return error_response(
-                StatusCode::GATEWAY_TIMEOUT,
-                "no worker became free in time\n",
-                request_guard,
-            );
-        };
-        let lease = match acquired {
-            Ok(l) => l,
-            Err(Rejected::QueueFull) => {
-                tracing::warn!(%method, path, backlog = front.backlog, "Every worker is busy and the queue is full: answering 503.");
-                return overloaded(request_guard);
-            }
-            Err(Rejected::Unavailable) => {
-                tracing::warn!(%method, path, "No worker accepted the connection: answering 502.");
-                return error_response(
-                    StatusCode::BAD_GATEWAY,
-                    "no worker accepted the request\n",
-                    request_guard,
-                );
-            }
-        };
-        // A pooled connection, or a new one.
-        let (mut up, reused) = match lease.pool.take_idle() {
-            Some(up) => (up, true),
-            None => match until(deadline, lease.pool.connect())
-                .await
-                .unwrap_or(Err(ConnectError::Deadline))
-            {
-                Ok(up) => (up, false),
-                Err(ConnectError::Deadline) => {
-                    tracing::warn!(%method, path, worker = lease.worker_id, "Connecting to the worker took longer than timeout: answering 504.");
-                    return error_response(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "the worker did not answer in time\n",
-                        request_guard,
-                    );
-                }
-                Err(e) => {
-                    tracing::debug!(worker = lease.worker_id, pid = lease.pid, error = %e, "Worker refused the connection; the request waits for another.");
-                    front.worker_refused(lease.uid);
-                    excluded.push(lease.uid);
-                    lease.unused();
-                    continue;
-                }
-            },
-        };
-        if reused && up.tx.ready().await.is_err() {
-            lease.unused();
-            continue; // closed while idle; the request was not sent
-        }
-        let Some(sent) = until(deadline, up.tx.try_send_request(upreq)).await else {
-            let age = started.elapsed();
-            if front.worker_concurrency == 1 {
-                // A sync worker that has not answered in `timeout` is hung:
-                // keep it out of routing and have the supervisor abort it.
-                front.worker_hung(
-                    lease.uid,
-                    format!(
-                        "request exceeded timeout ({:?})",
-                        front.timeout.unwrap_or_default()
-                    ),
-                    format!("{method} {path} (age {} ms)", age.as_millis()),
-                );
-            }
-            tracing::warn!(
-                %method,
-                path,
-                worker = lease.worker_id,
-                age_ms = age.as_millis() as u64,
-                "Request exceeded timeout: answering 504."
-            );
-            return error_response(
-                StatusCode::GATEWAY_TIMEOUT,
-                "the worker did not answer in time\n",
-                request_guard,
-            );
-        };
-        match sent {
-            Ok(res) => break (lease, up, res),
-            Err(mut e) => match e.take_message() {
-                Some(back) => {
-                    // Never written: safe to send again, on a fresh connection.
-                    upreq = back;
-                    if !reused {
-                        excluded.push(lease.uid);
-                    }
-                    lease.unused();
-                    continue;
-                }
-                None => {
-                    front.worker_broke(
-                        lease.uid,
-                        format!("{method} {path} (age {} ms)", started.elapsed().as_millis()),
-                    );
-                    tracing::warn!(
-                        %method,
-                        path,
-                        worker = lease.worker_id,
-                        pid = lease.pid,
-                        error = %e.into_error(),
-                        "Worker failed mid-request (it closed the connection or died): answering 502."
-                    );
-                    return error_response(
-                        StatusCode::BAD_GATEWAY,
-                        "the worker failed while handling the request\n",
-                        request_guard,
-                    );
-                }
-            },
+/// An upgraded connection (WebSocket, …): bytes both ways until either
+/// side closes or the drain's deadline cuts it. `hold` (the worker slot,
+/// its connection, the client request) lives as long as the tunnel.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    hold: (Lease, Upstream, RequestGuard),
+    abort: tokio_util::sync::CancellationToken,
+) {
+    let worker = hold.0.worker_id;
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(worker, error = %e, "Protocol upgrade did not complete.");
+            return;
         }
     };
-
-    let mut res = res;
-    if res.status() == StatusCode::SWITCHING_PROTOCOLS
-        && let Some(client_upgrade) = client_upgrade
-    {
-        let upstream_upgrade = hyper::upgrade::on(&mut res);
-        let (parts, _body) = res.into_parts();
-        let worker = lease.worker_id;
-        let abort = front.abort.clone();
-        front.tasks.spawn(async move {
-            // The lease and the request guard live as long as the tunnel.
-            let _hold = (lease, request_guard, tx);
-            let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::debug!(worker, error = %e, "Protocol upgrade did not complete.");
-                    return;
-                }
-            };
-            let mut client = TokioIo::new(client);
-            let mut upstream = TokioIo::new(upstream);
-            tokio::select! {
-                r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
-                    if let Err(e) = r {
-                        tracing::debug!(worker, error = %e, "Upgraded connection ended with an error.");
-                    }
-                }
-                _ = abort.cancelled() => {}
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+            if let Err(e) = r {
+                tracing::debug!(worker, error = %e, "Upgraded connection ended with an error.");
             }
-        });
-        return Response::from_parts(parts, ProxyBody::empty(None));
+        }
+        _ = abort.cancelled() => {}
     }
+    drop(hold);
+}
 
-    let (mut parts, body) = res.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers);
-    if http1 && front.draining.is_cancelled() {
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    // The guard's drop hands `tx` back to the pool once the body has ended.
-    let guard = Guard::new(Some(lease), Some(tx), Some(request_guard));
-    Response::from_parts(parts, ProxyBody::stream(body, guard))
+/// The answer to a request that could not be dispatched, and its log line.
+fn failed(
+    front: &Front,
+    work: &Work<'_>,
+    error: DispatchError,
+    request: RequestGuard,
+) -> Response<ProxyBody> {
+    let (method, path) = (work.method, work.path);
+    let (status, text) = match &error {
+        DispatchError::NoWorkerInTime => {
+            tracing::warn!(%method, path, timeout_ms = millis(front.timeout), "No worker became free within timeout: answering 504.");
+            (
+                StatusCode::GATEWAY_TIMEOUT,
+                "no worker became free in time\n",
+            )
+        }
+        DispatchError::QueueFull => {
+            tracing::warn!(%method, path, backlog = front.backlog, "Every worker is busy and the queue is full: answering 503.");
+            return overloaded(request);
+        }
+        DispatchError::Unavailable => {
+            tracing::warn!(%method, path, "No worker accepted the connection: answering 502.");
+            (StatusCode::BAD_GATEWAY, "no worker accepted the request\n")
+        }
+        DispatchError::ConnectTimeout { worker } => {
+            tracing::warn!(%method, path, worker, "Connecting to the worker took longer than timeout: answering 504.");
+            (
+                StatusCode::GATEWAY_TIMEOUT,
+                "the worker did not answer in time\n",
+            )
+        }
+        DispatchError::Timeout { worker, .. } => {
+            let age_ms = work.started.elapsed().as_millis() as u64;
+            tracing::warn!(%method, path, worker, age_ms, "Request exceeded timeout: answering 504.");
+            (
+                StatusCode::GATEWAY_TIMEOUT,
+                "the worker did not answer in time\n",
+            )
+        }
+        DispatchError::Broke {
+            worker,
+            pid,
+            source,
+            ..
+        } => {
+            tracing::warn!(%method, path, worker, pid, error = %source, "Worker failed mid-request (it closed the connection or died): answering 502.");
+            (
+                StatusCode::BAD_GATEWAY,
+                "the worker failed while handling the request\n",
+            )
+        }
+        // Requests are not observed; should one ever be, it is a 502.
+        DispatchError::Abandoned => (
+            StatusCode::BAD_GATEWAY,
+            "the worker failed while handling the request\n",
+        ),
+    };
+    error_response(status, text, request)
 }
 
 fn error_response(

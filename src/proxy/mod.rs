@@ -1,6 +1,7 @@
 //! The HTTP front: curfew owns the client connections, routes each request
-//! to the least-loaded ready worker ([`router`]), forwards it ([`forward`])
-//! and streams the answer back; and because it sees every request, it can
+//! to the least-loaded ready worker ([`router`]), forwards it ([`forward`],
+//! through the [`dispatch`] path it shares with job deliveries) and
+//! streams the answer back; and because it sees every request, it can
 //! drain exactly ([`Front::stop_accepting`], [`Front::drain`]).
 //!
 //! It knows nothing of processes: the supervisor tells it which workers are
@@ -8,6 +9,7 @@
 
 pub mod body;
 pub mod conn;
+pub mod dispatch;
 pub mod forward;
 pub mod headers;
 pub mod listener;
@@ -29,31 +31,51 @@ use crate::config::{Config, ForwardedAllow};
 use crate::metrics::Metrics;
 use crate::supervisor::{Backends, BoxFuture, ReadyWorker, WorkerAddr};
 use conn::ConnState;
+use dispatch::Dispatcher;
 use listener::{Accepted, Listener};
 use router::Router;
 
-pub type HungHandler = Box<dyn Fn(u64, String, String) + Send + Sync>;
-
-/// How long a worker whose connection broke or refused gets no new work.
-const SUSPEND_AFTER_FAILURE: Duration = Duration::from_millis(250);
-
-/// A hung worker stays out of routing until the supervisor has replaced it.
-const HUNG_SUSPENSION: Duration = Duration::from_secs(3600);
-
-/// Shared state of the front.
-pub struct Front {
-    pub router: Arc<Router>,
+/// What the front is made from (the `Config`'s front settings).
+#[derive(Clone, Debug)]
+pub struct FrontConfig {
     pub forwarded_allow: ForwardedAllow,
+    /// Requests that may wait for a worker.
     pub backlog: usize,
     /// Time to response headers; `None` = unbounded.
     pub timeout: Option<Duration>,
     /// Idle client connections are closed after this; `None` = never.
     pub keepalive_timeout: Option<Duration>,
     pub worker_concurrency: usize,
+    /// The readiness probe's path.
+    pub ready_path: Option<String>,
+}
+
+impl From<&Config> for FrontConfig {
+    fn from(cfg: &Config) -> FrontConfig {
+        FrontConfig {
+            forwarded_allow: cfg.forwarded_allow.clone(),
+            backlog: cfg.backlog,
+            timeout: cfg.timeout,
+            keepalive_timeout: cfg.keepalive_timeout,
+            worker_concurrency: cfg.worker_concurrency,
+            ready_path: cfg.ready_path.clone(),
+        }
+    }
+}
+
+/// Shared state of the front.
+pub struct Front {
+    pub router: Arc<Router>,
+    /// The path to the workers, shared with the job runner.
+    pub dispatcher: Arc<Dispatcher>,
+    pub forwarded_allow: ForwardedAllow,
+    pub backlog: usize,
+    /// Time to response headers; `None` = unbounded.
+    pub timeout: Option<Duration>,
+    /// Idle client connections are closed after this; `None` = never.
+    pub keepalive_timeout: Option<Duration>,
     /// Request counts and durations (recorded in `forward`).
     pub metrics: Arc<Metrics>,
-    /// Called with (worker uid, reason, request) when a sync worker hangs.
-    on_hung: std::sync::OnceLock<HungHandler>,
     ready_path: Option<String>,
     /// Cancelled when the drain starts: responses get `Connection: close`,
     /// idle connections close.
@@ -68,19 +90,19 @@ pub struct Front {
 }
 
 impl Front {
-    pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Arc<Front> {
+    pub fn new(cfg: FrontConfig, metrics: Arc<Metrics>) -> Arc<Front> {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder.http1().keep_alive(true);
+        let router = Router::new(cfg.worker_concurrency, cfg.backlog);
         Arc::new(Front {
-            router: Router::new(cfg.worker_concurrency, cfg.backlog),
-            forwarded_allow: cfg.forwarded_allow.clone(),
+            dispatcher: Arc::new(Dispatcher::new(router.clone(), cfg.worker_concurrency)),
+            router,
+            forwarded_allow: cfg.forwarded_allow,
             backlog: cfg.backlog,
             timeout: cfg.timeout,
             keepalive_timeout: cfg.keepalive_timeout,
-            worker_concurrency: cfg.worker_concurrency,
             metrics,
-            on_hung: std::sync::OnceLock::new(),
-            ready_path: cfg.ready_path.clone(),
+            ready_path: cfg.ready_path,
             draining: CancellationToken::new(),
             abort: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -88,34 +110,6 @@ impl Front {
             accept_loops: std::sync::Mutex::new(Vec::new()),
             builder,
         })
-    }
-
-    /// Set what to do with a hung worker (the supervisor aborts it).
-    pub fn on_hung(&self, f: HungHandler) {
-        let _ = self.on_hung.set(f);
-    }
-
-    /// Worker `uid` refused a connection: no new work for it for a moment
-    /// (time for the supervisor to learn whether it died).
-    pub(crate) fn worker_refused(self: &Arc<Self>, uid: u64) {
-        self.router.suspend(uid, SUSPEND_AFTER_FAILURE);
-    }
-
-    /// Worker `uid` broke (closed the connection or died) while serving
-    /// `request`: no new work for it for a moment, and the request is
-    /// remembered so the supervisor can name it if the worker died.
-    pub(crate) fn worker_broke(self: &Arc<Self>, uid: u64, request: String) {
-        self.router.suspend(uid, SUSPEND_AFTER_FAILURE);
-        self.router.note_broken(uid, request);
-    }
-
-    /// A sync worker is hung in `request`: out of routing until it is
-    /// replaced, and the supervisor aborts it (stack dump).
-    pub(crate) fn worker_hung(self: &Arc<Self>, uid: u64, reason: String, request: String) {
-        self.router.suspend(uid, HUNG_SUSPENSION);
-        if let Some(f) = self.on_hung.get() {
-            f(uid, reason, request);
-        }
     }
 
     /// Start accepting on `listeners`.

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Empty;
-use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use nix::sys::socket::{MsgFlags, recv};
@@ -28,6 +27,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
+use super::body::UpstreamBody;
 use crate::supervisor::WorkerAddr;
 
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -116,7 +116,7 @@ pub enum ConnectError {
 /// A connection to a worker: hyper's request handle, and a duplicate of the
 /// socket's fd used only to peek whether the worker closed it while idle.
 pub struct Upstream {
-    pub tx: SendRequest<Incoming>,
+    pub tx: SendRequest<UpstreamBody>,
     probe: Option<OwnedFd>,
 }
 

@@ -71,12 +71,12 @@ impl Run {
         };
 
         let metrics = Arc::new(Metrics::new());
-        let front = Front::new(&cfg, metrics.clone());
+        let front = Front::new(FrontConfig::from(&cfg), metrics.clone());
         let jobs = match (store, &cfg.jobs) {
             (Some(store), Some(j)) => Some(Processor::new(
                 j.clone(),
                 store,
-                front.clone(),
+                front.dispatcher.clone(),
                 reaper.clone(),
                 cfg.chdir.clone(),
             )),
@@ -86,9 +86,11 @@ impl Run {
         let sup = Supervisor::new(reaper.clone(), spec, front.clone(), metrics.clone());
         sup.set_hooks(Box::new(hooks.clone()));
         let handle = sup.handle();
-        front.on_hung(Box::new(move |uid, reason, request| {
-            handle.abort(uid, reason, request)
-        }));
+        front
+            .dispatcher
+            .on_hung(Box::new(move |uid, reason, request| {
+                handle.abort(uid, reason, request)
+            }));
         let handle = sup.handle();
         front
             .router

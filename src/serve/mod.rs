@@ -27,8 +27,8 @@ use crate::config::{Config, ConfigError, ReloadStrategy, WorkerSocket};
 pub use crate::lifecycle::StopSignal;
 use crate::lifecycle::{Event, Machine, Outcome, Phase};
 use crate::processor::Processor;
-use crate::proxy::Front;
 use crate::proxy::listener::{BindError, Listener};
+use crate::proxy::{Front, FrontConfig};
 use crate::supervisor::reaper::Reaper;
 use crate::supervisor::{Supervisor, WorkerSpec, make_run_dir};
 

@@ -1,0 +1,321 @@
+//! One path from a piece of work to a worker, for client requests and job
+//! deliveries alike: take a worker slot from the router (waiting in its
+//! queue while none is free), take a pooled connection or open one, send,
+//! and classify what went wrong. Both go through here, so "a job takes a
+//! worker slot like a request" holds by construction: the same slots, the
+//! same retries, the same judgement of a worker that refused, broke or hung.
+//! The callers only map the outcome: [`super::forward`] to a status code,
+//! the job deliverer to a verdict.
+//!
+//! Retries: work is sent again only when it provably never reached a
+//! worker: the connect was refused or failed, or a pooled connection turned
+//! out closed before the request was written (hyper hands the request back).
+//! A worker that refused is most likely dead (the supervisor is removing
+//! it): the work goes back to the router's queue, keeping its place, and
+//! waits for another worker (one booting, one coming back from a
+//! suspension, one freed) within the deadline. Once any byte may have been
+//! written, a failure is final for this piece of work.
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+
+use super::body::UpstreamBody;
+use super::router::{Lease, Rejected, Router};
+use super::upstream::{ConnectError, Upstream};
+
+/// Called with (worker uid, reason, work) when a sync worker hangs.
+pub type HungHandler = Box<dyn Fn(u64, String, String) + Send + Sync>;
+
+/// How long a worker whose connection broke or refused gets no new work.
+const SUSPEND_AFTER_FAILURE: Duration = Duration::from_millis(250);
+
+/// A hung worker stays out of routing until the supervisor has replaced it.
+const HUNG_SUSPENSION: Duration = Duration::from_secs(3600);
+
+/// Sends work to the app's workers; shared by the front and the job runner.
+pub struct Dispatcher {
+    pub router: Arc<Router>,
+    /// 1: a worker busy past the deadline is hung (it takes no other work).
+    worker_concurrency: usize,
+    on_hung: OnceLock<HungHandler>,
+}
+
+/// One piece of work, as the dispatcher names it in logs and notes.
+pub struct Work<'a> {
+    pub method: &'a Method,
+    /// The path as logged (a long one already cut).
+    pub path: &'a str,
+    /// When it arrived: its place in the queue, and its age in notes.
+    pub started: Instant,
+    /// The limit for a worker slot, the connect and the response headers;
+    /// `None`: no limit.
+    pub timeout: Option<Duration>,
+    /// The job it delivers, if it is one.
+    pub job: Option<i64>,
+}
+
+impl Work<'_> {
+    pub fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.timeout
+            .map(|t| tokio::time::Instant::from_std(self.started) + t)
+    }
+
+    /// "GET /x (age 12 ms)" / "POST /jobs/x (job 4, age 12 ms)".
+    pub fn describe(&self) -> String {
+        let age = self.started.elapsed().as_millis();
+        match self.job {
+            Some(id) => format!("{} {} (job {id}, age {age} ms)", self.method, self.path),
+            None => format!("{} {} (age {age} ms)", self.method, self.path),
+        }
+    }
+
+    fn hung_reason(&self) -> String {
+        let timeout = self.timeout.unwrap_or_default();
+        match self.job {
+            Some(_) => format!("job exceeded its timeout ({timeout:?})"),
+            None => format!("request exceeded timeout ({timeout:?})"),
+        }
+    }
+}
+
+/// Told when work has to wait for a worker and when it got one (the job
+/// runner records both in the store). `false` from either: give up.
+pub trait Observer {
+    fn waiting(&mut self) -> impl Future<Output = bool> + Send;
+    fn started(&mut self) -> impl Future<Output = bool> + Send;
+}
+
+/// For work nobody needs to hear about (client requests).
+pub struct Unobserved;
+
+impl Observer for Unobserved {
+    async fn waiting(&mut self) -> bool {
+        true
+    }
+    async fn started(&mut self) -> bool {
+        true
+    }
+}
+
+/// The worker's response headers, with what the rest of the exchange needs:
+/// the lease (the worker slot, freed on drop) and the connection (back to
+/// its pool once the body has been read to the end).
+pub struct Dispatched {
+    pub lease: Lease,
+    pub upstream: Upstream,
+    pub response: Response<Incoming>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error("no worker became free in time")]
+    NoWorkerInTime,
+    #[error("every worker is busy and the queue is full")]
+    QueueFull,
+    #[error("no worker accepted the connection")]
+    Unavailable,
+    #[error("connecting to worker {worker} took longer than the deadline")]
+    ConnectTimeout { worker: usize },
+    /// No answer in time; `hung`: the worker was declared hung and is
+    /// being aborted.
+    #[error("worker {worker} did not answer in time")]
+    Timeout { worker: usize, hung: bool },
+    /// The worker closed the connection or died mid-exchange.
+    /// `stopped_by_curfew`: curfew itself was stopping that worker (reload,
+    /// recycle, scale down): not the worker's fault.
+    #[error("worker {worker} failed mid-exchange (it closed the connection or died): {source}")]
+    Broke {
+        worker: usize,
+        pid: u32,
+        stopped_by_curfew: bool,
+        source: hyper::Error,
+    },
+    /// The observer gave up.
+    #[error("abandoned by its owner")]
+    Abandoned,
+}
+
+impl Dispatcher {
+    pub fn new(router: Arc<Router>, worker_concurrency: usize) -> Dispatcher {
+        Dispatcher {
+            router,
+            worker_concurrency,
+            on_hung: OnceLock::new(),
+        }
+    }
+
+    /// Set what to do with a hung worker (the supervisor aborts it).
+    pub fn on_hung(&self, f: HungHandler) {
+        let _ = self.on_hung.set(f);
+    }
+
+    /// Send `req` to a worker and wait for its response headers.
+    pub async fn dispatch<O: Observer>(
+        &self,
+        mut req: Request<UpstreamBody>,
+        work: &Work<'_>,
+        observer: &mut O,
+    ) -> Result<Dispatched, DispatchError> {
+        let deadline = work.deadline();
+        let mut excluded: Vec<u64> = Vec::new();
+        loop {
+            let lease = self.lease(work, &excluded, observer).await?;
+            let (connected, ours) =
+                tokio::join!(self.connection(&lease, deadline), observer.started());
+            if !ours {
+                return Err(DispatchError::Abandoned);
+            }
+            let (mut up, reused) = match connected {
+                Ok(c) => c,
+                Err(ConnectError::Deadline) => {
+                    return Err(DispatchError::ConnectTimeout {
+                        worker: lease.worker_id,
+                    });
+                }
+                Err(e) => {
+                    tracing::debug!(worker = lease.worker_id, pid = lease.pid, error = %e, "Worker refused the connection; the work waits for another.");
+                    self.worker_refused(lease.uid);
+                    excluded.push(lease.uid);
+                    // Never reached the worker: not served work.
+                    lease.unused();
+                    continue;
+                }
+            };
+            if reused && up.tx.ready().await.is_err() {
+                lease.unused();
+                continue; // closed while idle; the request was not sent
+            }
+            let Some(sent) = until(deadline, up.tx.try_send_request(req)).await else {
+                return Err(self.timed_out(&lease, work));
+            };
+            match sent {
+                Ok(response) => {
+                    return Ok(Dispatched {
+                        lease,
+                        upstream: up,
+                        response,
+                    });
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(back) => {
+                        // Never written: safe to send again, on a fresh connection.
+                        req = back;
+                        if !reused {
+                            excluded.push(lease.uid);
+                        }
+                        lease.unused();
+                    }
+                    None => return Err(self.broke(&lease, work, e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// A worker slot, waiting in the router's queue (the observer told
+    /// first) while none is free.
+    async fn lease<O: Observer>(
+        &self,
+        work: &Work<'_>,
+        excluded: &[u64],
+        observer: &mut O,
+    ) -> Result<Lease, DispatchError> {
+        let acquire = self
+            .router
+            .acquire(work.method, work.path, work.started, excluded);
+        tokio::pin!(acquire);
+        // Free now (the common case): no wait to tell about.
+        let now = tokio::select! {
+            biased;
+            r = &mut acquire => Some(r),
+            _ = std::future::ready(()) => None,
+        };
+        let acquired = match now {
+            Some(r) => r,
+            None => {
+                if !observer.waiting().await {
+                    return Err(DispatchError::Abandoned);
+                }
+                until(work.deadline(), acquire)
+                    .await
+                    .ok_or(DispatchError::NoWorkerInTime)?
+            }
+        };
+        acquired.map_err(|r| match r {
+            Rejected::QueueFull => DispatchError::QueueFull,
+            Rejected::Unavailable => DispatchError::Unavailable,
+        })
+    }
+
+    /// A pooled connection (`true`), or a new one.
+    async fn connection(
+        &self,
+        lease: &Lease,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<(Upstream, bool), ConnectError> {
+        if let Some(up) = lease.pool.take_idle() {
+            return Ok((up, true));
+        }
+        let up = until(deadline, lease.pool.connect())
+            .await
+            .unwrap_or(Err(ConnectError::Deadline))?;
+        Ok((up, false))
+    }
+
+    /// The worker did not answer `work` by its deadline. A sync worker
+    /// still busy with it is hung: it would take no other work, so it is
+    /// kept out of routing and the supervisor aborts it (stack dump).
+    pub fn timed_out(&self, lease: &Lease, work: &Work<'_>) -> DispatchError {
+        let hung = self.worker_concurrency == 1;
+        if hung {
+            self.worker_hung(lease.uid, work.hung_reason(), work.describe());
+        }
+        DispatchError::Timeout {
+            worker: lease.worker_id,
+            hung,
+        }
+    }
+
+    /// The exchange broke off after the request may have been written.
+    fn broke(&self, lease: &Lease, work: &Work<'_>, source: hyper::Error) -> DispatchError {
+        let stopped_by_curfew = self.router.stopped_by_curfew(lease.uid);
+        if !stopped_by_curfew {
+            // No new work for it for a moment, and the work is remembered
+            // so the supervisor can name it if the worker died.
+            self.router.suspend(lease.uid, SUSPEND_AFTER_FAILURE);
+            self.router.note_broken(lease.uid, work.describe());
+        }
+        DispatchError::Broke {
+            worker: lease.worker_id,
+            pid: lease.pid,
+            stopped_by_curfew,
+            source,
+        }
+    }
+
+    /// Worker `uid` refused a connection: no new work for it for a moment
+    /// (time for the supervisor to learn whether it died).
+    fn worker_refused(&self, uid: u64) {
+        self.router.suspend(uid, SUSPEND_AFTER_FAILURE);
+    }
+
+    /// A sync worker is hung in `work`: out of routing until it is
+    /// replaced, and the supervisor aborts it (stack dump).
+    fn worker_hung(&self, uid: u64, reason: String, work: String) {
+        self.router.suspend(uid, HUNG_SUSPENSION);
+        if let Some(f) = self.on_hung.get() {
+            f(uid, reason, work);
+        }
+    }
+}
+
+/// Run `f` until `deadline` (`None` when it passed first).
+pub async fn until<F: Future>(deadline: Option<tokio::time::Instant>, f: F) -> Option<F::Output> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, f).await.ok(),
+        None => Some(f.await),
+    }
+}
