@@ -34,7 +34,6 @@ pub mod protocol;
 pub mod proxy;
 pub mod serve;
 pub mod shim;
-pub mod status;
 pub mod supervisor;
 
 /// The modules' layering, checked against their `crate::` paths: each
@@ -64,10 +63,6 @@ mod layering {
         ("control", &["protocol"]),
         ("events", &["config", "exit", "metrics", "protocol"]),
         (
-            "status",
-            &["lifecycle", "processor", "protocol", "proxy", "supervisor"],
-        ),
-        (
             "admin",
             &[
                 "config",
@@ -76,7 +71,6 @@ mod layering {
                 "processor",
                 "protocol",
                 "proxy",
-                "status",
             ],
         ),
         (
@@ -93,7 +87,6 @@ mod layering {
                 "processor",
                 "protocol",
                 "proxy",
-                "status",
                 "supervisor",
             ],
         ),

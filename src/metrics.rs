@@ -38,6 +38,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::lifecycle::Phase;
+use crate::protocol::status::Status;
 
 /// The content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -97,18 +98,6 @@ struct QueueOutcome {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabel {
     phase: &'static str,
-}
-
-/// Values read from the router and the orchestrator when scraped.
-#[derive(Debug, Clone)]
-pub struct Scrape {
-    pub in_flight: usize,
-    pub queued: usize,
-    pub workers: usize,
-    pub workers_wanted: usize,
-    pub phase: Phase,
-    /// The job processor's report, with a `[jobs]` section.
-    pub jobs: Option<crate::protocol::jobs::JobsReport>,
 }
 
 /// The registry and the metric handles (shared as `Arc<Metrics>`).
@@ -256,7 +245,7 @@ impl Metrics {
             jobs_processed,
             jobs_store_up,
         };
-        m.set_phase(Phase::Starting);
+        m.set_phase(Phase::Starting.as_str());
         m
     }
 
@@ -289,11 +278,11 @@ impl Metrics {
         self.drain_duration.observe(elapsed.as_secs_f64());
     }
 
-    fn set_phase(&self, current: Phase) {
+    fn set_phase(&self, current: &str) {
         for p in PHASES {
             self.phase
                 .get_or_create(&PhaseLabel { phase: p.as_str() })
-                .set(i64::from(p == current));
+                .set(i64::from(p.as_str() == current));
         }
     }
 
@@ -344,15 +333,17 @@ impl Metrics {
     }
 
     /// Set the scrape-time gauges and encode everything (OpenMetrics text).
-    pub fn encode(&self, now: &Scrape) -> String {
+    /// The metrics text, with the scrape-time gauges set from `now` (the
+    /// status report: the same numbers `/status` shows).
+    pub fn encode(&self, now: &Status) -> String {
         let gauge = |g: &Gauge, v: usize| {
             g.set(i64::try_from(v).unwrap_or(i64::MAX));
         };
-        gauge(&self.in_flight, now.in_flight);
-        gauge(&self.queue_length, now.queued);
-        gauge(&self.workers, now.workers);
+        gauge(&self.in_flight, now.requests_in_flight);
+        gauge(&self.queue_length, now.requests_queued);
+        gauge(&self.workers, now.workers.len());
         gauge(&self.workers_wanted, now.workers_wanted);
-        self.set_phase(now.phase);
+        self.set_phase(&now.phase);
         if let Some(report) = &now.jobs {
             self.set_jobs(report);
         }
@@ -367,14 +358,15 @@ impl Metrics {
 mod tests {
     use super::*;
 
-    fn scrape() -> Scrape {
-        Scrape {
-            in_flight: 3,
-            queued: 1,
-            workers: 2,
+    fn scrape() -> Status {
+        let worker = crate::protocol::status::WorkerReport::default();
+        Status {
+            requests_in_flight: 3,
+            requests_queued: 1,
+            workers: vec![worker.clone(), worker],
             workers_wanted: 4,
-            phase: Phase::Serving,
-            jobs: None,
+            phase: Phase::Serving.to_string(),
+            ..Status::default()
         }
     }
 
@@ -447,7 +439,7 @@ mod tests {
     fn phase_moves() {
         let m = Metrics::new();
         let mut s = scrape();
-        s.phase = Phase::Draining;
+        s.phase = Phase::Draining.to_string();
         let t = m.encode(&s);
         assert_eq!(value(&t, "curfew_phase{phase=\"draining\"}"), 1.0);
         assert_eq!(value(&t, "curfew_phase{phase=\"serving\"}"), 0.0);

@@ -22,53 +22,40 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::BindAddr;
 use crate::lifecycle::Phase;
-use crate::proxy::Front;
+use crate::protocol::status::Status;
 use crate::proxy::listener::{Accepted, BindError, Listener};
+
+/// The running curfew as the admin endpoint sees it (the orchestrator's
+/// status source implements it).
+pub trait StatusView: Send + Sync + 'static {
+    fn phase(&self) -> Phase;
+    /// Ready for traffic: serving with at least one ready worker.
+    fn ready(&self) -> bool;
+    /// The whole status report, the job queues' counts included.
+    fn report(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Status> + Send + '_>>;
+}
 
 /// What the admin endpoint reports from.
 #[derive(Clone)]
 pub struct AdminState {
-    pub phase: watch::Receiver<Phase>,
-    pub front: Arc<Front>,
-    pub status: crate::status::StatusSource,
+    pub status: Arc<dyn StatusView>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub jobs: Option<crate::processor::Processor>,
 }
 
 impl AdminState {
-    fn ready(&self) -> bool {
-        self.phase.borrow().is_ready() && self.front.router.ready_workers() > 0
-    }
-
     async fn respond(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
-        let phase = *self.phase.borrow();
+        let phase = self.status.phase();
         let path = req.uri().path();
         if path == "/jobs" || path.starts_with("/jobs/") {
             return jobs::respond(self.jobs.as_ref(), req).await;
         }
         if req.uri().path() == "/metrics" {
-            let router = &self.front.router;
-            let requests = router.requests();
-            let jobs = match &self.jobs {
-                Some(j) => Some(j.report(std::time::Duration::from_secs(2)).await),
-                None => None,
-            };
-            let body = self.metrics.encode(&crate::metrics::Scrape {
-                jobs,
-                in_flight: requests.iter().filter(|r| r.worker.is_some()).count(),
-                queued: router.queue_len(),
-                workers: router.ready_workers(),
-                workers_wanted: self
-                    .status
-                    .workers_wanted
-                    .load(std::sync::atomic::Ordering::Relaxed),
-                phase,
-            });
+            let body = self.metrics.encode(&self.status.report().await);
             let mut r = Response::new(Full::new(Bytes::from(body)));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -81,7 +68,8 @@ impl AdminState {
             return r;
         }
         if req.uri().path() == "/status" {
-            let body = serde_json::to_string_pretty(&self.status.full().await).unwrap_or_default();
+            let body =
+                serde_json::to_string_pretty(&self.status.report().await).unwrap_or_default();
             let mut r = Response::new(Full::new(Bytes::from(body)));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -91,7 +79,7 @@ impl AdminState {
         }
         let (status, body) = match req.uri().path() {
             "/healthz" => (StatusCode::OK, format!("ok {phase}\n")),
-            "/readyz" if self.ready() => (StatusCode::OK, format!("ready {phase}\n")),
+            "/readyz" if self.status.ready() => (StatusCode::OK, format!("ready {phase}\n")),
             "/readyz" => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("not ready {phase}\n"),

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::jobs::JobsReport;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Status {
     pub phase: String,
     pub pid: u32,
@@ -23,7 +23,7 @@ pub struct Status {
     pub jobs: Option<JobsReport>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct WorkerReport {
     pub id: usize,
     pub pid: u32,

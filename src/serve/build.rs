@@ -139,9 +139,7 @@ impl Run {
         if let Some(l) = admin_listener {
             tracing::info!(admin = %l.describe(), "Admin endpoint: /healthz, /readyz, /status, /metrics.");
             let state = crate::admin::AdminState {
-                phase: run.phase_tx.subscribe(),
-                front: run.front.clone(),
-                status: run.status.clone(),
+                status: Arc::new(run.status.clone()),
                 metrics: run.metrics.clone(),
                 jobs: run.jobs.clone(),
             };

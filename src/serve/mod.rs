@@ -20,7 +20,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::control;
 use crate::hooks::{HookEvent, Hooks};
 use crate::metrics::Metrics;
-use crate::status::StatusSource;
 
 use crate::config::reload::{after_reload, plan_reload};
 use crate::config::{Config, ConfigError, ReloadStrategy, WorkerSocket};
@@ -52,6 +51,8 @@ mod inputs;
 mod ops;
 mod phases;
 mod report;
+mod status;
+use status::StatusSource;
 
 use drain::drain;
 use inputs::Input;

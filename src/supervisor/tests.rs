@@ -12,7 +12,7 @@ use nix::unistd::Pid;
 use super::reaper::{Reaper, TEST_CHILDREN};
 use super::{Backends, BoxFuture, ReadyWorker, Supervisor, WorkerAddr, WorkerSpec};
 use crate::config::WorkerSocket;
-use crate::metrics::{Metrics, Scrape};
+use crate::metrics::Metrics;
 
 /// The HTTP side, played by the test: which workers are routed, which new
 /// ones may become ready, whether drains end.
@@ -181,14 +181,7 @@ async fn setup(workers: usize) -> Setup {
 
 impl Setup {
     fn exits(&self, reason: &str) -> f64 {
-        let text = self.metrics.encode(&Scrape {
-            in_flight: 0,
-            queued: 0,
-            workers: 0,
-            workers_wanted: 0,
-            phase: crate::lifecycle::Phase::Serving,
-            jobs: None,
-        });
+        let text = self.metrics.encode(&Default::default());
         let prefix = format!("curfew_worker_exits_total{{reason=\"{reason}\"}} ");
         text.lines()
             .find_map(|l| l.strip_prefix(&prefix))

@@ -1,6 +1,9 @@
 //! The status report: one JSON-serialisable snapshot of a running curfew,
 //! served by the control socket (`curfew status`), the admin endpoint
-//! (`/status`) and written to the log on SIGUSR1.
+//! (`/status`, and `/metrics`, which encodes it) and written to the log on
+//! SIGUSR1. The orchestrator owns it: it is read from the front, the
+//! lifecycle phase, the supervisor's counts and the job processor, which
+//! only the orchestrator holds together.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -8,10 +11,12 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
+use crate::admin::StatusView;
 use crate::lifecycle::Phase;
 use crate::processor::Processor;
-pub use crate::protocol::status::{Status, WorkerReport};
+use crate::protocol::status::{Status, WorkerReport};
 use crate::proxy::Front;
+use crate::supervisor::BoxFuture;
 
 /// Where a status report is read from; cheap to clone.
 #[derive(Clone)]
@@ -65,5 +70,19 @@ impl StatusSource {
             status.jobs = Some(jobs.report(std::time::Duration::from_secs(2)).await);
         }
         status
+    }
+}
+
+impl StatusView for StatusSource {
+    fn phase(&self) -> Phase {
+        *self.phase.borrow()
+    }
+
+    fn ready(&self) -> bool {
+        self.phase().is_ready() && self.front.router.ready_workers() > 0
+    }
+
+    fn report(&self) -> BoxFuture<'_, Status> {
+        Box::pin(self.full())
     }
 }
