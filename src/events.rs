@@ -295,6 +295,108 @@ impl JobsHandedBack<'_> {
     }
 }
 
+/// curfew serves: the listeners accept and every worker answered
+/// (`when_ready`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Serving {
+    pub listen: String,
+    pub workers: usize,
+    pub boot_ms: u64,
+}
+
+impl Serving {
+    pub const NAME: &'static str = "serving";
+
+    pub fn emit(&self, sinks: &Sinks<'_>) {
+        tracing::info!(
+            event = Self::NAME,
+            listen = %self.listen,
+            workers = self.workers,
+            boot_ms = self.boot_ms,
+            "Serving."
+        );
+        sinks.hooks.fire(
+            HookEvent::WhenReady,
+            serde_json::json!({ "workers": self.workers, "listen": self.listen }),
+        );
+    }
+}
+
+/// A request the drain's deadline cut off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CutRequest {
+    pub method: String,
+    pub path: String,
+    pub age_ms: u64,
+    /// The worker serving it; `None`: it was still queued.
+    pub worker: Option<usize>,
+}
+
+/// How the request drain ended (`curfew_drain_duration_seconds`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DrainFinished {
+    /// Every request finished.
+    Drained { duration: Duration },
+    /// `graceful_timeout` passed with these still in flight or queued.
+    Expired {
+        duration: Duration,
+        graceful_timeout: Duration,
+        cut: Vec<CutRequest>,
+    },
+}
+
+impl DrainFinished {
+    pub const NAME: &'static str = "drain_finished";
+
+    pub fn emit(&self, sinks: &Sinks<'_>) {
+        let event = Self::NAME;
+        match self {
+            DrainFinished::Drained { duration } => {
+                sinks.metrics.drain_done(*duration);
+                tracing::info!(
+                    event,
+                    result = "drained",
+                    duration_ms = duration.as_millis() as u64,
+                    "Drained: every request finished."
+                );
+            }
+            DrainFinished::Expired {
+                duration,
+                graceful_timeout,
+                cut,
+            } => {
+                sinks.metrics.drain_done(*duration);
+                for r in cut {
+                    let (method, path, age_ms) = (&r.method, &r.path, r.age_ms);
+                    match r.worker {
+                        Some(worker) => tracing::warn!(
+                            %method,
+                            %path,
+                            age_ms,
+                            worker,
+                            "Request still in flight at graceful_timeout: cutting it off."
+                        ),
+                        None => tracing::warn!(
+                            %method,
+                            %path,
+                            age_ms,
+                            "Request still queued at graceful_timeout: cutting it off."
+                        ),
+                    }
+                }
+                tracing::warn!(
+                    event,
+                    result = "expired",
+                    requests = cut.len(),
+                    duration_ms = duration.as_millis() as u64,
+                    graceful_timeout_ms = graceful_timeout.as_millis() as u64,
+                    "graceful_timeout reached with work in flight."
+                );
+            }
+        }
+    }
+}
+
 /// The last line of a run (`on_exit` gets the same numbers).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShutdownComplete {
@@ -332,6 +434,7 @@ impl ShutdownComplete {
         if exit_code == crate::exit::OK {
             tracing::info!(
                 event,
+                result = "clean",
                 signal,
                 duration_ms,
                 requests_finished_during_shutdown = requests_finished,
@@ -340,19 +443,23 @@ impl ShutdownComplete {
                 "Shutdown complete: clean."
             );
         } else {
+            let (result, why) = match exit_code {
+                crate::exit::FORCED => (
+                    "forced",
+                    "forced (work was cut off or a worker had to be killed)",
+                ),
+                crate::exit::IMMEDIATE => ("immediate", "immediate stop requested"),
+                _ => ("failed", "failed"),
+            };
             tracing::warn!(
                 event,
+                result,
                 signal,
                 duration_ms,
                 requests_finished_during_shutdown = requests_finished,
                 requests_aborted,
                 exit_code,
-                "Shutdown complete: {}.",
-                match exit_code {
-                    crate::exit::FORCED => "forced (work was cut off or a worker had to be killed)",
-                    crate::exit::IMMEDIATE => "immediate stop requested",
-                    _ => "failed",
-                }
+                "Shutdown complete: {why}."
             );
         }
     }

@@ -15,6 +15,9 @@ const NOT_SETTINGS: &[&str] = &[
     "CURFEW_VENV",        // scripts/python-env.sh: where the Python venv lives
     "CURFEW_TEST_PG_URL", // the test suite's PostgreSQL
     "CURFEW_TEST_ECHO",   // the test suite: echo curfew's logs
+    "CURFEW_SOAK_SECS",   // the test suite: how long the soak runs
+    "CURFEW_SOAK_SEED",   // the test suite: the soak's random seed
+    "CURFEW_SOAK_WORKER", // the test suite: the soak's worker (uvicorn)
 ];
 
 /// Build the environment layer from `vars` (normally `std::env::vars()`).

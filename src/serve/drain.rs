@@ -58,38 +58,32 @@ pub(super) async fn drain(run: &mut Run) {
             Err(e) => tracing::error!(error = %e, "The job drain task failed."),
         }
     }
-    run.metrics.drain_done(started.elapsed());
     if drained {
-        tracing::info!(
-            duration_ms = started.elapsed().as_millis() as u64,
-            "Drained: every request finished."
-        );
+        crate::events::DrainFinished::Drained {
+            duration: started.elapsed(),
+        }
+        .emit(&run.sinks());
         run.apply(Event::Drained);
     } else {
-        let left = run.front.router.requests();
-        run.aborted = left.len();
-        for r in &left {
-            match r.worker {
-                Some(w) => tracing::warn!(
-                    method = %r.method,
-                    path = %r.path,
-                    age_ms = r.age().as_millis() as u64,
-                    worker = w,
-                    "Request still in flight at graceful_timeout: cutting it off."
-                ),
-                None => tracing::warn!(
-                    method = %r.method,
-                    path = %r.path,
-                    age_ms = r.age().as_millis() as u64,
-                    "Request still queued at graceful_timeout: cutting it off."
-                ),
-            }
+        let cut: Vec<_> = run
+            .front
+            .router
+            .requests()
+            .into_iter()
+            .map(|r| crate::events::CutRequest {
+                age_ms: r.age().as_millis() as u64,
+                method: r.method.to_string(),
+                path: r.path,
+                worker: r.worker,
+            })
+            .collect();
+        run.aborted = cut.len();
+        crate::events::DrainFinished::Expired {
+            duration: started.elapsed(),
+            graceful_timeout: run.cfg.graceful_timeout,
+            cut,
         }
-        tracing::warn!(
-            requests = left.len(),
-            graceful_timeout_ms = run.cfg.graceful_timeout.as_millis() as u64,
-            "graceful_timeout reached with work in flight."
-        );
+        .emit(&run.sinks());
         run.front.abort_all().await;
         run.apply(Event::GraceExpired);
     }

@@ -50,19 +50,15 @@ pub(super) async fn starting(run: &mut Run, listeners: Bound) {
     if run.machine.phase() == Phase::Serving {
         let names = listeners.names();
         run.front.serve(listeners.take());
-        tracing::info!(
-            listen = %names.join(", "),
-            workers = run.cfg.workers,
-            boot_ms = started.elapsed().as_millis() as u64,
-            "Serving."
-        );
+        crate::events::Serving {
+            listen: names.join(", "),
+            workers: run.cfg.workers,
+            boot_ms: started.elapsed().as_millis() as u64,
+        }
+        .emit(&run.sinks());
         if let Some(jobs) = &run.jobs {
             jobs.begin();
         }
-        run.hooks.fire(
-            HookEvent::WhenReady,
-            serde_json::json!({ "workers": run.cfg.workers, "listen": names.join(", ") }),
-        );
     }
     // Otherwise `listeners` drops here: closed after their accept queues.
 }

@@ -26,7 +26,7 @@ fn hung_sync_worker_is_aborted_and_replaced() {
         took >= Duration::from_millis(1000) && took < Duration::from_millis(1800),
         "504 after {took:?}"
     );
-    let line = c.wait_log("Worker hung", Duration::from_secs(5));
+    let line = c.wait_log(WORKER_ABORTED, Duration::from_secs(5));
     assert!(
         line.contains(" ERROR ") && line.contains("GET /spin") && line.contains("exceeded timeout"),
         "{line}"
@@ -50,7 +50,7 @@ fn timeout_on_concurrent_worker_does_not_abort_it() {
     ));
     assert_eq!(get(c.port, "/sleep?ms=2000").status, 504);
     assert_eq!(get(c.port, "/").status, 200);
-    assert_eq!(c.count_log("Worker hung"), 0);
+    assert_eq!(c.count_log(WORKER_ABORTED), 0);
     assert_eq!(c.count_log("Worker ready."), 1);
 }
 
@@ -71,7 +71,7 @@ fn python_hang_logs_its_traceback() {
     opts.cwd = Some(examples_dir("fastapi_app"));
     let mut c = Curfew::start(opts);
     assert_eq!(get(c.port, "/spin").status, 504);
-    let line = c.wait_log("Worker hung", Duration::from_secs(10));
+    let line = c.wait_log(WORKER_ABORTED, Duration::from_secs(10));
     assert!(
         line.contains("app.py") && line.contains("spin"),
         "no traceback in: {line}"
@@ -125,7 +125,7 @@ fn liveness_probe_aborts_a_blocked_async_worker() {
         "took {:?}",
         t0.elapsed()
     );
-    let line = c.wait_log("Worker hung", Duration::from_secs(10));
+    let line = c.wait_log(WORKER_ABORTED, Duration::from_secs(10));
     assert!(
         line.contains("liveness probe failed 2 times") && line.contains("spin"),
         "{line}"

@@ -41,7 +41,7 @@ fn sigterm_under_load_fails_no_request() {
         "load too light to mean anything: {}",
         r.json
     );
-    let drained = c.wait_log("Drained: every request finished.", Duration::from_secs(1));
+    let drained = c.wait_log(&event("drain_finished", "drained"), Duration::from_secs(1));
     let drain_ms: u64 = field(&drained, "duration_ms")
         .and_then(|v| v.parse().ok())
         .expect("duration_ms");
@@ -140,7 +140,7 @@ fn request_past_graceful_timeout_is_named_and_forced() {
         "{line}"
     );
     assert!(
-        c.log_text().contains("Shutdown complete: forced"),
+        c.log_text().contains(&event("shutdown_complete", "forced")),
         "{}",
         c.log_text()
     );

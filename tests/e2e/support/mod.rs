@@ -22,6 +22,11 @@ pub fn event(name: &str, result: &str) -> String {
     format!("event=\"{name}\" result=\"{result}\"")
 }
 
+/// A text log line of curfew serving (`events::Serving`).
+pub const SERVING: &str = "event=\"serving\"";
+/// A text log line of a hung worker aborted (`events::WorkerAborted`).
+pub const WORKER_ABORTED: &str = "event=\"worker_aborted\"";
+
 /// Polls `f` until it holds; panics naming `what` after `timeout`.
 pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + timeout;
@@ -103,11 +108,18 @@ impl Opts {
 }
 
 impl Curfew {
-    /// Start curfew and wait until it logs "Serving." (panics with the logs
-    /// if it exits first or takes longer than 30 s).
+    /// Start curfew and wait until it logs the `serving` event, in text or
+    /// JSON (panics with the logs if it exits first or takes longer than
+    /// 30 s).
     pub fn start(opts: Opts) -> Curfew {
+        let json = opts.args.windows(2).any(|w| w == ["--log-format", "json"]);
         let c = Curfew::spawn(opts);
-        c.wait_log("Serving.", Duration::from_secs(30));
+        let needle = if json {
+            "\"event\":\"serving\""
+        } else {
+            SERVING
+        };
+        c.wait_log(needle, Duration::from_secs(30));
         c
     }
 
