@@ -329,24 +329,26 @@ impl ShutdownComplete {
             requests_aborted,
             exit_code,
         } = *self;
+        // One field list for both levels, so they cannot drift apart.
+        macro_rules! summary {
+            ($level:expr, $($message:tt)+) => {
+                tracing::event!(
+                    $level,
+                    event,
+                    signal,
+                    duration_ms,
+                    requests_finished_during_shutdown = requests_finished,
+                    requests_aborted,
+                    exit_code,
+                    $($message)+
+                )
+            };
+        }
         if exit_code == crate::exit::OK {
-            tracing::info!(
-                event,
-                signal,
-                duration_ms,
-                requests_finished_during_shutdown = requests_finished,
-                requests_aborted,
-                exit_code,
-                "Shutdown complete: clean."
-            );
+            summary!(tracing::Level::INFO, "Shutdown complete: clean.");
         } else {
-            tracing::warn!(
-                event,
-                signal,
-                duration_ms,
-                requests_finished_during_shutdown = requests_finished,
-                requests_aborted,
-                exit_code,
+            summary!(
+                tracing::Level::WARN,
                 "Shutdown complete: {}.",
                 match exit_code {
                     crate::exit::FORCED => "forced (work was cut off or a worker had to be killed)",
