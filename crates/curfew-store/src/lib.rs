@@ -114,6 +114,8 @@ mod postgres;
 mod row;
 mod sqlite;
 mod target;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod validate;
 
 use std::time::Duration;
