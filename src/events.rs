@@ -431,17 +431,24 @@ impl ShutdownComplete {
             requests_aborted,
             exit_code,
         } = *self;
+        // One field list for both levels, so they cannot drift apart.
+        macro_rules! summary {
+            ($level:expr, $result:expr, $($message:tt)+) => {
+                tracing::event!(
+                    $level,
+                    event,
+                    result = $result,
+                    signal,
+                    duration_ms,
+                    requests_finished_during_shutdown = requests_finished,
+                    requests_aborted,
+                    exit_code,
+                    $($message)+
+                )
+            };
+        }
         if exit_code == crate::exit::OK {
-            tracing::info!(
-                event,
-                result = "clean",
-                signal,
-                duration_ms,
-                requests_finished_during_shutdown = requests_finished,
-                requests_aborted,
-                exit_code,
-                "Shutdown complete: clean."
-            );
+            summary!(tracing::Level::INFO, "clean", "Shutdown complete: clean.");
         } else {
             let (result, why) = match exit_code {
                 crate::exit::FORCED => (
@@ -451,16 +458,7 @@ impl ShutdownComplete {
                 crate::exit::IMMEDIATE => ("immediate", "immediate stop requested"),
                 _ => ("failed", "failed"),
             };
-            tracing::warn!(
-                event,
-                result,
-                signal,
-                duration_ms,
-                requests_finished_during_shutdown = requests_finished,
-                requests_aborted,
-                exit_code,
-                "Shutdown complete: {why}."
-            );
+            summary!(tracing::Level::WARN, result, "Shutdown complete: {why}.");
         }
     }
 }

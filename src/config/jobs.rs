@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::raw::{OneOrMany, RawJobs, RawQueue};
+use super::raw::{OneOrMany, RawDuration, RawJobs, RawQueue, RawSize};
 use super::{ConfigError, Ctx, Origins};
 
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
@@ -92,12 +92,48 @@ pub struct Context<'a> {
 }
 
 /// Validate the `[jobs]` section; `None` when it is absent (no processor).
+/// Keys are checked in the order of [`JobsConfig`]'s fields, so of several
+/// mistakes the same one is always reported.
 pub fn validate(raw: Option<RawJobs>, cx: &Context<'_>) -> Result<Option<JobsConfig>, ConfigError> {
     let Some(raw) = raw else { return Ok(None) };
     let c = Ctx::section(cx.origins, "jobs");
-    let store = raw
-        .store
-        .unwrap_or_else(|| "sqlite://curfew-jobs.db".to_owned());
+    let store = store_url(&c, raw.store)?;
+    let Leases {
+        lease,
+        max_crashes,
+        release_reserve,
+    } = leases(
+        &c,
+        raw.lease,
+        raw.max_crashes,
+        raw.release_reserve,
+        cx.graceful_timeout,
+    )?;
+    let poll_interval = c.duration_at_least(
+        "jobs.poll_interval",
+        raw.poll_interval,
+        DEFAULT_POLL_INTERVAL,
+        Duration::from_millis(50),
+    )?;
+    let max_payload = max_payload(&c, raw.max_payload)?;
+    let node = node(&c, raw.node)?;
+    let pg_schema = pg_schema(&c, raw.pg_schema)?;
+    let queues = queues(&c, raw.queues, cx.capacity)?;
+    Ok(Some(JobsConfig {
+        store,
+        lease,
+        max_crashes,
+        release_reserve,
+        poll_interval,
+        max_payload,
+        node,
+        pg_schema,
+        queues,
+    }))
+}
+
+fn store_url(c: &Ctx<'_>, store: Option<String>) -> Result<String, ConfigError> {
+    let store = store.unwrap_or_else(|| "sqlite://curfew-jobs.db".to_owned());
     if let Err(e) = curfew_store::check_url(&store) {
         return Err(c.err(
             "jobs.store",
@@ -105,57 +141,71 @@ pub fn validate(raw: Option<RawJobs>, cx: &Context<'_>) -> Result<Option<JobsCon
             e.to_string(),
         ));
     }
-    let lease = c.duration_at_least(
-        "jobs.lease",
-        raw.lease,
-        DEFAULT_LEASE,
-        Duration::from_secs(1),
-    )?;
+    Ok(store)
+}
+
+/// The lease, and what happens when it runs out or is handed back.
+struct Leases {
+    lease: Duration,
+    max_crashes: i32,
+    release_reserve: Duration,
+}
+
+fn leases(
+    c: &Ctx<'_>,
+    lease: Option<RawDuration>,
+    max_crashes: Option<i64>,
+    release_reserve: Option<RawDuration>,
+    graceful_timeout: Duration,
+) -> Result<Leases, ConfigError> {
+    let lease = c.duration_at_least("jobs.lease", lease, DEFAULT_LEASE, Duration::from_secs(1))?;
     let max_crashes = c.int(
         "jobs.max_crashes",
-        raw.max_crashes,
+        max_crashes,
         DEFAULT_MAX_CRASHES as i64,
         0,
         1000,
     )? as i32;
-    let default_reserve = DEFAULT_RELEASE_RESERVE.min(cx.graceful_timeout / 6);
+    let default_reserve = DEFAULT_RELEASE_RESERVE.min(graceful_timeout / 6);
     let release_reserve = c.duration_at_least(
         "jobs.release_reserve",
-        raw.release_reserve,
+        release_reserve,
         default_reserve,
         Duration::ZERO,
     )?;
-    if !cx.graceful_timeout.is_zero() && release_reserve >= cx.graceful_timeout {
+    if !graceful_timeout.is_zero() && release_reserve >= graceful_timeout {
         return Err(c.err(
             "jobs.release_reserve",
             format!("{release_reserve:?}"),
             format!(
-                "must be less than graceful_timeout ({:?}): running jobs get graceful_timeout minus this to finish",
-                cx.graceful_timeout
+                "must be less than graceful_timeout ({graceful_timeout:?}): running jobs get graceful_timeout minus this to finish"
             ),
         ));
     }
-    let poll_interval = c.duration_at_least(
-        "jobs.poll_interval",
-        raw.poll_interval,
-        DEFAULT_POLL_INTERVAL,
-        Duration::from_millis(50),
-    )?;
-    let max_payload = match raw.max_payload {
-        None => DEFAULT_MAX_PAYLOAD,
+    Ok(Leases {
+        lease,
+        max_crashes,
+        release_reserve,
+    })
+}
+
+fn max_payload(c: &Ctx<'_>, raw: Option<RawSize>) -> Result<usize, ConfigError> {
+    match raw {
+        None => Ok(DEFAULT_MAX_PAYLOAD),
         Some(size) => match size.bytes() {
-            Ok(b) if (1..=64 << 20).contains(&b) => b as usize,
-            Ok(_) => {
-                return Err(c.err(
-                    "jobs.max_payload",
-                    &size,
-                    "must be between 1 byte and 64MiB",
-                ));
-            }
-            Err(m) => return Err(c.err("jobs.max_payload", &size, m)),
+            Ok(b) if (1..=64 << 20).contains(&b) => Ok(b as usize),
+            Ok(_) => Err(c.err(
+                "jobs.max_payload",
+                &size,
+                "must be between 1 byte and 64MiB",
+            )),
+            Err(m) => Err(c.err("jobs.max_payload", &size, m)),
         },
-    };
-    let node = match raw.node {
+    }
+}
+
+fn node(c: &Ctx<'_>, raw: Option<String>) -> Result<String, ConfigError> {
+    let node = match raw {
         Some(n) => n,
         None => default_node(),
     };
@@ -170,7 +220,11 @@ pub fn validate(raw: Option<RawJobs>, cx: &Context<'_>) -> Result<Option<JobsCon
             "must be a non-empty name without '/' or control characters, at most 200 bytes (default: the host name)",
         ));
     }
-    let pg_schema = raw.pg_schema.unwrap_or_else(|| "curfew".to_owned());
+    Ok(node)
+}
+
+fn pg_schema(c: &Ctx<'_>, raw: Option<String>) -> Result<String, ConfigError> {
+    let pg_schema = raw.unwrap_or_else(|| "curfew".to_owned());
     if pg_schema.is_empty()
         || pg_schema.len() > 63
         || !pg_schema
@@ -184,10 +238,17 @@ pub fn validate(raw: Option<RawJobs>, cx: &Context<'_>) -> Result<Option<JobsCon
             "must be lower-case letters, digits and '_' (not starting with a digit), at most 63 bytes",
         ));
     }
+    Ok(pg_schema)
+}
 
-    let raw_queues = raw
-        .queues
-        .unwrap_or_else(|| BTreeMap::from([(DEFAULT_QUEUE.to_owned(), RawQueue::default())]));
+/// Every `[jobs.queues.<q>]`; one `default` queue when the table is absent.
+fn queues(
+    c: &Ctx<'_>,
+    raw: Option<BTreeMap<String, RawQueue>>,
+    capacity: usize,
+) -> Result<Vec<QueueConfig>, ConfigError> {
+    let raw_queues =
+        raw.unwrap_or_else(|| BTreeMap::from([(DEFAULT_QUEUE.to_owned(), RawQueue::default())]));
     if raw_queues.is_empty() {
         return Err(c.err(
             "jobs.queues",
@@ -197,19 +258,9 @@ pub fn validate(raw: Option<RawJobs>, cx: &Context<'_>) -> Result<Option<JobsCon
     }
     let mut queues = Vec::new();
     for (name, q) in raw_queues {
-        queues.push(queue(&name, q, &c, cx.capacity)?);
+        queues.push(queue(&name, q, c, capacity)?);
     }
-    Ok(Some(JobsConfig {
-        store,
-        lease,
-        max_crashes,
-        release_reserve,
-        poll_interval,
-        max_payload,
-        node,
-        pg_schema,
-        queues,
-    }))
+    Ok(queues)
 }
 
 fn queue(

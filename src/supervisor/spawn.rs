@@ -40,8 +40,61 @@ pub struct Spawned {
 pub fn spawn(reaper: &Reaper, spec: &WorkerSpec, id: usize, uid: u64) -> std::io::Result<Spawned> {
     let (program, mut args): (String, Vec<String>) =
         (spec.command[0].clone(), spec.command[1..].to_vec());
+    let Endpoint {
+        addr,
+        listener,
+        env,
+    } = endpoint(spec, id, uid, &mut args)?;
+    let mut cmd = command(spec, &program, &args, listener.is_some(), &env);
+    set_pre_exec(&mut cmd, listener.as_ref().map(|fd| fd.as_raw_fd()));
+
+    let registration = reaper.lock();
+    let mut child = cmd.spawn()?;
+    let pid = child.id();
+    let exit = registration.register(pid);
+    // curfew's own copy of the worker socket is closed now: once the worker is
+    // gone, connecting to it is refused (and retried elsewhere) instead of
+    // queueing forever.
+    drop(listener);
+    let stdout = child
+        .stdout
+        .take()
+        .and_then(|s| pipe::Receiver::from_owned_fd(OwnedFd::from(s)).ok());
+    let stderr = child
+        .stderr
+        .take()
+        .and_then(|s| pipe::Receiver::from_owned_fd(OwnedFd::from(s)).ok());
+    // `child` is dropped without waiting: the reaper owns its exit status.
+    drop(child);
+    Ok(Spawned {
+        pid,
+        addr,
+        exit,
+        stdout,
+        stderr,
+    })
+}
+
+/// Where worker `id` (instance `uid`) will accept connections, per
+/// `worker_socket`, and what it is told about it.
+struct Endpoint {
+    addr: WorkerAddr,
+    /// The listening socket handed over on fd 3 (`worker_socket = "fd"`).
+    listener: Option<OwnedFd>,
+    /// `CURFEW_WORKER_ID` and the socket's variables.
+    env: Vec<(&'static str, String)>,
+}
+
+/// Make the worker's socket (or pick its port or path), substituting
+/// `{port}` / `{socket}` in `args`.
+fn endpoint(
+    spec: &WorkerSpec,
+    id: usize,
+    uid: u64,
+    args: &mut [String],
+) -> std::io::Result<Endpoint> {
     let mut listener: Option<OwnedFd> = None;
-    let mut env: Vec<(&str, String)> = vec![("CURFEW_WORKER_ID", id.to_string())];
+    let mut env: Vec<(&'static str, String)> = vec![("CURFEW_WORKER_ID", id.to_string())];
     let addr = match spec.socket {
         WorkerSocket::Fd => {
             let l = TcpListener::from(loopback_listener()?);
@@ -53,7 +106,7 @@ pub fn spawn(reaper: &Reaper, spec: &WorkerSpec, id: usize, uid: u64) -> std::io
         }
         WorkerSocket::Port => {
             let port = free_port()?;
-            substitute(&mut args, "{port}", &port.to_string());
+            substitute(args, "{port}", &port.to_string());
             env.push(("PORT", port.to_string()));
             WorkerAddr::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
         }
@@ -61,20 +114,35 @@ pub fn spawn(reaper: &Reaper, spec: &WorkerSpec, id: usize, uid: u64) -> std::io
             let path = spec.run_dir.join(format!("w{id}-{uid}.sock"));
             remove_stale(&path);
             let p = path.to_string_lossy().into_owned();
-            substitute(&mut args, "{socket}", &p);
+            substitute(args, "{socket}", &p);
             env.push(("CURFEW_SOCKET", p));
             WorkerAddr::Unix(path)
         }
     };
+    Ok(Endpoint {
+        addr,
+        listener,
+        env,
+    })
+}
 
-    let mut cmd = if listener.is_some() {
+/// The worker's command line, environment, directory, pipes and process
+/// group (`through_shim` when it inherits a socket on fd 3).
+fn command(
+    spec: &WorkerSpec,
+    program: &str,
+    args: &[String],
+    through_shim: bool,
+    env: &[(&'static str, String)],
+) -> Command {
+    let mut cmd = if through_shim {
         // Through the exec shim, which sets LISTEN_PID to the worker's own pid.
         let mut c = Command::new("/proc/self/exe");
-        c.arg(shim::ARG).arg(&program).args(&args);
+        c.arg(shim::ARG).arg(program).args(args);
         c
     } else {
-        let mut c = Command::new(&program);
-        c.args(&args);
+        let mut c = Command::new(program);
+        c.args(args);
         c
     };
     cmd.env_remove("LISTEN_FDS")
@@ -94,7 +162,7 @@ pub fn spawn(reaper: &Reaper, spec: &WorkerSpec, id: usize, uid: u64) -> std::io
     for (k, v) in &spec.extra_env {
         cmd.env(k, v);
     }
-    for (k, v) in &env {
+    for (k, v) in env {
         cmd.env(k, v);
     }
     if let Some(dir) = &spec.chdir {
@@ -106,7 +174,12 @@ pub fn spawn(reaper: &Reaper, spec: &WorkerSpec, id: usize, uid: u64) -> std::io
     // Its own process group: a Ctrl-C in the terminal reaches curfew only,
     // and curfew can signal the worker together with its children.
     cmd.process_group(0);
-    let listen_fd = listener.as_ref().map(|fd| fd.as_raw_fd());
+    cmd
+}
+
+/// What the child does between fork and exec: PDEATHSIG, and the inherited
+/// socket `listen_fd` moved onto fd 3.
+fn set_pre_exec(cmd: &mut Command, listen_fd: Option<std::os::fd::RawFd>) {
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs in the child between fork and exec and only
     // calls prctl/getppid/dup2/fcntl, which are async-signal-safe; it
@@ -138,32 +211,6 @@ pub fn spawn(reaper: &Reaper, spec: &WorkerSpec, id: usize, uid: u64) -> std::io
             Ok(())
         });
     }
-
-    let registration = reaper.lock();
-    let mut child = cmd.spawn()?;
-    let pid = child.id();
-    let exit = registration.register(pid);
-    // curfew's own copy of the worker socket is closed now: once the worker is
-    // gone, connecting to it is refused (and retried elsewhere) instead of
-    // queueing forever.
-    drop(listener);
-    let stdout = child
-        .stdout
-        .take()
-        .and_then(|s| pipe::Receiver::from_owned_fd(OwnedFd::from(s)).ok());
-    let stderr = child
-        .stderr
-        .take()
-        .and_then(|s| pipe::Receiver::from_owned_fd(OwnedFd::from(s)).ok());
-    // `child` is dropped without waiting: the reaper owns its exit status.
-    drop(child);
-    Ok(Spawned {
-        pid,
-        addr,
-        exit,
-        stdout,
-        stderr,
-    })
 }
 
 fn loopback_listener() -> std::io::Result<Socket> {

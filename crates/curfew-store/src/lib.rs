@@ -107,18 +107,18 @@
 
 pub mod backoff;
 mod error;
+mod listener;
 mod model;
 mod ops;
 mod postgres;
 mod row;
 mod sqlite;
 mod target;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod validate;
 
 use std::time::Duration;
-
-use sqlx::postgres::PgListener;
-use tokio::sync::broadcast;
 
 pub use error::StoreError;
 pub use model::{
@@ -129,7 +129,9 @@ pub use postgres::{CHANNEL, PgStore};
 pub use sqlite::SqliteStore;
 pub use validate::{MAX_ERROR_BYTES, MAX_NAME_CHARS};
 
-use ops::{RescueScope, Rescued};
+pub use listener::JobListener;
+use listener::ListenerInner;
+use ops::{RescueScope, log_rescued};
 use target::Target;
 
 /// Settings of [`Store::open_with`].
@@ -480,87 +482,6 @@ impl Store {
             inner,
             store: self.name().to_owned(),
         })
-    }
-}
-
-fn log_rescued(rescued: &[Rescued], why: &'static str) -> Vec<i64> {
-    for job in rescued {
-        let owner = job.owner.as_deref().unwrap_or("?");
-        if !job.delivered {
-            tracing::info!(
-                job_id = job.id,
-                queue = %job.queue,
-                owner,
-                why,
-                "job taken back from a stopped processor that had claimed it but not delivered it; queued again, no crash counted"
-            );
-        } else if job.dead {
-            tracing::warn!(
-                job_id = job.id,
-                queue = %job.queue,
-                owner,
-                crashes = job.crashes,
-                why,
-                "job parked as dead: its processor died while running it too many times"
-            );
-        } else {
-            tracing::warn!(
-                job_id = job.id,
-                queue = %job.queue,
-                owner,
-                crashes = job.crashes,
-                why,
-                "job rescued from a dead processor and queued again"
-            );
-        }
-    }
-    rescued.iter().map(|r| r.id).collect()
-}
-
-/// Wake-ups from [`Store::listen`].
-pub struct JobListener {
-    inner: ListenerInner,
-    store: String,
-}
-
-enum ListenerInner {
-    Postgres(Box<PgListener>),
-    Local(broadcast::Receiver<String>),
-}
-
-impl std::fmt::Debug for JobListener {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JobListener")
-            .field("store", &self.store)
-            .finish()
-    }
-}
-
-impl JobListener {
-    /// Waits for the next wake-up and returns its queue name. PostgreSQL:
-    /// reconnects by itself after a lost connection (wake-ups sent meanwhile
-    /// are lost, hence the polling); an error means the store was closed or
-    /// the database is unreachable.
-    pub async fn recv(&mut self) -> Result<String, StoreError> {
-        match &mut self.inner {
-            ListenerInner::Postgres(listener) => {
-                let notification = listener
-                    .recv()
-                    .await
-                    .map_err(|e| StoreError::from_sqlx(&self.store, e))?;
-                Ok(notification.payload().to_owned())
-            }
-            ListenerInner::Local(rx) => loop {
-                match rx.recv().await {
-                    Ok(queue) => return Ok(queue),
-                    // Missed some; the newest ones are still there.
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => {
-                        return Err(StoreError::from_sqlx(&self.store, sqlx::Error::PoolClosed));
-                    }
-                }
-            },
-        }
     }
 }
 

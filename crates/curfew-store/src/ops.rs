@@ -162,3 +162,39 @@ where
         })
     }
 }
+
+/// Logs each job a rescue took back (queued again, or parked dead) and
+/// returns their ids.
+pub(crate) fn log_rescued(rescued: &[Rescued], why: &'static str) -> Vec<i64> {
+    for job in rescued {
+        let owner = job.owner.as_deref().unwrap_or("?");
+        if !job.delivered {
+            tracing::info!(
+                job_id = job.id,
+                queue = %job.queue,
+                owner,
+                why,
+                "job taken back from a stopped processor that had claimed it but not delivered it; queued again, no crash counted"
+            );
+        } else if job.dead {
+            tracing::warn!(
+                job_id = job.id,
+                queue = %job.queue,
+                owner,
+                crashes = job.crashes,
+                why,
+                "job parked as dead: its processor died while running it too many times"
+            );
+        } else {
+            tracing::warn!(
+                job_id = job.id,
+                queue = %job.queue,
+                owner,
+                crashes = job.crashes,
+                why,
+                "job rescued from a dead processor and queued again"
+            );
+        }
+    }
+    rescued.iter().map(|r| r.id).collect()
+}

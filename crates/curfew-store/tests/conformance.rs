@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use curfew_store::testing::{fresh_schema, pg_url, random_suffix};
 use curfew_store::{
     FailOutcome, JobState, ListFilter, NewJob, Store, StoreError, StoreOptions, backoff, now_ms,
 };
@@ -19,15 +20,6 @@ use sqlx::{AssertSqlSafe, Connection};
 
 const LEASE: Duration = Duration::from_secs(60);
 const OWNER: &str = "node-a/boot-1";
-
-fn pg_url() -> String {
-    std::env::var("CURFEW_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
-
-fn random_suffix() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backend {
@@ -57,7 +49,7 @@ impl Harness {
                 vec![],
             ),
             Backend::Postgres => {
-                let schema = format!("curfew_t_{}", random_suffix());
+                let schema = fresh_schema("curfew_t_");
                 let options = StoreOptions {
                     pg_schema: schema.clone(),
                     // Fail fast with a clear error when PostgreSQL is down.
@@ -111,7 +103,7 @@ impl Harness {
                 StoreOptions::default(),
             ),
             Backend::Postgres => {
-                let schema = format!("curfew_t_{}", random_suffix());
+                let schema = fresh_schema("curfew_t_");
                 self.schemas.lock().expect("lock").push(schema.clone());
                 (
                     self.url.clone(),
@@ -128,45 +120,16 @@ impl Harness {
         &self.options.pg_schema
     }
 
-    fn drop_schemas(url: &str, schemas: &Mutex<Vec<String>>) -> std::thread::Result<()> {
-        let schemas: Vec<String> =
-            std::mem::take(&mut *schemas.lock().unwrap_or_else(|e| e.into_inner()));
-        if schemas.is_empty() {
-            return Ok(());
-        }
-        let url = url.to_owned();
-        // Drop runs inside the test's runtime: use a thread with its own.
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async {
-                let mut conn = sqlx::PgConnection::connect(&url)
-                    .await
-                    .expect("connect to drop schemas");
-                sqlx::query("SET lock_timeout = '10s'")
-                    .execute(&mut conn)
-                    .await
-                    .expect("set lock_timeout");
-                for schema in schemas {
-                    sqlx::query(AssertSqlSafe(format!(
-                        "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
-                    )))
-                    .execute(&mut conn)
-                    .await
-                    .expect("drop schema");
-                }
-            });
-        })
-        .join()
+    fn drop_schemas(url: &str, schemas: &Mutex<Vec<String>>) -> Result<(), sqlx::Error> {
+        let schemas = std::mem::take(&mut *schemas.lock().unwrap_or_else(|e| e.into_inner()));
+        curfew_store::testing::drop_schemas(url, schemas)
     }
 }
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        if Harness::drop_schemas(&self.url, &self.schemas).is_err() {
-            eprintln!("could not drop the test schemas of {}", self.url);
+        if let Err(e) = Harness::drop_schemas(&self.url, &self.schemas) {
+            eprintln!("could not drop the test schemas of {}: {e}", self.url);
         }
     }
 }

@@ -7,14 +7,12 @@ use std::io::BufReader;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 
+use curfew_store::testing::{drop_schemas, fresh_schema};
 use curfew_store::{Job, JobState, ListFilter, Store, StoreOptions};
 
 use super::*;
 
-pub fn pg_url() -> String {
-    std::env::var("CURFEW_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
+pub use curfew_store::testing::pg_url;
 
 /// A job store for one test: a SQLite file in a temporary directory, or a
 /// fresh PostgreSQL schema (dropped at the end).
@@ -35,10 +33,9 @@ impl TestStore {
     }
 
     pub fn postgres() -> TestStore {
-        let suffix = &uuid::Uuid::new_v4().simple().to_string()[..12];
         TestStore {
             url: pg_url(),
-            schema: Some(format!("curfew_e2e_{suffix}")),
+            schema: Some(fresh_schema("curfew_e2e_")),
             dir: tempfile::tempdir().expect("tempdir"),
         }
     }
@@ -115,17 +112,8 @@ impl TestStore {
 impl Drop for TestStore {
     fn drop(&mut self) {
         if let Some(schema) = self.schema.take() {
-            let url = self.url.clone();
-            run_async(async move {
-                use sqlx::Connection;
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
-                    )))
-                    .execute(&mut conn)
-                    .await;
-                }
-            });
+            // Best effort: a schema left behind harms no other test.
+            let _ = drop_schemas(&self.url, vec![schema]);
         }
     }
 }

@@ -1,0 +1,197 @@
+//! Writes about a running job, each fenced by its lease token (heartbeat,
+//! start marks, complete, snooze, fail, release), and the rescue of jobs
+//! whose processor is gone.
+
+use super::PgStore;
+use crate::error::StoreError;
+use crate::model::FailOutcome;
+use crate::ops::{self, RescueScope, Rescued, distinct_queues, fail_outcome, rescued};
+
+impl PgStore {
+    pub(crate) async fn heartbeat(
+        &self,
+        id: i64,
+        token: &str,
+        lease_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(self.sql(
+            "UPDATE {s}.jobs SET lease_expires_at = {s}.now_ms() + $3, updated_at = {s}.now_ms()
+             WHERE id = $1 AND state = 'running' AND lease_token = $2",
+        ))
+        .bind(id)
+        .bind(token)
+        .bind(lease_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub(crate) async fn set_started(
+        &self,
+        id: i64,
+        token: &str,
+        started: bool,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(self.sql(
+            "UPDATE {s}.jobs SET started_at = CASE WHEN $3 THEN {s}.now_ms() END,
+                 updated_at = {s}.now_ms()
+             WHERE id = $1 AND state = 'running' AND lease_token = $2",
+        ))
+        .bind(id)
+        .bind(token)
+        .bind(started)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub(crate) async fn complete(&self, id: i64, token: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(self.sql(
+            "UPDATE {s}.jobs SET state = 'succeeded', finished_at = {s}.now_ms(),
+                 updated_at = {s}.now_ms(),
+                 lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+             WHERE id = $1 AND state = 'running' AND lease_token = $2",
+        ))
+        .bind(id)
+        .bind(token)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub(crate) async fn snooze(
+        &self,
+        id: i64,
+        token: &str,
+        run_at: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(self.sql(
+            "UPDATE {s}.jobs SET state = 'queued', attempt = greatest(attempt - 1, 0), run_at = $3,
+                 updated_at = {s}.now_ms(),
+                 lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+             WHERE id = $1 AND state = 'running' AND lease_token = $2",
+        ))
+        .bind(id)
+        .bind(token)
+        .bind(run_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub(crate) async fn fail(
+        &self,
+        id: i64,
+        token: &str,
+        error: &str,
+        retry_at: i64,
+    ) -> Result<FailOutcome, StoreError> {
+        let row = sqlx::query(self.sql(
+            "UPDATE {s}.jobs SET
+                 state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'failed' END,
+                 run_at = CASE WHEN attempt >= max_attempts THEN run_at ELSE $4 END,
+                 finished_at = CASE WHEN attempt >= max_attempts THEN {s}.now_ms() ELSE NULL END,
+                 last_error = $3, updated_at = {s}.now_ms(),
+                 lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+             WHERE id = $1 AND state = 'running' AND lease_token = $2
+             RETURNING state, run_at",
+        ))
+        .bind(id)
+        .bind(token)
+        .bind(error)
+        .bind(retry_at)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        fail_outcome(&self.name, row.as_ref())
+    }
+
+    pub(crate) async fn release(
+        &self,
+        jobs: &[(i64, String)],
+        reason: &str,
+    ) -> Result<Vec<Rescued>, StoreError> {
+        let ids: Vec<i64> = jobs.iter().map(|(id, _)| *id).collect();
+        let tokens: Vec<&str> = jobs.iter().map(|(_, token)| token.as_str()).collect();
+        let rows = sqlx::query(self.sql(
+            "UPDATE {s}.jobs AS j SET
+                 state = 'queued', attempt = greatest(j.attempt - 1, 0),
+                 releases = j.releases + 1, last_error = $3, updated_at = {s}.now_ms(),
+                 lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+             FROM unnest($1::bigint[], $2::text[]) AS r(id, token)
+             WHERE j.id = r.id AND j.lease_token = r.token AND j.state = 'running'
+             RETURNING j.id, j.queue, j.state, j.crashes, j.started_at IS NOT NULL AS delivered",
+        ))
+        .bind(&ids)
+        .bind(&tokens)
+        .bind(reason)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        let released = rescued(&self.name, &rows, &[])?;
+        self.notify(&distinct_queues(&released)).await;
+        Ok(released)
+    }
+
+    /// One statement: the candidates are read and locked (`FOR UPDATE SKIP
+    /// LOCKED`: a row another transaction is completing right now is left
+    /// for the next sweep), then only rows whose state and token are still
+    /// the ones read are written.
+    pub(crate) async fn rescue(
+        &self,
+        scope: RescueScope<'_>,
+        max_crashes: i32,
+    ) -> Result<Vec<Rescued>, StoreError> {
+        let condition = match scope {
+            RescueScope::Expired => "lease_expires_at < {s}.now_ms()",
+            RescueScope::OtherBoots { .. } => {
+                "lease_owner <> $6 AND substr(lease_owner, 1, length($7)) = $7"
+            }
+        };
+        let sql = format!(
+            "WITH candidate AS (
+                 SELECT id, lease_token, lease_owner FROM {{s}}.jobs
+                 WHERE state = 'running' AND {condition}
+                 ORDER BY id
+                 FOR UPDATE SKIP LOCKED
+             )
+             UPDATE {{s}}.jobs AS j SET
+                 crashes = j.crashes + (j.started_at IS NOT NULL)::int,
+                 attempt = greatest(j.attempt - 1, 0),
+                 state = CASE WHEN j.started_at IS NOT NULL AND j.crashes + 1 > $1
+                     THEN 'dead' ELSE 'queued' END,
+                 last_error = CASE
+                     WHEN j.started_at IS NULL THEN $4 || j.lease_owner || $5
+                     WHEN j.crashes + 1 > $1
+                     THEN 'interrupted by processor crashes ' || (j.crashes + 1) || ' times'
+                     ELSE $2 || j.lease_owner || $3 END,
+                 finished_at = CASE WHEN j.started_at IS NOT NULL AND j.crashes + 1 > $1
+                     THEN {{s}}.now_ms() ELSE NULL END,
+                 updated_at = {{s}}.now_ms(),
+                 lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+             FROM candidate AS c
+             WHERE j.id = c.id AND j.lease_token = c.lease_token AND j.state = 'running'
+             RETURNING j.id, j.queue, j.state, j.crashes, c.lease_owner AS owner,
+                 j.started_at IS NOT NULL AS delivered"
+        );
+        let (prefix, suffix) = scope.reason();
+        let (undelivered_prefix, undelivered_suffix) = ops::UNDELIVERED_REASON;
+        let mut query = sqlx::query(self.sql(&sql))
+            .bind(max_crashes)
+            .bind(prefix)
+            .bind(suffix)
+            .bind(undelivered_prefix)
+            .bind(undelivered_suffix);
+        if let RescueScope::OtherBoots { own, node_prefix } = scope {
+            query = query.bind(own).bind(node_prefix);
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(|e| self.err(e))?;
+        let rescued = rescued(&self.name, &rows, &[])?;
+        self.notify(&distinct_queues(&rescued)).await;
+        Ok(rescued)
+    }
+}

@@ -1,0 +1,146 @@
+//! Reads (get, list, running jobs, next run, stats) and the operator's
+//! actions on a job that is not running (retry, cancel, delete).
+
+use super::PgStore;
+use crate::error::StoreError;
+use crate::model::{Job, JobState, ListFilter, QueueStats};
+use crate::ops::Outcome;
+use crate::row;
+
+impl PgStore {
+    pub(crate) async fn get(&self, id: i64) -> Result<Option<Job>, StoreError> {
+        let row = sqlx::query(self.sql("SELECT * FROM {s}.jobs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        row.as_ref().map(|r| self.job(r)).transpose()
+    }
+
+    pub(crate) async fn list(&self, filter: &ListFilter) -> Result<Vec<Job>, StoreError> {
+        let rows = sqlx::query(self.sql(
+            "SELECT * FROM {s}.jobs
+             WHERE ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR state = $2)
+               AND id > $3
+             ORDER BY id
+             LIMIT $4",
+        ))
+        .bind(&filter.queue)
+        .bind(filter.state.map(|s| s.as_str()))
+        .bind(filter.after_id.unwrap_or(0))
+        .bind(i64::from(filter.limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        self.jobs(&rows)
+    }
+
+    pub(crate) async fn running_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        let rows =
+            sqlx::query(self.sql("SELECT * FROM {s}.jobs WHERE state = 'running' ORDER BY id"))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.err(e))?;
+        self.jobs(&rows)
+    }
+
+    pub(crate) async fn next_run_at(&self, queue: &str) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar(self.sql(
+            "SELECT min(run_at) FROM {s}.jobs WHERE queue = $1 AND state IN ('queued', 'failed')",
+        ))
+        .bind(queue)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.err(e))
+    }
+
+    pub(crate) async fn stats(&self) -> Result<Vec<QueueStats>, StoreError> {
+        let rows = sqlx::query(self.sql(
+            "SELECT queue,
+                 count(*) FILTER (WHERE state IN ('queued', 'failed') AND run_at <= n.now) AS queued,
+                 count(*) FILTER (WHERE state IN ('queued', 'failed') AND run_at > n.now) AS scheduled,
+                 count(*) FILTER (WHERE state = 'running') AS running,
+                 count(*) FILTER (WHERE state = 'failed') AS failed,
+                 count(*) FILTER (WHERE state = 'dead') AS dead,
+                 count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
+                 count(*) FILTER (WHERE state = 'cancelled') AS cancelled,
+                 n.now - min(run_at) FILTER (WHERE state IN ('queued', 'failed') AND run_at <= n.now)
+                     AS oldest_queued_age_ms
+             FROM {s}.jobs CROSS JOIN (SELECT {s}.now_ms() AS now) AS n
+             GROUP BY queue, n.now
+             ORDER BY queue",
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        rows.iter()
+            .map(|r| row::stats(r).map_err(|e| self.err(e)))
+            .collect()
+    }
+
+    pub(crate) async fn retry(&self, id: i64) -> Result<Result<String, JobState>, StoreError> {
+        let queue: Option<String> = sqlx::query_scalar(self.sql(
+            "UPDATE {s}.jobs SET state = 'queued', run_at = {s}.now_ms(), attempt = 0, crashes = 0,
+                 finished_at = NULL, updated_at = {s}.now_ms()
+             WHERE id = $1 AND state IN ('dead', 'failed', 'cancelled')
+             RETURNING queue",
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        let outcome = match queue {
+            Some(queue) => Outcome::Done(queue),
+            None => self.state_of(id).await?,
+        };
+        if let Outcome::Done(queue) = &outcome {
+            self.notify(&[queue]).await;
+        }
+        outcome.into_result(&self.name, id)
+    }
+
+    pub(crate) async fn cancel(&self, id: i64) -> Result<Result<(), JobState>, StoreError> {
+        let done: Option<i64> = sqlx::query_scalar(self.sql(
+            "UPDATE {s}.jobs SET state = 'cancelled', finished_at = {s}.now_ms(),
+                 updated_at = {s}.now_ms()
+             WHERE id = $1 AND state IN ('queued', 'failed')
+             RETURNING id",
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        let outcome = match done {
+            Some(_) => Outcome::Done(()),
+            None => self.state_of(id).await?,
+        };
+        outcome.into_result(&self.name, id)
+    }
+
+    pub(crate) async fn delete(&self, id: i64) -> Result<Result<(), JobState>, StoreError> {
+        let done: Option<i64> = sqlx::query_scalar(
+            self.sql("DELETE FROM {s}.jobs WHERE id = $1 AND state <> 'running' RETURNING id"),
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        let outcome = match done {
+            Some(_) => Outcome::Done(()),
+            None => self.state_of(id).await?,
+        };
+        outcome.into_result(&self.name, id)
+    }
+
+    /// Why a state-changing statement matched nothing. (Read after it, so
+    /// the state reported is the latest, which is what the caller needs.)
+    pub(super) async fn state_of<T>(&self, id: i64) -> Result<Outcome<T>, StoreError> {
+        let state: Option<String> =
+            sqlx::query_scalar(self.sql("SELECT state FROM {s}.jobs WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| self.err(e))?;
+        Ok(Outcome::from_state(state))
+    }
+}

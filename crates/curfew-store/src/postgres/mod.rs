@@ -1,0 +1,196 @@
+//! The PostgreSQL backend: a queue shared by several curfew instances on
+//! several hosts.
+//!
+//! - Every object lives in one schema (default `curfew`), named explicitly
+//!   in every statement (no reliance on `search_path`, which poolers such as
+//!   PgBouncer in transaction mode do not keep). The migrations run with
+//!   `search_path` set to that schema alone, on a connection of their own.
+//! - "Now" is the database clock (`<schema>.now_ms()`), so hosts whose clocks
+//!   disagree still agree on when a lease expires.
+//! - Claims lock rows with `FOR UPDATE SKIP LOCKED`: concurrent claimers
+//!   skip each other's rows instead of waiting, and never take the same row.
+//! - A new job sends `NOTIFY curfew_jobs, '<queue>'` (from
+//!   `<schema>.enqueue_ms`, so also for applications calling
+//!   `<schema>.enqueue` in their own transactions); releases, rescues and
+//!   retries notify too. Notifications are wake-up hints, never the truth.
+
+mod claim;
+mod lease;
+mod manage;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::types::Json;
+use sqlx::{AssertSqlSafe, Row};
+
+use super::error::StoreError;
+use super::model::Job;
+use super::target::redact;
+use super::{StoreOptions, row};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+/// The NOTIFY channel; the payload is the queue name.
+pub const CHANNEL: &str = "curfew_jobs";
+
+/// A job store in a PostgreSQL schema.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    /// The URL, password redacted, and the schema: for errors and logs.
+    name: Arc<str>,
+    /// The schema as a quoted identifier, e.g. `"curfew"`.
+    schema: Arc<str>,
+    max_payload_bytes: usize,
+}
+
+impl fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgStore").field("name", &self.name).finish()
+    }
+}
+
+/// A valid schema name: lower-case letters, digits and `_`, not starting
+/// with a digit, at most 63 bytes (PostgreSQL's identifier limit).
+pub(crate) fn validate_schema(schema: &str) -> Result<(), StoreError> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !schema.starts_with(|c: char| c.is_ascii_digit())
+        && !schema.starts_with("pg_");
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::invalid(
+            "pg_schema",
+            format!(
+                "{schema:?}; use 1 to 63 lower-case letters, digits and _, not starting with a digit or pg_"
+            ),
+        ))
+    }
+}
+
+impl PgStore {
+    pub(crate) async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
+        validate_schema(&options.pg_schema)?;
+        let connect = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::InvalidUrl {
+                url: redact(url),
+                reason: e.to_string(),
+            })?
+            .application_name("curfew");
+        let name: Arc<str> = format!("{} (schema {})", redact(url), options.pg_schema).into();
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect)
+            .await
+            .map_err(|e| StoreError::from_sqlx(&name, e))?;
+        let store = PgStore {
+            pool,
+            name,
+            schema: format!("\"{}\"", options.pg_schema).into(),
+            max_payload_bytes: options.max_payload_bytes,
+        };
+        store.migrate(&options.pg_schema).await?;
+        Ok(store)
+    }
+
+    /// Creates the schema if missing and applies the migrations in it, on a
+    /// connection taken out of the pool for good (its `search_path` is
+    /// changed). An advisory lock per schema serialises instances starting
+    /// together; sqlx's own migration lock covers the rest.
+    async fn migrate(&self, schema: &str) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(|e| self.err(e))?.detach();
+        let lock_key = format!("curfew.migrate.{schema}");
+        let prepared = async {
+            sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
+                .bind(&lock_key)
+                .execute(&mut conn)
+                .await?;
+            sqlx::query(AssertSqlSafe(format!(
+                "CREATE SCHEMA IF NOT EXISTS {}",
+                self.schema
+            )))
+            .execute(&mut conn)
+            .await?;
+            sqlx::query(AssertSqlSafe(format!("SET search_path TO {}", self.schema)))
+                .execute(&mut conn)
+                .await?;
+            Ok::<_, sqlx::Error>(())
+        }
+        .await;
+        prepared.map_err(|e| self.err(e))?;
+        // `run_direct`: see the SQLite backend's `migrate`.
+        MIGRATOR
+            .run_direct(None, &mut conn, false)
+            .await
+            .map_err(|source| StoreError::Migration {
+                store: self.name.to_string(),
+                source,
+            })?;
+        // Closing the session releases the advisory lock.
+        let _ = sqlx::Connection::close(conn).await;
+        Ok(())
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn max_payload_bytes(&self) -> usize {
+        self.max_payload_bytes
+    }
+
+    fn err(&self, e: sqlx::Error) -> StoreError {
+        StoreError::from_sqlx(&self.name, e)
+    }
+
+    /// The statement with `{s}` replaced by the quoted schema.
+    fn sql(&self, template: &str) -> AssertSqlSafe<String> {
+        AssertSqlSafe(template.replace("{s}", &self.schema))
+    }
+
+    fn job(&self, row: &PgRow) -> Result<Job, StoreError> {
+        let Json(payload): Json<serde_json::Value> =
+            row.try_get("payload").map_err(|e| self.err(e))?;
+        row::job(&self.name, row, payload)
+    }
+
+    fn jobs(&self, rows: &[PgRow]) -> Result<Vec<Job>, StoreError> {
+        rows.iter().map(|r| self.job(r)).collect()
+    }
+
+    /// Best effort: the state change is committed already, a lost wake-up
+    /// only costs a poll interval.
+    async fn notify(&self, queues: &[&str]) {
+        if queues.is_empty() {
+            return;
+        }
+        let result = sqlx::query("SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q")
+            .bind(CHANNEL)
+            .bind(queues)
+            .execute(&self.pool)
+            .await;
+        if let Err(e) = result {
+            tracing::debug!(store = %self.name, error = %e, "NOTIFY failed; listeners will poll");
+        }
+    }
+
+    pub(crate) async fn listen(&self) -> Result<PgListener, StoreError> {
+        let mut listener = PgListener::connect_with(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        listener.listen(CHANNEL).await.map_err(|e| self.err(e))?;
+        Ok(listener)
+    }
+
+    pub(crate) async fn close(&self) {
+        self.pool.close().await;
+    }
+}

@@ -1,0 +1,89 @@
+//! Enqueue and claim: jobs in, and out to a processor with a lease.
+
+use super::SqliteStore;
+use crate::error::StoreError;
+use crate::model::{Enqueued, Job, now_ms};
+use crate::validate::ValidJob;
+
+impl SqliteStore {
+    pub(crate) async fn enqueue(&self, job: ValidJob) -> Result<Enqueued, StoreError> {
+        let now = now_ms();
+        let mut w = self.begin_write().await?;
+        let result = async {
+            let inserted: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO jobs (queue, kind, payload, priority, run_at, max_attempts,
+                                   idempotency_key, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, coalesce(?5, ?8), ?6, ?7, ?8, ?8)
+                 ON CONFLICT (idempotency_key) DO NOTHING
+                 RETURNING id",
+            )
+            .bind(&job.queue)
+            .bind(&job.kind)
+            .bind(&job.payload)
+            .bind(job.priority)
+            .bind(job.run_at)
+            .bind(job.max_attempts)
+            .bind(&job.idempotency_key)
+            .bind(now)
+            .fetch_optional(&mut *w.tx)
+            .await?;
+            if let Some(id) = inserted {
+                return Ok(Enqueued { id, created: true });
+            }
+            // The write lock is held: the conflicting row is there.
+            let id: i64 = sqlx::query_scalar("SELECT id FROM jobs WHERE idempotency_key = ?1")
+                .bind(&job.idempotency_key)
+                .fetch_one(&mut *w.tx)
+                .await?;
+            Ok(Enqueued { id, created: false })
+        }
+        .await;
+        let enqueued = w.finish(&self.name, result).await?;
+        if enqueued.created {
+            self.wake(&job.queue);
+        }
+        Ok(enqueued)
+    }
+
+    pub(crate) async fn claim(
+        &self,
+        queue: &str,
+        limit: u32,
+        owner: &str,
+        lease_ms: i64,
+    ) -> Result<Vec<Job>, StoreError> {
+        let now = now_ms();
+        let mut w = self.begin_write().await?;
+        // INDEXED BY: walk the claim index in claim order and stop after
+        // `limit` rows. Left to itself (no statistics) SQLite prefers the
+        // (queue, run_at) index and sorts every ready job of the queue.
+        let result = sqlx::query(concat!(
+            "UPDATE jobs SET
+                state = 'running',
+                attempt = attempt + 1,
+                lease_owner = ?1,
+                lease_token = ",
+            uuid_v4_sql!(),
+            ",
+                lease_expires_at = ?2 + ?3,
+                started_at = ?2,
+                updated_at = ?2
+             WHERE id IN (
+                SELECT id FROM jobs INDEXED BY jobs_claim
+                WHERE state IN ('queued', 'failed') AND queue = ?4 AND run_at <= ?2
+                ORDER BY priority, run_at, id
+                LIMIT ?5
+             )
+             RETURNING *"
+        ))
+        .bind(owner)
+        .bind(now)
+        .bind(lease_ms)
+        .bind(queue)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *w.tx)
+        .await;
+        let rows = w.finish(&self.name, result).await?;
+        self.jobs(&rows)
+    }
+}

@@ -1,0 +1,166 @@
+//! Reads (get, list, running jobs, next run, stats) and the operator's
+//! actions on a job that is not running (retry, cancel, delete).
+
+use sqlx::{Sqlite, Transaction};
+
+use super::SqliteStore;
+use crate::error::StoreError;
+use crate::model::{Job, JobState, ListFilter, QueueStats, now_ms};
+use crate::ops::Outcome;
+use crate::row;
+
+impl SqliteStore {
+    pub(crate) async fn get(&self, id: i64) -> Result<Option<Job>, StoreError> {
+        let row = sqlx::query("SELECT * FROM jobs WHERE id = ?1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        row.as_ref().map(|r| self.job(r)).transpose()
+    }
+
+    pub(crate) async fn list(&self, filter: &ListFilter) -> Result<Vec<Job>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM jobs
+             WHERE (?1 IS NULL OR queue = ?1) AND (?2 IS NULL OR state = ?2) AND id > ?3
+             ORDER BY id
+             LIMIT ?4",
+        )
+        .bind(&filter.queue)
+        .bind(filter.state.map(JobState::as_str))
+        .bind(filter.after_id.unwrap_or(0))
+        .bind(i64::from(filter.limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        self.jobs(&rows)
+    }
+
+    pub(crate) async fn running_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM jobs WHERE state = 'running' ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        self.jobs(&rows)
+    }
+
+    pub(crate) async fn next_run_at(&self, queue: &str) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT min(run_at) FROM jobs WHERE queue = ?1 AND state IN ('queued', 'failed')",
+        )
+        .bind(queue)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.err(e))
+    }
+
+    pub(crate) async fn stats(&self) -> Result<Vec<QueueStats>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT queue,
+                 count(*) FILTER (WHERE state IN ('queued', 'failed') AND run_at <= ?1) AS queued,
+                 count(*) FILTER (WHERE state IN ('queued', 'failed') AND run_at > ?1) AS scheduled,
+                 count(*) FILTER (WHERE state = 'running') AS running,
+                 count(*) FILTER (WHERE state = 'failed') AS failed,
+                 count(*) FILTER (WHERE state = 'dead') AS dead,
+                 count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
+                 count(*) FILTER (WHERE state = 'cancelled') AS cancelled,
+                 ?1 - min(run_at) FILTER (WHERE state IN ('queued', 'failed') AND run_at <= ?1)
+                     AS oldest_queued_age_ms
+             FROM jobs
+             GROUP BY queue
+             ORDER BY queue",
+        )
+        .bind(now_ms())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        rows.iter()
+            .map(|r| row::stats(r).map_err(|e| self.err(e)))
+            .collect()
+    }
+
+    pub(crate) async fn retry(&self, id: i64) -> Result<Result<String, JobState>, StoreError> {
+        let now = now_ms();
+        let mut w = self.begin_write().await?;
+        let result = async {
+            let queue: Option<String> = sqlx::query_scalar(
+                "UPDATE jobs SET state = 'queued', run_at = ?2, attempt = 0, crashes = 0,
+                     finished_at = NULL, updated_at = ?2
+                 WHERE id = ?1 AND state IN ('dead', 'failed', 'cancelled')
+                 RETURNING queue",
+            )
+            .bind(id)
+            .bind(now)
+            .fetch_optional(&mut *w.tx)
+            .await?;
+            match queue {
+                Some(queue) => Ok(Outcome::Done(queue)),
+                None => self.state_of(&mut w.tx, id).await,
+            }
+        }
+        .await;
+        let outcome = w.finish(&self.name, result).await?;
+        if let Outcome::Done(queue) = &outcome {
+            self.wake(queue);
+        }
+        outcome.into_result(&self.name, id)
+    }
+
+    pub(crate) async fn cancel(&self, id: i64) -> Result<Result<(), JobState>, StoreError> {
+        let now = now_ms();
+        let mut w = self.begin_write().await?;
+        let result = async {
+            let done: Option<i64> = sqlx::query_scalar(
+                "UPDATE jobs SET state = 'cancelled', finished_at = ?2, updated_at = ?2
+                 WHERE id = ?1 AND state IN ('queued', 'failed')
+                 RETURNING id",
+            )
+            .bind(id)
+            .bind(now)
+            .fetch_optional(&mut *w.tx)
+            .await?;
+            match done {
+                Some(_) => Ok(Outcome::Done(())),
+                None => self.state_of(&mut w.tx, id).await,
+            }
+        }
+        .await;
+        w.finish(&self.name, result)
+            .await?
+            .into_result(&self.name, id)
+    }
+
+    pub(crate) async fn delete(&self, id: i64) -> Result<Result<(), JobState>, StoreError> {
+        let mut w = self.begin_write().await?;
+        let result = async {
+            let done: Option<i64> = sqlx::query_scalar(
+                "DELETE FROM jobs WHERE id = ?1 AND state <> 'running' RETURNING id",
+            )
+            .bind(id)
+            .fetch_optional(&mut *w.tx)
+            .await?;
+            match done {
+                Some(_) => Ok(Outcome::Done(())),
+                None => self.state_of(&mut w.tx, id).await,
+            }
+        }
+        .await;
+        w.finish(&self.name, result)
+            .await?
+            .into_result(&self.name, id)
+    }
+
+    /// Why a state-changing statement matched nothing: no such job, or the
+    /// state it is in.
+    pub(super) async fn state_of<T>(
+        &self,
+        tx: &mut Transaction<'static, Sqlite>,
+        id: i64,
+    ) -> Result<Outcome<T>, sqlx::Error> {
+        let state: Option<String> = sqlx::query_scalar("SELECT state FROM jobs WHERE id = ?1")
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?;
+        Ok(Outcome::from_state(state))
+    }
+}

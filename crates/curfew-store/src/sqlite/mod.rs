@@ -1,0 +1,236 @@
+//! The SQLite backend: one file, WAL mode, `synchronous=NORMAL`,
+//! `busy_timeout` 5 s.
+//!
+//! SQLite has one writer at a time. Every write here runs in a
+//! `BEGIN IMMEDIATE` transaction, which takes the database's write lock
+//! before it reads anything, so a read-then-write (claim's subquery, rescue's
+//! candidate list, enqueue's idempotency check) can never act on a stale
+//! snapshot, also when several processes share the file (they wait for each
+//! other up to `busy_timeout`). Inside one process the writers also queue on
+//! a mutex first, so they wait in order instead of polling the lock.
+//!
+//! `synchronous=NORMAL` in WAL mode: a commit survives a crash of the
+//! process (SIGKILL included); after a power loss or an OS crash the last
+//! commits before it may be rolled back. Use PostgreSQL where that matters.
+//!
+//! "Now" is the local clock: every process sharing the file is on one host.
+//! Wake-ups are in-process only (a broadcast channel); a process that shares
+//! the file learns of another's jobs by polling.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+use tokio::sync::{Mutex, OwnedMutexGuard, broadcast};
+
+use super::error::StoreError;
+use super::model::Job;
+use super::{StoreOptions, row};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// How long a writer waits for another process's write lock.
+pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A random UUID v4 in SQL, evaluated per row (SQLite has no uuid function).
+macro_rules! uuid_v4_sql {
+    () => {
+        "lower(hex(randomblob(4)) || '-' || hex(randomblob(2)) || '-4' || \
+         substr(hex(randomblob(2)), 2) || '-' || substr('89ab', 1 + (random() & 3), 1) || \
+         substr(hex(randomblob(2)), 2) || '-' || hex(randomblob(6)))"
+    };
+}
+
+// After `uuid_v4_sql!`, which they use.
+mod claim;
+mod lease;
+mod manage;
+
+/// A job store in a SQLite file.
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    /// `sqlite://<path>`, for errors and logs.
+    name: Arc<str>,
+    write_lock: Arc<Mutex<()>>,
+    wake: broadcast::Sender<String>,
+    max_payload_bytes: usize,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// A write transaction holding both the in-process writer mutex and
+/// SQLite's write lock. Dropped without [`WriteTx::finish`] it rolls back.
+struct WriteTx {
+    tx: Transaction<'static, Sqlite>,
+    _turn: OwnedMutexGuard<()>,
+}
+
+impl WriteTx {
+    /// Commits when `result` is Ok, rolls back otherwise.
+    async fn finish<T>(self, store: &str, result: Result<T, sqlx::Error>) -> Result<T, StoreError> {
+        match result {
+            Ok(value) => {
+                self.tx
+                    .commit()
+                    .await
+                    .map_err(|e| StoreError::from_sqlx(store, e))?;
+                Ok(value)
+            }
+            Err(e) => {
+                // Roll back now rather than when the connection is next used,
+                // so the write lock is not held meanwhile.
+                let _ = self.tx.rollback().await;
+                Err(StoreError::from_sqlx(store, e))
+            }
+        }
+    }
+}
+
+impl SqliteStore {
+    /// Opens the file and migrates it. Processes opening a new file at the
+    /// same moment can get `SQLITE_BUSY` without SQLite's busy handler being
+    /// consulted (the switch of a fresh file to WAL, or a reader meeting a
+    /// WAL recovery in progress): such an open is tried again, for up to
+    /// `acquire_timeout`.
+    pub(crate) async fn open(path: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
+        let deadline = tokio::time::Instant::now() + options.acquire_timeout;
+        let mut pause = std::time::Duration::from_millis(10);
+        loop {
+            match SqliteStore::open_once(path, options).await {
+                Err(StoreError::Unavailable { source, .. })
+                    if is_busy(&source) && tokio::time::Instant::now() + pause < deadline =>
+                {
+                    tracing::debug!(error = %source, "SQLite store busy while opening; trying again.");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_millis(200));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn open_once(path: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
+        let name: Arc<str> = format!("sqlite://{}", path.display()).into();
+        let connect = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .optimize_on_close(true, 400);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect)
+            .await
+            .map_err(|e| StoreError::from_sqlx(&name, e))?;
+        let (wake, _) = broadcast::channel(1024);
+        let store = SqliteStore {
+            pool,
+            name,
+            write_lock: Arc::new(Mutex::new(())),
+            wake,
+            max_payload_bytes: options.max_payload_bytes,
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Runs the migrations inside one `BEGIN IMMEDIATE` transaction (each
+    /// migration becomes a savepoint), so processes opening the same new
+    /// file at once apply them exactly once.
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let w = self.begin_write().await?;
+        let mut tx = w.tx;
+        // `run_direct` (public, doc-hidden) is `Migrator::run` without its
+        // `Acquire` bound, which would make the whole `open` future "not
+        // general enough" to be spawned (a known sqlx limitation).
+        let result = MIGRATOR.run_direct(None, &mut *tx, false).await;
+        match result {
+            Ok(()) => tx
+                .commit()
+                .await
+                .map_err(|e| StoreError::from_sqlx(&self.name, e)),
+            Err(source) => {
+                let _ = tx.rollback().await;
+                Err(StoreError::Migration {
+                    store: self.name.to_string(),
+                    source,
+                })
+            }
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn max_payload_bytes(&self) -> usize {
+        self.max_payload_bytes
+    }
+
+    fn err(&self, e: sqlx::Error) -> StoreError {
+        StoreError::from_sqlx(&self.name, e)
+    }
+
+    async fn begin_write(&self) -> Result<WriteTx, StoreError> {
+        let turn = self.write_lock.clone().lock_owned().await;
+        let tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(WriteTx { tx, _turn: turn })
+    }
+
+    fn job(&self, row: &SqliteRow) -> Result<Job, StoreError> {
+        let payload: String = row.try_get("payload").map_err(|e| self.err(e))?;
+        let payload = serde_json::from_str(&payload).map_err(|e| StoreError::Corrupt {
+            store: self.name.to_string(),
+            id: row.try_get("id").unwrap_or_default(),
+            reason: format!("payload is not JSON: {e}"),
+        })?;
+        row::job(&self.name, row, payload)
+    }
+
+    fn jobs(&self, rows: &[SqliteRow]) -> Result<Vec<Job>, StoreError> {
+        rows.iter().map(|r| self.job(r)).collect()
+    }
+
+    fn wake(&self, queue: &str) {
+        // No receiver is fine: nobody is waiting.
+        let _ = self.wake.send(queue.to_owned());
+    }
+
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<String> {
+        self.wake.subscribe()
+    }
+
+    pub(crate) async fn close(&self) {
+        // Fold the WAL back into the database file on a clean shutdown.
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await
+        {
+            tracing::debug!(store = %self.name, error = %e, "WAL checkpoint at close failed");
+        }
+        self.pool.close().await;
+    }
+}
+
+/// SQLITE_BUSY or SQLITE_LOCKED (any extended code).
+fn is_busy(e: &sqlx::Error) -> bool {
+    matches!(super::error::sqlite_primary_code(e), Some(5 | 6))
+}
