@@ -17,7 +17,10 @@ use curfew::config::{self, Config, Sources};
 use curfew::control::{self, Request};
 use curfew::serve::{ControlSignal, InputSender, Inputs, Reloader, StopSignal, run_with};
 
-const TESTWORKER: &str = env!("CARGO_BIN_EXE_curfew-testworker");
+const TESTWORKER: &str = env!(
+    "CARGO_BIN_EXE_curfew-testworker",
+    "the test helpers are behind a feature: run `cargo nextest run --workspace --features dev-tools` (or `bash .ci/run`)"
+);
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
