@@ -12,6 +12,7 @@ const NOT_SETTINGS: &[&str] = &[
     "CURFEW_SOCKET",      // set by curfew for workers in unix socket mode
     "CURFEW_LOG",         // reserved
     "CURFEW_JOB_TOKEN",   // set by curfew in its workers' environment ([jobs])
+    "CURFEW_ADMIN_URL",   // set by curfew in its workers' environment (admin_bind)
     "CURFEW_VENV",        // scripts/python-env.sh: where the Python venv lives
     "CURFEW_TEST_PG_URL", // the test suite's PostgreSQL
     "CURFEW_TEST_ECHO",   // the test suite: echo curfew's logs
