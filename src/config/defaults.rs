@@ -99,15 +99,15 @@ pub fn worker_concurrency(command: &[String]) -> (usize, String) {
         Some(s) if ASYNC_SERVERS.contains(&s) => (
             ASYNC_WORKER_CONCURRENCY,
             format!(
-                "worker_concurrency not set: {ASYNC_WORKER_CONCURRENCY} requests at once per worker, as `{s}` is an async server; set worker_concurrency to change it, and liveness_path to catch a blocked event loop."
+                "Serving up to {ASYNC_WORKER_CONCURRENCY} requests at once per worker: `{s}` is an async server (worker_concurrency not set; set it to change this, and liveness_path to catch a blocked event loop)."
             ),
         ),
         s => (
             WORKER_CONCURRENCY,
             format!(
-                "worker_concurrency not set: {WORKER_CONCURRENCY} request at a time per worker, as `{}` is not one of the async servers ({}); set worker_concurrency for threaded or async workers.",
+                "Serving {WORKER_CONCURRENCY} request at a time per worker: `{}` is not one of the async servers {} (worker_concurrency not set; set it for threaded or async workers).",
                 s.unwrap_or("?"),
-                ASYNC_SERVERS.join(", ")
+                ASYNC_SERVERS.join("/")
             ),
         ),
     }

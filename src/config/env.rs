@@ -7,15 +7,17 @@ use super::{ConfigError, Origin, Origins};
 
 /// Variables with the `CURFEW_` prefix that are not settings.
 const NOT_SETTINGS: &[&str] = &[
-    "CURFEW_CONFIG",      // the config file path
-    "CURFEW_WORKER_ID",   // set by curfew in its workers' environment
-    "CURFEW_SOCKET",      // set by curfew for workers in unix socket mode
-    "CURFEW_LOG",         // reserved
-    "CURFEW_JOB_TOKEN",   // set by curfew in its workers' environment ([jobs])
-    "CURFEW_ADMIN_URL",   // set by curfew in its workers' environment (admin_bind)
-    "CURFEW_VENV",        // scripts/python-env.sh: where the Python venv lives
-    "CURFEW_TEST_PG_URL", // the test suite's PostgreSQL
-    "CURFEW_TEST_ECHO",   // the test suite: echo curfew's logs
+    "CURFEW_CONFIG",          // the config file path
+    "CURFEW_WORKER_ID",       // set by curfew in its workers' environment
+    "CURFEW_SOCKET",          // set by curfew for workers in unix socket mode
+    "CURFEW_LOG",             // reserved
+    "CURFEW_JOB_TOKEN",       // set by curfew in its workers' environment ([jobs])
+    "CURFEW_ADMIN_URL",       // set by curfew in its workers' environment (admin_bind)
+    "CURFEW_VENV",            // scripts/python-env.sh: where the Python venv lives
+    "CURFEW_TEST_PG_URL",     // the test suite's PostgreSQL
+    "CURFEW_TEST_ECHO",       // the test suite: echo curfew's logs
+    "CURFEW_BIN",             // python/tests: the curfew binary under test
+    "CURFEW_TEST_REQUIRE_PG", // python/tests: fail (not skip) without PostgreSQL
 ];
 
 /// Build the environment layer from `vars` (normally `std::env::vars()`).
