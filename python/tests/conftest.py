@@ -44,12 +44,12 @@ PG_URL = os.environ.get("CURFEW_TEST_PG_URL", "postgres://postgres@127.0.0.1:543
 
 
 def curfew_binary() -> str:
+    """$CURFEW_BIN; else the binary installed with the curfew package under
+    test (the wheel); else cargo's build in this checkout."""
     if os.environ.get("CURFEW_BIN"):
         return os.environ["CURFEW_BIN"]
-    try:
+    if _installed():
         return curfew.find_binary()
-    except FileNotFoundError:
-        pass
     target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
     for profile in ("debug", "release"):
         if (target / profile / "curfew").exists():
