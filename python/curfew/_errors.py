@@ -60,7 +60,7 @@ class Retry(Exception):
         if after is None:
             seconds = None
         elif hasattr(after, "total_seconds"):
-            seconds = float(after.total_seconds())  # type: ignore[attr-defined]
+            seconds = float(after.total_seconds())
         elif isinstance(after, (int, float)) and not isinstance(after, bool):
             seconds = float(after)
         else:

@@ -67,6 +67,15 @@ def current_job() -> Optional[JobInfo]:
     return _current.get()
 
 
+@dataclass(frozen=True)
+class _Run:
+    """A checked delivery, ready to run."""
+
+    handler: "_Handler"
+    args: Tuple[Any, ...]
+    info: JobInfo
+
+
 @dataclass
 class _Handler:
     kind: str
@@ -142,7 +151,7 @@ class Registry:
 
     def _prepare(
         self, kind_from_path: Optional[str], headers: Mapping[str, str], body: bytes
-    ) -> Union[Answer, Tuple[_Handler, Any, JobInfo]]:
+    ) -> Union[Answer, _Run]:
         """Checks a delivery: the answer to send at once, or what to run.
         ``headers`` has lower-case names."""
         expected = os.environ.get("CURFEW_JOB_TOKEN", "")
@@ -171,16 +180,16 @@ class Registry:
             kind=kind,
             queue=headers.get("x-job-queue", ""),
         )
-        return handler, payload, info
+        args = (payload, info) if handler.wants_info else (payload,)
+        return _Run(handler, args, info)
 
     def handle(self, kind: Optional[str], headers: Mapping[str, str], body: bytes) -> Answer:
         """Runs one delivery in this thread (an ``async`` handler in a new
         event loop) and returns the answer."""
         prepared = self._prepare(kind, headers, body)
-        if not isinstance(prepared[0], _Handler):
-            return prepared  # type: ignore[return-value]
-        handler, payload, info = prepared  # type: ignore[misc]
-        args = (payload, info) if handler.wants_info else (payload,)
+        if not isinstance(prepared, _Run):
+            return prepared
+        handler, args, info = prepared.handler, prepared.args, prepared.info
         token = _current.set(info)
         try:
             if handler.is_async:
@@ -200,10 +209,9 @@ class Registry:
         worker thread, so it does not block the loop) and returns the
         answer."""
         prepared = self._prepare(kind, headers, body)
-        if not isinstance(prepared[0], _Handler):
-            return prepared  # type: ignore[return-value]
-        handler, payload, info = prepared  # type: ignore[misc]
-        args = (payload, info) if handler.wants_info else (payload,)
+        if not isinstance(prepared, _Run):
+            return prepared
+        handler, args, info = prepared.handler, prepared.args, prepared.info
         token = _current.set(info)
         try:
             if handler.is_async:

@@ -8,7 +8,7 @@ from django.views.decorators.csrf import csrf_exempt
 from .._jobs import registry
 
 
-@csrf_exempt
+@csrf_exempt  # type: ignore[untyped-decorator]
 def run_job(request: HttpRequest, kind: str) -> HttpResponse:
     """Runs one job delivery (the token is checked, not a CSRF cookie)."""
     if request.method != "POST":
