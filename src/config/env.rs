@@ -16,7 +16,7 @@ const NOT_SETTINGS: &[&str] = &[
     "CURFEW_VENV",            // scripts/python-env.sh: where the Python venv lives
     "CURFEW_TEST_PG_URL",     // the test suite's PostgreSQL
     "CURFEW_TEST_ECHO",       // the test suite: echo curfew's logs
-    "CURFEW_BIN",             // python/tests: the curfew binary under test
+    "CURFEW_BIN",             // python/tests, scripts/run-example.sh: the curfew binary to run
     "CURFEW_TEST_REQUIRE_PG", // python/tests: fail (not skip) without PostgreSQL
 ];
 
