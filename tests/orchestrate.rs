@@ -8,6 +8,14 @@
 //! Workers get their socket as `{port}`: fd mode execs them through
 //! `/proc/self/exe __exec-worker`, which is curfew's binary, not this one.
 
+// The test helper binaries (curfew-testworker, curfew-load) are built only
+// with the dev-tools feature; without it CARGO_BIN_EXE_* would name a
+// missing or stale file.
+#[cfg(not(feature = "dev-tools"))]
+compile_error!(
+    "these tests run the test helper binaries: `cargo nextest run --workspace --features dev-tools` (or `bash .ci/run`)"
+);
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -17,10 +25,7 @@ use curfew::config::{self, Config, Sources};
 use curfew::control::{self, Request};
 use curfew::serve::{ControlSignal, InputSender, Inputs, Reloader, StopSignal, run_with};
 
-const TESTWORKER: &str = env!(
-    "CARGO_BIN_EXE_curfew-testworker",
-    "the test helpers are behind a feature: run `cargo nextest run --workspace --features dev-tools` (or `bash .ci/run`)"
-);
+const TESTWORKER: &str = env!("CARGO_BIN_EXE_curfew-testworker");
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 

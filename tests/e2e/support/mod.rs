@@ -13,14 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const CURFEW: &str = env!("CARGO_BIN_EXE_curfew");
-pub const TESTWORKER: &str = env!(
-    "CARGO_BIN_EXE_curfew-testworker",
-    "the test helpers are behind a feature: run `cargo nextest run --workspace --features dev-tools` (or `bash .ci/run`)"
-);
-pub const LOAD: &str = env!(
-    "CARGO_BIN_EXE_curfew-load",
-    "the test helpers are behind a feature: run `cargo nextest run --workspace --features dev-tools` (or `bash .ci/run`)"
-);
+pub const TESTWORKER: &str = env!("CARGO_BIN_EXE_curfew-testworker");
+pub const LOAD: &str = env!("CARGO_BIN_EXE_curfew-load");
 
 /// The start of a lifecycle event's fields in a text log line
 /// (`events.rs`), e.g. `event("reload_finished", "ok")`.
