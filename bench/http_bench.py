@@ -862,7 +862,7 @@ def main() -> int:
     ap.add_argument("--only", default="throughput,sigterm,idle",
                     help="comma-separated subset of throughput,sigterm,idle")
     ap.add_argument("--venv", help="Python venv with the servers (default .venv or $CURFEW_VENV)")
-    ap.add_argument("--build", action="store_true", help="run `cargo build --release` first")
+    ap.add_argument("--build", action="store_true", help="run `cargo build --release --features dev-tools` first")
     ap.add_argument("--write", action="store_true", help="record the results in bench/RESULTS.md")
     args = ap.parse_args()
     if not args.sigterm_paths:
@@ -876,12 +876,12 @@ def main() -> int:
     become_subreaper()
 
     if args.build:
-        subprocess.run(["cargo", "build", "--release"], cwd=REPO, check=True)
+        subprocess.run(["cargo", "build", "--release", "--features", "dev-tools"], cwd=REPO, check=True)
     curfew_bin = REPO / "target" / "release" / "curfew"
     load_bin = REPO / "target" / "release" / "curfew-load"
     for b in (curfew_bin, load_bin):
         if not b.exists():
-            sys.exit(f"{b} missing: run `cargo build --release` (or pass --build)")
+            sys.exit(f"{b} missing: run `cargo build --release --features dev-tools` (or pass --build)")
     venv = find_venv(args.venv)
     vbin = venv / "bin"
     n = str(args.workers)

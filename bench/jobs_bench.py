@@ -919,7 +919,7 @@ def main() -> int:
                          "(default 1)")
     ap.add_argument("--venv", help="Python venv (default .venv or $CURFEW_VENV)")
     ap.add_argument("--build", action="store_true",
-                    help="run `cargo build --release --bins` (CARGO_TARGET_DIR, default /work/bench-target) first")
+                    help="run `cargo build --release --features dev-tools --bins` (CARGO_TARGET_DIR, default /work/bench-target) first")
     ap.add_argument("--write", action="store_true", help="record the results in bench/RESULTS.md")
     args = ap.parse_args()
 
@@ -951,11 +951,11 @@ def main() -> int:
 
     target = Path(os.environ.get("CARGO_TARGET_DIR", "/work/bench-target"))
     if args.build:
-        subprocess.run(["cargo", "build", "--release", "--bins"], cwd=REPO, check=True,
+        subprocess.run(["cargo", "build", "--release", "--features", "dev-tools", "--bins"], cwd=REPO, check=True,
                        env={**os.environ, "CARGO_TARGET_DIR": str(target)})
     curfew_bin = target / "release" / "curfew"
     if not curfew_bin.exists():
-        sys.exit(f"{curfew_bin} missing: run `CARGO_TARGET_DIR={target} cargo build --release --bins` "
+        sys.exit(f"{curfew_bin} missing: run `CARGO_TARGET_DIR={target} cargo build --release --features dev-tools --bins` "
                  "(or pass --build)")
 
     logdir = Path(tempfile.mkdtemp(prefix="curfew-jobs-bench-"))

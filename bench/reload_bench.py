@@ -273,7 +273,7 @@ def main() -> int:
     ap.add_argument("--servers", default="curfew,gunicorn,uvicorn",
                     help="comma-separated subset of curfew,gunicorn,uvicorn")
     ap.add_argument("--venv", help="Python venv with the servers (default .venv or $CURFEW_VENV)")
-    ap.add_argument("--build", action="store_true", help="run `cargo build --release` first")
+    ap.add_argument("--build", action="store_true", help="run `cargo build --release --features dev-tools` first")
     ap.add_argument("--write", action="store_true", help="record the results in bench/RESULTS.md")
     args = ap.parse_args()
     if not args.paths:
@@ -288,12 +288,12 @@ def main() -> int:
     hb.become_subreaper()
 
     if args.build:
-        subprocess.run(["cargo", "build", "--release"], cwd=hb.REPO, check=True)
+        subprocess.run(["cargo", "build", "--release", "--features", "dev-tools"], cwd=hb.REPO, check=True)
     curfew_bin = hb.REPO / "target" / "release" / "curfew"
     load_bin = hb.REPO / "target" / "release" / "curfew-load"
     for b in (curfew_bin, load_bin):
         if not b.exists():
-            sys.exit(f"{b} missing: run `cargo build --release` (or pass --build)")
+            sys.exit(f"{b} missing: run `cargo build --release --features dev-tools` (or pass --build)")
     vbin = hb.find_venv(args.venv) / "bin"
     n = str(args.workers)
     logdir = Path(tempfile.mkdtemp(prefix="curfew-reload-bench-"))

@@ -4,7 +4,7 @@
 #   scripts/python-env.sh            -> venv at <repo>/.venv
 #   CURFEW_VENV=/tmp/v scripts/python-env.sh
 #
-# Installs examples/requirements.txt; skipped when the stamp file in the venv
+# Installs examples/requirements.txt and python/tests/requirements.txt; skipped when the stamp file in the venv
 # matches the sha256 of requirements.txt, so re-runs are instant.
 # The last line printed on stdout is the venv path.
 set -euo pipefail
@@ -12,6 +12,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${CURFEW_VENV:-$repo/.venv}"
 req="$repo/examples/requirements.txt"
+test_req="$repo/python/tests/requirements.txt"
 stamp="$venv/.curfew-requirements.sha256"
 python="${PYTHON:-python3}"
 
@@ -45,13 +46,19 @@ if [ ! -x "$venv/bin/python" ]; then
     fi
 fi
 
-want="$(sha256sum "$req" | cut -d' ' -f1)"
+want="$(cat "$req" "$test_req" | sha256sum | cut -d' ' -f1)"
 have="$(cat "$stamp" 2>/dev/null || true)"
 if [ "$want" != "$have" ]; then
     log "installing $req"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req" >&2
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req" -r "$test_req" >&2
     echo "$want" >"$stamp"
 fi
+
+# The curfew SDK (python/curfew) from this checkout, for the example apps and
+# the SDK's tests, without building the wheel: a .pth entry comes after
+# site-packages, so an installed curfew wheel still wins.
+site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
+echo "$repo/python" >"$site/curfew-sdk-source.pth"
 
 # keep the venv out of git even when it lives inside the repo
 [ -e "$venv/.gitignore" ] || echo "*" >"$venv/.gitignore"

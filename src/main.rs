@@ -81,6 +81,7 @@ fn run_serve(args: cli::ServeArgs) -> i32 {
     if let Some(f) = &cfg.config_file {
         tracing::info!(file = %f.display(), "Read configuration.");
     }
+    cfg.log_defaults();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -8,6 +8,14 @@
 //! Workers get their socket as `{port}`: fd mode execs them through
 //! `/proc/self/exe __exec-worker`, which is curfew's binary, not this one.
 
+// The test helper binaries (curfew-testworker, curfew-load) are built only
+// with the dev-tools feature; without it CARGO_BIN_EXE_* would name a
+// missing or stale file.
+#[cfg(not(feature = "dev-tools"))]
+compile_error!(
+    "these tests run the test helper binaries: `cargo nextest run --workspace --features dev-tools` (or `bash .ci/run`)"
+);
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

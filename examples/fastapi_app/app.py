@@ -1,21 +1,54 @@
-"""Minimal FastAPI (ASGI) example app for curfew.
+"""Minimal FastAPI (ASGI) example app for curfew, with background jobs
+through the curfew SDK.
 
-Run under curfew, e.g.:  curfew serve -w 4 -- uvicorn app:app --fd 3
+Run under curfew:  curfew serve -w 4 -- uvicorn app:app --fd 3
+(or `bash scripts/run-example.sh` from the repository root).
 """
 import asyncio
 import os
 
+import curfew
+import curfew.asgi
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse
 
 VERSION = os.environ.get("APP_VERSION", "1")
 # When set, every job delivery appends "<id> <attempt> <kind> <pid>" here.
 JOBS_LOG = os.environ.get("JOBS_LOG")
-# Set by curfew for its workers when [jobs] is on; every job delivery carries
-# it in X-Curfew-Job-Token (curfew strips that header from client requests).
-JOB_TOKEN = os.environ.get("CURFEW_JOB_TOKEN")
 
 app = FastAPI()
+# curfew delivers jobs as POST /jobs/<kind>; the SDK checks the job token
+# (constant time) and turns each handler's outcome into the job's verdict.
+app.mount("/jobs", curfew.asgi.jobs_app())
+
+
+def log_delivery(job: curfew.JobInfo) -> None:
+    if JOBS_LOG:
+        with open(JOBS_LOG, "a") as f:
+            f.write(f"{job.id} {job.attempt} {job.kind} {os.getpid()}\n")
+
+
+@curfew.job("send_email")
+async def send_email(payload, job):
+    log_delivery(job)
+    print(f"sending email to {payload.get('to')} (job {job.id}, attempt {job.attempt})", flush=True)
+
+
+@curfew.job("sleep")
+async def sleep_job(payload, job):
+    log_delivery(job)
+    await asyncio.sleep(payload.get("ms", 0) / 1000)
+
+
+@curfew.job("fail")
+async def fail(payload, job):
+    log_delivery(job)
+    raise RuntimeError("failing on purpose")
+
+
+@curfew.job("noop")
+async def noop(payload, job):
+    log_delivery(job)
 
 
 @app.get("/")
@@ -26,6 +59,15 @@ async def index():
         "pid": os.getpid(),
         "version": VERSION,
     }
+
+
+@app.post("/signup")
+async def signup(request: Request):
+    """Enqueues a welcome email: `curl -XPOST :8000/signup -d '{"email": "a@b.c"}'`."""
+    body = await request.json()
+    # curfew.enqueue is blocking (a quick local request): off the event loop.
+    job = await asyncio.to_thread(curfew.enqueue, "send_email", {"to": body["email"]})
+    return {"ok": True, "job": job.id}
 
 
 @app.get("/health")
@@ -44,31 +86,6 @@ async def spin():
     # A wedged worker: blocks the event loop forever.
     while True:
         pass
-
-
-@app.post("/jobs/echo")
-async def echo(request: Request):
-    return await request.json()
-
-
-@app.post("/jobs/{kind}")
-async def job(kind: str, request: Request):
-    """Background jobs delivered by curfew ([jobs] in curfew.toml)."""
-    if JOB_TOKEN is None or request.headers.get("x-curfew-job-token") != JOB_TOKEN:
-        return PlainTextResponse("job endpoints are for curfew only", status_code=403)
-    payload = await request.json()
-    job_id = request.headers.get("x-job-id")
-    attempt = request.headers.get("x-job-attempt")
-    if JOBS_LOG:
-        with open(JOBS_LOG, "a") as f:
-            f.write(f"{job_id} {attempt} {kind} {os.getpid()}\n")
-    if kind == "sleep":
-        await asyncio.sleep(payload.get("ms", 0) / 1000)
-    elif kind == "fail":
-        return PlainTextResponse("failing on purpose", status_code=500)
-    elif kind == "send_email":
-        print(f"sending email to {payload.get('to')} (job {job_id}, attempt {attempt})", flush=True)
-    return {"ok": True, "job": job_id, "attempt": attempt}
 
 
 @app.get("/plain", response_class=PlainTextResponse)

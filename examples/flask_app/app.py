@@ -1,20 +1,52 @@
-"""Minimal Flask (WSGI) example app for curfew.
+"""Minimal Flask (WSGI) example app for curfew, with background jobs
+through the curfew SDK.
 
-Run under curfew, e.g.:  curfew serve -w 2 -- gunicorn --bind fd://3 --workers 1 app:app
+Run under curfew:  curfew serve -w 2 -- gunicorn --workers 1 --no-control-socket app:app
 """
 import os
 import time
 
+import curfew
+import curfew.flask
 from flask import Flask, jsonify, request
 
 VERSION = os.environ.get("APP_VERSION", "1")
 # When set, every job delivery appends "<id> <attempt> <kind> <pid>" here.
 JOBS_LOG = os.environ.get("JOBS_LOG")
-# Set by curfew for its workers when [jobs] is on; every job delivery carries
-# it in X-Curfew-Job-Token (curfew strips that header from client requests).
-JOB_TOKEN = os.environ.get("CURFEW_JOB_TOKEN")
 
 app = Flask(__name__)
+# curfew delivers jobs as POST /jobs/<kind>; the SDK checks the job token
+# (constant time) and turns each handler's outcome into the job's verdict.
+app.register_blueprint(curfew.flask.blueprint())
+
+
+def log_delivery(job: curfew.JobInfo) -> None:
+    if JOBS_LOG:
+        with open(JOBS_LOG, "a") as f:
+            f.write(f"{job.id} {job.attempt} {job.kind} {os.getpid()}\n")
+
+
+@curfew.job("send_email")
+def send_email(payload, job):
+    log_delivery(job)
+    print(f"sending email to {payload.get('to')} (job {job.id}, attempt {job.attempt})", flush=True)
+
+
+@curfew.job("sleep")
+def sleep_job(payload, job):
+    log_delivery(job)
+    time.sleep(payload.get("ms", 0) / 1000)
+
+
+@curfew.job("fail")
+def fail(payload, job):
+    log_delivery(job)
+    raise RuntimeError("failing on purpose")
+
+
+@curfew.job("noop")
+def noop(payload, job):
+    log_delivery(job)
 
 
 @app.get("/")
@@ -25,6 +57,13 @@ def index():
         pid=os.getpid(),
         version=VERSION,
     )
+
+
+@app.post("/signup")
+def signup():
+    """Enqueues a welcome email: `curl -XPOST :8000/signup -d '{"email": "a@b.c"}'`."""
+    job = curfew.enqueue("send_email", {"to": request.get_json(force=True)["email"]})
+    return jsonify(ok=True, job=job.id)
 
 
 @app.get("/health")
@@ -44,31 +83,6 @@ def spin():
     # A wedged worker: never returns.
     while True:
         pass
-
-
-@app.post("/jobs/echo")
-def echo():
-    return jsonify(request.get_json(force=True))
-
-
-@app.post("/jobs/<kind>")
-def job(kind):
-    """Background jobs delivered by curfew ([jobs] in curfew.toml)."""
-    if JOB_TOKEN is None or request.headers.get("X-Curfew-Job-Token") != JOB_TOKEN:
-        return "job endpoints are for curfew only", 403
-    payload = request.get_json(force=True)
-    job_id = request.headers.get("X-Job-Id")
-    attempt = request.headers.get("X-Job-Attempt")
-    if JOBS_LOG:
-        with open(JOBS_LOG, "a") as f:
-            f.write(f"{job_id} {attempt} {kind} {os.getpid()}\n")
-    if kind == "sleep":
-        time.sleep(payload.get("ms", 0) / 1000)
-    elif kind == "fail":
-        return "failing on purpose", 500
-    elif kind == "send_email":
-        print(f"sending email to {payload.get('to')} (job {job_id}, attempt {attempt})", flush=True)
-    return jsonify(ok=True, job=job_id, attempt=attempt)
 
 
 @app.get("/plain")

@@ -7,7 +7,24 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub const BIND: &str = "127.0.0.1:8000";
+/// `worker_concurrency` for a sync worker (and any command not known to be
+/// async): one request at a time.
 pub const WORKER_CONCURRENCY: usize = 1;
+/// `worker_concurrency` for an async server ([`ASYNC_SERVERS`]): many
+/// requests at once on one event loop. 32 keeps a few slow requests from
+/// filling a worker while still bounding what one worker holds (the rest
+/// waits in curfew's queue, where any worker can take it).
+pub const ASYNC_WORKER_CONCURRENCY: usize = 32;
+/// Programs that serve many requests at once per process.
+pub const ASYNC_SERVERS: &[&str] = &[
+    "uvicorn",
+    "hypercorn",
+    "granian",
+    "daphne",
+    "node",
+    "bun",
+    "deno",
+];
 pub const BACKLOG: usize = 1024;
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const TIMEOUT: Duration = Duration::from_secs(30);
@@ -36,6 +53,64 @@ pub fn workers() -> usize {
         .map(|n| n.get())
         .unwrap_or(1);
     2 * cores + 1
+}
+
+/// The server a worker command runs: the program's file name, looking
+/// through `python -m X`, `uv run X` (also poetry, pipenv, hatch, pdm),
+/// `env VAR=… X` and `npx X`.
+pub fn server_of(command: &[String]) -> Option<&str> {
+    let mut args = command.iter().map(String::as_str);
+    let mut program = args.next()?;
+    loop {
+        let name = program.rsplit('/').next().unwrap_or(program);
+        let next = match name {
+            "uv" | "poetry" | "pipenv" | "hatch" | "pdm" => match args.next() {
+                Some("run") => args.find(|a| !a.starts_with('-')),
+                _ => return Some(name),
+            },
+            "env" => args.find(|a| !a.starts_with('-') && !a.contains('=')),
+            "npx" => args.find(|a| !a.starts_with('-')),
+            _ if name.starts_with("python") => {
+                let mut module = None;
+                while let Some(a) = args.next() {
+                    if a == "-m" {
+                        module = args.next();
+                        break;
+                    }
+                    if !a.starts_with('-') {
+                        break;
+                    }
+                }
+                match module {
+                    Some(m) => return Some(m.split('.').next().unwrap_or(m)),
+                    None => return Some(name),
+                }
+            }
+            _ => return Some(name),
+        };
+        program = next?;
+    }
+}
+
+/// The default `worker_concurrency` for `command`, and the sentence that
+/// says why (logged at start when the setting was not given).
+pub fn worker_concurrency(command: &[String]) -> (usize, String) {
+    match server_of(command) {
+        Some(s) if ASYNC_SERVERS.contains(&s) => (
+            ASYNC_WORKER_CONCURRENCY,
+            format!(
+                "Serving up to {ASYNC_WORKER_CONCURRENCY} requests at once per worker: `{s}` is an async server (worker_concurrency not set; set it to change this, and liveness_path to catch a blocked event loop)."
+            ),
+        ),
+        s => (
+            WORKER_CONCURRENCY,
+            format!(
+                "Serving {WORKER_CONCURRENCY} request at a time per worker: `{}` is not one of the async servers {} (worker_concurrency not set; set it for threaded or async workers).",
+                s.unwrap_or("?"),
+                ASYNC_SERVERS.join("/")
+            ),
+        ),
+    }
 }
 
 /// The control socket: `$XDG_RUNTIME_DIR/curfew.sock`, else
@@ -70,7 +145,10 @@ pub fn shown(key: &str) -> Option<String> {
         "worker_socket" => {
             "`fd`, or `port` / `unix` when the command has `{port}` / `{socket}`".to_owned()
         }
-        "worker_concurrency" => code(&WORKER_CONCURRENCY.to_string()),
+        "worker_concurrency" => format!(
+            "`{ASYNC_WORKER_CONCURRENCY}` for {}; else `{WORKER_CONCURRENCY}`",
+            ASYNC_SERVERS.join(", ")
+        ),
         "backlog" => code(&BACKLOG.to_string()),
         "ready_path" => "none".to_owned(),
         "boot_timeout" => duration(BOOT_TIMEOUT),
@@ -131,6 +209,29 @@ mod tests {
         for key in RawConfig::KEYS {
             assert!(shown(key).is_some(), "no default shown for {key}");
         }
+    }
+
+    #[test]
+    fn concurrency_follows_the_server() {
+        let of = |c: &[&str]| {
+            let c: Vec<String> = c.iter().map(|s| s.to_string()).collect();
+            worker_concurrency(&c).0
+        };
+        assert_eq!(of(&["uvicorn", "app:app", "--fd", "3"]), 32);
+        assert_eq!(of(&["/venv/bin/uvicorn", "app:app"]), 32);
+        assert_eq!(of(&["python", "-m", "uvicorn", "app:app"]), 32);
+        assert_eq!(of(&["python3", "-u", "-m", "hypercorn", "app:app"]), 32);
+        assert_eq!(of(&["uv", "run", "granian", "--interface", "asgi"]), 32);
+        assert_eq!(of(&["env", "A=1", "daphne", "app.asgi:application"]), 32);
+        assert_eq!(of(&["node", "server.js"]), 32);
+        assert_eq!(of(&["gunicorn", "app:app"]), 1);
+        assert_eq!(of(&["python", "app.py"]), 1);
+        assert_eq!(of(&["python", "-m", "gunicorn.app.wsgiapp"]), 1);
+        assert_eq!(of(&["uv", "run"]), 1);
+        let (_, why) = worker_concurrency(&["uvicorn".to_owned()]);
+        assert!(why.contains("`uvicorn` is an async server"), "{why}");
+        let (_, why) = worker_concurrency(&["gunicorn".to_owned()]);
+        assert!(why.contains("`gunicorn` is not one of"), "{why}");
     }
 
     #[test]

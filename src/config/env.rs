@@ -7,17 +7,20 @@ use super::{ConfigError, Origin, Origins};
 
 /// Variables with the `CURFEW_` prefix that are not settings.
 const NOT_SETTINGS: &[&str] = &[
-    "CURFEW_CONFIG",      // the config file path
-    "CURFEW_WORKER_ID",   // set by curfew in its workers' environment
-    "CURFEW_SOCKET",      // set by curfew for workers in unix socket mode
-    "CURFEW_LOG",         // reserved
-    "CURFEW_JOB_TOKEN",   // set by curfew in its workers' environment ([jobs])
-    "CURFEW_VENV",        // scripts/python-env.sh: where the Python venv lives
-    "CURFEW_TEST_PG_URL", // the test suite's PostgreSQL
-    "CURFEW_TEST_ECHO",   // the test suite: echo curfew's logs
-    "CURFEW_SOAK_SECS",   // the test suite: how long the soak runs
-    "CURFEW_SOAK_SEED",   // the test suite: the soak's random seed
-    "CURFEW_SOAK_WORKER", // the test suite: the soak's worker (uvicorn)
+    "CURFEW_CONFIG",          // the config file path
+    "CURFEW_WORKER_ID",       // set by curfew in its workers' environment
+    "CURFEW_SOCKET",          // set by curfew for workers in unix socket mode
+    "CURFEW_LOG",             // reserved
+    "CURFEW_JOB_TOKEN",       // set by curfew in its workers' environment ([jobs])
+    "CURFEW_ADMIN_URL",       // set by curfew in its workers' environment (admin_bind)
+    "CURFEW_VENV",            // scripts/python-env.sh: where the Python venv lives
+    "CURFEW_TEST_PG_URL",     // the test suite's PostgreSQL
+    "CURFEW_TEST_ECHO",       // the test suite: echo curfew's logs
+    "CURFEW_SOAK_SECS",       // the test suite: how long the soak runs
+    "CURFEW_SOAK_SEED",       // the test suite: the soak's random seed
+    "CURFEW_SOAK_WORKER",     // the test suite: the soak's worker (uvicorn)
+    "CURFEW_BIN",             // python/tests, scripts/run-example.sh: the curfew binary to run
+    "CURFEW_TEST_REQUIRE_PG", // python/tests: fail (not skip) without PostgreSQL
 ];
 
 /// Build the environment layer from `vars` (normally `std::env::vars()`).

@@ -191,6 +191,18 @@ pub struct Config {
     pub jobs: Option<jobs::JobsConfig>,
     /// The config file that was read, if any.
     pub config_file: Option<PathBuf>,
+    /// When `worker_concurrency` was not given: what was chosen from the
+    /// command and why, for one INFO line at start ([`Config::log_defaults`]).
+    pub worker_concurrency_default: Option<String>,
+}
+
+impl Config {
+    /// Logs (INFO) the defaults curfew derived rather than took as given.
+    pub fn log_defaults(&self) {
+        if let Some(why) = &self.worker_concurrency_default {
+            tracing::info!(worker_concurrency = self.worker_concurrency, "{why}");
+        }
+    }
 }
 
 /// The inputs to [`load`].

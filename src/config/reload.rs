@@ -105,8 +105,10 @@ macro_rules! reload_by_field {
         /// number changed, so a `curfew scale` survives a reload that leaves
         /// it alone.
         pub fn plan_reload(old: &Config, new: &Config) -> ReloadPlan {
-            // `config_file` says where the settings came from; not a setting.
-            let Config { $($field,)* config_file: _ } = new;
+            // `config_file` says where the settings came from, and
+            // `worker_concurrency_default` why a default was chosen; neither
+            // is a setting.
+            let Config { $($field,)* config_file: _, worker_concurrency_default: _ } = new;
             let mut plan = ReloadPlan::default();
             $( plan.note($key, old.$field != *$field); )*
             plan
@@ -116,10 +118,11 @@ macro_rules! reload_by_field {
         /// `new`: the new values of the applied settings, the old values of
         /// the restart-only ones (as [`SETTINGS`] says).
         pub fn after_reload(old: &Config, new: &Config) -> Config {
-            let Config { $($field,)* config_file } = new;
+            let Config { $($field,)* config_file, worker_concurrency_default: _ } = new;
             Config {
                 $($field: pick($key, &old.$field, $field),)*
                 config_file: config_file.clone(),
+                worker_concurrency_default: old.worker_concurrency_default.clone(),
             }
         }
     };

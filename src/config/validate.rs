@@ -195,13 +195,15 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
         defaults::GRACEFUL_TIMEOUT,
     )?;
     let workers = cx.count("workers", raw.workers, defaults::workers(), 1, 1024)?;
+    let (default_concurrency, why) = defaults::worker_concurrency(&program.command);
     let worker_concurrency = cx.count(
         "worker_concurrency",
         raw.worker_concurrency,
-        defaults::WORKER_CONCURRENCY,
+        default_concurrency,
         1,
         100_000,
     )?;
+    let worker_concurrency_default = raw.worker_concurrency.is_none().then_some(why);
     let jobs = jobs::validate(
         raw.jobs,
         &jobs::Context {
@@ -248,6 +250,7 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
         log_level,
         jobs,
         config_file: None,
+        worker_concurrency_default,
     })
 }
 

@@ -22,7 +22,7 @@ use crate::hooks::{HookEvent, Hooks};
 use crate::metrics::Metrics;
 
 use crate::config::reload::{after_reload, plan_reload};
-use crate::config::{Config, ConfigError, ReloadStrategy, WorkerSocket};
+use crate::config::{BindAddr, Config, ConfigError, ReloadStrategy, WorkerSocket};
 pub use crate::lifecycle::StopSignal;
 use crate::lifecycle::{Event, Machine, Outcome, Phase};
 use crate::processor::Processor;
@@ -178,13 +178,53 @@ pub async fn run_with(cfg: Config, reloader: Reloader, inputs: Inputs) -> Result
     Ok(phases::teardown(run).await)
 }
 
-/// The workers' spec: the config's, plus `CURFEW_JOB_TOKEN` with a job
-/// processor (the secret that tells the app a request is a job delivery).
+/// The workers' spec: the config's, plus what the app needs to reach
+/// curfew (the Python SDK reads these):
+/// - `CURFEW_JOB_TOKEN` with a job processor (the secret that tells the app
+///   a request is a job delivery);
+/// - `CURFEW_ADMIN_URL` when `admin_bind` is set: `http://127.0.0.1:9000`
+///   (a wildcard address becomes loopback) or `unix:/abs/path`, where the app
+///   enqueues with `POST /jobs`; not set for a port 0, which is only known
+///   once bound;
+/// - `CURFEW_CONTROL_SOCKET`, the control socket's absolute path: the same
+///   jobs requests work there (`curfew enqueue` run by a worker finds its own
+///   curfew, and the SDK falls back to it without an admin address). It
+///   gives nothing a worker did not have: the socket is its user's (0600).
 fn worker_spec(cfg: &Config, run_dir: std::path::PathBuf, jobs: Option<&Processor>) -> WorkerSpec {
     let mut spec = WorkerSpec::from_config(cfg, run_dir);
     if let Some(jobs) = jobs {
         spec.extra_env
             .push(("CURFEW_JOB_TOKEN".to_owned(), jobs.token().to_owned()));
     }
+    let absolute = |p: &std::path::Path| match std::env::current_dir() {
+        Ok(cwd) => cwd.join(p),
+        Err(_) => p.to_path_buf(),
+    };
+    let admin_url = match &cfg.admin_bind {
+        Some(BindAddr::Tcp(a)) if a.port() != 0 => {
+            let ip = match a.ip() {
+                std::net::IpAddr::V4(v4) if v4.is_unspecified() => {
+                    std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+                }
+                std::net::IpAddr::V6(v6) if v6.is_unspecified() => {
+                    std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+                }
+                ip => ip,
+            };
+            Some(format!(
+                "http://{}",
+                std::net::SocketAddr::new(ip, a.port())
+            ))
+        }
+        Some(BindAddr::Unix(p)) => Some(format!("unix:{}", absolute(p).display())),
+        _ => None,
+    };
+    if let Some(url) = admin_url {
+        spec.extra_env.push(("CURFEW_ADMIN_URL".to_owned(), url));
+    }
+    spec.extra_env.push((
+        "CURFEW_CONTROL_SOCKET".to_owned(),
+        absolute(&cfg.control_socket).display().to_string(),
+    ));
     spec
 }

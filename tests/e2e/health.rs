@@ -60,7 +60,19 @@ fn timeout_on_concurrent_worker_does_not_abort_it() {
 fn python_hang_logs_its_traceback() {
     let uvicorn = venv_bin("uvicorn");
     let mut opts = Opts::command(
-        &["-w", "2", "--timeout", "1s", "--ready-path", "/health"],
+        // One request at a time: a request past `timeout` marks a sync
+        // worker hung (uvicorn would default to 32, where only the
+        // liveness probe does).
+        &[
+            "-w",
+            "2",
+            "--worker-concurrency",
+            "1",
+            "--timeout",
+            "1s",
+            "--ready-path",
+            "/health",
+        ],
         &[
             uvicorn.to_str().expect("utf-8 path"),
             "app:app",

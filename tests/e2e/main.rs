@@ -2,6 +2,14 @@
 //! Rust test worker, and uvicorn/gunicorn serving the Python examples), real
 //! signals and sockets. One test binary (saves link time on 2 cores).
 
+// The test helper binaries (curfew-testworker, curfew-load) are built only
+// with the dev-tools feature; without it CARGO_BIN_EXE_* would name a
+// missing or stale file.
+#[cfg(not(feature = "dev-tools"))]
+compile_error!(
+    "these tests run the test helper binaries: `cargo nextest run --workspace --features dev-tools` (or `bash .ci/run`)"
+);
+
 mod config_errors;
 mod control;
 mod deaths;

@@ -1,0 +1,131 @@
+"""curfew's Python SDK: enqueue jobs and write their handlers.
+
+Enqueue (from any process curfew runs, or anywhere with ``CURFEW_ADMIN_URL``
+set)::
+
+    import curfew
+
+    curfew.enqueue("send_email", {"to": "a@b.c"}, queue="mail", delay=60)
+
+Handle (in the app curfew serves; mount the endpoint with
+``curfew.asgi``, ``curfew.flask`` or ``curfew.django``)::
+
+    @curfew.job("send_email")
+    async def send_email(payload):
+        if smtp_is_down():
+            raise curfew.Retry(after=30)    # later; the attempt is not spent
+        ...                                 # an exception: a failed attempt
+
+Standard library only; the framework adapters import their framework when
+used. The ``curfew`` command itself is installed beside this package.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+from typing import Any, Iterable, List, Mapping, Optional, Tuple, Union
+
+from ._client import Client, Delay, Job, RunAt, default_client
+from ._errors import CurfewError, NotConfigured, RequestError, Retry, ServerError, Unreachable
+from ._jobs import JobInfo, Registry, current_job, job, registry
+
+try:
+    from importlib.metadata import PackageNotFoundError, version as _version
+
+    try:
+        __version__ = _version("curfew")
+    except PackageNotFoundError:  # running from a source tree
+        __version__ = "0+unknown"
+except ImportError:  # pragma: no cover
+    __version__ = "0+unknown"
+
+
+def enqueue(
+    kind: str,
+    payload: Any = None,
+    *,
+    queue: Optional[str] = None,
+    run_at: Optional[RunAt] = None,
+    delay: Optional[Delay] = None,
+    priority: Optional[int] = None,
+    max_attempts: Optional[int] = None,
+    idempotency_key: Optional[str] = None,
+) -> Job:
+    """Stores a job and returns it (:class:`Job`: ``id``, ``created``,
+    ``queue``).
+
+    - ``payload``: any JSON-serialisable value (default ``{}``), the
+      handler's argument.
+    - ``queue``: default ``"default"``; it must be one of curfew's
+      ``[jobs.queues.*]`` (else :class:`RequestError`, 422).
+    - ``run_at`` (a ``datetime``; naive means local time) or ``delay``
+      (seconds or a ``timedelta``): not before then.
+    - ``priority``: lower runs first (default 0).
+    - ``max_attempts``: default the queue's.
+    - ``idempotency_key``: at most one job per key; sending it again returns
+      the existing job with ``created=False``.
+
+    Raises :class:`RequestError` (4xx: a bad argument, unknown queue, payload
+    too large), :class:`ServerError` (5xx; 503: the store is down, nothing
+    stored), :class:`Unreachable` (curfew did not answer) or
+    :class:`NotConfigured` (no address: see :class:`Client`).
+    """
+    return default_client().enqueue(
+        kind,
+        payload,
+        queue=queue,
+        run_at=run_at,
+        delay=delay,
+        priority=priority,
+        max_attempts=max_attempts,
+        idempotency_key=idempotency_key,
+    )
+
+
+def enqueue_many(jobs: Iterable[Union[Mapping[str, Any], Tuple[str, Any]]]) -> List[Job]:
+    """Stores several jobs over one kept-alive connection; see
+    :meth:`Client.enqueue_many`."""
+    return default_client().enqueue_many(jobs)
+
+
+def find_binary() -> str:
+    """The path of the ``curfew`` executable installed with this package
+    (falling back to the one on ``PATH``)."""
+    import shutil
+
+    name = "curfew.exe" if sys.platform == "win32" else "curfew"
+    candidates = [sysconfig.get_path("scripts")]
+    if sys.version_info >= (3, 10):
+        candidates.append(sysconfig.get_path("scripts", f"{os.name}_user"))
+    for directory in candidates:
+        path = os.path.join(directory, name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    found = shutil.which(name)
+    if found:
+        return found
+    raise FileNotFoundError(f"the {name} executable is not installed beside this package nor on PATH")
+
+
+__all__ = [
+    "Client",
+    "CurfewError",
+    "Job",
+    "JobInfo",
+    "NotConfigured",
+    "Registry",
+    "RequestError",
+    "Retry",
+    "ServerError",
+    "Unreachable",
+    "current_job",
+    "default_client",
+    "enqueue",
+    "enqueue_many",
+    "find_binary",
+    "job",
+    "registry",
+    "__version__",
+]

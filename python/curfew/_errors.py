@@ -1,0 +1,72 @@
+"""The SDK's exceptions."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+class CurfewError(Exception):
+    """Base class of every error the SDK raises."""
+
+
+class NotConfigured(CurfewError):
+    """No address to reach curfew: not running under curfew, or neither
+    ``CURFEW_ADMIN_URL`` nor ``CURFEW_CONTROL_SOCKET`` is set (pass
+    ``url=`` to :class:`curfew.Client`)."""
+
+
+class Unreachable(CurfewError):
+    """curfew did not answer: not running, or the address is wrong. Nothing
+    was stored; sending again is safe."""
+
+
+class RequestError(CurfewError):
+    """curfew refused the request (HTTP 4xx): a bad field (400), a payload
+    over ``jobs.max_payload`` (413), an unknown queue (422), no ``[jobs]``
+    section (404). ``message`` is curfew's own explanation."""
+
+    def __init__(self, status: Optional[int], message: str) -> None:
+        self.status = status
+        self.message = message
+        where = f"HTTP {status}" if status is not None else "control socket"
+        super().__init__(f"curfew refused the job ({where}): {message}")
+
+
+class ServerError(CurfewError):
+    """curfew failed the request (HTTP 5xx). With 503 the job store is
+    unreachable and nothing was stored: send again after ``retry_after``
+    seconds."""
+
+    def __init__(self, status: int, message: str, retry_after: Optional[float] = None) -> None:
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+        hint = f"; retry after {retry_after:g} s" if retry_after is not None else ""
+        super().__init__(f"curfew could not take the job (HTTP {status}): {message}{hint}")
+
+
+class Retry(Exception):
+    """Raise from a job handler to run the job again later without spending
+    an attempt (curfew's "snooze": the handler answers 429 with
+    ``Retry-After``).
+
+    ``after`` is seconds (``int``/``float``) or a ``datetime.timedelta``;
+    ``None`` lets curfew pick (10 s). curfew caps it at one hour and rounds
+    it up to whole seconds.
+    """
+
+    def __init__(self, after: object = None, reason: str = "") -> None:
+        seconds: Optional[float]
+        if after is None:
+            seconds = None
+        elif hasattr(after, "total_seconds"):
+            seconds = float(after.total_seconds())
+        elif isinstance(after, (int, float)) and not isinstance(after, bool):
+            seconds = float(after)
+        else:
+            raise TypeError(f"Retry(after=...) takes seconds or a timedelta, not {after!r}")
+        if seconds is not None and not seconds >= 0:
+            raise ValueError(f"Retry(after=...) must be 0 or more, not {after!r}")
+        self.after = seconds
+        self.reason = reason
+        super().__init__(reason or "retry later")

@@ -1,0 +1,101 @@
+"""curfew.enqueue against a real curfew, on SQLite and on PostgreSQL."""
+
+import datetime as dt
+import time
+
+import pytest
+
+import curfew
+
+done = lambda j: j["state"] == "succeeded"  # noqa: E731
+
+
+def test_enqueue_runs_the_job(fastapi_curfew):
+    c = fastapi_curfew
+    job = c.client.enqueue("ok", {"n": 1})
+    assert job.created is True and job.queue == "default" and job.id > 0
+    c.wait_job(job.id, done)
+    assert [r["payload"] for r in c.runs("ok") if r["id"] == job.id] == [{"n": 1}]
+
+
+def test_idempotency_key_gives_the_same_job(fastapi_curfew):
+    c = fastapi_curfew
+    first = c.client.enqueue("ok", {"n": 2}, idempotency_key="order-2")
+    again = c.client.enqueue("ok", {"n": 2}, idempotency_key="order-2")
+    assert again.id == first.id
+    assert (first.created, again.created) == (True, False)
+    c.wait_job(first.id, done)
+    assert len([r for r in c.runs("ok") if r["id"] == first.id]) == 1
+
+
+def test_options_reach_the_store(fastapi_curfew):
+    c = fastapi_curfew
+    job = c.client.enqueue("ok", {"n": 3}, queue="mail", priority=-5, max_attempts=3, delay=dt.timedelta(seconds=1.5))
+    stored = c.client.job(job.id)
+    assert (stored["queue"], stored["priority"], stored["max_attempts"]) == ("mail", -5, 3)
+    assert stored["run_at"] >= (time.time() + 1.0) * 1000
+    at = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1)
+    job2 = c.client.enqueue("ok", {"n": 4}, run_at=at)
+    assert abs(c.client.job(job2.id)["run_at"] - at.timestamp() * 1000) < 2
+    c.wait_job(job.id, done)
+    c.wait_job(job2.id, done)
+
+
+def test_enqueue_many_reuses_one_connection(fastapi_curfew):
+    c = fastapi_curfew
+    client = curfew.Client(c.admin_url)
+    client.enqueue("ok", {"warm": True})
+    sock = client._local.conn.sock
+    jobs = client.enqueue_many([("ok", {"i": i}) for i in range(20)] + [{"kind": "ok", "payload": {"i": 20}, "queue": "mail"}])
+    assert len(jobs) == 21 and len({j.id for j in jobs}) == 21
+    assert jobs[-1].queue == "mail"
+    assert client._local.conn.sock is sock, "keep-alive connection was not reused"
+    for j in jobs:
+        c.wait_job(j.id, done)
+    client.close()
+
+
+def test_enqueue_many_says_what_was_stored_before_a_failure(fastapi_curfew):
+    c = fastapi_curfew
+    with pytest.raises(curfew.RequestError) as e:
+        c.client.enqueue_many([("ok", {}), {"kind": "ok", "queue": "nope"}, ("ok", {})])
+    assert e.value.status == 422
+    assert len(e.value.enqueued) == 1
+
+
+def test_errors_are_clear(fastapi_curfew):
+    c = fastapi_curfew
+    with pytest.raises(curfew.RequestError) as e:
+        c.client.enqueue("ok", queue="nope")
+    assert e.value.status == 422 and "nope" in str(e.value)
+    with pytest.raises(curfew.RequestError) as e:
+        c.client.enqueue("ok", {"blob": "x" * 100_000})
+    assert e.value.status == 413
+    # The connection is still good after errors.
+    assert c.client.enqueue("ok", {"after": "errors"}).created
+
+
+def test_control_socket_fallback(fastapi_curfew, monkeypatch):
+    c = fastapi_curfew
+    monkeypatch.delenv("CURFEW_ADMIN_URL", raising=False)
+    monkeypatch.setenv("CURFEW_CONTROL_SOCKET", str(c.control))
+    client = curfew.Client()
+    assert client.url == f"control:{c.control}"
+    job = client.enqueue("ok", {"via": "control"}, idempotency_key="ctl-1")
+    assert client.enqueue("ok", {"via": "control"}, idempotency_key="ctl-1").created is False
+    assert client.job(job.id)["kind"] == "ok"
+    with pytest.raises(curfew.RequestError, match="nope"):
+        client.enqueue("ok", queue="nope")
+    c.wait_job(job.id, done)
+
+
+def test_decorated_function_enqueues_its_kind(fastapi_curfew, monkeypatch):
+    c = fastapi_curfew
+    monkeypatch.setenv("CURFEW_ADMIN_URL", c.admin_url)
+    monkeypatch.setattr(curfew._client, "_default", None)
+    import handlers  # apps/handlers.py (on sys.path via conftest)
+
+    job = handlers.mail_send.enqueue({"to": "a@b.c"})
+    assert job.queue == "mail"
+    c.wait_job(job.id, done)
+    assert c.runs("mail.send")[-1]["queue"] == "mail"
