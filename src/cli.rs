@@ -258,6 +258,26 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub keepalive_timeout: Option<String>,
 
+    /// Time a client has to send a request's head; then the connection is closed; 0 = no limit
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub header_timeout: Option<String>,
+
+    /// Largest request head (request line and headers) accepted, 8KiB to 1MiB; larger gets 431
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+    pub max_header_size: Option<String>,
+
+    /// Read the whole request body before the request takes a worker (slow uploads then cost no worker); false streams it through
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub request_buffering: Option<bool>,
+
+    /// Largest request body accepted, e.g. 100MiB; larger gets 413; 0 = no limit
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+    pub max_request_body: Option<String>,
+
+    /// A client that sends nothing of its request body for this long gets 408; 0 = no limit
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub client_body_timeout: Option<String>,
+
     /// Time a hung worker gets between SIGABRT (so it can dump its stack) and SIGKILL
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub abort_timeout: Option<String>,
@@ -373,6 +393,17 @@ impl ServeArgs {
             timeout: dur(&self.timeout),
             abort_timeout: dur(&self.abort_timeout),
             keepalive_timeout: dur(&self.keepalive_timeout),
+            header_timeout: dur(&self.header_timeout),
+            max_header_size: self
+                .max_header_size
+                .clone()
+                .map(crate::config::raw::RawSize::Text),
+            request_buffering: self.request_buffering,
+            max_request_body: self
+                .max_request_body
+                .clone()
+                .map(crate::config::raw::RawSize::Text),
+            client_body_timeout: dur(&self.client_body_timeout),
             faulthandler: self.faulthandler,
             graceful_timeout: dur(&self.graceful_timeout),
             worker_stop_timeout: dur(&self.worker_stop_timeout),

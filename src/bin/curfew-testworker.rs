@@ -699,6 +699,17 @@ async fn route(req: Request<Incoming>, state: &State) -> Result<Response<Body>, 
 
         "/upgrade" => upgrade_echo(req),
 
+        // Read the whole body, then answer with its length (like a WSGI
+        // app that reads request.body before answering).
+        "/upload" => {
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| reject(&format!("body: {e}")))?;
+            ok(format!("{} bytes\n", body.to_bytes().len()))
+        }
+
         p if p.starts_with("/jobs/") && req.method() == hyper::Method::POST => {
             job(req, state).await?
         }

@@ -31,6 +31,11 @@ pub const TIMEOUT: Duration = Duration::from_secs(30);
 /// Longer than common load balancers' idle timeouts (AWS ALB 60 s), as the
 /// backend's keep-alive must outlast the balancer's.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// nginx's largest header buffers (4 × 8 KiB) hold as much.
+pub const MAX_HEADER_SIZE: u64 = 32 * 1024;
+pub const MAX_REQUEST_BODY: u64 = 100 * 1024 * 1024;
+pub const CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const ABORT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const FAULTHANDLER: bool = true;
 pub const DRAIN_DELAY: Duration = Duration::ZERO;
@@ -154,6 +159,11 @@ pub fn shown(key: &str) -> Option<String> {
         "boot_timeout" => duration(BOOT_TIMEOUT),
         "timeout" => duration(TIMEOUT),
         "keepalive_timeout" => duration(KEEPALIVE_TIMEOUT),
+        "header_timeout" => duration(HEADER_TIMEOUT),
+        "max_header_size" => "`32KiB`".to_owned(),
+        "request_buffering" => "on when `worker_concurrency` is 1".to_owned(),
+        "max_request_body" => "`100MiB`".to_owned(),
+        "client_body_timeout" => duration(CLIENT_BODY_TIMEOUT),
         "abort_timeout" => duration(ABORT_TIMEOUT),
         "faulthandler" => code(&FAULTHANDLER.to_string()),
         "drain_delay" => duration(DRAIN_DELAY),

@@ -173,6 +173,16 @@ pub struct Config {
     pub abort_timeout: Duration,
     /// `None` when disabled (`keepalive_timeout = 0`).
     pub keepalive_timeout: Option<Duration>,
+    /// `None` when disabled (`header_timeout = 0`).
+    pub header_timeout: Option<Duration>,
+    /// Bytes of a request head (request line and headers).
+    pub max_header_size: usize,
+    /// Read the whole request body before it takes a worker.
+    pub request_buffering: bool,
+    /// `None`: no limit (`max_request_body = 0`).
+    pub max_request_body: Option<u64>,
+    /// `None` when disabled (`client_body_timeout = 0`).
+    pub client_body_timeout: Option<Duration>,
     pub faulthandler: bool,
     pub worker_stop_timeout: Duration,
     pub chdir: Option<PathBuf>,

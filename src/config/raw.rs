@@ -220,6 +220,17 @@ raw_config! {
     timeout: RawDuration,
     /// Idle client keep-alive connections are closed after this (0 = never).
     keepalive_timeout: RawDuration,
+    /// Time a client has to send a request's head (0 = no limit).
+    header_timeout: RawDuration,
+    /// Largest request head (request line and headers) accepted: "32KiB".
+    max_header_size: RawSize,
+    /// Read the whole request body before it takes a worker (default: on
+    /// when worker_concurrency = 1).
+    request_buffering: bool,
+    /// Largest request body accepted: "100MiB" (0 = no limit).
+    max_request_body: RawSize,
+    /// A client that sends nothing of its body for this long gets 408 (0 = no limit).
+    client_body_timeout: RawDuration,
     /// Time a hung worker gets between SIGABRT (stack dump) and SIGKILL.
     abort_timeout: RawDuration,
     /// Set PYTHONFAULTHANDLER=1 in workers (Python dumps its stack on SIGABRT).

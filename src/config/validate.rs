@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::hooks::{HookAction, HookEvent, HookSpec};
 use super::parse::{parse_allow, parse_bind, resolve_program};
-use super::raw::{OneOrMany, RawConfig, RawDuration, RawHook};
+use super::raw::{OneOrMany, RawConfig, RawDuration, RawHook, RawSize};
 use super::{
     BindAddr, Config, ConfigError, ForwardedAllow, Liveness, LogFormat, Origin, Origins,
     ReloadStrategy, WorkerSocket, defaults, duration, jobs,
@@ -189,6 +189,7 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
     let recycle = recycle(&cx, &raw)?;
     let hooks = hooks(&cx, &raw)?;
     let (log_format, log_level) = logging(&cx, &raw)?;
+    let client = client(&cx, &raw)?;
     let graceful_timeout = cx.duration(
         "graceful_timeout",
         raw.graceful_timeout.clone(),
@@ -230,6 +231,11 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
             raw.keepalive_timeout,
             defaults::KEEPALIVE_TIMEOUT,
         )?,
+        header_timeout: client.header_timeout,
+        max_header_size: client.max_header_size,
+        request_buffering: raw.request_buffering.unwrap_or(worker_concurrency == 1),
+        max_request_body: client.max_request_body,
+        client_body_timeout: client.client_body_timeout,
         faulthandler: raw.faulthandler.unwrap_or(defaults::FAULTHANDLER),
         worker_stop_timeout: cx.duration(
             "worker_stop_timeout",
@@ -454,6 +460,56 @@ fn health(cx: &Ctx<'_>, raw: &RawConfig) -> Result<Health, ConfigError> {
             defaults::ABORT_TIMEOUT,
         )?,
         liveness,
+    })
+}
+
+/// What a client may send, and how slowly: `header_timeout`,
+/// `max_header_size`, `max_request_body`, `client_body_timeout`.
+struct Client {
+    header_timeout: Option<Duration>,
+    max_header_size: usize,
+    max_request_body: Option<u64>,
+    client_body_timeout: Option<Duration>,
+}
+
+fn client(cx: &Ctx<'_>, raw: &RawConfig) -> Result<Client, ConfigError> {
+    let size = |key: &str, v: &Option<RawSize>, default: u64| match v {
+        None => Ok(default),
+        Some(s) => s.bytes().map_err(|m| cx.err(key, s, m)),
+    };
+    let max_header_size = size(
+        "max_header_size",
+        &raw.max_header_size,
+        defaults::MAX_HEADER_SIZE,
+    )?;
+    if !(8 * 1024..=1024 * 1024).contains(&max_header_size) {
+        return Err(cx.err(
+            "max_header_size",
+            raw.max_header_size
+                .as_ref()
+                .map_or(String::new(), |s| s.to_string()),
+            "must be between 8KiB and 1MiB",
+        ));
+    }
+    let max_request_body = size(
+        "max_request_body",
+        &raw.max_request_body,
+        defaults::MAX_REQUEST_BODY,
+    )?;
+    Ok(Client {
+        header_timeout: cx.optional(
+            "header_timeout",
+            raw.header_timeout.clone(),
+            defaults::HEADER_TIMEOUT,
+        )?,
+        // Checked against 8KiB..=1MiB above.
+        max_header_size: max_header_size as usize,
+        max_request_body: Some(max_request_body).filter(|b| *b > 0),
+        client_body_timeout: cx.optional(
+            "client_body_timeout",
+            raw.client_body_timeout.clone(),
+            defaults::CLIENT_BODY_TIMEOUT,
+        )?,
     })
 }
 

@@ -50,6 +50,7 @@ pub(super) async fn http(
         started: Instant::now(),
         timeout: Some(timeout),
         job: Some(job.id),
+        body_done: None,
     };
     let answer = match dispatcher.dispatch(request, &work, mark).await {
         Ok(d) => read_answer(dispatcher, &work, d).await,
@@ -128,6 +129,10 @@ fn of_dispatch_error(e: DispatchError, timeout: Duration) -> Verdict {
             ),
         },
         DispatchError::Abandoned => lost_lease(),
+        // A job's body is curfew's own, never a client's.
+        DispatchError::ClientBody { .. } | DispatchError::ClientSlow => Verdict::Fail {
+            error: e.to_string(),
+        },
     }
 }
 

@@ -14,35 +14,52 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::conn::RequestGuard;
+use super::request_body::{Buffered, FileBody, Limited};
 use super::router::Lease;
 use super::upstream::Upstream;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The body curfew sends to a worker: a client's streamed through, or one
-/// curfew made itself (a job's payload). One type, so requests and jobs
-/// share the worker connections and the dispatch path.
+/// The body curfew sends to a worker: a client's streamed through (held to
+/// the client limits), one read whole before dispatch (in memory or
+/// spilled to a file), or one curfew made itself (a job's payload). One
+/// type, so requests and jobs share the worker connections and the
+/// dispatch path.
 pub enum UpstreamBody {
-    Client(Incoming),
+    Client(Limited),
     Bytes(Option<Bytes>),
+    File(FileBody),
 }
 
 impl UpstreamBody {
     pub fn bytes(data: impl Into<Bytes>) -> Self {
         UpstreamBody::Bytes(Some(data.into()))
     }
+
+    /// A body read whole before dispatch.
+    pub fn buffered(b: Buffered) -> Self {
+        match b {
+            Buffered::Memory(data) => UpstreamBody::bytes(data),
+            Buffered::File(file, len) => UpstreamBody::File(FileBody::new(file, len)),
+        }
+    }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            UpstreamBody::Client(inner) => Pin::new(inner).poll_frame(cx),
+            UpstreamBody::Client(inner) => Pin::new(inner)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(BoxError::from))),
+            UpstreamBody::File(inner) => Pin::new(inner)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(BoxError::from))),
             UpstreamBody::Bytes(data) => Poll::Ready(
                 data.take()
                     .filter(|d| !d.is_empty())
@@ -54,6 +71,7 @@ impl Body for UpstreamBody {
     fn is_end_stream(&self) -> bool {
         match self {
             UpstreamBody::Client(inner) => inner.is_end_stream(),
+            UpstreamBody::File(inner) => inner.is_end_stream(),
             UpstreamBody::Bytes(data) => data.as_ref().is_none_or(|d| d.is_empty()),
         }
     }
@@ -61,6 +79,7 @@ impl Body for UpstreamBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             UpstreamBody::Client(inner) => inner.size_hint(),
+            UpstreamBody::File(inner) => inner.size_hint(),
             UpstreamBody::Bytes(data) => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }

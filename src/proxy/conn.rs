@@ -31,11 +31,15 @@ pub struct ConnState {
     last_done: Mutex<Instant>,
     changed: Notify,
     pub http2: AtomicBool,
+    /// The address the client connected to, as a `Host` value (for an
+    /// HTTP/1.0 request without one).
+    pub local_host: Option<http::HeaderValue>,
 }
 
 impl ConnState {
-    pub fn new() -> Arc<ConnState> {
+    pub fn new(local_host: Option<http::HeaderValue>) -> Arc<ConnState> {
         Arc::new(ConnState {
+            local_host,
             active: AtomicUsize::new(0),
             last_done: Mutex::new(Instant::now()),
             changed: Notify::new(),
@@ -88,7 +92,7 @@ mod tests {
 
     #[test]
     fn grace_counts_from_the_last_response() {
-        let c = ConnState::new();
+        let c = ConnState::new(None);
         let g = c.begin();
         assert_eq!(c.idle_grace_left(), None);
         drop(g);
@@ -100,7 +104,7 @@ mod tests {
 
     #[tokio::test]
     async fn change_between_check_and_wait_is_not_missed() {
-        let c = ConnState::new();
+        let c = ConnState::new(None);
         let g = c.begin();
         drop(g); // before anyone waits
         tokio::time::timeout(Duration::from_secs(1), c.changed())

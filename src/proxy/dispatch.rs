@@ -17,13 +17,15 @@
 //! written, a failure is final for this piece of work.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::body::UpstreamBody;
+use super::request_body::ClientBodyError;
 use super::router::{Lease, Rejected, Router};
 use super::upstream::{ConnectError, Upstream};
 
@@ -56,6 +58,9 @@ pub struct Work<'a> {
     pub timeout: Option<Duration>,
     /// The job it delivers, if it is one.
     pub job: Option<i64>,
+    /// Set once the client has sent its whole body (a streamed body);
+    /// `None`: nothing is still to come from a client.
+    pub body_done: Option<Arc<AtomicBool>>,
 }
 
 impl Work<'_> {
@@ -137,6 +142,13 @@ pub enum DispatchError {
     /// The observer gave up.
     #[error("abandoned by its owner")]
     Abandoned,
+    /// The client's streamed body failed (too large, too slow, malformed):
+    /// the client's fault, not the worker's.
+    #[error("{reason}")]
+    ClientBody { status: StatusCode, reason: String },
+    /// The deadline passed while the client was still sending its body.
+    #[error("the client was still sending its body at the deadline")]
+    ClientSlow,
 }
 
 impl Dispatcher {
@@ -269,6 +281,14 @@ impl Dispatcher {
     /// still busy with it is hung: it would take no other work, so it is
     /// kept out of routing and the supervisor aborts it (stack dump).
     pub fn timed_out(&self, lease: &Lease, work: &Work<'_>) -> DispatchError {
+        if work
+            .body_done
+            .as_ref()
+            .is_some_and(|d| !d.load(Ordering::Relaxed))
+        {
+            // The worker may be waiting for the rest of the body.
+            return DispatchError::ClientSlow;
+        }
         let hung = self.worker_concurrency == 1;
         if hung {
             self.worker_hung(lease.uid, work.hung_reason(), work.describe());
@@ -281,6 +301,12 @@ impl Dispatcher {
 
     /// The exchange broke off after the request may have been written.
     fn broke(&self, lease: &Lease, work: &Work<'_>, source: hyper::Error) -> DispatchError {
+        if let Some(client) = ClientBodyError::find(&source) {
+            return DispatchError::ClientBody {
+                status: client.status(),
+                reason: client.to_string(),
+            };
+        }
         let stopped_by_curfew = self.router.stopped_by_curfew(lease.uid);
         if !stopped_by_curfew {
             // No new work for it for a moment, and the work is remembered

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
@@ -19,6 +20,7 @@ use super::body::{Guard, ProxyBody, UpstreamBody};
 use super::conn::{ConnState, RequestGuard};
 use super::dispatch::{DispatchError, Unobserved, Work};
 use super::headers;
+use super::request_body::{self, ClientBodyError};
 use super::router::Lease;
 use super::upstream::Upstream;
 
@@ -59,6 +61,30 @@ async fn forward(
     }
     let method = req.method().clone();
     let path = logged_path(req.uri());
+    if method == Method::CONNECT {
+        // curfew is not a forward proxy.
+        let mut r = error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not supported\n",
+            request_guard,
+        );
+        r.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+        );
+        return r;
+    }
+    if let (Some(limit), Some(declared)) = (front.limits.max, declared_length(req.headers()))
+        && declared > limit
+    {
+        // Refused before a byte of it is read.
+        return client_fault(
+            &method,
+            &path,
+            ClientBodyError::TooLarge { limit },
+            request_guard,
+        );
+    }
     let upgrade = if http1 {
         headers::upgrade_of(req.headers())
     } else {
@@ -66,7 +92,27 @@ async fn forward(
     };
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let trusted = peer.is_none_or(|ip| front.forwarded_allow.trusts(ip));
-    let upreq = for_worker(req, upgrade, peer, trusted);
+    let (mut parts, body) = req.into_parts();
+    for_worker(&mut parts, upgrade, peer, trusted, conn.local_host.as_ref());
+    // Buffered: the worker's clock starts once the body is in hand.
+    let (body, body_done, started) = if front.request_buffering && !body.is_end_stream() {
+        match request_body::buffer(body, front.limits, &front.spill_dir).await {
+            Ok(b) => {
+                parts.headers.remove(header::EXPECT);
+                parts.headers.insert(
+                    header::CONTENT_LENGTH,
+                    HeaderValue::from(b.content_length()),
+                );
+                (UpstreamBody::buffered(b), None, Instant::now())
+            }
+            Err(e) => return client_fault(&method, &path, e, request_guard),
+        }
+    } else {
+        let limited = request_body::Limited::new(body, front.limits);
+        let done = limited.done.clone();
+        (UpstreamBody::Client(limited), Some(done), started)
+    };
+    let upreq = Request::from_parts(parts, body);
 
     let work = Work {
         method: &method,
@@ -74,6 +120,7 @@ async fn forward(
         started,
         timeout: front.timeout,
         job: None,
+        body_done,
     };
     let dispatched = front
         .dispatcher
@@ -129,25 +176,31 @@ fn logged_path(uri: &http::Uri) -> String {
     path
 }
 
-/// The client's request as the worker gets it: HTTP/1.1 in origin form,
-/// hop-by-hop headers and the job token removed, the upgrade (if any)
-/// restated, the forwarding headers set and `Host` kept.
+/// The client's request head as the worker gets it: HTTP/1.1 in origin
+/// form, hop-by-hop headers, the job token and spoofable forwarding headers
+/// removed, the upgrade (if any) restated, the forwarding headers set and
+/// `Host` kept (or, for an HTTP/1.0 request without one, the address the
+/// client connected to).
 fn for_worker(
-    req: Request<Incoming>,
+    parts: &mut http::request::Parts,
     upgrade: Option<HeaderValue>,
     peer: Option<IpAddr>,
     trusted: bool,
-) -> Request<UpstreamBody> {
-    let (mut parts, body) = req.into_parts();
-    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    local_host: Option<&HeaderValue>,
+) {
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        })
+        .or_else(|| local_host.cloned());
     headers::strip_hop_by_hop(&mut parts.headers);
-    // Only curfew's job deliveries may carry the job token.
-    parts.headers.remove(headers::JOB_TOKEN_HEADER);
+    headers::drop_spoofable(&mut parts.headers, trusted);
     if let Some(up) = upgrade {
         parts
             .headers
@@ -167,7 +220,39 @@ fn for_worker(
         .map(http::Uri::from)
         .unwrap_or_else(|| http::Uri::from_static("/"));
     parts.version = Version::HTTP_11;
-    Request::from_parts(parts, UpstreamBody::Client(body))
+}
+
+/// The `Content-Length` a request declares, if it declares one number.
+fn declared_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A client's own fault (a body too large, too slow or malformed): its
+/// answer, never a worker's failure. Logged at DEBUG: a client that
+/// misbehaves must not be able to fill the log.
+fn client_fault(
+    method: &Method,
+    path: &str,
+    error: ClientBodyError,
+    request: RequestGuard,
+) -> Response<ProxyBody> {
+    let status = error.status();
+    tracing::debug!(%method, path, status = status.as_u16(), error = %error, "Client fault: answered to the client.");
+    let text = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "request body too large\n",
+        StatusCode::REQUEST_TIMEOUT => "request body not received in time\n",
+        StatusCode::BAD_REQUEST => "malformed request body\n",
+        _ => "could not keep the request body\n",
+    };
+    let mut r = error_response(status, text, request);
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
 }
 
 /// An upgraded connection (WebSocket, …): bytes both ways until either
@@ -249,6 +334,24 @@ fn failed(
             (
                 StatusCode::BAD_GATEWAY,
                 "the worker failed while handling the request\n",
+            )
+        }
+        DispatchError::ClientBody { status, reason } => {
+            tracing::debug!(%method, path, status = status.as_u16(), error = %reason, "Client fault while streaming its body: answered to the client.");
+            let mut r = error_response(
+                *status,
+                "the request body could not be forwarded\n",
+                request,
+            );
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
+        DispatchError::ClientSlow => {
+            tracing::debug!(%method, path, "Client still sending its body at timeout: answering 408.");
+            (
+                StatusCode::REQUEST_TIMEOUT,
+                "request body not received in time\n",
             )
         }
         // Requests are not observed; should one ever be, it is a 502.

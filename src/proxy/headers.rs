@@ -43,12 +43,47 @@ pub fn upgrade_of(headers: &HeaderMap) -> Option<HeaderValue> {
     }
 }
 
-/// Remove hop-by-hop fields, including every field named in `Connection`.
-/// `TE: trailers` is kept (it is end-to-end in meaning for HTTP/1.1 → app).
 /// The header that proves a request is a job delivery from curfew (its value
 /// is the workers' `CURFEW_JOB_TOKEN`). Never taken from a client.
 pub const JOB_TOKEN_HEADER: &str = "x-curfew-job-token";
 
+/// Fields that say who the client was, set (or left out) by curfew; from an
+/// untrusted peer none of them reaches a worker.
+const FORWARDING: &[&str] = &[
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-ssl",
+    "x-real-ip",
+    "forwarded",
+];
+
+/// Remove what a client must not be able to tell a worker: the job token,
+/// and from an untrusted peer every forwarding field — also when spelled
+/// with `_` for `-` (`x_forwarded_proto`), which WSGI servers fold into
+/// the same `HTTP_X_FORWARDED_PROTO` variable as curfew's own field. The
+/// `_` spellings are dropped from trusted peers too: no proxy sends them.
+pub fn drop_spoofable(headers: &mut HeaderMap, trusted: bool) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let n = name.as_str();
+            let folded = n.contains('_');
+            let canonical = n.replace('_', "-");
+            canonical == JOB_TOKEN_HEADER
+                || ((folded || !trusted) && FORWARDING.contains(&canonical.as_str()))
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+/// Remove hop-by-hop fields, including every field named in `Connection`.
+/// `TE: trailers` is kept (it is end-to-end in meaning for HTTP/1.1 → app).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)

@@ -13,6 +13,7 @@ pub mod dispatch;
 pub mod forward;
 pub mod headers;
 pub mod listener;
+pub mod request_body;
 pub mod router;
 pub mod upstream;
 
@@ -20,8 +21,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::HeaderValue;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +34,15 @@ use crate::metrics::Metrics;
 use crate::supervisor::{Backends, BoxFuture, ReadyWorker, WorkerAddr};
 use conn::ConnState;
 use dispatch::Dispatcher;
+use request_body::BodyLimits;
+
+/// Most header fields in one request (hyper's default, made explicit).
+const MAX_HEADERS: usize = 100;
+/// Streams one HTTP/2 client may have open at once (each can hold a worker
+/// slot; the router's queue bounds the rest).
+const H2_MAX_STREAMS: u32 = 100;
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 use listener::{Accepted, Listener};
 use router::Router;
 
@@ -48,6 +59,14 @@ pub struct FrontConfig {
     pub worker_concurrency: usize,
     /// The readiness probe's path.
     pub ready_path: Option<String>,
+    /// Time a client has to send a request head; `None`: no limit.
+    pub header_timeout: Option<Duration>,
+    /// Largest request head, in bytes.
+    pub max_header_size: usize,
+    /// Read request bodies whole before dispatch.
+    pub request_buffering: bool,
+    /// What a client's body is held to.
+    pub limits: BodyLimits,
 }
 
 impl From<&Config> for FrontConfig {
@@ -59,6 +78,13 @@ impl From<&Config> for FrontConfig {
             keepalive_timeout: cfg.keepalive_timeout,
             worker_concurrency: cfg.worker_concurrency,
             ready_path: cfg.ready_path.clone(),
+            header_timeout: cfg.header_timeout,
+            max_header_size: cfg.max_header_size,
+            request_buffering: cfg.request_buffering,
+            limits: BodyLimits {
+                max: cfg.max_request_body,
+                idle: cfg.client_body_timeout,
+            },
         }
     }
 }
@@ -77,6 +103,12 @@ pub struct Front {
     /// Request counts and durations (recorded in `forward`).
     pub metrics: Arc<Metrics>,
     ready_path: Option<String>,
+    /// Read request bodies whole before dispatch.
+    pub request_buffering: bool,
+    /// What a client's body is held to.
+    pub limits: BodyLimits,
+    /// Where a large buffered body is spilled (as an unnamed file).
+    pub spill_dir: std::path::PathBuf,
     /// Cancelled when the drain starts: responses get `Connection: close`,
     /// idle connections close.
     pub draining: CancellationToken,
@@ -91,8 +123,7 @@ pub struct Front {
 
 impl Front {
     pub fn new(cfg: FrontConfig, metrics: Arc<Metrics>) -> Arc<Front> {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http1().keep_alive(true);
+        let builder = connection_builder(&cfg);
         let router = Router::new(cfg.worker_concurrency, cfg.backlog);
         Arc::new(Front {
             dispatcher: Arc::new(Dispatcher::new(router.clone(), cfg.worker_concurrency)),
@@ -103,6 +134,9 @@ impl Front {
             keepalive_timeout: cfg.keepalive_timeout,
             metrics,
             ready_path: cfg.ready_path,
+            request_buffering: cfg.request_buffering,
+            limits: cfg.limits,
+            spill_dir: std::env::temp_dir(),
             draining: CancellationToken::new(),
             abort: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -122,16 +156,21 @@ impl Front {
     }
 
     async fn accept_loop(self: Arc<Self>, listener: Listener) {
+        let mut failures = AcceptFailures::default();
         loop {
             tokio::select! {
                 biased;
                 _ = self.stop_accepting.cancelled() => break,
                 r = listener.accept() => match r {
-                    Ok(a) => self.spawn_conn(a),
+                    Ok(a) => {
+                        failures.recovered(&listener);
+                        self.spawn_conn(a);
+                    }
                     Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(listener = %listener.describe(), error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        // EMFILE and friends: the connection waits in the
+                        // kernel's queue; back off instead of spinning.
+                        failures.failed(&listener, &e);
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
                     }
                 },
             }
@@ -148,16 +187,27 @@ impl Front {
     fn spawn_conn(self: &Arc<Self>, accepted: Accepted) {
         let front = self.clone();
         match accepted {
-            Accepted::Tcp(s, peer) => self.tasks.spawn(front.serve_conn(s, Some(peer.ip()))),
-            Accepted::Unix(s) => self.tasks.spawn(front.serve_conn(s, None)),
+            Accepted::Tcp(s, peer) => {
+                // The Host of an HTTP/1.0 request that sent none.
+                let local = s
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| HeaderValue::from_str(&a.to_string()).ok());
+                self.tasks
+                    .spawn(front.serve_conn(s, Some(peer.ip()), local))
+            }
+            Accepted::Unix(s) => {
+                let local = Some(HeaderValue::from_static("localhost"));
+                self.tasks.spawn(front.serve_conn(s, None, local))
+            }
         };
     }
 
-    async fn serve_conn<I>(self: Arc<Self>, io: I, peer: Option<IpAddr>)
+    async fn serve_conn<I>(self: Arc<Self>, io: I, peer: Option<IpAddr>, local: Option<HeaderValue>)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let state = ConnState::new();
+        let state = ConnState::new(local);
         let svc = {
             let front = self.clone();
             let state = state.clone();
@@ -257,6 +307,68 @@ impl Front {
         self.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.tasks.wait()).await;
     }
+}
+
+/// How long the accept loop waits after a failed accept (EMFILE, ENFILE,
+/// ENOBUFS): the connection stays in the kernel's queue meanwhile.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// At most one log line per listener this often while accepts fail.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Failed accepts, logged once per [`ACCEPT_LOG_EVERY`] with a count
+/// rather than once each (a flood at EMFILE would otherwise write hundreds
+/// of lines a second), and their end once.
+#[derive(Default)]
+struct AcceptFailures {
+    since_log: u64,
+    last_log: Option<std::time::Instant>,
+    failing: bool,
+}
+
+impl AcceptFailures {
+    fn failed(&mut self, listener: &Listener, e: &std::io::Error) {
+        self.since_log += 1;
+        self.failing = true;
+        if self
+            .last_log
+            .is_none_or(|t| t.elapsed() >= ACCEPT_LOG_EVERY)
+        {
+            tracing::warn!(listener = %listener.describe(), error = %e, failed_accepts = self.since_log, "Accepting connections fails (at the open-file limit?); new connections wait in the kernel's queue.");
+            self.since_log = 0;
+            self.last_log = Some(std::time::Instant::now());
+        }
+    }
+
+    fn recovered(&mut self, listener: &Listener) {
+        if self.failing {
+            self.failing = false;
+            tracing::info!(listener = %listener.describe(), failed_accepts = self.since_log, "Accepting connections again.");
+            self.since_log = 0;
+        }
+    }
+}
+
+/// How client connections are served: hyper's own limits and timers set
+/// deliberately rather than left at their defaults.
+fn connection_builder(cfg: &FrontConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .keep_alive(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_timeout)
+        // The read buffer holds the request head: past it, hyper answers 431.
+        .max_buf_size(cfg.max_header_size)
+        .max_headers(MAX_HEADERS);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(cfg.max_header_size).unwrap_or(u32::MAX))
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        // Pings find a dead peer of an idle HTTP/2 connection.
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .keep_alive_timeout(H2_PING_TIMEOUT);
+    builder
 }
 
 impl Backends for Front {

@@ -50,6 +50,7 @@ impl Run {
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
             tracing::debug!(error = %e, "Could not become a child subreaper.");
         }
+        crate::supervisor::nofile::raise();
         let reaper = Reaper::start().map_err(ServeError::Setup)?;
         let hooks = Hooks::new(reaper.clone(), cfg.hooks.clone());
         let store = match &cfg.jobs {

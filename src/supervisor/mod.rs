@@ -29,6 +29,7 @@ pub mod backoff;
 pub mod classify;
 pub mod command;
 mod instance;
+pub mod nofile;
 mod oom;
 pub mod output;
 pub mod procfs;

@@ -28,6 +28,7 @@ fn status_scale_reload_stop_over_the_control_socket() {
         cwd: None,
         bind: None,
         wrap: None,
+        nofile: None,
     });
     let mode = std::fs::metadata(&c.control_socket)
         .expect("socket")

@@ -26,6 +26,7 @@ fn start_with_config(path: &std::path::Path) -> Curfew {
         cwd: None,
         bind: None,
         wrap: None,
+        nofile: None,
     })
 }
 

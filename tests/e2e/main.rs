@@ -10,6 +10,7 @@ compile_error!(
     "these tests run the test helper binaries: `cargo nextest run --workspace --features dev-tools` (or `bash .ci/run`)"
 );
 
+mod abuse;
 mod config_errors;
 mod control;
 mod deaths;

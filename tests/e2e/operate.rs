@@ -24,6 +24,7 @@ fn config_opts(path: &std::path::Path) -> Opts {
         cwd: None,
         bind: None,
         wrap: None,
+        nofile: None,
     }
 }
 

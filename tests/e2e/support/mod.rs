@@ -78,6 +78,8 @@ pub struct Opts {
     pub bind: Option<String>,
     /// Start curfew inside the cgroup whose `cgroup.procs` file this is.
     pub wrap: Option<PathBuf>,
+    /// Start curfew with this open-file limit (soft and hard, `prlimit`).
+    pub nofile: Option<u64>,
 }
 
 impl Opts {
@@ -92,6 +94,7 @@ impl Opts {
             cwd: None,
             bind: None,
             wrap: None,
+            nofile: None,
         }
     }
 
@@ -103,6 +106,7 @@ impl Opts {
             cwd: None,
             bind: None,
             wrap: None,
+            nofile: None,
         }
     }
 }
@@ -145,7 +149,14 @@ impl Curfew {
                     .arg(CURFEW);
                 c
             }
-            None => Command::new(CURFEW),
+            None => match opts.nofile {
+                Some(n) => {
+                    let mut c = Command::new("prlimit");
+                    c.arg(format!("--nofile={n}:{n}")).arg("--").arg(CURFEW);
+                    c
+                }
+                None => Command::new(CURFEW),
+            },
         };
         cmd.arg("serve");
         if env_port.is_none() {
