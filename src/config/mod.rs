@@ -4,6 +4,7 @@
 //! of the program uses. Every error names the key, where it came from, the
 //! value and what is allowed.
 
+mod ctx;
 pub mod defaults;
 pub mod duration;
 pub mod env;
