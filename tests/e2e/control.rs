@@ -50,7 +50,7 @@ fn status_scale_reload_stop_over_the_control_socket() {
     let (code, out, _) = c.ctl(&["scale", "3"]);
     assert_eq!(code, 0);
     assert!(out.contains("to 3"), "{out}");
-    c.wait_log_count("Worker ready.", 3, Duration::from_secs(5));
+    c.wait_log_count(WORKER_READY, 3, Duration::from_secs(5));
 
     // A new command and a restart-only setting (backlog): the reload
     // applies the one and names the other, in its answer and a WARN line.
@@ -155,7 +155,7 @@ fn second_instance_on_the_same_control_socket_is_refused() {
 fn status_counts_restarts() {
     let c = Curfew::start(Opts::testworker(&["-w", "1"], &[]));
     assert_eq!(get(c.port, "/crash").status, 502);
-    c.wait_log_count("Worker ready.", 2, Duration::from_secs(5));
+    c.wait_log_count(WORKER_READY, 2, Duration::from_secs(5));
     let (code, out, err) = c.ctl(&["status", "--json"]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");

@@ -213,7 +213,7 @@ fn kill_a_draining_worker_after_a_reload_and_a_scale_down() {
     // Scale down from 2: the leaving worker drains a slow request and is
     // killed meanwhile.
     c.signal(Signal::SIGTTIN);
-    c.wait_log_count("Worker ready.", 2, Duration::from_secs(5));
+    c.wait_log_count(WORKER_READY, 2, Duration::from_secs(5));
     let pids = c.worker_pids();
     let leaving = *pids.last().expect("the new slot's worker");
     let slows: Vec<_> = (0..6)

@@ -31,7 +31,7 @@ fn hung_sync_worker_is_aborted_and_replaced() {
         line.contains(" ERROR ") && line.contains("GET /spin") && line.contains("exceeded timeout"),
         "{line}"
     );
-    c.wait_log_count("Worker ready.", 3, Duration::from_secs(5));
+    c.wait_log_count(WORKER_READY, 3, Duration::from_secs(5));
     let res = load.finish();
     assert_eq!(res.n("failed"), 0, "{}", res.json);
     assert_eq!(res.other_statuses("200"), 0, "{}", res.json);
@@ -51,7 +51,7 @@ fn timeout_on_concurrent_worker_does_not_abort_it() {
     assert_eq!(get(c.port, "/sleep?ms=2000").status, 504);
     assert_eq!(get(c.port, "/").status, 200);
     assert_eq!(c.count_log(WORKER_ABORTED), 0);
-    assert_eq!(c.count_log("Worker ready."), 1);
+    assert_eq!(c.count_log(WORKER_READY), 1);
 }
 
 /// A Python worker stuck in an endless loop: 504 at timeout, and the log holds
@@ -88,7 +88,7 @@ fn python_hang_logs_its_traceback() {
         line.contains("app.py") && line.contains("spin"),
         "no traceback in: {line}"
     );
-    c.wait_log_count("Worker ready.", 3, Duration::from_secs(15));
+    c.wait_log_count(WORKER_READY, 3, Duration::from_secs(15));
     assert_eq!(get(c.port, "/plain").status, 200);
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit(Duration::from_secs(20)), 0, "{}", c.log_text());
@@ -142,7 +142,7 @@ fn liveness_probe_aborts_a_blocked_async_worker() {
         line.contains("liveness probe failed 2 times") && line.contains("spin"),
         "{line}"
     );
-    c.wait_log_count("Worker ready.", 3, Duration::from_secs(15));
+    c.wait_log_count(WORKER_READY, 3, Duration::from_secs(15));
     assert_eq!(get(c.port, "/plain").status, 200);
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit(Duration::from_secs(20)), 0, "{}", c.log_text());

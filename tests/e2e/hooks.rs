@@ -37,7 +37,7 @@ fn hooks_receive_event_details() {
     assert_eq!(get(c.port, "/crash").status, 502);
     assert_eq!(get(c.port, "/spin").status, 504);
     c.wait_log(WORKER_ABORTED, Duration::from_secs(5));
-    c.wait_log_count("Worker ready.", 4, Duration::from_secs(5));
+    c.wait_log_count(WORKER_READY, 4, Duration::from_secs(5));
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit(Duration::from_secs(10)), 0, "{}", c.log_text());
     let text = std::fs::read_to_string(&out).expect("hook output");

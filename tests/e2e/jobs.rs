@@ -945,9 +945,9 @@ fn job_timeouts_and_worker_crashes_are_failed_attempts() {
     });
     let error = find(slow).last_error.unwrap_or_default();
     assert!(error.contains("timed out"), "{error}");
-    c.wait_log("Worker ready.", Duration::from_secs(1));
+    c.wait_log(WORKER_READY, Duration::from_secs(1));
     wait_until("hung worker replaced", Duration::from_secs(10), || {
-        c.count_log("Worker ready.") >= 3
+        c.count_log(WORKER_READY) >= 3
     });
     assert!(
         c.log_text().contains("job exceeded its timeout"),

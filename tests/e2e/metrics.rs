@@ -195,7 +195,7 @@ fn metrics_parse_and_count() {
     assert_eq!(m.typ("curfew_drain_duration_seconds"), "histogram");
 
     // A reload: counted, and the replaced workers' exits count as `reload`.
-    c.wait_log_count("Worker ready.", 3, Duration::from_secs(10));
+    c.wait_log_count(WORKER_READY, 3, Duration::from_secs(10));
     c.signal(Signal::SIGHUP);
     c.wait_log(&event("reload_finished", "ok"), Duration::from_secs(10));
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -91,7 +91,7 @@ fn reloads_under_load_fail_no_request() {
         "reloads logged faults: {:?}",
         c.faults()
     );
-    assert_eq!(c.count_log("Replacement worker ready."), 3 * reloads);
+    assert_eq!(c.count_log(REPLACEMENT_READY), 3 * reloads);
     eprintln!("{reloads} reloads in {reload_time:?}; load: {}", r.json);
     assert_no_survivors(&c);
 }
@@ -197,7 +197,7 @@ fn max_memory_recycles() {
         line.contains("RSS") && line.contains("> 48 MiB") && line.contains(" INFO "),
         "{line}"
     );
-    c.wait_log("Replacement worker ready.", Duration::from_secs(5));
+    c.wait_log(REPLACEMENT_READY, Duration::from_secs(5));
     assert_eq!(get(c.port, "/").status, 200);
 }
 
@@ -206,7 +206,7 @@ fn max_memory_recycles() {
 fn scale_and_status_by_signal() {
     let mut c = Curfew::start(Opts::testworker(&["-w", "2"], &[]));
     c.signal(Signal::SIGTTIN);
-    c.wait_log_count("Worker ready.", 3, Duration::from_secs(5));
+    c.wait_log_count(WORKER_READY, 3, Duration::from_secs(5));
     let port = c.port;
     let slow = std::thread::spawn(move || {
         (0..4)

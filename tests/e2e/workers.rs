@@ -81,7 +81,7 @@ fn crash_fails_only_its_own_request_and_restarts() {
         line.contains("SIGABRT") && line.contains(" ERROR "),
         "{line}"
     );
-    c.wait_log_count("Worker ready.", 4, Duration::from_secs(5));
+    c.wait_log_count(WORKER_READY, 4, Duration::from_secs(5));
     let res = load.finish();
     assert_eq!(res.n("failed"), 0, "{}", res.json);
     assert_eq!(
@@ -106,7 +106,7 @@ fn exits_are_classified() {
     let _ = http(c.port, "GET", "/exit?code=7", &[], b"");
     let line = c.wait_log("exited on its own with code 7", Duration::from_secs(5));
     assert!(line.contains(" WARN "), "{line}");
-    c.wait_log_count("Worker ready.", 3, Duration::from_secs(5));
+    c.wait_log_count(WORKER_READY, 3, Duration::from_secs(5));
 
     let victim = *c.worker_pids().last().expect("a worker");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim), Signal::SIGKILL).expect("kill");
@@ -115,7 +115,7 @@ fn exits_are_classified() {
         Duration::from_secs(5),
     );
     assert!(line.contains(" ERROR ") && line.contains("OOM"), "{line}");
-    c.wait_log_count("Worker ready.", 4, Duration::from_secs(5));
+    c.wait_log_count(WORKER_READY, 4, Duration::from_secs(5));
 
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit(Duration::from_secs(10)), 0);
@@ -231,7 +231,7 @@ fn oom_killed_worker_is_named_with_its_request() {
         line.contains(" ERROR ") && line.contains("/alloc?mb=400"),
         "{line}"
     );
-    c.wait_log_count("Worker ready.", 2, Duration::from_secs(10));
+    c.wait_log_count(WORKER_READY, 2, Duration::from_secs(10));
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit(Duration::from_secs(10)), 0);
     assert_no_survivors(&c);

@@ -131,8 +131,11 @@ async fn boot_worker(
         Boot::Ready => {
             let boot_ms = inst.started.elapsed().as_millis() as u64;
             let (pid, generation) = (inst.pid, inst.generation);
+            let event = "worker_ready";
             if replacement {
                 tracing::info!(
+                    event,
+                    result = "replacement",
                     worker = id,
                     pid,
                     generation,
@@ -140,7 +143,15 @@ async fn boot_worker(
                     "Replacement worker ready."
                 );
             } else {
-                tracing::info!(worker = id, pid, generation, boot_ms, "Worker ready.");
+                tracing::info!(
+                    event,
+                    result = "booted",
+                    worker = id,
+                    pid,
+                    generation,
+                    boot_ms,
+                    "Worker ready."
+                );
             }
             Ok(inst)
         }

@@ -24,6 +24,10 @@ pub fn event(name: &str, result: &str) -> String {
 
 /// A text log line of curfew serving (`events::Serving`).
 pub const SERVING: &str = "event=\"serving\"";
+/// A text log line of a worker ready to serve (started or restarted).
+pub const WORKER_READY: &str = "event=\"worker_ready\" result=\"booted\"";
+/// A text log line of a replacement (reload, recycle) ready to take over.
+pub const REPLACEMENT_READY: &str = "event=\"worker_ready\" result=\"replacement\"";
 /// A text log line of a hung worker aborted (`events::WorkerAborted`).
 pub const WORKER_ABORTED: &str = "event=\"worker_aborted\"";
 
@@ -322,11 +326,11 @@ impl Curfew {
             .collect()
     }
 
-    /// pids of worker processes from "Worker ready." lines.
+    /// pids of worker processes from `worker_ready` events (not replacements).
     pub fn worker_pids(&self) -> Vec<i32> {
         self.logs()
             .iter()
-            .filter(|l| l.contains("Worker ready."))
+            .filter(|l| l.contains(WORKER_READY))
             .filter_map(|l| field(l, "pid").and_then(|p| p.parse().ok()))
             .collect()
     }
