@@ -278,6 +278,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub client_body_timeout: Option<String>,
 
+    /// Read a worker's response as fast as it writes it (memory, then a temporary file), so a slow client does not hold the worker; false sends at the client's pace
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub response_buffering: Option<bool>,
+
+    /// Disconnect a client that reads nothing of its response for this long; 0 = no limit
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub send_timeout: Option<String>,
+
     /// Time a hung worker gets between SIGABRT (so it can dump its stack) and SIGKILL
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub abort_timeout: Option<String>,
@@ -404,6 +412,8 @@ impl ServeArgs {
                 .clone()
                 .map(crate::config::raw::RawSize::Text),
             client_body_timeout: dur(&self.client_body_timeout),
+            response_buffering: self.response_buffering,
+            send_timeout: dur(&self.send_timeout),
             faulthandler: self.faulthandler,
             graceful_timeout: dur(&self.graceful_timeout),
             worker_stop_timeout: dur(&self.worker_stop_timeout),

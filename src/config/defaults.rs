@@ -36,6 +36,9 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_HEADER_SIZE: u64 = 32 * 1024;
 pub const MAX_REQUEST_BODY: u64 = 100 * 1024 * 1024;
 pub const CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+pub const RESPONSE_BUFFERING: bool = true;
+/// nginx's `send_timeout`.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 pub const ABORT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const FAULTHANDLER: bool = true;
 pub const DRAIN_DELAY: Duration = Duration::ZERO;
@@ -164,6 +167,8 @@ pub fn shown(key: &str) -> Option<String> {
         "request_buffering" => "on when `worker_concurrency` is 1".to_owned(),
         "max_request_body" => "`100MiB`".to_owned(),
         "client_body_timeout" => duration(CLIENT_BODY_TIMEOUT),
+        "response_buffering" => code(&RESPONSE_BUFFERING.to_string()),
+        "send_timeout" => duration(SEND_TIMEOUT),
         "abort_timeout" => duration(ABORT_TIMEOUT),
         "faulthandler" => code(&FAULTHANDLER.to_string()),
         "drain_delay" => duration(DRAIN_DELAY),

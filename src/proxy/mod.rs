@@ -14,6 +14,7 @@ pub mod forward;
 pub mod headers;
 pub mod listener;
 pub mod request_body;
+pub mod response_body;
 pub mod router;
 pub mod upstream;
 
@@ -67,6 +68,10 @@ pub struct FrontConfig {
     pub request_buffering: bool,
     /// What a client's body is held to.
     pub limits: BodyLimits,
+    /// Spool worker responses (see `response_body`).
+    pub response_buffering: bool,
+    /// A client reading nothing of its response this long is cut.
+    pub send_timeout: Option<Duration>,
 }
 
 impl From<&Config> for FrontConfig {
@@ -85,6 +90,8 @@ impl From<&Config> for FrontConfig {
                 max: cfg.max_request_body,
                 idle: cfg.client_body_timeout,
             },
+            response_buffering: cfg.response_buffering,
+            send_timeout: cfg.send_timeout,
         }
     }
 }
@@ -109,6 +116,10 @@ pub struct Front {
     pub limits: BodyLimits,
     /// Where a large buffered body is spilled (as an unnamed file).
     pub spill_dir: std::path::PathBuf,
+    /// Spool worker responses (see `response_body`).
+    pub response_buffering: bool,
+    /// A client reading nothing of its response this long is cut.
+    pub send_timeout: Option<Duration>,
     /// Cancelled when the drain starts: responses get `Connection: close`,
     /// idle connections close.
     pub draining: CancellationToken,
@@ -137,6 +148,8 @@ impl Front {
             request_buffering: cfg.request_buffering,
             limits: cfg.limits,
             spill_dir: std::env::temp_dir(),
+            response_buffering: cfg.response_buffering,
+            send_timeout: cfg.send_timeout,
             draining: CancellationToken::new(),
             abort: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -225,6 +238,8 @@ impl Front {
             tokio::select! {
                 _ = conn.as_mut() => return,
                 _ = self.abort.cancelled() => return,
+                // A client that stopped reading its response (send_timeout).
+                _ = state.cut.cancelled() => return,
                 _ = self.draining.cancelled() => break,
                 _ = tokio::time::sleep(idle.unwrap_or_default()), if idle.is_some() => {
                     if let Some(ka) = self.keepalive_timeout
