@@ -39,6 +39,10 @@ pub const CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const RESPONSE_BUFFERING: bool = true;
 /// nginx's `send_timeout`.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Two descriptors each (client and worker) stay well inside the hard
+/// open-file limit curfew raises itself to (commonly 524288; 4096 at least
+/// under Docker's default).
+pub const MAX_CONNECTIONS: usize = 10_000;
 pub const ABORT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const FAULTHANDLER: bool = true;
 pub const DRAIN_DELAY: Duration = Duration::ZERO;
@@ -169,6 +173,7 @@ pub fn shown(key: &str) -> Option<String> {
         "client_body_timeout" => duration(CLIENT_BODY_TIMEOUT),
         "response_buffering" => code(&RESPONSE_BUFFERING.to_string()),
         "send_timeout" => duration(SEND_TIMEOUT),
+        "max_connections" => code(&MAX_CONNECTIONS.to_string()),
         "abort_timeout" => duration(ABORT_TIMEOUT),
         "faulthandler" => code(&FAULTHANDLER.to_string()),
         "drain_delay" => duration(DRAIN_DELAY),

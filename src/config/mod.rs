@@ -188,6 +188,8 @@ pub struct Config {
     pub response_buffering: bool,
     /// `None` when disabled (`send_timeout = 0`).
     pub send_timeout: Option<Duration>,
+    /// Client connections open at once on the public addresses.
+    pub max_connections: usize,
     pub faulthandler: bool,
     pub worker_stop_timeout: Duration,
     pub chdir: Option<PathBuf>,

@@ -237,6 +237,9 @@ raw_config! {
     /// A client that reads nothing of its response for this long is
     /// disconnected (0 = no limit).
     send_timeout: RawDuration,
+    /// Client connections open at once on the public addresses; more wait
+    /// in the kernel's accept queue.
+    max_connections: i64,
     /// Time a hung worker gets between SIGABRT (stack dump) and SIGKILL.
     abort_timeout: RawDuration,
     /// Set PYTHONFAULTHANDLER=1 in workers (Python dumps its stack on SIGABRT).

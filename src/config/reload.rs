@@ -44,6 +44,7 @@ pub const SETTINGS: &[(&str, OnReload)] = &[
     ("client_body_timeout", OnReload::RestartOnly),
     ("response_buffering", OnReload::RestartOnly),
     ("send_timeout", OnReload::RestartOnly),
+    ("max_connections", OnReload::RestartOnly),
     ("faulthandler", OnReload::Applied),
     ("worker_stop_timeout", OnReload::Applied),
     ("chdir", OnReload::Applied),
@@ -156,6 +157,7 @@ reload_by_field! {
     client_body_timeout => "client_body_timeout",
     response_buffering => "response_buffering",
     send_timeout => "send_timeout",
+    max_connections => "max_connections",
     faulthandler => "faulthandler",
     worker_stop_timeout => "worker_stop_timeout",
     chdir => "chdir",
@@ -235,6 +237,7 @@ mod tests {
                 "workers = 2\nresponse_buffering = false",
             ),
             ("send_timeout", "workers = 2\nsend_timeout = 3"),
+            ("max_connections", "workers = 2\nmax_connections = 3"),
             ("faulthandler", "workers = 2\nfaulthandler = false"),
             (
                 "worker_stop_timeout",

@@ -79,6 +79,13 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
             .response_buffering
             .unwrap_or(defaults::RESPONSE_BUFFERING),
         send_timeout: cx.optional("send_timeout", raw.send_timeout, defaults::SEND_TIMEOUT)?,
+        max_connections: cx.count(
+            "max_connections",
+            raw.max_connections,
+            defaults::MAX_CONNECTIONS,
+            1,
+            10_000_000,
+        )?,
         faulthandler: raw.faulthandler.unwrap_or(defaults::FAULTHANDLER),
         worker_stop_timeout: cx.duration(
             "worker_stop_timeout",

@@ -487,3 +487,31 @@ fn streamed_responses_still_stream_through_the_spool() {
         t.elapsed()
     );
 }
+
+#[test]
+fn past_max_connections_clients_wait_in_the_kernel_queue() {
+    let c = two_sync_workers(&["--max-connections", "5"]);
+    let idle: Vec<TcpStream> = (0..5)
+        .map(|_| TcpStream::connect(("127.0.0.1", c.port)).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // The sixth connects (the kernel accepts it) but is not served...
+    let mut s = TcpStream::connect(("127.0.0.1", c.port)).expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let mut buf = [0u8; 64];
+    assert!(
+        std::io::Read::read(&mut s, &mut buf).is_err(),
+        "no answer while at the cap"
+    );
+    c.wait_log("At max_connections", Duration::from_secs(2));
+    // ...until a slot frees: then it is, without a retry by the client.
+    drop(idle);
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let r = read_response(&mut BufReader::new(s)).expect("answered once a slot freed");
+    assert_eq!(r.status, 200);
+    assert_eq!(c.count_log("At max_connections"), 1, "one line per period");
+}
