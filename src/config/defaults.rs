@@ -125,13 +125,24 @@ pub fn worker_concurrency(command: &[String]) -> (usize, String) {
     }
 }
 
-/// The control socket: `$XDG_RUNTIME_DIR/curfew.sock`, else
-/// `/tmp/curfew-<uid>.sock`.
+/// The control socket: `curfew.sock` in the private directory
+/// [`control_dir`].
 pub fn control_socket() -> PathBuf {
+    control_dir().join("curfew.sock")
+}
+
+/// The default control socket's directory, created 0700 and checked before
+/// use: `$XDG_RUNTIME_DIR/curfew`, else `/tmp/curfew-<uid>`.
+pub fn control_dir() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
-        Some(dir) => PathBuf::from(dir).join("curfew.sock"),
-        None => std::env::temp_dir().join(format!("curfew-{}.sock", nix::unistd::getuid())),
+        Some(dir) => PathBuf::from(dir).join("curfew"),
+        None => std::env::temp_dir().join(format!("curfew-{}", nix::unistd::getuid())),
     }
+}
+
+/// `dir` is the default control socket's directory (checked as private).
+pub fn is_default_control_dir(dir: &std::path::Path) -> bool {
+    dir == control_dir()
 }
 
 /// A duration as the docs write it: `30s`, `500ms`, `0`.
@@ -191,7 +202,7 @@ pub fn shown(key: &str) -> Option<String> {
         "reload_strategy" => code(RELOAD_STRATEGY),
         "reload_batch" => code(&RELOAD_BATCH.to_string()),
         "control_socket" => {
-            "`$XDG_RUNTIME_DIR/curfew.sock`, else `/tmp/curfew-<uid>.sock`".to_owned()
+            "`$XDG_RUNTIME_DIR/curfew/curfew.sock`, else `/tmp/curfew-<uid>/curfew.sock` (a private 0700 directory)".to_owned()
         }
         "hooks" => "none".to_owned(),
         "hook_timeout" => duration(HOOK_TIMEOUT),
