@@ -29,7 +29,9 @@ impl Cli {
         Cli::command().mut_subcommand("serve", |serve| {
             RawConfig::KEYS
                 .iter()
-                .filter(|key| **key != "command")
+                // No flag: the command is the trailing arguments; a secret
+                // on the command line would show in `ps`.
+                .filter(|key| !["command", "admin_token"].contains(*key))
                 .fold(serve, |cmd, key| {
                     let id = match *key {
                         "jobs" => "jobs_store",
@@ -370,6 +372,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub admin_bind: Option<String>,
 
+    /// Read the admin token from this file (the token itself only by CURFEW_ADMIN_TOKEN or the config file, not on the command line)
+    #[arg(long, value_name = "PATH")]
+    pub admin_token_file: Option<String>,
+
     /// Job store URL (enables the job processor): sqlite:///path/jobs.db, a file path, or postgres://user@host/db; the rest of [jobs] comes from curfew.toml
     #[arg(long, value_name = "URL")]
     pub jobs_store: Option<String>,
@@ -425,6 +431,8 @@ impl ServeArgs {
             chdir: self.chdir.clone(),
             forwarded_allow_ips: many(&self.forwarded_allow_ips),
             admin_bind: self.admin_bind.clone(),
+            admin_token: None,
+            admin_token_file: self.admin_token_file.clone(),
             control_socket: self.control_socket.clone(),
             hooks: (!self.hooks.is_empty()).then(|| {
                 self.hooks

@@ -11,6 +11,7 @@
 //! ([`jobs`]): `POST /jobs` to enqueue, `GET /jobs/<id>` to read one job,
 //! `GET /jobs?queue=&state=&limit=&after=` to list.
 
+pub mod auth;
 mod jobs;
 
 use std::convert::Infallible;
@@ -43,6 +44,8 @@ pub trait StatusView: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct AdminState {
     pub status: Arc<dyn StatusView>,
+    /// Who may use which path.
+    pub auth: Arc<auth::AdminAuth>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub jobs: Option<crate::processor::Processor>,
 }
@@ -51,6 +54,17 @@ impl AdminState {
     async fn respond(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let phase = self.status.phase();
         let path = req.uri().path();
+        if let Err((status, text)) = self.auth.check(path, req.headers()) {
+            let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+            *r.status_mut() = status;
+            if status == StatusCode::UNAUTHORIZED {
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+            }
+            return r;
+        }
         if path == "/jobs" || path.starts_with("/jobs/") {
             return jobs::respond(self.jobs.as_ref(), req).await;
         }
@@ -108,9 +122,27 @@ pub fn bind(addr: &BindAddr) -> Result<Listener, BindError> {
     Listener::bind(addr)
 }
 
+/// Admin connections served at once; more wait in the kernel's queue.
+const MAX_CONNECTIONS: usize = 64;
+/// Time a client has to send its request head.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest life of one admin connection (its requests are short).
+const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Serve the admin endpoint until `stop` is cancelled.
 pub async fn serve(listener: Listener, state: AdminState, stop: CancellationToken) {
+    if let Some(warning) = state.auth.warning() {
+        tracing::warn!(admin = %listener.describe(), "{warning}");
+    }
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let permit = tokio::select! {
+            _ = stop.cancelled() => break,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break, // never closed
+            },
+        };
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
             a = listener.accept() => a,
@@ -126,15 +158,20 @@ pub async fn serve(listener: Listener, state: AdminState, stop: CancellationToke
             async move { Ok::<_, Infallible>(st.respond(req).await) }
         });
         tokio::spawn(async move {
-            let builder = hyper::server::conn::http1::Builder::new();
+            let _permit = permit;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            let life = tokio::time::sleep(CONNECTION_LIFETIME);
             match accepted {
                 Accepted::Tcp(s, _) => {
                     let conn = builder.serve_connection(TokioIo::new(s), svc);
-                    tokio::select! { _ = conn => {}, _ = stop.cancelled() => {} }
+                    tokio::select! { _ = conn => {}, _ = stop.cancelled() => {}, _ = life => {} }
                 }
                 Accepted::Unix(s) => {
                     let conn = builder.serve_connection(TokioIo::new(s), svc);
-                    tokio::select! { _ = conn => {}, _ = stop.cancelled() => {} }
+                    tokio::select! { _ = conn => {}, _ = stop.cancelled() => {}, _ = life => {} }
                 }
             }
         });

@@ -211,6 +211,8 @@ pub fn shown(key: &str) -> Option<String> {
         "liveness_timeout" => duration(LIVENESS_TIMEOUT),
         "liveness_failures" => code(&LIVENESS_FAILURES.to_string()),
         "admin_bind" => "off".to_owned(),
+        "admin_token" => "none".to_owned(),
+        "admin_token_file" => "none".to_owned(),
         "jobs" => "off".to_owned(),
         "log_format" => code(LOG_FORMAT),
         "log_level" => code(LOG_LEVEL),

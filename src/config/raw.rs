@@ -277,6 +277,10 @@ raw_config! {
     liveness_failures: i64,
     /// Address of the admin endpoint (`/healthz`, `/readyz`); off when unset.
     admin_bind: String,
+    /// Bearer token the admin endpoint requires (all but the probes).
+    admin_token: String,
+    /// A file holding admin_token (e.g. a mounted secret).
+    admin_token_file: String,
     /// `text` or `json`.
     log_format: String,
     /// The job processor (`[jobs]`; from the environment or a flag as an

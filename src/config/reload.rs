@@ -50,6 +50,7 @@ pub const SETTINGS: &[(&str, OnReload)] = &[
     ("chdir", OnReload::Applied),
     ("forwarded_allow_ips", OnReload::RestartOnly),
     ("admin_bind", OnReload::RestartOnly),
+    ("admin_token", OnReload::RestartOnly),
     ("control_socket", OnReload::RestartOnly),
     ("liveness_path", OnReload::Applied),
     ("hooks", OnReload::RestartOnly),
@@ -163,6 +164,7 @@ reload_by_field! {
     chdir => "chdir",
     forwarded_allow => "forwarded_allow_ips",
     admin_bind => "admin_bind",
+    admin_token => "admin_token",
     control_socket => "control_socket",
     liveness => "liveness_path",
     hooks => "hooks",
@@ -250,6 +252,10 @@ mod tests {
             ),
             ("admin_bind", "workers = 2\nadmin_bind = \"127.0.0.1:9\""),
             (
+                "admin_token",
+                "workers = 2\nadmin_token = \"0123456789abcdef0\"",
+            ),
+            (
                 "control_socket",
                 "workers = 2\ncontrol_socket = \"/tmp/x.sock\"",
             ),
@@ -332,6 +338,7 @@ mod tests {
             let covered_by = match *key {
                 "liveness_interval" | "liveness_timeout" | "liveness_failures" => "liveness_path",
                 "reload_batch" => "reload_strategy",
+                "admin_token_file" => "admin_token",
                 // Folded into each hook's own timeout.
                 "hook_timeout" => "hooks",
                 k => k,

@@ -14,7 +14,7 @@ use super::parse::{parse_allow, parse_bind, resolve_program};
 use super::raw::{OneOrMany, RawConfig, RawHook, RawSize};
 use super::{
     BindAddr, Config, ConfigError, ForwardedAllow, Liveness, LogFormat, Origins, ReloadStrategy,
-    WorkerSocket, defaults, duration, jobs,
+    Secret, WorkerSocket, defaults, duration, jobs,
 };
 
 /// Turn a merged raw layer into a [`Config`], or say exactly what is wrong.
@@ -29,6 +29,7 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
     let hooks = hooks(&cx, &raw)?;
     let (log_format, log_level) = logging(&cx, &raw)?;
     let client = client(&cx, &raw)?;
+    let admin_token = admin_token(&cx, &raw)?;
     let graceful_timeout = cx.duration(
         "graceful_timeout",
         raw.graceful_timeout.clone(),
@@ -95,6 +96,7 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
         chdir: program.chdir,
         forwarded_allow: net.forwarded_allow,
         admin_bind: net.admin_bind,
+        admin_token,
         control_socket: net.control_socket,
         liveness: health.liveness,
         hooks,
@@ -186,6 +188,41 @@ fn program(cx: &Ctx<'_>, raw: &RawConfig) -> Result<Program, ConfigError> {
         chdir,
         worker_socket,
     })
+}
+
+/// `admin_token` or `admin_token_file` (one of them), at least 16
+/// characters.
+fn admin_token(cx: &Ctx<'_>, raw: &RawConfig) -> Result<Option<Secret>, ConfigError> {
+    let token = match (raw.admin_token.clone(), raw.admin_token_file.clone()) {
+        (Some(_), Some(_)) => {
+            return Err(cx.err(
+                "admin_token_file",
+                "(set)",
+                "give admin_token or admin_token_file, not both",
+            ));
+        }
+        (Some(t), None) => ("admin_token", t),
+        (None, Some(path)) => match std::fs::read_to_string(&path) {
+            Ok(t) => ("admin_token_file", t.trim().to_owned()),
+            Err(e) => {
+                return Err(cx.err(
+                    "admin_token_file",
+                    format!("{path:?}"),
+                    format!("cannot read it: {e}"),
+                ));
+            }
+        },
+        (None, None) => return Ok(None),
+    };
+    let (key, value) = token;
+    if value.chars().count() < 16 || value.chars().any(char::is_whitespace) {
+        return Err(cx.err(
+            key,
+            "(hidden)",
+            "must be at least 16 characters without spaces (e.g. `openssl rand -hex 24`)",
+        ));
+    }
+    Ok(Some(Secret::new(value)))
 }
 
 /// Addresses: `bind`, `admin_bind`, `forwarded_allow_ips`, `control_socket`.

@@ -141,6 +141,10 @@ impl Run {
             tracing::info!(admin = %l.describe(), "Admin endpoint: /healthz, /readyz, /status, /metrics.");
             let state = crate::admin::AdminState {
                 status: Arc::new(run.status.clone()),
+                auth: Arc::new(crate::admin::auth::AdminAuth::new(
+                    run.cfg.admin_token.clone(),
+                    run.cfg.admin_bind.as_ref(),
+                )),
                 metrics: run.metrics.clone(),
                 jobs: run.jobs.clone(),
             };

@@ -222,6 +222,12 @@ fn worker_spec(cfg: &Config, run_dir: std::path::PathBuf, jobs: Option<&Processo
     if let Some(url) = admin_url {
         spec.extra_env.push(("CURFEW_ADMIN_URL".to_owned(), url));
     }
+    if let Some(token) = &cfg.admin_token {
+        // The SDK's enqueue sends it; a `curfew` run in a worker reads it as
+        // the same setting.
+        spec.extra_env
+            .push(("CURFEW_ADMIN_TOKEN".to_owned(), token.expose().to_owned()));
+    }
     spec.extra_env.push((
         "CURFEW_CONTROL_SOCKET".to_owned(),
         absolute(&cfg.control_socket).display().to_string(),

@@ -163,3 +163,69 @@ fn status_counts_restarts() {
     let (_, table, _) = c.ctl(&["status"]);
     assert!(table.contains("RESTARTS"), "{table}");
 }
+
+/// With `admin_token`, everything but the probes needs the bearer token; an
+/// admin address reachable from other hosts without one refuses the job
+/// API and says so at start.
+#[test]
+fn the_admin_token_guards_all_but_the_probes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("jobs.db").display().to_string();
+    let admin = free_port();
+    let token = "0123456789abcdef-token";
+    let mut opts = Opts::testworker(
+        &[
+            "-w",
+            "1",
+            "--admin-bind",
+            &format!("127.0.0.1:{admin}"),
+            "--jobs-store",
+            &store,
+        ],
+        &[],
+    );
+    opts.env.push(("CURFEW_ADMIN_TOKEN".into(), token.into()));
+    let c = Curfew::start(opts);
+    assert_eq!(get(admin, "/readyz").status, 200, "probes need nothing");
+    assert_eq!(get(admin, "/healthz").status, 200);
+    for path in ["/status", "/metrics", "/jobs"] {
+        let r = http(admin, "GET", path, &[], b"").expect("request");
+        assert_eq!(r.status, 401, "{path} without a token");
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+        let r = http(
+            admin,
+            "GET",
+            path,
+            &[("Authorization", "Bearer wrong-wrong-wrong")],
+            b"",
+        )
+        .expect("request");
+        assert_eq!(r.status, 401, "{path} with a wrong token");
+        let auth = format!("Bearer {token}");
+        let r = http(admin, "GET", path, &[("Authorization", &auth)], b"").expect("request");
+        assert_eq!(r.status, 200, "{path} with the token");
+    }
+    // Workers get it, for the SDK.
+    let env = get(c.port, "/env?name=CURFEW_ADMIN_TOKEN");
+    assert!(env.body.contains(token), "{}", env.body);
+    assert!(c.faults().is_empty(), "{:?}", c.faults());
+    drop(c);
+
+    // Reachable from other hosts, no token: the job API is refused.
+    let admin = free_port();
+    let opts = Opts::testworker(
+        &[
+            "-w",
+            "1",
+            "--admin-bind",
+            &format!("0.0.0.0:{admin}"),
+            "--jobs-store",
+            &store,
+        ],
+        &[],
+    );
+    let c = Curfew::start(opts);
+    c.wait_log("has no admin_token", Duration::from_secs(2));
+    assert_eq!(get(admin, "/jobs").status, 403);
+    assert_eq!(get(admin, "/status").status, 200);
+}
