@@ -29,6 +29,7 @@ pub mod hooks;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod processor;
 pub mod protocol;
 pub mod proxy;
@@ -48,6 +49,7 @@ mod layering {
     const ALLOWED: &[(&str, &[&str])] = &[
         ("exit", &[]),
         ("shim", &[]),
+        ("notify", &[]),
         ("protocol", &[]),
         ("config", &[]),
         ("lifecycle", &["exit"]),
@@ -84,6 +86,7 @@ mod layering {
                 "hooks",
                 "lifecycle",
                 "metrics",
+                "notify",
                 "processor",
                 "protocol",
                 "proxy",

@@ -104,6 +104,8 @@ impl Run {
             workers_wanted: Arc::new(std::sync::atomic::AtomicUsize::new(cfg.workers)),
             started: Instant::now(),
             jobs: jobs.clone(),
+            drain: Arc::default(),
+            jobs_queued: Arc::default(),
         };
         let background = tokio_util::sync::CancellationToken::new();
         {
@@ -116,7 +118,20 @@ impl Run {
             ));
             tokio::spawn(route_control(ctl_rx, inputs.sender(), status.clone()));
         }
+        let notifier = Arc::new(crate::notify::Notifier::from_env());
+        let mut inputs = inputs;
+        if notifier.enabled() {
+            tracing::info!(
+                watchdog_ms = notifier.watchdog().map(|w| w.as_millis() as u64),
+                "systemd notify socket found: READY/RELOADING/STOPPING and STATUS will be sent."
+            );
+            inputs.set_beat(
+                notifier.beat_every(),
+                beat(notifier.clone(), status.clone()),
+            );
+        }
         let run = Run {
+            notifier,
             cfg,
             machine: Machine::new(),
             phase_tx,
@@ -148,4 +163,28 @@ impl Run {
         }
         Ok((run, listeners))
     }
+}
+
+/// The orchestrator's periodic beat under systemd: the status line, the
+/// watchdog ping, the stop's timeout extension (`Notifier::beat`); and, with
+/// a job processor, a count of the queued jobs for the next line (in the
+/// background, one at a time, every 10 s at most: it asks the store).
+fn beat(notifier: Arc<crate::notify::Notifier>, status: StatusSource) -> Box<dyn FnMut() + Send> {
+    const COUNT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+    let counting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut counted: Option<Instant> = None;
+    Box::new(move || {
+        notifier.beat(&status.line());
+        if status.jobs.is_some()
+            && counted.is_none_or(|t| t.elapsed() >= COUNT_EVERY)
+            && !counting.swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            counted = Some(Instant::now());
+            let (status, counting) = (status.clone(), counting.clone());
+            tokio::spawn(async move {
+                status.count_jobs_queued().await;
+                counting.store(false, std::sync::atomic::Ordering::Release);
+            });
+        }
+    })
 }

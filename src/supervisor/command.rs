@@ -132,6 +132,10 @@ fn start(reaper: &Reaper, spec: &CommandSpec<'_>) -> Result<Started, String> {
     };
     let mut cmd = Command::new(program);
     cmd.args(args);
+    // systemd's notify socket and watchdog are curfew's alone.
+    cmd.env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID");
     cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
     if let Some(dir) = spec.cwd {
         cmd.current_dir(dir);

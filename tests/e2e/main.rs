@@ -24,4 +24,5 @@ mod python;
 mod shutdown;
 mod soak;
 mod support;
+mod systemd;
 mod workers;
