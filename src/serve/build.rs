@@ -3,6 +3,7 @@
 //! processor, the supervisor and their wiring, the control socket and the
 //! admin endpoint.
 
+use super::activation::Inherited;
 use super::*;
 
 /// The public listeners, bound and not yet serving. Dropped unused (setup
@@ -11,11 +12,17 @@ use super::*;
 pub(super) struct Bound(Vec<Listener>);
 
 impl Bound {
-    fn bind_all(cfg: &Config) -> Result<Bound, ServeError> {
+    /// Binds every `bind` address, or adopts the socket the service
+    /// manager passed for it (socket activation).
+    fn bind_all(cfg: &Config, inherited: &mut Inherited) -> Result<Bound, ServeError> {
         let mut bound = Bound(Vec::new());
         for b in &cfg.binds {
             // On an error, `bound` drops and closes what was bound before.
-            bound.0.push(Listener::bind(b)?);
+            let l = match inherited.public(b)? {
+                Some(l) => l,
+                None => Listener::bind(b)?,
+            };
+            bound.0.push(l);
         }
         Ok(bound)
     }
@@ -59,11 +66,14 @@ impl Run {
         };
 
         // Closed again (after their accept queues) if anything below fails.
-        let listeners = Bound::bind_all(&cfg)?;
-        let admin_listener = match &cfg.admin_bind {
-            Some(a) => Some(crate::admin::bind(a)?),
-            None => None,
+        let mut inherited = Inherited::from_env()?;
+        let listeners = Bound::bind_all(&cfg, &mut inherited)?;
+        let admin_listener = match (inherited.admin(cfg.admin_bind.as_ref())?, &cfg.admin_bind) {
+            (Some(l), _) => Some(l),
+            (None, Some(a)) => Some(crate::admin::bind(a)?),
+            (None, None) => None,
         };
+        inherited.finish(&cfg.binds)?;
         let control_listener = control::bind(&cfg.control_socket).map_err(ServeError::Control)?;
         let run_dir = if cfg.worker_socket == WorkerSocket::Unix {
             make_run_dir().map_err(ServeError::RunDir)?

@@ -43,8 +43,11 @@ pub enum ServeError {
     Control(control::ControlError),
     #[error("cannot open the job store: {0}")]
     Jobs(curfew_store::StoreError),
+    #[error(transparent)]
+    Activation(#[from] activation::ActivationError),
 }
 
+mod activation;
 mod build;
 mod drain;
 mod inputs;

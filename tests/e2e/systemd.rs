@@ -211,3 +211,100 @@ fn systemd_notify_start_reload_drain_stop() {
     assert_eq!(notify.count("STOPPING=1"), 1, "{texts:?}");
     assert!(c.faults().is_empty(), "{:?}", c.faults());
 }
+
+/// A listening socket owned by the test (as systemd's `.socket` unit owns
+/// it), and a copy of it to pass.
+fn activation_socket() -> (
+    std::net::TcpListener,
+    std::os::fd::OwnedFd,
+    std::net::SocketAddr,
+) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let copy = l.try_clone().expect("dup");
+    (l, copy.into(), addr)
+}
+
+/// Socket activation: curfew adopts the passed socket for `bind` (it never
+/// binds it itself: the test holds the port), and a restart — stop one
+/// curfew, start another on the same socket, as `systemctl restart` with a
+/// `.socket` unit does — under keep-alive load refuses and fails nothing:
+/// connections wait in the kernel's queue while no curfew runs.
+#[test]
+fn socket_activation_restart_refuses_nothing() {
+    let (held, passed, addr) = activation_socket();
+    let opts = || Opts::testworker(&["-w", "2", "--drain-delay", "0"], &[]);
+    let mut first = Curfew::spawn_activated(opts(), passed, addr, "web");
+    first.wait_log(SERVING, Duration::from_secs(30));
+    first.wait_log("Adopted a listening socket", Duration::from_secs(1));
+    assert_eq!(get(addr.port(), "/").status, 200);
+    // Workers get curfew's own socket hand-off, not the service manager's.
+    let r = get(addr.port(), "/env?name=LISTEN_FDNAMES");
+    assert_eq!((r.status, r.body.as_str()), (200, "curfew"));
+
+    let load = Load::start(addr.port(), &["/", "/sleep?ms=50"], 4, 4000);
+    load.wait_flowing();
+    std::thread::sleep(Duration::from_millis(500));
+    first.signal(Signal::SIGTERM);
+    assert_eq!(first.wait_exit(Duration::from_secs(20)), 0);
+    assert!(first.faults().is_empty(), "{:?}", first.faults());
+    // curfew is away for a moment: connections queue in the kernel.
+    std::thread::sleep(Duration::from_millis(300));
+    let passed = held.try_clone().expect("dup").into();
+    let mut second = Curfew::spawn_activated(opts(), passed, addr, "web");
+    second.wait_log(SERVING, Duration::from_secs(30));
+    let r = load.finish();
+    assert_eq!(r.n("failed"), 0, "{}", r.json);
+    assert_eq!(r.n("refused"), 0, "{}", r.json);
+    assert_eq!(r.other_statuses("200"), 0, "{}", r.json);
+    assert!(r.n("ok") > 100, "{}", r.json);
+    second.signal(Signal::SIGTERM);
+    assert_eq!(second.wait_exit(Duration::from_secs(20)), 0);
+    assert!(second.faults().is_empty(), "{:?}", second.faults());
+}
+
+/// A passed socket that cannot serve `bind` stops curfew at start, with an
+/// error naming the fd, its name and what is wrong with it.
+#[test]
+fn socket_activation_mismatches_are_clear_errors() {
+    let expect_error = |passed: std::os::fd::OwnedFd, bind: std::net::SocketAddr, needle: &str| {
+        let mut c =
+            Curfew::spawn_activated(Opts::testworker(&["-w", "1"], &[]), passed, bind, "web");
+        let code = c.wait_exit(Duration::from_secs(20));
+        let logs = c.log_text();
+        assert_ne!(code, 0, "{logs}");
+        assert!(
+            logs.contains("socket activation: fd 3 (\"web\")") && logs.contains(needle),
+            "expected {needle:?} in:\n{logs}"
+        );
+        assert_eq!(c.count_log(SERVING), 0, "{logs}");
+    };
+    // Listening on another address than `bind`.
+    let (_held, passed, addr) = activation_socket();
+    let other: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    expect_error(
+        passed,
+        other,
+        &format!("listens on {addr}, which no `bind` entry names"),
+    );
+    // Bound, not listening.
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    s.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .expect("addr")
+            .into(),
+    )
+    .expect("bind");
+    let addr = s.local_addr().expect("addr").as_socket().expect("inet");
+    expect_error(s.into(), addr, "it is not listening");
+    // A datagram socket.
+    let u = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let addr = u.local_addr().expect("addr");
+    expect_error(u.into(), addr, "it is not a stream");
+    // A Unix socket for a TCP `bind`.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let unix = std::os::unix::net::UnixListener::bind(dir.path().join("s")).expect("unix");
+    expect_error(unix.into(), other, "which no `bind` entry names");
+}

@@ -133,15 +133,47 @@ impl Curfew {
 
     /// Start curfew without waiting for anything.
     pub fn spawn(opts: Opts) -> Curfew {
+        Curfew::spawn_inner(opts, None)
+    }
+
+    /// Start curfew socket-activated, as systemd would: `listener` passed as
+    /// fd 3 with `LISTEN_FDS=1`, `LISTEN_FDNAMES=<name>` and `LISTEN_PID` set
+    /// to curfew's own pid (a shell moves the socket from its stdin to fd 3,
+    /// sets `LISTEN_PID=$$` and execs curfew, keeping its pid); `--bind`
+    /// is the listener's address. Does not wait.
+    pub fn spawn_activated(
+        mut opts: Opts,
+        listener: std::os::fd::OwnedFd,
+        addr: std::net::SocketAddr,
+        name: &str,
+    ) -> Curfew {
+        opts.bind = Some(addr.to_string());
+        opts.env.push(("LISTEN_FDS".into(), "1".into()));
+        opts.env.push(("LISTEN_FDNAMES".into(), name.into()));
+        Curfew::spawn_inner(opts, Some((listener, addr.port())))
+    }
+
+    fn spawn_inner(opts: Opts, activated: Option<(std::os::fd::OwnedFd, u16)>) -> Curfew {
         // A PORT in the test's env is the port curfew will bind (no --bind).
         let env_port = opts
             .env
             .iter()
             .find(|(k, _)| k == "PORT")
             .and_then(|(_, v)| v.parse().ok());
-        let port = env_port.unwrap_or_else(free_port);
+        let port = activated
+            .as_ref()
+            .map(|(_, p)| *p)
+            .or(env_port)
+            .unwrap_or_else(free_port);
         let marker = marker();
         let mut cmd = match &opts.wrap {
+            _ if activated.is_some() => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg("exec 3<&0 </dev/null; export LISTEN_PID=$$; exec \"$0\" \"$@\"")
+                    .arg(CURFEW);
+                c
+            }
             // Join the cgroup first, then become curfew (same pid).
             Some(procs) => {
                 let mut c = Command::new("sh");
@@ -190,9 +222,11 @@ impl Curfew {
         if let Some(d) = &opts.cwd {
             cmd.current_dir(d);
         }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        match activated {
+            Some((fd, _)) => cmd.stdin(Stdio::from(fd)),
+            None => cmd.stdin(Stdio::null()),
+        };
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn curfew");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
