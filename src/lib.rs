@@ -30,6 +30,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod platform;
 pub mod processor;
 pub mod protocol;
 pub mod proxy;
@@ -50,6 +51,7 @@ mod layering {
         ("exit", &[]),
         ("shim", &[]),
         ("notify", &[]),
+        ("platform", &["config"]),
         ("protocol", &[]),
         ("config", &[]),
         ("lifecycle", &["exit"]),

@@ -19,6 +19,7 @@ mod hooks;
 mod jobs;
 mod metrics;
 mod operate;
+mod platform;
 mod proxy;
 mod python;
 mod shutdown;
