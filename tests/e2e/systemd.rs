@@ -254,6 +254,7 @@ fn socket_activation_restart_refuses_nothing() {
     let mut second = Curfew::spawn_activated(opts(), passed, addr, "web");
     second.wait_log(SERVING, Duration::from_secs(30));
     let r = load.finish();
+    eprintln!("load across the restart: {}", r.json);
     assert_eq!(r.n("failed"), 0, "{}", r.json);
     assert_eq!(r.n("refused"), 0, "{}", r.json);
     assert_eq!(r.other_statuses("200"), 0, "{}", r.json);
@@ -307,4 +308,44 @@ fn socket_activation_mismatches_are_clear_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
     let unix = std::os::unix::net::UnixListener::bind(dir.path().join("s")).expect("unix");
     expect_error(unix.into(), other, "which no `bind` entry names");
+}
+
+/// The socket named `admin` serves `admin_bind`; without `admin_bind` it is
+/// an error that says so.
+#[test]
+fn socket_activation_adopts_the_admin_socket_by_name() {
+    let (_held, web, addr) = activation_socket();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0").expect("bind admin");
+    let admin_addr = admin.local_addr().expect("addr");
+    let opts = Opts::testworker(&["-w", "1", "--admin-bind", &admin_addr.to_string()], &[]);
+    let mut c = Curfew::spawn_activated_with(opts, web, addr, "web", Some(admin.into()));
+    c.wait_log(SERVING, Duration::from_secs(30));
+    assert_eq!(
+        c.count_log("Adopted a listening socket"),
+        2,
+        "{}",
+        c.log_text()
+    );
+    assert_eq!(get(addr.port(), "/").status, 200);
+    assert_eq!(get(admin_addr.port(), "/readyz").status, 200);
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(20)), 0);
+
+    // Named admin, no admin_bind.
+    let (_held, web, addr) = activation_socket();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0").expect("bind admin");
+    let mut c = Curfew::spawn_activated_with(
+        Opts::testworker(&["-w", "1"], &[]),
+        web,
+        addr,
+        "web",
+        Some(admin.into()),
+    );
+    assert_ne!(c.wait_exit(Duration::from_secs(20)), 0);
+    assert!(
+        c.log_text()
+            .contains("fd 4 (\"admin\") is named \"admin\" but `admin_bind` is not set"),
+        "{}",
+        c.log_text()
+    );
 }

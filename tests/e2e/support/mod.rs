@@ -142,18 +142,39 @@ impl Curfew {
     /// sets `LISTEN_PID=$$` and execs curfew, keeping its pid); `--bind`
     /// is the listener's address. Does not wait.
     pub fn spawn_activated(
-        mut opts: Opts,
+        opts: Opts,
         listener: std::os::fd::OwnedFd,
         addr: std::net::SocketAddr,
         name: &str,
     ) -> Curfew {
-        opts.bind = Some(addr.to_string());
-        opts.env.push(("LISTEN_FDS".into(), "1".into()));
-        opts.env.push(("LISTEN_FDNAMES".into(), name.into()));
-        Curfew::spawn_inner(opts, Some((listener, addr.port())))
+        Curfew::spawn_activated_with(opts, listener, addr, name, None)
     }
 
-    fn spawn_inner(opts: Opts, activated: Option<(std::os::fd::OwnedFd, u16)>) -> Curfew {
+    /// [`Curfew::spawn_activated`], with a second socket as fd 4 named
+    /// `admin` when `admin` is given (`LISTEN_FDS=2`).
+    pub fn spawn_activated_with(
+        mut opts: Opts,
+        listener: std::os::fd::OwnedFd,
+        addr: std::net::SocketAddr,
+        name: &str,
+        admin: Option<std::os::fd::OwnedFd>,
+    ) -> Curfew {
+        opts.bind = Some(addr.to_string());
+        let n = if admin.is_some() { 2 } else { 1 };
+        let names = if admin.is_some() {
+            format!("{name}:admin")
+        } else {
+            name.to_owned()
+        };
+        opts.env.push(("LISTEN_FDS".into(), n.to_string()));
+        opts.env.push(("LISTEN_FDNAMES".into(), names));
+        Curfew::spawn_inner(opts, Some((listener, addr.port(), admin)))
+    }
+
+    fn spawn_inner(
+        opts: Opts,
+        activated: Option<(std::os::fd::OwnedFd, u16, Option<std::os::fd::OwnedFd>)>,
+    ) -> Curfew {
         // A PORT in the test's env is the port curfew will bind (no --bind).
         let env_port = opts
             .env
@@ -162,15 +183,32 @@ impl Curfew {
             .and_then(|(_, v)| v.parse().ok());
         let port = activated
             .as_ref()
-            .map(|(_, p)| *p)
+            .map(|(_, p, _)| *p)
             .or(env_port)
             .unwrap_or_else(free_port);
         let marker = marker();
         let mut cmd = match &opts.wrap {
             _ if activated.is_some() => {
-                let mut c = Command::new("sh");
+                // A second socket: inherited by bash (close-on-exec cleared
+                // on it, by number), moved to fd 4.
+                let fd4 = match activated.as_ref().and_then(|(_, _, a)| a.as_ref()) {
+                    Some(a) => {
+                        use std::os::fd::AsRawFd;
+                        nix::fcntl::fcntl(
+                            a,
+                            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+                        )
+                        .expect("clear FD_CLOEXEC");
+                        let n = a.as_raw_fd();
+                        format!(" 4<&{n} {n}<&-")
+                    }
+                    None => String::new(),
+                };
+                let mut c = Command::new("bash");
                 c.arg("-c")
-                    .arg("exec 3<&0 </dev/null; export LISTEN_PID=$$; exec \"$0\" \"$@\"")
+                    .arg(format!(
+                        "exec 3<&0{fd4} </dev/null; export LISTEN_PID=$$; exec \"$0\" \"$@\""
+                    ))
                     .arg(CURFEW);
                 c
             }
@@ -222,8 +260,13 @@ impl Curfew {
         if let Some(d) = &opts.cwd {
             cmd.current_dir(d);
         }
+        // The admin socket (if any) stays open until the spawn.
+        let mut _admin_fd = None;
         match activated {
-            Some((fd, _)) => cmd.stdin(Stdio::from(fd)),
+            Some((fd, _, admin)) => {
+                _admin_fd = admin;
+                cmd.stdin(Stdio::from(fd))
+            }
             None => cmd.stdin(Stdio::null()),
         };
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
