@@ -84,20 +84,23 @@ impl StatusSource {
     /// workers ready of wanted, requests in flight and queued, jobs running
     /// and queued, and while draining its progress.
     pub fn line(&self) -> String {
-        let s = self.snapshot();
+        // Counts only: not `snapshot`, which reads every worker's RSS.
+        let router = &self.front.router;
+        let requests = router.requests();
+        let s = Counts {
+            workers: router.workers().len(),
+            workers_wanted: self.workers_wanted.load(Ordering::Relaxed),
+            requests_in_flight: requests.iter().filter(|r| r.worker.is_some()).count(),
+            requests_queued: requests.iter().filter(|r| r.worker.is_none()).count(),
+        };
         let phase = *self.phase.borrow();
         let mut line = match phase {
-            Phase::Starting => format!(
-                "Starting: {}/{} workers ready",
-                s.workers.len(),
-                s.workers_wanted
-            ),
+            Phase::Starting => {
+                format!("Starting: {}/{} workers ready", s.workers, s.workers_wanted)
+            }
             Phase::Serving => format!(
                 "Serving: {}/{} workers ready, {} requests in flight, {} queued",
-                s.workers.len(),
-                s.workers_wanted,
-                s.requests_in_flight,
-                s.requests_queued
+                s.workers, s.workers_wanted, s.requests_in_flight, s.requests_queued
             ),
             Phase::LameDuck => format!(
                 "Stopping (lame duck: not ready, still serving): {} requests in flight, {} queued",
@@ -118,7 +121,9 @@ impl StatusSource {
                     progress.unwrap_or_default()
                 )
             }
-            Phase::Stopping => format!("Stopping workers: {} left", s.workers.len()),
+            Phase::Stopping => {
+                "Stopping workers (SIGTERM, SIGKILL after worker_stop_timeout)".to_owned()
+            }
             Phase::Stopped => "Stopped".to_owned(),
         };
         if let Some(jobs) = &self.jobs {
@@ -146,6 +151,14 @@ impl StatusSource {
             *q = queued;
         }
     }
+}
+
+/// What the status line counts.
+struct Counts {
+    workers: usize,
+    workers_wanted: usize,
+    requests_in_flight: usize,
+    requests_queued: usize,
 }
 
 impl StatusView for StatusSource {
