@@ -333,6 +333,18 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub client_body_timeout: Option<String>,
 
+    /// Read a worker's response as fast as it writes it (memory, then a temporary file), so a slow client does not hold the worker; false sends at the client's pace
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub response_buffering: Option<bool>,
+
+    /// Disconnect a client that reads nothing of its response for this long; 0 = no limit
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub send_timeout: Option<String>,
+
+    /// Client connections open at once on the public addresses; more wait in the kernel's accept queue
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub max_connections: Option<i64>,
+
     /// Time a hung worker gets between SIGABRT (so it can dump its stack) and SIGKILL
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub abort_timeout: Option<String>,
@@ -459,6 +471,9 @@ impl ServeArgs {
                 .clone()
                 .map(crate::config::raw::RawSize::Text),
             client_body_timeout: dur(&self.client_body_timeout),
+            response_buffering: self.response_buffering,
+            send_timeout: dur(&self.send_timeout),
+            max_connections: self.max_connections,
             faulthandler: self.faulthandler,
             graceful_timeout: dur(&self.graceful_timeout),
             worker_stop_timeout: dur(&self.worker_stop_timeout),

@@ -64,7 +64,7 @@ mod layering {
         ("hooks", &["config", "events", "supervisor"]),
         ("proxy", &["config", "metrics", "supervisor"]),
         ("processor", &["config", "protocol", "proxy", "supervisor"]),
-        ("control", &["protocol"]),
+        ("control", &["config", "protocol"]),
         ("events", &["config", "exit", "metrics", "protocol"]),
         (
             "admin",

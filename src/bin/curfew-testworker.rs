@@ -571,13 +571,22 @@ async fn route(req: Request<Incoming>, state: &State) -> Result<Response<Body>, 
         "/stream" => {
             let chunks: u64 = num_param(query, "chunks", 3)?;
             let ms: u64 = num_param(query, "ms", 100)?;
+            // size > 0: chunks of that many bytes ('x'…'\n') instead of text.
+            let size: usize = num_param(query, "size", 0)?;
             let (tx, rx) = mpsc::channel::<Bytes>(1);
             tokio::spawn(async move {
                 for i in 0..chunks {
                     if i > 0 && ms > 0 {
                         tokio::time::sleep(Duration::from_millis(ms)).await;
                     }
-                    if tx.send(Bytes::from(format!("chunk {i}\n"))).await.is_err() {
+                    let chunk = if size > 0 {
+                        let mut c = vec![b'x'; size];
+                        c[size - 1] = b'\n';
+                        Bytes::from(c)
+                    } else {
+                        Bytes::from(format!("chunk {i}\n"))
+                    };
+                    if tx.send(chunk).await.is_err() {
                         break; // client went away
                     }
                 }

@@ -36,6 +36,13 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_HEADER_SIZE: u64 = 32 * 1024;
 pub const MAX_REQUEST_BODY: u64 = 100 * 1024 * 1024;
 pub const CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+pub const RESPONSE_BUFFERING: bool = true;
+/// nginx's `send_timeout`.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Two descriptors each (client and worker) stay well inside the hard
+/// open-file limit curfew raises itself to (commonly 524288; 4096 at least
+/// under Docker's default).
+pub const MAX_CONNECTIONS: usize = 10_000;
 pub const ABORT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const FAULTHANDLER: bool = true;
 pub const DRAIN_DELAY: Duration = Duration::ZERO;
@@ -118,13 +125,24 @@ pub fn worker_concurrency(command: &[String]) -> (usize, String) {
     }
 }
 
-/// The control socket: `$XDG_RUNTIME_DIR/curfew.sock`, else
-/// `/tmp/curfew-<uid>.sock`.
+/// The control socket: `curfew.sock` in the private directory
+/// [`control_dir`].
 pub fn control_socket() -> PathBuf {
+    control_dir().join("curfew.sock")
+}
+
+/// The default control socket's directory, created 0700 and checked before
+/// use: `$XDG_RUNTIME_DIR/curfew`, else `/tmp/curfew-<uid>`.
+pub fn control_dir() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
-        Some(dir) => PathBuf::from(dir).join("curfew.sock"),
-        None => std::env::temp_dir().join(format!("curfew-{}.sock", nix::unistd::getuid())),
+        Some(dir) => PathBuf::from(dir).join("curfew"),
+        None => std::env::temp_dir().join(format!("curfew-{}", nix::unistd::getuid())),
     }
+}
+
+/// `dir` is the default control socket's directory (checked as private).
+pub fn is_default_control_dir(dir: &std::path::Path) -> bool {
+    dir == control_dir()
 }
 
 /// A duration as the docs write it: `30s`, `500ms`, `0`.
@@ -164,6 +182,9 @@ pub fn shown(key: &str) -> Option<String> {
         "request_buffering" => "on when `worker_concurrency` is 1".to_owned(),
         "max_request_body" => "`100MiB`".to_owned(),
         "client_body_timeout" => duration(CLIENT_BODY_TIMEOUT),
+        "response_buffering" => code(&RESPONSE_BUFFERING.to_string()),
+        "send_timeout" => duration(SEND_TIMEOUT),
+        "max_connections" => code(&MAX_CONNECTIONS.to_string()),
         "abort_timeout" => duration(ABORT_TIMEOUT),
         "faulthandler" => code(&FAULTHANDLER.to_string()),
         "drain_delay" => duration(DRAIN_DELAY),
@@ -181,7 +202,7 @@ pub fn shown(key: &str) -> Option<String> {
         "reload_strategy" => code(RELOAD_STRATEGY),
         "reload_batch" => code(&RELOAD_BATCH.to_string()),
         "control_socket" => {
-            "`$XDG_RUNTIME_DIR/curfew.sock`, else `/tmp/curfew-<uid>.sock`".to_owned()
+            "`$XDG_RUNTIME_DIR/curfew/curfew.sock`, else `/tmp/curfew-<uid>/curfew.sock` (a private 0700 directory)".to_owned()
         }
         "hooks" => "none".to_owned(),
         "hook_timeout" => duration(HOOK_TIMEOUT),

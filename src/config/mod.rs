@@ -184,6 +184,12 @@ pub struct Config {
     pub max_request_body: Option<u64>,
     /// `None` when disabled (`client_body_timeout = 0`).
     pub client_body_timeout: Option<Duration>,
+    /// Read worker responses into a spool, freeing the worker at its end.
+    pub response_buffering: bool,
+    /// `None` when disabled (`send_timeout = 0`).
+    pub send_timeout: Option<Duration>,
+    /// Client connections open at once on the public addresses.
+    pub max_connections: usize,
     pub faulthandler: bool,
     pub worker_stop_timeout: Duration,
     pub chdir: Option<PathBuf>,

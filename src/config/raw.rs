@@ -231,6 +231,15 @@ raw_config! {
     max_request_body: RawSize,
     /// A client that sends nothing of its body for this long gets 408 (0 = no limit).
     client_body_timeout: RawDuration,
+    /// Read a worker's response as fast as it writes it (memory, then a
+    /// temporary file), so a slow client does not hold the worker.
+    response_buffering: bool,
+    /// A client that reads nothing of its response for this long is
+    /// disconnected (0 = no limit).
+    send_timeout: RawDuration,
+    /// Client connections open at once on the public addresses; more wait
+    /// in the kernel's accept queue.
+    max_connections: i64,
     /// Time a hung worker gets between SIGABRT (stack dump) and SIGKILL.
     abort_timeout: RawDuration,
     /// Set PYTHONFAULTHANDLER=1 in workers (Python dumps its stack on SIGABRT).

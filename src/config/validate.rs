@@ -75,6 +75,17 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
         request_buffering: raw.request_buffering.unwrap_or(worker_concurrency == 1),
         max_request_body: client.max_request_body,
         client_body_timeout: client.client_body_timeout,
+        response_buffering: raw
+            .response_buffering
+            .unwrap_or(defaults::RESPONSE_BUFFERING),
+        send_timeout: cx.optional("send_timeout", raw.send_timeout, defaults::SEND_TIMEOUT)?,
+        max_connections: cx.count(
+            "max_connections",
+            raw.max_connections,
+            defaults::MAX_CONNECTIONS,
+            1,
+            10_000_000,
+        )?,
         faulthandler: raw.faulthandler.unwrap_or(defaults::FAULTHANDLER),
         worker_stop_timeout: cx.duration(
             "worker_stop_timeout",

@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 
 use super::conn::RequestGuard;
 use super::request_body::{Buffered, FileBody, Limited};
+use super::response_body::SpooledBody;
 use super::router::Lease;
 use super::upstream::Upstream;
 
@@ -131,6 +132,8 @@ pub enum ProxyBody {
         inner: Incoming,
         guard: Option<Guard>,
     },
+    /// Read from a spool the worker was drained into (`response_body`).
+    Spooled(SpooledBody),
 }
 
 impl ProxyBody {
@@ -174,6 +177,7 @@ impl Body for ProxyBody {
                 }
                 Poll::Ready(out)
             }
+            ProxyBody::Spooled(body) => Pin::new(body).poll_frame(cx),
             ProxyBody::Stream { inner, guard } => match Pin::new(inner).poll_frame(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(None) => {
@@ -195,6 +199,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Full { data, .. } => data.as_ref().is_none_or(|d| d.is_empty()),
+            ProxyBody::Spooled(body) => body.is_end_stream(),
             ProxyBody::Stream { inner, guard } => {
                 let end = inner.is_end_stream();
                 if end && let Some(g) = guard {
@@ -211,6 +216,7 @@ impl Body for ProxyBody {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             ProxyBody::Stream { inner, .. } => inner.size_hint(),
+            ProxyBody::Spooled(body) => body.size_hint(),
         }
     }
 }

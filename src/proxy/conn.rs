@@ -34,12 +34,16 @@ pub struct ConnState {
     /// The address the client connected to, as a `Host` value (for an
     /// HTTP/1.0 request without one).
     pub local_host: Option<http::HeaderValue>,
+    /// Cancelled to drop the connection at once (a client that stopped
+    /// reading its response).
+    pub cut: tokio_util::sync::CancellationToken,
 }
 
 impl ConnState {
     pub fn new(local_host: Option<http::HeaderValue>) -> Arc<ConnState> {
         Arc::new(ConnState {
             local_host,
+            cut: tokio_util::sync::CancellationToken::new(),
             active: AtomicUsize::new(0),
             last_done: Mutex::new(Instant::now()),
             changed: Notify::new(),

@@ -21,6 +21,7 @@ use super::conn::{ConnState, RequestGuard};
 use super::dispatch::{DispatchError, Unobserved, Work};
 use super::headers;
 use super::request_body::{self, ClientBodyError};
+use super::response_body;
 use super::router::Lease;
 use super::upstream::Upstream;
 
@@ -145,17 +146,46 @@ async fn forward(
         return Response::from_parts(parts, ProxyBody::empty(None));
     }
 
-    let (mut parts, body) = d.response.into_parts();
+    let (mut parts, mut body) = d.response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     if http1 && front.draining.is_cancelled() {
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    // The guard's drop hands the connection back to the pool once the body
-    // has ended.
-    let guard = Guard::new(Some(d.lease), Some(d.upstream), Some(request_guard));
-    Response::from_parts(parts, ProxyBody::stream(body, guard))
+    if !front.response_buffering {
+        // The guard's drop hands the connection back to the pool once the
+        // body has ended.
+        let guard = Guard::new(Some(d.lease), Some(d.upstream), Some(request_guard));
+        return Response::from_parts(parts, ProxyBody::stream(body, guard));
+    }
+    let first = match response_body::try_whole(&mut body) {
+        // All here already: the worker is free now.
+        Ok(whole) => {
+            d.lease.pool.put(d.upstream);
+            drop(d.lease);
+            return Response::from_parts(parts, ProxyBody::full(whole, Some(request_guard)));
+        }
+        Err(first) => first,
+    };
+    let held = response_body::Held {
+        lease: d.lease,
+        upstream: d.upstream,
+    };
+    let spooled = response_body::pump(
+        first,
+        body,
+        held,
+        request_guard,
+        response_body::PumpOptions {
+            send_timeout: front.send_timeout,
+            cut_client: conn.cut.clone(),
+            abort: front.abort.clone(),
+            spill_dir: front.spill_dir.clone(),
+        },
+        &front.tasks,
+    );
+    Response::from_parts(parts, ProxyBody::Spooled(spooled))
 }
 
 /// The request's path and query as logged, cut at [`MAX_LOGGED_PATH`].

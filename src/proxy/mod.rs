@@ -14,6 +14,7 @@ pub mod forward;
 pub mod headers;
 pub mod listener;
 pub mod request_body;
+pub mod response_body;
 pub mod router;
 pub mod upstream;
 
@@ -25,6 +26,7 @@ use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -67,6 +69,12 @@ pub struct FrontConfig {
     pub request_buffering: bool,
     /// What a client's body is held to.
     pub limits: BodyLimits,
+    /// Spool worker responses (see `response_body`).
+    pub response_buffering: bool,
+    /// A client reading nothing of its response this long is cut.
+    pub send_timeout: Option<Duration>,
+    /// Client connections open at once.
+    pub max_connections: usize,
 }
 
 impl From<&Config> for FrontConfig {
@@ -85,6 +93,9 @@ impl From<&Config> for FrontConfig {
                 max: cfg.max_request_body,
                 idle: cfg.client_body_timeout,
             },
+            response_buffering: cfg.response_buffering,
+            send_timeout: cfg.send_timeout,
+            max_connections: cfg.max_connections,
         }
     }
 }
@@ -109,6 +120,13 @@ pub struct Front {
     pub limits: BodyLimits,
     /// Where a large buffered body is spilled (as an unnamed file).
     pub spill_dir: std::path::PathBuf,
+    /// Spool worker responses (see `response_body`).
+    pub response_buffering: bool,
+    /// A client reading nothing of its response this long is cut.
+    pub send_timeout: Option<Duration>,
+    /// One permit per open client connection (`max_connections`).
+    connections: Arc<tokio::sync::Semaphore>,
+    max_connections: usize,
     /// Cancelled when the drain starts: responses get `Connection: close`,
     /// idle connections close.
     pub draining: CancellationToken,
@@ -137,6 +155,10 @@ impl Front {
             request_buffering: cfg.request_buffering,
             limits: cfg.limits,
             spill_dir: std::env::temp_dir(),
+            response_buffering: cfg.response_buffering,
+            send_timeout: cfg.send_timeout,
+            connections: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
+            max_connections: cfg.max_connections,
             draining: CancellationToken::new(),
             abort: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -157,14 +179,34 @@ impl Front {
 
     async fn accept_loop(self: Arc<Self>, listener: Listener) {
         let mut failures = AcceptFailures::default();
+        let mut last_cap_log: Option<std::time::Instant> = None;
         loop {
+            // A connection slot first: at max_connections, new connections
+            // wait in the kernel's queue rather than being accepted.
+            let permit = match self.connections.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    if last_cap_log.is_none_or(|t| t.elapsed() >= ACCEPT_LOG_EVERY) {
+                        tracing::warn!(listener = %listener.describe(), max_connections = self.max_connections, "At max_connections: new connections wait in the kernel's queue until one closes.");
+                        last_cap_log = Some(std::time::Instant::now());
+                    }
+                    tokio::select! {
+                        biased;
+                        _ = self.stop_accepting.cancelled() => break,
+                        p = self.connections.clone().acquire_owned() => match p {
+                            Ok(p) => p,
+                            Err(_) => break, // the semaphore is never closed
+                        },
+                    }
+                }
+            };
             tokio::select! {
                 biased;
                 _ = self.stop_accepting.cancelled() => break,
                 r = listener.accept() => match r {
                     Ok(a) => {
                         failures.recovered(&listener);
-                        self.spawn_conn(a);
+                        self.spawn_conn(a, Some(permit));
                     }
                     Err(e) => {
                         // EMFILE and friends: the connection waits in the
@@ -179,12 +221,16 @@ impl Front {
         let queued = listener.drain_and_close();
         let n = queued.len();
         for a in queued {
-            self.spawn_conn(a);
+            // Never reset a waiting client: served even past the cap.
+            let permit = self.connections.clone().try_acquire_owned().ok();
+            self.spawn_conn(a, permit);
         }
         tracing::info!(listener = %name, queued_connections_accepted = n, "Stopped accepting connections.");
     }
 
-    fn spawn_conn(self: &Arc<Self>, accepted: Accepted) {
+    /// Serve an accepted connection; `permit` (its `max_connections`
+    /// slot) is held until it ends.
+    fn spawn_conn(self: &Arc<Self>, accepted: Accepted, permit: Option<OwnedSemaphorePermit>) {
         let front = self.clone();
         match accepted {
             Accepted::Tcp(s, peer) => {
@@ -193,12 +239,17 @@ impl Front {
                     .local_addr()
                     .ok()
                     .and_then(|a| HeaderValue::from_str(&a.to_string()).ok());
-                self.tasks
-                    .spawn(front.serve_conn(s, Some(peer.ip()), local))
+                self.tasks.spawn(async move {
+                    front.serve_conn(s, Some(peer.ip()), local).await;
+                    drop(permit);
+                })
             }
             Accepted::Unix(s) => {
                 let local = Some(HeaderValue::from_static("localhost"));
-                self.tasks.spawn(front.serve_conn(s, None, local))
+                self.tasks.spawn(async move {
+                    front.serve_conn(s, None, local).await;
+                    drop(permit);
+                })
             }
         };
     }
@@ -225,6 +276,8 @@ impl Front {
             tokio::select! {
                 _ = conn.as_mut() => return,
                 _ = self.abort.cancelled() => return,
+                // A client that stopped reading its response (send_timeout).
+                _ = state.cut.cancelled() => return,
                 _ = self.draining.cancelled() => break,
                 _ = tokio::time::sleep(idle.unwrap_or_default()), if idle.is_some() => {
                     if let Some(ka) = self.keepalive_timeout

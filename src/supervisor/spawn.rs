@@ -264,18 +264,37 @@ fn remove_stale(path: &Path) {
     let _ = std::fs::remove_file(path);
 }
 
-/// The directory for worker Unix sockets: `$XDG_RUNTIME_DIR/curfew-<pid>` or
-/// `/tmp/curfew-<pid>`, private to the user.
+/// The directory for worker Unix sockets: `$XDG_RUNTIME_DIR/curfew-<pid>-XXXXXX`
+/// or `/tmp/curfew-<pid>-XXXXXX`, a fresh random name created exclusively
+/// (`mkdir`, failing if it exists) with mode 0700, so another local user
+/// cannot have made it first and read or replace a worker's socket.
 pub fn make_run_dir() -> std::io::Result<PathBuf> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::PermissionsExt;
     let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
-    let dir = base.join(format!("curfew-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .recursive(true)
-        .create(&dir)?;
-    Ok(dir)
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("curfew-{}-", std::process::id()))
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir_in(base)?;
+    // Removed by the orchestrator at exit, not on drop.
+    Ok(dir.keep())
+}
+
+#[cfg(test)]
+mod run_dir_tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn run_dirs_are_fresh_and_private() {
+        let a = super::make_run_dir().expect("run dir");
+        let b = super::make_run_dir().expect("run dir");
+        assert_ne!(a, b, "a fresh name each time, never a reused one");
+        for d in [&a, &b] {
+            let mode = std::fs::metadata(d).expect("meta").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", d.display());
+            std::fs::remove_dir(d).expect("cleanup");
+        }
+    }
 }

@@ -402,3 +402,116 @@ fn at_the_open_file_limit_curfew_backs_off_logs_once_and_recovers() {
     });
     c.wait_log("Accepting connections again.", Duration::from_secs(5));
 }
+
+/// Ask for `mb` MiB streamed by the worker; the connection, unread.
+fn big_response(port: u16, mb: usize) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let chunks = mb * 16; // 64 KiB each
+    let req = format!(
+        "GET /stream?chunks={chunks}&ms=0&size=65536 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).expect("request");
+    s
+}
+
+/// Read to the end: the body bytes after the head.
+fn read_all(s: TcpStream) -> usize {
+    let mut r = BufReader::new(s);
+    let resp = read_response(&mut r).expect("response");
+    resp.body.len()
+}
+
+#[test]
+fn slow_readers_do_not_hold_workers() {
+    let c = two_sync_workers(&[]);
+    // Three clients ask for 24 MiB each and read nothing: far more than
+    // the kernel's socket buffers hold, so without a spool each would keep
+    // a worker writing (and two of them would take both workers).
+    let slow: Vec<TcpStream> = (0..3).map(|_| big_response(c.port, 24)).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut worst = Duration::ZERO;
+    for _ in 0..20 {
+        let t = Instant::now();
+        assert_eq!(get(c.port, "/").status, 200);
+        worst = worst.max(t.elapsed());
+    }
+    assert!(
+        worst < Duration::from_millis(500),
+        "normal requests waited {worst:?}"
+    );
+    // The slow clients still get every byte.
+    for s in slow {
+        assert_eq!(read_all(s), 24 << 20);
+    }
+    assert_workers_untouched(&c);
+}
+
+#[test]
+fn a_client_that_stops_reading_is_cut_at_send_timeout() {
+    let c = two_sync_workers(&["--send-timeout", "1s"]);
+    let s = big_response(c.port, 24);
+    std::thread::sleep(Duration::from_millis(2500));
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut r = BufReader::new(s);
+    let got = match read_response(&mut r) {
+        Ok(resp) => resp.body.len(),
+        Err(_) => 0,
+    };
+    assert!(got < 24 << 20, "cut before the end ({got} bytes)");
+    // Nothing of this was the worker's doing.
+    assert_eq!(get(c.port, "/").status, 200);
+    assert_workers_untouched(&c);
+}
+
+#[test]
+fn streamed_responses_still_stream_through_the_spool() {
+    let c = two_sync_workers(&[]);
+    let mut s = TcpStream::connect(("127.0.0.1", c.port)).expect("connect");
+    s.write_all(b"GET /stream?chunks=4&ms=300 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let t = Instant::now();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    // Head, then the first chunk, long before the last is written.
+    loop {
+        line.clear();
+        r.read_line(&mut line).expect("read");
+        if line.contains("chunk 0") {
+            break;
+        }
+    }
+    assert!(
+        t.elapsed() < Duration::from_millis(600),
+        "first chunk after {:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn past_max_connections_clients_wait_in_the_kernel_queue() {
+    let c = two_sync_workers(&["--max-connections", "5"]);
+    let idle: Vec<TcpStream> = (0..5)
+        .map(|_| TcpStream::connect(("127.0.0.1", c.port)).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // The sixth connects (the kernel accepts it) but is not served...
+    let mut s = TcpStream::connect(("127.0.0.1", c.port)).expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let mut buf = [0u8; 64];
+    assert!(
+        std::io::Read::read(&mut s, &mut buf).is_err(),
+        "no answer while at the cap"
+    );
+    c.wait_log("At max_connections", Duration::from_secs(2));
+    // ...until a slot frees: then it is, without a retry by the client.
+    drop(idle);
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let r = read_response(&mut BufReader::new(s)).expect("answered once a slot freed");
+    assert_eq!(r.status, 200);
+    assert_eq!(c.count_log("At max_connections"), 1, "one line per period");
+}

@@ -17,6 +17,7 @@ mod deaths;
 mod health;
 mod hooks;
 mod jobs;
+mod local_security;
 mod metrics;
 mod operate;
 mod platform;
