@@ -103,6 +103,61 @@ pub enum Command {
         #[command(flatten)]
         target: ControlArgs,
     },
+    /// Check that curfew's stop fits the platform's: the stop budget
+    /// (drain_delay + graceful_timeout + worker_stop_timeout + margin)
+    /// against the platform's grace, the stop signal, systemd's KillMode, a
+    /// shell as PID 1, the readiness probe, job timeouts. Exits 1 on a
+    /// misfit.
+    Check(CheckArgs),
+    /// Write a platform file whose numbers agree with curfew's configuration
+    /// (systemd, systemd-socket, kubernetes, compose, dockerfile, fly, nomad);
+    /// `curfew check` passes on it.
+    Gen(GenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The platform's file: a systemd unit, a Kubernetes manifest, a compose
+    /// file, a Dockerfile, fly.toml, render.yaml, a Procfile or a Nomad job
+    /// [default: found here by its usual name]
+    pub file: Option<PathBuf>,
+    /// systemd, kubernetes, docker, compose, fly, heroku, render or nomad
+    /// [default: from the file's name, else from the environment]
+    #[arg(long, value_name = "PLATFORM", value_parser = parse_platform)]
+    pub platform: Option<curfew::platform::Platform>,
+    /// curfew's config file [default: ./curfew.toml if it exists; env: CURFEW_CONFIG]
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GenArgs {
+    /// systemd, systemd-socket, kubernetes, compose, dockerfile, fly or nomad
+    #[arg(value_parser = parse_gen_target)]
+    pub target: curfew::platform::GenTarget,
+    /// curfew's config file [default: ./curfew.toml if it exists; env: CURFEW_CONFIG]
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The app's name (unit description, Deployment, service, task)
+    #[arg(long, default_value = "app")]
+    pub name: String,
+    /// The container image (kubernetes, compose)
+    #[arg(long, default_value = "app:latest")]
+    pub image: String,
+    /// systemd ≥ 253: Type=notify-reload instead of Type=notify + ExecReload
+    #[arg(long)]
+    pub notify_reload: bool,
+}
+
+fn parse_platform(s: &str) -> Result<curfew::platform::Platform, String> {
+    s.parse()
+}
+
+fn parse_gen_target(s: &str) -> Result<curfew::platform::GenTarget, String> {
+    s.parse()
 }
 
 #[derive(Debug, Args)]

@@ -29,6 +29,8 @@ pub mod hooks;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
+pub mod platform;
 pub mod processor;
 pub mod protocol;
 pub mod proxy;
@@ -48,6 +50,8 @@ mod layering {
     const ALLOWED: &[(&str, &[&str])] = &[
         ("exit", &[]),
         ("shim", &[]),
+        ("notify", &[]),
+        ("platform", &["config"]),
         ("protocol", &[]),
         ("config", &[]),
         ("lifecycle", &["exit"]),
@@ -84,6 +88,7 @@ mod layering {
                 "hooks",
                 "lifecycle",
                 "metrics",
+                "notify",
                 "processor",
                 "protocol",
                 "proxy",

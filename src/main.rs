@@ -29,6 +29,8 @@ fn main() -> ExitCode {
             list,
             target,
         } => run_jobs(action, list, &target),
+        cli::Command::Check(args) => run_check(args),
+        cli::Command::Gen(args) => run_gen(args),
     };
     ExitCode::from(code.clamp(0, 255) as u8)
 }
@@ -82,6 +84,7 @@ fn run_serve(args: cli::ServeArgs) -> i32 {
         tracing::info!(file = %f.display(), "Read configuration.");
     }
     cfg.log_defaults();
+    log_platform_fit(&cfg);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -266,4 +269,148 @@ fn jobs_table(jobs: &[curfew_store::Job]) -> String {
         ));
     }
     out
+}
+
+/// On a platform recognised from the environment, the stop budget against
+/// that platform's default grace (`curfew check` reads the real one).
+fn log_platform_fit(cfg: &config::Config) {
+    let env = env_pairs();
+    let Some((platform, findings)) = curfew::platform::startup(cfg, &env) else {
+        return;
+    };
+    tracing::info!(platform = %platform, "Platform recognised from the environment.");
+    for f in findings
+        .iter()
+        .filter(|f| f.level > curfew::platform::Level::Ok)
+    {
+        tracing::warn!(
+            platform = %platform,
+            check = f.check,
+            "{} (unless the platform's setting was changed: `curfew check --platform {platform} FILE` reads it)",
+            f.message
+        );
+    }
+}
+
+fn env_pairs() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
+}
+
+/// The configuration for `check` and `gen`: the file (or CURFEW_CONFIG, or
+/// ./curfew.toml) and the CURFEW_* environment, as `serve` reads them. The
+/// worker command does not matter here: without one, a placeholder stands
+/// in.
+fn load_for_platform(file: Option<std::path::PathBuf>) -> Result<config::Config, i32> {
+    let config_file = file.or_else(|| {
+        std::env::var_os("CURFEW_CONFIG")
+            .filter(|v| !v.is_empty())
+            .map(Into::into)
+    });
+    let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
+    let sources = |flags: config::raw::RawConfig| config::Sources {
+        config_file: config_file.clone(),
+        env: env_pairs(),
+        flags,
+        cwd: cwd.clone(),
+    };
+    let loaded = match config::load(sources(Default::default())) {
+        Err(config::ConfigError::NoCommand) => config::load(sources(config::raw::RawConfig {
+            command: Some(config::raw::OneOrMany::Many(vec!["sh".to_owned()])),
+            ..Default::default()
+        })),
+        other => other,
+    };
+    loaded.map_err(|e| {
+        eprintln!("curfew: {e}");
+        exit::CONFIG
+    })
+}
+
+fn run_check(args: cli::CheckArgs) -> i32 {
+    use curfew::platform::{Platform, check};
+    let cfg = match load_for_platform(args.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
+    let found = match (args.platform, args.file) {
+        (Some(p), file) => Some((p, file)),
+        (None, Some(file)) => match Platform::from_path(&file) {
+            Some(p) => Some((p, Some(file))),
+            None => {
+                eprintln!(
+                    "curfew: cannot tell the platform of {} from its name: give --platform",
+                    file.display()
+                );
+                return exit::USAGE;
+            }
+        },
+        (None, None) => Platform::find_file(&cwd)
+            .map(|(p, f)| (p, Some(f)))
+            .or_else(|| Platform::from_env(&env_pairs()).map(|p| (p, None))),
+    };
+    let Some((platform, file)) = found else {
+        eprintln!("curfew: {}", curfew::platform::PlatformError::Unknown);
+        return exit::USAGE;
+    };
+    match check(&cfg, platform, file.as_deref()) {
+        Err(e) => {
+            eprintln!("curfew: {e}");
+            exit::CONFIG
+        }
+        Ok(report) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
+            } else {
+                print!("{}", report.text());
+            }
+            if report.fits() {
+                exit::OK
+            } else {
+                exit::FAILURE
+            }
+        }
+    }
+}
+
+fn run_gen(args: cli::GenArgs) -> i32 {
+    let config_path = args.config.clone().or_else(|| {
+        std::env::var_os("CURFEW_CONFIG")
+            .filter(|v| !v.is_empty())
+            .map(Into::into)
+    });
+    let cfg = match load_for_platform(args.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let absolute = |p: std::path::PathBuf| match std::env::current_dir() {
+        Ok(cwd) if p.is_relative() => cwd.join(p),
+        _ => p,
+    };
+    let options = curfew::platform::generate::GenOptions {
+        name: args.name,
+        exe: std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "/usr/local/bin/curfew".to_owned()),
+        config: config_path
+            .or_else(|| cfg.config_file.clone())
+            .map(|p| absolute(p).display().to_string()),
+        image: args.image,
+        notify_reload: args.notify_reload,
+    };
+    match curfew::platform::generate(&cfg, args.target, &options) {
+        Ok(text) => {
+            print!("{text}");
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("curfew: {e}");
+            exit::CONFIG
+        }
+    }
 }

@@ -1,4 +1,6 @@
-//! Public listeners: binding (TCP or Unix) and the careful close.
+//! Public listeners: binding (TCP or Unix), adopting one inherited from the
+//! service manager (socket activation, [`Listener::adopt`]), and the careful
+//! close.
 //!
 //! Closing a listening socket resets every connection still waiting in the
 //! kernel's accept queue: clients that already sent a request get a reset
@@ -27,6 +29,17 @@ pub enum BindError {
     },
     #[error("cannot listen on {addr}: another process is listening on that socket")]
     UnixInUse { addr: BindAddr },
+    /// A socket passed by the service manager (`LISTEN_FDS`) that cannot
+    /// serve the address it was matched to.
+    #[error(
+        "socket activation: fd {fd} ({name:?}) cannot serve {addr}: {problem} (the socket unit's Listen…= and curfew's `bind`/`admin_bind` must name the same address)"
+    )]
+    Inherited {
+        addr: BindAddr,
+        fd: i32,
+        name: String,
+        problem: String,
+    },
 }
 
 fn hint(e: &std::io::Error) -> &'static str {
@@ -44,7 +57,63 @@ fn hint(e: &std::io::Error) -> &'static str {
 
 pub enum Listener {
     Tcp(TcpListener, SocketAddr),
-    Unix(UnixListener, PathBuf),
+    /// The path, and whether curfew created it (and removes it at close; an
+    /// inherited socket's file belongs to the service manager).
+    Unix(UnixListener, PathBuf, bool),
+}
+
+/// What an inherited socket is, read from the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InheritedAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+    /// Another family, or an unnamed or abstract Unix socket.
+    Other(String),
+}
+
+impl std::fmt::Display for InheritedAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InheritedAddr::Tcp(a) => write!(f, "{a}"),
+            InheritedAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+            InheritedAddr::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+/// Where an inherited socket listens (`None`: not a socket at all).
+pub fn inherited_addr(fd: std::os::fd::BorrowedFd<'_>) -> Option<InheritedAddr> {
+    let s = socket2::SockRef::from(&fd);
+    let local = s.local_addr().ok()?;
+    Some(if let Some(a) = local.as_socket() {
+        InheritedAddr::Tcp(a)
+    } else if let Some(p) = local.as_pathname() {
+        InheritedAddr::Unix(p.to_path_buf())
+    } else if local.is_unix() {
+        InheritedAddr::Other("an unnamed or abstract Unix socket".to_owned())
+    } else {
+        InheritedAddr::Other(format!("a socket of family {}", local.family()))
+    })
+}
+
+/// Whether a socket listening on `have` serves the configured `want`: the
+/// same address; or, for TCP, both wildcards on the same port (systemd's
+/// `ListenStream=8000` is `[::]:8000`, dual-stack, where curfew's `bind`
+/// says `0.0.0.0:8000`); for Unix, the same path once made absolute.
+pub fn serves(have: &InheritedAddr, want: &BindAddr) -> bool {
+    match (have, want) {
+        (InheritedAddr::Tcp(h), BindAddr::Tcp(w)) => {
+            h == w || (h.port() == w.port() && h.ip().is_unspecified() && w.ip().is_unspecified())
+        }
+        (InheritedAddr::Unix(h), BindAddr::Unix(w)) => {
+            let abs = |p: &std::path::Path| match std::env::current_dir() {
+                Ok(cwd) if p.is_relative() => cwd.join(p),
+                _ => p.to_path_buf(),
+            };
+            abs(h) == abs(w)
+        }
+        _ => false,
+    }
 }
 
 pub enum Accepted {
@@ -99,15 +168,82 @@ impl Listener {
                 Ok(Listener::Unix(
                     UnixListener::from_std(std).map_err(io)?,
                     path.clone(),
+                    true,
                 ))
             }
+        }
+    }
+
+    /// Adopt a listening socket passed by the service manager (fd `fd`,
+    /// named `name` in `LISTEN_FDNAMES`) for `addr`, after checking that it
+    /// is a stream socket, listening, of `addr`'s family and on its address.
+    /// Must run inside the runtime.
+    pub fn adopt(
+        sock: std::os::fd::OwnedFd,
+        name: &str,
+        addr: &BindAddr,
+    ) -> Result<Listener, BindError> {
+        use std::os::fd::AsRawFd;
+        let fd = sock.as_raw_fd();
+        let fail = |problem: String| BindError::Inherited {
+            addr: addr.clone(),
+            fd,
+            name: name.to_owned(),
+            problem,
+        };
+        let Some(have) = inherited_addr(std::os::fd::AsFd::as_fd(&sock)) else {
+            return Err(fail("it is not a socket".to_owned()));
+        };
+        let s = Socket::from(sock);
+        match s.r#type() {
+            Ok(t) if t == Type::STREAM => {}
+            Ok(_) => {
+                return Err(fail(
+                    "it is not a stream (TCP or Unix stream) socket".to_owned(),
+                ));
+            }
+            Err(e) => return Err(fail(format!("its type cannot be read: {e}"))),
+        }
+        match s.is_listener() {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(fail(
+                    "it is not listening (listen(2) was not called)".to_owned(),
+                ));
+            }
+            Err(e) => return Err(fail(format!("cannot tell whether it listens: {e}"))),
+        }
+        if !serves(&have, addr) {
+            return Err(fail(format!("it listens on {have}")));
+        }
+        let io = |e: std::io::Error| fail(e.to_string());
+        s.set_nonblocking(true).map_err(io)?;
+        match have {
+            InheritedAddr::Tcp(local) => {
+                // Accepted sockets inherit it (see `Listener::bind`).
+                s.set_tcp_nodelay(true).map_err(io)?;
+                let std: std::net::TcpListener = s.into();
+                Ok(Listener::Tcp(
+                    TcpListener::from_std(std).map_err(io)?,
+                    local,
+                ))
+            }
+            InheritedAddr::Unix(path) => {
+                let std: std::os::unix::net::UnixListener = s.into();
+                Ok(Listener::Unix(
+                    UnixListener::from_std(std).map_err(io)?,
+                    path,
+                    false,
+                ))
+            }
+            InheritedAddr::Other(what) => Err(fail(format!("it is {what}"))),
         }
     }
 
     pub fn describe(&self) -> String {
         match self {
             Listener::Tcp(_, a) => a.to_string(),
-            Listener::Unix(_, p) => format!("unix:{}", p.display()),
+            Listener::Unix(_, p, _) => format!("unix:{}", p.display()),
         }
     }
 
@@ -118,7 +254,7 @@ impl Listener {
                 let _ = s.set_nodelay(true);
                 Ok(Accepted::Tcp(s, peer))
             }
-            Listener::Unix(l, _) => Ok(Accepted::Unix(l.accept().await?.0)),
+            Listener::Unix(l, ..) => Ok(Accepted::Unix(l.accept().await?.0)),
         }
     }
 
@@ -139,7 +275,7 @@ impl Listener {
                     }
                 }
             }
-            Listener::Unix(l, path) => {
+            Listener::Unix(l, path, owned) => {
                 if let Ok(std) = l.into_std() {
                     while let Ok((s, _)) = std.accept() {
                         if s.set_nonblocking(true).is_ok()
@@ -150,9 +286,35 @@ impl Listener {
                     }
                     drop(std);
                 }
-                let _ = std::fs::remove_file(&path);
+                if owned {
+                    let _ = std::fs::remove_file(&path);
+                }
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inherited_sockets_serve_their_own_address_or_the_same_wildcard_port() {
+        let tcp = |s: &str| InheritedAddr::Tcp(s.parse().expect("addr"));
+        let bind = |s: &str| BindAddr::Tcp(s.parse().expect("addr"));
+        assert!(serves(&tcp("127.0.0.1:8000"), &bind("127.0.0.1:8000")));
+        assert!(!serves(&tcp("127.0.0.1:8001"), &bind("127.0.0.1:8000")));
+        // systemd's ListenStream=8000 is [::]:8000, dual-stack.
+        assert!(serves(&tcp("[::]:8000"), &bind("0.0.0.0:8000")));
+        assert!(!serves(&tcp("[::]:8000"), &bind("127.0.0.1:8000")));
+        assert!(!serves(&tcp("[::1]:8000"), &bind("0.0.0.0:8000")));
+        let unix = InheritedAddr::Unix("/run/app.sock".into());
+        assert!(serves(&unix, &BindAddr::Unix("/run/app.sock".into())));
+        assert!(!serves(&unix, &bind("0.0.0.0:8000")));
+        assert!(!serves(
+            &tcp("0.0.0.0:8000"),
+            &BindAddr::Unix("/run/app.sock".into())
+        ));
     }
 }

@@ -3,6 +3,7 @@
 //! processor, the supervisor and their wiring, the control socket and the
 //! admin endpoint.
 
+use super::activation::Inherited;
 use super::*;
 
 /// The public listeners, bound and not yet serving. Dropped unused (setup
@@ -11,11 +12,17 @@ use super::*;
 pub(super) struct Bound(Vec<Listener>);
 
 impl Bound {
-    fn bind_all(cfg: &Config) -> Result<Bound, ServeError> {
+    /// Binds every `bind` address, or adopts the socket the service
+    /// manager passed for it (socket activation).
+    fn bind_all(cfg: &Config, inherited: &mut Inherited) -> Result<Bound, ServeError> {
         let mut bound = Bound(Vec::new());
         for b in &cfg.binds {
             // On an error, `bound` drops and closes what was bound before.
-            bound.0.push(Listener::bind(b)?);
+            let l = match inherited.public(b)? {
+                Some(l) => l,
+                None => Listener::bind(b)?,
+            };
+            bound.0.push(l);
         }
         Ok(bound)
     }
@@ -59,11 +66,14 @@ impl Run {
         };
 
         // Closed again (after their accept queues) if anything below fails.
-        let listeners = Bound::bind_all(&cfg)?;
-        let admin_listener = match &cfg.admin_bind {
-            Some(a) => Some(crate::admin::bind(a)?),
-            None => None,
+        let mut inherited = Inherited::from_env()?;
+        let listeners = Bound::bind_all(&cfg, &mut inherited)?;
+        let admin_listener = match (inherited.admin(cfg.admin_bind.as_ref())?, &cfg.admin_bind) {
+            (Some(l), _) => Some(l),
+            (None, Some(a)) => Some(crate::admin::bind(a)?),
+            (None, None) => None,
         };
+        inherited.finish(&cfg.binds)?;
         let control_listener = control::bind(&cfg.control_socket).map_err(ServeError::Control)?;
         let run_dir = if cfg.worker_socket == WorkerSocket::Unix {
             make_run_dir().map_err(ServeError::RunDir)?
@@ -104,6 +114,8 @@ impl Run {
             workers_wanted: Arc::new(std::sync::atomic::AtomicUsize::new(cfg.workers)),
             started: Instant::now(),
             jobs: jobs.clone(),
+            drain: Arc::default(),
+            jobs_queued: Arc::default(),
         };
         let background = tokio_util::sync::CancellationToken::new();
         {
@@ -116,7 +128,20 @@ impl Run {
             ));
             tokio::spawn(route_control(ctl_rx, inputs.sender(), status.clone()));
         }
+        let notifier = Arc::new(crate::notify::Notifier::from_env());
+        let mut inputs = inputs;
+        if notifier.enabled() {
+            tracing::info!(
+                watchdog_ms = notifier.watchdog().map(|w| w.as_millis() as u64),
+                "systemd notify socket found: READY/RELOADING/STOPPING and STATUS will be sent."
+            );
+            inputs.set_beat(
+                notifier.beat_every(),
+                beat(notifier.clone(), status.clone()),
+            );
+        }
         let run = Run {
+            notifier,
             cfg,
             machine: Machine::new(),
             phase_tx,
@@ -152,4 +177,28 @@ impl Run {
         }
         Ok((run, listeners))
     }
+}
+
+/// The orchestrator's periodic beat under systemd: the status line, the
+/// watchdog ping, the stop's timeout extension (`Notifier::beat`); and, with
+/// a job processor, a count of the queued jobs for the next line (in the
+/// background, one at a time, every 10 s at most: it asks the store).
+fn beat(notifier: Arc<crate::notify::Notifier>, status: StatusSource) -> Box<dyn FnMut() + Send> {
+    const COUNT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+    let counting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut counted: Option<Instant> = None;
+    Box::new(move || {
+        notifier.beat(&status.line());
+        if status.jobs.is_some()
+            && counted.is_none_or(|t| t.elapsed() >= COUNT_EVERY)
+            && !counting.swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            counted = Some(Instant::now());
+            let (status, counting) = (status.clone(), counting.clone());
+            tokio::spawn(async move {
+                status.count_jobs_queued().await;
+                counting.store(false, std::sync::atomic::Ordering::Release);
+            });
+        }
+    })
 }

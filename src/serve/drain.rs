@@ -27,6 +27,9 @@ pub(super) async fn drain(run: &mut Run) {
     let started = Instant::now();
     run.front.stop_accepting().await;
     let deadline = tokio::time::Instant::now() + run.cfg.graceful_timeout;
+    if let Ok(mut d) = run.status.drain.lock() {
+        *d = Some((started, started + run.cfg.graceful_timeout));
+    }
     // Jobs drain beside the requests, until the cut-off that keeps
     // `release_reserve` of the budget for handing the rest back.
     let mut job_drain = run.jobs.clone().map(|jobs| {

@@ -28,6 +28,16 @@ pub struct Inputs {
     stops: mpsc::UnboundedReceiver<StopSignal>,
     ops: mpsc::UnboundedReceiver<Op>,
     sender: InputSender,
+    /// Run every period while the orchestrator waits for an input (the
+    /// systemd status line and watchdog ping, `Run::build`): it runs only
+    /// while the loop that answers signals does.
+    beat: Option<Beat>,
+}
+
+/// A periodic call made from within the orchestrator's waits.
+struct Beat {
+    every: tokio::time::Interval,
+    call: Box<dyn FnMut() + Send>,
 }
 
 /// One input: a stop signal (for the lifecycle machine) or an operation.
@@ -80,9 +90,17 @@ impl Inputs {
                 stops,
                 ops,
                 sender: sender.clone(),
+                beat: None,
             },
             sender,
         )
+    }
+
+    /// Calls `call` every `every` while an input is awaited.
+    pub(super) fn set_beat(&mut self, every: std::time::Duration, call: Box<dyn FnMut() + Send>) {
+        let mut every = tokio::time::interval(every);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.beat = Some(Beat { every, call });
     }
 
     /// A sender into these inputs (for the control socket's requests).
@@ -119,18 +137,39 @@ impl Inputs {
 
     /// The next input of either kind.
     pub(super) async fn next(&mut self) -> Input {
-        let Inputs { stops, ops, .. } = self;
-        tokio::select! {
-            Some(sig) = stops.recv() => Input::Stop(sig),
-            Some(op) = ops.recv() => Input::Op(op),
-            else => std::future::pending().await,
+        let Inputs {
+            stops, ops, beat, ..
+        } = self;
+        loop {
+            tokio::select! {
+                Some(sig) = stops.recv() => return Input::Stop(sig),
+                Some(op) = ops.recv() => return Input::Op(op),
+                () = Beat::tick(beat) => {}
+            }
         }
     }
 
     /// The next stop signal (never, once the sender is gone).
     pub(super) async fn next_stop(&mut self) -> StopSignal {
-        match self.stops.recv().await {
-            Some(sig) => sig,
+        let Inputs { stops, beat, .. } = self;
+        loop {
+            tokio::select! {
+                Some(sig) = stops.recv() => return sig,
+                () = Beat::tick(beat) => {}
+            }
+        }
+    }
+}
+
+impl Beat {
+    /// Waits for the next period and makes the call; never returns without
+    /// a beat (so a closed channel waits here instead of spinning).
+    async fn tick(beat: &mut Option<Beat>) {
+        match beat {
+            Some(b) => {
+                b.every.tick().await;
+                (b.call)();
+            }
             None => std::future::pending().await,
         }
     }

@@ -43,8 +43,11 @@ pub enum ServeError {
     Control(control::ControlError),
     #[error("cannot open the job store: {0}")]
     Jobs(curfew_store::StoreError),
+    #[error(transparent)]
+    Activation(#[from] activation::ActivationError),
 }
 
+mod activation;
 mod build;
 mod drain;
 mod inputs;
@@ -65,6 +68,8 @@ pub type Reloader = Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
 
 /// The orchestrator's state across phases.
 struct Run {
+    /// systemd notify (a no-op without `NOTIFY_SOCKET`).
+    notifier: Arc<crate::notify::Notifier>,
     cfg: Config,
     machine: Machine,
     phase_tx: watch::Sender<Phase>,
@@ -128,6 +133,12 @@ impl Run {
     fn on_signal(&mut self, sig: StopSignal) {
         if self.stop_requested_at.is_none() {
             self.stop_requested_at = Some(Instant::now());
+            // The whole stop's budget; the beat extends systemd's stop
+            // timeout up to its end, never past it.
+            self.notifier.stopping(
+                self.cfg.drain_delay + self.cfg.graceful_timeout + self.cfg.worker_stop_timeout,
+                &format!("Stopping: {} received; draining.", sig.name()),
+            );
             self.completed_at_stop = self.front.router.completed();
             if let Some(jobs) = &self.jobs {
                 jobs.stop_claiming();

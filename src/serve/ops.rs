@@ -158,6 +158,9 @@ pub(super) struct Reloaded {
 /// new generation, without dropping a request. If the configuration is bad or
 /// the new workers cannot boot, the current ones keep serving.
 async fn try_reload(run: &mut Run) -> ReloadFinished {
+    // systemd: RELOADING=1 now, READY=1 when it is over (`reload_and_tell`),
+    // whatever its outcome.
+    run.notifier.reloading();
     tracing::info!(
         generation = run.sup.generation(),
         "Reload requested: re-reading the configuration."
@@ -249,6 +252,8 @@ pub(super) async fn reload_and_tell(run: &mut Run) -> Result<Reloaded, String> {
     let finished = try_reload(run).await;
     if !matches!(finished, ReloadFinished::Abandoned { .. }) {
         finished.emit(&run.sinks());
+        // Serving again, with the new generation or the old one.
+        run.notifier.ready(&run.status.line());
     }
     match finished {
         ReloadFinished::Done {

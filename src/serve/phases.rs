@@ -56,6 +56,7 @@ pub(super) async fn starting(run: &mut Run, listeners: Bound) {
             boot_ms: started.elapsed().as_millis() as u64,
         }
         .emit(&run.sinks());
+        run.notifier.ready(&run.status.line());
         if let Some(jobs) = &run.jobs {
             jobs.begin();
         }

@@ -27,6 +27,12 @@ pub struct StatusSource {
     pub workers_wanted: Arc<AtomicUsize>,
     pub started: Instant,
     pub jobs: Option<Processor>,
+    /// While draining: when it started and its deadline (for the progress
+    /// in the systemd status line).
+    pub drain: Arc<std::sync::Mutex<Option<(Instant, Instant)>>>,
+    /// Jobs due in the store, as last counted (the status line reads it;
+    /// `None` before the first count or while the store is unreachable).
+    pub jobs_queued: Arc<std::sync::Mutex<Option<i64>>>,
 }
 
 impl StatusSource {
@@ -71,6 +77,88 @@ impl StatusSource {
         }
         status
     }
+}
+
+impl StatusSource {
+    /// One line for `systemctl status` (systemd's `STATUS=`): the phase,
+    /// workers ready of wanted, requests in flight and queued, jobs running
+    /// and queued, and while draining its progress.
+    pub fn line(&self) -> String {
+        // Counts only: not `snapshot`, which reads every worker's RSS.
+        let router = &self.front.router;
+        let requests = router.requests();
+        let s = Counts {
+            workers: router.workers().len(),
+            workers_wanted: self.workers_wanted.load(Ordering::Relaxed),
+            requests_in_flight: requests.iter().filter(|r| r.worker.is_some()).count(),
+            requests_queued: requests.iter().filter(|r| r.worker.is_none()).count(),
+        };
+        let phase = *self.phase.borrow();
+        let mut line = match phase {
+            Phase::Starting => {
+                format!("Starting: {}/{} workers ready", s.workers, s.workers_wanted)
+            }
+            Phase::Serving => format!(
+                "Serving: {}/{} workers ready, {} requests in flight, {} queued",
+                s.workers, s.workers_wanted, s.requests_in_flight, s.requests_queued
+            ),
+            Phase::LameDuck => format!(
+                "Stopping (lame duck: not ready, still serving): {} requests in flight, {} queued",
+                s.requests_in_flight, s.requests_queued
+            ),
+            Phase::Draining => {
+                let progress = self.drain.lock().ok().and_then(|d| *d).map(|(from, to)| {
+                    let now = Instant::now();
+                    format!(
+                        ", {}s of {}s of graceful_timeout left",
+                        to.saturating_duration_since(now).as_secs(),
+                        to.saturating_duration_since(from).as_secs()
+                    )
+                });
+                format!(
+                    "Draining: {} requests in flight{}",
+                    s.requests_in_flight + s.requests_queued,
+                    progress.unwrap_or_default()
+                )
+            }
+            Phase::Stopping => {
+                "Stopping workers (SIGTERM, SIGKILL after worker_stop_timeout)".to_owned()
+            }
+            Phase::Stopped => "Stopped".to_owned(),
+        };
+        if let Some(jobs) = &self.jobs {
+            line.push_str(&format!("; jobs: {} running", jobs.running().len()));
+            if let Some(q) = self.jobs_queued.lock().ok().and_then(|q| *q) {
+                line.push_str(&format!(", {q} queued"));
+            }
+        }
+        line.push('.');
+        line
+    }
+
+    /// Counts the jobs due in the store (at most 1 s) for [`StatusSource::line`].
+    pub async fn count_jobs_queued(&self) {
+        let Some(jobs) = &self.jobs else { return };
+        let report = jobs.report(std::time::Duration::from_secs(1)).await;
+        let queued = report.store_up.then(|| {
+            report
+                .queues
+                .iter()
+                .filter_map(|q| q.store.as_ref().map(|s| s.queued))
+                .sum()
+        });
+        if let Ok(mut q) = self.jobs_queued.lock() {
+            *q = queued;
+        }
+    }
+}
+
+/// What the status line counts.
+struct Counts {
+    workers: usize,
+    workers_wanted: usize,
+    requests_in_flight: usize,
+    requests_queued: usize,
 }
 
 impl StatusView for StatusSource {

@@ -132,6 +132,13 @@ fn start(reaper: &Reaper, spec: &CommandSpec<'_>) -> Result<Started, String> {
     };
     let mut cmd = Command::new(program);
     cmd.args(args);
+    // systemd's notify socket, watchdog and passed sockets are curfew's alone.
+    cmd.env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDNAMES")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID");
     cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
     if let Some(dir) = spec.cwd {
         cmd.current_dir(dir);

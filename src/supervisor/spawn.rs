@@ -148,6 +148,11 @@ fn command(
     cmd.env_remove("LISTEN_FDS")
         .env_remove("LISTEN_PID")
         .env_remove("LISTEN_FDNAMES");
+    // systemd's notify socket and watchdog are curfew's: a worker that saw
+    // them would report READY (gunicorn does) or ping for the service.
+    cmd.env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID");
     // curfew consumed WEB_CONCURRENCY as its worker count; passed on, uvicorn
     // and gunicorn would each start that many processes of their own.
     cmd.env_remove("WEB_CONCURRENCY");

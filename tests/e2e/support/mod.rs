@@ -133,15 +133,85 @@ impl Curfew {
 
     /// Start curfew without waiting for anything.
     pub fn spawn(opts: Opts) -> Curfew {
+        Curfew::spawn_inner(opts, None)
+    }
+
+    /// Start curfew socket-activated, as systemd would: `listener` passed as
+    /// fd 3 with `LISTEN_FDS=1`, `LISTEN_FDNAMES=<name>` and `LISTEN_PID` set
+    /// to curfew's own pid (a shell moves the socket from its stdin to fd 3,
+    /// sets `LISTEN_PID=$$` and execs curfew, keeping its pid); `--bind`
+    /// is the listener's address. Does not wait.
+    pub fn spawn_activated(
+        opts: Opts,
+        listener: std::os::fd::OwnedFd,
+        addr: std::net::SocketAddr,
+        name: &str,
+    ) -> Curfew {
+        Curfew::spawn_activated_with(opts, listener, addr, name, None)
+    }
+
+    /// [`Curfew::spawn_activated`], with a second socket as fd 4 named
+    /// `admin` when `admin` is given (`LISTEN_FDS=2`).
+    pub fn spawn_activated_with(
+        mut opts: Opts,
+        listener: std::os::fd::OwnedFd,
+        addr: std::net::SocketAddr,
+        name: &str,
+        admin: Option<std::os::fd::OwnedFd>,
+    ) -> Curfew {
+        opts.bind = Some(addr.to_string());
+        let n = if admin.is_some() { 2 } else { 1 };
+        let names = if admin.is_some() {
+            format!("{name}:admin")
+        } else {
+            name.to_owned()
+        };
+        opts.env.push(("LISTEN_FDS".into(), n.to_string()));
+        opts.env.push(("LISTEN_FDNAMES".into(), names));
+        Curfew::spawn_inner(opts, Some((listener, addr.port(), admin)))
+    }
+
+    fn spawn_inner(
+        opts: Opts,
+        activated: Option<(std::os::fd::OwnedFd, u16, Option<std::os::fd::OwnedFd>)>,
+    ) -> Curfew {
         // A PORT in the test's env is the port curfew will bind (no --bind).
         let env_port = opts
             .env
             .iter()
             .find(|(k, _)| k == "PORT")
             .and_then(|(_, v)| v.parse().ok());
-        let port = env_port.unwrap_or_else(free_port);
+        let port = activated
+            .as_ref()
+            .map(|(_, p, _)| *p)
+            .or(env_port)
+            .unwrap_or_else(free_port);
         let marker = marker();
         let mut cmd = match &opts.wrap {
+            _ if activated.is_some() => {
+                // A second socket: inherited by bash (close-on-exec cleared
+                // on it, by number), moved to fd 4.
+                let fd4 = match activated.as_ref().and_then(|(_, _, a)| a.as_ref()) {
+                    Some(a) => {
+                        use std::os::fd::AsRawFd;
+                        nix::fcntl::fcntl(
+                            a,
+                            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+                        )
+                        .expect("clear FD_CLOEXEC");
+                        let n = a.as_raw_fd();
+                        format!(" 4<&{n} {n}<&-")
+                    }
+                    None => String::new(),
+                };
+                let mut c = Command::new("bash");
+                c.arg("-c")
+                    .arg(format!(
+                        "exec 3<&0{fd4} </dev/null; export LISTEN_PID=$$; exec \"$0\" \"$@\""
+                    ))
+                    .arg(CURFEW);
+                c
+            }
             // Join the cgroup first, then become curfew (same pid).
             Some(procs) => {
                 let mut c = Command::new("sh");
@@ -190,9 +260,16 @@ impl Curfew {
         if let Some(d) = &opts.cwd {
             cmd.current_dir(d);
         }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        // The admin socket (if any) stays open until the spawn.
+        let mut _admin_fd = None;
+        match activated {
+            Some((fd, _, admin)) => {
+                _admin_fd = admin;
+                cmd.stdin(Stdio::from(fd))
+            }
+            None => cmd.stdin(Stdio::null()),
+        };
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn curfew");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -1,0 +1,160 @@
+//! Socket activation of curfew's own listeners: the sockets a service
+//! manager passes (`LISTEN_FDS` from fd 3, `LISTEN_FDNAMES`, for this
+//! process by `LISTEN_PID`) are adopted instead of binding, so `systemctl
+//! restart` keeps the kernel's accept queue and no client is refused while
+//! curfew is away.
+//!
+//! Matching: a socket named `admin` serves `admin_bind` (which must be
+//! set); every other socket serves the `bind` entry with its address (the
+//! same address, or wildcards on the same port; a Unix socket's path). A
+//! `bind` entry no socket serves is bound as usual. A socket that serves no
+//! entry, is not a listening stream socket, or is of another family than its
+//! entry is an error that names the fd, its name and its address.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::config::BindAddr;
+use crate::proxy::listener::{BindError, InheritedAddr, Listener, inherited_addr, serves};
+
+/// The name (in `LISTEN_FDNAMES`) of the socket for `admin_bind`.
+pub const ADMIN_NAME: &str = "admin";
+
+/// Set once the passed sockets are taken: they are owned once per process.
+static TAKEN: AtomicBool = AtomicBool::new(false);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActivationError {
+    #[error("socket activation: LISTEN_FDS, LISTEN_PID or LISTEN_FDNAMES is invalid: {0}")]
+    Env(std::io::Error),
+    #[error(
+        "socket activation: fd {fd} ({name:?}) is named {ADMIN_NAME:?} but `admin_bind` is not set: set it to the socket's address ({addr})"
+    )]
+    AdminUnset { fd: i32, name: String, addr: String },
+    #[error(
+        "socket activation: fd {fd} ({name:?}) {what}, which no `bind` entry names (bind: {binds}); set `bind` to the socket unit's address, or name the socket {ADMIN_NAME:?} for `admin_bind`"
+    )]
+    Unused {
+        fd: i32,
+        name: String,
+        what: String,
+        binds: String,
+    },
+}
+
+/// One socket passed by the service manager.
+struct Passed {
+    fd: OwnedFd,
+    name: String,
+    addr: Option<InheritedAddr>,
+}
+
+/// The sockets passed to this process, not yet adopted.
+pub(super) struct Inherited(Vec<Passed>);
+
+impl Inherited {
+    /// The sockets passed to this process (none when `LISTEN_PID` is not
+    /// ours, or when they were taken before).
+    pub(super) fn from_env() -> Result<Inherited, ActivationError> {
+        let fds: Vec<(i32, String)> = sd_notify::listen_fds_with_names()
+            .map_err(ActivationError::Env)?
+            .collect();
+        if fds.is_empty() || TAKEN.swap(true, Ordering::SeqCst) {
+            return Ok(Inherited(Vec::new()));
+        }
+        let passed = fds
+            .into_iter()
+            .map(|(raw, name)| {
+                let fd = own(raw);
+                let addr = inherited_addr(fd.as_fd());
+                Passed { fd, name, addr }
+            })
+            .collect();
+        Ok(Inherited(passed))
+    }
+
+    /// The passed socket for the public `addr`, adopted, if there is one.
+    pub(super) fn public(&mut self, addr: &BindAddr) -> Result<Option<Listener>, BindError> {
+        let found = self
+            .0
+            .iter()
+            .position(|p| p.name != ADMIN_NAME && p.addr.as_ref().is_some_and(|a| serves(a, addr)));
+        match found {
+            Some(i) => {
+                let p = self.0.remove(i);
+                adopt(p, addr).map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The socket named `admin`, adopted for `admin_bind`, if there is one.
+    pub(super) fn admin(
+        &mut self,
+        admin_bind: Option<&BindAddr>,
+    ) -> Result<Option<Listener>, super::ServeError> {
+        let Some(i) = self.0.iter().position(|p| p.name == ADMIN_NAME) else {
+            return Ok(None);
+        };
+        let p = self.0.remove(i);
+        match admin_bind {
+            Some(addr) => Ok(Some(adopt(p, addr)?)),
+            None => Err(ActivationError::AdminUnset {
+                fd: p.fd.as_raw_fd(),
+                addr: describe(&p.addr),
+                name: p.name,
+            }
+            .into()),
+        }
+    }
+
+    /// Every passed socket must have been adopted.
+    pub(super) fn finish(self, binds: &[BindAddr]) -> Result<(), ActivationError> {
+        match self.0.into_iter().next() {
+            None => Ok(()),
+            Some(p) => Err(ActivationError::Unused {
+                fd: p.fd.as_raw_fd(),
+                what: match &p.addr {
+                    Some(a) => format!("listens on {a}"),
+                    None => "is not a socket".to_owned(),
+                },
+                name: p.name,
+                binds: binds
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+}
+
+fn describe(addr: &Option<InheritedAddr>) -> String {
+    addr.as_ref()
+        .map_or_else(|| "not a socket".to_owned(), ToString::to_string)
+}
+
+fn adopt(p: Passed, addr: &BindAddr) -> Result<Listener, BindError> {
+    let fd = p.fd.as_raw_fd();
+    let l = Listener::adopt(p.fd, &p.name, addr)?;
+    tracing::info!(
+        fd,
+        name = %p.name,
+        listen = %l.describe(),
+        "Adopted a listening socket from the service manager (socket activation)."
+    );
+    Ok(l)
+}
+
+/// Takes ownership of a descriptor passed in `LISTEN_FDS`.
+#[allow(unsafe_code)]
+fn own(raw: i32) -> OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `raw` is one of the descriptors the service manager passed to
+    // this process (`sd_notify::listen_fds_with_names` checked `LISTEN_PID`
+    // and set FD_CLOEXEC on it); nothing else in curfew opens, uses or
+    // closes fds from 3 to 3+LISTEN_FDS by number, and `TAKEN` makes this
+    // the only place that takes them, once per process, so the `OwnedFd` is
+    // their one owner.
+    unsafe { OwnedFd::from_raw_fd(raw) }
+}
