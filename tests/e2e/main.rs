@@ -20,6 +20,7 @@ mod jobs;
 mod local_security;
 mod metrics;
 mod operate;
+mod pg_tls;
 mod platform;
 mod proxy;
 mod python;

@@ -75,15 +75,47 @@ pub(crate) fn validate_schema(schema: &str) -> Result<(), StoreError> {
     }
 }
 
+/// A WARN when credentials and payloads may cross the network in clear.
+fn warn_if_plaintext_possible(connect: &PgConnectOptions, url: &str) {
+    if plaintext_possible(connect) {
+        tracing::warn!(store = %redact(url), "The job store is on another host and its sslmode allows plaintext: add ?sslmode=require (or verify-full with sslrootcert) to the store URL.");
+    }
+}
+
+/// A TCP host that is not loopback, with an `sslmode` that allows
+/// plaintext (`disable`, `allow`, or the default `prefer`, which falls back
+/// to it when the server does not offer TLS).
+fn plaintext_possible(connect: &PgConnectOptions) -> bool {
+    use sqlx::postgres::PgSslMode;
+    if connect.get_socket().is_some() {
+        return false;
+    }
+    let host = connect.get_host();
+    let loopback = host == "localhost"
+        || host.starts_with('/')
+        || host
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let may_be_plain = matches!(
+        connect.get_ssl_mode(),
+        PgSslMode::Disable | PgSslMode::Allow | PgSslMode::Prefer
+    );
+    !loopback && may_be_plain
+}
+
 impl PgStore {
     pub(crate) async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
         validate_schema(&options.pg_schema)?;
-        let connect = PgConnectOptions::from_str(url)
-            .map_err(|e| StoreError::InvalidUrl {
-                url: redact(url),
-                reason: e.to_string(),
-            })?
-            .application_name("curfew");
+        let mut connect = PgConnectOptions::from_str(url).map_err(|e| StoreError::InvalidUrl {
+            url: redact(url),
+            reason: e.to_string(),
+        })?;
+        // "curfew" in pg_stat_activity, unless the URL names the application.
+        if connect.get_application_name().is_none() {
+            connect = connect.application_name("curfew");
+        }
+        warn_if_plaintext_possible(&connect, url);
         let name: Arc<str> = format!("{} (schema {})", redact(url), options.pg_schema).into();
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
@@ -192,5 +224,27 @@ impl PgStore {
 
     pub(crate) async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tls_tests {
+    use super::*;
+
+    #[test]
+    fn plaintext_is_flagged_only_off_host_without_required_tls() {
+        let opts = |u: &str| PgConnectOptions::from_str(u).expect("url");
+        assert!(plaintext_possible(&opts("postgres://u@db.example/app")));
+        assert!(plaintext_possible(&opts(
+            "postgres://u@10.0.0.5/app?sslmode=disable"
+        )));
+        assert!(!plaintext_possible(&opts(
+            "postgres://u@db.example/app?sslmode=require"
+        )));
+        assert!(!plaintext_possible(&opts(
+            "postgres://u@db.example/app?sslmode=verify-full"
+        )));
+        assert!(!plaintext_possible(&opts("postgres://u@127.0.0.1/app")));
+        assert!(!plaintext_possible(&opts("postgres://u@localhost/app")));
     }
 }
