@@ -94,8 +94,6 @@ fn empty_stats(queue: &str) -> QueueStats {
         running: 0,
         failed: 0,
         dead: 0,
-        succeeded: 0,
-        cancelled: 0,
         oldest_queued_age_ms: None,
     }
 }

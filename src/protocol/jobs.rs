@@ -152,7 +152,7 @@ impl JobsReport {
             "FAILED",
             "DEAD",
             "HERE",
-            "SUCCEEDED",
+            "DONE HERE",
             "OLDEST ms"
         ));
         for q in &self.queues {
@@ -171,7 +171,7 @@ impl JobsReport {
                 n(|s| s.failed),
                 n(|s| s.dead),
                 q.running_here,
-                n(|s| s.succeeded),
+                q.succeeded,
                 q.store
                     .as_ref()
                     .and_then(|s| s.oldest_queued_age_ms)

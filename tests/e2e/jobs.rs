@@ -1007,3 +1007,68 @@ fn a_reload_hands_back_jobs_its_old_workers_could_not_finish() {
     // worker_stop_timeout (a forced stop, logged as such).
     assert_eq!(c.wait_exit(Duration::from_secs(15)), 3);
 }
+
+/// Retention while 2,000 jobs flow: succeeded jobs are deleted once their
+/// period has passed, in batches, by the processor itself (one INFO line a
+/// pass); each job still ran exactly once; a dead job (kept 14 days by
+/// default) stays.
+fn retention_prunes_while_jobs_flow(store: TestStore) {
+    let jobs = "[jobs.queues.default]\nconcurrency = 8\nmax_attempts = 1\n\
+                [jobs.retention]\nsucceeded = \"1s\"\ninterval = \"1s\"\n";
+    let (mut c, admin) = start_testworker(
+        &store,
+        "curfew.toml",
+        "workers = 2\nworker_concurrency = 8\n",
+        jobs,
+        &[],
+    );
+    let dead = enqueue_many(admin, vec![job_body("broken", r#"{"status": 500}"#)], 1)[0];
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.extend(enqueue_many(
+            admin,
+            (0..500)
+                .map(|_| job_body("quick", r#"{"ms": 1}"#))
+                .collect(),
+            4,
+        ));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let log = store.log_path();
+    wait_until("2,000 jobs done", Duration::from_secs(60), || {
+        dones(&log).len() >= 2_000
+    });
+    wait_until(
+        "every succeeded job pruned",
+        Duration::from_secs(15),
+        || {
+            let jobs = store.jobs();
+            jobs.len() == 1 && jobs[0].id == dead
+        },
+    );
+    assert_eq!(store.jobs()[0].state, JobState::Dead);
+    let s = starts(&log);
+    assert!(
+        ids.iter().all(|id| s.get(id) == Some(&1)),
+        "each job ran exactly once"
+    );
+    c.wait_log("event=\"jobs_pruned\"", Duration::from_secs(1));
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(10)), 0);
+    let faults: Vec<_> = c
+        .faults()
+        .into_iter()
+        .filter(|l| !l.contains("broken"))
+        .collect();
+    assert!(faults.is_empty(), "{faults:#?}");
+}
+
+#[test]
+fn retention_prunes_while_jobs_flow_on_sqlite() {
+    retention_prunes_while_jobs_flow(TestStore::sqlite());
+}
+
+#[test]
+fn retention_prunes_while_jobs_flow_on_postgres() {
+    retention_prunes_while_jobs_flow(TestStore::postgres());
+}

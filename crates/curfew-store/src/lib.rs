@@ -64,6 +64,11 @@
 //!    the store tells them apart; Sidekiq Pro's super_fetch does the same).
 //! 6. **One job per idempotency key**, for as long as the job exists:
 //!    enqueueing the key again returns the existing id with `created: false`.
+//!    The key goes with its job: once retention (or a delete) removed the
+//!    job, the key enqueues a new one.
+//! 7. **Only finished jobs are pruned**, and only by age: [`Store::prune`]
+//!    deletes `succeeded`, `cancelled` and `dead` rows whose `finished_at`
+//!    is older than their state's [`Retention`], never a job in play.
 //!
 //! Delivery is at least once: a processor that is alive but cut off from the
 //! database past its lease loses the job to a rescue and the job runs again.
@@ -99,11 +104,25 @@
 //! privileges: the application's role needs `USAGE` on the schema and
 //! `INSERT, SELECT` on `curfew.jobs`.
 //!
+//! # Retention
+//!
+//! A queue table must not grow for ever. [`Store::prune`] deletes one
+//! bounded batch of due rows per finished state (index `jobs_finished`:
+//! `(state, finished_at)` over finished rows only, so a batch reads what it
+//! deletes) in one short transaction; the caller repeats while
+//! [`PruneOutcome::Deleted`] says `more`, pausing in between so claims are
+//! not held up. On PostgreSQL a batch first takes a transaction-level
+//! advisory lock per schema, so of many processors one prunes at a time
+//! ([`PruneOutcome::Busy`] for the others); SQLite has one writer anyway.
+//! [`Store::stats`] counts only the states in play (queued, failed,
+//! running) and dead, through the `state` index: its cost follows the
+//! active work, not the history kept.
+//!
 //! # Not here
 //!
-//! Pruning of finished jobs, a registry of live processors, and the
-//! dispatcher's polling loop (wake-ups are hints: poll every second or two as
-//! well) belong to the layers above.
+//! When to prune, a registry of live processors, and the dispatcher's
+//! polling loop (wake-ups are hints: poll every second or two as well)
+//! belong to the layers above.
 
 pub mod backoff;
 mod error;
@@ -123,7 +142,7 @@ use std::time::Duration;
 pub use error::StoreError;
 pub use model::{
     Claimed, DEFAULT_MAX_ATTEMPTS, Enqueued, FailOutcome, Job, JobState, ListFilter, NewJob,
-    QueueStats, UnknownState, now_ms,
+    PruneOutcome, Pruned, QueueStats, Retention, UnknownState, now_ms,
 };
 pub use postgres::{CHANNEL, PgStore};
 pub use sqlite::SqliteStore;
@@ -133,6 +152,9 @@ pub use listener::JobListener;
 use listener::ListenerInner;
 use ops::{RescueScope, log_rescued};
 use target::Target;
+
+/// The largest batch [`Store::prune`] accepts (rows per state).
+pub const MAX_PRUNE_BATCH: u32 = 100_000;
 
 /// Settings of [`Store::open_with`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -451,9 +473,42 @@ impl Store {
             .map_err(|state| row::wrong_state(id, "delete", state))
     }
 
-    /// Counts per queue, by queue name.
+    /// Counts per queue, by queue name: the jobs in play and the dead ones
+    /// (see [`QueueStats`]); its cost does not grow with the finished
+    /// history.
     pub async fn stats(&self) -> Result<Vec<QueueStats>, StoreError> {
         on_backend!(self, s => s.stats().await)
+    }
+
+    /// Deletes finished jobs past their state's retention (`finished_at`
+    /// older than now minus the period; a `None` period keeps the state's
+    /// jobs): at most `batch` rows per state, in one transaction. Call again
+    /// while the answer says `more`. On PostgreSQL only one processor
+    /// prunes a store at a time; the others get [`PruneOutcome::Busy`].
+    /// Idempotency keys go with their jobs.
+    pub async fn prune(
+        &self,
+        retention: &Retention,
+        batch: u32,
+    ) -> Result<PruneOutcome, StoreError> {
+        if batch == 0 || batch > MAX_PRUNE_BATCH {
+            return Err(StoreError::invalid(
+                "batch",
+                format!("{batch}; it must be 1 to {MAX_PRUNE_BATCH}"),
+            ));
+        }
+        let outcome = on_backend!(self, s => s.prune(retention, batch).await)?;
+        if let PruneOutcome::Deleted { pruned, .. } = &outcome
+            && pruned.total() > 0
+        {
+            tracing::debug!(
+                succeeded = pruned.succeeded,
+                cancelled = pruned.cancelled,
+                dead = pruned.dead,
+                "finished jobs pruned"
+            );
+        }
+        Ok(outcome)
     }
 
     /// The earliest `run_at` among the queue's queued and failed jobs: when
@@ -513,6 +568,7 @@ mod tests {
         assert_send(store.cancel(1));
         assert_send(store.delete(1));
         assert_send(store.stats());
+        assert_send(store.prune(&Retention::DEFAULT, 1));
         assert_send(store.next_run_at("q"));
         assert_send(store.running_jobs());
         assert_send(store.listen());
