@@ -230,7 +230,19 @@ impl Processor {
 
     /// Adds a job through curfew (the CLI, the HTTP API): the queue must be
     /// one of the configured ones; its `max_attempts` is the default.
-    pub async fn enqueue(&self, mut job: NewJob) -> Result<Enqueued, EnqueueError> {
+    pub async fn enqueue(&self, job: NewJob) -> Result<Enqueued, EnqueueError> {
+        let job = self.with_queue_defaults(job)?;
+        let queue = job.queue.clone();
+        let enqueued = self.inner.store.enqueue(job).await?;
+        if let Some(q) = self.inner.queues.get(&queue) {
+            q.wake.notify_one();
+        }
+        Ok(enqueued)
+    }
+
+    /// The job with its queue's defaults (`max_attempts`), if the queue is
+    /// one of this curfew's.
+    fn with_queue_defaults(&self, mut job: NewJob) -> Result<NewJob, EnqueueError> {
         let Some(q) = self.inner.queues.get(&job.queue) else {
             return Err(EnqueueError::UnknownQueue {
                 queue: job.queue,
@@ -246,9 +258,7 @@ impl Processor {
         if job.max_attempts.is_none() {
             job.max_attempts = Some(q.cfg.max_attempts);
         }
-        let enqueued = self.inner.store.enqueue(job).await?;
-        q.wake.notify_one();
-        Ok(enqueued)
+        Ok(job)
     }
 
     /// The stop request: claim nothing more. Running jobs go on.

@@ -87,6 +87,10 @@ pub enum JobsRequest {
     Enqueue {
         job: EnqueueRequest,
     },
+    /// Many jobs in one transaction (all or nothing).
+    EnqueueMany {
+        jobs: Vec<EnqueueRequest>,
+    },
     List {
         #[serde(default)]
         queue: Option<String>,
@@ -120,6 +124,14 @@ pub struct EnqueueReply {
     pub queue: String,
 }
 
+/// The answer to a batch enqueue: each job's answer, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnqueueManyReply {
+    pub jobs: Vec<EnqueueReply>,
+    /// How many were new (the others had a known idempotency key).
+    pub created: usize,
+}
+
 /// The data of an answer to a [`JobsRequest`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -130,6 +142,8 @@ pub enum JobsReply {
     Job(Box<Job>),
     /// `enqueue`.
     Enqueued(EnqueueReply),
+    /// `enqueue_many` (last: untagged, it must not shadow the others).
+    EnqueuedMany(EnqueueManyReply),
 }
 
 impl JobsReport {

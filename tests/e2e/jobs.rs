@@ -1072,3 +1072,139 @@ fn retention_prunes_while_jobs_flow_on_sqlite() {
 fn retention_prunes_while_jobs_flow_on_postgres() {
     retention_prunes_while_jobs_flow(TestStore::postgres());
 }
+
+/// Bulk enqueue: 10,000 jobs in one `POST /jobs` (a JSON array), NDJSON,
+/// `curfew enqueue --file`; a batch with bad jobs stores nothing and names
+/// each by index.
+fn bulk_enqueue(store: TestStore) {
+    let jobs = "[jobs.queues.default]\nconcurrency = 8\n[jobs.queues.mail]\nconcurrency = 2\n";
+    let (mut c, admin) = start_testworker(
+        &store,
+        "curfew.toml",
+        "workers = 2\nworker_concurrency = 8\n",
+        jobs,
+        &[],
+    );
+    let array = format!(
+        "[{}]",
+        (0..10_000)
+            .map(|i| format!(r#"{{"kind": "quick", "payload": {{"ms": 0, "i": {i}}}}}"#))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let t = Instant::now();
+    let r = http(admin, "POST", "/jobs", &[], array.as_bytes()).expect("POST /jobs");
+    let took = t.elapsed();
+    assert_eq!(r.status, 201, "{}", r.body);
+    let reply: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    assert_eq!(reply["created"], 10_000);
+    let ids: Vec<i64> = reply["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .map(|j| j["id"].as_i64().expect("id"))
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "in the order sent");
+    eprintln!(
+        "10,000 jobs in one POST: {} ms ({:.0} jobs/s)",
+        took.as_millis(),
+        10_000.0 / took.as_secs_f64()
+    );
+
+    // NDJSON, with an idempotency key repeated inside the batch.
+    let ndjson = "{\"kind\": \"quick\", \"queue\": \"mail\", \"idempotency_key\": \"a\"}\n\n\
+                  {\"kind\": \"quick\", \"queue\": \"mail\", \"idempotency_key\": \"a\"}\n";
+    let r = http(
+        admin,
+        "POST",
+        "/jobs",
+        &[("Content-Type", "application/x-ndjson")],
+        ndjson.as_bytes(),
+    )
+    .expect("POST ndjson");
+    assert_eq!(r.status, 201, "{}", r.body);
+    let reply: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    assert_eq!(reply["created"], 1);
+    assert_eq!(reply["jobs"][0]["id"], reply["jobs"][1]["id"]);
+    assert_eq!(reply["jobs"][1]["queue"], "mail");
+
+    // Bad jobs: nothing stored, each named.
+    let before = store.jobs().len();
+    let r = http(
+        admin,
+        "POST",
+        "/jobs",
+        &[],
+        br#"[{"kind": "ok"}, {"kind": "ok", "queue": "nope"}, {"kind": "bad kind"}]"#,
+    )
+    .expect("POST bad batch");
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains("job 1: unknown queue") && r.body.contains("job 2: invalid kind"),
+        "{}",
+        r.body
+    );
+    let r = http(
+        admin,
+        "POST",
+        "/jobs",
+        &[],
+        br#"[{"kind": "ok"}, {"kid": "x"}]"#,
+    )
+    .expect("POST bad field");
+    assert!(
+        r.status == 400 && r.body.contains("job 1") && r.body.contains("kid"),
+        "{}",
+        r.body
+    );
+    let r = http(
+        admin,
+        "POST",
+        "/jobs",
+        &[("Idempotency-Key", "x")],
+        br#"[{"kind": "ok"}]"#,
+    )
+    .expect("POST batch with key header");
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(store.jobs().len(), before, "nothing of the bad batches");
+
+    // The CLI: a file of jobs, then stdin with a bad line.
+    let file = store.dir.path().join("jobs.ndjson");
+    std::fs::write(
+        &file,
+        "{\"kind\": \"quick\"}\n{\"kind\": \"quick\", \"payload\": {\"ms\": 1}}\n",
+    )
+    .expect("write jobs file");
+    let (code, out, err) = c.ctl(&[
+        "enqueue",
+        "--file",
+        file.to_str().expect("utf-8"),
+        "-q",
+        "mail",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("enqueued 2 jobs (2 new"), "{out}");
+    std::fs::write(&file, "{\"kind\": \"quick\"}\n{oops}\n").expect("write");
+    let (code, _, err) = c.ctl(&["enqueue", "--file", file.to_str().expect("utf-8")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("jobs.ndjson:2"), "{err}");
+    let mail = store.jobs().iter().filter(|j| j.queue == "mail").count();
+    assert_eq!(mail, 3, "one keyed job and the file's two, in mail");
+
+    let log = store.log_path();
+    wait_until("every job done", Duration::from_secs(120), || {
+        dones(&log).len() >= 10_003
+    });
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(10)), 0);
+}
+
+#[test]
+fn bulk_enqueue_on_sqlite() {
+    bulk_enqueue(TestStore::sqlite());
+}
+
+#[test]
+fn bulk_enqueue_on_postgres() {
+    bulk_enqueue(TestStore::postgres());
+}

@@ -99,7 +99,16 @@
 //! SELECT curfew.enqueue('mail', 'digest', '{}', run_at => now() + interval '1 hour');
 //! ```
 //!
-//! The function checks queue and kind like the API does (CHECK constraints)
+//! Many jobs in one statement (a JSON array; `queue` defaults to
+//! `default`, `run_at` is RFC 3339; one row per job, in order):
+//!
+//! ```sql
+//! SELECT * FROM curfew.enqueue_many('[{"queue": "mail", "kind": "send_email", "payload": {"to": "a@b.c"}},
+//!                                     {"kind": "digest", "idempotency_key": "digest-1"}]');
+//! --  job_id | created
+//! ```
+//!
+//! The functions check queue and kind like the API does (CHECK constraints)
 //! but not [`StoreOptions::max_payload_bytes`]. It runs with the caller's
 //! privileges: the application's role needs `USAGE` on the schema and
 //! `INSERT, SELECT` on `curfew.jobs`.
@@ -152,6 +161,9 @@ pub use listener::JobListener;
 use listener::ListenerInner;
 use ops::{RescueScope, log_rescued};
 use target::Target;
+
+/// The most jobs [`Store::enqueue_many`] takes in one batch.
+pub const MAX_BATCH: usize = 10_000;
 
 /// The largest batch [`Store::prune`] accepts (rows per state).
 pub const MAX_PRUNE_BATCH: u32 = 100_000;
@@ -273,6 +285,51 @@ impl Store {
             kind,
             created = enqueued.created,
             "job enqueued"
+        );
+        Ok(enqueued)
+    }
+
+    /// Checks a job as [`Store::enqueue`] would, without storing it (for a
+    /// caller that reports every bad job of a batch along with its own
+    /// checks).
+    pub fn check(&self, job: &NewJob) -> Result<(), StoreError> {
+        let max = on_backend!(self, s => s.max_payload_bytes());
+        validate::new_job(job.clone(), max).map(|_| ())
+    }
+
+    /// Adds every job of `jobs` in one transaction, all or nothing (at most
+    /// [`MAX_BATCH`]), answering in their order. Each is checked as
+    /// [`Store::enqueue`] checks one; if any is invalid, nothing is stored
+    /// and [`StoreError::InvalidBatch`] names each bad one by its index.
+    /// Idempotency keys work as for one job, also between jobs of the batch
+    /// (the second gets the first's id, `created: false`).
+    pub async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, StoreError> {
+        if jobs.len() > MAX_BATCH {
+            return Err(StoreError::invalid(
+                "jobs",
+                format!("{} jobs in one batch; at most {MAX_BATCH}", jobs.len()),
+            ));
+        }
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let max = on_backend!(self, s => s.max_payload_bytes());
+        let mut valid = Vec::with_capacity(jobs.len());
+        let mut errors = Vec::new();
+        for (i, job) in jobs.into_iter().enumerate() {
+            match validate::new_job(job, max) {
+                Ok(v) => valid.push(v),
+                Err(e) => errors.push((i, e)),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(StoreError::InvalidBatch { errors });
+        }
+        let enqueued = on_backend!(self, s => s.enqueue_many(&valid).await)?;
+        tracing::debug!(
+            jobs = enqueued.len(),
+            created = enqueued.iter().filter(|e| e.created).count(),
+            "jobs enqueued in a batch"
         );
         Ok(enqueued)
     }
@@ -552,6 +609,7 @@ mod tests {
     fn every_future_is_send(store: Store, mut listener: JobListener) {
         assert_send(Store::open("jobs.db"));
         assert_send(store.enqueue(NewJob::default()));
+        assert_send(store.enqueue_many(Vec::new()));
         assert_send(store.claim("q", 1, "n/b", Duration::from_secs(1)));
         assert_send(store.heartbeat(1, "t", Duration::from_secs(1)));
         assert_send(store.mark_waiting(1, "t"));

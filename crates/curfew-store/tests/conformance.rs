@@ -187,6 +187,7 @@ conformance!(
     retention_prunes_only_finished_jobs_past_their_period,
     retention_deletes_in_bounded_batches,
     stats_count_only_jobs_in_play,
+    enqueue_many_is_one_transaction_all_or_nothing,
 );
 
 // ---------------------------------------------------------------------------
@@ -437,6 +438,126 @@ async fn retention_prunes_only_finished_jobs_past_their_period(h: &Harness) {
 
     let e = h.store.prune(&Retention::DEFAULT, 0).await;
     assert_eq!(field_of(e).0, "batch");
+}
+
+async fn enqueue_many_is_one_transaction_all_or_nothing(h: &Harness) {
+    let mut listener = h.store.listen().await.expect("listen");
+    let existing = enqueue(
+        h,
+        NewJob {
+            idempotency_key: Some("k-old".into()),
+            ..new_job("q")
+        },
+    )
+    .await;
+    expect_wakeup(&mut listener, "q").await;
+    let keyed = |key: &str| NewJob {
+        idempotency_key: Some(key.into()),
+        ..new_job("bulk")
+    };
+    let out = h
+        .store
+        .enqueue_many(vec![
+            new_job("bulk"),
+            keyed("k-new"),
+            keyed("k-new"),
+            keyed("k-old"),
+            NewJob {
+                priority: 5,
+                run_at: Some(now_ms() + 60_000),
+                ..new_job("bulk")
+            },
+        ])
+        .await
+        .expect("enqueue_many");
+    assert_eq!(
+        out.iter().map(|e| e.created).collect::<Vec<_>>(),
+        vec![true, true, false, false, true]
+    );
+    assert_eq!(out[2].id, out[1].id, "the key repeated in the batch");
+    assert_eq!(out[3].id, existing, "the key known before");
+    assert!(out[0].id < out[1].id && out[1].id < out[4].id, "in order");
+    assert_eq!(get(h, out[4].id).await.priority, 5);
+    expect_wakeup(&mut listener, "bulk").await;
+
+    // One bad item (or two) and nothing is stored; each is named by index.
+    let before = h
+        .store
+        .list(ListFilter::default())
+        .await
+        .expect("list")
+        .len();
+    let e = h
+        .store
+        .enqueue_many(vec![
+            new_job("bulk"),
+            new_job("bad queue"),
+            new_job("bulk"),
+            NewJob {
+                max_attempts: Some(0),
+                ..new_job("bulk")
+            },
+        ])
+        .await
+        .expect_err("bad items");
+    match &e {
+        StoreError::InvalidBatch { errors } => {
+            let named: Vec<(usize, &str)> = errors
+                .iter()
+                .map(|(i, e)| match e {
+                    StoreError::InvalidInput { field, .. } => (*i, *field),
+                    other => panic!("expected InvalidInput, got {other:?}"),
+                })
+                .collect();
+            assert_eq!(named, vec![(1, "queue"), (3, "max_attempts")]);
+        }
+        other => panic!("expected InvalidBatch, got {other:?}"),
+    }
+    let text = e.to_string();
+    assert!(
+        text.contains("job 1: invalid queue") && text.contains("job 3: invalid max_attempts"),
+        "{text}"
+    );
+    assert_eq!(
+        h.store
+            .list(ListFilter::default())
+            .await
+            .expect("list")
+            .len(),
+        before,
+        "nothing of the bad batch stored"
+    );
+    assert_eq!(
+        h.store.enqueue_many(Vec::new()).await.expect("empty"),
+        vec![]
+    );
+    let e = h
+        .store
+        .enqueue_many(vec![new_job("bulk"); curfew_store::MAX_BATCH + 1])
+        .await;
+    assert_eq!(field_of(e).0, "jobs");
+
+    // The largest batch, at once.
+    let t = std::time::Instant::now();
+    let out = h
+        .store
+        .enqueue_many(
+            (0..curfew_store::MAX_BATCH)
+                .map(|i| NewJob::new("big", "k", json!({"i": i})))
+                .collect(),
+        )
+        .await
+        .expect("10,000 jobs");
+    let took = t.elapsed();
+    assert_eq!(out.len(), curfew_store::MAX_BATCH);
+    assert!(out.iter().all(|e| e.created));
+    assert!(out.windows(2).all(|w| w[0].id < w[1].id));
+    eprintln!(
+        "{:?}: 10,000 jobs in one batch in {} ms ({:.0} jobs/s)",
+        h.backend,
+        took.as_millis(),
+        10_000.0 / took.as_secs_f64()
+    );
 }
 
 async fn retention_deletes_in_bounded_batches(h: &Harness) {
@@ -1823,6 +1944,76 @@ async fn sql_enqueue_follows_the_applications_transaction(h: &Harness) {
         assert!(bad.is_err());
         app.close().await.expect("close");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_sql_enqueue_many_is_one_statement_in_the_applications_transaction() {
+    run(Backend::Postgres, sql_enqueue_many).await;
+}
+
+async fn sql_enqueue_many(h: &Harness) {
+    let schema = h.schema();
+    let mut app = sqlx::PgConnection::connect(&h.url)
+        .await
+        .expect("app connection");
+    let call = format!(
+        r#"SELECT job_id, created FROM {schema}.enqueue_many('[
+            {{"queue": "mail", "kind": "send_email", "payload": {{"to": "a@b.c"}}}},
+            {{"kind": "digest", "run_at": "2100-01-01T00:00:00Z", "idempotency_key": "d-1",
+              "priority": 3, "max_attempts": 2}},
+            {{"kind": "digest", "idempotency_key": "d-1"}}
+        ]')"#
+    );
+    // Rolled back: nothing.
+    let mut tx = app.begin().await.expect("begin");
+    let rows: Vec<(i64, bool)> = sqlx::query_as(AssertSqlSafe(call.clone()))
+        .fetch_all(&mut *tx)
+        .await
+        .expect("enqueue_many");
+    tx.rollback().await.expect("rollback");
+    assert!(h.store.get(rows[0].0).await.expect("get").is_none());
+    // Committed.
+    let rows: Vec<(i64, bool)> = sqlx::query_as(AssertSqlSafe(call))
+        .fetch_all(&mut app)
+        .await
+        .expect("enqueue_many");
+    assert_eq!(
+        rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+        vec![true, true, false]
+    );
+    assert_eq!(rows[2].0, rows[1].0);
+    let mail = get(h, rows[0].0).await;
+    assert_eq!(
+        (mail.queue.as_str(), mail.kind.as_str()),
+        ("mail", "send_email")
+    );
+    assert_eq!(mail.payload, json!({"to": "a@b.c"}));
+    let digest = get(h, rows[1].0).await;
+    assert_eq!(digest.queue, "default");
+    assert_eq!((digest.priority, digest.max_attempts), (3, 2));
+    assert_eq!(digest.run_at, 4_102_444_800_000);
+    // A bad item fails the statement (and so the transaction): nothing.
+    let before = h
+        .store
+        .list(ListFilter::default())
+        .await
+        .expect("list")
+        .len();
+    let bad = sqlx::query(AssertSqlSafe(format!(
+        r#"SELECT * FROM {schema}.enqueue_many('[{{"kind": "ok"}}, {{"kind": "bad kind"}}]')"#
+    )))
+    .execute(&mut app)
+    .await;
+    assert!(bad.is_err());
+    assert_eq!(
+        h.store
+            .list(ListFilter::default())
+            .await
+            .expect("list")
+            .len(),
+        before
+    );
+    app.close().await.expect("close");
 }
 
 #[tokio::test]
