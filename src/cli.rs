@@ -92,7 +92,7 @@ pub enum Command {
     },
     /// Add a background job (or many, with --file) through a running curfew.
     Enqueue(Box<EnqueueArgs>),
-    /// List, inspect, retry, cancel or delete jobs of a running curfew.
+    /// List, inspect, retry, cancel or delete jobs, pause or resume queues, of a running curfew.
     Jobs {
         #[command(subcommand)]
         action: Option<JobsAction>,
@@ -157,6 +157,10 @@ pub enum JobsAction {
     Cancel { id: i64 },
     /// Delete a job that is not running.
     Delete { id: i64 },
+    /// Pause a queue on every curfew sharing the store (running jobs go on).
+    Pause { queue: String },
+    /// Resume a paused queue.
+    Resume { queue: String },
 }
 
 /// Filters of `curfew jobs` (listing).

@@ -311,6 +311,8 @@ fn run_jobs(
         Some(JobsAction::Retry { id }) => (JobsRequest::Retry { id }, false),
         Some(JobsAction::Cancel { id }) => (JobsRequest::Cancel { id }, false),
         Some(JobsAction::Delete { id }) => (JobsRequest::Delete { id }, false),
+        Some(JobsAction::Pause { queue }) => (JobsRequest::Pause { queue }, false),
+        Some(JobsAction::Resume { queue }) => (JobsRequest::Resume { queue }, false),
     };
     let r = match jobs_call(target, request) {
         Ok(r) => r,

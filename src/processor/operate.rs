@@ -172,6 +172,32 @@ impl Processor {
                 store.delete(id).await?;
                 Ok((format!("job {id} deleted"), None))
             }
+            JobsRequest::Pause { queue } => {
+                let msg = if store.pause(&queue).await? {
+                    tracing::info!(
+                        queue,
+                        "Queue paused: no processor sharing the store claims from it."
+                    );
+                    format!(
+                        "queue {queue} paused: no new jobs are claimed from it on any curfew sharing the store; running jobs go on"
+                    )
+                } else {
+                    format!("queue {queue} was paused already")
+                };
+                Ok((msg, None))
+            }
+            JobsRequest::Resume { queue } => {
+                let msg = if store.resume(&queue).await? {
+                    tracing::info!(queue, "Queue resumed.");
+                    if let Some(q) = self.inner.queues.get(&queue) {
+                        q.wake.notify_one();
+                    }
+                    format!("queue {queue} resumed")
+                } else {
+                    format!("queue {queue} was not paused")
+                };
+                Ok((msg, None))
+            }
         }
     }
 }

@@ -26,6 +26,10 @@ pub struct QueueReport {
     pub running_here: usize,
     /// From the store (all processors); `None` when it is unreachable.
     pub store: Option<QueueStats>,
+    /// Paused in the store (`curfew jobs pause`): no processor claims
+    /// from it.
+    #[serde(default)]
+    pub paused: bool,
     pub succeeded: u64,
     pub failed: u64,
     pub dead: u64,
@@ -113,6 +117,13 @@ pub enum JobsRequest {
     Delete {
         id: i64,
     },
+    /// Pause a queue for every processor sharing the store.
+    Pause {
+        queue: String,
+    },
+    Resume {
+        queue: String,
+    },
 }
 
 /// The answer to an enqueue.
@@ -177,7 +188,11 @@ impl JobsReport {
             };
             out.push_str(&format!(
                 "{:<20} {:>5} {:>7} {:>9} {:>8} {:>7} {:>6} {:>6} {:>10} {:>11}\n",
-                q.queue,
+                if q.paused {
+                    format!("{} (paused)", q.queue)
+                } else {
+                    q.queue.clone()
+                },
                 q.concurrency,
                 n(|s| s.queued),
                 n(|s| s.scheduled),

@@ -1208,3 +1208,68 @@ fn bulk_enqueue_on_sqlite() {
 fn bulk_enqueue_on_postgres() {
     bulk_enqueue(TestStore::postgres());
 }
+
+/// `curfew jobs pause` / `resume`: a paused queue's jobs wait (others go
+/// on), status shows it, resume runs them at once.
+#[test]
+fn pause_and_resume_a_queue() {
+    let store = TestStore::sqlite();
+    let jobs = "[jobs.queues.mail]\nconcurrency = 2\n[jobs.queues.other]\nconcurrency = 2\n";
+    let (mut c, admin) = start_testworker(
+        &store,
+        "curfew.toml",
+        "workers = 1\nworker_concurrency = 4\n",
+        jobs,
+        &[],
+    );
+    let (code, out, err) = c.ctl(&["jobs", "pause", "mail"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("queue mail paused"), "{out}");
+    c.wait_log("Queue paused", Duration::from_secs(2));
+    let mail = enqueue_many(
+        admin,
+        (0..3)
+            .map(|_| r#"{"queue": "mail", "kind": "quick"}"#.to_owned())
+            .collect(),
+        1,
+    );
+    let other = enqueue_many(
+        admin,
+        vec![r#"{"queue": "other", "kind": "quick"}"#.to_owned()],
+        1,
+    );
+    let log = store.log_path();
+    wait_until("the other queue's job", Duration::from_secs(10), || {
+        dones(&log).contains(&other[0])
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        mail.iter().all(|id| !starts(&log).contains_key(id)),
+        "a paused queue's jobs wait"
+    );
+    let (_, out, _) = c.ctl(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&out).expect("status json");
+    let q = status["jobs"]["queues"]
+        .as_array()
+        .expect("queues")
+        .iter()
+        .find(|q| q["queue"] == "mail")
+        .cloned()
+        .expect("mail");
+    assert_eq!(q["paused"], true, "{q}");
+    let (_, table, _) = c.ctl(&["status"]);
+    assert!(table.contains("mail (paused)"), "{table}");
+    let t = Instant::now();
+    let (code, out, _) = c.ctl(&["jobs", "resume", "mail"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("queue mail resumed"), "{out}");
+    wait_until("the mail jobs", Duration::from_secs(10), || {
+        mail.iter().all(|id| dones(&log).contains(id))
+    });
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "resume wakes the queue"
+    );
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(10)), 0);
+}

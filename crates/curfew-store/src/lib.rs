@@ -69,6 +69,9 @@
 //! 7. **Only finished jobs are pruned**, and only by age: [`Store::prune`]
 //!    deletes `succeeded`, `cancelled` and `dead` rows whose `finished_at`
 //!    is older than their state's [`Retention`], never a job in play.
+//! 8. **A paused queue is never claimed from**: the claim itself checks
+//!    `paused_queues` ([`Store::pause`]), so every processor sharing the
+//!    store obeys from its next claim on, with no cache to go stale.
 //!
 //! Delivery is at least once: a processor that is alive but cut off from the
 //! database past its lease loses the job to a rescue and the job runs again.
@@ -568,6 +571,27 @@ impl Store {
         Ok(outcome)
     }
 
+    /// Pauses a queue for every processor sharing the store: claims skip it
+    /// from now on (a claim already under way may still take jobs); running
+    /// jobs go on. `true` when it was not paused before. The queue need not
+    /// have jobs yet.
+    pub async fn pause(&self, queue: &str) -> Result<bool, StoreError> {
+        validate::name("queue", queue)?;
+        on_backend!(self, s => s.pause(queue).await)
+    }
+
+    /// Ends a pause; the queue's listeners are woken. `true` when it was
+    /// paused.
+    pub async fn resume(&self, queue: &str) -> Result<bool, StoreError> {
+        validate::name("queue", queue)?;
+        on_backend!(self, s => s.resume(queue).await)
+    }
+
+    /// The paused queues, by name.
+    pub async fn paused(&self) -> Result<Vec<String>, StoreError> {
+        on_backend!(self, s => s.paused().await)
+    }
+
     /// The earliest `run_at` among the queue's queued and failed jobs: when
     /// the dispatcher needs to look again (it may be in the past).
     pub async fn next_run_at(&self, queue: &str) -> Result<Option<i64>, StoreError> {
@@ -626,6 +650,9 @@ mod tests {
         assert_send(store.cancel(1));
         assert_send(store.delete(1));
         assert_send(store.stats());
+        assert_send(store.pause("q"));
+        assert_send(store.resume("q"));
+        assert_send(store.paused());
         assert_send(store.prune(&Retention::DEFAULT, 1));
         assert_send(store.next_run_at("q"));
         assert_send(store.running_jobs());

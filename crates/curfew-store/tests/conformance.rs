@@ -188,6 +188,7 @@ conformance!(
     retention_deletes_in_bounded_batches,
     stats_count_only_jobs_in_play,
     enqueue_many_is_one_transaction_all_or_nothing,
+    a_paused_queue_is_not_claimed_by_any_processor,
 );
 
 // ---------------------------------------------------------------------------
@@ -558,6 +559,63 @@ async fn enqueue_many_is_one_transaction_all_or_nothing(h: &Harness) {
         took.as_millis(),
         10_000.0 / took.as_secs_f64()
     );
+}
+
+async fn a_paused_queue_is_not_claimed_by_any_processor(h: &Harness) {
+    // (SQLite's wake-ups are in-process: listen where the writes happen.)
+    let other = h.open_again().await;
+    let mut listener = h.store.listen().await.expect("listen");
+    let a = enqueue(h, new_job("mail")).await;
+    enqueue(h, new_job("mail")).await;
+    let sms = enqueue(h, new_job("sms")).await;
+    expect_wakeup(&mut listener, "mail").await;
+    let (running, token) = claim_one(h, "mail", OWNER, LEASE).await;
+    assert_eq!(running, a);
+
+    assert!(h.store.pause("mail").await.expect("pause"));
+    assert!(
+        !h.store.pause("mail").await.expect("pause again"),
+        "already paused"
+    );
+    assert!(
+        h.store
+            .pause("not-yet-used")
+            .await
+            .expect("pause an empty queue")
+    );
+    assert_eq!(
+        other.paused().await.expect("paused"),
+        vec!["mail".to_owned(), "not-yet-used".to_owned()]
+    );
+    // Neither store claims from it; other queues go on; the running job
+    // finishes normally.
+    for store in [&h.store, &other] {
+        assert!(
+            store
+                .claim("mail", 10, OWNER, LEASE)
+                .await
+                .expect("claim")
+                .is_empty()
+        );
+    }
+    let (got, _) = claim_one(h, "sms", OWNER, LEASE).await;
+    assert_eq!(got, sms);
+    assert!(h.store.complete(running, &token).await.expect("complete"));
+
+    // Resume: claimable again, and listeners hear of it.
+    assert!(h.store.resume("mail").await.expect("resume"));
+    assert!(!other.resume("mail").await.expect("resume again"));
+    expect_wakeup(&mut listener, "mail").await;
+    assert_eq!(
+        h.store
+            .claim("mail", 10, OWNER, LEASE)
+            .await
+            .expect("claim")
+            .len(),
+        1
+    );
+    assert_eq!(field_of(h.store.pause("bad queue").await).0, "queue");
+    other.close().await;
 }
 
 async fn retention_deletes_in_bounded_batches(h: &Harness) {

@@ -95,6 +95,7 @@ impl PgStore {
             "WITH picked AS (
                  SELECT id FROM {s}.jobs
                  WHERE state IN ('queued', 'failed') AND queue = $1 AND run_at <= {s}.now_ms()
+                   AND NOT EXISTS (SELECT 1 FROM {s}.paused_queues WHERE queue = $1)
                  ORDER BY priority, run_at, id
                  LIMIT $2
                  FOR UPDATE SKIP LOCKED

@@ -185,6 +185,40 @@ impl PgStore {
         outcome.into_result(&self.name, id)
     }
 
+    /// `true` when the queue was not paused before.
+    pub(crate) async fn pause(&self, queue: &str) -> Result<bool, StoreError> {
+        sqlx::query(self.sql(
+            "INSERT INTO {s}.paused_queues (queue, paused_at) VALUES ($1, {s}.now_ms())
+             ON CONFLICT (queue) DO NOTHING",
+        ))
+        .bind(queue)
+        .execute(&self.pool)
+        .await
+        .map(|r| r.rows_affected() > 0)
+        .map_err(|e| self.err(e))
+    }
+
+    /// `true` when the queue was paused; every listener is woken.
+    pub(crate) async fn resume(&self, queue: &str) -> Result<bool, StoreError> {
+        let resumed = sqlx::query(self.sql("DELETE FROM {s}.paused_queues WHERE queue = $1"))
+            .bind(queue)
+            .execute(&self.pool)
+            .await
+            .map(|r| r.rows_affected() > 0)
+            .map_err(|e| self.err(e))?;
+        if resumed {
+            self.notify(&[queue]).await;
+        }
+        Ok(resumed)
+    }
+
+    pub(crate) async fn paused(&self) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar(self.sql("SELECT queue FROM {s}.paused_queues ORDER BY queue"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))
+    }
+
     /// Why a state-changing statement matched nothing. (Read after it, so
     /// the state reported is the latest, which is what the caller needs.)
     pub(super) async fn state_of<T>(&self, id: i64) -> Result<Outcome<T>, StoreError> {

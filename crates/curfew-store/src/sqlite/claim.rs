@@ -105,6 +105,7 @@ impl SqliteStore {
              WHERE id IN (
                 SELECT id FROM jobs INDEXED BY jobs_claim
                 WHERE state IN ('queued', 'failed') AND queue = ?4 AND run_at <= ?2
+                  AND NOT EXISTS (SELECT 1 FROM paused_queues WHERE queue = ?4)
                 ORDER BY priority, run_at, id
                 LIMIT ?5
              )

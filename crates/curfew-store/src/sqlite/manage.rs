@@ -195,6 +195,43 @@ impl SqliteStore {
             .into_result(&self.name, id)
     }
 
+    /// `true` when the queue was not paused before.
+    pub(crate) async fn pause(&self, queue: &str) -> Result<bool, StoreError> {
+        let mut w = self.begin_write().await?;
+        let result = sqlx::query(
+            "INSERT INTO paused_queues (queue, paused_at) VALUES (?1, ?2)
+             ON CONFLICT (queue) DO NOTHING",
+        )
+        .bind(queue)
+        .bind(now_ms())
+        .execute(&mut *w.tx)
+        .await
+        .map(|r| r.rows_affected() > 0);
+        w.finish(&self.name, result).await
+    }
+
+    /// `true` when the queue was paused.
+    pub(crate) async fn resume(&self, queue: &str) -> Result<bool, StoreError> {
+        let mut w = self.begin_write().await?;
+        let result = sqlx::query("DELETE FROM paused_queues WHERE queue = ?1")
+            .bind(queue)
+            .execute(&mut *w.tx)
+            .await
+            .map(|r| r.rows_affected() > 0);
+        let resumed = w.finish(&self.name, result).await?;
+        if resumed {
+            self.wake(queue);
+        }
+        Ok(resumed)
+    }
+
+    pub(crate) async fn paused(&self) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar("SELECT queue FROM paused_queues ORDER BY queue")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))
+    }
+
     /// Why a state-changing statement matched nothing: no such job, or the
     /// state it is in.
     pub(super) async fn state_of<T>(
