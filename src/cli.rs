@@ -92,9 +92,9 @@ pub enum Command {
         #[command(flatten)]
         target: ControlArgs,
     },
-    /// Add a background job through a running curfew (its [jobs] store).
+    /// Add a background job (or many, with --file) through a running curfew.
     Enqueue(Box<EnqueueArgs>),
-    /// List, inspect, retry, cancel or delete jobs of a running curfew.
+    /// List, inspect, retry, cancel or delete jobs, pause or resume queues, of a running curfew.
     Jobs {
         #[command(subcommand)]
         action: Option<JobsAction>,
@@ -163,8 +163,17 @@ fn parse_gen_target(s: &str) -> Result<curfew::platform::GenTarget, String> {
 #[derive(Debug, Args)]
 pub struct EnqueueArgs {
     /// The job's kind (the handler: delivered to the path template's {kind}).
-    pub kind: String,
-    /// Queue [default: default]
+    #[arg(required_unless_present = "file")]
+    pub kind: Option<String>,
+    /// Many jobs: NDJSON, one job per line as POST /jobs takes it
+    /// ({"kind": …, "queue": …, "payload": …}), or - for stdin. Each 10,000
+    /// lines are stored in one transaction, all or nothing
+    #[arg(long, value_name = "PATH", conflicts_with_all = [
+        "kind", "payload", "payload_file", "run_at", "delay", "priority",
+        "max_attempts", "idempotency_key",
+    ])]
+    pub file: Option<PathBuf>,
+    /// Queue [default: default; with --file, for lines that name none]
     #[arg(long, short)]
     pub queue: Option<String>,
     /// The payload, as JSON [default: {}]
@@ -205,6 +214,10 @@ pub enum JobsAction {
     Cancel { id: i64 },
     /// Delete a job that is not running.
     Delete { id: i64 },
+    /// Pause a queue on every curfew sharing the store (running jobs go on).
+    Pause { queue: String },
+    /// Resume a paused queue.
+    Resume { queue: String },
 }
 
 /// Filters of `curfew jobs` (listing).

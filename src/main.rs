@@ -150,6 +150,13 @@ fn jobs_call(
 
 fn run_enqueue(args: cli::EnqueueArgs) -> i32 {
     use curfew::processor::api::{EnqueueRequest, JobsRequest, RunAt};
+    if let Some(path) = &args.file {
+        return run_enqueue_file(path, &args);
+    }
+    let Some(kind) = args.kind else {
+        eprintln!("curfew: give the job's kind, or --file with jobs");
+        return exit::USAGE;
+    };
     let text = match (&args.payload, &args.payload_file) {
         (Some(p), _) => Some(p.clone()),
         (None, Some(path)) => {
@@ -180,7 +187,7 @@ fn run_enqueue(args: cli::EnqueueArgs) -> i32 {
     };
     let job = EnqueueRequest {
         queue: args.queue,
-        kind: args.kind,
+        kind,
         payload,
         priority: args.priority,
         run_at: args.run_at.map(RunAt::Text),
@@ -204,6 +211,88 @@ fn run_enqueue(args: cli::EnqueueArgs) -> i32 {
     }
 }
 
+/// `curfew enqueue --file`: NDJSON jobs, sent in batches of
+/// `curfew_store::MAX_BATCH` (each one transaction). A bad line stops it
+/// before anything is sent; a batch the store refuses stops it there
+/// (the batches before it are stored), naming the lines.
+fn run_enqueue_file(path: &std::path::Path, args: &cli::EnqueueArgs) -> i32 {
+    use curfew::processor::api::{EnqueueRequest, JobsRequest};
+    use curfew::protocol::jobs::JobsReply;
+    let text = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(path)
+    };
+    let text = match text {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("curfew: cannot read --file {}: {e}", path.display());
+            return exit::USAGE;
+        }
+    };
+    // (line number, job)
+    let mut jobs: Vec<(usize, EnqueueRequest)> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<EnqueueRequest>(line) {
+            Ok(mut job) => {
+                if job.queue.is_none() {
+                    job.queue = args.queue.clone();
+                }
+                jobs.push((n + 1, job));
+            }
+            Err(e) => {
+                eprintln!(
+                    "curfew: {}:{}: invalid job: {e}; give one JSON object per line, e.g. {{\"kind\": \"send_email\", \"payload\": {{\"to\": \"a@b.c\"}}}}",
+                    path.display(),
+                    n + 1
+                );
+                return exit::USAGE;
+            }
+        }
+    }
+    let (mut total, mut created) = (0usize, 0usize);
+    let mut replies = Vec::new();
+    for chunk in jobs.chunks(curfew_store::MAX_BATCH) {
+        let lines: Vec<usize> = chunk.iter().map(|(n, _)| *n).collect();
+        let request = JobsRequest::EnqueueMany {
+            jobs: chunk.iter().map(|(_, j)| j.clone()).collect(),
+        };
+        match jobs_call(&args.target, request) {
+            Err(code) => {
+                eprintln!(
+                    "curfew: lines {}-{} were not stored (\"job i\" above is the i-th job of those, from 0); {total} jobs before them were",
+                    lines.first().copied().unwrap_or(0),
+                    lines.last().copied().unwrap_or(0),
+                );
+                return code;
+            }
+            Ok(r) => {
+                if let Some(JobsReply::EnqueuedMany(reply)) = r.data {
+                    total += reply.jobs.len();
+                    created += reply.created;
+                    replies.extend(reply.jobs);
+                }
+            }
+        }
+    }
+    if args.json {
+        let reply = curfew::protocol::jobs::EnqueueManyReply {
+            jobs: replies,
+            created,
+        };
+        println!("{}", serde_json::to_string(&reply).unwrap_or_default());
+    } else {
+        println!(
+            "enqueued {total} jobs ({created} new, {} known by idempotency key)",
+            total - created
+        );
+    }
+    exit::OK
+}
+
 fn run_jobs(
     action: Option<cli::JobsAction>,
     list: cli::ListArgs,
@@ -225,6 +314,8 @@ fn run_jobs(
         Some(JobsAction::Retry { id }) => (JobsRequest::Retry { id }, false),
         Some(JobsAction::Cancel { id }) => (JobsRequest::Cancel { id }, false),
         Some(JobsAction::Delete { id }) => (JobsRequest::Delete { id }, false),
+        Some(JobsAction::Pause { queue }) => (JobsRequest::Pause { queue }, false),
+        Some(JobsAction::Resume { queue }) => (JobsRequest::Resume { queue }, false),
     };
     let r = match jobs_call(target, request) {
         Ok(r) => r,

@@ -85,7 +85,7 @@ def enqueue(
 
 
 def enqueue_many(jobs: Iterable[Union[Mapping[str, Any], Tuple[str, Any]]]) -> List[Job]:
-    """Stores several jobs over one kept-alive connection; see
+    """Stores several jobs in one request, all or nothing; see
     :meth:`Client.enqueue_many`."""
     return default_client().enqueue_many(jobs)
 

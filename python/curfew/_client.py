@@ -303,14 +303,19 @@ class Client:
             raise ServerError(500, f"unexpected answer from curfew: {data!r}")
         return Job(id=int(data["id"]), created=bool(data.get("created", True)), queue=str(data.get("queue", "")))
 
+    #: Jobs per request of :meth:`enqueue_many` (curfew's limit per batch).
+    MAX_BATCH = 10_000
+
     def enqueue_many(self, jobs: Iterable[Union[Mapping[str, Any], Tuple[str, JSON]]]) -> List[Job]:
-        """Stores several jobs, one request each over this thread's kept-alive
-        connection (curfew's job API has no bulk request yet). Each item is a
-        mapping of :meth:`enqueue`'s arguments (``{"kind": ..., "payload":
-        ..., "queue": ...}``) or a ``(kind, payload)`` pair. Every job is
-        checked before the first is sent. Not atomic: if one fails, the
-        exception's ``enqueued`` attribute lists the jobs stored before it;
-        give idempotency keys to send the whole batch again safely."""
+        """Stores several jobs in one request (``POST /jobs`` with a JSON
+        array, or one control-socket request): one transaction, all or
+        nothing, per 10,000 jobs. Each item is a mapping of :meth:`enqueue`'s
+        arguments (``{"kind": ..., "payload": ..., "queue": ...}``) or a
+        ``(kind, payload)`` pair. Every job is checked before anything is
+        sent; curfew's error names each bad job by its index in the batch.
+        With more than 10,000 jobs, if a batch fails, the exception's
+        ``enqueued`` attribute lists the jobs of the batches stored before
+        it; give idempotency keys to send the whole list again safely."""
         bodies = []
         for item in jobs:
             if isinstance(item, tuple):
@@ -319,13 +324,28 @@ class Client:
             else:
                 bodies.append(job_request(**item))
         done: List[Job] = []
-        for body in bodies:
+        for start in range(0, len(bodies), self.MAX_BATCH):
+            batch = bodies[start : start + self.MAX_BATCH]
             try:
-                done.append(self._submit(body))
+                done.extend(self._submit_many(batch))
             except Exception as e:
                 e.enqueued = list(done)  # type: ignore[attr-defined]
                 raise
         return done
+
+    def _submit_many(self, bodies: List[Dict[str, Any]]) -> List[Job]:
+        if self._target()[0] == "control":
+            data = self._control({"op": "enqueue_many", "jobs": bodies})
+        else:
+            status, headers, data = self._http("POST", "/jobs", json.dumps(bodies).encode())
+            self._raise_for(status, headers, data)
+        answers = data.get("jobs") if isinstance(data, dict) else None
+        if not isinstance(answers, list) or len(answers) != len(bodies):
+            raise ServerError(500, f"unexpected answer from curfew: {data!r}")
+        return [
+            Job(id=int(a["id"]), created=bool(a.get("created", True)), queue=str(a.get("queue", "")))
+            for a in answers
+        ]
 
     def job(self, id: int) -> Dict[str, Any]:
         """One job as curfew stores it (``state``, ``attempt``,

@@ -55,12 +55,13 @@ def test_enqueue_many_reuses_one_connection(fastapi_curfew):
     client.close()
 
 
-def test_enqueue_many_says_what_was_stored_before_a_failure(fastapi_curfew):
+def test_enqueue_many_is_all_or_nothing_and_names_the_bad_job(fastapi_curfew):
     c = fastapi_curfew
     with pytest.raises(curfew.RequestError) as e:
         c.client.enqueue_many([("ok", {}), {"kind": "ok", "queue": "nope"}, ("ok", {})])
     assert e.value.status == 422
-    assert len(e.value.enqueued) == 1
+    assert "job 1" in str(e.value) and "nope" in str(e.value)
+    assert e.value.enqueued == []
 
 
 def test_errors_are_clear(fastapi_curfew):
@@ -86,7 +87,12 @@ def test_control_socket_fallback(fastapi_curfew, monkeypatch):
     assert client.job(job.id)["kind"] == "ok"
     with pytest.raises(curfew.RequestError, match="nope"):
         client.enqueue("ok", queue="nope")
+    many = client.enqueue_many([("ok", {"i": 1}), {"kind": "ok", "idempotency_key": "ctl-1"}])
+    assert [j.created for j in many] == [True, False] and many[1].id == job.id
+    with pytest.raises(curfew.RequestError, match="job 1"):
+        client.enqueue_many([("ok", {}), {"kind": "ok", "queue": "nope"}])
     c.wait_job(job.id, done)
+    c.wait_job(many[0].id, done)
 
 
 def test_decorated_function_enqueues_its_kind(fastapi_curfew, monkeypatch):

@@ -3,6 +3,7 @@
 //! | request                                   | answer                                    |
 //! |-------------------------------------------|-------------------------------------------|
 //! | `POST /jobs` (JSON, see [`EnqueueRequest`]) | 201 `{"id","created":true,"queue"}`; 200 with `created: false` for a known idempotency key |
+//! | `POST /jobs` with a JSON array of jobs, or NDJSON (`Content-Type: application/x-ndjson`) | one transaction, all or nothing: 201 `{"jobs": [{"id","created","queue"}…], "created": n}` (200 when none was new); an error names each bad job by index |
 //! | `GET /jobs/<id>`                          | 200 the job; 404                          |
 //! | `GET /jobs?queue=&state=&limit=&after=`   | 200 `{"jobs": [...]}`                     |
 //!
@@ -55,7 +56,7 @@ async fn handle(
         (m, p) => Err(ApiError {
             status: 405,
             message: format!(
-                "{m} {p} is not supported: POST /jobs enqueues, GET /jobs/<id> reads a job"
+                "{m} {p} is not supported: POST /jobs enqueues (one job, or a JSON array / NDJSON of jobs), GET /jobs/<id> reads a job"
             ),
         }),
     }
@@ -75,9 +76,19 @@ async fn enqueue(
                 .to_owned(),
         ),
     };
-    // The payload limit plus room for the envelope; past it, 413 without
-    // reading the rest.
-    let limit = jobs.config().max_payload + 64 * 1024;
+    let ndjson = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| {
+            let t = t.trim_start().to_ascii_lowercase();
+            t.starts_with("application/x-ndjson")
+                || t.starts_with("application/jsonl")
+                || t.starts_with("application/jsonlines")
+        });
+    // The payload limit plus room for the envelope (a batch: up to 64 MiB);
+    // past it, 413 without reading the rest.
+    let limit = (jobs.config().max_payload + 64 * 1024).max(api::MAX_BATCH_BODY);
     let body = match Limited::new(req.into_body(), limit).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
@@ -91,6 +102,30 @@ async fn enqueue(
         }
         Err(e) => return Err(ApiError::bad(format!("cannot read the request body: {e}"))),
     };
+    if ndjson || body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        if header_key.is_some() {
+            return Err(ApiError::bad(
+                "the Idempotency-Key header names one job; in a batch give each job its idempotency_key",
+            ));
+        }
+        let reply = jobs.submit_many(api::parse_batch(&body)?).await?;
+        let status = if reply.created > 0 {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        return Ok(json(status, &reply));
+    }
+    if body.len() > jobs.config().max_payload + 64 * 1024 {
+        return Err(ApiError {
+            status: 413,
+            message: format!(
+                "invalid payload: the request body is {} bytes (jobs.max_payload is {} bytes)",
+                body.len(),
+                jobs.config().max_payload
+            ),
+        });
+    }
     let mut request = api::parse_body(&body)?;
     match (&request.idempotency_key, header_key) {
         (Some(a), Some(b)) if *a != b => {

@@ -14,13 +14,20 @@
 //! timeout = "10m"
 //! max_attempts = 20
 //! retry_backoff = "15s"              # first retry; later: 15 s + n⁴ s, scaled
+//!
+//! [jobs.retention]                    # finished jobs kept this long; 0 = for ever
+//! succeeded = "1d"
+//! cancelled = "1d"
+//! dead = "14d"
+//! interval = "1m"                     # how often the processor prunes
 //! ```
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::raw::{OneOrMany, RawDuration, RawJobs, RawQueue, RawSize};
+use super::raw::{OneOrMany, RawDuration, RawJobs, RawQueue, RawRetention, RawSize};
 use super::{ConfigError, Ctx, Origins};
+use curfew_store::Retention;
 
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_CRASHES: i32 = 3;
@@ -29,6 +36,9 @@ pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(600);
 pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 pub const DEFAULT_PATH: &str = "/jobs/{kind}";
 pub const DEFAULT_QUEUE: &str = "default";
+/// How often the processor prunes finished jobs by default.
+pub const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+
 /// The default `release_reserve`: this, or a sixth of `graceful_timeout`
 /// when that is less.
 pub const DEFAULT_RELEASE_RESERVE: Duration = Duration::from_secs(5);
@@ -71,6 +81,10 @@ pub struct JobsConfig {
     pub pg_schema: String,
     /// By name.
     pub queues: Vec<QueueConfig>,
+    /// How long finished jobs are kept (`[jobs.retention]`).
+    pub retention: Retention,
+    /// How often the processor prunes (`jobs.retention.interval`).
+    pub prune_interval: Duration,
 }
 
 impl JobsConfig {
@@ -119,6 +133,7 @@ pub fn validate(raw: Option<RawJobs>, cx: &Context<'_>) -> Result<Option<JobsCon
     let node = node(&c, raw.node)?;
     let pg_schema = pg_schema(&c, raw.pg_schema)?;
     let queues = queues(&c, raw.queues, cx.capacity)?;
+    let (retention, prune_interval) = retention(&c, raw.retention.unwrap_or_default())?;
     Ok(Some(JobsConfig {
         store,
         lease,
@@ -129,7 +144,53 @@ pub fn validate(raw: Option<RawJobs>, cx: &Context<'_>) -> Result<Option<JobsCon
         node,
         pg_schema,
         queues,
+        retention,
+        prune_interval,
     }))
+}
+
+/// `[jobs.retention]`: a period per finished state (`0`: kept for ever)
+/// and the pruning interval.
+fn retention(c: &Ctx<'_>, raw: RawRetention) -> Result<(Retention, Duration), ConfigError> {
+    let d = Retention::DEFAULT;
+    let period = |key: &str, v: Option<RawDuration>, default: Option<Duration>| {
+        let v = v.map(days_as_hours);
+        c.optional(key, v, default.unwrap_or(Duration::ZERO))
+    };
+    let retention = Retention {
+        succeeded: period("jobs.retention.succeeded", raw.succeeded, d.succeeded)?,
+        cancelled: period("jobs.retention.cancelled", raw.cancelled, d.cancelled)?,
+        dead: period("jobs.retention.dead", raw.dead, d.dead)?,
+    };
+    let interval = c.duration_at_least(
+        "jobs.retention.interval",
+        raw.interval.map(days_as_hours),
+        DEFAULT_PRUNE_INTERVAL,
+        Duration::from_secs(1),
+    )?;
+    Ok((retention, interval))
+}
+
+/// `"14d"` / `"14 days"` as `"336h"`: retention periods are written in days,
+/// which the duration parser refuses (a calendar day is not always 24 h;
+/// here it is). Anything else is left to the parser.
+fn days_as_hours(raw: RawDuration) -> RawDuration {
+    let RawDuration::Text(text) = &raw else {
+        return raw;
+    };
+    let t = text.trim();
+    let number = t
+        .strip_suffix("days")
+        .or_else(|| t.strip_suffix("day"))
+        .or_else(|| t.strip_suffix('d'))
+        .map(str::trim_end);
+    match number.and_then(|n| n.parse::<u64>().ok()) {
+        Some(days) => match days.checked_mul(24) {
+            Some(hours) => RawDuration::Text(format!("{hours}h")),
+            None => raw,
+        },
+        None => raw,
+    }
 }
 
 fn store_url(c: &Ctx<'_>, store: Option<String>) -> Result<String, ConfigError> {
@@ -512,6 +573,81 @@ mod tests {
         ];
         for (text, key) in cases {
             assert_eq!(key_of(parse(text)), key, "{text}");
+        }
+    }
+
+    #[test]
+    fn retention_defaults_days_and_zero_for_ever() {
+        let c = parse("[jobs]").expect("valid").expect("some");
+        assert_eq!(c.retention, Retention::DEFAULT);
+        assert_eq!(c.prune_interval, DEFAULT_PRUNE_INTERVAL);
+        let c = parse(
+            "[jobs.retention]\nsucceeded = \"2h\"\ncancelled = 0\ndead = \"30d\"\ninterval = \"10s\"",
+        )
+        .expect("valid")
+        .expect("some");
+        assert_eq!(c.retention.succeeded, Some(Duration::from_secs(7200)));
+        assert_eq!(c.retention.cancelled, None, "0 keeps them");
+        assert_eq!(c.retention.dead, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(c.prune_interval, Duration::from_secs(10));
+        let c = parse("[jobs.retention]\ndead = \"1 day\"")
+            .expect("valid")
+            .expect("some");
+        assert_eq!(c.retention.dead, Some(Duration::from_secs(86_400)));
+        for (text, key) in [
+            (
+                "[jobs.retention]\nsucceeded = \"soon\"",
+                "jobs.retention.succeeded",
+            ),
+            (
+                "[jobs.retention]\ncancelled = -1",
+                "jobs.retention.cancelled",
+            ),
+            ("[jobs.retention]\ndead = \"x d\"", "jobs.retention.dead"),
+            (
+                "[jobs.retention]\ninterval = \"100ms\"",
+                "jobs.retention.interval",
+            ),
+        ] {
+            assert_eq!(key_of(parse(text)), key, "{text}");
+        }
+        assert!(toml::from_str::<RawRetention>("succeded = 1").is_err());
+    }
+
+    /// Every `[jobs]` key is in the README's jobs table.
+    #[test]
+    fn the_readme_documents_every_jobs_key() {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split("## Background jobs")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .expect("README has a Background jobs section");
+        let keys = [
+            "store",
+            "lease",
+            "max_crashes",
+            "release_reserve",
+            "poll_interval",
+            "max_payload",
+            "node",
+            "pg_schema",
+            "queues.<name>.concurrency",
+            "queues.<name>.path",
+            "queues.<name>.command",
+            "queues.<name>.timeout",
+            "queues.<name>.max_attempts",
+            "queues.<name>.retry_backoff",
+            "retention.succeeded",
+            "retention.cancelled",
+            "retention.dead",
+            "retention.interval",
+        ];
+        for key in keys {
+            assert!(
+                section.contains(&format!("| `{key}` |")),
+                "README's jobs table lacks `{key}`"
+            );
         }
     }
 

@@ -119,6 +119,18 @@ pub struct RawJobs {
     pub node: Option<String>,
     pub pg_schema: Option<String>,
     pub queues: Option<std::collections::BTreeMap<String, RawQueue>>,
+    pub retention: Option<RawRetention>,
+}
+
+/// `[jobs.retention]` as written: how long finished jobs are kept.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    pub succeeded: Option<RawDuration>,
+    pub cancelled: Option<RawDuration>,
+    pub dead: Option<RawDuration>,
+    /// How often the processor looks for finished jobs to delete.
+    pub interval: Option<RawDuration>,
 }
 
 /// One `[jobs.queues.<name>]` table as written.
@@ -165,6 +177,7 @@ impl Layer for RawJobs {
             node: self.node.or(b.node),
             pg_schema: self.pg_schema.or(b.pg_schema),
             queues: self.queues.or(b.queues),
+            retention: self.retention.or(b.retention),
         }
     }
 }

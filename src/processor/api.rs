@@ -6,7 +6,12 @@ use curfew_store::{NewJob, StoreError};
 
 use super::EnqueueError;
 
-pub use crate::protocol::jobs::{EnqueueReply, EnqueueRequest, JobsRequest, RunAt};
+pub use crate::protocol::jobs::{
+    EnqueueManyReply, EnqueueReply, EnqueueRequest, JobsRequest, RunAt,
+};
+
+/// The largest `POST /jobs` body holding a batch (a JSON array or NDJSON).
+pub const MAX_BATCH_BODY: usize = 64 << 20;
 
 /// What went wrong, with the HTTP status it maps to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +55,17 @@ impl From<StoreError> for ApiError {
 pub fn store_status(e: &StoreError) -> u16 {
     match e {
         StoreError::InvalidInput { .. } | StoreError::InvalidUrl { .. } => 400,
+        // 413 when every bad item is too large, else 400.
+        StoreError::InvalidBatch { errors } => {
+            if errors
+                .iter()
+                .all(|(_, e)| matches!(e, StoreError::PayloadTooLarge { .. }))
+            {
+                413
+            } else {
+                400
+            }
+        }
         StoreError::PayloadTooLarge { .. } => 413,
         StoreError::NotFound { .. } => 404,
         StoreError::WrongState { .. } => 409,
@@ -130,9 +146,55 @@ pub fn parse_body(body: &[u8]) -> Result<EnqueueRequest, ApiError> {
     })
 }
 
+/// Parses a batch: a JSON array of jobs, or NDJSON (one job per line;
+/// blank lines skipped). An error names the job by its index (from 0).
+pub fn parse_batch(body: &[u8]) -> Result<Vec<EnqueueRequest>, ApiError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|e| ApiError::bad(format!("invalid batch: the body is not UTF-8: {e}")))?;
+    if text.trim_start().starts_with('[') {
+        let items: Vec<serde_json::Value> = serde_json::from_str(text)
+            .map_err(|e| ApiError::bad(format!("invalid batch: {e}; send a JSON array of jobs")))?;
+        return items
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                serde_json::from_value(v).map_err(|e| {
+                    ApiError::bad(format!("invalid batch, nothing stored: job {i}: {e}"))
+                })
+            })
+            .collect();
+    }
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, line)| {
+            serde_json::from_str(line)
+                .map_err(|e| ApiError::bad(format!("invalid batch, nothing stored: job {i}: {e}")))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_as_an_array_or_ndjson_name_the_bad_job() {
+        let jobs = parse_batch(br#"[{"kind": "a"}, {"kind": "b", "queue": "q"}]"#).expect("array");
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(jobs[1].queue.as_deref(), Some("q"));
+        let jobs = parse_batch(b"{\"kind\": \"a\"}\n\n{\"kind\": \"b\"}\n").expect("ndjson");
+        assert_eq!(jobs.len(), 2);
+        let e = parse_batch(br#"[{"kind": "a"}, {"kind": "b", "prio": 1}]"#).expect_err("bad");
+        assert!(
+            e.message.contains("job 1") && e.message.contains("prio"),
+            "{}",
+            e.message
+        );
+        let e = parse_batch(b"{\"kind\": \"a\"}\n{oops}\n").expect_err("bad line");
+        assert!(e.message.contains("job 1"), "{}", e.message);
+        assert_eq!(parse_batch(b"[]").expect("empty").len(), 0);
+    }
 
     #[test]
     fn minimal_request_gets_defaults() {

@@ -1,11 +1,18 @@
 //! The processor's long-running tasks: reclaim at start, the wake-up
-//! listener, the rescue loop and one claim loop per queue.
+//! listener, the rescue loop, the prune loop and one claim loop per queue.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{Inner, QueueState, RetryPause};
-use curfew_store::now_ms;
+use curfew_store::{PruneOutcome, Pruned, now_ms};
+
+/// Rows per finished state deleted in one prune transaction: a few
+/// milliseconds of write lock.
+pub(super) const PRUNE_BATCH: u32 = 1_000;
+/// Between two prune batches, so claims and completions get the write lock
+/// (SQLite) and autovacuum keeps up (PostgreSQL).
+const PRUNE_PAUSE: Duration = Duration::from_millis(20);
 
 impl Inner {
     pub(super) async fn reclaim_previous(&self) {
@@ -98,6 +105,65 @@ impl Inner {
                 Ok(_) => self.health.ok(),
                 Err(e) => self.health.failed("rescue jobs of dead processors", &e, t),
             }
+        }
+    }
+
+    /// Deletes finished jobs past `[jobs.retention]`, every
+    /// `retention.interval`: batch after batch until nothing more is due.
+    /// On PostgreSQL one processor of those sharing the store prunes at a
+    /// time; the others find it busy and wait for their next interval.
+    pub(super) async fn prune_loop(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.cfg.prune_interval) => {}
+                _ = self.stop_claiming.cancelled() => return,
+            }
+            self.prune_pass().await;
+        }
+    }
+
+    async fn prune_pass(&self) {
+        let started = Instant::now();
+        let mut total = Pruned::default();
+        let mut batches = 0u32;
+        loop {
+            let t = self.health.tick();
+            match self.store.prune(&self.cfg.retention, PRUNE_BATCH).await {
+                Ok(PruneOutcome::Deleted { pruned, more }) => {
+                    self.health.ok();
+                    batches += 1;
+                    total.succeeded += pruned.succeeded;
+                    total.cancelled += pruned.cancelled;
+                    total.dead += pruned.dead;
+                    if !more {
+                        break;
+                    }
+                }
+                Ok(PruneOutcome::Busy) => {
+                    self.health.ok();
+                    tracing::debug!("Another processor is pruning the job store.");
+                    break;
+                }
+                Err(e) => {
+                    self.health.failed("prune finished jobs", &e, t);
+                    break;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(PRUNE_PAUSE) => {}
+                _ = self.stop_claiming.cancelled() => break,
+            }
+        }
+        if total.total() > 0 {
+            tracing::info!(
+                event = "jobs_pruned",
+                succeeded = total.succeeded,
+                cancelled = total.cancelled,
+                dead = total.dead,
+                batches,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "Deleted finished jobs past their retention."
+            );
         }
     }
 

@@ -15,6 +15,9 @@
 //!   them back in one statement; [`Processor::finish`] does the hand-back at
 //!   once (immediate stop). On start, the jobs of this node's previous run are
 //!   reclaimed at once; a rescue loop takes back jobs whose lease expired.
+//! - **Retention.** Every `retention.interval` a prune pass deletes finished
+//!   jobs past `[jobs.retention]` in batches (one processor at a time per
+//!   PostgreSQL store).
 //! - **A store that goes away** is retried with backoff and reported once;
 //!   web traffic does not depend on it.
 
@@ -105,7 +108,7 @@ struct Inner {
     /// Cancelled at the cut-off: deliveries still running are stopped.
     cut: CancellationToken,
     running: Mutex<HashMap<i64, Entry>>,
-    /// Queue loops, the listener and the rescue loop.
+    /// Queue loops, the listener, the rescue loop and the prune loop.
     loops: TaskTracker,
     /// One task per running job.
     runs: TaskTracker,
@@ -216,6 +219,9 @@ impl Processor {
         });
         self.inner.loops.spawn(inner.clone().listen_loop());
         self.inner.loops.spawn(inner.clone().rescue_loop());
+        if inner.cfg.retention != curfew_store::Retention::KEEP {
+            self.inner.loops.spawn(inner.clone().prune_loop());
+        }
         for q in inner.queues.values() {
             self.inner.loops.spawn(inner.clone().queue_loop(q.clone()));
         }
@@ -224,7 +230,19 @@ impl Processor {
 
     /// Adds a job through curfew (the CLI, the HTTP API): the queue must be
     /// one of the configured ones; its `max_attempts` is the default.
-    pub async fn enqueue(&self, mut job: NewJob) -> Result<Enqueued, EnqueueError> {
+    pub async fn enqueue(&self, job: NewJob) -> Result<Enqueued, EnqueueError> {
+        let job = self.with_queue_defaults(job)?;
+        let queue = job.queue.clone();
+        let enqueued = self.inner.store.enqueue(job).await?;
+        if let Some(q) = self.inner.queues.get(&queue) {
+            q.wake.notify_one();
+        }
+        Ok(enqueued)
+    }
+
+    /// The job with its queue's defaults (`max_attempts`), if the queue is
+    /// one of this curfew's.
+    fn with_queue_defaults(&self, mut job: NewJob) -> Result<NewJob, EnqueueError> {
         let Some(q) = self.inner.queues.get(&job.queue) else {
             return Err(EnqueueError::UnknownQueue {
                 queue: job.queue,
@@ -240,9 +258,7 @@ impl Processor {
         if job.max_attempts.is_none() {
             job.max_attempts = Some(q.cfg.max_attempts);
         }
-        let enqueued = self.inner.store.enqueue(job).await?;
-        q.wake.notify_one();
-        Ok(enqueued)
+        Ok(job)
     }
 
     /// The stop request: claim nothing more. Running jobs go on.

@@ -1,7 +1,7 @@
 //! `curfew enqueue` / `curfew jobs` requests from the control socket.
 
 use super::Processor;
-use super::api::{self, ApiError, EnqueueReply, EnqueueRequest};
+use super::api::{self, ApiError, EnqueueManyReply, EnqueueReply, EnqueueRequest};
 use crate::protocol::jobs::JobsReply;
 use curfew_store::{Job, now_ms};
 
@@ -15,6 +15,89 @@ impl Processor {
             id: e.id,
             created: e.created,
             queue,
+        })
+    }
+
+    /// Enqueues many jobs in one transaction, all or nothing. Every bad job
+    /// is named by its index (from 0): first the request's own checks and
+    /// the queue, then the store's.
+    pub async fn submit_many(
+        &self,
+        requests: Vec<EnqueueRequest>,
+    ) -> Result<EnqueueManyReply, ApiError> {
+        if requests.is_empty() {
+            return Ok(EnqueueManyReply {
+                jobs: Vec::new(),
+                created: 0,
+            });
+        }
+        if requests.len() > curfew_store::MAX_BATCH {
+            return Err(ApiError::bad(format!(
+                "invalid batch: {} jobs; at most {} in one batch",
+                requests.len(),
+                curfew_store::MAX_BATCH
+            )));
+        }
+        let now = now_ms();
+        let mut jobs = Vec::with_capacity(requests.len());
+        let mut errors: Vec<(usize, ApiError)> = Vec::new();
+        for (i, request) in requests.into_iter().enumerate() {
+            let checked = request
+                .into_new_job(now)
+                .and_then(|job| self.with_queue_defaults(job).map_err(ApiError::from))
+                .and_then(|job| {
+                    self.inner.store.check(&job)?;
+                    Ok(job)
+                });
+            match checked {
+                Ok(job) => jobs.push(job),
+                Err(e) => errors.push((i, e)),
+            }
+        }
+        if let Some((_, first)) = errors.first() {
+            let status = if errors.iter().all(|(_, e)| e.status == first.status) {
+                first.status
+            } else {
+                400
+            };
+            let listed: Vec<String> = errors
+                .iter()
+                .map(|(i, e)| format!("job {i}: {}", e.message))
+                .collect();
+            return Err(ApiError {
+                status,
+                message: format!("invalid batch, nothing stored: {}", listed.join("; ")),
+            });
+        }
+        let queues: Vec<String> = jobs.iter().map(|j| j.queue.clone()).collect();
+        let enqueued = self.inner.store.enqueue_many(jobs).await?;
+        let mut woken: Vec<&str> = Vec::new();
+        for q in &queues {
+            if !woken.contains(&q.as_str()) {
+                woken.push(q);
+                if let Some(state) = self.inner.queues.get(q) {
+                    state.wake.notify_one();
+                }
+            }
+        }
+        let created = enqueued.iter().filter(|e| e.created).count();
+        tracing::info!(
+            jobs = enqueued.len(),
+            created,
+            queues = %woken.join(","),
+            "Enqueued a batch of jobs."
+        );
+        Ok(EnqueueManyReply {
+            jobs: enqueued
+                .into_iter()
+                .zip(queues)
+                .map(|(e, queue)| EnqueueReply {
+                    id: e.id,
+                    created: e.created,
+                    queue,
+                })
+                .collect(),
+            created,
         })
     }
 
@@ -47,6 +130,16 @@ impl Processor {
                 };
                 Ok((msg, Some(JobsReply::Enqueued(reply))))
             }
+            JobsRequest::EnqueueMany { jobs } => {
+                let reply = self.submit_many(jobs).await?;
+                let msg = format!(
+                    "enqueued {} jobs ({} new, {} known by idempotency key)",
+                    reply.jobs.len(),
+                    reply.created,
+                    reply.jobs.len() - reply.created
+                );
+                Ok((msg, Some(JobsReply::EnqueuedMany(reply))))
+            }
             JobsRequest::List {
                 queue,
                 state,
@@ -78,6 +171,32 @@ impl Processor {
             JobsRequest::Delete { id } => {
                 store.delete(id).await?;
                 Ok((format!("job {id} deleted"), None))
+            }
+            JobsRequest::Pause { queue } => {
+                let msg = if store.pause(&queue).await? {
+                    tracing::info!(
+                        queue,
+                        "Queue paused: no processor sharing the store claims from it."
+                    );
+                    format!(
+                        "queue {queue} paused: no new jobs are claimed from it on any curfew sharing the store; running jobs go on"
+                    )
+                } else {
+                    format!("queue {queue} was paused already")
+                };
+                Ok((msg, None))
+            }
+            JobsRequest::Resume { queue } => {
+                let msg = if store.resume(&queue).await? {
+                    tracing::info!(queue, "Queue resumed.");
+                    if let Some(q) = self.inner.queues.get(&queue) {
+                        q.wake.notify_one();
+                    }
+                    format!("queue {queue} resumed")
+                } else {
+                    format!("queue {queue} was not paused")
+                };
+                Ok((msg, None))
             }
         }
     }

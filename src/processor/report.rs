@@ -30,6 +30,10 @@ impl Processor {
             Ok(Ok(s)) => Some(s),
             _ => None,
         };
+        let paused = match tokio::time::timeout(timeout, inner.store.paused()).await {
+            Ok(Ok(p)) => p,
+            _ => Vec::new(),
+        };
         let store_up = stats.is_some() && inner.health.is_up();
         let running = inner.running_snapshot();
         let mut queues: Vec<QueueReport> = inner
@@ -50,6 +54,7 @@ impl Processor {
                             .cloned()
                             .unwrap_or_else(|| empty_stats(name))
                     }),
+                    paused: paused.contains(name),
                     succeeded: c.succeeded.load(Ordering::Relaxed),
                     failed: c.failed.load(Ordering::Relaxed),
                     dead: c.dead.load(Ordering::Relaxed),
@@ -66,6 +71,7 @@ impl Processor {
                     concurrency: 0,
                     running_here: 0,
                     store: Some(s.clone()),
+                    paused: paused.contains(&s.queue),
                     succeeded: 0,
                     failed: 0,
                     dead: 0,
@@ -94,8 +100,6 @@ fn empty_stats(queue: &str) -> QueueStats {
         running: 0,
         failed: 0,
         dead: 0,
-        succeeded: 0,
-        cancelled: 0,
         oldest_queued_age_ms: None,
     }
 }

@@ -26,6 +26,10 @@ pub struct QueueReport {
     pub running_here: usize,
     /// From the store (all processors); `None` when it is unreachable.
     pub store: Option<QueueStats>,
+    /// Paused in the store (`curfew jobs pause`): no processor claims
+    /// from it.
+    #[serde(default)]
+    pub paused: bool,
     pub succeeded: u64,
     pub failed: u64,
     pub dead: u64,
@@ -87,6 +91,10 @@ pub enum JobsRequest {
     Enqueue {
         job: EnqueueRequest,
     },
+    /// Many jobs in one transaction (all or nothing).
+    EnqueueMany {
+        jobs: Vec<EnqueueRequest>,
+    },
     List {
         #[serde(default)]
         queue: Option<String>,
@@ -109,6 +117,13 @@ pub enum JobsRequest {
     Delete {
         id: i64,
     },
+    /// Pause a queue for every processor sharing the store.
+    Pause {
+        queue: String,
+    },
+    Resume {
+        queue: String,
+    },
 }
 
 /// The answer to an enqueue.
@@ -118,6 +133,14 @@ pub struct EnqueueReply {
     /// false: a job with this idempotency key existed already; `id` is that job.
     pub created: bool,
     pub queue: String,
+}
+
+/// The answer to a batch enqueue: each job's answer, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnqueueManyReply {
+    pub jobs: Vec<EnqueueReply>,
+    /// How many were new (the others had a known idempotency key).
+    pub created: usize,
 }
 
 /// The data of an answer to a [`JobsRequest`].
@@ -130,6 +153,8 @@ pub enum JobsReply {
     Job(Box<Job>),
     /// `enqueue`.
     Enqueued(EnqueueReply),
+    /// `enqueue_many` (last: untagged, it must not shadow the others).
+    EnqueuedMany(EnqueueManyReply),
 }
 
 impl JobsReport {
@@ -152,7 +177,7 @@ impl JobsReport {
             "FAILED",
             "DEAD",
             "HERE",
-            "SUCCEEDED",
+            "DONE HERE",
             "OLDEST ms"
         ));
         for q in &self.queues {
@@ -163,7 +188,11 @@ impl JobsReport {
             };
             out.push_str(&format!(
                 "{:<20} {:>5} {:>7} {:>9} {:>8} {:>7} {:>6} {:>6} {:>10} {:>11}\n",
-                q.queue,
+                if q.paused {
+                    format!("{} (paused)", q.queue)
+                } else {
+                    q.queue.clone()
+                },
                 q.concurrency,
                 n(|s| s.queued),
                 n(|s| s.scheduled),
@@ -171,7 +200,7 @@ impl JobsReport {
                 n(|s| s.failed),
                 n(|s| s.dead),
                 q.running_here,
-                n(|s| s.succeeded),
+                q.succeeded,
                 q.store
                     .as_ref()
                     .and_then(|s| s.oldest_queued_age_ms)

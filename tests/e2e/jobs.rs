@@ -1007,3 +1007,269 @@ fn a_reload_hands_back_jobs_its_old_workers_could_not_finish() {
     // worker_stop_timeout (a forced stop, logged as such).
     assert_eq!(c.wait_exit(Duration::from_secs(15)), 3);
 }
+
+/// Retention while 2,000 jobs flow: succeeded jobs are deleted once their
+/// period has passed, in batches, by the processor itself (one INFO line a
+/// pass); each job still ran exactly once; a dead job (kept 14 days by
+/// default) stays.
+fn retention_prunes_while_jobs_flow(store: TestStore) {
+    let jobs = "[jobs.queues.default]\nconcurrency = 8\nmax_attempts = 1\n\
+                [jobs.retention]\nsucceeded = \"1s\"\ninterval = \"1s\"\n";
+    let (mut c, admin) = start_testworker(
+        &store,
+        "curfew.toml",
+        "workers = 2\nworker_concurrency = 8\n",
+        jobs,
+        &[],
+    );
+    let dead = enqueue_many(admin, vec![job_body("broken", r#"{"status": 500}"#)], 1)[0];
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.extend(enqueue_many(
+            admin,
+            (0..500)
+                .map(|_| job_body("quick", r#"{"ms": 1}"#))
+                .collect(),
+            4,
+        ));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let log = store.log_path();
+    wait_until("2,000 jobs done", Duration::from_secs(60), || {
+        dones(&log).len() >= 2_000
+    });
+    wait_until(
+        "every succeeded job pruned",
+        Duration::from_secs(15),
+        || {
+            let jobs = store.jobs();
+            jobs.len() == 1 && jobs[0].id == dead
+        },
+    );
+    assert_eq!(store.jobs()[0].state, JobState::Dead);
+    let s = starts(&log);
+    assert!(
+        ids.iter().all(|id| s.get(id) == Some(&1)),
+        "each job ran exactly once"
+    );
+    c.wait_log("event=\"jobs_pruned\"", Duration::from_secs(1));
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(10)), 0);
+    let faults: Vec<_> = c
+        .faults()
+        .into_iter()
+        .filter(|l| !l.contains("broken"))
+        .collect();
+    assert!(faults.is_empty(), "{faults:#?}");
+}
+
+#[test]
+fn retention_prunes_while_jobs_flow_on_sqlite() {
+    retention_prunes_while_jobs_flow(TestStore::sqlite());
+}
+
+#[test]
+fn retention_prunes_while_jobs_flow_on_postgres() {
+    retention_prunes_while_jobs_flow(TestStore::postgres());
+}
+
+/// Bulk enqueue: 10,000 jobs in one `POST /jobs` (a JSON array), NDJSON,
+/// `curfew enqueue --file`; a batch with bad jobs stores nothing and names
+/// each by index.
+fn bulk_enqueue(store: TestStore) {
+    let jobs = "[jobs.queues.default]\nconcurrency = 8\n[jobs.queues.mail]\nconcurrency = 2\n";
+    let (mut c, admin) = start_testworker(
+        &store,
+        "curfew.toml",
+        "workers = 2\nworker_concurrency = 8\n",
+        jobs,
+        &[],
+    );
+    let array = format!(
+        "[{}]",
+        (0..10_000)
+            .map(|i| format!(r#"{{"kind": "quick", "payload": {{"ms": 0, "i": {i}}}}}"#))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let t = Instant::now();
+    let r = http(admin, "POST", "/jobs", &[], array.as_bytes()).expect("POST /jobs");
+    let took = t.elapsed();
+    assert_eq!(r.status, 201, "{}", r.body);
+    let reply: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    assert_eq!(reply["created"], 10_000);
+    let ids: Vec<i64> = reply["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .map(|j| j["id"].as_i64().expect("id"))
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "in the order sent");
+    eprintln!(
+        "10,000 jobs in one POST: {} ms ({:.0} jobs/s)",
+        took.as_millis(),
+        10_000.0 / took.as_secs_f64()
+    );
+
+    // NDJSON, with an idempotency key repeated inside the batch.
+    let ndjson = "{\"kind\": \"quick\", \"queue\": \"mail\", \"idempotency_key\": \"a\"}\n\n\
+                  {\"kind\": \"quick\", \"queue\": \"mail\", \"idempotency_key\": \"a\"}\n";
+    let r = http(
+        admin,
+        "POST",
+        "/jobs",
+        &[("Content-Type", "application/x-ndjson")],
+        ndjson.as_bytes(),
+    )
+    .expect("POST ndjson");
+    assert_eq!(r.status, 201, "{}", r.body);
+    let reply: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    assert_eq!(reply["created"], 1);
+    assert_eq!(reply["jobs"][0]["id"], reply["jobs"][1]["id"]);
+    assert_eq!(reply["jobs"][1]["queue"], "mail");
+
+    // Bad jobs: nothing stored, each named.
+    let before = store.jobs().len();
+    let r = http(
+        admin,
+        "POST",
+        "/jobs",
+        &[],
+        br#"[{"kind": "ok"}, {"kind": "ok", "queue": "nope"}, {"kind": "bad kind"}]"#,
+    )
+    .expect("POST bad batch");
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains("job 1: unknown queue") && r.body.contains("job 2: invalid kind"),
+        "{}",
+        r.body
+    );
+    let r = http(
+        admin,
+        "POST",
+        "/jobs",
+        &[],
+        br#"[{"kind": "ok"}, {"kid": "x"}]"#,
+    )
+    .expect("POST bad field");
+    assert!(
+        r.status == 400 && r.body.contains("job 1") && r.body.contains("kid"),
+        "{}",
+        r.body
+    );
+    let r = http(
+        admin,
+        "POST",
+        "/jobs",
+        &[("Idempotency-Key", "x")],
+        br#"[{"kind": "ok"}]"#,
+    )
+    .expect("POST batch with key header");
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(store.jobs().len(), before, "nothing of the bad batches");
+
+    // The CLI: a file of jobs, then stdin with a bad line.
+    let file = store.dir.path().join("jobs.ndjson");
+    std::fs::write(
+        &file,
+        "{\"kind\": \"quick\"}\n{\"kind\": \"quick\", \"payload\": {\"ms\": 1}}\n",
+    )
+    .expect("write jobs file");
+    let (code, out, err) = c.ctl(&[
+        "enqueue",
+        "--file",
+        file.to_str().expect("utf-8"),
+        "-q",
+        "mail",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("enqueued 2 jobs (2 new"), "{out}");
+    std::fs::write(&file, "{\"kind\": \"quick\"}\n{oops}\n").expect("write");
+    let (code, _, err) = c.ctl(&["enqueue", "--file", file.to_str().expect("utf-8")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("jobs.ndjson:2"), "{err}");
+    let mail = store.jobs().iter().filter(|j| j.queue == "mail").count();
+    assert_eq!(mail, 3, "one keyed job and the file's two, in mail");
+
+    let log = store.log_path();
+    wait_until("every job done", Duration::from_secs(120), || {
+        dones(&log).len() >= 10_003
+    });
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(10)), 0);
+}
+
+#[test]
+fn bulk_enqueue_on_sqlite() {
+    bulk_enqueue(TestStore::sqlite());
+}
+
+#[test]
+fn bulk_enqueue_on_postgres() {
+    bulk_enqueue(TestStore::postgres());
+}
+
+/// `curfew jobs pause` / `resume`: a paused queue's jobs wait (others go
+/// on), status shows it, resume runs them at once.
+#[test]
+fn pause_and_resume_a_queue() {
+    let store = TestStore::sqlite();
+    let jobs = "[jobs.queues.mail]\nconcurrency = 2\n[jobs.queues.other]\nconcurrency = 2\n";
+    let (mut c, admin) = start_testworker(
+        &store,
+        "curfew.toml",
+        "workers = 1\nworker_concurrency = 4\n",
+        jobs,
+        &[],
+    );
+    let (code, out, err) = c.ctl(&["jobs", "pause", "mail"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("queue mail paused"), "{out}");
+    c.wait_log("Queue paused", Duration::from_secs(2));
+    let mail = enqueue_many(
+        admin,
+        (0..3)
+            .map(|_| r#"{"queue": "mail", "kind": "quick"}"#.to_owned())
+            .collect(),
+        1,
+    );
+    let other = enqueue_many(
+        admin,
+        vec![r#"{"queue": "other", "kind": "quick"}"#.to_owned()],
+        1,
+    );
+    let log = store.log_path();
+    wait_until("the other queue's job", Duration::from_secs(10), || {
+        dones(&log).contains(&other[0])
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        mail.iter().all(|id| !starts(&log).contains_key(id)),
+        "a paused queue's jobs wait"
+    );
+    let (_, out, _) = c.ctl(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&out).expect("status json");
+    let q = status["jobs"]["queues"]
+        .as_array()
+        .expect("queues")
+        .iter()
+        .find(|q| q["queue"] == "mail")
+        .cloned()
+        .expect("mail");
+    assert_eq!(q["paused"], true, "{q}");
+    let (_, table, _) = c.ctl(&["status"]);
+    assert!(table.contains("mail (paused)"), "{table}");
+    let t = Instant::now();
+    let (code, out, _) = c.ctl(&["jobs", "resume", "mail"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("queue mail resumed"), "{out}");
+    wait_until("the mail jobs", Duration::from_secs(10), || {
+        mail.iter().all(|id| dones(&log).contains(id))
+    });
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "resume wakes the queue"
+    );
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(10)), 0);
+}

@@ -6,7 +6,8 @@ use super::model::JobState;
 /// An error of the job store.
 ///
 /// - [`InvalidUrl`](StoreError::InvalidUrl), [`InvalidInput`](StoreError::InvalidInput),
-///   [`PayloadTooLarge`](StoreError::PayloadTooLarge): the caller's mistake;
+///   [`PayloadTooLarge`](StoreError::PayloadTooLarge),
+///   [`InvalidBatch`](StoreError::InvalidBatch): the caller's mistake;
 ///   name the field, do not retry.
 /// - [`NotFound`](StoreError::NotFound), [`WrongState`](StoreError::WrongState):
 ///   the job is not there or not in a state that allows the operation.
@@ -27,6 +28,12 @@ pub enum StoreError {
         "invalid payload: it is {size} bytes, over the limit of {limit} bytes (max_payload_bytes)"
     )]
     PayloadTooLarge { size: usize, limit: usize },
+
+    /// Items of a batch ([`Store::enqueue_many`](crate::Store::enqueue_many))
+    /// that are invalid, each with its index (from 0) and what is wrong;
+    /// nothing of the batch was stored.
+    #[error("invalid batch, nothing stored: {}", batch_errors(.errors))]
+    InvalidBatch { errors: Vec<(usize, StoreError)> },
 
     #[error("job {id} not found")]
     NotFound { id: i64 },
@@ -66,6 +73,15 @@ pub enum StoreError {
         id: i64,
         reason: String,
     },
+}
+
+/// `job 3: invalid kind: …; job 7: …`.
+fn batch_errors(errors: &[(usize, StoreError)]) -> String {
+    errors
+        .iter()
+        .map(|(i, e)| format!("job {i}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl StoreError {

@@ -64,6 +64,14 @@
 //!    the store tells them apart; Sidekiq Pro's super_fetch does the same).
 //! 6. **One job per idempotency key**, for as long as the job exists:
 //!    enqueueing the key again returns the existing id with `created: false`.
+//!    The key goes with its job: once retention (or a delete) removed the
+//!    job, the key enqueues a new one.
+//! 7. **Only finished jobs are pruned**, and only by age: [`Store::prune`]
+//!    deletes `succeeded`, `cancelled` and `dead` rows whose `finished_at`
+//!    is older than their state's [`Retention`], never a job in play.
+//! 8. **A paused queue is never claimed from**: the claim itself checks
+//!    `paused_queues` ([`Store::pause`]), so every processor sharing the
+//!    store obeys from its next claim on, with no cache to go stale.
 //!
 //! Delivery is at least once: a processor that is alive but cut off from the
 //! database past its lease loses the job to a rescue and the job runs again.
@@ -94,16 +102,39 @@
 //! SELECT curfew.enqueue('mail', 'digest', '{}', run_at => now() + interval '1 hour');
 //! ```
 //!
-//! The function checks queue and kind like the API does (CHECK constraints)
+//! Many jobs in one statement (a JSON array; `queue` defaults to
+//! `default`, `run_at` is RFC 3339; one row per job, in order):
+//!
+//! ```sql
+//! SELECT * FROM curfew.enqueue_many('[{"queue": "mail", "kind": "send_email", "payload": {"to": "a@b.c"}},
+//!                                     {"kind": "digest", "idempotency_key": "digest-1"}]');
+//! --  job_id | created
+//! ```
+//!
+//! The functions check queue and kind like the API does (CHECK constraints)
 //! but not [`StoreOptions::max_payload_bytes`]. It runs with the caller's
 //! privileges: the application's role needs `USAGE` on the schema and
 //! `INSERT, SELECT` on `curfew.jobs`.
 //!
+//! # Retention
+//!
+//! A queue table must not grow for ever. [`Store::prune`] deletes one
+//! bounded batch of due rows per finished state (index `jobs_finished`:
+//! `(state, finished_at)` over finished rows only, so a batch reads what it
+//! deletes) in one short transaction; the caller repeats while
+//! [`PruneOutcome::Deleted`] says `more`, pausing in between so claims are
+//! not held up. On PostgreSQL a batch first takes a transaction-level
+//! advisory lock per schema, so of many processors one prunes at a time
+//! ([`PruneOutcome::Busy`] for the others); SQLite has one writer anyway.
+//! [`Store::stats`] counts only the states in play (queued, failed,
+//! running) and dead, through the `state` index: its cost follows the
+//! active work, not the history kept.
+//!
 //! # Not here
 //!
-//! Pruning of finished jobs, a registry of live processors, and the
-//! dispatcher's polling loop (wake-ups are hints: poll every second or two as
-//! well) belong to the layers above.
+//! When to prune, a registry of live processors, and the dispatcher's
+//! polling loop (wake-ups are hints: poll every second or two as well)
+//! belong to the layers above.
 
 pub mod backoff;
 mod error;
@@ -123,7 +154,7 @@ use std::time::Duration;
 pub use error::StoreError;
 pub use model::{
     Claimed, DEFAULT_MAX_ATTEMPTS, Enqueued, FailOutcome, Job, JobState, ListFilter, NewJob,
-    QueueStats, UnknownState, now_ms,
+    PruneOutcome, Pruned, QueueStats, Retention, UnknownState, now_ms,
 };
 pub use postgres::{CHANNEL, PgStore};
 pub use sqlite::SqliteStore;
@@ -133,6 +164,12 @@ pub use listener::JobListener;
 use listener::ListenerInner;
 use ops::{RescueScope, log_rescued};
 use target::Target;
+
+/// The most jobs [`Store::enqueue_many`] takes in one batch.
+pub const MAX_BATCH: usize = 10_000;
+
+/// The largest batch [`Store::prune`] accepts (rows per state).
+pub const MAX_PRUNE_BATCH: u32 = 100_000;
 
 /// Settings of [`Store::open_with`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,6 +288,51 @@ impl Store {
             kind,
             created = enqueued.created,
             "job enqueued"
+        );
+        Ok(enqueued)
+    }
+
+    /// Checks a job as [`Store::enqueue`] would, without storing it (for a
+    /// caller that reports every bad job of a batch along with its own
+    /// checks).
+    pub fn check(&self, job: &NewJob) -> Result<(), StoreError> {
+        let max = on_backend!(self, s => s.max_payload_bytes());
+        validate::new_job(job.clone(), max).map(|_| ())
+    }
+
+    /// Adds every job of `jobs` in one transaction, all or nothing (at most
+    /// [`MAX_BATCH`]), answering in their order. Each is checked as
+    /// [`Store::enqueue`] checks one; if any is invalid, nothing is stored
+    /// and [`StoreError::InvalidBatch`] names each bad one by its index.
+    /// Idempotency keys work as for one job, also between jobs of the batch
+    /// (the second gets the first's id, `created: false`).
+    pub async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, StoreError> {
+        if jobs.len() > MAX_BATCH {
+            return Err(StoreError::invalid(
+                "jobs",
+                format!("{} jobs in one batch; at most {MAX_BATCH}", jobs.len()),
+            ));
+        }
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let max = on_backend!(self, s => s.max_payload_bytes());
+        let mut valid = Vec::with_capacity(jobs.len());
+        let mut errors = Vec::new();
+        for (i, job) in jobs.into_iter().enumerate() {
+            match validate::new_job(job, max) {
+                Ok(v) => valid.push(v),
+                Err(e) => errors.push((i, e)),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(StoreError::InvalidBatch { errors });
+        }
+        let enqueued = on_backend!(self, s => s.enqueue_many(&valid).await)?;
+        tracing::debug!(
+            jobs = enqueued.len(),
+            created = enqueued.iter().filter(|e| e.created).count(),
+            "jobs enqueued in a batch"
         );
         Ok(enqueued)
     }
@@ -451,9 +533,63 @@ impl Store {
             .map_err(|state| row::wrong_state(id, "delete", state))
     }
 
-    /// Counts per queue, by queue name.
+    /// Counts per queue, by queue name: the jobs in play and the dead ones
+    /// (see [`QueueStats`]); its cost does not grow with the finished
+    /// history.
     pub async fn stats(&self) -> Result<Vec<QueueStats>, StoreError> {
         on_backend!(self, s => s.stats().await)
+    }
+
+    /// Deletes finished jobs past their state's retention (`finished_at`
+    /// older than now minus the period; a `None` period keeps the state's
+    /// jobs): at most `batch` rows per state, in one transaction. Call again
+    /// while the answer says `more`. On PostgreSQL only one processor
+    /// prunes a store at a time; the others get [`PruneOutcome::Busy`].
+    /// Idempotency keys go with their jobs.
+    pub async fn prune(
+        &self,
+        retention: &Retention,
+        batch: u32,
+    ) -> Result<PruneOutcome, StoreError> {
+        if batch == 0 || batch > MAX_PRUNE_BATCH {
+            return Err(StoreError::invalid(
+                "batch",
+                format!("{batch}; it must be 1 to {MAX_PRUNE_BATCH}"),
+            ));
+        }
+        let outcome = on_backend!(self, s => s.prune(retention, batch).await)?;
+        if let PruneOutcome::Deleted { pruned, .. } = &outcome
+            && pruned.total() > 0
+        {
+            tracing::debug!(
+                succeeded = pruned.succeeded,
+                cancelled = pruned.cancelled,
+                dead = pruned.dead,
+                "finished jobs pruned"
+            );
+        }
+        Ok(outcome)
+    }
+
+    /// Pauses a queue for every processor sharing the store: claims skip it
+    /// from now on (a claim already under way may still take jobs); running
+    /// jobs go on. `true` when it was not paused before. The queue need not
+    /// have jobs yet.
+    pub async fn pause(&self, queue: &str) -> Result<bool, StoreError> {
+        validate::name("queue", queue)?;
+        on_backend!(self, s => s.pause(queue).await)
+    }
+
+    /// Ends a pause; the queue's listeners are woken. `true` when it was
+    /// paused.
+    pub async fn resume(&self, queue: &str) -> Result<bool, StoreError> {
+        validate::name("queue", queue)?;
+        on_backend!(self, s => s.resume(queue).await)
+    }
+
+    /// The paused queues, by name.
+    pub async fn paused(&self) -> Result<Vec<String>, StoreError> {
+        on_backend!(self, s => s.paused().await)
     }
 
     /// The earliest `run_at` among the queue's queued and failed jobs: when
@@ -497,6 +633,7 @@ mod tests {
     fn every_future_is_send(store: Store, mut listener: JobListener) {
         assert_send(Store::open("jobs.db"));
         assert_send(store.enqueue(NewJob::default()));
+        assert_send(store.enqueue_many(Vec::new()));
         assert_send(store.claim("q", 1, "n/b", Duration::from_secs(1)));
         assert_send(store.heartbeat(1, "t", Duration::from_secs(1)));
         assert_send(store.mark_waiting(1, "t"));
@@ -513,6 +650,10 @@ mod tests {
         assert_send(store.cancel(1));
         assert_send(store.delete(1));
         assert_send(store.stats());
+        assert_send(store.pause("q"));
+        assert_send(store.resume("q"));
+        assert_send(store.paused());
+        assert_send(store.prune(&Retention::DEFAULT, 1));
         assert_send(store.next_run_at("q"));
         assert_send(store.running_jobs());
         assert_send(store.listen());

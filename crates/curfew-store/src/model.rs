@@ -211,9 +211,12 @@ impl Default for ListFilter {
     }
 }
 
-/// Counts of one queue. `queued + scheduled + running + succeeded + dead +
-/// cancelled` is the number of jobs in the queue; `failed` is a subset of
-/// `queued + scheduled`.
+/// Counts of one queue, from the jobs still in play: `queued + scheduled +
+/// running` is the queue's active work; `failed` is a subset of `queued +
+/// scheduled`. Finished history (succeeded, cancelled) is not counted here:
+/// counting it would read every row retention keeps, on every scrape. (A
+/// processor counts its own verdicts instead.) `dead` is counted: those
+/// jobs need an operator, and retention bounds them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct QueueStats {
     pub queue: String,
@@ -226,11 +229,87 @@ pub struct QueueStats {
     /// Waiting for a retry (state failed), whether due or not.
     pub failed: i64,
     pub dead: i64,
-    pub succeeded: i64,
-    pub cancelled: i64,
     /// How long the longest-waiting claimable job has been claimable
     /// (`now - run_at`); `None` when none is.
     pub oldest_queued_age_ms: Option<i64>,
+}
+
+/// How long finished jobs are kept, per state, counted from `finished_at`
+/// (see [`Store::prune`](super::Store::prune)). `None` keeps them for ever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub succeeded: Option<Duration>,
+    pub cancelled: Option<Duration>,
+    pub dead: Option<Duration>,
+}
+
+impl Retention {
+    /// Succeeded and cancelled jobs for a day, dead ones for 14 days (long
+    /// enough to notice, look and retry after a holiday).
+    pub const DEFAULT: Retention = Retention {
+        succeeded: Some(Duration::from_secs(24 * 3600)),
+        cancelled: Some(Duration::from_secs(24 * 3600)),
+        dead: Some(Duration::from_secs(14 * 24 * 3600)),
+    };
+
+    /// Keeps everything.
+    pub const KEEP: Retention = Retention {
+        succeeded: None,
+        cancelled: None,
+        dead: None,
+    };
+
+    /// The finished states with a retention period, each with it.
+    pub(crate) fn periods(&self) -> impl Iterator<Item = (JobState, Duration)> {
+        [
+            (JobState::Succeeded, self.succeeded),
+            (JobState::Cancelled, self.cancelled),
+            (JobState::Dead, self.dead),
+        ]
+        .into_iter()
+        .filter_map(|(state, keep)| keep.map(|k| (state, k)))
+    }
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention::DEFAULT
+    }
+}
+
+/// What one [`Store::prune`](super::Store::prune) batch deleted, per state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Pruned {
+    pub succeeded: u64,
+    pub cancelled: u64,
+    pub dead: u64,
+}
+
+impl Pruned {
+    pub fn total(&self) -> u64 {
+        self.succeeded + self.cancelled + self.dead
+    }
+
+    pub(crate) fn add(&mut self, state: JobState, n: u64) {
+        match state {
+            JobState::Succeeded => self.succeeded += n,
+            JobState::Cancelled => self.cancelled += n,
+            JobState::Dead => self.dead += n,
+            // Never passed: only finished states are pruned.
+            JobState::Queued | JobState::Running | JobState::Failed => {}
+        }
+    }
+}
+
+/// The answer of [`Store::prune`](super::Store::prune).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PruneOutcome {
+    /// This batch: at most the batch size per state. A state that used its
+    /// whole batch may have more due: call again.
+    Deleted { pruned: Pruned, more: bool },
+    /// Another processor is pruning this store right now (PostgreSQL); try
+    /// at the next interval.
+    Busy,
 }
 
 /// The local clock in unix milliseconds.

@@ -66,8 +66,6 @@ where
         running: row.try_get("running")?,
         failed: row.try_get("failed")?,
         dead: row.try_get("dead")?,
-        succeeded: row.try_get("succeeded")?,
-        cancelled: row.try_get("cancelled")?,
         oldest_queued_age_ms: row.try_get("oldest_queued_age_ms")?,
     })
 }

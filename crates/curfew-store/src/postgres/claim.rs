@@ -29,6 +29,59 @@ impl PgStore {
         })
     }
 
+    /// Every job in one statement (one transaction, one round trip): each
+    /// row goes through `enqueue_ms`, so idempotency keys (also repeated
+    /// within the batch) and NOTIFY work as for one job; PostgreSQL folds
+    /// the repeated NOTIFYs of a transaction into one per queue.
+    pub(crate) async fn enqueue_many(
+        &self,
+        jobs: &[ValidJob],
+    ) -> Result<Vec<Enqueued>, StoreError> {
+        let mut queue = Vec::with_capacity(jobs.len());
+        let mut kind = Vec::with_capacity(jobs.len());
+        let mut payload = Vec::with_capacity(jobs.len());
+        let mut priority = Vec::with_capacity(jobs.len());
+        let mut run_at = Vec::with_capacity(jobs.len());
+        let mut max_attempts = Vec::with_capacity(jobs.len());
+        let mut key = Vec::with_capacity(jobs.len());
+        for j in jobs {
+            queue.push(j.queue.as_str());
+            kind.push(j.kind.as_str());
+            payload.push(j.payload.as_str());
+            priority.push(j.priority);
+            run_at.push(j.run_at);
+            max_attempts.push(j.max_attempts);
+            key.push(j.idempotency_key.as_deref());
+        }
+        let rows = sqlx::query(self.sql(
+            "SELECT e.job_id, e.created
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::bigint[],
+                         $6::int[], $7::text[])
+                  WITH ORDINALITY AS t(queue, kind, payload, priority, run_at, max_attempts, key, n)
+             CROSS JOIN LATERAL {s}.enqueue_ms(t.queue, t.kind, t.payload::jsonb, t.priority,
+                                               t.run_at, t.max_attempts, t.key) AS e
+             ORDER BY t.n",
+        ))
+        .bind(&queue)
+        .bind(&kind)
+        .bind(&payload)
+        .bind(&priority)
+        .bind(&run_at)
+        .bind(&max_attempts)
+        .bind(&key)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        rows.iter()
+            .map(|row| {
+                Ok(Enqueued {
+                    id: row.try_get("job_id").map_err(|e| self.err(e))?,
+                    created: row.try_get("created").map_err(|e| self.err(e))?,
+                })
+            })
+            .collect()
+    }
+
     pub(crate) async fn claim(
         &self,
         queue: &str,
@@ -42,6 +95,7 @@ impl PgStore {
             "WITH picked AS (
                  SELECT id FROM {s}.jobs
                  WHERE state IN ('queued', 'failed') AND queue = $1 AND run_at <= {s}.now_ms()
+                   AND NOT EXISTS (SELECT 1 FROM {s}.paused_queues WHERE queue = $1)
                  ORDER BY priority, run_at, id
                  LIMIT $2
                  FOR UPDATE SKIP LOCKED

@@ -1,9 +1,12 @@
-//! Reads (get, list, running jobs, next run, stats) and the operator's
-//! actions on a job that is not running (retry, cancel, delete).
+//! Reads (get, list, running jobs, next run, stats), the operator's
+//! actions on a job that is not running (retry, cancel, delete) and
+//! retention (prune).
 
 use super::PgStore;
 use crate::error::StoreError;
-use crate::model::{Job, JobState, ListFilter, QueueStats};
+use crate::model::{
+    Job, JobState, ListFilter, PruneOutcome, Pruned, QueueStats, Retention, duration_ms,
+};
 use crate::ops::Outcome;
 use crate::row;
 
@@ -54,6 +57,8 @@ impl PgStore {
         .map_err(|e| self.err(e))
     }
 
+    /// Counts from the active states and dead only (index ranges of the
+    /// general index on `state`), never the finished history.
     pub(crate) async fn stats(&self) -> Result<Vec<QueueStats>, StoreError> {
         let rows = sqlx::query(self.sql(
             "SELECT queue,
@@ -62,11 +67,10 @@ impl PgStore {
                  count(*) FILTER (WHERE state = 'running') AS running,
                  count(*) FILTER (WHERE state = 'failed') AS failed,
                  count(*) FILTER (WHERE state = 'dead') AS dead,
-                 count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
-                 count(*) FILTER (WHERE state = 'cancelled') AS cancelled,
                  n.now - min(run_at) FILTER (WHERE state IN ('queued', 'failed') AND run_at <= n.now)
                      AS oldest_queued_age_ms
              FROM {s}.jobs CROSS JOIN (SELECT {s}.now_ms() AS now) AS n
+             WHERE state IN ('queued', 'failed', 'running', 'dead')
              GROUP BY queue, n.now
              ORDER BY queue",
         ))
@@ -76,6 +80,55 @@ impl PgStore {
         rows.iter()
             .map(|r| row::stats(r).map_err(|e| self.err(e)))
             .collect()
+    }
+
+    /// One batch per state with a retention period, in one transaction that
+    /// first takes the store's prune lock (a transaction-level advisory
+    /// lock, so it cannot outlive the batch): if another processor holds
+    /// it, nothing is done ([`PruneOutcome::Busy`]). Rows are locked `SKIP
+    /// LOCKED`, so a job being retried at this moment is left alone.
+    pub(crate) async fn prune(
+        &self,
+        retention: &Retention,
+        batch: u32,
+    ) -> Result<PruneOutcome, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+        let leader: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(format!("curfew.prune.{}", self.schema))
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| self.err(e))?;
+        if !leader {
+            // Nothing written: the rollback at drop only ends the transaction.
+            return Ok(PruneOutcome::Busy);
+        }
+        let mut pruned = Pruned::default();
+        let mut more = false;
+        for (state, keep) in retention.periods() {
+            // Walks the partial index `jobs_finished` in finished_at order.
+            // The state is a literal so the planner sees its statistics.
+            let sql = format!(
+                "DELETE FROM {{s}}.jobs WHERE id IN (
+                     SELECT id FROM {{s}}.jobs
+                     WHERE state = '{state}' AND finished_at < {{s}}.now_ms() - $1
+                     ORDER BY finished_at
+                     LIMIT $2
+                     FOR UPDATE SKIP LOCKED)",
+                state = state.as_str()
+            );
+            let done = sqlx::query(self.sql(&sql))
+                .bind(duration_ms(keep))
+                .bind(i64::from(batch))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.err(e))?
+                .rows_affected();
+            pruned.add(state, done);
+            more |= done >= u64::from(batch);
+        }
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(PruneOutcome::Deleted { pruned, more })
     }
 
     pub(crate) async fn retry(&self, id: i64) -> Result<Result<String, JobState>, StoreError> {
@@ -130,6 +183,40 @@ impl PgStore {
             None => self.state_of(id).await?,
         };
         outcome.into_result(&self.name, id)
+    }
+
+    /// `true` when the queue was not paused before.
+    pub(crate) async fn pause(&self, queue: &str) -> Result<bool, StoreError> {
+        sqlx::query(self.sql(
+            "INSERT INTO {s}.paused_queues (queue, paused_at) VALUES ($1, {s}.now_ms())
+             ON CONFLICT (queue) DO NOTHING",
+        ))
+        .bind(queue)
+        .execute(&self.pool)
+        .await
+        .map(|r| r.rows_affected() > 0)
+        .map_err(|e| self.err(e))
+    }
+
+    /// `true` when the queue was paused; every listener is woken.
+    pub(crate) async fn resume(&self, queue: &str) -> Result<bool, StoreError> {
+        let resumed = sqlx::query(self.sql("DELETE FROM {s}.paused_queues WHERE queue = $1"))
+            .bind(queue)
+            .execute(&self.pool)
+            .await
+            .map(|r| r.rows_affected() > 0)
+            .map_err(|e| self.err(e))?;
+        if resumed {
+            self.notify(&[queue]).await;
+        }
+        Ok(resumed)
+    }
+
+    pub(crate) async fn paused(&self) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar(self.sql("SELECT queue FROM {s}.paused_queues ORDER BY queue"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))
     }
 
     /// Why a state-changing statement matched nothing. (Read after it, so

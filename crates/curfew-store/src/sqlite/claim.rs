@@ -7,9 +7,48 @@ use crate::validate::ValidJob;
 
 impl SqliteStore {
     pub(crate) async fn enqueue(&self, job: ValidJob) -> Result<Enqueued, StoreError> {
+        let mut enqueued = self.enqueue_many(std::slice::from_ref(&job)).await?;
+        // One job in, one answer out.
+        enqueued.pop().ok_or_else(|| StoreError::Corrupt {
+            store: self.name.to_string(),
+            id: 0,
+            reason: "an enqueue returned no job".to_owned(),
+        })
+    }
+
+    /// Every job in one write transaction (all or nothing), in order.
+    pub(crate) async fn enqueue_many(
+        &self,
+        jobs: &[ValidJob],
+    ) -> Result<Vec<Enqueued>, StoreError> {
         let now = now_ms();
         let mut w = self.begin_write().await?;
         let result = async {
+            let mut out = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                out.push(Self::insert(&mut w.tx, job, now).await?);
+            }
+            Ok(out)
+        }
+        .await;
+        let enqueued = w.finish(&self.name, result).await?;
+        let mut woken: Vec<&str> = Vec::new();
+        for (job, e) in jobs.iter().zip(&enqueued) {
+            if e.created && !woken.contains(&job.queue.as_str()) {
+                woken.push(&job.queue);
+                self.wake(&job.queue);
+            }
+        }
+        Ok(enqueued)
+    }
+
+    /// One insert inside the caller's write transaction.
+    async fn insert(
+        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        job: &ValidJob,
+        now: i64,
+    ) -> Result<Enqueued, sqlx::Error> {
+        {
             let inserted: Option<i64> = sqlx::query_scalar(
                 "INSERT INTO jobs (queue, kind, payload, priority, run_at, max_attempts,
                                    idempotency_key, created_at, updated_at)
@@ -25,24 +64,19 @@ impl SqliteStore {
             .bind(job.max_attempts)
             .bind(&job.idempotency_key)
             .bind(now)
-            .fetch_optional(&mut *w.tx)
+            .fetch_optional(&mut **tx)
             .await?;
             if let Some(id) = inserted {
                 return Ok(Enqueued { id, created: true });
             }
-            // The write lock is held: the conflicting row is there.
+            // The write lock is held: the conflicting row is there (maybe
+            // inserted earlier in this same batch).
             let id: i64 = sqlx::query_scalar("SELECT id FROM jobs WHERE idempotency_key = ?1")
                 .bind(&job.idempotency_key)
-                .fetch_one(&mut *w.tx)
+                .fetch_one(&mut **tx)
                 .await?;
             Ok(Enqueued { id, created: false })
         }
-        .await;
-        let enqueued = w.finish(&self.name, result).await?;
-        if enqueued.created {
-            self.wake(&job.queue);
-        }
-        Ok(enqueued)
     }
 
     pub(crate) async fn claim(
@@ -71,6 +105,7 @@ impl SqliteStore {
              WHERE id IN (
                 SELECT id FROM jobs INDEXED BY jobs_claim
                 WHERE state IN ('queued', 'failed') AND queue = ?4 AND run_at <= ?2
+                  AND NOT EXISTS (SELECT 1 FROM paused_queues WHERE queue = ?4)
                 ORDER BY priority, run_at, id
                 LIMIT ?5
              )
