@@ -114,12 +114,23 @@ class Client:
     ``url``: ``http://host:port``, ``unix:/path`` (HTTP over a Unix socket)
     or ``control:/path`` (curfew's control socket); default from
     ``CURFEW_ADMIN_URL``, else ``control:$CURFEW_CONTROL_SOCKET``, read at
-    the first request. Safe to share between threads.
+    the first request. ``token``: curfew's ``admin_token``, default
+    ``CURFEW_ADMIN_TOKEN`` (set by curfew for its workers). Safe to share
+    between threads.
     """
 
-    def __init__(self, url: Optional[str] = None, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        url: Optional[str] = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        token: Optional[str] = None,
+    ) -> None:
         self._url = url
         self.timeout = timeout
+        # curfew's admin_token (sent as a bearer token); default from
+        # CURFEW_ADMIN_TOKEN, which curfew sets for its workers.
+        self._token = token
         self._local = threading.local()
 
     # -- where curfew is -------------------------------------------------
@@ -189,6 +200,9 @@ class Client:
     ) -> Tuple[int, Dict[str, str], JSON]:
         _, _, base = self._target()
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        token = self._token if self._token is not None else os.environ.get("CURFEW_ADMIN_TOKEN")
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         for attempt in (1, 2):
             conn, reused = self._connection()
             try:

@@ -92,6 +92,7 @@ class Curfew:
         store: str = "sqlite",
         admin: str = "tcp",
         extra_env: Optional[Dict[str, str]] = None,
+        token: Optional[str] = None,
     ) -> None:
         self.tmp = tmp
         self.records = tmp / "records"
@@ -120,7 +121,8 @@ class Curfew:
             f"bind = {toml_str(f'127.0.0.1:{self.port}')}\n"
             f"admin_bind = {toml_str(admin_bind)}\n"
             f"control_socket = {toml_str(str(self.control))}\n"
-            "workers = 2\n"
+            + (f"admin_token = {toml_str(token)}\n" if token else "")
+            + "workers = 2\n"
             'ready_path = "/health"\n'
             'graceful_timeout = "5s"\n'
             'worker_stop_timeout = "2s"\n'
@@ -136,7 +138,13 @@ class Curfew:
             "concurrency = 2\n"
         )
         env = dict(os.environ)
-        for name in ("CURFEW_ADMIN_URL", "CURFEW_CONTROL_SOCKET", "CURFEW_BIN", "CURFEW_TEST_REQUIRE_PG"):
+        for name in (
+            "CURFEW_ADMIN_URL",
+            "CURFEW_ADMIN_TOKEN",
+            "CURFEW_CONTROL_SOCKET",
+            "CURFEW_BIN",
+            "CURFEW_TEST_REQUIRE_PG",
+        ):
             env.pop(name, None)
         env["TEST_RECORD_DIR"] = str(self.records)
         env["PYTHONPATH"] = os.pathsep.join(
@@ -154,7 +162,7 @@ class Curfew:
             env=env,
             cwd=tmp,
         )
-        self.client = curfew.Client(self.admin_url)
+        self.client = curfew.Client(self.admin_url, token=token)
         self.wait_ready()
 
     def log_text(self) -> str:

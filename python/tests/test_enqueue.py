@@ -105,3 +105,22 @@ def test_decorated_function_enqueues_its_kind(fastapi_curfew, monkeypatch):
     assert job.queue == "mail"
     c.wait_job(job.id, done)
     assert c.runs("mail.send")[-1]["queue"] == "mail"
+
+
+def test_admin_token_is_required_and_sent_from_workers(tmp_path):
+    """With curfew's admin_token, a client without it is refused (401); the
+    SDK in a worker sends CURFEW_ADMIN_TOKEN, which curfew gives it."""
+    from conftest import APP_COMMANDS, Curfew
+
+    token = "t0ken-" + "x" * 20
+    c = Curfew(tmp_path, APP_COMMANDS["fastapi"], token=token)
+    try:
+        with pytest.raises(curfew.RequestError) as refused:
+            curfew.Client(c.admin_url).enqueue("ok", {"n": 1})
+        assert refused.value.status == 401
+        job = c.client.enqueue("chain", {})
+        c.wait_job(job.id, done)
+        (run,) = [r for r in c.runs("chain") if r["id"] == job.id]
+        c.wait_job(run["next_id"], done)
+    finally:
+        c.stop()
