@@ -21,6 +21,7 @@ mod local_security;
 mod metrics;
 mod operate;
 mod pg_tls;
+mod pid1;
 mod platform;
 mod proxy;
 mod python;
