@@ -46,7 +46,9 @@ pub const MAX_CONNECTIONS: usize = 10_000;
 pub const ABORT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const FAULTHANDLER: bool = true;
 pub const DRAIN_DELAY: Duration = Duration::ZERO;
-pub const GRACEFUL_TIMEOUT: Duration = Duration::from_secs(30);
+/// With `worker_stop_timeout` and the 2 s margin the stop budget is 27 s:
+/// inside the 30 s that Kubernetes, Heroku and Render give by default.
+pub const GRACEFUL_TIMEOUT: Duration = Duration::from_secs(20);
 pub const WORKER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 pub const FORWARDED_ALLOW_IPS: &[&str] = &["127.0.0.1", "::1"];
 pub const LIVENESS_INTERVAL: Duration = Duration::from_secs(10);

@@ -324,7 +324,7 @@ mod tests {
         assert_eq!(c.command, vec!["sh", "-c", "exit 0"]);
         assert_eq!(c.worker_socket, WorkerSocket::Fd);
         assert_eq!(c.worker_concurrency, 1);
-        assert_eq!(c.graceful_timeout, Duration::from_secs(30));
+        assert_eq!(c.graceful_timeout, Duration::from_secs(20));
         assert_eq!(
             c.binds,
             vec![BindAddr::Tcp("127.0.0.1:8000".parse().expect("addr"))]

@@ -68,8 +68,8 @@ fn generated_files_pass_check() {
 
 #[test]
 fn systemd_units() {
-    let cfg = config(""); // budget 0 + 30 + 5 + 2 = 37 s
-    assert_eq!(Budget::of(&cfg).total_secs(), 37);
+    let cfg = config(""); // budget 0 + 20 + 5 + 2 = 27 s
+    assert_eq!(Budget::of(&cfg).total_secs(), 27);
     // The README's old snippet: the inline comment makes systemd ignore the
     // line (90 s applies, which fits), and control-group kills the workers.
     let r = check_text(
@@ -93,7 +93,7 @@ fn systemd_units() {
     assert_eq!(levels(&r, "budget"), [Level::Misfit], "{}", r.text());
     assert!(
         r.text()
-            .contains("TimeoutStopSec 20s < curfew's stop budget 37s"),
+            .contains("TimeoutStopSec 20s < curfew's stop budget 27s"),
         "{}",
         r.text()
     );
@@ -111,7 +111,8 @@ fn systemd_units() {
 
 #[test]
 fn kubernetes_manifests() {
-    let cfg = config("admin_bind = \"0.0.0.0:9000\"\n");
+    // graceful_timeout 30 s: a budget of 37 s, over Kubernetes' default.
+    let cfg = config("admin_bind = \"0.0.0.0:9000\"\ngraceful_timeout = \"30s\"\n");
     let deploy = |grace: &str, prestop: &str, probe: &str, command: &str| {
         format!(
             "apiVersion: v1\nkind: Service\nmetadata: {{name: s}}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  template:\n    spec:\n{grace}      containers:\n        - name: app\n          image: x\n          command: {command}\n{prestop}{probe}"
@@ -224,8 +225,10 @@ fn compose_dockerfile_fly_render_heroku_nomad() {
     let r = check_text(&cfg, Platform::Fly, "fly.toml", "kill_timeout = \"60s\"\n");
     assert!(r.fits(), "{}", r.text());
 
+    // graceful_timeout 30 s: a budget of 37 s, over the 30 s defaults.
+    let long = config("graceful_timeout = \"30s\"\n");
     let r = check_text(
-        &cfg,
+        &long,
         Platform::Render,
         "render.yaml",
         "services:\n  - type: web\n    name: a\n    maxShutdownDelaySeconds: 60\n  - type: web\n    name: b\n",
@@ -237,15 +240,15 @@ fn compose_dockerfile_fly_render_heroku_nomad() {
         r.text()
     );
 
-    let r = check_text(&cfg, Platform::Heroku, "Procfile", "web: curfew serve\n");
+    let r = check_text(&long, Platform::Heroku, "Procfile", "web: curfew serve\n");
     assert_eq!(
         levels(&r, "budget"),
         [Level::Misfit],
         "37 s > 30 s: {}",
         r.text()
     );
-    let short = config("graceful_timeout = \"20s\"\n");
-    assert!(check_text(&short, Platform::Heroku, "Procfile", "web: curfew serve\n").fits());
+    // The defaults (27 s) fit Heroku's 30 s.
+    assert!(check_text(&cfg, Platform::Heroku, "Procfile", "web: curfew serve\n").fits());
 
     let r = check_text(
         &cfg,
@@ -284,9 +287,12 @@ fn platform_from_env_and_startup_warning() {
     );
     assert_eq!(Platform::from_env(&env("RENDER")), Some(Platform::Render));
     assert_eq!(Platform::from_env(&env("HOME")), None);
-    let cfg = config("");
+    let cfg = config("graceful_timeout = \"30s\"\n"); // 37 s > Heroku's 30 s
     let (p, findings) = startup(&cfg, &env("DYNO")).expect("heroku");
     assert_eq!(p, Platform::Heroku);
     assert_eq!(findings[0].level, Level::Misfit);
+    // The defaults fit.
+    let (_, findings) = startup(&config(""), &env("DYNO")).expect("heroku");
+    assert_eq!(findings[0].level, Level::Ok);
     assert!(startup(&cfg, &env("HOME")).is_none());
 }

@@ -76,7 +76,7 @@ fn check_exits_1_on_a_misfit_and_reports_json() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(
         dir.path().join("curfew.toml"),
-        "command = \"sh\"\ndrain_delay = \"5s\"\n",
+        "command = \"sh\"\ndrain_delay = \"5s\"\ngraceful_timeout = \"30s\"\n",
     )
     .expect("config");
     std::fs::write(
@@ -109,11 +109,11 @@ fn check_exits_1_on_a_misfit_and_reports_json() {
     assert!(err.contains("cannot read missing.service"), "{err}");
 }
 
-/// On Heroku (DYNO set) the default budget (37 s) exceeds the 30 s window:
-/// `curfew serve` says so at start, and serves anyway.
+/// On Heroku (DYNO set) a 30 s graceful_timeout (budget 37 s) exceeds the
+/// 30 s window: `curfew serve` says so at start, and serves anyway.
 #[test]
 fn serve_warns_when_the_platform_in_its_environment_does_not_fit() {
-    let mut opts = Opts::testworker(&["-w", "1"], &[]);
+    let mut opts = Opts::testworker(&["-w", "1", "--graceful-timeout", "30s"], &[]);
     opts.env.push(("DYNO".into(), "web.1".into()));
     let mut c = Curfew::start(opts);
     let line = c.wait_log("platform=heroku check=\"budget\"", Duration::from_secs(5));
