@@ -356,6 +356,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub send_timeout: Option<String>,
 
+    /// Retry a bodiless GET/HEAD/OPTIONS once on another worker when its worker died before answering (a request that kills that one too is not retried again)
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub retry_idempotent: Option<bool>,
+
     /// Client connections open at once on the public addresses; more wait in the kernel's accept queue
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub max_connections: Option<i64>,
@@ -493,6 +497,7 @@ impl ServeArgs {
             response_buffering: self.response_buffering,
             send_timeout: dur(&self.send_timeout),
             max_connections: self.max_connections,
+            retry_idempotent: self.retry_idempotent,
             faulthandler: self.faulthandler,
             graceful_timeout: dur(&self.graceful_timeout),
             worker_stop_timeout: dur(&self.worker_stop_timeout),

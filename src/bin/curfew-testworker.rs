@@ -613,6 +613,22 @@ async fn route(req: Request<Incoming>, state: &State) -> Result<Response<Body>, 
             std::process::abort();
         }
 
+        // Crashes only the first worker to get it (the marker file says
+        // who did), then answers: a request whose first worker died.
+        "/crash-once" => {
+            let marker = query_param(query, "marker").ok_or_else(|| reject("missing marker"))?;
+            let first = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&marker)
+                .is_ok();
+            if first {
+                log("testworker crashing once");
+                std::process::abort();
+            }
+            ok("survived\n")
+        }
+
         "/exit" => {
             let code: i32 = num_param(query, "code", 0)?;
             log(&format!("testworker exiting code={code}"));

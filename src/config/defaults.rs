@@ -43,6 +43,7 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// open-file limit curfew raises itself to (commonly 524288; 4096 at least
 /// under Docker's default).
 pub const MAX_CONNECTIONS: usize = 10_000;
+pub const RETRY_IDEMPOTENT: bool = false;
 pub const ABORT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const FAULTHANDLER: bool = true;
 pub const DRAIN_DELAY: Duration = Duration::ZERO;
@@ -187,6 +188,7 @@ pub fn shown(key: &str) -> Option<String> {
         "response_buffering" => code(&RESPONSE_BUFFERING.to_string()),
         "send_timeout" => duration(SEND_TIMEOUT),
         "max_connections" => code(&MAX_CONNECTIONS.to_string()),
+        "retry_idempotent" => code(&RETRY_IDEMPOTENT.to_string()),
         "abort_timeout" => duration(ABORT_TIMEOUT),
         "faulthandler" => code(&FAULTHANDLER.to_string()),
         "drain_delay" => duration(DRAIN_DELAY),

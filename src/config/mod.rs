@@ -222,6 +222,8 @@ pub struct Config {
     pub send_timeout: Option<Duration>,
     /// Client connections open at once on the public addresses.
     pub max_connections: usize,
+    /// Retry a bodiless GET/HEAD/OPTIONS once when its worker died.
+    pub retry_idempotent: bool,
     pub faulthandler: bool,
     pub worker_stop_timeout: Duration,
     pub chdir: Option<PathBuf>,

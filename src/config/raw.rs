@@ -253,6 +253,9 @@ raw_config! {
     /// Client connections open at once on the public addresses; more wait
     /// in the kernel's accept queue.
     max_connections: i64,
+    /// Retry a GET/HEAD/OPTIONS once on another worker when its worker
+    /// died before answering.
+    retry_idempotent: bool,
     /// Time a hung worker gets between SIGABRT (stack dump) and SIGKILL.
     abort_timeout: RawDuration,
     /// Set PYTHONFAULTHANDLER=1 in workers (Python dumps its stack on SIGABRT).

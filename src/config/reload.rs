@@ -45,6 +45,7 @@ pub const SETTINGS: &[(&str, OnReload)] = &[
     ("response_buffering", OnReload::RestartOnly),
     ("send_timeout", OnReload::RestartOnly),
     ("max_connections", OnReload::RestartOnly),
+    ("retry_idempotent", OnReload::RestartOnly),
     ("faulthandler", OnReload::Applied),
     ("worker_stop_timeout", OnReload::Applied),
     ("chdir", OnReload::Applied),
@@ -159,6 +160,7 @@ reload_by_field! {
     response_buffering => "response_buffering",
     send_timeout => "send_timeout",
     max_connections => "max_connections",
+    retry_idempotent => "retry_idempotent",
     faulthandler => "faulthandler",
     worker_stop_timeout => "worker_stop_timeout",
     chdir => "chdir",
@@ -240,6 +242,7 @@ mod tests {
             ),
             ("send_timeout", "workers = 2\nsend_timeout = 3"),
             ("max_connections", "workers = 2\nmax_connections = 3"),
+            ("retry_idempotent", "workers = 2\nretry_idempotent = true"),
             ("faulthandler", "workers = 2\nfaulthandler = false"),
             (
                 "worker_stop_timeout",

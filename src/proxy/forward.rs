@@ -114,6 +114,11 @@ async fn forward(
         (UpstreamBody::Client(limited), Some(done), started)
     };
     let upreq = Request::from_parts(parts, body);
+    let retry = (front.retry_idempotent
+        && client_upgrade.is_none()
+        && matches!(method, Method::GET | Method::HEAD | Method::OPTIONS)
+        && upreq.body().is_end_stream())
+    .then(|| bodiless_copy(&upreq));
 
     let work = Work {
         method: &method,
@@ -123,10 +128,31 @@ async fn forward(
         job: None,
         body_done,
     };
-    let dispatched = front
+    let mut dispatched = front
         .dispatcher
         .dispatch(upreq, &work, &mut Unobserved)
         .await;
+    if let (
+        Some(again),
+        Err(DispatchError::Broke {
+            worker,
+            pid,
+            stopped_by_curfew: false,
+            ..
+        }),
+    ) = (retry, &dispatched)
+    {
+        // Nothing of an answer was sent: the same request, once, to
+        // another worker (the broken one is suspended meanwhile).
+        tracing::info!(%method, path, worker, pid, "Worker failed before answering an idempotent request: sending it once more, to another worker.");
+        dispatched = front
+            .dispatcher
+            .dispatch(again, &work, &mut Unobserved)
+            .await;
+        if let Err(DispatchError::Broke { worker, pid, .. }) = &dispatched {
+            tracing::warn!(%method, path, worker, pid, "Suspected query of death: this request's retry broke a second worker; not retried again.");
+        }
+    }
     let mut d = match dispatched {
         Ok(d) => d,
         Err(e) => return failed(front, &work, e, request_guard),
@@ -250,6 +276,16 @@ fn for_worker(
         .map(http::Uri::from)
         .unwrap_or_else(|| http::Uri::from_static("/"));
     parts.version = Version::HTTP_11;
+}
+
+/// The same bodiless request head again (for `retry_idempotent`).
+fn bodiless_copy(req: &Request<UpstreamBody>) -> Request<UpstreamBody> {
+    let mut again = Request::new(UpstreamBody::Bytes(None));
+    *again.method_mut() = req.method().clone();
+    *again.uri_mut() = req.uri().clone();
+    *again.version_mut() = req.version();
+    *again.headers_mut() = req.headers().clone();
+    again
 }
 
 /// The `Content-Length` a request declares, if it declares one number.

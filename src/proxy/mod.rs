@@ -75,6 +75,8 @@ pub struct FrontConfig {
     pub send_timeout: Option<Duration>,
     /// Client connections open at once.
     pub max_connections: usize,
+    /// Retry a bodiless GET/HEAD/OPTIONS once when its worker died.
+    pub retry_idempotent: bool,
 }
 
 impl From<&Config> for FrontConfig {
@@ -96,6 +98,7 @@ impl From<&Config> for FrontConfig {
             response_buffering: cfg.response_buffering,
             send_timeout: cfg.send_timeout,
             max_connections: cfg.max_connections,
+            retry_idempotent: cfg.retry_idempotent,
         }
     }
 }
@@ -124,6 +127,8 @@ pub struct Front {
     pub response_buffering: bool,
     /// A client reading nothing of its response this long is cut.
     pub send_timeout: Option<Duration>,
+    /// Retry a bodiless GET/HEAD/OPTIONS once when its worker died.
+    pub retry_idempotent: bool,
     /// One permit per open client connection (`max_connections`).
     connections: Arc<tokio::sync::Semaphore>,
     max_connections: usize,
@@ -157,6 +162,7 @@ impl Front {
             spill_dir: std::env::temp_dir(),
             response_buffering: cfg.response_buffering,
             send_timeout: cfg.send_timeout,
+            retry_idempotent: cfg.retry_idempotent,
             connections: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
             max_connections: cfg.max_connections,
             draining: CancellationToken::new(),

@@ -327,3 +327,43 @@ fn operations_during_a_reload_are_queued_and_merged() {
     assert_eq!(c.wait_exit(Duration::from_secs(10)), 0, "{}", c.log_text());
     assert_no_survivors(&c);
 }
+
+/// `retry_idempotent`: a GET whose worker dies before answering is sent
+/// once more to another worker; one that kills that worker too is a
+/// suspected query of death and gets its 502. Off by default.
+#[test]
+fn idempotent_requests_survive_one_worker_death_when_asked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = |n: &str| dir.path().join(n).display().to_string();
+
+    let off = Curfew::start(Opts::testworker(&["-w", "2"], &[]));
+    let r = get(off.port, &format!("/crash-once?marker={}", marker("a")));
+    assert_eq!(r.status, 502, "off by default: {}", r.body);
+    drop(off);
+
+    let c = Curfew::start(Opts::testworker(
+        &["-w", "2", "--retry-idempotent", "true"],
+        &[],
+    ));
+    let r = get(c.port, &format!("/crash-once?marker={}", marker("b")));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body, "survived\n");
+    c.wait_log("sending it once more", Duration::from_secs(2));
+    // Both workers back before the next one.
+    c.wait_log_count(WORKER_READY, 3, Duration::from_secs(10));
+    let r = get(c.port, "/crash");
+    assert_eq!(r.status, 502, "{}", r.body);
+    c.wait_log("Suspected query of death", Duration::from_secs(2));
+    assert_eq!(c.count_log("Suspected query of death"), 1);
+    // A POST is never retried.
+    c.wait_log_count(WORKER_READY, 5, Duration::from_secs(10));
+    let r = http(
+        c.port,
+        "POST",
+        &format!("/crash-once?marker={}", marker("c")),
+        &[],
+        b"x",
+    )
+    .expect("request");
+    assert_eq!(r.status, 502);
+}
