@@ -5,7 +5,7 @@
 //! | `POST /jobs` (JSON, see [`EnqueueRequest`]) | 201 `{"id","created":true,"queue"}`; 200 with `created: false` for a known idempotency key |
 //! | `POST /jobs` with a JSON array of jobs, or NDJSON (`Content-Type: application/x-ndjson`) | one transaction, all or nothing: 201 `{"jobs": [{"id","created","queue"}…], "created": n}` (200 when none was new); an error names each bad job by index |
 //! | `GET /jobs/<id>`                          | 200 the job; 404                          |
-//! | `GET /jobs?queue=&state=&limit=&after=`   | 200 `{"jobs": [...]}`                     |
+//! | `GET /jobs?queue=&state=&limit=&after=&payload=1` | 200 `{"jobs": [...]}` (payloads only with `payload=1`; `limit` ≤ 500) |
 //!
 //! The `Idempotency-Key` header is the same as the body's `idempotency_key`.
 //! Errors are JSON `{"error": "..."}` with 400 (bad input, naming the
@@ -151,21 +151,41 @@ async fn list(jobs: &Processor, query: &str) -> Result<Response<Full<Bytes>>, Ap
     Ok(json(StatusCode::OK, &serde_json::json!({ "jobs": found })))
 }
 
-/// `queue=&state=&limit=&after=` → a list filter.
+/// Most jobs one `GET /jobs` page returns.
+pub const MAX_API_LIMIT: u32 = 500;
+
+/// `queue=&state=&limit=&after=&payload=` → a list filter.
 pub fn parse_filter(query: &str) -> Result<ListFilter, ApiError> {
-    let mut filter = ListFilter::default();
+    // Payloads only when asked for (`payload=1`): a page of large payloads
+    // would cost memory for a list that rarely needs them.
+    let mut filter = ListFilter {
+        with_payload: false,
+        ..ListFilter::default()
+    };
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k {
             "queue" => filter.queue = Some(v.to_owned()),
             "state" => filter.state = Some(api::parse_state(v)?),
-            "limit" => {
-                filter.limit = v.parse().map_err(|_| {
+            "limit" => filter.limit = v
+                .parse()
+                .ok()
+                .filter(|n| (1..=MAX_API_LIMIT).contains(n))
+                .ok_or_else(|| {
                     ApiError::bad(format!(
-                        "invalid limit {v:?}: give 1 to {}",
-                        ListFilter::MAX_LIMIT
+                        "invalid limit {v:?}: give 1 to {MAX_API_LIMIT} (page with after=<last id>)"
                     ))
-                })?
+                })?,
+            "payload" => {
+                filter.with_payload = match v {
+                    "1" | "true" => true,
+                    "0" | "false" => false,
+                    _ => {
+                        return Err(ApiError::bad(format!(
+                            "invalid payload {v:?}: give 1 (include the payloads) or 0"
+                        )));
+                    }
+                }
             }
             "after" => {
                 filter.after_id =
@@ -175,7 +195,7 @@ pub fn parse_filter(query: &str) -> Result<ListFilter, ApiError> {
             }
             other => {
                 return Err(ApiError::bad(format!(
-                    "unknown query parameter {other:?}: use queue, state, limit, after"
+                    "unknown query parameter {other:?}: use queue, state, limit, after, payload"
                 )));
             }
         }
@@ -216,6 +236,15 @@ mod tests {
         assert_eq!(f.state, Some(curfew_store::JobState::Dead));
         assert_eq!(f.limit, 5);
         assert_eq!(f.after_id, Some(10));
+        assert!(!f.with_payload, "payloads only when asked for");
+        assert!(parse_filter("payload=1").expect("valid").with_payload);
+        assert!(
+            parse_filter("limit=501")
+                .expect_err("over the cap")
+                .message
+                .contains("1 to 500")
+        );
+        assert!(parse_filter("payload=yes").is_err());
         assert!(
             parse_filter("state=bogus")
                 .expect_err("bad")

@@ -151,6 +151,8 @@ impl Processor {
                     state: state.as_deref().map(api::parse_state).transpose()?,
                     limit: limit.unwrap_or(curfew_store::ListFilter::DEFAULT_LIMIT),
                     after_id: after,
+                    // `curfew jobs` (a local operator) shows them.
+                    with_payload: true,
                 };
                 let jobs = store.list(filter).await?;
                 Ok((format!("{} jobs", jobs.len()), Some(JobsReply::Jobs(jobs))))

@@ -193,6 +193,9 @@ pub struct ListFilter {
     /// 1 ..= [`ListFilter::MAX_LIMIT`].
     pub limit: u32,
     pub after_id: Option<i64>,
+    /// Read the payloads too (`false`: each job's payload is `null`, so a
+    /// page of large payloads costs nothing to list).
+    pub with_payload: bool,
 }
 
 impl ListFilter {
@@ -207,6 +210,7 @@ impl Default for ListFilter {
             state: None,
             limit: ListFilter::DEFAULT_LIMIT,
             after_id: None,
+            with_payload: true,
         }
     }
 }

@@ -827,6 +827,24 @@ async fn enqueue_get_list_stats(h: &Harness) {
         page.iter().map(|j| j.id).collect::<Vec<_>>(),
         vec![b, later]
     );
+    // Without payloads: the same page, every other field, payload null.
+    let light = h
+        .store
+        .list(ListFilter {
+            with_payload: false,
+            ..ListFilter::default()
+        })
+        .await
+        .expect("list without payloads");
+    assert_eq!(light.len(), all.len());
+    for (l, full) in light.iter().zip(&all) {
+        assert_eq!(l.payload, serde_json::Value::Null, "job {}", l.id);
+        assert_eq!(
+            (l.id, &l.kind, l.state, l.run_at),
+            (full.id, &full.kind, full.state, full.run_at)
+        );
+    }
+    assert_eq!(all[1].payload, json!({"to": "a@b.c", "tags": [1, 2]}));
 
     let (claimed, _token) = claim_one(h, "mail", OWNER, LEASE).await;
     assert_eq!(claimed, a, "priority 0 before priority 3");

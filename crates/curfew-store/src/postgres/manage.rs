@@ -10,6 +10,19 @@ use crate::model::{
 use crate::ops::Outcome;
 use crate::row;
 
+/// A page of jobs, by id.
+const LIST_WITH_PAYLOAD: &str = "SELECT id, queue, kind, payload AS payload, priority, run_at, attempt, max_attempts, state, lease_owner, lease_token, lease_expires_at, crashes, releases, last_error, idempotency_key, created_at, updated_at, started_at, finished_at FROM {s}.jobs
+     WHERE ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR state = $2)
+       AND id > $3
+     ORDER BY id
+     LIMIT $4";
+/// The same page with `null` for each payload.
+const LIST_WITHOUT_PAYLOAD: &str = "SELECT id, queue, kind, 'null'::jsonb AS payload, priority, run_at, attempt, max_attempts, state, lease_owner, lease_token, lease_expires_at, crashes, releases, last_error, idempotency_key, created_at, updated_at, started_at, finished_at FROM {s}.jobs
+     WHERE ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR state = $2)
+       AND id > $3
+     ORDER BY id
+     LIMIT $4";
+
 impl PgStore {
     pub(crate) async fn get(&self, id: i64) -> Result<Option<Job>, StoreError> {
         let row = sqlx::query(self.sql("SELECT * FROM {s}.jobs WHERE id = $1"))
@@ -21,20 +34,20 @@ impl PgStore {
     }
 
     pub(crate) async fn list(&self, filter: &ListFilter) -> Result<Vec<Job>, StoreError> {
-        let rows = sqlx::query(self.sql(
-            "SELECT * FROM {s}.jobs
-             WHERE ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR state = $2)
-               AND id > $3
-             ORDER BY id
-             LIMIT $4",
-        ))
-        .bind(&filter.queue)
-        .bind(filter.state.map(|s| s.as_str()))
-        .bind(filter.after_id.unwrap_or(0))
-        .bind(i64::from(filter.limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.err(e))?;
+        // Without payloads, a JSON null in their place.
+        let sql = if filter.with_payload {
+            self.sql(LIST_WITH_PAYLOAD)
+        } else {
+            self.sql(LIST_WITHOUT_PAYLOAD)
+        };
+        let rows = sqlx::query(sql)
+            .bind(&filter.queue)
+            .bind(filter.state.map(|s| s.as_str()))
+            .bind(filter.after_id.unwrap_or(0))
+            .bind(i64::from(filter.limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
         self.jobs(&rows)
     }
 
