@@ -35,6 +35,10 @@ pub type HungHandler = Box<dyn Fn(u64, String, String) + Send + Sync>;
 /// How long a worker whose connection broke or refused gets no new work.
 const SUSPEND_AFTER_FAILURE: Duration = Duration::from_millis(250);
 
+/// The wait before another connect when curfew itself is out of
+/// descriptors.
+const LOCAL_SHORTAGE_BACKOFF: Duration = Duration::from_millis(50);
+
 /// A hung worker stays out of routing until the supervisor has replaced it.
 const HUNG_SUSPENSION: Duration = Duration::from_secs(3600);
 
@@ -187,6 +191,20 @@ impl Dispatcher {
                     return Err(DispatchError::ConnectTimeout {
                         worker: lease.worker_id,
                     });
+                }
+                Err(e) if e.out_of_resources() => {
+                    // curfew's own shortage (at the open-file limit): not
+                    // the worker's fault. Wait a moment and try again,
+                    // this worker included, within the deadline.
+                    tracing::debug!(worker = lease.worker_id, error = %e, "No descriptor for a worker connection; waiting for one.");
+                    lease.unused();
+                    if until(deadline, tokio::time::sleep(LOCAL_SHORTAGE_BACKOFF))
+                        .await
+                        .is_none()
+                    {
+                        return Err(DispatchError::NoWorkerInTime);
+                    }
+                    continue;
                 }
                 Err(e) => {
                     tracing::debug!(worker = lease.worker_id, pid = lease.pid, error = %e, "Worker refused the connection; the work waits for another.");

@@ -113,6 +113,21 @@ pub enum ConnectError {
     Deadline,
 }
 
+impl ConnectError {
+    /// curfew itself is out of descriptors or buffers (EMFILE, ENFILE,
+    /// ENOBUFS, ENOMEM): nothing is wrong with the worker.
+    pub fn out_of_resources(&self) -> bool {
+        matches!(
+            self,
+            ConnectError::Io { source, .. }
+                if matches!(
+                    source.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                )
+        )
+    }
+}
+
 /// A connection to a worker: hyper's request handle, and a duplicate of the
 /// socket's fd used only to peek whether the worker closed it while idle.
 pub struct Upstream {
@@ -273,5 +288,23 @@ pub async fn probe_with(
     match tokio::time::timeout(timeout, attempt).await {
         Ok(r) => r,
         Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_local_shortage_is_not_a_refusal() {
+        let addr = WorkerAddr::Tcp("127.0.0.1:9".parse().expect("addr"));
+        let io = |errno| ConnectError::Io {
+            addr: addr.clone(),
+            source: std::io::Error::from_raw_os_error(errno),
+        };
+        assert!(io(libc::EMFILE).out_of_resources());
+        assert!(io(libc::ENFILE).out_of_resources());
+        assert!(!io(libc::ECONNREFUSED).out_of_resources());
+        assert!(!ConnectError::Deadline.out_of_resources());
     }
 }
