@@ -2133,6 +2133,31 @@ async fn open_errors_name_the_url() {
 }
 
 #[tokio::test]
+async fn a_new_sqlite_store_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("private.db");
+    let store = Store::open(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("open");
+    store
+        .enqueue(NewJob::new("default", "k", json!({"secret": 1})))
+        .await
+        .expect("enqueue");
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+    assert_eq!(mode(&path), 0o600, "the database file");
+    let wal = dir.path().join("private.db-wal");
+    assert!(wal.exists(), "WAL mode");
+    assert_eq!(
+        mode(&wal),
+        0o600,
+        "the WAL file follows the database's mode"
+    );
+    store.close().await;
+}
+
+#[tokio::test]
 async fn a_plain_path_is_a_sqlite_store() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("plain.db");

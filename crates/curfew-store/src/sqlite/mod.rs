@@ -98,6 +98,26 @@ impl WriteTx {
     }
 }
 
+/// A new store file is created private (0600): jobs carry payloads.
+/// SQLite gives the `-wal` and `-shm` files the database file's mode. An
+/// existing file keeps its mode (the operator's choice); losing a race
+/// with another process creating it is fine (it creates it the same way).
+fn create_private(path: &Path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.exists() || path.as_os_str() == ":memory:" {
+        return;
+    }
+    if let Err(e) = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        // SQLite reports a real problem (a missing directory) itself.
+        tracing::debug!(path = %path.display(), error = %e, "Could not create the store file in advance.");
+    }
+}
+
 impl SqliteStore {
     /// Opens the file and migrates it. Processes opening a new file at the
     /// same moment can get `SQLITE_BUSY` without SQLite's busy handler being
@@ -123,6 +143,7 @@ impl SqliteStore {
 
     async fn open_once(path: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
         let name: Arc<str> = format!("sqlite://{}", path.display()).into();
+        create_private(path);
         let connect = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
