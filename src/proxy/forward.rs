@@ -315,6 +315,16 @@ fn client_fault(
         StatusCode::BAD_REQUEST => "malformed request body\n",
         _ => "could not keep the request body\n",
     };
+    closing_error(status, text, request)
+}
+
+/// curfew's own answer that also ends the connection (what is left of the
+/// client's body on it cannot be trusted).
+fn closing_error(
+    status: StatusCode,
+    text: &'static str,
+    request: RequestGuard,
+) -> Response<ProxyBody> {
     let mut r = error_response(status, text, request);
     r.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -404,14 +414,11 @@ fn failed(
         }
         DispatchError::ClientBody { status, reason } => {
             tracing::debug!(%method, path, status = status.as_u16(), error = %reason, "Client fault while streaming its body: answered to the client.");
-            let mut r = error_response(
+            return closing_error(
                 *status,
                 "the request body could not be forwarded\n",
                 request,
             );
-            r.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return r;
         }
         DispatchError::ClientSlow => {
             tracing::debug!(%method, path, "Client still sending its body at timeout: answering 408.");

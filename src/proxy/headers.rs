@@ -70,10 +70,17 @@ pub fn drop_spoofable(headers: &mut HeaderMap, trusted: bool) {
         .keys()
         .filter(|name| {
             let n = name.as_str();
-            let folded = n.contains('_');
-            let canonical = n.replace('_', "-");
-            canonical == JOB_TOKEN_HEADER
-                || ((folded || !trusted) && FORWARDING.contains(&canonical.as_str()))
+            // Called for every request: a `_` spelling (rare) is the only
+            // case that needs a folded copy of the name.
+            let spoofable = |canonical: &str, folded: bool| {
+                canonical == JOB_TOKEN_HEADER
+                    || ((folded || !trusted) && FORWARDING.contains(&canonical))
+            };
+            if n.contains('_') {
+                spoofable(&n.replace('_', "-"), true)
+            } else {
+                spoofable(n, false)
+            }
         })
         .cloned()
         .collect();

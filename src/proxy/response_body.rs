@@ -19,6 +19,7 @@
 //! Hand-written: no crate of the field spools an HTTP body to a file.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -357,11 +358,10 @@ impl Drop for SpooledBody {
 }
 
 impl SpooledBody {
-    /// Read the next spilled chunk in the blocking pool.
-    fn start_read(&mut self, spill: &Spill) {
-        let file = spill.file.clone();
-        let at = spill.read;
-        let len = (spill.written - spill.read).min(FILE_CHUNK) as usize;
+    /// Read the next spilled chunk (at most `FILE_CHUNK` of the `left`
+    /// bytes from `at`) in the blocking pool.
+    fn start_read(&mut self, file: Arc<std::fs::File>, at: u64, left: u64) {
+        let len = left.min(FILE_CHUNK) as usize;
         self.reading = Some(tokio::task::spawn_blocking(move || {
             let mut buf = vec![0u8; len];
             file.read_exact_at(&mut buf, at)?;
@@ -412,13 +412,9 @@ impl Body for SpooledBody {
         if let Some(spill) = st.spill.as_ref()
             && spill.read < spill.written
         {
-            let spill = Spill {
-                file: spill.file.clone(),
-                written: spill.written,
-                read: spill.read,
-            };
+            let (file, at, left) = (spill.file.clone(), spill.read, spill.written - spill.read);
             drop(st);
-            this.start_read(&spill);
+            this.start_read(file, at, left);
             return Pin::new(this).poll_frame(cx);
         }
         match st.end.take() {
@@ -439,5 +435,3 @@ impl Body for SpooledBody {
         SizeHint::default()
     }
 }
-
-use std::future::Future;
