@@ -13,6 +13,7 @@ pub mod jobs;
 mod parse;
 pub mod raw;
 pub mod reload;
+mod suggest;
 mod validate;
 
 pub use parse::resolve_program;
@@ -59,8 +60,15 @@ pub enum ConfigError {
     },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("unknown environment variable {name}: it is not a curfew setting (known: {})", known.join(", "))]
-    UnknownEnv { name: String, known: Vec<String> },
+    #[error("unknown environment variable {name}: it is not a curfew setting; {}", match suggestion {
+        Some(s) => format!("did you mean {s}?"),
+        None => format!("the settings are {}", known.join(", ")),
+    })]
+    UnknownEnv {
+        name: String,
+        suggestion: Option<String>,
+        known: Vec<String>,
+    },
     #[error("invalid `{key}` = {value} {origin}: {message}")]
     Invalid {
         key: String,
@@ -289,7 +297,7 @@ pub fn load(sources: Sources) -> Result<Config, ConfigError> {
         })?;
         let layer: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.clone(),
-            message: e.to_string(),
+            message: suggest::unknown_key_message(&e.to_string()),
         })?;
         raw.merge(layer, &Origin::File(path.clone()), &mut origins);
     }
@@ -370,7 +378,12 @@ worker_socket = "fd""#)
     #[test]
     fn unknown_key_in_file() {
         let e = cfg("command = \"sh\"\ngracefull_timeout = 3").expect_err("unknown");
-        assert!(e.to_string().contains("gracefull_timeout"), "{e}");
+        let m = e.to_string();
+        assert!(
+            m.contains("unknown key `gracefull_timeout`: did you mean `graceful_timeout`?"),
+            "{m}"
+        );
+        assert!(!m.contains("max_requests"), "no list of every key: {m}");
     }
 
     #[test]
