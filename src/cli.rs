@@ -381,6 +381,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub send_timeout: Option<String>,
 
+    /// Close an upgraded connection (WebSocket) that carries nothing either way for this long; 0 = no limit
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub tunnel_idle_timeout: Option<String>,
+
     /// Retry a bodiless GET/HEAD/OPTIONS once on another worker when its worker died before answering (a request that kills that one too is not retried again)
     #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
     pub retry_idempotent: Option<bool>,
@@ -521,6 +525,7 @@ impl ServeArgs {
             client_body_timeout: dur(&self.client_body_timeout),
             response_buffering: self.response_buffering,
             send_timeout: dur(&self.send_timeout),
+            tunnel_idle_timeout: dur(&self.tunnel_idle_timeout),
             max_connections: self.max_connections,
             retry_idempotent: self.retry_idempotent,
             faulthandler: self.faulthandler,

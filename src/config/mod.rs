@@ -228,6 +228,9 @@ pub struct Config {
     pub response_buffering: bool,
     /// `None` when disabled (`send_timeout = 0`).
     pub send_timeout: Option<Duration>,
+    /// An upgraded connection idle both ways this long is closed; `None`
+    /// when disabled (`tunnel_idle_timeout = 0`).
+    pub tunnel_idle_timeout: Option<Duration>,
     /// Client connections open at once on the public addresses.
     pub max_connections: usize,
     /// Retry a bodiless GET/HEAD/OPTIONS once when its worker died.

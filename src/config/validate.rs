@@ -80,6 +80,11 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
             .response_buffering
             .unwrap_or(defaults::RESPONSE_BUFFERING),
         send_timeout: cx.optional("send_timeout", raw.send_timeout, defaults::SEND_TIMEOUT)?,
+        tunnel_idle_timeout: cx.optional(
+            "tunnel_idle_timeout",
+            raw.tunnel_idle_timeout,
+            defaults::TUNNEL_IDLE_TIMEOUT,
+        )?,
         retry_idempotent: raw.retry_idempotent.unwrap_or(defaults::RETRY_IDEMPOTENT),
         max_connections: cx.count(
             "max_connections",

@@ -16,6 +16,7 @@ pub mod listener;
 pub mod request_body;
 pub mod response_body;
 pub mod router;
+mod tunnel;
 pub mod upstream;
 
 use std::net::IpAddr;
@@ -73,6 +74,8 @@ pub struct FrontConfig {
     pub response_buffering: bool,
     /// A client reading nothing of its response this long is cut.
     pub send_timeout: Option<Duration>,
+    /// An upgraded connection idle both ways this long is closed.
+    pub tunnel_idle_timeout: Option<Duration>,
     /// Client connections open at once.
     pub max_connections: usize,
     /// Retry a bodiless GET/HEAD/OPTIONS once when its worker died.
@@ -97,6 +100,7 @@ impl From<&Config> for FrontConfig {
             },
             response_buffering: cfg.response_buffering,
             send_timeout: cfg.send_timeout,
+            tunnel_idle_timeout: cfg.tunnel_idle_timeout,
             max_connections: cfg.max_connections,
             retry_idempotent: cfg.retry_idempotent,
         }
@@ -127,6 +131,8 @@ pub struct Front {
     pub response_buffering: bool,
     /// A client reading nothing of its response this long is cut.
     pub send_timeout: Option<Duration>,
+    /// An upgraded connection idle both ways this long is closed.
+    pub tunnel_idle_timeout: Option<Duration>,
     /// Retry a bodiless GET/HEAD/OPTIONS once when its worker died.
     pub retry_idempotent: bool,
     /// One permit per open client connection (`max_connections`).
@@ -162,6 +168,7 @@ impl Front {
             spill_dir: std::env::temp_dir(),
             response_buffering: cfg.response_buffering,
             send_timeout: cfg.send_timeout,
+            tunnel_idle_timeout: cfg.tunnel_idle_timeout,
             retry_idempotent: cfg.retry_idempotent,
             connections: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
             max_connections: cfg.max_connections,

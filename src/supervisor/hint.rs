@@ -44,7 +44,8 @@ fn how_to_serve(socket: WorkerSocket) -> &'static str {
     match socket {
         WorkerSocket::Fd => {
             "with worker_socket = \"fd\" the command must serve on the inherited fd 3 \
-             (uvicorn --fd 3, gunicorn --bind fd://3, hypercorn --bind fd://3), \
+             (uvicorn --fd 3; gunicorn with no --bind, it adopts fd 3 from LISTEN_FDS; \
+             hypercorn --bind fd://3), \
              or set worker_socket = \"port\" and serve on {port} / $PORT"
         }
         WorkerSocket::Port => {
