@@ -28,6 +28,7 @@ pub mod exit;
 pub mod hooks;
 pub mod lifecycle;
 pub mod logging;
+pub mod malloc;
 pub mod metrics;
 pub mod notify;
 pub mod platform;

@@ -9,6 +9,7 @@ mod cli;
 fn main() -> ExitCode {
     // Worker exec shim (see shim.rs): must run before anything else.
     curfew::shim::run_if_requested();
+    curfew::malloc::bound_retention();
     let cli = cli::Cli::parse_with_defaults();
     use curfew::control::Request;
     let code = match cli.command {

@@ -5,12 +5,13 @@
 //! | `POST /jobs` (JSON, see [`EnqueueRequest`]) | 201 `{"id","created":true,"queue"}`; 200 with `created: false` for a known idempotency key |
 //! | `POST /jobs` with a JSON array of jobs, or NDJSON (`Content-Type: application/x-ndjson`) | one transaction, all or nothing: 201 `{"jobs": [{"id","created","queue"}…], "created": n}` (200 when none was new); an error names each bad job by index |
 //! | `GET /jobs/<id>`                          | 200 the job; 404                          |
-//! | `GET /jobs?queue=&state=&limit=&after=&payload=1` | 200 `{"jobs": [...]}` (payloads only with `payload=1`; `limit` ≤ 500) |
+//! | `GET /jobs?queue=&state=&limit=&after=&payload=1` | 200 `{"jobs": [...]}` (payloads only with `payload=1`; `limit` ≤ 500, and with payloads ≤ 4 MiB / `jobs.max_payload`) |
 //!
 //! The `Idempotency-Key` header is the same as the body's `idempotency_key`.
 //! Errors are JSON `{"error": "..."}` with 400 (bad input, naming the
 //! field), 404, 405, 413 (payload over `jobs.max_payload`), 422 (unknown
-//! queue), 503 (store unreachable; `Retry-After: 1`: nothing was stored).
+//! queue), 503 (store unreachable, or the API's store turns all taken for
+//! 5 s — see `processor::gate`; `Retry-After: 1`: nothing was stored).
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -19,6 +20,7 @@ use hyper::body::Incoming;
 
 use crate::processor::Processor;
 use crate::processor::api::{self, ApiError};
+use crate::processor::gate;
 use curfew_store::ListFilter;
 
 pub async fn respond(jobs: Option<&Processor>, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -44,6 +46,7 @@ async fn handle(
         (Method::POST, "/jobs") => enqueue(jobs, req).await,
         (Method::GET, "/jobs") => list(jobs, req.uri().query().unwrap_or("")).await,
         (Method::GET, p) => {
+            let _turn = jobs.api_turn(false).await?;
             let id = p
                 .strip_prefix("/jobs/")
                 .and_then(|s| s.parse::<i64>().ok())
@@ -102,6 +105,9 @@ async fn enqueue(
         }
         Err(e) => return Err(ApiError::bad(format!("cannot read the request body: {e}"))),
     };
+    // The store turn only once the body is read: a slow client must not
+    // hold one of the API's few turns while it uploads.
+    let _turn = jobs.api_turn(false).await?;
     if ndjson || body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
         if header_key.is_some() {
             return Err(ApiError::bad(
@@ -146,7 +152,15 @@ async fn enqueue(
 }
 
 async fn list(jobs: &Processor, query: &str) -> Result<Response<Full<Bytes>>, ApiError> {
-    let filter = parse_filter(query)?;
+    let mut filter = parse_filter(query)?;
+    if filter.with_payload {
+        // A page of payloads is bounded in bytes, not only in jobs (500
+        // payloads of 1 MiB would be half a gigabyte); page with `after`.
+        filter.limit = filter
+            .limit
+            .min(gate::payload_page_limit(jobs.config().max_payload));
+    }
+    let _turn = jobs.api_turn(filter.with_payload).await?;
     let found = jobs.store().list(filter).await?;
     Ok(json(StatusCode::OK, &serde_json::json!({ "jobs": found })))
 }

@@ -22,6 +22,7 @@
 //!   web traffic does not depend on it.
 
 pub mod api;
+pub mod gate;
 mod health;
 mod loops;
 mod operate;
@@ -113,6 +114,8 @@ struct Inner {
     /// One task per running job.
     runs: TaskTracker,
     health: StoreHealth,
+    /// The job API's and the status report's share of the store.
+    gate: gate::Gate,
 }
 
 /// The job processor; cheap to clone.
@@ -129,7 +132,10 @@ impl Processor {
         let options = StoreOptions {
             pg_schema: cfg.pg_schema.clone(),
             max_payload_bytes: cfg.max_payload,
-            max_connections: (total + 4).min(32) as u32,
+            // The queues' runs, 4 for the loops (claims, rescue, prune,
+            // the listener's reconnects), and the job API's own turns
+            // (`gate`), which it never exceeds.
+            max_connections: ((total + 4).min(32) + gate::API_STORE_CALLS) as u32,
             // Fail calls fast while the database is away: the loops retry
             // with their own backoff, so recovery is seen within seconds.
             acquire_timeout: Duration::from_secs(3),
@@ -182,12 +188,19 @@ impl Processor {
                 loops: TaskTracker::new(),
                 runs: TaskTracker::new(),
                 health,
+                gate: gate::Gate::new(),
             }),
         }
     }
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// A job-API request's turn at the store (see `gate`): hold it while
+    /// the request uses the store. 503 after `gate::API_WAIT`.
+    pub async fn api_turn(&self, with_payloads: bool) -> Result<gate::ApiTurn, api::ApiError> {
+        self.inner.gate.turn(with_payloads).await
     }
 
     /// The delivery token (see `CURFEW_JOB_TOKEN`).

@@ -25,15 +25,28 @@ impl Processor {
     /// are listed too, with concurrency 0.
     pub async fn report(&self, timeout: Duration) -> JobsReport {
         let inner = &self.inner;
-        let stats = tokio::time::timeout(timeout, inner.store.stats()).await;
-        let stats = match stats {
-            Ok(Ok(s)) => Some(s),
-            _ => None,
-        };
-        let paused = match tokio::time::timeout(timeout, inner.store.paused()).await {
-            Ok(Ok(p)) => p,
-            _ => Vec::new(),
-        };
+        // One count in flight at a time, shared by the callers meanwhile:
+        // a flood of scrapes costs the store one query at a time.
+        let counted = inner
+            .gate
+            .counted(|| async {
+                let started = tokio::time::Instant::now();
+                let stats = match tokio::time::timeout(timeout, inner.store.stats()).await {
+                    Ok(Ok(s)) => Some(s),
+                    _ => None,
+                };
+                let paused = match tokio::time::timeout(timeout, inner.store.paused()).await {
+                    Ok(Ok(p)) => p,
+                    _ => Vec::new(),
+                };
+                super::gate::Counted {
+                    started,
+                    stats,
+                    paused,
+                }
+            })
+            .await;
+        let (stats, paused) = (counted.stats, counted.paused);
         let store_up = stats.is_some() && inner.health.is_up();
         let running = inner.running_snapshot();
         let mut queues: Vec<QueueReport> = inner

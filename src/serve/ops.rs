@@ -5,6 +5,7 @@
 use super::report::log_status;
 use super::*;
 use crate::events::ReloadFinished;
+use crate::protocol::jobs::JobsRequest;
 
 /// SIGTTIN / SIGTTOU: one worker more or fewer (never fewer than one).
 pub(super) fn scale_by_one(run: &mut Run, up: bool) {
@@ -323,7 +324,15 @@ pub(super) async fn route_control(
                         None => control::Response::err(
                             "this curfew has no job processor: add a [jobs] section to curfew.toml",
                         ),
-                        Some(j) => match j.operate(request).await {
+                        // The SDK enqueues here when there is no admin
+                        // address: app traffic, held to the API's store turns.
+                        Some(j) => match async {
+                            let listing = matches!(request, JobsRequest::List { .. });
+                            let _turn = j.api_turn(listing).await?;
+                            j.operate(request).await
+                        }
+                        .await
+                        {
                             Ok((message, data)) => control::Response {
                                 ok: true,
                                 message: Some(message),

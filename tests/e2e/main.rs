@@ -18,6 +18,7 @@ mod deaths;
 mod health;
 mod hooks;
 mod jobs;
+mod jobs_api_bounds;
 mod local_security;
 mod metrics;
 mod operate;
