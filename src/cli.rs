@@ -389,6 +389,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
     pub retry_idempotent: Option<bool>,
 
+    /// Request header fields with a `_` in their names: drop (nginx's default; gunicorn reads SCRIPT_NAME from such a header) or keep
+    #[arg(long, value_name = "drop|keep")]
+    pub underscore_headers: Option<String>,
+
     /// Client connections open at once on the public addresses; more wait in the kernel's accept queue
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub max_connections: Option<i64>,
@@ -528,6 +532,7 @@ impl ServeArgs {
             tunnel_idle_timeout: dur(&self.tunnel_idle_timeout),
             max_connections: self.max_connections,
             retry_idempotent: self.retry_idempotent,
+            underscore_headers: self.underscore_headers.clone(),
             faulthandler: self.faulthandler,
             graceful_timeout: dur(&self.graceful_timeout),
             worker_stop_timeout: dur(&self.worker_stop_timeout),

@@ -49,6 +49,8 @@ pub const TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// under Docker's default).
 pub const MAX_CONNECTIONS: usize = 10_000;
 pub const RETRY_IDEMPOTENT: bool = false;
+/// nginx's `underscores_in_headers off`.
+pub const UNDERSCORE_HEADERS: &str = "drop";
 pub const ABORT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const FAULTHANDLER: bool = true;
 pub const DRAIN_DELAY: Duration = Duration::ZERO;
@@ -195,6 +197,7 @@ pub fn shown(key: &str) -> Option<String> {
         "tunnel_idle_timeout" => duration(TUNNEL_IDLE_TIMEOUT),
         "max_connections" => code(&MAX_CONNECTIONS.to_string()),
         "retry_idempotent" => code(&RETRY_IDEMPOTENT.to_string()),
+        "underscore_headers" => code(UNDERSCORE_HEADERS),
         "abort_timeout" => duration(ABORT_TIMEOUT),
         "faulthandler" => code(&FAULTHANDLER.to_string()),
         "drain_delay" => duration(DRAIN_DELAY),

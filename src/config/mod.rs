@@ -235,6 +235,9 @@ pub struct Config {
     pub max_connections: usize,
     /// Retry a bodiless GET/HEAD/OPTIONS once when its worker died.
     pub retry_idempotent: bool,
+    /// Keep request header fields whose names have a `_` (`underscore_headers
+    /// = "keep"`); by default they are dropped.
+    pub keep_underscore_headers: bool,
     pub faulthandler: bool,
     pub worker_stop_timeout: Duration,
     pub chdir: Option<PathBuf>,

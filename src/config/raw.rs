@@ -259,6 +259,9 @@ raw_config! {
     /// Retry a GET/HEAD/OPTIONS once on another worker when its worker
     /// died before answering.
     retry_idempotent: bool,
+    /// `drop` (default) or `keep` request header fields with a `_` in
+    /// their names.
+    underscore_headers: String,
     /// Time a hung worker gets between SIGABRT (stack dump) and SIGKILL.
     abort_timeout: RawDuration,
     /// Set PYTHONFAULTHANDLER=1 in workers (Python dumps its stack on SIGABRT).

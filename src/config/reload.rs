@@ -47,6 +47,7 @@ pub const SETTINGS: &[(&str, OnReload)] = &[
     ("tunnel_idle_timeout", OnReload::RestartOnly),
     ("max_connections", OnReload::RestartOnly),
     ("retry_idempotent", OnReload::RestartOnly),
+    ("underscore_headers", OnReload::RestartOnly),
     ("faulthandler", OnReload::Applied),
     ("worker_stop_timeout", OnReload::Applied),
     ("chdir", OnReload::Applied),
@@ -163,6 +164,7 @@ reload_by_field! {
     tunnel_idle_timeout => "tunnel_idle_timeout",
     max_connections => "max_connections",
     retry_idempotent => "retry_idempotent",
+    keep_underscore_headers => "underscore_headers",
     faulthandler => "faulthandler",
     worker_stop_timeout => "worker_stop_timeout",
     chdir => "chdir",
@@ -249,6 +251,10 @@ mod tests {
             ),
             ("max_connections", "workers = 2\nmax_connections = 3"),
             ("retry_idempotent", "workers = 2\nretry_idempotent = true"),
+            (
+                "underscore_headers",
+                "workers = 2\nunderscore_headers = \"keep\"",
+            ),
             ("faulthandler", "workers = 2\nfaulthandler = false"),
             (
                 "worker_stop_timeout",

@@ -86,6 +86,12 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
             defaults::TUNNEL_IDLE_TIMEOUT,
         )?,
         retry_idempotent: raw.retry_idempotent.unwrap_or(defaults::RETRY_IDEMPOTENT),
+        keep_underscore_headers: cx.one_of(
+            "underscore_headers",
+            raw.underscore_headers.clone(),
+            defaults::UNDERSCORE_HEADERS,
+            &["drop", "keep"],
+        )? == "keep",
         max_connections: cx.count(
             "max_connections",
             raw.max_connections,

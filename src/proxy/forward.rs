@@ -91,7 +91,14 @@ async fn forward(
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let trusted = peer.is_none_or(|ip| front.forwarded_allow.trusts(ip));
     let (mut parts, body) = req.into_parts();
-    for_worker(&mut parts, upgrade, peer, trusted, conn.local_host.as_ref());
+    for_worker(
+        &mut parts,
+        upgrade,
+        peer,
+        trusted,
+        front.keep_underscore_headers,
+        conn.local_host.as_ref(),
+    );
     // Buffered: the worker's clock starts once the body is in hand.
     let (body, body_done, started) = if front.request_buffering && !body.is_end_stream() {
         match request_body::buffer(body, front.limits, &front.spill_dir).await {
@@ -231,8 +238,8 @@ fn logged_path(uri: &http::Uri) -> String {
 }
 
 /// The client's request head as the worker gets it: HTTP/1.1 in origin
-/// form, hop-by-hop headers, the job token and spoofable forwarding headers
-/// removed, the upgrade (if any) restated, the forwarding headers set and
+/// form, hop-by-hop headers, the job token, spoofable forwarding headers
+/// and (unless kept) every field named with a `_` removed, the upgrade (if any) restated, the forwarding headers set and
 /// `Host` kept (or, for an HTTP/1.0 request without one, the address the
 /// client connected to).
 fn for_worker(
@@ -240,6 +247,7 @@ fn for_worker(
     upgrade: Option<HeaderValue>,
     peer: Option<IpAddr>,
     trusted: bool,
+    keep_underscores: bool,
     local_host: Option<&HeaderValue>,
 ) {
     let host = parts
@@ -254,7 +262,7 @@ fn for_worker(
         })
         .or_else(|| local_host.cloned());
     headers::strip_hop_by_hop(&mut parts.headers);
-    headers::drop_spoofable(&mut parts.headers, trusted);
+    headers::drop_spoofable(&mut parts.headers, trusted, keep_underscores);
     if let Some(up) = upgrade {
         parts
             .headers

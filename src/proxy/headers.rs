@@ -65,11 +65,19 @@ const FORWARDING: &[&str] = &[
 /// with `_` for `-` (`x_forwarded_proto`), which WSGI servers fold into
 /// the same `HTTP_X_FORWARDED_PROTO` variable as curfew's own field. The
 /// `_` spellings are dropped from trusted peers too: no proxy sends them.
-pub fn drop_spoofable(headers: &mut HeaderMap, trusted: bool) {
+/// Unless `keep_underscores`, every other field whose name has a `_` goes
+/// too, from every peer (nginx's `underscores_in_headers off`): gunicorn
+/// reads `SCRIPT_NAME` and `PATH_INFO` headers from the proxies it trusts —
+/// curfew, on loopback — so a client could otherwise set the app's mount
+/// point.
+pub fn drop_spoofable(headers: &mut HeaderMap, trusted: bool, keep_underscores: bool) {
     let doomed: Vec<HeaderName> = headers
         .keys()
         .filter(|name| {
             let n = name.as_str();
+            if !keep_underscores && n.contains('_') {
+                return true;
+            }
             // Called for every request: a `_` spelling (rare) is the only
             // case that needs a folded copy of the name.
             let spoofable = |canonical: &str, folded: bool| {

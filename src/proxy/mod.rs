@@ -80,6 +80,8 @@ pub struct FrontConfig {
     pub max_connections: usize,
     /// Retry a bodiless GET/HEAD/OPTIONS once when its worker died.
     pub retry_idempotent: bool,
+    /// Keep request header fields with a `_` in their names.
+    pub keep_underscore_headers: bool,
 }
 
 impl From<&Config> for FrontConfig {
@@ -103,6 +105,7 @@ impl From<&Config> for FrontConfig {
             tunnel_idle_timeout: cfg.tunnel_idle_timeout,
             max_connections: cfg.max_connections,
             retry_idempotent: cfg.retry_idempotent,
+            keep_underscore_headers: cfg.keep_underscore_headers,
         }
     }
 }
@@ -135,6 +138,8 @@ pub struct Front {
     pub tunnel_idle_timeout: Option<Duration>,
     /// Retry a bodiless GET/HEAD/OPTIONS once when its worker died.
     pub retry_idempotent: bool,
+    /// Keep request header fields with a `_` in their names.
+    pub keep_underscore_headers: bool,
     /// One permit per open client connection (`max_connections`).
     connections: Arc<tokio::sync::Semaphore>,
     max_connections: usize,
@@ -170,6 +175,7 @@ impl Front {
             send_timeout: cfg.send_timeout,
             tunnel_idle_timeout: cfg.tunnel_idle_timeout,
             retry_idempotent: cfg.retry_idempotent,
+            keep_underscore_headers: cfg.keep_underscore_headers,
             connections: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
             max_connections: cfg.max_connections,
             draining: CancellationToken::new(),

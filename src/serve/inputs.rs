@@ -109,7 +109,8 @@ impl Inputs {
     }
 
     /// Inputs from the process's signals: TERM, INT, QUIT stop; HUP, TTIN,
-    /// TTOU, USR1 control. Must be called inside the runtime.
+    /// TTOU, USR1 control; USR2 is logged and ignored. Must be called inside
+    /// the runtime.
     pub fn os() -> std::io::Result<Inputs> {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
@@ -118,6 +119,9 @@ impl Inputs {
         let mut ttin = signal(SignalKind::from_raw(libc::SIGTTIN))?;
         let mut ttou = signal(SignalKind::from_raw(libc::SIGTTOU))?;
         let mut usr1 = signal(SignalKind::user_defined1())?;
+        // nginx's and gunicorn's "upgrade the binary": not done by curfew
+        // (yet), but its default action would kill curfew on the spot.
+        let mut usr2 = signal(SignalKind::user_defined2())?;
         let (inputs, tx) = Inputs::channel();
         tokio::spawn(async move {
             loop {
@@ -129,6 +133,11 @@ impl Inputs {
                     _ = ttin.recv() => tx.control(ControlSignal::ScaleUp),
                     _ = ttou.recv() => tx.control(ControlSignal::ScaleDown),
                     _ = usr1.recv() => tx.control(ControlSignal::Status),
+                    _ = usr2.recv() => tracing::warn!(
+                        signal = "SIGUSR2",
+                        "Received SIGUSR2 (gunicorn's and nginx's binary upgrade): curfew does not upgrade itself in place; ignored. \
+                         For new app code send SIGHUP (zero-downtime reload); for a new curfew restart it (with systemd socket activation no connection is refused)."
+                    ),
                 }
             }
         });
