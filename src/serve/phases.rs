@@ -171,11 +171,14 @@ pub(super) async fn teardown(run: Run) -> i32 {
     done.duration_ms = run
         .stop_requested_at
         .map(|t| t.elapsed().as_millis() as u64);
+    // A request cut off at graceful_timeout gives back its slot too: it is
+    // counted as aborted, not as finished.
     done.requests_finished = run
         .front
         .router
         .completed()
-        .saturating_sub(run.completed_at_stop);
+        .saturating_sub(run.completed_at_stop)
+        .saturating_sub(run.aborted as u64);
     done.emit();
     code
 }
