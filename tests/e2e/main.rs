@@ -31,4 +31,5 @@ mod shutdown;
 mod soak;
 mod support;
 mod systemd;
+mod under_attack;
 mod workers;
