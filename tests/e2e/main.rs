@@ -30,4 +30,5 @@ mod shutdown;
 mod soak;
 mod support;
 mod systemd;
+mod ui;
 mod workers;
