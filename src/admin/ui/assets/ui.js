@@ -12,6 +12,7 @@
   var poll = document.getElementById("poll");
   var samples = [];
   var polls = 0;
+  var lastOk = new Date();
 
   function sample() {
     var o = document.getElementById("overview");
@@ -75,8 +76,11 @@
     poll.classList.toggle("stale", !!stale);
   }
 
+  var busy = false; // one poll at a time: a slow answer is not overtaken
+
   function refresh() {
-    if (document.hidden) return;
+    if (document.hidden || busy) return;
+    busy = true;
     fetch("/ui/live", { credentials: "same-origin", cache: "no-store" })
       .then(function (r) {
         if (r.status === 401) {
@@ -92,11 +96,13 @@
         document.body.dataset.polls = String(polls);
         sample();
         show();
-        stamp("Live: updated " + new Date().toLocaleTimeString() + ".", false);
+        lastOk = new Date();
+        stamp("Live: updated " + lastOk.toLocaleTimeString() + ".", false);
       })
       .catch(function (e) {
-        stamp("Not updating (" + e.message + "); showing " + new Date().toLocaleTimeString() + "'s data at the latest.", true);
-      });
+        stamp("Not updating (" + e.message + "): the data is from " + lastOk.toLocaleTimeString() + ".", true);
+      })
+      .then(function () { busy = false; });
   }
 
   sample();
