@@ -1,6 +1,6 @@
 //! The status page at `/ui` on the admin address: what an operator opens
 //! first. Server-rendered HTML that reads whole without JavaScript; a small
-//! script ([`JS`]) replaces the live region with `/ui/live` every 2 s and
+//! script (`assets/ui.js`) replaces the live region with `/ui/live` every 2 s and
 //! draws the request rate and latency from successive polls. No build
 //! step, no external asset: the CSS and script are compiled in and served
 //! here, under `Content-Security-Policy: default-src 'self'`.
@@ -15,7 +15,7 @@
 //! | `POST /ui/queues/<name>/pause`, `…/resume` | the same |
 //! | `GET /ui/static/ui.css`, `…/ui.js` | the assets (no authentication: nothing secret) |
 //!
-//! **Who may see and act** ([`access`]): with an `admin_token`, a valid
+//! **Who may see and act** (`access`): with an `admin_token`, a valid
 //! session cookie (from `/ui/login`) or `Authorization: Bearer` (which gets
 //! a session too, for the forms); without, on a loopback address or Unix
 //! socket, anyone who reaches it (a session is issued on the first visit,
@@ -23,8 +23,8 @@
 //! on an address other hosts reach, the status only (no jobs, no actions),
 //! as for the job API. Every POST needs the session's CSRF token and a
 //! same-site `Origin`/`Referer` ([`session`] has the design). Every job
-//! string shown is escaped; errors are cut at [`live::ERROR_CHARS`]; a
-//! load reads at most [`view::RECENT`] jobs of each state, without payloads.
+//! string shown is escaped; errors are cut at `live::ERROR_CHARS` (300 characters); a
+//! load reads at most `view::RECENT` (20) jobs of each state, without payloads.
 
 mod actions;
 mod live;
