@@ -473,7 +473,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub liveness_failures: Option<i64>,
 
-    /// Admin address (HTTP) for the probes /healthz and /readyz, /status, /metrics (Prometheus) and the job API /jobs, e.g. 127.0.0.1:9000
+    /// Admin address (HTTP) for the probes /healthz and /readyz, /status, /metrics (Prometheus), the job API /jobs and the status page /ui, e.g. 127.0.0.1:9000
     #[arg(long, value_name = "ADDR")]
     pub admin_bind: Option<String>,
 

@@ -118,6 +118,10 @@ pub struct Metrics {
     jobs_running_here: Family<QueueLabel, Gauge>,
     jobs_processed: Family<QueueOutcome, Counter>,
     jobs_store_up: Gauge,
+    /// Requests answered and the sum of their durations (µs), for the
+    /// status page's chart (the histogram does not give its totals back).
+    answered: std::sync::atomic::AtomicU64,
+    answered_us: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Metrics {
@@ -244,6 +248,8 @@ impl Metrics {
             jobs_running_here,
             jobs_processed,
             jobs_store_up,
+            answered: Default::default(),
+            answered_us: Default::default(),
         };
         m.set_phase(Phase::Starting.as_str());
         m
@@ -260,6 +266,18 @@ impl Metrics {
         };
         self.requests.get_or_create(&CodeClass { code_class }).inc();
         self.request_duration.observe(elapsed.as_secs_f64());
+        use std::sync::atomic::Ordering::Relaxed;
+        self.answered.fetch_add(1, Relaxed);
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.answered_us.fetch_add(us, Relaxed);
+    }
+
+    /// Requests answered and the sum of their durations in seconds, since
+    /// start (the status page's rate and latency chart takes differences).
+    pub fn request_totals(&self) -> (u64, f64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let us = self.answered_us.load(Relaxed);
+        (self.answered.load(Relaxed), us as f64 / 1e6)
     }
 
     /// A worker process ended (`reason`: see the module docs).
@@ -399,6 +417,9 @@ mod tests {
         m.reload(true);
         m.drain_done(Duration::from_millis(1500));
         let t = m.encode(&scrape());
+        let (answered, seconds) = m.request_totals();
+        assert_eq!(answered, 6);
+        assert!((seconds - 2.048).abs() < 1e-9, "{seconds}");
 
         let v = |p: &str| value(&t, p);
         assert_eq!(v("curfew_http_requests_total{code_class=\"2xx\"}"), 2.0);

@@ -4,9 +4,14 @@
 //! Without one, an admin address that other hosts can reach (TCP, not
 //! loopback) refuses the job API — it would let anyone enqueue work — and
 //! curfew says so at start; `/status` and `/metrics` stay readable.
+//!
+//! The status page (`/ui`, [`crate::admin::ui`]) is for browsers, which
+//! cannot send a Bearer header: it takes the token once at `/ui/login` and
+//! then a signed session cookie; its keys live here, beside the token.
 
 use http::{HeaderMap, StatusCode, header};
 
+use super::ui::session::Keys;
 use crate::config::{BindAddr, Secret};
 
 /// The admin endpoint's access rule.
@@ -15,6 +20,10 @@ pub struct AdminAuth {
     token: Option<Secret>,
     /// Reachable from other hosts (TCP on a non-loopback address).
     exposed: bool,
+    /// A Unix socket: no browser reaches it, no Host to check.
+    unix: bool,
+    /// The status page's session and CSRF keys (from the token, or random).
+    ui: Keys,
 }
 
 /// A refusal: the status and the text the client gets.
@@ -26,7 +35,49 @@ impl AdminAuth {
             Some(BindAddr::Tcp(a)) => !a.ip().is_loopback(),
             Some(BindAddr::Unix(_)) | None => false,
         };
-        AdminAuth { token, exposed }
+        let unix = matches!(bind, Some(BindAddr::Unix(_)));
+        let ui = token.as_ref().map_or_else(Keys::random, Keys::from_token);
+        AdminAuth {
+            token,
+            exposed,
+            unix,
+            ui,
+        }
+    }
+
+    /// An `admin_token` is set.
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// Reachable from other hosts (TCP, not loopback).
+    pub fn exposed(&self) -> bool {
+        self.exposed
+    }
+
+    /// Served on a Unix socket.
+    pub fn unix(&self) -> bool {
+        self.unix
+    }
+
+    /// The status page's keys.
+    pub fn ui_keys(&self) -> &Keys {
+        &self.ui
+    }
+
+    /// `given` is the admin token (constant-time); false without one.
+    pub fn token_matches(&self, given: &str) -> bool {
+        self.token.as_ref().is_some_and(|t| t.matches(given))
+    }
+
+    /// The request carries `Authorization: Bearer <admin_token>`.
+    pub fn bearer_ok(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .is_some_and(|g| self.token_matches(g))
     }
 
     /// The WARN to log at start, if any.
@@ -41,18 +92,14 @@ impl AdminAuth {
         if path == "/healthz" || path == "/readyz" {
             return Ok(());
         }
-        if let Some(token) = &self.token {
-            let given = headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim);
-            return match given {
-                Some(g) if token.matches(g) => Ok(()),
-                _ => Err((
+        if self.token.is_some() {
+            return if self.bearer_ok(headers) {
+                Ok(())
+            } else {
+                Err((
                     StatusCode::UNAUTHORIZED,
                     "missing or wrong admin token: send Authorization: Bearer <admin_token>\n",
-                )),
+                ))
             };
         }
         let job_api = path == "/jobs" || path.starts_with("/jobs/");

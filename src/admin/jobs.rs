@@ -5,7 +5,7 @@
 //! | `POST /jobs` (JSON, see [`EnqueueRequest`]) | 201 `{"id","created":true,"queue"}`; 200 with `created: false` for a known idempotency key |
 //! | `POST /jobs` with a JSON array of jobs, or NDJSON (`Content-Type: application/x-ndjson`) | one transaction, all or nothing: 201 `{"jobs": [{"id","created","queue"}…], "created": n}` (200 when none was new); an error names each bad job by index |
 //! | `GET /jobs/<id>`                          | 200 the job; 404                          |
-//! | `GET /jobs?queue=&state=&limit=&after=&payload=1` | 200 `{"jobs": [...]}` (payloads only with `payload=1`; `limit` ≤ 500, and with payloads ≤ 4 MiB / `jobs.max_payload`) |
+//! | `GET /jobs?queue=&state=&limit=&after=&payload=1&order=` | 200 `{"jobs": [...]}` (payloads only with `payload=1`; `limit` ≤ 500, and with payloads ≤ 4 MiB / `jobs.max_payload`; `order=newest`: by id descending, `after` then pages down) |
 //!
 //! The `Idempotency-Key` header is the same as the body's `idempotency_key`.
 //! Errors are JSON `{"error": "..."}` with 400 (bad input, naming the
@@ -168,7 +168,7 @@ async fn list(jobs: &Processor, query: &str) -> Result<Response<Full<Bytes>>, Ap
 /// Most jobs one `GET /jobs` page returns.
 pub const MAX_API_LIMIT: u32 = 500;
 
-/// `queue=&state=&limit=&after=&payload=` → a list filter.
+/// `queue=&state=&limit=&after=&payload=&order=` → a list filter.
 pub fn parse_filter(query: &str) -> Result<ListFilter, ApiError> {
     // Payloads only when asked for (`payload=1`): a page of large payloads
     // would cost memory for a list that rarely needs them.
@@ -201,6 +201,17 @@ pub fn parse_filter(query: &str) -> Result<ListFilter, ApiError> {
                     }
                 }
             }
+            "order" => {
+                filter.newest_first = match v {
+                    "newest" => true,
+                    "oldest" => false,
+                    _ => {
+                        return Err(ApiError::bad(format!(
+                            "invalid order {v:?}: give newest (by id, descending) or oldest"
+                        )));
+                    }
+                }
+            }
             "after" => {
                 filter.after_id =
                     Some(v.parse().map_err(|_| {
@@ -209,7 +220,7 @@ pub fn parse_filter(query: &str) -> Result<ListFilter, ApiError> {
             }
             other => {
                 return Err(ApiError::bad(format!(
-                    "unknown query parameter {other:?}: use queue, state, limit, after, payload"
+                    "unknown query parameter {other:?}: use queue, state, limit, after, payload, order"
                 )));
             }
         }
@@ -259,6 +270,14 @@ mod tests {
                 .contains("1 to 500")
         );
         assert!(parse_filter("payload=yes").is_err());
+        assert!(parse_filter("order=newest").expect("valid").newest_first);
+        assert!(!parse_filter("order=oldest").expect("valid").newest_first);
+        assert!(
+            parse_filter("order=desc")
+                .expect_err("bad")
+                .message
+                .contains("newest")
+        );
         assert!(
             parse_filter("state=bogus")
                 .expect_err("bad")

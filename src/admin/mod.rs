@@ -10,9 +10,13 @@
 //! With a `[jobs]` section it is also the application's job API
 //! ([`jobs`]): `POST /jobs` to enqueue, `GET /jobs/<id>` to read one job,
 //! `GET /jobs?queue=&state=&limit=&after=` to list.
+//!
+//! `/ui` is the status page for a browser ([`ui`]), with its own login
+//! (a session cookie in place of the Bearer header) and CSRF checks.
 
 pub mod auth;
 mod jobs;
+pub mod ui;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -54,6 +58,10 @@ impl AdminState {
     async fn respond(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let phase = self.status.phase();
         let path = req.uri().path();
+        if ui::owns(path) {
+            // Its own access rule: a browser has a cookie, not a Bearer header.
+            return ui::respond(self, req).await;
+        }
         if let Err((status, text)) = self.auth.check(path, req.headers()) {
             let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
             *r.status_mut() = status;
@@ -100,7 +108,7 @@ impl AdminState {
             ),
             _ => (
                 StatusCode::NOT_FOUND,
-                "not found: try /healthz, /readyz, /status, /metrics or /jobs\n".to_string(),
+                "not found: try /healthz, /readyz, /status, /metrics, /jobs or /ui\n".to_string(),
             ),
         };
         let mut r = Response::new(Full::new(Bytes::from(body)));

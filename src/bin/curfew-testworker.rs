@@ -747,7 +747,8 @@ async fn route(req: Request<Incoming>, state: &State) -> Result<Response<Body>, 
 /// `POST /jobs/<kind>`: a job delivered by curfew. The JSON payload steers
 /// it: `ms` (sleep first), `status` (answer with it), `retry_after` (header),
 /// `fail_until_attempt` (500 while X-Job-Attempt is below it), `crash`
-/// (exit at once, mid-job).
+/// (exit at once, mid-job), `body` (the answer's text, in place of the
+/// default line).
 async fn job(req: Request<Incoming>, state: &State) -> Result<Response<Body>, Reject> {
     let header = |name: &str| {
         req.headers()
@@ -810,10 +811,11 @@ async fn job(req: Request<Incoming>, state: &State) -> Result<Response<Body>, Re
         .and_then(|v| v.as_u64())
         .unwrap_or(200) as u16;
     let status = StatusCode::from_u16(code).map_err(|_| reject("invalid status"))?;
-    let mut resp = text(
-        status,
-        format!("job {id} attempt {attempt} kind {kind}: {code}\n"),
-    );
+    let answer = match payload.get("body").and_then(|v| v.as_str()) {
+        Some(body) => body.to_owned(),
+        None => format!("job {id} attempt {attempt} kind {kind}: {code}\n"),
+    };
+    let mut resp = text(status, answer);
     if let Some(ra) = payload.get("retry_after").and_then(|v| v.as_str())
         && let Ok(v) = HeaderValue::from_str(ra)
     {

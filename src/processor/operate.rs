@@ -153,6 +153,7 @@ impl Processor {
                     after_id: after,
                     // `curfew jobs` (a local operator) shows them.
                     with_payload: true,
+                    newest_first: false,
                 };
                 let jobs = store.list(filter).await?;
                 Ok((format!("{} jobs", jobs.len()), Some(JobsReply::Jobs(jobs))))

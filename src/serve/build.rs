@@ -163,7 +163,7 @@ impl Run {
         };
 
         if let Some(l) = admin_listener {
-            tracing::info!(admin = %l.describe(), "Admin endpoint: /healthz, /readyz, /status, /metrics.");
+            tracing::info!(admin = %l.describe(), "Admin endpoint: /healthz, /readyz, /status, /metrics, /ui.");
             let state = crate::admin::AdminState {
                 status: Arc::new(run.status.clone()),
                 auth: Arc::new(crate::admin::auth::AdminAuth::new(

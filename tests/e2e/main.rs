@@ -31,5 +31,6 @@ mod shutdown;
 mod soak;
 mod support;
 mod systemd;
+mod ui;
 mod under_attack;
 mod workers;

@@ -489,7 +489,8 @@ impl Store {
         on_backend!(self, s => s.get(id).await)
     }
 
-    /// Jobs matching `filter`, by id, at most `filter.limit`.
+    /// Jobs matching `filter`, by id (descending with
+    /// `filter.newest_first`), at most `filter.limit`.
     pub async fn list(&self, filter: ListFilter) -> Result<Vec<Job>, StoreError> {
         if let Some(queue) = &filter.queue {
             validate::name("queue", queue)?;

@@ -185,7 +185,9 @@ pub enum FailOutcome {
     LostLease,
 }
 
-/// A page of `list`: jobs with `id > after_id`, by id.
+/// A page of `list`: jobs with `id > after_id`, by id (or, with
+/// `newest_first`, jobs with `id < after_id`, newest first: the cursor
+/// follows the listing's direction).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListFilter {
     pub queue: Option<String>,
@@ -196,6 +198,9 @@ pub struct ListFilter {
     /// Read the payloads too (`false`: each job's payload is `null`, so a
     /// page of large payloads costs nothing to list).
     pub with_payload: bool,
+    /// By id descending: the most recent jobs first (the status page's
+    /// recent failures).
+    pub newest_first: bool,
 }
 
 impl ListFilter {
@@ -211,6 +216,7 @@ impl Default for ListFilter {
             limit: ListFilter::DEFAULT_LIMIT,
             after_id: None,
             with_payload: true,
+            newest_first: false,
         }
     }
 }

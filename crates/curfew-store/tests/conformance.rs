@@ -827,6 +827,31 @@ async fn enqueue_get_list_stats(h: &Harness) {
         page.iter().map(|j| j.id).collect::<Vec<_>>(),
         vec![b, later]
     );
+    // Newest first, the cursor going down.
+    let newest = h
+        .store
+        .list(ListFilter {
+            limit: 2,
+            newest_first: true,
+            ..ListFilter::default()
+        })
+        .await
+        .expect("newest first");
+    assert_eq!(
+        newest.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![sms, later]
+    );
+    let older = h
+        .store
+        .list(ListFilter {
+            state: Some(JobState::Queued),
+            after_id: Some(later),
+            newest_first: true,
+            ..ListFilter::default()
+        })
+        .await
+        .expect("next page down");
+    assert_eq!(older.iter().map(|j| j.id).collect::<Vec<_>>(), vec![b, a]);
     // Without payloads: the same page, every other field, payload null.
     let light = h
         .store

@@ -10,17 +10,13 @@ use crate::model::{
 use crate::ops::Outcome;
 use crate::row;
 
-/// A page of jobs, by id.
-const LIST_WITH_PAYLOAD: &str = "SELECT id, queue, kind, payload AS payload, priority, run_at, attempt, max_attempts, state, lease_owner, lease_token, lease_expires_at, crashes, releases, last_error, idempotency_key, created_at, updated_at, started_at, finished_at FROM {s}.jobs
+/// A page of jobs, by id: the columns, `{payload}` being `payload` or
+/// `'null'::jsonb`, `{cursor}` `>` (oldest first) or `<` (newest first) and
+/// `{order}` `ASC` or `DESC`.
+const LIST: &str = "SELECT id, queue, kind, {payload} AS payload, priority, run_at, attempt, max_attempts, state, lease_owner, lease_token, lease_expires_at, crashes, releases, last_error, idempotency_key, created_at, updated_at, started_at, finished_at FROM {s}.jobs
      WHERE ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR state = $2)
-       AND id > $3
-     ORDER BY id
-     LIMIT $4";
-/// The same page with `null` for each payload.
-const LIST_WITHOUT_PAYLOAD: &str = "SELECT id, queue, kind, 'null'::jsonb AS payload, priority, run_at, attempt, max_attempts, state, lease_owner, lease_token, lease_expires_at, crashes, releases, last_error, idempotency_key, created_at, updated_at, started_at, finished_at FROM {s}.jobs
-     WHERE ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR state = $2)
-       AND id > $3
-     ORDER BY id
+       AND id {cursor} $3
+     ORDER BY id {order}
      LIMIT $4";
 
 impl PgStore {
@@ -35,15 +31,25 @@ impl PgStore {
 
     pub(crate) async fn list(&self, filter: &ListFilter) -> Result<Vec<Job>, StoreError> {
         // Without payloads, a JSON null in their place.
-        let sql = if filter.with_payload {
-            self.sql(LIST_WITH_PAYLOAD)
+        let payload = if filter.with_payload {
+            "payload"
         } else {
-            self.sql(LIST_WITHOUT_PAYLOAD)
+            "'null'::jsonb"
         };
-        let rows = sqlx::query(sql)
+        let (cursor, order, start) = if filter.newest_first {
+            ("<", "DESC", i64::MAX)
+        } else {
+            (">", "ASC", 0)
+        };
+        // Every part is a literal above: nothing from the caller.
+        let sql = LIST
+            .replace("{payload}", payload)
+            .replace("{cursor}", cursor)
+            .replace("{order}", order);
+        let rows = sqlx::query(self.sql(&sql))
             .bind(&filter.queue)
             .bind(filter.state.map(|s| s.as_str()))
-            .bind(filter.after_id.unwrap_or(0))
+            .bind(filter.after_id.unwrap_or(start))
             .bind(i64::from(filter.limit))
             .fetch_all(&self.pool)
             .await

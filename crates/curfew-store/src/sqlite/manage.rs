@@ -29,17 +29,23 @@ impl SqliteStore {
         } else {
             "'null'"
         };
+        let (cursor, order, start) = if filter.newest_first {
+            ("<", "DESC", i64::MAX)
+        } else {
+            (">", "ASC", 0)
+        };
         let sql = format!(
             "SELECT id, queue, kind, {payload} AS payload, priority, run_at, attempt, max_attempts, state, lease_owner, lease_token, lease_expires_at, crashes, releases, last_error, idempotency_key, created_at, updated_at, started_at, finished_at FROM jobs
-             WHERE (?1 IS NULL OR queue = ?1) AND (?2 IS NULL OR state = ?2) AND id > ?3
-             ORDER BY id
+             WHERE (?1 IS NULL OR queue = ?1) AND (?2 IS NULL OR state = ?2) AND id {cursor} ?3
+             ORDER BY id {order}
              LIMIT ?4"
         );
-        // `payload` is one of two literals above: nothing from the caller.
+        // `payload`, `cursor` and `order` are literals above: nothing from
+        // the caller.
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(&filter.queue)
             .bind(filter.state.map(JobState::as_str))
-            .bind(filter.after_id.unwrap_or(0))
+            .bind(filter.after_id.unwrap_or(start))
             .bind(i64::from(filter.limit))
             .fetch_all(&self.pool)
             .await
