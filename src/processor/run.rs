@@ -89,6 +89,7 @@ impl Inner {
         _permit: OwnedSemaphorePermit,
     ) {
         let Claimed { job, token } = claimed;
+        let cancel = CancellationToken::new();
         self.lock_running().insert(
             job.id,
             Entry {
@@ -98,9 +99,11 @@ impl Inner {
                     kind: job.kind.clone(),
                     attempt: job.attempt,
                     age_ms: 0,
+                    cancelling: false,
                 },
                 token: token.clone(),
                 started: Instant::now(),
+                cancel: cancel.clone(),
             },
         );
         tracing::debug!(job_id = job.id, queue = %job.queue, kind = %job.kind, attempt = job.attempt, "Job started.");
@@ -112,28 +115,34 @@ impl Inner {
             lost.clone(),
         )));
         let stop = {
-            let (cut, lost) = (self.cut.clone(), lost.clone());
+            let (cut, lost, cancel) = (self.cut.clone(), lost.clone(), cancel.clone());
             async move {
                 tokio::select! {
                     _ = cut.cancelled() => {}
                     _ = lost.cancelled() => {}
+                    _ = cancel.cancelled() => {}
                 }
             }
         };
         let delivery = async {
             let mut mark = StartMark::new(&self, job.id, &token, &lost);
             match &q.cfg.delivery {
-                Delivery::Http { path } => Some(
-                    deliver::http(
+                // A cancel drops the delivery: its connection to the worker
+                // closes and its worker slot is freed, with no judgement of
+                // the worker.
+                Delivery::Http { path } => tokio::select! {
+                    v = deliver::http(
                         &self.dispatcher,
                         path,
                         &job,
                         &self.token,
                         q.cfg.timeout,
                         &mut mark,
-                    )
-                    .await,
-                ),
+                    ) => Some(v),
+                    _ = cancel.cancelled() => None,
+                },
+                // A cancel stops the command (SIGTERM, SIGKILL after the
+                // grace) and the run ends once it is gone.
                 Delivery::Command(argv) => {
                     deliver::command(
                         &self.reaper,
@@ -159,11 +168,18 @@ impl Inner {
             tracing::warn!(job_id = job.id, queue = %job.queue, kind = %job.kind, "Job abandoned: its lease was lost (another processor rescued it after this one could not renew it); it will run again there.");
             return;
         }
+        let verdict = match verdict {
+            // A success that came first stands.
+            Some(Verdict::Done) => Some(Verdict::Done),
+            // Whatever a cancelled run ended with, it was stopped on purpose.
+            _ if cancel.is_cancelled() => Some(Verdict::Cancelled),
+            other => other,
+        };
         let Some(verdict) = verdict else {
             // Cut off by the shutdown: stays in `running` for the hand-back.
             return;
         };
-        if self.cut.is_cancelled() && !matches!(verdict, Verdict::Done) {
+        if self.cut.is_cancelled() && !matches!(verdict, Verdict::Done | Verdict::Cancelled) {
             // A failure caused by the shutdown itself (workers stopping) is
             // not the job's: hand it back with the others.
             return;
@@ -222,6 +238,11 @@ impl Inner {
                     .snooze(job.id, token, now_ms() + after.as_millis() as i64)
                     .await
                     .map(|ok| ok.then_some(None)),
+                Verdict::Cancelled => self
+                    .store
+                    .finish_cancelled(job.id, token)
+                    .await
+                    .map(|ok| ok.then_some(None)),
                 Verdict::Interrupted { why } => self
                     .store
                     .release(&[(job.id, token.to_owned())], why)
@@ -248,7 +269,7 @@ impl Inner {
             match written {
                 Ok(Some(outcome)) => {
                     self.health.ok();
-                    if !matches!(verdict, Verdict::Done) {
+                    if !matches!(verdict, Verdict::Done | Verdict::Cancelled) {
                         // The job is claimable again (now, or at its retry
                         // time): the queue's loop may be asleep until its
                         // poll, not knowing of this run_at.
@@ -260,6 +281,10 @@ impl Inner {
                             q.counters.succeeded.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(job_id = id, queue = %queue, kind = %kind, attempt, took_ms, "Job succeeded.");
                         }
+                        (Verdict::Cancelled, _) => {
+                            q.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(job_id = id, queue = %queue, kind = %kind, attempt, took_ms, "Job cancelled while running, as requested; it will not be retried.");
+                        }
                         (Verdict::Interrupted { why }, _) => {
                             q.counters.released.fetch_add(1, Ordering::Relaxed);
                             tracing::info!(job_id = id, queue = %queue, kind = %kind, attempt, took_ms, why = %why, "Job interrupted by curfew and handed back to its queue (the attempt is not counted as a failure).");
@@ -267,6 +292,10 @@ impl Inner {
                         (Verdict::Snooze { after, why }, _) => {
                             q.counters.snoozed.fetch_add(1, Ordering::Relaxed);
                             tracing::info!(job_id = id, queue = %queue, kind = %kind, retry_in_ms = after.as_millis() as u64, why = %why, "Job postponed (back-pressure); no attempt spent.");
+                        }
+                        (Verdict::Fail { .. }, Some(FailOutcome::Cancelled)) => {
+                            q.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(job_id = id, queue = %queue, kind = %kind, attempt, took_ms, "Job cancelled, as requested, as its attempt ended; it will not be retried.");
                         }
                         (Verdict::Fail { error }, Some(FailOutcome::Dead)) => {
                             q.counters.dead.fetch_add(1, Ordering::Relaxed);
