@@ -10,7 +10,7 @@ use curfew_store::{
 };
 use sqlx::{AssertSqlSafe, Connection, Row};
 
-use super::{Backend, Harness, LEASE, OWNER, claim_one, enqueue, exec_sql, get, new_job};
+use super::{Backend, Harness, LEASE, OWNER, claim_one, enqueue, exec_sql, explain, get, new_job};
 
 fn unique(queue: &str, key: &str, scope: UniqueScope) -> NewJob {
     NewJob {
@@ -74,6 +74,22 @@ pub async fn a_running_job_is_cancelled_through_its_processor(h: &Harness) {
             .is_empty()
     );
     other.close().await;
+    // The poll (every 500 ms per processor running jobs) reads the partial
+    // index of pending requests, nothing else.
+    let indexed_by = match h.backend {
+        Backend::Sqlite => " INDEXED BY jobs_cancel_requested",
+        Backend::Postgres => "",
+    };
+    let plan = explain(
+        h,
+        &format!(
+            "SELECT id FROM {{s}}jobs{indexed_by}
+         WHERE cancel_requested_at IS NOT NULL AND state = 'running' AND lease_owner = 'n/b'
+         ORDER BY id"
+        ),
+    )
+    .await;
+    assert!(plan.contains("jobs_cancel_requested"), "{plan}");
 
     // Fenced like every verdict.
     assert!(
