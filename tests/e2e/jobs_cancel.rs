@@ -169,6 +169,13 @@ fn cancelling_running_http_and_command_jobs() {
     assert!(alive(worker[0]), "the worker was not aborted");
     assert_eq!(c.worker_pids(), worker, "no replacement worker");
     assert!(c.faults().is_empty(), "{:#?}", c.faults());
+    let metrics = get(admin, "/metrics").body;
+    assert!(
+        metrics.contains(r#"curfew_jobs_processed_total{queue="default",outcome="cancelled"} 1"#)
+            && metrics
+                .contains(r#"curfew_jobs_processed_total{queue="shell",outcome="cancelled"} 1"#),
+        "{metrics}"
+    );
 
     // A finished job cannot be cancelled; a queued one is at once.
     let (code, _, err) = c.ctl(&["jobs", "cancel", &http.to_string()]);
