@@ -195,7 +195,7 @@ pub struct EnqueueArgs {
     /// lines are stored in one transaction, all or nothing
     #[arg(long, value_name = "PATH", conflicts_with_all = [
         "kind", "payload", "payload_file", "run_at", "delay", "priority",
-        "max_attempts", "idempotency_key",
+        "max_attempts", "idempotency_key", "unique_key", "unique_scope",
     ])]
     pub file: Option<PathBuf>,
     /// Queue [default: default; with --file, for lines that name none]
@@ -222,6 +222,15 @@ pub struct EnqueueArgs {
     /// At most one job per key: enqueueing it again does nothing
     #[arg(long, value_name = "KEY")]
     pub idempotency_key: Option<String>,
+    /// At most one job per key within --unique-scope: enqueueing it again
+    /// while a job holds the key returns that job
+    #[arg(long, value_name = "KEY")]
+    pub unique_key: Option<String>,
+    /// How long a job holds its --unique-key: queued (until claimed),
+    /// queued+running (until finished), or a window such as 10m (from its
+    /// enqueue) [default: queued+running]
+    #[arg(long, value_name = "SCOPE", requires = "unique_key")]
+    pub unique_scope: Option<String>,
     /// Print the JSON answer
     #[arg(long)]
     pub json: bool,
@@ -235,7 +244,9 @@ pub enum JobsAction {
     Show { id: i64 },
     /// Queue a dead, failed or cancelled job again, with a clean slate.
     Retry { id: i64 },
-    /// Cancel a queued or failed job.
+    /// Cancel a queued or failed job; a running one is stopped by the
+    /// curfew running it (on any instance sharing the store) and ends
+    /// cancelled, never retried.
     Cancel { id: i64 },
     /// Delete a job that is not running.
     Delete { id: i64 },

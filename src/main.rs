@@ -252,6 +252,8 @@ fn run_enqueue(args: cli::EnqueueArgs) -> i32 {
         delay_s: args.delay,
         max_attempts: args.max_attempts,
         idempotency_key: args.idempotency_key,
+        unique_key: args.unique_key,
+        unique_scope: args.unique_scope,
     };
     match jobs_call(&args.target, JobsRequest::Enqueue { job }) {
         Err(code) => code,

@@ -19,7 +19,7 @@
 //! | `curfew_jobs` | gauge: jobs in the store (all processors; at scrape time) | `queue`, `state` = `queued`, `scheduled`, `running`, `failed`, `dead` |
 //! | `curfew_jobs_oldest_queued_age_seconds` | gauge: how long the oldest claimable job has waited | `queue` |
 //! | `curfew_jobs_running_here` | gauge: jobs this curfew is running | `queue` |
-//! | `curfew_jobs_processed_total` | counter: verdicts recorded by this curfew | `queue`, `outcome` = `succeeded`, `failed`, `dead`, `snoozed`, `released`, `lost` |
+//! | `curfew_jobs_processed_total` | counter: verdicts recorded by this curfew | `queue`, `outcome` = `succeeded`, `failed`, `dead`, `snoozed`, `released`, `lost`, `cancelled` (a running job stopped by a cancel) |
 //! | `curfew_jobs_store_up` | gauge: 1 when the job store answered the scrape | |
 //!
 //! `reason` of a worker exit is [`ExitClass::reason`](crate::supervisor::classify::ExitClass::reason),
@@ -339,6 +339,7 @@ impl Metrics {
                 ("snoozed", q.snoozed),
                 ("released", q.released),
                 ("lost", q.lost),
+                ("cancelled", q.cancelled),
             ] {
                 let c = self.jobs_processed.get_or_create(&QueueOutcome {
                     queue: q.queue.clone(),

@@ -27,7 +27,7 @@ import sys
 import sysconfig
 from typing import Any, Iterable, List, Mapping, Optional, Tuple, Union
 
-from ._client import Client, Delay, Job, RunAt, default_client
+from ._client import Client, Delay, Job, RunAt, UniqueScope, default_client
 from ._errors import CurfewError, NotConfigured, RequestError, Retry, ServerError, Unreachable
 from ._jobs import JobInfo, Registry, current_job, job, registry
 
@@ -52,6 +52,8 @@ def enqueue(
     priority: Optional[int] = None,
     max_attempts: Optional[int] = None,
     idempotency_key: Optional[str] = None,
+    unique_key: Optional[str] = None,
+    unique_scope: Optional[UniqueScope] = None,
 ) -> Job:
     """Stores a job and returns it (:class:`Job`: ``id``, ``created``,
     ``queue``).
@@ -66,6 +68,11 @@ def enqueue(
     - ``max_attempts``: default the queue's.
     - ``idempotency_key``: at most one job per key; sending it again returns
       the existing job with ``created=False``.
+    - ``unique_key`` / ``unique_scope``: at most one job per key while a job
+      holds it; sending it again meanwhile returns that job with
+      ``created=False``. ``unique_scope``: ``"queued"`` (until it is
+      claimed), ``"queued+running"`` (until it finishes; the default) or a
+      window from its enqueue (``"10m"`` or a ``timedelta``).
 
     Raises :class:`RequestError` (4xx: a bad argument, unknown queue, payload
     too large), :class:`ServerError` (5xx; 503: the store is down, nothing
@@ -81,6 +88,8 @@ def enqueue(
         priority=priority,
         max_attempts=max_attempts,
         idempotency_key=idempotency_key,
+        unique_key=unique_key,
+        unique_scope=unique_scope,
     )
 
 

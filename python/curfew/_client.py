@@ -29,6 +29,7 @@ from ._errors import NotConfigured, RequestError, ServerError, Unreachable
 JSON = Any
 RunAt = Union[_dt.datetime, str]
 Delay = Union[int, float, _dt.timedelta]
+UniqueScope = Union[str, _dt.timedelta]
 
 #: Seconds to wait for curfew's answer (connect, send, answer).
 DEFAULT_TIMEOUT = 10.0
@@ -72,6 +73,8 @@ def job_request(
     priority: Optional[int] = None,
     max_attempts: Optional[int] = None,
     idempotency_key: Optional[str] = None,
+    unique_key: Optional[str] = None,
+    unique_scope: Optional[UniqueScope] = None,
 ) -> Dict[str, Any]:
     """The ``POST /jobs`` body for these arguments (checked here, so a
     mistake fails before anything is sent)."""
@@ -105,7 +108,30 @@ def job_request(
         if not isinstance(idempotency_key, str) or not idempotency_key:
             raise ValueError("idempotency_key must be a non-empty string")
         body["idempotency_key"] = idempotency_key
+    if unique_key is not None:
+        if not isinstance(unique_key, str) or not unique_key or len(unique_key) > 200:
+            raise ValueError(f"unique_key must be a string of 1 to 200 characters, not {unique_key!r}")
+        body["unique_key"] = unique_key
+    if unique_scope is not None:
+        if unique_key is None:
+            raise ValueError("unique_scope needs a unique_key")
+        body["unique_scope"] = _unique_scope(unique_scope)
     return body
+
+
+def _unique_scope(scope: UniqueScope) -> str:
+    """``"queued"``, ``"queued+running"``, or a window: a duration string
+    (``"10m"``) or a ``timedelta``, sent as milliseconds."""
+    if isinstance(scope, _dt.timedelta):
+        ms = int(scope.total_seconds() * 1000)
+        if ms < 1:
+            raise ValueError(f"unique_scope: a window must be at least 1 ms, not {scope!r}")
+        return f"{ms}ms"
+    if isinstance(scope, str) and scope:
+        return scope
+    raise ValueError(
+        f"unique_scope must be 'queued', 'queued+running' or a window ('10m' or a timedelta), not {scope!r}"
+    )
 
 
 class Client:
@@ -293,6 +319,8 @@ class Client:
         priority: Optional[int] = None,
         max_attempts: Optional[int] = None,
         idempotency_key: Optional[str] = None,
+        unique_key: Optional[str] = None,
+        unique_scope: Optional[UniqueScope] = None,
     ) -> Job:
         """Stores a job; see :func:`curfew.enqueue`."""
         body = job_request(
@@ -304,6 +332,8 @@ class Client:
             priority=priority,
             max_attempts=max_attempts,
             idempotency_key=idempotency_key,
+            unique_key=unique_key,
+            unique_scope=unique_scope,
         )
         return self._submit(body)
 

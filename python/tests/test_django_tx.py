@@ -128,6 +128,14 @@ def test_postgres_sql_function_in_the_transaction(dj, pg_curfew, monkeypatch):
     with connections["pg"].cursor() as cur:
         cur.execute("SELECT count(*) FROM signup WHERE email = 'gone@pg'")
         assert cur.fetchone()[0] == 0
+    # A unique key through the SQL function: the holder comes back.
+    from django.db import transaction
+
+    with transaction.atomic(using="pg"):
+        first = curfew.django.enqueue("ok", {}, unique_key=f"u-{c.schema}", unique_scope="10m", delay=3600, using="pg")
+        again = curfew.django.enqueue("ok", {}, unique_key=f"u-{c.schema}", unique_scope="10m", using="pg")
+    assert again.id == first.id
+    assert c.client.job(first.id)["unique_scope"] == "window"
 
 
 def test_sql_mode_needs_postgres(dj, monkeypatch):

@@ -28,6 +28,35 @@ def test_idempotency_key_gives_the_same_job(fastapi_curfew):
     assert len([r for r in c.runs("ok") if r["id"] == first.id]) == 1
 
 
+def test_unique_key_gives_the_holding_job(fastapi_curfew):
+    c = fastapi_curfew
+    # A job that waits (an hour's delay) holds its key: the duplicate gets it.
+    first = c.client.enqueue("ok", {"n": 5}, unique_key="digest-5", unique_scope="queued", delay=3600)
+    again = c.client.enqueue("ok", {"n": 5}, unique_key="digest-5", unique_scope="queued")
+    assert (again.id, first.created, again.created) == (first.id, True, False)
+    stored = c.client.job(first.id)
+    assert (stored["unique_key"], stored["unique_scope"]) == ("digest-5", "queued")
+    # A window, given as a timedelta; in a batch, the repeat gets the first id.
+    window = dt.timedelta(minutes=10)
+    jobs = c.client.enqueue_many(
+        [
+            {"kind": "ok", "unique_key": "w-5", "unique_scope": window},
+            {"kind": "ok", "unique_key": "w-5", "unique_scope": window},
+        ]
+    )
+    assert jobs[1].id == jobs[0].id and (jobs[0].created, jobs[1].created) == (True, False)
+    w = c.client.job(jobs[0].id)
+    assert (w["unique_scope"], w["unique_until"] - w["created_at"]) == ("window", 600_000)
+    # Bad arguments fail before anything is sent, or with the field named.
+    with pytest.raises(ValueError, match="unique_scope needs a unique_key"):
+        c.client.enqueue("ok", unique_scope="queued")
+    with pytest.raises(ValueError, match="unique_key"):
+        c.client.enqueue("ok", unique_key="k" * 201)
+    with pytest.raises(curfew.RequestError) as e:
+        c.client.enqueue("ok", unique_key="k", unique_scope="sometimes")
+    assert e.value.status == 400 and "unique_scope" in str(e.value)
+
+
 def test_options_reach_the_store(fastapi_curfew):
     c = fastapi_curfew
     job = c.client.enqueue("ok", {"n": 3}, queue="mail", priority=-5, max_attempts=3, delay=dt.timedelta(seconds=1.5))

@@ -4,7 +4,8 @@
 //! |-------------------------------------------|-------------------------------------------|
 //! | `POST /jobs` (JSON, see [`EnqueueRequest`]) | 201 `{"id","created":true,"queue"}`; 200 with `created: false` for a known idempotency key |
 //! | `POST /jobs` with a JSON array of jobs, or NDJSON (`Content-Type: application/x-ndjson`) | one transaction, all or nothing: 201 `{"jobs": [{"id","created","queue"}…], "created": n}` (200 when none was new); an error names each bad job by index |
-//! | `GET /jobs/<id>`                          | 200 the job; 404                          |
+//! | `GET /jobs/<id>`                          | 200 the job (`cancel_requested_at` set while a cancel of a running job is pending); 404 |
+//! | `POST /jobs/<id>/cancel`                  | 200 `{"id","outcome":"cancelled"}` for a queued or failed job; 202 `{"id","outcome":"cancel_requested"}` for a running one (the curfew running it stops it and it ends `cancelled`); 404; 409 for a finished job |
 //! | `GET /jobs?queue=&state=&limit=&after=&payload=1&order=` | 200 `{"jobs": [...]}` (payloads only with `payload=1`; `limit` ≤ 500, and with payloads ≤ 4 MiB / `jobs.max_payload`; `order=newest`: by id descending, `after` then pages down) |
 //!
 //! The `Idempotency-Key` header is the same as the body's `idempotency_key`.
@@ -21,7 +22,7 @@ use hyper::body::Incoming;
 use crate::processor::Processor;
 use crate::processor::api::{self, ApiError};
 use crate::processor::gate;
-use curfew_store::ListFilter;
+use curfew_store::{CancelOutcome, ListFilter};
 
 pub async fn respond(jobs: Option<&Processor>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let Some(jobs) = jobs else {
@@ -45,24 +46,39 @@ async fn handle(
     match (method, path.as_str()) {
         (Method::POST, "/jobs") => enqueue(jobs, req).await,
         (Method::GET, "/jobs") => list(jobs, req.uri().query().unwrap_or("")).await,
+        (Method::POST, p) if p.starts_with("/jobs/") && p.ends_with("/cancel") => {
+            let _turn = jobs.api_turn(false).await?;
+            let id = job_id(p.trim_end_matches("/cancel"))?;
+            let (status, outcome) = match jobs.cancel(id).await? {
+                CancelOutcome::Cancelled => (StatusCode::OK, "cancelled"),
+                CancelOutcome::Requested => (StatusCode::ACCEPTED, "cancel_requested"),
+            };
+            Ok(json(
+                status,
+                &serde_json::json!({ "id": id, "outcome": outcome }),
+            ))
+        }
         (Method::GET, p) => {
             let _turn = jobs.api_turn(false).await?;
-            let id = p
-                .strip_prefix("/jobs/")
-                .and_then(|s| s.parse::<i64>().ok())
-                .ok_or_else(|| ApiError {
-                    status: 404,
-                    message: format!("not found: {p}; a job is at /jobs/<numeric id>"),
-                })?;
-            Ok(json(StatusCode::OK, &jobs.job(id).await?))
+            Ok(json(StatusCode::OK, &jobs.job(job_id(p)?).await?))
         }
         (m, p) => Err(ApiError {
             status: 405,
             message: format!(
-                "{m} {p} is not supported: POST /jobs enqueues (one job, or a JSON array / NDJSON of jobs), GET /jobs/<id> reads a job"
+                "{m} {p} is not supported: POST /jobs enqueues (one job, or a JSON array / NDJSON of jobs), GET /jobs/<id> reads a job, POST /jobs/<id>/cancel cancels one"
             ),
         }),
     }
+}
+
+/// The id of `/jobs/<id>`, or 404.
+fn job_id(path: &str) -> Result<i64, ApiError> {
+    path.strip_prefix("/jobs/")
+        .and_then(|s| s.parse::<i64>().ok())
+        .ok_or_else(|| ApiError {
+            status: 404,
+            message: format!("not found: {path}; a job is at /jobs/<numeric id>"),
+        })
 }
 
 async fn enqueue(

@@ -2,7 +2,7 @@
 //! on the admin address, `curfew enqueue` over the control socket), and its
 //! checks. Every error names the field and the fix.
 
-use curfew_store::{NewJob, StoreError};
+use curfew_store::{NewJob, StoreError, Unique, UniqueScope};
 
 use super::EnqueueError;
 
@@ -100,7 +100,9 @@ impl EnqueueRequest {
                 "invalid idempotency_key: it is empty; leave it out or give a unique string",
             ));
         }
+        let unique = unique(self.unique_key, self.unique_scope.as_deref())?;
         Ok(NewJob {
+            unique,
             queue: self
                 .queue
                 .unwrap_or_else(|| crate::config::jobs::DEFAULT_QUEUE.to_owned()),
@@ -114,6 +116,41 @@ impl EnqueueRequest {
             idempotency_key: self.idempotency_key,
         })
     }
+}
+
+/// `unique_key` with its `unique_scope` (default `queued+running`). The
+/// store checks the key's length and the window's bounds.
+fn unique(key: Option<String>, scope: Option<&str>) -> Result<Option<Unique>, ApiError> {
+    let Some(key) = key else {
+        return match scope {
+            Some(_) => Err(ApiError::bad(
+                "invalid unique_scope: it needs a unique_key; give both or neither",
+            )),
+            None => Ok(None),
+        };
+    };
+    if key.is_empty() {
+        return Err(ApiError::bad(
+            "invalid unique_key: it is empty; leave it out or give a key such as \"reindex:42\"",
+        ));
+    }
+    let scope = match scope.map(str::trim) {
+        None => UniqueScope::QueuedRunning,
+        Some("queued") => UniqueScope::Queued,
+        Some("queued+running") => UniqueScope::QueuedRunning,
+        Some(text) => {
+            let raw = crate::config::raw::RawDuration::Text(text.to_owned());
+            match crate::config::duration::parse(&raw) {
+                Ok(window) if !window.is_zero() => UniqueScope::Window(window),
+                _ => {
+                    return Err(ApiError::bad(format!(
+                        "invalid unique_scope {text:?}: use \"queued\", \"queued+running\" or a window such as \"10m\""
+                    )));
+                }
+            }
+        }
+    };
+    Ok(Some(Unique { key, scope }))
 }
 
 /// An RFC 3339 time (or unix milliseconds as text) → unix milliseconds.
@@ -248,6 +285,51 @@ mod tests {
             .into_new_job(0)
             .expect_err("empty key");
         assert!(e.message.contains("idempotency_key"), "{}", e.message);
+    }
+
+    #[test]
+    fn unique_keys_and_scopes() {
+        let job = |body: &str| parse_body(body.as_bytes()).expect("parses").into_new_job(0);
+        let u = job(r#"{"kind": "k", "unique_key": "r:1"}"#)
+            .expect("valid")
+            .unique
+            .expect("unique");
+        assert_eq!(
+            (u.key.as_str(), u.scope),
+            ("r:1", UniqueScope::QueuedRunning)
+        );
+        let u = job(r#"{"kind": "k", "unique_key": "r", "unique_scope": "queued"}"#)
+            .expect("valid")
+            .unique
+            .expect("unique");
+        assert_eq!(u.scope, UniqueScope::Queued);
+        let u = job(r#"{"kind": "k", "unique_key": "r", "unique_scope": "10m"}"#)
+            .expect("valid")
+            .unique
+            .expect("unique");
+        assert_eq!(
+            u.scope,
+            UniqueScope::Window(std::time::Duration::from_secs(600))
+        );
+        for (body, field) in [
+            (r#"{"kind": "k", "unique_scope": "queued"}"#, "unique_scope"),
+            (r#"{"kind": "k", "unique_key": ""}"#, "unique_key"),
+            (
+                r#"{"kind": "k", "unique_key": "r", "unique_scope": "often"}"#,
+                "unique_scope",
+            ),
+            (
+                r#"{"kind": "k", "unique_key": "r", "unique_scope": "0s"}"#,
+                "unique_scope",
+            ),
+        ] {
+            let e = job(body).expect_err(body);
+            assert!(
+                e.message.contains(field) && e.status == 400,
+                "{body}: {}",
+                e.message
+            );
+        }
     }
 
     #[test]

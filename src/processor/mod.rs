@@ -22,6 +22,7 @@
 //!   web traffic does not depend on it.
 
 pub mod api;
+mod cancel;
 pub mod gate;
 mod health;
 mod loops;
@@ -64,11 +65,13 @@ pub enum EnqueueError {
 
 pub use crate::protocol::jobs::Running;
 
-/// A running job's entry: what is shown, and its lease token.
+/// A running job's entry: what is shown, its lease token, and what stops
+/// the run when an operator cancels it.
 struct Entry {
     info: Running,
     token: String,
     started: Instant,
+    cancel: CancellationToken,
 }
 
 /// The end of a drain.
@@ -232,6 +235,7 @@ impl Processor {
         });
         self.inner.loops.spawn(inner.clone().listen_loop());
         self.inner.loops.spawn(inner.clone().rescue_loop());
+        self.inner.loops.spawn(inner.clone().cancel_loop());
         if inner.cfg.retention != curfew_store::Retention::KEEP {
             self.inner.loops.spawn(inner.clone().prune_loop());
         }
@@ -402,6 +406,7 @@ impl Inner {
             .map(|e| {
                 let info = Running {
                     age_ms: e.started.elapsed().as_millis() as u64,
+                    cancelling: e.cancel.is_cancelled(),
                     ..e.info.clone()
                 };
                 (info, e.token.clone())

@@ -3,7 +3,7 @@
 use super::Processor;
 use super::api::{self, ApiError, EnqueueManyReply, EnqueueReply, EnqueueRequest};
 use crate::protocol::jobs::JobsReply;
-use curfew_store::{Job, now_ms};
+use curfew_store::{CancelOutcome, Job, now_ms};
 
 impl Processor {
     /// Enqueues a job as the API and the CLI send it.
@@ -168,8 +168,13 @@ impl Processor {
                 Ok((format!("job {id} queued again"), None))
             }
             JobsRequest::Cancel { id } => {
-                store.cancel(id).await?;
-                Ok((format!("job {id} cancelled"), None))
+                let msg = match self.cancel(id).await? {
+                    CancelOutcome::Cancelled => format!("job {id} cancelled"),
+                    CancelOutcome::Requested => format!(
+                        "job {id} is running: cancel requested; the curfew running it stops it (within a second or so) and it ends cancelled"
+                    ),
+                };
+                Ok((msg, None))
             }
             JobsRequest::Delete { id } => {
                 store.delete(id).await?;

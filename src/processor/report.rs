@@ -17,6 +17,7 @@ pub(super) struct Counters {
     pub(super) snoozed: AtomicU64,
     pub(super) released: AtomicU64,
     pub(super) lost: AtomicU64,
+    pub(super) cancelled: AtomicU64,
 }
 
 impl Processor {
@@ -74,6 +75,7 @@ impl Processor {
                     snoozed: c.snoozed.load(Ordering::Relaxed),
                     released: c.released.load(Ordering::Relaxed),
                     lost: c.lost.load(Ordering::Relaxed),
+                    cancelled: c.cancelled.load(Ordering::Relaxed),
                 }
             })
             .collect();
@@ -91,6 +93,7 @@ impl Processor {
                     snoozed: 0,
                     released: 0,
                     lost: 0,
+                    cancelled: 0,
                 });
             }
         }

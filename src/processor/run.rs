@@ -89,6 +89,7 @@ impl Inner {
         _permit: OwnedSemaphorePermit,
     ) {
         let Claimed { job, token } = claimed;
+        let cancel = CancellationToken::new();
         self.lock_running().insert(
             job.id,
             Entry {
@@ -98,9 +99,11 @@ impl Inner {
                     kind: job.kind.clone(),
                     attempt: job.attempt,
                     age_ms: 0,
+                    cancelling: false,
                 },
                 token: token.clone(),
                 started: Instant::now(),
+                cancel: cancel.clone(),
             },
         );
         tracing::debug!(job_id = job.id, queue = %job.queue, kind = %job.kind, attempt = job.attempt, "Job started.");
@@ -112,17 +115,21 @@ impl Inner {
             lost.clone(),
         )));
         let stop = {
-            let (cut, lost) = (self.cut.clone(), lost.clone());
+            let (cut, lost, cancel) = (self.cut.clone(), lost.clone(), cancel.clone());
             async move {
                 tokio::select! {
                     _ = cut.cancelled() => {}
                     _ = lost.cancelled() => {}
+                    _ = cancel.cancelled() => {}
                 }
             }
         };
+        let http = matches!(q.cfg.delivery, Delivery::Http { .. });
         let delivery = async {
             let mut mark = StartMark::new(&self, job.id, &token, &lost);
             match &q.cfg.delivery {
+                // A cancel ends the run below; the delivery itself is
+                // dropped (async workers) or left to finish (sync workers).
                 Delivery::Http { path } => Some(
                     deliver::http(
                         &self.dispatcher,
@@ -134,6 +141,8 @@ impl Inner {
                     )
                     .await,
                 ),
+                // A cancel stops the command (SIGTERM, SIGKILL after the
+                // grace) and the run ends once it is gone.
                 Delivery::Command(argv) => {
                     deliver::command(
                         &self.reaper,
@@ -147,29 +156,60 @@ impl Inner {
                 }
             }
         };
+        // Boxed: kept past the select for a sync worker, dropped (its
+        // connection closed) right after it otherwise.
+        let mut delivery = Box::pin(delivery);
         let verdict = tokio::select! {
-            v = delivery => v,
+            v = &mut delivery => v,
+            // A command is stopped by its own `stop` (SIGTERM, then SIGKILL)
+            // and ends through `delivery`.
+            _ = cancel.cancelled(), if http => None,
             _ = self.cut.cancelled() => None,
             _ = lost.cancelled() => None,
         };
         drop(_heartbeat);
+        // A cancelled HTTP delivery to a sync worker (one request at a time)
+        // keeps its connection and slot until the worker answers (or its
+        // timeout): closing it would not stop the handler, and the freed
+        // slot would route the next request behind it, to wait and perhaps
+        // get the worker declared hung. Async workers take other work
+        // meanwhile: theirs is dropped (the connection closes) at once.
+        let drain_sync = (http
+            && verdict.is_none()
+            && cancel.is_cancelled()
+            && !lost.is_cancelled()
+            && self.dispatcher.one_at_a_time())
+        .then_some(delivery);
         if lost.is_cancelled() {
             q.counters.lost.fetch_add(1, Ordering::Relaxed);
             self.lock_running().remove(&job.id);
             tracing::warn!(job_id = job.id, queue = %job.queue, kind = %job.kind, "Job abandoned: its lease was lost (another processor rescued it after this one could not renew it); it will run again there.");
             return;
         }
+        let verdict = match verdict {
+            // A success that came first stands.
+            Some(Verdict::Done) => Some(Verdict::Done),
+            // Whatever a cancelled run ended with, it was stopped on purpose.
+            _ if cancel.is_cancelled() => Some(Verdict::Cancelled),
+            other => other,
+        };
         let Some(verdict) = verdict else {
             // Cut off by the shutdown: stays in `running` for the hand-back.
             return;
         };
-        if self.cut.is_cancelled() && !matches!(verdict, Verdict::Done) {
+        if self.cut.is_cancelled() && !matches!(verdict, Verdict::Done | Verdict::Cancelled) {
             // A failure caused by the shutdown itself (workers stopping) is
             // not the job's: hand it back with the others.
             return;
         }
         self.record(&q, &job, &token, verdict, started.elapsed())
             .await;
+        if let Some(delivery) = drain_sync {
+            tokio::select! {
+                _ = delivery => {}
+                _ = self.cut.cancelled() => {}
+            }
+        }
         self.lock_running().remove(&job.id);
     }
 
@@ -222,6 +262,11 @@ impl Inner {
                     .snooze(job.id, token, now_ms() + after.as_millis() as i64)
                     .await
                     .map(|ok| ok.then_some(None)),
+                Verdict::Cancelled => self
+                    .store
+                    .finish_cancelled(job.id, token)
+                    .await
+                    .map(|ok| ok.then_some(None)),
                 Verdict::Interrupted { why } => self
                     .store
                     .release(&[(job.id, token.to_owned())], why)
@@ -248,7 +293,7 @@ impl Inner {
             match written {
                 Ok(Some(outcome)) => {
                     self.health.ok();
-                    if !matches!(verdict, Verdict::Done) {
+                    if !matches!(verdict, Verdict::Done | Verdict::Cancelled) {
                         // The job is claimable again (now, or at its retry
                         // time): the queue's loop may be asleep until its
                         // poll, not knowing of this run_at.
@@ -260,6 +305,10 @@ impl Inner {
                             q.counters.succeeded.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(job_id = id, queue = %queue, kind = %kind, attempt, took_ms, "Job succeeded.");
                         }
+                        (Verdict::Cancelled, _) => {
+                            q.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(job_id = id, queue = %queue, kind = %kind, attempt, took_ms, "Job cancelled while running, as requested; it will not be retried.");
+                        }
                         (Verdict::Interrupted { why }, _) => {
                             q.counters.released.fetch_add(1, Ordering::Relaxed);
                             tracing::info!(job_id = id, queue = %queue, kind = %kind, attempt, took_ms, why = %why, "Job interrupted by curfew and handed back to its queue (the attempt is not counted as a failure).");
@@ -267,6 +316,10 @@ impl Inner {
                         (Verdict::Snooze { after, why }, _) => {
                             q.counters.snoozed.fetch_add(1, Ordering::Relaxed);
                             tracing::info!(job_id = id, queue = %queue, kind = %kind, retry_in_ms = after.as_millis() as u64, why = %why, "Job postponed (back-pressure); no attempt spent.");
+                        }
+                        (Verdict::Fail { .. }, Some(FailOutcome::Cancelled)) => {
+                            q.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(job_id = id, queue = %queue, kind = %kind, attempt, took_ms, "Job cancelled, as requested, as its attempt ended; it will not be retried.");
                         }
                         (Verdict::Fail { error }, Some(FailOutcome::Dead)) => {
                             q.counters.dead.fetch_add(1, Ordering::Relaxed);

@@ -24,6 +24,8 @@ pub enum Verdict {
     /// Cut off by curfew itself (its worker was replaced or removed before
     /// the job finished): handed back, the attempt not counted.
     Interrupted { why: String },
+    /// Stopped because an operator cancelled it: `cancelled`, never retried.
+    Cancelled,
 }
 
 /// The verdict on an HTTP answer: 2xx done; 429, or 503 with

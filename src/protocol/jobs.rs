@@ -15,6 +15,9 @@ pub struct Running {
     pub kind: String,
     pub attempt: i32,
     pub age_ms: u64,
+    /// A cancel was requested and the run is being stopped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancelling: bool,
 }
 
 /// One queue's numbers: the store's counts and this processor's.
@@ -36,6 +39,9 @@ pub struct QueueReport {
     pub snoozed: u64,
     pub released: u64,
     pub lost: u64,
+    /// Runs stopped here because they were cancelled.
+    #[serde(default)]
+    pub cancelled: u64,
 }
 
 /// What the processor is doing, for `curfew status`, SIGUSR1 and /metrics.
@@ -74,6 +80,15 @@ pub struct EnqueueRequest {
     /// At most one job per key: sending it again returns the existing job.
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// At most one job per key within `unique_scope`: sending it again
+    /// while a job holds the key returns that job (`created: false`).
+    #[serde(default)]
+    pub unique_key: Option<String>,
+    /// `queued` (until the job is claimed), `queued+running` (until it
+    /// finishes; the default) or a window such as `"10m"` (from its
+    /// enqueue). Only with `unique_key`.
+    #[serde(default)]
+    pub unique_scope: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,7 +145,8 @@ pub enum JobsRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EnqueueReply {
     pub id: i64,
-    /// false: a job with this idempotency key existed already; `id` is that job.
+    /// false: a job with this idempotency key or unique key existed
+    /// already; `id` is that job.
     pub created: bool,
     pub queue: String,
 }

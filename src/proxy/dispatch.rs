@@ -165,6 +165,11 @@ impl Dispatcher {
     }
 
     /// Set what to do with a hung worker (the supervisor aborts it).
+    /// Workers take one request at a time (`worker_concurrency = 1`).
+    pub fn one_at_a_time(&self) -> bool {
+        self.worker_concurrency == 1
+    }
+
     pub fn on_hung(&self, f: HungHandler) {
         let _ = self.on_hung.set(f);
     }

@@ -19,6 +19,7 @@ mod health;
 mod hooks;
 mod jobs;
 mod jobs_api_bounds;
+mod jobs_cancel;
 mod local_security;
 mod metrics;
 mod operate;

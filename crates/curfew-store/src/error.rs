@@ -224,13 +224,13 @@ mod tests {
     fn wrong_state_reads_as_a_sentence() {
         let error = StoreError::WrongState {
             id: 7,
-            action: "cancel",
+            action: "delete",
             state: JobState::Running,
-            hint: "; it will finish or be released",
+            hint: "; wait until it finishes or is released",
         };
         assert_eq!(
             error.to_string(),
-            "cannot cancel job 7 in state running; it will finish or be released"
+            "cannot delete job 7 in state running; wait until it finishes or is released"
         );
     }
 }

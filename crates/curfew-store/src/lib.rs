@@ -72,6 +72,20 @@
 //! 8. **A paused queue is never claimed from**: the claim itself checks
 //!    `paused_queues` ([`Store::pause`]), so every processor sharing the
 //!    store obeys from its next claim on, with no cache to go stale.
+//! 9. **A run with a pending cancel is never retried.** [`Store::cancel`]
+//!    on a running job sets `cancel_requested_at`; from then on every end
+//!    of the run but a success ([`Store::finish_cancelled`], `fail`,
+//!    `snooze`, `release`, rescue, reclaim) writes `cancelled`. A retry by
+//!    hand clears the request.
+//! 10. **At most one job holds a unique key** ([`Unique`]): the key is
+//!     stored in `unique_holder` under a partial unique index, so a duplicate
+//!     enqueue conflicts in the database and returns the holder (`created:
+//!     false`), race-free across processes and hosts. A trigger on state
+//!     changes clears the holder when the job leaves its [`UniqueScope`]
+//!     (`Queued`: at the claim; `QueuedRunning`: when it finishes); a
+//!     `Window` holder is cleared by the next enqueue of the key after
+//!     `unique_until`. A job does not take its key back (a retry, a failed
+//!     attempt of a `Queued` job), so no transition can conflict.
 //!
 //! Delivery is at least once: a processor that is alive but cut off from the
 //! database past its lease loses the job to a rescue and the job runs again.
@@ -97,13 +111,16 @@
 //! -- all parameters:
 //! -- curfew.enqueue(queue text, kind text, payload jsonb,
 //! --                priority int DEFAULT 0, run_at timestamptz DEFAULT now(),
-//! --                max_attempts int DEFAULT 20, idempotency_key text DEFAULT NULL)
+//! --                max_attempts int DEFAULT 20, idempotency_key text DEFAULT NULL,
+//! --                unique_key text DEFAULT NULL,
+//! --                unique_scope text DEFAULT NULL)  -- 'queued', 'queued+running' or '10m'
 //! --   RETURNS bigint  -- the job id (the existing one for a known key)
 //! SELECT curfew.enqueue('mail', 'digest', '{}', run_at => now() + interval '1 hour');
 //! ```
 //!
 //! Many jobs in one statement (a JSON array; `queue` defaults to
-//! `default`, `run_at` is RFC 3339; one row per job, in order):
+//! `default`, `run_at` is RFC 3339, `unique_key` / `unique_scope` as for
+//! `enqueue`; one row per job, in order):
 //!
 //! ```sql
 //! SELECT * FROM curfew.enqueue_many('[{"queue": "mail", "kind": "send_email", "payload": {"to": "a@b.c"}},
@@ -153,12 +170,12 @@ use std::time::Duration;
 
 pub use error::StoreError;
 pub use model::{
-    Claimed, DEFAULT_MAX_ATTEMPTS, Enqueued, FailOutcome, Job, JobState, ListFilter, NewJob,
-    PruneOutcome, Pruned, QueueStats, Retention, UnknownState, now_ms,
+    CancelOutcome, Claimed, DEFAULT_MAX_ATTEMPTS, Enqueued, FailOutcome, Job, JobState, ListFilter,
+    NewJob, PruneOutcome, Pruned, QueueStats, Retention, Unique, UniqueScope, UnknownState, now_ms,
 };
 pub use postgres::{CHANNEL, PgStore};
 pub use sqlite::SqliteStore;
-pub use validate::{MAX_ERROR_BYTES, MAX_NAME_CHARS};
+pub use validate::{MAX_ERROR_BYTES, MAX_NAME_CHARS, MAX_UNIQUE_WINDOW};
 
 pub use listener::JobListener;
 use listener::ListenerInner;
@@ -275,8 +292,8 @@ impl Store {
         on_backend!(self, s => s.close().await)
     }
 
-    /// Adds a job. With an idempotency key that exists already, returns that
-    /// job's id and `created: false`.
+    /// Adds a job. With an idempotency key that exists already, or a unique
+    /// key another job holds, returns that job's id and `created: false`.
     pub async fn enqueue(&self, job: NewJob) -> Result<Enqueued, StoreError> {
         let max = on_backend!(self, s => s.max_payload_bytes());
         let job = validate::new_job(job, max)?;
@@ -509,8 +526,8 @@ impl Store {
     }
 
     /// Runs a dead, failed or cancelled job again now, with a clean slate
-    /// (attempt 0, crashes 0; `last_error` and `releases` are kept as
-    /// history).
+    /// (attempt 0, crashes 0, no cancel request; `last_error` and `releases`
+    /// are kept as history). It does not take its unique key back.
     pub async fn retry(&self, id: i64) -> Result<(), StoreError> {
         match on_backend!(self, s => s.retry(id).await)? {
             Ok(queue) => {
@@ -521,11 +538,37 @@ impl Store {
         }
     }
 
-    /// Cancels a queued or failed job. A running job cannot be cancelled: it
-    /// will finish or be released.
-    pub async fn cancel(&self, id: i64) -> Result<(), StoreError> {
-        on_backend!(self, s => s.cancel(id).await)?
-            .map_err(|state| row::wrong_state(id, "cancel", state))
+    /// Cancels a job: a queued or failed one at once
+    /// ([`CancelOutcome::Cancelled`]); for a running one the cancel is
+    /// requested ([`CancelOutcome::Requested`], `cancel_requested_at`): the
+    /// processor running it, on whichever instance, learns of it through
+    /// [`Store::cancel_requested`], stops the run and ends it with
+    /// [`Store::finish_cancelled`]. Until then any other end of the run but
+    /// a success (fail, snooze, release, rescue) makes it `cancelled` too.
+    pub async fn cancel(&self, id: i64) -> Result<CancelOutcome, StoreError> {
+        let outcome = on_backend!(self, s => s.cancel(id).await)?
+            .map_err(|state| row::wrong_state(id, "cancel", state))?;
+        match outcome {
+            CancelOutcome::Cancelled => tracing::info!(job_id = id, "job cancelled by request"),
+            CancelOutcome::Requested => {
+                tracing::info!(job_id = id, "cancel of a running job requested")
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// The running jobs of lease owner `owner` whose cancel was requested,
+    /// by id: what a processor polls for (a read of a partial index holding
+    /// only such rows).
+    pub async fn cancel_requested(&self, owner: &str) -> Result<Vec<i64>, StoreError> {
+        validate::text("owner", owner)?;
+        on_backend!(self, s => s.cancel_requested(owner).await)
+    }
+
+    /// Ends a run as `cancelled` (lease cleared, never retried), if `token`
+    /// still holds the job: the processor's answer to a cancel request.
+    pub async fn finish_cancelled(&self, id: i64, token: &str) -> Result<bool, StoreError> {
+        on_backend!(self, s => s.finish_cancelled(id, token).await)
     }
 
     /// Deletes a job that is not running.
@@ -649,6 +692,8 @@ mod tests {
         assert_send(store.list(ListFilter::default()));
         assert_send(store.retry(1));
         assert_send(store.cancel(1));
+        assert_send(store.cancel_requested("n/b"));
+        assert_send(store.finish_cancelled(1, "t"));
         assert_send(store.delete(1));
         assert_send(store.stats());
         assert_send(store.pause("q"));

@@ -23,6 +23,10 @@ pub const DEFAULT_MAX_ATTEMPTS: i32 = 20;
 ///    │ │              └────────────────────► dead
 ///    │ └── retry ◄── dead / failed / cancelled
 ///    └───── cancel ──► cancelled (from queued / failed)
+///
+///  running ── cancel ──► running with `cancel_requested_at` set ──►
+///             cancelled (its processor stops the run; a fail, snooze,
+///             release or rescue of such a run also ends `cancelled`)
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -39,7 +43,8 @@ pub enum JobState {
     /// Out of attempts, or parked after killing its processor too often.
     /// Stays until retried or deleted.
     Dead,
-    /// Cancelled before it ran.
+    /// Cancelled: before it ran, or stopped while running at an
+    /// operator's request. Never retried unless retried by hand.
     Cancelled,
 }
 
@@ -125,6 +130,19 @@ pub struct Job {
     pub started_at: Option<i64>,
     /// Set when the job reached succeeded, dead or cancelled.
     pub finished_at: Option<i64>,
+    /// When a cancel was requested while the job ran: pending while it is
+    /// still `running`, history afterwards. Cleared by a retry.
+    #[serde(default)]
+    pub cancel_requested_at: Option<i64>,
+    /// The unique key the job was enqueued with.
+    #[serde(default)]
+    pub unique_key: Option<String>,
+    /// `queued`, `queued+running` or `window`.
+    #[serde(default)]
+    pub unique_scope: Option<String>,
+    /// The end of a `window` scope (enqueue time + window).
+    #[serde(default)]
+    pub unique_until: Option<i64>,
 }
 
 /// A job to enqueue. `priority` 0, `run_at` now and `max_attempts`
@@ -140,6 +158,63 @@ pub struct NewJob {
     /// At most one job ever exists per key (until it is deleted); enqueueing
     /// the same key again returns the existing job.
     pub idempotency_key: Option<String>,
+    /// At most one job per key within a scope: enqueueing the key again
+    /// while a job holds it returns that job.
+    pub unique: Option<Unique>,
+}
+
+/// A unique key and how long a job holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unique {
+    /// 1 to [`MAX_NAME_CHARS`](crate::MAX_NAME_CHARS) characters, no NUL.
+    /// One key space for every queue and kind.
+    pub key: String,
+    pub scope: UniqueScope,
+}
+
+/// While a job holds its unique key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UniqueScope {
+    /// Until it is claimed: one job per key waiting to run (a job that ran
+    /// and waits for its retry does not hold the key).
+    Queued,
+    /// Until it finishes (succeeded, dead or cancelled): one job per key
+    /// waiting, running or waiting for a retry.
+    #[default]
+    QueuedRunning,
+    /// For this long from its enqueue, whatever its state: one job per key
+    /// per window (the next enqueue after the window starts a new one).
+    Window(Duration),
+}
+
+impl UniqueScope {
+    /// The name stored in the `unique_scope` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UniqueScope::Queued => "queued",
+            UniqueScope::QueuedRunning => "queued+running",
+            UniqueScope::Window(_) => "window",
+        }
+    }
+
+    /// The window's length in milliseconds (`None` for the other scopes).
+    pub(crate) fn window_ms(self) -> Option<i64> {
+        match self {
+            UniqueScope::Window(d) => Some(duration_ms(d)),
+            _ => None,
+        }
+    }
+}
+
+/// What [`Store::cancel`](super::Store::cancel) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The job was queued or failed: it is `cancelled` now.
+    Cancelled,
+    /// The job is running: the cancel is requested (`cancel_requested_at`)
+    /// and the processor running it stops it and finishes it `cancelled`
+    /// (within a second or so).
+    Requested,
 }
 
 impl NewJob {
@@ -180,6 +255,9 @@ pub enum FailOutcome {
     Retry { run_at: i64 },
     /// Out of attempts: the job is `dead`.
     Dead,
+    /// A cancel was requested while it ran: the job is `cancelled`, not
+    /// retried.
+    Cancelled,
     /// The token no longer holds the job (rescued, released, finished):
     /// nothing was written.
     LostLease,
@@ -371,6 +449,10 @@ mod tests {
             updated_at: 0,
             started_at: None,
             finished_at: None,
+            cancel_requested_at: None,
+            unique_key: None,
+            unique_scope: None,
+            unique_until: None,
         };
         let json = serde_json::to_string(&job).expect("serializes");
         assert!(!json.contains("secret"), "{json}");

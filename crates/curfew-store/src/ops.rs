@@ -12,6 +12,8 @@ pub(crate) struct Rescued {
     pub id: i64,
     pub queue: String,
     pub dead: bool,
+    /// A cancel had been requested: it ended `cancelled`.
+    pub cancelled: bool,
     pub crashes: i32,
     /// Whether the interrupted run's delivery had started (so a crash was
     /// counted); `false`: claimed, never delivered.
@@ -93,7 +95,7 @@ pub(crate) const UNDELIVERED_REASON: (&str, &str) = (
 pub(crate) fn distinct_queues(rescued: &[Rescued]) -> Vec<&str> {
     let mut queues: Vec<&str> = rescued
         .iter()
-        .filter(|r| !r.dead)
+        .filter(|r| !r.dead && !r.cancelled)
         .map(|r| r.queue.as_str())
         .collect();
     queues.sort_unstable();
@@ -129,6 +131,7 @@ where
                 id,
                 queue: r.try_get("queue").map_err(db)?,
                 dead: state == JobState::Dead.as_str(),
+                cancelled: state == JobState::Cancelled.as_str(),
                 crashes: r.try_get("crashes").map_err(db)?,
                 delivered: r.try_get("delivered").map_err(db)?,
                 owner,
@@ -156,6 +159,8 @@ where
     let state: String = row.try_get("state").map_err(db)?;
     if state == JobState::Dead.as_str() {
         Ok(FailOutcome::Dead)
+    } else if state == JobState::Cancelled.as_str() {
+        Ok(FailOutcome::Cancelled)
     } else {
         Ok(FailOutcome::Retry {
             run_at: row.try_get("run_at").map_err(db)?,
@@ -168,7 +173,15 @@ where
 pub(crate) fn log_rescued(rescued: &[Rescued], why: &'static str) -> Vec<i64> {
     for job in rescued {
         let owner = job.owner.as_deref().unwrap_or("?");
-        if !job.delivered {
+        if job.cancelled {
+            tracing::info!(
+                job_id = job.id,
+                queue = %job.queue,
+                owner,
+                why,
+                "job cancelled: a cancel was requested before its processor stopped"
+            );
+        } else if !job.delivered {
             tracing::info!(
                 job_id = job.id,
                 queue = %job.queue,

@@ -48,6 +48,10 @@ where
         updated_at: row.try_get("updated_at").map_err(db)?,
         started_at: row.try_get("started_at").map_err(db)?,
         finished_at: row.try_get("finished_at").map_err(db)?,
+        cancel_requested_at: row.try_get("cancel_requested_at").map_err(db)?,
+        unique_key: row.try_get("unique_key").map_err(db)?,
+        unique_scope: row.try_get("unique_scope").map_err(db)?,
+        unique_until: row.try_get("unique_until").map_err(db)?,
     })
 }
 
@@ -73,12 +77,11 @@ where
 /// The hint of a [`StoreError::WrongState`] for `action` on a job in `state`.
 pub(crate) fn wrong_state(id: i64, action: &'static str, state: JobState) -> StoreError {
     let hint = match (action, state) {
-        ("cancel", JobState::Running) => "; it will finish or be released",
         ("delete", JobState::Running) => "; wait until it finishes or is released",
         ("retry", JobState::Running) => "; it is being worked on",
         ("retry", JobState::Queued) => "; it is already waiting to run",
         ("retry", JobState::Succeeded) => "; only dead, failed or cancelled jobs can be retried",
-        ("cancel", _) => "; only queued or failed jobs can be cancelled",
+        ("cancel", _) => "; only queued, failed or running jobs can be cancelled",
         _ => "",
     };
     StoreError::WrongState {

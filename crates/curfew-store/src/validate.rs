@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use super::error::StoreError;
-use super::model::{DEFAULT_MAX_ATTEMPTS, NewJob, duration_ms};
+use super::model::{DEFAULT_MAX_ATTEMPTS, NewJob, Unique, UniqueScope, duration_ms};
+
+/// The longest unique window: a year.
+pub const MAX_UNIQUE_WINDOW: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// Longest queue, kind, owner or idempotency key, in characters.
 pub const MAX_NAME_CHARS: usize = 200;
@@ -22,6 +25,21 @@ pub(crate) struct ValidJob {
     pub run_at: Option<i64>,
     pub max_attempts: i32,
     pub idempotency_key: Option<String>,
+    pub unique: Option<Unique>,
+}
+
+impl ValidJob {
+    pub fn unique_key(&self) -> Option<&str> {
+        self.unique.as_ref().map(|u| u.key.as_str())
+    }
+
+    pub fn unique_scope(&self) -> Option<&'static str> {
+        self.unique.as_ref().map(|u| u.scope.as_str())
+    }
+
+    pub fn unique_window_ms(&self) -> Option<i64> {
+        self.unique.as_ref().and_then(|u| u.scope.window_ms())
+    }
 }
 
 pub(crate) fn new_job(job: NewJob, max_payload_bytes: usize) -> Result<ValidJob, StoreError> {
@@ -45,6 +63,17 @@ pub(crate) fn new_job(job: NewJob, max_payload_bytes: usize) -> Result<ValidJob,
     if let Some(key) = &job.idempotency_key {
         text("idempotency_key", key)?;
     }
+    if let Some(unique) = &job.unique {
+        text("unique_key", &unique.key)?;
+        if let UniqueScope::Window(window) = unique.scope
+            && (window < Duration::from_millis(1) || window > MAX_UNIQUE_WINDOW)
+        {
+            return Err(StoreError::invalid(
+                "unique_scope",
+                format!("a window of {window:?}; it must be 1 ms to 366 days"),
+            ));
+        }
+    }
     if has_nul(&job.payload) {
         return Err(StoreError::invalid(
             "payload",
@@ -67,6 +96,7 @@ pub(crate) fn new_job(job: NewJob, max_payload_bytes: usize) -> Result<ValidJob,
         run_at: job.run_at,
         max_attempts,
         idempotency_key: job.idempotency_key,
+        unique: job.unique,
     })
 }
 
@@ -211,6 +241,30 @@ mod tests {
             ..ok.clone()
         };
         assert_eq!(field_of(new_job(key, 1024)), "idempotency_key");
+        let unique = |key: &str, scope| NewJob {
+            unique: Some(Unique {
+                key: key.to_owned(),
+                scope,
+            }),
+            ..ok.clone()
+        };
+        assert!(new_job(unique("k", UniqueScope::Queued), 1024).is_ok());
+        let long = "k".repeat(MAX_NAME_CHARS + 1);
+        assert_eq!(
+            field_of(new_job(unique(&long, UniqueScope::Queued), 1024)),
+            "unique_key"
+        );
+        assert_eq!(
+            field_of(new_job(unique("", UniqueScope::QueuedRunning), 1024)),
+            "unique_key"
+        );
+        let never = UniqueScope::Window(Duration::ZERO);
+        assert_eq!(field_of(new_job(unique("k", never), 1024)), "unique_scope");
+        let too_long = UniqueScope::Window(MAX_UNIQUE_WINDOW + Duration::from_secs(1));
+        assert_eq!(
+            field_of(new_job(unique("k", too_long), 1024)),
+            "unique_scope"
+        );
         match new_job(ok, 3) {
             Err(StoreError::PayloadTooLarge { size: 7, limit: 3 }) => {}
             other => panic!("{other:?}"),

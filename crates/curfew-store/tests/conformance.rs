@@ -189,7 +189,15 @@ conformance!(
     stats_count_only_jobs_in_play,
     enqueue_many_is_one_transaction_all_or_nothing,
     a_paused_queue_is_not_claimed_by_any_processor,
+    a_running_job_is_cancelled_through_its_processor,
+    every_end_of_a_run_with_a_cancel_request_is_cancelled,
+    unique_scopes_hold_the_key_while_documented,
+    concurrent_unique_enqueues_make_one_job_per_key_and_scope,
+    unique_keys_in_a_batch_and_with_idempotency_keys,
 );
+
+mod cancel_unique;
+use cancel_unique::*;
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -1643,7 +1651,7 @@ async fn retry_cancel_delete_follow_the_state_rules(h: &Harness) {
     let missing = 987_654;
     for result in [
         h.store.retry(missing).await,
-        h.store.cancel(missing).await,
+        h.store.cancel(missing).await.map(|_| ()),
         h.store.delete(missing).await,
     ] {
         assert!(
@@ -1659,7 +1667,10 @@ async fn retry_cancel_delete_follow_the_state_rules(h: &Harness) {
         message.contains(&format!("job {queued}")) && message.contains("queued"),
         "{message}"
     );
-    h.store.cancel(queued).await.expect("cancel queued");
+    assert_eq!(
+        h.store.cancel(queued).await.expect("cancel queued"),
+        curfew_store::CancelOutcome::Cancelled
+    );
     let job = get(h, queued).await;
     assert_eq!(job.state, JobState::Cancelled);
     assert!(job.finished_at.is_some());
@@ -1679,13 +1690,10 @@ async fn retry_cancel_delete_follow_the_state_rules(h: &Harness) {
         (JobState::Queued, 0, None)
     );
 
-    // Running: nothing but finishing or releasing.
+    // Running: not deleted or retried; a cancel is only requested (see
+    // `cancel_unique::a_running_job_is_cancelled_through_its_processor`),
+    // and a success wins over it.
     let (running, token) = claim_one(h, "q", OWNER, LEASE).await;
-    let message = assert_wrong_state(h.store.cancel(running).await, JobState::Running);
-    assert!(
-        message.contains("running; it will finish or be released"),
-        "{message}"
-    );
     assert_wrong_state(h.store.delete(running).await, JobState::Running);
     assert_wrong_state(h.store.retry(running).await, JobState::Running);
     assert_eq!(get(h, running).await.state, JobState::Running);

@@ -39,9 +39,14 @@ import functools
 import json
 from typing import Any, Dict, Optional
 
-from .._client import Delay, Job, RunAt, default_client, job_request
+from .._client import Delay, Job, RunAt, UniqueScope, default_client, job_request
 
-_SIGNATURE = "enqueue(text,text,jsonb,integer,timestamptz,integer,text)"
+# The SQL function's signatures: with unique_key and unique_scope (stores
+# migrated by this curfew), and before them (an older store).
+_SIGNATURES = (
+    "enqueue(text,text,jsonb,integer,timestamptz,integer,text,text,text)",
+    "enqueue(text,text,jsonb,integer,timestamptz,integer,text)",
+)
 _has_function: Dict[str, bool] = {}
 
 
@@ -70,7 +75,10 @@ def _use_sql(connection: Any, alias: str) -> bool:
     if alias not in _has_function:
         schema = _setting("CURFEW_PG_SCHEMA", "curfew")
         with connection.cursor() as cur:
-            cur.execute("SELECT to_regprocedure(%s) IS NOT NULL", [f"{schema}.{_SIGNATURE}"])
+            cur.execute(
+                "SELECT to_regprocedure(%s) IS NOT NULL OR to_regprocedure(%s) IS NOT NULL",
+                [f"{schema}.{sig}" for sig in _SIGNATURES],
+            )
             _has_function[alias] = bool(cur.fetchone()[0])
     return _has_function[alias]
 
@@ -85,6 +93,8 @@ def enqueue(
     priority: Optional[int] = None,
     max_attempts: Optional[int] = None,
     idempotency_key: Optional[str] = None,
+    unique_key: Optional[str] = None,
+    unique_scope: Optional[UniqueScope] = None,
     using: Optional[str] = None,
 ) -> Optional[Job]:
     """Enqueues a job as part of the current transaction of database
@@ -110,6 +120,8 @@ def enqueue(
         priority=priority,
         max_attempts=max_attempts,
         idempotency_key=idempotency_key,
+        unique_key=unique_key,
+        unique_scope=unique_scope,
     )
     connection = connections[alias]
     if _use_sql(connection, alias):
@@ -126,10 +138,15 @@ def _enqueue_sql(connection: Any, body: Dict[str, Any]) -> Job:
     queue = body.get("queue", "default")
     run_at = body.get("run_at")
     delay = body.get("delay_s", 0.0)
+    # The unique arguments only when given, so an older store's function
+    # (without them) still serves the others.
+    unique = ""
+    if "unique_key" in body:
+        unique = ", unique_key => %s, unique_scope => %s"
     with connection.cursor() as cur:
         cur.execute(
             f"SELECT {schema}.enqueue(%s, %s, %s::jsonb, %s, "
-            "COALESCE(%s::timestamptz, now() + %s * interval '1 second'), %s, %s)",
+            f"COALESCE(%s::timestamptz, now() + %s * interval '1 second'), %s, %s{unique})",
             [
                 queue,
                 body["kind"],
@@ -139,7 +156,8 @@ def _enqueue_sql(connection: Any, body: Dict[str, Any]) -> Job:
                 delay,
                 body.get("max_attempts", 20),
                 body.get("idempotency_key"),
-            ],
+            ]
+            + ([body["unique_key"], body.get("unique_scope")] if unique else []),
         )
         (job_id,) = cur.fetchone()
     return Job(id=int(job_id), created=None, queue=queue)

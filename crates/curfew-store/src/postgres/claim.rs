@@ -9,20 +9,23 @@ use crate::validate::ValidJob;
 
 impl PgStore {
     pub(crate) async fn enqueue(&self, job: ValidJob) -> Result<Enqueued, StoreError> {
-        let row =
-            sqlx::query(self.sql(
-                "SELECT job_id, created FROM {s}.enqueue_ms($1, $2, $3::jsonb, $4, $5, $6, $7)",
-            ))
-            .bind(&job.queue)
-            .bind(&job.kind)
-            .bind(&job.payload)
-            .bind(job.priority)
-            .bind(job.run_at)
-            .bind(job.max_attempts)
-            .bind(&job.idempotency_key)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
+        let row = sqlx::query(self.sql(
+            "SELECT job_id, created
+                 FROM {s}.enqueue_ms($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10)",
+        ))
+        .bind(&job.queue)
+        .bind(&job.kind)
+        .bind(&job.payload)
+        .bind(job.priority)
+        .bind(job.run_at)
+        .bind(job.max_attempts)
+        .bind(&job.idempotency_key)
+        .bind(job.unique_key())
+        .bind(job.unique_scope())
+        .bind(job.unique_window_ms())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
         Ok(Enqueued {
             id: row.try_get("job_id").map_err(|e| self.err(e))?,
             created: row.try_get("created").map_err(|e| self.err(e))?,
@@ -44,6 +47,9 @@ impl PgStore {
         let mut run_at = Vec::with_capacity(jobs.len());
         let mut max_attempts = Vec::with_capacity(jobs.len());
         let mut key = Vec::with_capacity(jobs.len());
+        let mut unique_key = Vec::with_capacity(jobs.len());
+        let mut unique_scope = Vec::with_capacity(jobs.len());
+        let mut unique_ms = Vec::with_capacity(jobs.len());
         for j in jobs {
             queue.push(j.queue.as_str());
             kind.push(j.kind.as_str());
@@ -52,14 +58,19 @@ impl PgStore {
             run_at.push(j.run_at);
             max_attempts.push(j.max_attempts);
             key.push(j.idempotency_key.as_deref());
+            unique_key.push(j.unique_key());
+            unique_scope.push(j.unique_scope());
+            unique_ms.push(j.unique_window_ms());
         }
         let rows = sqlx::query(self.sql(
             "SELECT e.job_id, e.created
              FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::bigint[],
-                         $6::int[], $7::text[])
-                  WITH ORDINALITY AS t(queue, kind, payload, priority, run_at, max_attempts, key, n)
+                         $6::int[], $7::text[], $8::text[], $9::text[], $10::bigint[])
+                  WITH ORDINALITY AS t(queue, kind, payload, priority, run_at, max_attempts, key,
+                                       unique_key, unique_scope, unique_ms, n)
              CROSS JOIN LATERAL {s}.enqueue_ms(t.queue, t.kind, t.payload::jsonb, t.priority,
-                                               t.run_at, t.max_attempts, t.key) AS e
+                                               t.run_at, t.max_attempts, t.key, t.unique_key,
+                                               t.unique_scope, t.unique_ms) AS e
              ORDER BY t.n",
         ))
         .bind(&queue)
@@ -69,6 +80,9 @@ impl PgStore {
         .bind(&run_at)
         .bind(&max_attempts)
         .bind(&key)
+        .bind(&unique_key)
+        .bind(&unique_scope)
+        .bind(&unique_ms)
         .fetch_all(&self.pool)
         .await
         .map_err(|e| self.err(e))?;

@@ -69,7 +69,10 @@ impl PgStore {
         run_at: i64,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(self.sql(
-            "UPDATE {s}.jobs SET state = 'queued', attempt = greatest(attempt - 1, 0), run_at = $3,
+            "UPDATE {s}.jobs SET
+                 state = CASE WHEN cancel_requested_at IS NULL THEN 'queued' ELSE 'cancelled' END,
+                 finished_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE {s}.now_ms() END,
+                 attempt = greatest(attempt - 1, 0), run_at = $3,
                  updated_at = {s}.now_ms(),
                  lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
              WHERE id = $1 AND state = 'running' AND lease_token = $2",
@@ -83,6 +86,36 @@ impl PgStore {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Ends a run whose cancel was requested: `cancelled`, lease cleared.
+    pub(crate) async fn finish_cancelled(&self, id: i64, token: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(self.sql(
+            "UPDATE {s}.jobs SET state = 'cancelled', finished_at = {s}.now_ms(),
+                 updated_at = {s}.now_ms(),
+                 lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+             WHERE id = $1 AND state = 'running' AND lease_token = $2",
+        ))
+        .bind(id)
+        .bind(token)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The running jobs of `owner` with a cancel request (index
+    /// `jobs_cancel_requested`: only such rows).
+    pub(crate) async fn cancel_requested(&self, owner: &str) -> Result<Vec<i64>, StoreError> {
+        sqlx::query_scalar(self.sql(
+            "SELECT id FROM {s}.jobs
+             WHERE cancel_requested_at IS NOT NULL AND state = 'running' AND lease_owner = $1
+             ORDER BY id",
+        ))
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))
+    }
+
     pub(crate) async fn fail(
         &self,
         id: i64,
@@ -92,9 +125,12 @@ impl PgStore {
     ) -> Result<FailOutcome, StoreError> {
         let row = sqlx::query(self.sql(
             "UPDATE {s}.jobs SET
-                 state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'failed' END,
-                 run_at = CASE WHEN attempt >= max_attempts THEN run_at ELSE $4 END,
-                 finished_at = CASE WHEN attempt >= max_attempts THEN {s}.now_ms() ELSE NULL END,
+                 state = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
+                     WHEN attempt >= max_attempts THEN 'dead' ELSE 'failed' END,
+                 run_at = CASE WHEN attempt >= max_attempts OR cancel_requested_at IS NOT NULL
+                     THEN run_at ELSE $4 END,
+                 finished_at = CASE WHEN attempt >= max_attempts OR cancel_requested_at IS NOT NULL
+                     THEN {s}.now_ms() ELSE NULL END,
                  last_error = $3, updated_at = {s}.now_ms(),
                  lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
              WHERE id = $1 AND state = 'running' AND lease_token = $2
@@ -119,7 +155,10 @@ impl PgStore {
         let tokens: Vec<&str> = jobs.iter().map(|(_, token)| token.as_str()).collect();
         let rows = sqlx::query(self.sql(
             "UPDATE {s}.jobs AS j SET
-                 state = 'queued', attempt = greatest(j.attempt - 1, 0),
+                 state = CASE WHEN j.cancel_requested_at IS NULL THEN 'queued' ELSE 'cancelled' END,
+                 finished_at = CASE WHEN j.cancel_requested_at IS NULL THEN NULL
+                     ELSE {s}.now_ms() END,
+                 attempt = greatest(j.attempt - 1, 0),
                  releases = j.releases + 1, last_error = $3, updated_at = {s}.now_ms(),
                  lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
              FROM unnest($1::bigint[], $2::text[]) AS r(id, token)
@@ -162,14 +201,16 @@ impl PgStore {
              UPDATE {{s}}.jobs AS j SET
                  crashes = j.crashes + (j.started_at IS NOT NULL)::int,
                  attempt = greatest(j.attempt - 1, 0),
-                 state = CASE WHEN j.started_at IS NOT NULL AND j.crashes + 1 > $1
+                 state = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                     WHEN j.started_at IS NOT NULL AND j.crashes + 1 > $1
                      THEN 'dead' ELSE 'queued' END,
                  last_error = CASE
                      WHEN j.started_at IS NULL THEN $4 || j.lease_owner || $5
                      WHEN j.crashes + 1 > $1
                      THEN 'interrupted by processor crashes ' || (j.crashes + 1) || ' times'
                      ELSE $2 || j.lease_owner || $3 END,
-                 finished_at = CASE WHEN j.started_at IS NOT NULL AND j.crashes + 1 > $1
+                 finished_at = CASE WHEN j.cancel_requested_at IS NOT NULL
+                       OR (j.started_at IS NOT NULL AND j.crashes + 1 > $1)
                      THEN {{s}}.now_ms() ELSE NULL END,
                  updated_at = {{s}}.now_ms(),
                  lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL

@@ -5,7 +5,8 @@
 use super::PgStore;
 use crate::error::StoreError;
 use crate::model::{
-    Job, JobState, ListFilter, PruneOutcome, Pruned, QueueStats, Retention, duration_ms,
+    CancelOutcome, Job, JobState, ListFilter, PruneOutcome, Pruned, QueueStats, Retention,
+    duration_ms,
 };
 use crate::ops::Outcome;
 use crate::row;
@@ -13,7 +14,7 @@ use crate::row;
 /// A page of jobs, by id: the columns, `{payload}` being `payload` or
 /// `'null'::jsonb`, `{cursor}` `>` (oldest first) or `<` (newest first) and
 /// `{order}` `ASC` or `DESC`.
-const LIST: &str = "SELECT id, queue, kind, {payload} AS payload, priority, run_at, attempt, max_attempts, state, lease_owner, lease_token, lease_expires_at, crashes, releases, last_error, idempotency_key, created_at, updated_at, started_at, finished_at FROM {s}.jobs
+const LIST: &str = "SELECT id, queue, kind, {payload} AS payload, priority, run_at, attempt, max_attempts, state, lease_owner, lease_token, lease_expires_at, crashes, releases, last_error, idempotency_key, created_at, updated_at, started_at, finished_at, cancel_requested_at, unique_key, unique_scope, unique_until FROM {s}.jobs
      WHERE ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR state = $2)
        AND id {cursor} $3
      ORDER BY id {order}
@@ -153,7 +154,7 @@ impl PgStore {
     pub(crate) async fn retry(&self, id: i64) -> Result<Result<String, JobState>, StoreError> {
         let queue: Option<String> = sqlx::query_scalar(self.sql(
             "UPDATE {s}.jobs SET state = 'queued', run_at = {s}.now_ms(), attempt = 0, crashes = 0,
-                 finished_at = NULL, updated_at = {s}.now_ms()
+                 finished_at = NULL, cancel_requested_at = NULL, updated_at = {s}.now_ms()
              WHERE id = $1 AND state IN ('dead', 'failed', 'cancelled')
              RETURNING queue",
         ))
@@ -171,19 +172,30 @@ impl PgStore {
         outcome.into_result(&self.name, id)
     }
 
-    pub(crate) async fn cancel(&self, id: i64) -> Result<Result<(), JobState>, StoreError> {
-        let done: Option<i64> = sqlx::query_scalar(self.sql(
-            "UPDATE {s}.jobs SET state = 'cancelled', finished_at = {s}.now_ms(),
+    /// Queued or failed: `cancelled` now. Running: the cancel is requested
+    /// (`cancel_requested_at`, the first request's time kept); the
+    /// processor running it finishes it.
+    pub(crate) async fn cancel(
+        &self,
+        id: i64,
+    ) -> Result<Result<CancelOutcome, JobState>, StoreError> {
+        let state: Option<String> = sqlx::query_scalar(self.sql(
+            "UPDATE {s}.jobs SET
+                 state = CASE WHEN state = 'running' THEN state ELSE 'cancelled' END,
+                 finished_at = CASE WHEN state = 'running' THEN finished_at ELSE {s}.now_ms() END,
+                 cancel_requested_at = CASE WHEN state = 'running'
+                     THEN coalesce(cancel_requested_at, {s}.now_ms()) ELSE cancel_requested_at END,
                  updated_at = {s}.now_ms()
-             WHERE id = $1 AND state IN ('queued', 'failed')
-             RETURNING id",
+             WHERE id = $1 AND state IN ('queued', 'failed', 'running')
+             RETURNING state",
         ))
         .bind(id)
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| self.err(e))?;
-        let outcome = match done {
-            Some(_) => Outcome::Done(()),
+        let outcome = match state.as_deref() {
+            Some("running") => Outcome::Done(CancelOutcome::Requested),
+            Some(_) => Outcome::Done(CancelOutcome::Cancelled),
             None => self.state_of(id).await?,
         };
         outcome.into_result(&self.name, id)

@@ -42,41 +42,61 @@ impl SqliteStore {
         Ok(enqueued)
     }
 
-    /// One insert inside the caller's write transaction.
+    /// One insert inside the caller's write transaction. A conflict on the
+    /// idempotency key or the unique key (a partial unique index on
+    /// `unique_holder`) returns the job holding it; the write lock is held,
+    /// so that job is there (maybe inserted earlier in this same batch).
     async fn insert(
         tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
         job: &ValidJob,
         now: i64,
     ) -> Result<Enqueued, sqlx::Error> {
-        {
-            let inserted: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO jobs (queue, kind, payload, priority, run_at, max_attempts,
-                                   idempotency_key, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, coalesce(?5, ?8), ?6, ?7, ?8, ?8)
-                 ON CONFLICT (idempotency_key) DO NOTHING
-                 RETURNING id",
+        if job.unique_window_ms().is_some() {
+            // The key's window is over: the next job takes it.
+            sqlx::query(
+                "UPDATE jobs SET unique_holder = NULL
+                 WHERE unique_holder = ?1 AND unique_until <= ?2",
             )
-            .bind(&job.queue)
-            .bind(&job.kind)
-            .bind(&job.payload)
-            .bind(job.priority)
-            .bind(job.run_at)
-            .bind(job.max_attempts)
-            .bind(&job.idempotency_key)
+            .bind(job.unique_key())
             .bind(now)
-            .fetch_optional(&mut **tx)
+            .execute(&mut **tx)
             .await?;
-            if let Some(id) = inserted {
-                return Ok(Enqueued { id, created: true });
-            }
-            // The write lock is held: the conflicting row is there (maybe
-            // inserted earlier in this same batch).
-            let id: i64 = sqlx::query_scalar("SELECT id FROM jobs WHERE idempotency_key = ?1")
-                .bind(&job.idempotency_key)
-                .fetch_one(&mut **tx)
-                .await?;
-            Ok(Enqueued { id, created: false })
         }
+        let inserted: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO jobs (queue, kind, payload, priority, run_at, max_attempts,
+                               idempotency_key, created_at, updated_at,
+                               unique_key, unique_scope, unique_until, unique_holder)
+             VALUES (?1, ?2, ?3, ?4, coalesce(?5, ?8), ?6, ?7, ?8, ?8, ?9, ?10, ?8 + ?11, ?9)
+             ON CONFLICT DO NOTHING
+             RETURNING id",
+        )
+        .bind(&job.queue)
+        .bind(&job.kind)
+        .bind(&job.payload)
+        .bind(job.priority)
+        .bind(job.run_at)
+        .bind(job.max_attempts)
+        .bind(&job.idempotency_key)
+        .bind(now)
+        .bind(job.unique_key())
+        .bind(job.unique_scope())
+        .bind(job.unique_window_ms())
+        .fetch_optional(&mut **tx)
+        .await?;
+        if let Some(id) = inserted {
+            return Ok(Enqueued { id, created: true });
+        }
+        let id: i64 = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE idempotency_key = ?1
+             UNION ALL
+             SELECT id FROM jobs WHERE unique_holder = ?2
+             LIMIT 1",
+        )
+        .bind(&job.idempotency_key)
+        .bind(job.unique_key())
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok(Enqueued { id, created: false })
     }
 
     pub(crate) async fn claim(

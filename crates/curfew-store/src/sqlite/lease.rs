@@ -72,7 +72,10 @@ impl SqliteStore {
     ) -> Result<bool, StoreError> {
         self.fenced_write(
             sqlx::query(
-                "UPDATE jobs SET state = 'queued', attempt = max(attempt - 1, 0), run_at = ?3,
+                "UPDATE jobs SET
+                     state = CASE WHEN cancel_requested_at IS NULL THEN 'queued' ELSE 'cancelled' END,
+                     finished_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE ?4 END,
+                     attempt = max(attempt - 1, 0), run_at = ?3,
                      updated_at = ?4, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
                  WHERE id = ?1 AND state = 'running' AND lease_token = ?2",
             )
@@ -82,6 +85,38 @@ impl SqliteStore {
             .bind(now_ms()),
         )
         .await
+    }
+
+    /// Ends a run whose cancel was requested: `cancelled`, lease cleared.
+    pub(crate) async fn finish_cancelled(&self, id: i64, token: &str) -> Result<bool, StoreError> {
+        self.fenced_write(
+            sqlx::query(
+                "UPDATE jobs SET state = 'cancelled', finished_at = ?3, updated_at = ?3,
+                     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+                 WHERE id = ?1 AND state = 'running' AND lease_token = ?2",
+            )
+            .bind(id)
+            .bind(token)
+            .bind(now_ms()),
+        )
+        .await
+    }
+
+    /// The running jobs of `owner` with a cancel request (index
+    /// `jobs_cancel_requested`: only such rows).
+    pub(crate) async fn cancel_requested(&self, owner: &str) -> Result<Vec<i64>, StoreError> {
+        // INDEXED BY: statistics of a small table (PRAGMA optimize at close)
+        // can make SQLite prefer a scan; this index holds only pending
+        // requests, so it is always the cheapest.
+        sqlx::query_scalar(
+            "SELECT id FROM jobs INDEXED BY jobs_cancel_requested
+             WHERE cancel_requested_at IS NOT NULL AND state = 'running' AND lease_owner = ?1
+             ORDER BY id",
+        )
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))
     }
 
     /// Runs one fenced UPDATE; true when it matched the job.
@@ -105,9 +140,12 @@ impl SqliteStore {
         let mut w = self.begin_write().await?;
         let result = sqlx::query(
             "UPDATE jobs SET
-                 state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'failed' END,
-                 run_at = CASE WHEN attempt >= max_attempts THEN run_at ELSE ?4 END,
-                 finished_at = CASE WHEN attempt >= max_attempts THEN ?5 ELSE NULL END,
+                 state = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
+                     WHEN attempt >= max_attempts THEN 'dead' ELSE 'failed' END,
+                 run_at = CASE WHEN attempt >= max_attempts OR cancel_requested_at IS NOT NULL
+                     THEN run_at ELSE ?4 END,
+                 finished_at = CASE WHEN attempt >= max_attempts OR cancel_requested_at IS NOT NULL
+                     THEN ?5 ELSE NULL END,
                  last_error = ?3, updated_at = ?5,
                  lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
              WHERE id = ?1 AND state = 'running' AND lease_token = ?2
@@ -133,7 +171,10 @@ impl SqliteStore {
             serde_json::to_string(jobs).map_err(|e| StoreError::invalid("jobs", e.to_string()))?;
         let mut w = self.begin_write().await?;
         let result = sqlx::query(
-            "UPDATE jobs SET state = 'queued', attempt = max(attempt - 1, 0),
+            "UPDATE jobs SET
+                 state = CASE WHEN cancel_requested_at IS NULL THEN 'queued' ELSE 'cancelled' END,
+                 finished_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE ?3 END,
+                 attempt = max(attempt - 1, 0),
                  releases = releases + 1, last_error = ?2, updated_at = ?3,
                  lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
              WHERE state = 'running'
@@ -207,14 +248,16 @@ impl SqliteStore {
                 "UPDATE jobs SET
                      crashes = crashes + (started_at IS NOT NULL),
                      attempt = max(attempt - 1, 0),
-                     state = CASE WHEN started_at IS NOT NULL AND crashes + 1 > ?2
+                     state = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
+                         WHEN started_at IS NOT NULL AND crashes + 1 > ?2
                          THEN 'dead' ELSE 'queued' END,
                      last_error = CASE
                          WHEN started_at IS NULL THEN ?6 || lease_owner || ?7
                          WHEN crashes + 1 > ?2
                          THEN 'interrupted by processor crashes ' || (crashes + 1) || ' times'
                          ELSE ?3 || lease_owner || ?4 END,
-                     finished_at = CASE WHEN started_at IS NOT NULL AND crashes + 1 > ?2
+                     finished_at = CASE WHEN cancel_requested_at IS NOT NULL
+                           OR (started_at IS NOT NULL AND crashes + 1 > ?2)
                          THEN ?5 ELSE NULL END,
                      updated_at = ?5,
                      lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL

@@ -7,7 +7,8 @@ use sqlx::{AssertSqlSafe, Sqlite, Transaction};
 use super::SqliteStore;
 use crate::error::StoreError;
 use crate::model::{
-    Job, JobState, ListFilter, PruneOutcome, Pruned, QueueStats, Retention, duration_ms, now_ms,
+    CancelOutcome, Job, JobState, ListFilter, PruneOutcome, Pruned, QueueStats, Retention,
+    duration_ms, now_ms,
 };
 use crate::ops::Outcome;
 use crate::row;
@@ -35,7 +36,7 @@ impl SqliteStore {
             (">", "ASC", 0)
         };
         let sql = format!(
-            "SELECT id, queue, kind, {payload} AS payload, priority, run_at, attempt, max_attempts, state, lease_owner, lease_token, lease_expires_at, crashes, releases, last_error, idempotency_key, created_at, updated_at, started_at, finished_at FROM jobs
+            "SELECT id, queue, kind, {payload} AS payload, priority, run_at, attempt, max_attempts, state, lease_owner, lease_token, lease_expires_at, crashes, releases, last_error, idempotency_key, created_at, updated_at, started_at, finished_at, cancel_requested_at, unique_key, unique_scope, unique_until FROM jobs
              WHERE (?1 IS NULL OR queue = ?1) AND (?2 IS NULL OR state = ?2) AND id {cursor} ?3
              ORDER BY id {order}
              LIMIT ?4"
@@ -144,7 +145,7 @@ impl SqliteStore {
         let result = async {
             let queue: Option<String> = sqlx::query_scalar(
                 "UPDATE jobs SET state = 'queued', run_at = ?2, attempt = 0, crashes = 0,
-                     finished_at = NULL, updated_at = ?2
+                     finished_at = NULL, cancel_requested_at = NULL, updated_at = ?2
                  WHERE id = ?1 AND state IN ('dead', 'failed', 'cancelled')
                  RETURNING queue",
             )
@@ -165,21 +166,33 @@ impl SqliteStore {
         outcome.into_result(&self.name, id)
     }
 
-    pub(crate) async fn cancel(&self, id: i64) -> Result<Result<(), JobState>, StoreError> {
+    /// Queued or failed: `cancelled` now. Running: the cancel is requested
+    /// (`cancel_requested_at`, the first request's time kept); the
+    /// processor running it finishes it.
+    pub(crate) async fn cancel(
+        &self,
+        id: i64,
+    ) -> Result<Result<CancelOutcome, JobState>, StoreError> {
         let now = now_ms();
         let mut w = self.begin_write().await?;
         let result = async {
-            let done: Option<i64> = sqlx::query_scalar(
-                "UPDATE jobs SET state = 'cancelled', finished_at = ?2, updated_at = ?2
-                 WHERE id = ?1 AND state IN ('queued', 'failed')
-                 RETURNING id",
+            let state: Option<String> = sqlx::query_scalar(
+                "UPDATE jobs SET
+                     state = CASE WHEN state = 'running' THEN state ELSE 'cancelled' END,
+                     finished_at = CASE WHEN state = 'running' THEN finished_at ELSE ?2 END,
+                     cancel_requested_at = CASE WHEN state = 'running'
+                         THEN coalesce(cancel_requested_at, ?2) ELSE cancel_requested_at END,
+                     updated_at = ?2
+                 WHERE id = ?1 AND state IN ('queued', 'failed', 'running')
+                 RETURNING state",
             )
             .bind(id)
             .bind(now)
             .fetch_optional(&mut *w.tx)
             .await?;
-            match done {
-                Some(_) => Ok(Outcome::Done(())),
+            match state.as_deref() {
+                Some("running") => Ok(Outcome::Done(CancelOutcome::Requested)),
+                Some(_) => Ok(Outcome::Done(CancelOutcome::Cancelled)),
                 None => self.state_of(&mut w.tx, id).await,
             }
         }
