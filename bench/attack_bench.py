@@ -882,7 +882,7 @@ def main() -> int:
                 cells[(a, s)] = c
                 if c.wrk:
                     w = c.wrk
-                    log(f"  {w['rps']:,.0f} req/s, p50 {fmt_ms(w['p50_ms'])} ms, p99 {fmt_p99(w)} ms, "
+                    log(f"  {w['rps']:,.0f} req/s, p50 {fmt_ms(w['p50_ms'])} ms, p99 {fmt_p99(w)}, "
                         f"errors {fmt_errors(w)}; attackers {c.attack_before.get('placed', 0)} placed"
                         + (f"; problems: {c.problems}" if c.problems else ""))
                 else:
