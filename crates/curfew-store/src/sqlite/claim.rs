@@ -43,7 +43,7 @@ impl SqliteStore {
     }
 
     /// One insert inside the caller's write transaction.
-    async fn insert(
+    pub(super) async fn insert(
         tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
         job: &ValidJob,
         now: i64,
