@@ -107,7 +107,9 @@ pub enum Command {
     },
     /// Add a background job (or many, with --file) through a running curfew.
     Enqueue(Box<EnqueueArgs>),
-    /// List, inspect, retry, cancel or delete jobs, pause or resume queues, of a running curfew.
+    /// List, inspect, retry, cancel or delete jobs, pause or resume queues,
+    /// show periodic schedules, prune: through the running curfew, or
+    /// directly in the store (--store, or when no curfew is running).
     Jobs {
         #[command(subcommand)]
         action: Option<JobsAction>,
@@ -115,6 +117,8 @@ pub enum Command {
         list: ListArgs,
         #[command(flatten)]
         target: ControlArgs,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Check that curfew's stop fits the platform's: the stop budget
     /// (drain_delay + graceful_timeout + worker_stop_timeout + margin)
@@ -254,6 +258,21 @@ pub enum JobsAction {
     Pause { queue: String },
     /// Resume a paused queue.
     Resume { queue: String },
+    /// The periodic schedules ([jobs.periodic]): next run, last instant enqueued, its job.
+    Periodic,
+    /// Delete the finished jobs past [jobs.retention] now.
+    Prune,
+}
+
+/// `curfew jobs` straight in the store, without a running curfew.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// Work directly in this job store (sqlite:///path/jobs.db or postgres://…) instead of through a running curfew [default: through the control socket; when no curfew is running there, the store of --config / ./curfew.toml]
+    #[arg(long, value_name = "URL", global = true)]
+    pub store: Option<String>,
+    /// The PostgreSQL schema of --store [default: the config's jobs.pg_schema, else curfew]
+    #[arg(long, value_name = "NAME", global = true)]
+    pub pg_schema: Option<String>,
 }
 
 /// Filters of `curfew jobs` (listing).

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use curfew::{config, exit, logging, serve};
 
 mod cli;
+mod jobs_cli;
 
 fn main() -> ExitCode {
     // Worker exec shim (see shim.rs): must run before anything else.
@@ -29,7 +30,8 @@ fn main() -> ExitCode {
             action,
             list,
             target,
-        } => run_jobs(action, list, &target),
+            store,
+        } => run_jobs(action, list, &target, &store),
         cli::Command::Check(args) => run_check(args),
         cli::Command::Gen(args) => run_gen(args),
         cli::Command::Completions { shell } => print_completions(shell),
@@ -357,6 +359,7 @@ fn run_jobs(
     action: Option<cli::JobsAction>,
     list: cli::ListArgs,
     target: &cli::ControlArgs,
+    store: &cli::StoreArgs,
 ) -> i32 {
     use cli::JobsAction;
     use curfew::processor::api::JobsRequest;
@@ -376,14 +379,20 @@ fn run_jobs(
         Some(JobsAction::Delete { id }) => (JobsRequest::Delete { id }, false),
         Some(JobsAction::Pause { queue }) => (JobsRequest::Pause { queue }, false),
         Some(JobsAction::Resume { queue }) => (JobsRequest::Resume { queue }, false),
+        Some(JobsAction::Periodic) => (JobsRequest::Periodic, true),
+        Some(JobsAction::Prune) => (JobsRequest::Prune, false),
     };
-    let r = match jobs_call(target, request) {
+    let r = match jobs_cli::call(target, store, request) {
         Ok(r) => r,
         Err(code) => return code,
     };
     use curfew::protocol::jobs::JobsReply;
     match r.data {
         Some(JobsReply::Jobs(jobs)) if listing && !list.json => print!("{}", jobs_table(&jobs)),
+        Some(JobsReply::Periodic(p)) if !list.json => print!("{}", jobs_cli::periodic_table(&p)),
+        Some(JobsReply::Pruned(_)) if !list.json => {
+            println!("{}", r.message.unwrap_or_default())
+        }
         Some(data) => println!(
             "{}",
             serde_json::to_string_pretty(&data).unwrap_or_default()

@@ -20,6 +20,10 @@
 //! cancelled = "1d"
 //! dead = "14d"
 //! interval = "1m"                     # how often the processor prunes
+//!
+//! [jobs.periodic.nightly]             # see `config::periodic`
+//! cron = "0 3 * * *"
+//! kind = "reindex"
 //! ```
 
 use std::collections::BTreeMap;
@@ -642,6 +646,15 @@ mod tests {
             "retention.cancelled",
             "retention.dead",
             "retention.interval",
+            "periodic.<name>.cron",
+            "periodic.<name>.every",
+            "periodic.<name>.timezone",
+            "periodic.<name>.queue",
+            "periodic.<name>.kind",
+            "periodic.<name>.payload",
+            "periodic.<name>.priority",
+            "periodic.<name>.max_attempts",
+            "periodic.<name>.catch_up",
         ];
         for key in keys {
             assert!(

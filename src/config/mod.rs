@@ -11,6 +11,7 @@ pub mod env;
 pub mod hooks;
 pub mod jobs;
 mod parse;
+pub mod periodic;
 pub mod raw;
 pub mod reload;
 mod suggest;
@@ -256,6 +257,9 @@ pub struct Config {
     pub log_level: String,
     /// The job processor; `None` without a `[jobs]` section.
     pub jobs: Option<jobs::JobsConfig>,
+    /// `[jobs.periodic.<name>]`, by name (empty without `[jobs]`). Kept
+    /// apart from `jobs`: a reload applies it.
+    pub periodic: Vec<periodic::PeriodicConfig>,
     /// The config file that was read, if any.
     pub config_file: Option<PathBuf>,
     /// When `worker_concurrency` was not given: what was chosen from the

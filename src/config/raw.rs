@@ -120,6 +120,8 @@ pub struct RawJobs {
     pub pg_schema: Option<String>,
     pub queues: Option<std::collections::BTreeMap<String, RawQueue>>,
     pub retention: Option<RawRetention>,
+    /// `[jobs.periodic.<name>]`: schedules (validated in `config::periodic`).
+    pub periodic: Option<std::collections::BTreeMap<String, RawPeriodic>>,
 }
 
 /// `[jobs.retention]` as written: how long finished jobs are kept.
@@ -131,6 +133,26 @@ pub struct RawRetention {
     pub dead: Option<RawDuration>,
     /// How often the processor looks for finished jobs to delete.
     pub interval: Option<RawDuration>,
+}
+
+/// One `[jobs.periodic.<name>]` table as written.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawPeriodic {
+    /// A cron expression (5 fields, or 6 with seconds first).
+    pub cron: Option<String>,
+    /// Or a fixed period, counted from the Unix epoch.
+    pub every: Option<RawDuration>,
+    /// IANA time zone of `cron` (default UTC).
+    pub timezone: Option<String>,
+    pub queue: Option<String>,
+    pub kind: Option<String>,
+    /// Any TOML value, sent as JSON.
+    pub payload: Option<serde_json::Value>,
+    pub priority: Option<i64>,
+    pub max_attempts: Option<i64>,
+    /// `"last"` (default) or `"none"`.
+    pub catch_up: Option<String>,
 }
 
 /// One `[jobs.queues.<name>]` table as written.
@@ -178,6 +200,7 @@ impl Layer for RawJobs {
             pg_schema: self.pg_schema.or(b.pg_schema),
             queues: self.queues.or(b.queues),
             retention: self.retention.or(b.retention),
+            periodic: self.periodic.or(b.periodic),
         }
     }
 }

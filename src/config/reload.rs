@@ -64,6 +64,7 @@ pub const SETTINGS: &[(&str, OnReload)] = &[
     ("log_format", OnReload::RestartOnly),
     ("log_level", OnReload::RestartOnly),
     ("jobs", OnReload::RestartOnly),
+    ("jobs.periodic", OnReload::Applied),
 ];
 
 /// What a reload does with the keys that changed.
@@ -181,6 +182,7 @@ reload_by_field! {
     log_format => "log_format",
     log_level => "log_level",
     jobs => "jobs",
+    periodic => "jobs.periodic",
 }
 
 #[cfg(test)]
@@ -290,6 +292,14 @@ mod tests {
             ("log_level", "workers = 2\nlog_level = \"debug\""),
             ("jobs", "workers = 2\n[jobs]"),
         ];
+        // `jobs.periodic` needs a `[jobs]` in both: its own base.
+        let with_jobs = cfg("workers = 2\n[jobs]");
+        let plan = plan_reload(
+            &with_jobs,
+            &cfg("workers = 2\n[jobs.periodic.p]\nevery = \"1m\"\nkind = \"k\""),
+        );
+        assert_eq!(plan.applied, ["jobs.periodic"]);
+        assert!(plan.restart_only.is_empty(), "{plan:?}");
         for (key, text) in cases {
             let plan = plan_reload(&base, &cfg(text));
             let how = SETTINGS
@@ -314,8 +324,12 @@ mod tests {
         }
         // Every key of SETTINGS has a case, and every case a key.
         let keys: Vec<&str> = SETTINGS.iter().map(|(k, _)| *k).collect();
-        assert_eq!(cases.len(), keys.len());
-        for key in keys {
+        assert_eq!(
+            cases.len() + 1,
+            keys.len(),
+            "every key has a case (jobs.periodic's is above)"
+        );
+        for key in keys.into_iter().filter(|k| *k != "jobs.periodic") {
             assert!(cases.iter().any(|(k, _)| *k == key), "no case for {key}");
         }
     }

@@ -45,14 +45,20 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
         100_000,
     )?;
     let worker_concurrency_default = raw.worker_concurrency.is_none().then_some(why);
+    let mut raw_jobs = raw.jobs;
+    let raw_periodic = raw_jobs.as_mut().and_then(|j| j.periodic.take());
     let jobs = jobs::validate(
-        raw.jobs,
+        raw_jobs,
         &jobs::Context {
             origins,
             graceful_timeout,
             capacity: workers * worker_concurrency,
         },
     )?;
+    let periodic = match &jobs {
+        Some(j) => super::periodic::validate(&Ctx::section(origins, "jobs"), raw_periodic, j)?,
+        None => Vec::new(),
+    };
     Ok(Config {
         command: program.command,
         workers,
@@ -119,6 +125,7 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
         log_format,
         log_level,
         jobs,
+        periodic,
         config_file: None,
         worker_concurrency_default,
     })

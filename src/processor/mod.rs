@@ -18,6 +18,9 @@
 //! - **Retention.** Every `retention.interval` a prune pass deletes finished
 //!   jobs past `[jobs.retention]` in batches (one processor at a time per
 //!   PostgreSQL store).
+//! - **Periodic jobs.** A scheduler enqueues each `[jobs.periodic]`
+//!   instant, exactly once across the processors sharing the store
+//!   ([`periodic`]).
 //! - **A store that goes away** is retried with backoff and reported once;
 //!   web traffic does not depend on it.
 
@@ -27,8 +30,10 @@ pub mod gate;
 mod health;
 mod loops;
 mod operate;
+pub mod periodic;
 mod report;
 mod run;
+pub mod store_ops;
 
 use health::{RetryPause, StoreHealth};
 use report::Counters;
@@ -119,6 +124,8 @@ struct Inner {
     health: StoreHealth,
     /// The job API's and the status report's share of the store.
     gate: gate::Gate,
+    /// `[jobs.periodic]`, followed by the scheduler (`periodic`).
+    periodic: periodic::Schedules,
 }
 
 /// The job processor; cheap to clone.
@@ -192,6 +199,7 @@ impl Processor {
                 runs: TaskTracker::new(),
                 health,
                 gate: gate::Gate::new(),
+                periodic: tokio::sync::watch::Sender::new(Arc::new(Vec::new())),
             }),
         }
     }
@@ -242,6 +250,7 @@ impl Processor {
         for q in inner.queues.values() {
             self.inner.loops.spawn(inner.clone().queue_loop(q.clone()));
         }
+        self.inner.loops.spawn(inner.clone().periodic_loop());
         self.inner.loops.close();
     }
 

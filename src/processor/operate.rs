@@ -2,8 +2,9 @@
 
 use super::Processor;
 use super::api::{self, ApiError, EnqueueManyReply, EnqueueReply, EnqueueRequest};
+use super::store_ops;
 use crate::protocol::jobs::JobsReply;
-use curfew_store::{CancelOutcome, Job, now_ms};
+use curfew_store::{Job, now_ms};
 
 impl Processor {
     /// Enqueues a job as the API and the CLI send it.
@@ -110,13 +111,19 @@ impl Processor {
     }
 
     /// Answers a `curfew enqueue` / `curfew jobs` request: a message and,
-    /// for enqueue, list and show, the data.
+    /// for enqueue, list, show, periodic and prune, the data (the
+    /// store-only operations through [`store_ops::operate`]).
     pub async fn operate(
         &self,
         req: api::JobsRequest,
     ) -> Result<(String, Option<JobsReply>), api::ApiError> {
         use api::JobsRequest;
         let store = &self.inner.store;
+        let periodic = self.periodic_schedules();
+        let cx = store_ops::StoreContext {
+            retention: &self.inner.cfg.retention,
+            periodic: &periodic,
+        };
         match req {
             JobsRequest::Enqueue { job } => {
                 let reply = self.submit(job).await?;
@@ -140,72 +147,22 @@ impl Processor {
                 );
                 Ok((msg, Some(JobsReply::EnqueuedMany(reply))))
             }
-            JobsRequest::List {
-                queue,
-                state,
-                limit,
-                after,
-            } => {
-                let filter = curfew_store::ListFilter {
-                    queue,
-                    state: state.as_deref().map(api::parse_state).transpose()?,
-                    limit: limit.unwrap_or(curfew_store::ListFilter::DEFAULT_LIMIT),
-                    after_id: after,
-                    // `curfew jobs` (a local operator) shows them.
-                    with_payload: true,
-                    newest_first: false,
-                };
-                let jobs = store.list(filter).await?;
-                Ok((format!("{} jobs", jobs.len()), Some(JobsReply::Jobs(jobs))))
-            }
-            JobsRequest::Show { id } => {
-                let job = self.job(id).await?;
-                Ok((format!("job {id}"), Some(JobsReply::Job(Box::new(job)))))
-            }
-            JobsRequest::Retry { id } => {
-                // The store wakes the job's queue (NOTIFY / in-process).
-                store.retry(id).await?;
-                Ok((format!("job {id} queued again"), None))
-            }
+            // A cancel through this curfew stops a run of its own at once
+            // (the others learn of it by their poll).
             JobsRequest::Cancel { id } => {
-                let msg = match self.cancel(id).await? {
-                    CancelOutcome::Cancelled => format!("job {id} cancelled"),
-                    CancelOutcome::Requested => format!(
-                        "job {id} is running: cancel requested; the curfew running it stops it (within a second or so) and it ends cancelled"
-                    ),
-                };
+                let msg = store_ops::cancel_message(id, self.cancel(id).await?);
                 Ok((msg, None))
             }
-            JobsRequest::Delete { id } => {
-                store.delete(id).await?;
-                Ok((format!("job {id} deleted"), None))
-            }
-            JobsRequest::Pause { queue } => {
-                let msg = if store.pause(&queue).await? {
-                    tracing::info!(
-                        queue,
-                        "Queue paused: no processor sharing the store claims from it."
-                    );
-                    format!(
-                        "queue {queue} paused: no new jobs are claimed from it on any curfew sharing the store; running jobs go on"
-                    )
-                } else {
-                    format!("queue {queue} was paused already")
-                };
-                Ok((msg, None))
-            }
+            // Resume also wakes this processor's loop of the queue at once.
             JobsRequest::Resume { queue } => {
-                let msg = if store.resume(&queue).await? {
-                    tracing::info!(queue, "Queue resumed.");
-                    if let Some(q) = self.inner.queues.get(&queue) {
-                        q.wake.notify_one();
-                    }
-                    format!("queue {queue} resumed")
-                } else {
-                    format!("queue {queue} was not paused")
-                };
-                Ok((msg, None))
+                let wake = self.inner.queues.get(&queue).cloned();
+                let answer = store_ops::operate(store, &cx, JobsRequest::Resume { queue }).await?;
+                if let Some(q) = wake {
+                    q.wake.notify_one();
+                }
+                Ok(answer)
             }
+            other => store_ops::operate(store, &cx, other).await,
         }
     }
 }

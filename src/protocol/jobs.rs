@@ -139,6 +139,10 @@ pub enum JobsRequest {
     Resume {
         queue: String,
     },
+    /// The periodic schedules: configured ones and those the store knows.
+    Periodic,
+    /// Delete the finished jobs past retention now (all due batches).
+    Prune,
 }
 
 /// The answer to an enqueue.
@@ -159,6 +163,38 @@ pub struct EnqueueManyReply {
     pub created: usize,
 }
 
+/// One schedule of `curfew jobs periodic`. Times are unix milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeriodicReport {
+    pub name: String,
+    /// `cron "0 3 * * *" Europe/Berlin` or `every 5m`; `None`: the store
+    /// knows the schedule but this configuration does not (removed).
+    pub schedule: Option<String>,
+    pub queue: Option<String>,
+    pub kind: Option<String>,
+    pub catch_up: Option<String>,
+    /// The next instant after now.
+    pub next_run: Option<i64>,
+    /// The latest instant handled (enqueued, or passed over), from the store.
+    pub last_instant: Option<i64>,
+    /// The job enqueued for `last_instant`, if one was.
+    pub last_job_id: Option<i64>,
+}
+
+/// The answer to `periodic`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeriodicReply {
+    pub schedules: Vec<PeriodicReport>,
+}
+
+/// The answer to `prune`: what was deleted, under which retention.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PruneReply {
+    pub pruned: curfew_store::Pruned,
+    /// The periods applied, e.g. `succeeded 1d, cancelled 1d, dead 14d`.
+    pub retention: String,
+}
+
 /// The data of an answer to a [`JobsRequest`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -169,6 +205,10 @@ pub enum JobsReply {
     Job(Box<Job>),
     /// `enqueue`.
     Enqueued(EnqueueReply),
+    /// `periodic`.
+    Periodic(PeriodicReply),
+    /// `prune`.
+    Pruned(PruneReply),
     /// `enqueue_many` (last: untagged, it must not shadow the others).
     EnqueuedMany(EnqueueManyReply),
 }

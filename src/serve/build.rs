@@ -84,13 +84,17 @@ impl Run {
         let metrics = Arc::new(Metrics::new());
         let front = Front::new(FrontConfig::from(&cfg), metrics.clone());
         let jobs = match (store, &cfg.jobs) {
-            (Some(store), Some(j)) => Some(Processor::new(
-                j.clone(),
-                store,
-                front.dispatcher.clone(),
-                reaper.clone(),
-                cfg.chdir.clone(),
-            )),
+            (Some(store), Some(j)) => {
+                let processor = Processor::new(
+                    j.clone(),
+                    store,
+                    front.dispatcher.clone(),
+                    reaper.clone(),
+                    cfg.chdir.clone(),
+                );
+                processor.set_periodic(cfg.periodic.clone());
+                Some(processor)
+            }
             _ => None,
         };
         let spec = worker_spec(&cfg, run_dir.clone(), jobs.as_ref());

@@ -221,6 +221,11 @@ async fn try_reload(run: &mut Run) -> ReloadFinished {
                 );
                 run.sup.scale(new.workers);
             }
+            if let Some(jobs) = &run.jobs
+                && plan.applied.contains(&"jobs.periodic")
+            {
+                jobs.set_periodic(new.periodic.clone());
+            }
             run.cfg = new;
             run.status
                 .generation

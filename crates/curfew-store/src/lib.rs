@@ -86,6 +86,11 @@
 //!     `Window` holder is cleared by the next enqueue of the key after
 //!     `unique_until`. A job does not take its key back (a retry, a failed
 //!     attempt of a `Queued` job), so no transition can conflict.
+//! 11. **A periodic schedule's instant is enqueued at most once**, across
+//!     every processor sharing the store and whatever retention pruned:
+//!     [`Store::periodic_advance`] moves the schedule's row forward and
+//!     enqueues in one transaction; a row at or past the instant changes
+//!     nothing (see `periodic`).
 //!
 //! Delivery is at least once: a processor that is alive but cut off from the
 //! database past its lease loses the job to a rescue and the job runs again.
@@ -158,6 +163,7 @@ mod error;
 mod listener;
 mod model;
 mod ops;
+mod periodic;
 mod postgres;
 mod row;
 mod sqlite;
@@ -173,6 +179,7 @@ pub use model::{
     CancelOutcome, Claimed, DEFAULT_MAX_ATTEMPTS, Enqueued, FailOutcome, Job, JobState, ListFilter,
     NewJob, PruneOutcome, Pruned, QueueStats, Retention, Unique, UniqueScope, UnknownState, now_ms,
 };
+pub use periodic::{PeriodicOutcome, PeriodicState};
 pub use postgres::{CHANNEL, PgStore};
 pub use sqlite::SqliteStore;
 pub use validate::{MAX_ERROR_BYTES, MAX_NAME_CHARS, MAX_UNIQUE_WINDOW};
@@ -665,6 +672,47 @@ impl Store {
     }
 }
 
+/// Periodic schedules (see [`PeriodicState`]).
+impl Store {
+    /// Records a schedule first seen at `instant` (its latest instant, not
+    /// enqueued: a new schedule starts with its next one) unless the store
+    /// knows it already. `true` when it was new.
+    pub async fn periodic_start(&self, name: &str, instant: i64) -> Result<bool, StoreError> {
+        validate::name("schedule", name)?;
+        on_backend!(self, s => s.periodic_start(name, instant).await)
+    }
+
+    /// Moves schedule `name` to `instant` and enqueues `job` (`None`: passes
+    /// the instant over without a job), in one transaction, if the schedule
+    /// is before `instant` (or unknown); otherwise changes nothing
+    /// ([`PeriodicOutcome::AlreadyDone`]). Of any number of processors
+    /// calling this for one instant, exactly one gets `Enqueued`/`Passed`.
+    pub async fn periodic_advance(
+        &self,
+        name: &str,
+        instant: i64,
+        job: Option<NewJob>,
+    ) -> Result<PeriodicOutcome, StoreError> {
+        validate::name("schedule", name)?;
+        let max = on_backend!(self, s => s.max_payload_bytes());
+        let job = job.map(|j| validate::new_job(j, max)).transpose()?;
+        let outcome =
+            on_backend!(self, s => s.periodic_advance(name, instant, job.as_ref()).await)?;
+        tracing::debug!(
+            schedule = name,
+            instant,
+            ?outcome,
+            "periodic schedule advanced"
+        );
+        Ok(outcome)
+    }
+
+    /// Every schedule the store knows, by name.
+    pub async fn periodic_states(&self) -> Result<Vec<PeriodicState>, StoreError> {
+        on_backend!(self, s => s.periodic_states().await)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -702,6 +750,9 @@ mod tests {
         assert_send(store.prune(&Retention::DEFAULT, 1));
         assert_send(store.next_run_at("q"));
         assert_send(store.running_jobs());
+        assert_send(store.periodic_start("p", 0));
+        assert_send(store.periodic_advance("p", 0, None));
+        assert_send(store.periodic_states());
         assert_send(store.listen());
         assert_send(store.close());
         assert_send(listener.recv());

@@ -194,6 +194,7 @@ conformance!(
     unique_scopes_hold_the_key_while_documented,
     concurrent_unique_enqueues_make_one_job_per_key_and_scope,
     unique_keys_in_a_batch_and_with_idempotency_keys,
+    periodic_instants_are_enqueued_once_across_processors,
 );
 
 mod cancel_unique;
@@ -2211,4 +2212,115 @@ async fn a_plain_path_is_a_sqlite_store() {
             .expect("journal_mode")
     };
     assert_eq!(mode, "wal");
+}
+
+/// Four processors (stores) race for each of 15 instants of one schedule:
+/// each instant becomes exactly one job; an instant at or before the
+/// schedule's position changes nothing, also once its job was pruned.
+async fn periodic_instants_are_enqueued_once_across_processors(h: &Harness) {
+    use curfew_store::PeriodicOutcome;
+    let mut stores = vec![h.store.clone()];
+    for _ in 0..3 {
+        stores.push(h.open_again().await);
+    }
+    assert!(h.store.periodic_start("tick", 1_000).await.expect("start"));
+    assert!(
+        !stores[1]
+            .periodic_start("tick", 5_000)
+            .await
+            .expect("start"),
+        "known already: its position is kept"
+    );
+    let job = |instant: i64| NewJob {
+        run_at: Some(instant),
+        ..new_job("periodic")
+    };
+    let mut ids = Vec::new();
+    for n in 1..=15i64 {
+        let instant = 1_000 + n * 1_000;
+        let mut racers = tokio::task::JoinSet::new();
+        for store in &stores {
+            let store = store.clone();
+            let job = job(instant);
+            racers.spawn(async move { store.periodic_advance("tick", instant, Some(job)).await });
+        }
+        let outcomes: Vec<PeriodicOutcome> = racers
+            .join_all()
+            .await
+            .into_iter()
+            .map(|r| r.expect("advance"))
+            .collect();
+        let enqueued: Vec<i64> = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                PeriodicOutcome::Enqueued(id) => Some(*id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(enqueued.len(), 1, "instant {instant}: {outcomes:?}");
+        assert_eq!(
+            outcomes
+                .iter()
+                .filter(|o| **o == PeriodicOutcome::AlreadyDone)
+                .count(),
+            3,
+            "{outcomes:?}"
+        );
+        assert_eq!(get(h, enqueued[0]).await.run_at, instant);
+        ids.push(enqueued[0]);
+    }
+    let states = stores[2].periodic_states().await.expect("states");
+    assert_eq!(states.len(), 1);
+    assert_eq!(states[0].name, "tick");
+    assert_eq!(states[0].last_instant, 16_000);
+    assert_eq!(states[0].last_job_id, ids.last().copied());
+    // Every job gone (as retention would do): an old instant is still done.
+    for id in &ids {
+        h.store.cancel(*id).await.expect("cancel");
+        h.store.delete(*id).await.expect("delete");
+    }
+    for instant in [2_000, 16_000] {
+        assert_eq!(
+            h.store
+                .periodic_advance("tick", instant, Some(job(instant)))
+                .await
+                .expect("advance"),
+            PeriodicOutcome::AlreadyDone
+        );
+    }
+    // Passing an instant over (catch_up = "none") moves without a job.
+    assert_eq!(
+        h.store
+            .periodic_advance("tick", 20_000, None)
+            .await
+            .expect("pass"),
+        PeriodicOutcome::Passed
+    );
+    let states = h.store.periodic_states().await.expect("states");
+    assert_eq!(
+        (states[0].last_instant, states[0].last_job_id),
+        (20_000, None)
+    );
+    assert!(
+        h.store
+            .list(ListFilter::default())
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    // A schedule never started is created by its first advance.
+    assert!(matches!(
+        h.store
+            .periodic_advance("other", 7_000, Some(job(7_000)))
+            .await
+            .expect("advance"),
+        PeriodicOutcome::Enqueued(_)
+    ));
+    assert_eq!(
+        field_of(h.store.periodic_start("bad name", 0).await).0,
+        "schedule"
+    );
+    for s in stores.into_iter().skip(1) {
+        s.close().await;
+    }
 }

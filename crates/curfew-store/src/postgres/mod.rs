@@ -17,6 +17,7 @@
 mod claim;
 mod lease;
 mod manage;
+mod periodic;
 
 use std::fmt;
 use std::str::FromStr;

@@ -46,7 +46,7 @@ impl SqliteStore {
     /// idempotency key or the unique key (a partial unique index on
     /// `unique_holder`) returns the job holding it; the write lock is held,
     /// so that job is there (maybe inserted earlier in this same batch).
-    async fn insert(
+    pub(super) async fn insert(
         tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
         job: &ValidJob,
         now: i64,

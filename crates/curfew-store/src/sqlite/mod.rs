@@ -50,6 +50,7 @@ macro_rules! uuid_v4_sql {
 mod claim;
 mod lease;
 mod manage;
+mod periodic;
 
 /// A job store in a SQLite file.
 #[derive(Clone)]
