@@ -102,6 +102,16 @@ impl AdminAuth {
                 ))
             };
         }
+        // No token on a loopback address: only this machine can connect —
+        // including a browser on it, sent by a page whose name resolves to
+        // 127.0.0.1 (DNS rebinding). Such a request carries the page's own
+        // name as `Host`; a local client names an address or `localhost`.
+        if !self.exposed && !self.unix && !super::ui::session::host_is_local(headers) {
+            return Err((
+                StatusCode::FORBIDDEN,
+                "the Host header must be an IP address or localhost on an admin address without admin_token (a guard against DNS rebinding); or set admin_token\n",
+            ));
+        }
         let job_api = path == "/jobs" || path.starts_with("/jobs/");
         if self.exposed && job_api {
             return Err((
@@ -132,9 +142,26 @@ mod tests {
         let local: BindAddr = BindAddr::Tcp("127.0.0.1:9000".parse().expect("addr"));
         let none = HeaderMap::new();
 
+        let host = |h: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::HOST, h.parse().expect("value"));
+            m
+        };
         let open = AdminAuth::new(None, Some(&local));
         assert!(open.warning().is_none());
-        assert!(open.check("/jobs", &none).is_ok());
+        assert!(open.check("/jobs", &host("127.0.0.1:9000")).is_ok());
+        assert!(open.check("/metrics", &host("localhost:9000")).is_ok());
+        // A page on another name resolved to 127.0.0.1 (DNS rebinding).
+        for path in ["/jobs", "/status", "/metrics"] {
+            assert_eq!(
+                open.check(path, &host("evil.example:9000"))
+                    .map_err(|r| r.0),
+                Err(StatusCode::FORBIDDEN)
+            );
+        }
+        assert!(open.check("/readyz", &host("evil.example:9000")).is_ok());
+        let unix = AdminAuth::new(None, Some(&BindAddr::Unix("/run/a.sock".into())));
+        assert!(unix.check("/jobs", &none).is_ok());
 
         let exposed = AdminAuth::new(None, Some(&public));
         assert!(exposed.warning().is_some());

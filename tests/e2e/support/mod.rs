@@ -528,7 +528,7 @@ pub fn send_request(
     body: &[u8],
     close: bool,
 ) -> std::io::Result<()> {
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test.local\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n");
     if close {
         req.push_str("Connection: close\r\n");
     }
