@@ -4,12 +4,24 @@
 //! stopped, a drain, a restart we asked for) are INFO; only real faults are
 //! WARN or ERROR, so a normal deploy logs no WARN/ERROR line at all.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
+/// JSON output was chosen (text until [`init`] says otherwise).
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// Whether logs are text: a multi-line field must then be written escaped
+/// (`field = ?value`), as JSON escapes it by itself.
+pub fn is_text() -> bool {
+    !JSON.load(Ordering::Relaxed)
+}
+
 /// Install the global subscriber. `level` was validated by the config.
 pub fn init(format: LogFormat, level: &str) {
+    JSON.store(format == LogFormat::Json, Ordering::Relaxed);
     let filter = EnvFilter::builder().parse_lossy(with_quiet_libraries(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -32,6 +44,39 @@ fn with_quiet_libraries(level: &str) -> String {
         level.to_owned()
     } else {
         format!("{level},sqlx=error")
+    }
+}
+
+/// A level of the worker output curfew relays (`worker_log_level`), least
+/// severe first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl Level {
+    /// A level name as loggers write it (`WARNING`, `err`, `fatal`, …).
+    pub fn from_name(name: &str) -> Option<Level> {
+        Some(match name.to_ascii_lowercase().as_str() {
+            "trace" | "debug" | "verbose" => Level::Debug,
+            "info" | "information" | "notice" | "log" => Level::Info,
+            "warn" | "warning" => Level::Warn,
+            "error" | "err" | "critical" | "crit" | "fatal" | "alert" | "emerg" | "emergency"
+            | "panic" | "exception" => Level::Error,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        }
     }
 }
 

@@ -136,6 +136,23 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where curfew's access log goes (`access_log`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    /// `-`: curfew's stdout (its own logs are on stderr).
+    Stdout,
+    File(PathBuf),
+}
+
+/// How an access log line is written (`access_log_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// Apache/nginx "combined", plus curfew's timings and worker.
+    Combined,
+    /// One JSON object per line.
+    Json,
+}
+
 /// Which peers may set `X-Forwarded-*` headers that curfew passes on.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ForwardedAllow {
@@ -240,6 +257,13 @@ pub struct Config {
     pub reload: ReloadStrategy,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// Worker output relayed at or above this level; `None`: none (`off`).
+    pub worker_log_level: Option<crate::logging::Level>,
+    /// curfew's access log; `None`: off.
+    pub access_log: Option<AccessLogTarget>,
+    pub access_log_format: AccessLogFormat,
+    /// Log the query string (off: it often carries tokens).
+    pub access_log_query: bool,
     /// The job processor; `None` without a `[jobs]` section.
     pub jobs: Option<jobs::JobsConfig>,
     /// The config file that was read, if any.

@@ -76,7 +76,7 @@ impl Slot {
                 if !f.logged {
                     tracing::warn!(
                         worker = self.id,
-                        stderr = %one_line(&f.error.stderr),
+                        stderr = %f.error.stderr,
                         "Worker failed to boot: {}.",
                         f.error.reason
                     );
@@ -129,6 +129,7 @@ async fn boot_worker(
         .await
     {
         Boot::Ready => {
+            inst.mark_ready();
             let boot_ms = inst.started.elapsed().as_millis() as u64;
             let (pid, generation) = (inst.pid, inst.generation);
             let event = "worker_ready";
@@ -167,16 +168,7 @@ async fn boot_worker(
         }
         boot => {
             let f = inst.boot_failure(boot, spec.boot_timeout).await;
-            Err(failed(f.reason, inst.tail.last(12), f.logged, false))
+            Err(failed(f.reason, inst.tail.summary(12), f.logged, false))
         }
     }
-}
-
-/// Multi-line text as one log field.
-fn one_line(text: &str) -> String {
-    text.lines()
-        .map(str::trim_end)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" | ")
 }
