@@ -18,6 +18,7 @@ mod health;
 mod hooks;
 mod jobs;
 mod local_security;
+mod logs;
 mod metrics;
 mod operate;
 mod pg_tls;
