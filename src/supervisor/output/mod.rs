@@ -33,7 +33,7 @@ pub use lines::Level;
 use lines::{Event, Lines};
 
 /// Longest line re-logged; the rest of a longer line is cut (and marked).
-const MAX_LINE: usize = 16 * 1024;
+pub const MAX_LINE: usize = 16 * 1024;
 /// Stderr lines kept per worker (a Python stack dump of a deep call chain is
 /// 40-60 lines).
 const TAIL_LINES: usize = 100;
@@ -216,55 +216,79 @@ pub fn capture(
     tail: Option<Tail>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut reader = BufReader::with_capacity(8192, rx);
-        let mut line: Vec<u8> = Vec::new();
-        let mut truncated = false;
-        let mut lines = Lines::default();
-        let mut events = Vec::new();
-        loop {
-            let filled = if lines.holding() && line.is_empty() {
-                match tokio::time::timeout(IDLE_FLUSH, reader.fill_buf()).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        lines.flush(&mut events);
-                        relay(&mut events, &w, stream, tail.as_ref());
-                        continue;
-                    }
+        let kept = tail.clone();
+        read_events(
+            rx,
+            |line| {
+                if let Some(t) = &kept {
+                    t.push(line.to_owned());
                 }
-            } else {
-                reader.fill_buf().await
-            };
-            let Ok(buf) = filled else { break };
-            if buf.is_empty() {
-                if !line.is_empty() {
-                    let text = text_of(&line, truncated);
-                    push(&mut lines, text, &mut events, tail.as_ref());
-                }
-                break;
-            }
-            let (chunk, found) = match buf.iter().position(|&b| b == b'\n') {
-                Some(i) => (&buf[..i], Some(i + 1)),
-                None => (buf, None),
-            };
-            let room = MAX_LINE.saturating_sub(line.len());
-            if chunk.len() > room {
-                truncated = true;
-            }
-            line.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            let used = found.unwrap_or(buf.len());
-            reader.consume(used);
-            if found.is_some() {
-                let text = text_of(&line, truncated);
-                push(&mut lines, text, &mut events, tail.as_ref());
-                relay(&mut events, &w, stream, tail.as_ref());
-                line.clear();
-                truncated = false;
-            }
-        }
-        lines.flush(&mut events);
-        relay(&mut events, &w, stream, tail.as_ref());
+            },
+            |ev| relay(ev, &w, stream, tail.as_ref()),
+        )
+        .await;
         report_dropped(&w);
     })
+}
+
+/// Read `rx` until EOF: every line (cut at [`MAX_LINE`], marked so) to
+/// `line`, and the events they make ([`lines`]) to `event` — a held line
+/// or unfinished block once nothing more came for [`IDLE_FLUSH`], and what
+/// is left at EOF.
+pub async fn read_events(
+    rx: pipe::Receiver,
+    mut line: impl FnMut(&str),
+    mut event: impl FnMut(Event),
+) {
+    let mut reader = BufReader::with_capacity(8192, rx);
+    let mut buf_line: Vec<u8> = Vec::new();
+    let mut truncated = false;
+    let mut lines = Lines::default();
+    let mut events = Vec::new();
+    loop {
+        let filled = if lines.holding() && buf_line.is_empty() {
+            match tokio::time::timeout(IDLE_FLUSH, reader.fill_buf()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    lines.flush(&mut events);
+                    events.drain(..).for_each(&mut event);
+                    continue;
+                }
+            }
+        } else {
+            reader.fill_buf().await
+        };
+        let Ok(buf) = filled else { break };
+        if buf.is_empty() {
+            if !buf_line.is_empty() {
+                let text = text_of(&buf_line, truncated);
+                line(&text);
+                lines.push(&text, &mut events);
+            }
+            break;
+        }
+        let (chunk, found) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..i], Some(i + 1)),
+            None => (buf, None),
+        };
+        let room = MAX_LINE.saturating_sub(buf_line.len());
+        if chunk.len() > room {
+            truncated = true;
+        }
+        buf_line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        let used = found.unwrap_or(buf.len());
+        reader.consume(used);
+        if found.is_some() {
+            let text = text_of(&buf_line, truncated);
+            line(&text);
+            lines.push(&text, &mut events);
+            events.drain(..).for_each(&mut event);
+            buf_line.clear();
+            truncated = false;
+        }
+    }
+    lines.flush(&mut events);
+    events.drain(..).for_each(&mut event);
 }
 
 fn text_of(raw: &[u8], truncated: bool) -> String {
@@ -277,38 +301,29 @@ fn text_of(raw: &[u8], truncated: bool) -> String {
     text
 }
 
-fn push(lines: &mut Lines, text: String, events: &mut Vec<Event>, tail: Option<&Tail>) {
-    lines.push(&text, events);
-    if let Some(t) = tail {
-        t.push(text);
+/// Relay one event of worker `w`.
+fn relay(mut ev: Event, w: &Worker, stream: Stream, tail: Option<&Tail>) {
+    if let (Some(t), Some(e)) = (tail, ev.exception()) {
+        t.note_exception(e);
     }
-}
-
-/// Relay (and empty) `events`.
-fn relay(events: &mut Vec<Event>, w: &Worker, stream: Stream, tail: Option<&Tail>) {
-    for mut ev in events.drain(..) {
-        if let (Some(t), Some(e)) = (tail, ev.exception()) {
-            t.note_exception(e);
-        }
-        if ev.block.is_some()
-            && !w.ready.load(Ordering::Relaxed)
-            && w.relay
-                .seen_at_boot(ev.block.as_deref().unwrap_or_default())
-        {
-            // The same crash as an earlier boot's: said once.
-            ev.level = Level::Debug;
-        }
-        match w.min {
-            Some(min) if ev.level >= min => {}
-            _ => continue,
-        }
-        let allowed = w.bucket.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if !allowed {
-            continue;
-        }
-        report_dropped(w);
-        emit(&ev, w, stream);
+    if ev.block.is_some()
+        && !w.ready.load(Ordering::Relaxed)
+        && w.relay
+            .seen_at_boot(ev.block.as_deref().unwrap_or_default())
+    {
+        // The same crash as an earlier boot's: said once.
+        ev.level = Level::Debug;
     }
+    match w.min {
+        Some(min) if ev.level >= min => {}
+        _ => return,
+    }
+    let allowed = w.bucket.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if !allowed {
+        return;
+    }
+    report_dropped(w);
+    emit(&ev, w, stream);
 }
 
 /// One WARN with the number of lines dropped since the last one, if any.
@@ -333,23 +348,35 @@ fn report_dropped(w: &Worker) {
 macro_rules! at_level {
     ($level:expr, $($rest:tt)*) => {
         match $level {
-            Level::Debug => tracing::debug!($($rest)*),
-            Level::Info => tracing::info!($($rest)*),
-            Level::Warn => tracing::warn!($($rest)*),
-            Level::Error => tracing::error!($($rest)*),
+            $crate::logging::Level::Debug => tracing::debug!($($rest)*),
+            $crate::logging::Level::Info => tracing::info!($($rest)*),
+            $crate::logging::Level::Warn => tracing::warn!($($rest)*),
+            $crate::logging::Level::Error => tracing::error!($($rest)*),
         }
     };
+}
+pub(crate) use at_level;
+
+/// A multi-line text as a log field value: newlines escaped (`\n`) in
+/// text logs, so the event stays one line; as it is in JSON (which escapes
+/// it itself).
+pub struct OneLine<'a>(pub &'a str);
+
+impl std::fmt::Display for OneLine<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if crate::logging::is_text() {
+            write!(f, "{:?}", self.0)
+        } else {
+            f.write_str(self.0)
+        }
+    }
 }
 
 fn emit(ev: &Event, w: &Worker, stream: Stream) {
     let (worker, pid, stream, msg) = (w.id, w.pid, stream.as_str(), &ev.message);
     match (&ev.block, &ev.fields) {
-        (Some(block), _) if crate::logging::is_text() => {
-            // Debug formatting escapes the newlines: one line per event.
-            at_level!(ev.level, target: "curfew::worker", worker, pid, stream, traceback = ?block, "{msg}")
-        }
         (Some(block), _) => {
-            at_level!(ev.level, target: "curfew::worker", worker, pid, stream, traceback = %block, "{msg}")
+            at_level!(ev.level, target: "curfew::worker", worker, pid, stream, traceback = %OneLine(block), "{msg}")
         }
         (None, Some(fields)) => {
             at_level!(ev.level, target: "curfew::worker", worker, pid, stream, fields = %fields, "{msg}")
