@@ -293,6 +293,8 @@ fn relog(
                 }
             },
             |ev| log(pid, stream, &ev),
+            || false,
+            || {},
         )
         .await;
     })

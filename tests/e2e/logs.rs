@@ -310,3 +310,59 @@ fn access_log_json_to_stdout() {
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit(Duration::from_secs(20)), 0, "{}", c.log_text());
 }
+
+/// A worker that floods its output: past the burst, lines are dropped and
+/// one WARN says how many; the worker itself is unaffected.
+#[test]
+fn worker_output_is_rate_limited_with_a_count() {
+    let script = format!("yes flood | head -n 6000 >&2; exec {TESTWORKER}");
+    let mut c = Curfew::start(Opts::command(&["-w", "1"], &["sh", "-c", &script]));
+    // Every line is either relayed or counted in a WARN, once the bucket
+    // has refilled (no later line is needed for the count to be said).
+    let counts = || {
+        let logs = c.logs();
+        let relayed = logs.iter().filter(|l| l.contains(" INFO flood ")).count() as u64;
+        let dropped: u64 = logs
+            .iter()
+            .filter(|l| l.contains("were not relayed"))
+            .filter_map(|l| field(l, "dropped").and_then(|d| d.parse::<u64>().ok()))
+            .sum();
+        (relayed, dropped)
+    };
+    wait_until(
+        "6000 lines relayed or counted",
+        Duration::from_secs(20),
+        || {
+            let (r, d) = counts();
+            r + d == 6000
+        },
+    );
+    let (relayed, dropped) = counts();
+    assert!(
+        relayed >= 2000 && dropped > 0,
+        "relayed {relayed}, dropped {dropped}"
+    );
+    assert_eq!(get(c.port, "/").status, 200);
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(20)), 0, "{}", c.log_text());
+}
+
+/// `worker_log_level = "warn"`: the worker's warnings are relayed, its
+/// INFO chatter is not.
+#[test]
+fn worker_log_level_keeps_only_what_is_at_or_above_it() {
+    let script =
+        format!("echo 'WARNING:  careful' >&2; echo 'INFO:     chatter' >&2; exec {TESTWORKER}");
+    let mut c = Curfew::start(Opts::command(
+        &["-w", "1", "--worker-log-level", "warn"],
+        &["sh", "-c", &script],
+    ));
+    // (The command line, logged at start, names both.)
+    let line = c.wait_log(" WARN WARNING:  careful", Duration::from_secs(10));
+    assert!(line.contains("careful worker=0 "), "{line}");
+    assert_eq!(get(c.port, "/").status, 200);
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(20)), 0, "{}", c.log_text());
+    assert_eq!(c.count_log("chatter worker="), 0, "{}", c.log_text());
+    assert_eq!(c.count_log("testworker ready"), 0, "{}", c.log_text());
+}

@@ -40,6 +40,20 @@ impl Bucket {
         }
     }
 
+    /// Whether a token is there now (none taken).
+    pub fn has_token(&mut self) -> bool {
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.tokens >= 1.0
+    }
+
+    /// Refused events not yet reported.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
     /// Refused events since the last call.
     pub fn take_dropped(&mut self) -> u64 {
         std::mem::take(&mut self.dropped)

@@ -225,6 +225,8 @@ pub fn capture(
                 }
             },
             |ev| relay(ev, &w, stream, tail.as_ref()),
+            || dropped_unsaid(&w),
+            || report_recovered(&w),
         )
         .await;
         report_dropped(&w);
@@ -234,11 +236,14 @@ pub fn capture(
 /// Read `rx` until EOF: every line (cut at [`MAX_LINE`], marked so) to
 /// `line`, and the events they make ([`lines`]) to `event` — a held line
 /// or unfinished block once nothing more came for [`IDLE_FLUSH`], and what
-/// is left at EOF.
+/// is left at EOF. While `waiting()` says so, `idle()` is called after
+/// each [`IDLE_FLUSH`] without output.
 pub async fn read_events(
     rx: pipe::Receiver,
     mut line: impl FnMut(&str),
     mut event: impl FnMut(Event),
+    waiting: impl Fn() -> bool,
+    mut idle: impl FnMut(),
 ) {
     let mut reader = BufReader::with_capacity(8192, rx);
     let mut buf_line: Vec<u8> = Vec::new();
@@ -246,12 +251,13 @@ pub async fn read_events(
     let mut lines = Lines::default();
     let mut events = Vec::new();
     loop {
-        let filled = if lines.holding() && buf_line.is_empty() {
+        let filled = if (lines.holding() || waiting()) && buf_line.is_empty() {
             match tokio::time::timeout(IDLE_FLUSH, reader.fill_buf()).await {
                 Ok(r) => r,
                 Err(_) => {
                     lines.flush(&mut events);
                     events.drain(..).for_each(&mut event);
+                    idle();
                     continue;
                 }
             }
@@ -324,6 +330,22 @@ fn relay(mut ev: Event, w: &Worker, stream: Stream, tail: Option<&Tail>) {
     }
     report_dropped(w);
     emit(&ev, w, stream);
+}
+
+/// Some events were dropped and not reported yet.
+fn dropped_unsaid(w: &Worker) -> bool {
+    w.bucket.lock().unwrap_or_else(|e| e.into_inner()).dropped() > 0
+}
+
+/// The count of dropped events, once the rate is back under the limit.
+fn report_recovered(w: &Worker) {
+    if w.bucket
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .has_token()
+    {
+        report_dropped(w);
+    }
 }
 
 /// One WARN with the number of lines dropped since the last one, if any.
