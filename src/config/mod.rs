@@ -423,6 +423,11 @@ worker_socket = "fd""#)
             ),
             ("boot_timeout = 0", "boot_timeout"),
             ("worker_socket = \"pipe\"", "worker_socket"),
+            ("worker_log_level = \"loud\"", "worker_log_level"),
+            ("access_log = \"/no/such/dir/access.log\"", "access_log"),
+            ("access_log = \"\"", "access_log"),
+            ("access_log = \"/tmp\"", "access_log"),
+            ("access_log_format = \"clf\"", "access_log_format"),
         ] {
             let e = cfg(&format!("command = \"sh\"\n{text}")).expect_err(text);
             assert!(e.to_string().contains(key), "{text}: {e}");

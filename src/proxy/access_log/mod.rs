@@ -235,6 +235,9 @@ impl Writer {
 
     fn reopen(&mut self) {
         self.flush();
+        if self.target == AccessLogTarget::Stdout {
+            return;
+        }
         match Sink::open(&self.target) {
             Ok(sink) => {
                 self.out = BufWriter::with_capacity(64 * 1024, sink);
