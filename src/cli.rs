@@ -8,12 +8,25 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use crate::config::defaults;
 use crate::config::raw::{OneOrMany, RawConfig, RawDuration, RawHook, RawJobs};
 
+/// `curfew --version`: the crate's version and the commit it was built
+/// from (see build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("BUILT_FROM_COMMIT"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "curfew",
-    version,
-    about = "Run a web app as a supervised pool of workers behind a draining HTTP front.",
+    version = VERSION,
+    about = "Run a web app as a supervised pool of workers behind a draining HTTP front, \
+             and its background jobs from a durable queue (SQLite or PostgreSQL).",
     long_about = None,
+    after_help = "Start with `curfew serve -- uvicorn app:app --fd 3` (or a curfew.toml); \
+                  `curfew <command> --help` for each command's options. \
+                  Jobs: `[jobs]` in curfew.toml, then `curfew enqueue` and `curfew jobs`."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -113,6 +126,18 @@ pub enum Command {
     /// (systemd, systemd-socket, kubernetes, compose, dockerfile, fly, nomad);
     /// `curfew check` passes on it.
     Gen(GenArgs),
+    /// Print a shell completion script: `source <(curfew completions bash)`,
+    /// or save it where the shell loads completions from (see README).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
+    /// Print a manual page (roff): `curfew man > curfew.1`, or one command's
+    /// page: `curfew man serve > curfew-serve.1`; read it with `man ./curfew.1`.
+    Man {
+        /// The command whose page to print [default: curfew's own]
+        command: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -285,7 +310,7 @@ impl ControlArgs {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Example:\n  curfew serve -b 127.0.0.1:8000 -w 4 -- uvicorn app:app --fd 3\n\nSignals: SIGTERM/SIGINT = graceful stop; a second SIGINT or SIGQUIT = stop now.\nExit codes: 0 clean, 1 failure, 2 usage, 3 forced shutdown, 4 immediate stop, 78 bad config."
+    after_help = "Example:\n  curfew serve -b 127.0.0.1:8000 -w 4 -- uvicorn app:app --fd 3\n\nSignals: SIGTERM/SIGINT = graceful stop; a second SIGINT or SIGQUIT = stop now; SIGHUP = zero-downtime reload; SIGTTIN/SIGTTOU = one worker more/less; SIGUSR1 = status report in the log.\nExit codes: 0 clean, 1 failure, 2 usage, 3 forced shutdown, 4 immediate stop, 78 bad config."
 )]
 pub struct ServeArgs {
     /// Config file [default: ./curfew.toml if it exists; env: CURFEW_CONFIG]
@@ -355,6 +380,10 @@ pub struct ServeArgs {
     /// Disconnect a client that reads nothing of its response for this long; 0 = no limit
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub send_timeout: Option<String>,
+
+    /// Close an upgraded connection (WebSocket) that carries nothing either way for this long; 0 = no limit
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub tunnel_idle_timeout: Option<String>,
 
     /// Retry a bodiless GET/HEAD/OPTIONS once on another worker when its worker died before answering (a request that kills that one too is not retried again)
     #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
@@ -440,7 +469,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub liveness_failures: Option<i64>,
 
-    /// Admin address for /healthz and /readyz, e.g. 127.0.0.1:9000
+    /// Admin address (HTTP) for the probes /healthz and /readyz, /status, /metrics (Prometheus) and the job API /jobs, e.g. 127.0.0.1:9000
     #[arg(long, value_name = "ADDR")]
     pub admin_bind: Option<String>,
 
@@ -512,6 +541,7 @@ impl ServeArgs {
             client_body_timeout: dur(&self.client_body_timeout),
             response_buffering: self.response_buffering,
             send_timeout: dur(&self.send_timeout),
+            tunnel_idle_timeout: dur(&self.tunnel_idle_timeout),
             max_connections: self.max_connections,
             retry_idempotent: self.retry_idempotent,
             faulthandler: self.faulthandler,

@@ -9,6 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
+/// The level of a relayed output event (defined with the config, whose
+/// `worker_log_level` names one).
+pub use crate::config::OutputLevel as Level;
 
 /// JSON output was chosen (text until [`init`] says otherwise).
 static JSON: AtomicBool = AtomicBool::new(false);
@@ -44,39 +47,6 @@ fn with_quiet_libraries(level: &str) -> String {
         level.to_owned()
     } else {
         format!("{level},sqlx=error")
-    }
-}
-
-/// A level of the worker output curfew relays (`worker_log_level`), least
-/// severe first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Level {
-    Debug,
-    Info,
-    Warn,
-    Error,
-}
-
-impl Level {
-    /// A level name as loggers write it (`WARNING`, `err`, `fatal`, …).
-    pub fn from_name(name: &str) -> Option<Level> {
-        Some(match name.to_ascii_lowercase().as_str() {
-            "trace" | "debug" | "verbose" => Level::Debug,
-            "info" | "information" | "notice" | "log" => Level::Info,
-            "warn" | "warning" => Level::Warn,
-            "error" | "err" | "critical" | "crit" | "fatal" | "alert" | "emerg" | "emergency"
-            | "panic" | "exception" => Level::Error,
-            _ => return None,
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Level::Debug => "debug",
-            Level::Info => "info",
-            Level::Warn => "warn",
-            Level::Error => "error",
-        }
     }
 }
 

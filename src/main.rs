@@ -31,8 +31,55 @@ fn main() -> ExitCode {
         } => run_jobs(action, list, &target),
         cli::Command::Check(args) => run_check(args),
         cli::Command::Gen(args) => run_gen(args),
+        cli::Command::Completions { shell } => print_completions(shell),
+        cli::Command::Man { command } => print_man(command),
     };
     ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+/// `curfew completions SHELL`: the script, from the same command
+/// definition `--help` shows (so it cannot drift from the flags).
+fn print_completions(shell: clap_complete::Shell) -> i32 {
+    let mut cmd = cli::Cli::command_with_defaults();
+    clap_complete::generate(shell, &mut cmd, "curfew", &mut std::io::stdout());
+    exit::OK
+}
+
+/// `curfew man [COMMAND]`: the manual page of curfew (with its commands
+/// listed) or of one command, as `curfew-COMMAND(1)`.
+fn print_man(command: Option<String>) -> i32 {
+    let cmd = cli::Cli::command_with_defaults();
+    let page = match command {
+        None => cmd,
+        Some(name) => match cmd.find_subcommand(&name) {
+            Some(sub) => {
+                let title = format!("curfew-{name}");
+                sub.clone()
+                    .name(title)
+                    .bin_name(format!("curfew {name}"))
+                    .version(cli::VERSION)
+            }
+            None => {
+                let known: Vec<&str> = cmd.get_subcommands().map(|s| s.get_name()).collect();
+                eprintln!(
+                    "curfew: no command `{name}` (the commands are {})",
+                    known.join(", ")
+                );
+                return exit::USAGE;
+            }
+        },
+    };
+    let mut out = Vec::new();
+    let written = clap_mangen::Man::new(page)
+        .render(&mut out)
+        .and_then(|()| std::io::Write::write_all(&mut std::io::stdout(), &out));
+    match written {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("curfew: cannot write the manual page: {e}");
+            exit::FAILURE
+        }
+    }
 }
 
 /// Talk to a running curfew over its control socket.
@@ -100,6 +147,16 @@ fn run_serve(args: cli::ServeArgs) -> i32 {
         Ok(code) => code,
         Err(e) => {
             tracing::error!("{e}");
+            // A run that could not start (a port in use, a store that does
+            // not open) still ends with the summary line every run ends with.
+            curfew::events::ShutdownComplete {
+                signal: None,
+                duration_ms: None,
+                requests_finished: 0,
+                requests_aborted: 0,
+                exit_code: exit::FAILURE,
+            }
+            .emit();
             exit::FAILURE
         }
     }

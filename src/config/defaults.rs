@@ -39,6 +39,11 @@ pub const CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const RESPONSE_BUFFERING: bool = true;
 /// nginx's `send_timeout`.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// An upgraded connection (WebSocket) holds a worker slot: one that carries
+/// no byte either way for this long is closed. Longer than nginx's 60 s
+/// `proxy_read_timeout`, so WebSocket apps without pings of their own (Node's
+/// `ws` sends none by default) survive ordinary pauses.
+pub const TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Two descriptors each (client and worker) stay well inside the hard
 /// open-file limit curfew raises itself to (commonly 524288; 4096 at least
 /// under Docker's default).
@@ -195,6 +200,7 @@ pub fn shown(key: &str) -> Option<String> {
         "client_body_timeout" => duration(CLIENT_BODY_TIMEOUT),
         "response_buffering" => code(&RESPONSE_BUFFERING.to_string()),
         "send_timeout" => duration(SEND_TIMEOUT),
+        "tunnel_idle_timeout" => duration(TUNNEL_IDLE_TIMEOUT),
         "max_connections" => code(&MAX_CONNECTIONS.to_string()),
         "retry_idempotent" => code(&RETRY_IDEMPOTENT.to_string()),
         "abort_timeout" => duration(ABORT_TIMEOUT),

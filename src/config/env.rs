@@ -14,6 +14,7 @@ const NOT_SETTINGS: &[&str] = &[
     "CURFEW_JOB_TOKEN",       // set by curfew in its workers' environment ([jobs])
     "CURFEW_ADMIN_URL",       // set by curfew in its workers' environment (admin_bind)
     "CURFEW_VENV",            // scripts/python-env.sh: where the Python venv lives
+    "CURFEW_BUILD_COMMIT",    // build.rs: the commit `--version` names (packagers)
     "CURFEW_TEST_PG_URL",     // the test suite's PostgreSQL
     "CURFEW_TEST_ECHO",       // the test suite: echo curfew's logs
     "CURFEW_SOAK_SECS",       // the test suite: how long the soak runs
@@ -68,12 +69,16 @@ pub fn layer(
         }
         let key = suffix.to_ascii_lowercase();
         if !RawConfig::KEYS.contains(&key.as_str()) {
+            let known: Vec<String> = RawConfig::KEYS
+                .iter()
+                .map(|k| format!("CURFEW_{}", k.to_uppercase()))
+                .collect();
+            let suggestion = super::suggest::closest(&name, known.iter().map(String::as_str))
+                .map(str::to_string);
             return Err(ConfigError::UnknownEnv {
                 name,
-                known: RawConfig::KEYS
-                    .iter()
-                    .map(|k| format!("CURFEW_{}", k.to_uppercase()))
-                    .collect(),
+                suggestion,
+                known,
             });
         }
         // A value such as `4`, `true` or `["a", "b"]` is taken as TOML; if the
@@ -165,7 +170,7 @@ mod tests {
         let err = env(&[("CURFEW_WOKERS", "3")]).expect_err("unknown");
         let msg = err.to_string();
         assert!(
-            msg.contains("CURFEW_WOKERS") && msg.contains("CURFEW_WORKERS"),
+            msg.contains("CURFEW_WOKERS") && msg.contains("did you mean CURFEW_WORKERS?"),
             "{msg}"
         );
     }

@@ -13,6 +13,7 @@ pub mod jobs;
 mod parse;
 pub mod raw;
 pub mod reload;
+mod suggest;
 mod validate;
 
 pub use parse::resolve_program;
@@ -59,8 +60,15 @@ pub enum ConfigError {
     },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("unknown environment variable {name}: it is not a curfew setting (known: {})", known.join(", "))]
-    UnknownEnv { name: String, known: Vec<String> },
+    #[error("unknown environment variable {name}: it is not a curfew setting; {}", match suggestion {
+        Some(s) => format!("did you mean {s}?"),
+        None => format!("the settings are {}", known.join(", ")),
+    })]
+    UnknownEnv {
+        name: String,
+        suggestion: Option<String>,
+        known: Vec<String>,
+    },
     #[error("invalid `{key}` = {value} {origin}: {message}")]
     Invalid {
         key: String,
@@ -134,6 +142,39 @@ pub enum ReloadStrategy {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// A level of the worker output curfew relays (`worker_log_level`), least
+/// severe first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum OutputLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl OutputLevel {
+    /// A level name as loggers write it (`WARNING`, `err`, `fatal`, …).
+    pub fn from_name(name: &str) -> Option<OutputLevel> {
+        Some(match name.to_ascii_lowercase().as_str() {
+            "trace" | "debug" | "verbose" => OutputLevel::Debug,
+            "info" | "information" | "notice" | "log" => OutputLevel::Info,
+            "warn" | "warning" => OutputLevel::Warn,
+            "error" | "err" | "critical" | "crit" | "fatal" | "alert" | "emerg" | "emergency"
+            | "panic" | "exception" => OutputLevel::Error,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputLevel::Debug => "debug",
+            OutputLevel::Info => "info",
+            OutputLevel::Warn => "warn",
+            OutputLevel::Error => "error",
+        }
+    }
 }
 
 /// Where curfew's access log goes (`access_log`).
@@ -237,6 +278,9 @@ pub struct Config {
     pub response_buffering: bool,
     /// `None` when disabled (`send_timeout = 0`).
     pub send_timeout: Option<Duration>,
+    /// An upgraded connection idle both ways this long is closed; `None`
+    /// when disabled (`tunnel_idle_timeout = 0`).
+    pub tunnel_idle_timeout: Option<Duration>,
     /// Client connections open at once on the public addresses.
     pub max_connections: usize,
     /// Retry a bodiless GET/HEAD/OPTIONS once when its worker died.
@@ -258,7 +302,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub log_level: String,
     /// Worker output relayed at or above this level; `None`: none (`off`).
-    pub worker_log_level: Option<crate::logging::Level>,
+    pub worker_log_level: Option<OutputLevel>,
     /// curfew's access log; `None`: off.
     pub access_log: Option<AccessLogTarget>,
     pub access_log_format: AccessLogFormat,
@@ -313,7 +357,7 @@ pub fn load(sources: Sources) -> Result<Config, ConfigError> {
         })?;
         let layer: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.clone(),
-            message: e.to_string(),
+            message: suggest::unknown_key_message(&e.to_string()),
         })?;
         raw.merge(layer, &Origin::File(path.clone()), &mut origins);
     }
@@ -394,7 +438,12 @@ worker_socket = "fd""#)
     #[test]
     fn unknown_key_in_file() {
         let e = cfg("command = \"sh\"\ngracefull_timeout = 3").expect_err("unknown");
-        assert!(e.to_string().contains("gracefull_timeout"), "{e}");
+        let m = e.to_string();
+        assert!(
+            m.contains("unknown key `gracefull_timeout`: did you mean `graceful_timeout`?"),
+            "{m}"
+        );
+        assert!(!m.contains("max_requests"), "no list of every key: {m}");
     }
 
     #[test]

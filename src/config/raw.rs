@@ -250,6 +250,9 @@ raw_config! {
     /// A client that reads nothing of its response for this long is
     /// disconnected (0 = no limit).
     send_timeout: RawDuration,
+    /// An upgraded connection (WebSocket) that carries nothing either way
+    /// for this long is closed (0 = no limit).
+    tunnel_idle_timeout: RawDuration,
     /// Client connections open at once on the public addresses; more wait
     /// in the kernel's accept queue.
     max_connections: i64,

@@ -14,9 +14,9 @@ use super::parse::{parse_allow, parse_bind, resolve_program};
 use super::raw::{OneOrMany, RawConfig, RawHook, RawSize};
 use super::{
     AccessLogFormat, AccessLogTarget, BindAddr, Config, ConfigError, ForwardedAllow, Liveness,
-    LogFormat, Origins, ReloadStrategy, Secret, WorkerSocket, defaults, duration, jobs,
+    LogFormat, Origins, OutputLevel, ReloadStrategy, Secret, WorkerSocket, defaults, duration,
+    jobs,
 };
-use crate::logging::Level;
 
 /// Turn a merged raw layer into a [`Config`], or say exactly what is wrong.
 /// Each group of settings is checked by a function of its own; the struct
@@ -83,6 +83,11 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
             .response_buffering
             .unwrap_or(defaults::RESPONSE_BUFFERING),
         send_timeout: cx.optional("send_timeout", raw.send_timeout, defaults::SEND_TIMEOUT)?,
+        tunnel_idle_timeout: cx.optional(
+            "tunnel_idle_timeout",
+            raw.tunnel_idle_timeout,
+            defaults::TUNNEL_IDLE_TIMEOUT,
+        )?,
         retry_idempotent: raw.retry_idempotent.unwrap_or(defaults::RETRY_IDEMPOTENT),
         max_connections: cx.count(
             "max_connections",
@@ -541,14 +546,14 @@ fn logging(cx: &Ctx<'_>, raw: &RawConfig) -> Result<(LogFormat, String), ConfigE
 }
 
 /// `worker_log_level`: the least level of worker output relayed.
-fn worker_log_level(cx: &Ctx<'_>, raw: &RawConfig) -> Result<Option<Level>, ConfigError> {
+fn worker_log_level(cx: &Ctx<'_>, raw: &RawConfig) -> Result<Option<OutputLevel>, ConfigError> {
     let v = cx.one_of(
         "worker_log_level",
         raw.worker_log_level.clone(),
         defaults::WORKER_LOG_LEVEL,
         &["debug", "info", "warn", "error", "off"],
     )?;
-    Ok(Level::from_name(&v))
+    Ok(OutputLevel::from_name(&v))
 }
 
 /// `access_log` and `access_log_format`.

@@ -13,7 +13,6 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 
 use super::Front;
 use super::access_log::Note;
@@ -23,8 +22,6 @@ use super::dispatch::{DispatchError, Unobserved, Work};
 use super::headers;
 use super::request_body::{self, ClientBodyError};
 use super::response_body;
-use super::router::Lease;
-use super::upstream::Upstream;
 
 fn millis(d: Option<std::time::Duration>) -> u64 {
     d.map_or(0, |d| d.as_millis() as u64)
@@ -187,11 +184,12 @@ async fn forward(
         let upstream_upgrade = hyper::upgrade::on(&mut d.response);
         let (parts, _body) = d.response.into_parts();
         let hold = (d.lease, d.upstream, request_guard);
-        front.tasks.spawn(tunnel(
+        front.tasks.spawn(super::tunnel::tunnel(
             client_upgrade,
             upstream_upgrade,
             hold,
             front.abort.clone(),
+            front.tunnel_idle_timeout,
         ));
         return Response::from_parts(parts, ProxyBody::empty(None));
     }
@@ -353,36 +351,6 @@ fn closing_error(
     r.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     r
-}
-
-/// An upgraded connection (WebSocket, …): bytes both ways until either
-/// side closes or the drain's deadline cuts it. `hold` (the worker slot,
-/// its connection, the client request) lives as long as the tunnel.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    hold: (Lease, Upstream, RequestGuard),
-    abort: tokio_util::sync::CancellationToken,
-) {
-    let worker = hold.0.worker_id;
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(pair) => pair,
-        Err(e) => {
-            tracing::debug!(worker, error = %e, "Protocol upgrade did not complete.");
-            return;
-        }
-    };
-    let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
-    tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
-            if let Err(e) = r {
-                tracing::debug!(worker, error = %e, "Upgraded connection ended with an error.");
-            }
-        }
-        _ = abort.cancelled() => {}
-    }
-    drop(hold);
 }
 
 /// The answer to a request that could not be dispatched, and its log line.

@@ -17,6 +17,7 @@ pub mod listener;
 pub mod request_body;
 pub mod response_body;
 pub mod router;
+mod tunnel;
 pub mod upstream;
 
 use std::net::IpAddr;
@@ -74,6 +75,8 @@ pub struct FrontConfig {
     pub response_buffering: bool,
     /// A client reading nothing of its response this long is cut.
     pub send_timeout: Option<Duration>,
+    /// An upgraded connection idle both ways this long is closed.
+    pub tunnel_idle_timeout: Option<Duration>,
     /// Client connections open at once.
     pub max_connections: usize,
     /// Retry a bodiless GET/HEAD/OPTIONS once when its worker died.
@@ -98,6 +101,7 @@ impl From<&Config> for FrontConfig {
             },
             response_buffering: cfg.response_buffering,
             send_timeout: cfg.send_timeout,
+            tunnel_idle_timeout: cfg.tunnel_idle_timeout,
             max_connections: cfg.max_connections,
             retry_idempotent: cfg.retry_idempotent,
         }
@@ -128,6 +132,8 @@ pub struct Front {
     pub response_buffering: bool,
     /// A client reading nothing of its response this long is cut.
     pub send_timeout: Option<Duration>,
+    /// An upgraded connection idle both ways this long is closed.
+    pub tunnel_idle_timeout: Option<Duration>,
     /// Retry a bodiless GET/HEAD/OPTIONS once when its worker died.
     pub retry_idempotent: bool,
     /// curfew's access log, when on (set once, before serving).
@@ -165,6 +171,7 @@ impl Front {
             spill_dir: std::env::temp_dir(),
             response_buffering: cfg.response_buffering,
             send_timeout: cfg.send_timeout,
+            tunnel_idle_timeout: cfg.tunnel_idle_timeout,
             retry_idempotent: cfg.retry_idempotent,
             access_log: std::sync::OnceLock::new(),
             connections: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),

@@ -148,12 +148,23 @@ impl Run {
         }
         let phase = self.machine.phase();
         if let Outcome::Enter(Phase::LameDuck) = self.apply(Event::Signal(sig)) {
-            tracing::info!(
-                signal = sig.name(),
-                drain_delay_ms = self.cfg.drain_delay.as_millis() as u64,
-                "Received {}: shutting down gracefully; not ready any more, still serving for drain_delay.",
-                sig.name()
-            );
+            let drain_delay_ms = self.cfg.drain_delay.as_millis() as u64;
+            if drain_delay_ms == 0 {
+                tracing::info!(
+                    signal = sig.name(),
+                    drain_delay_ms,
+                    "Received {}: shutting down gracefully; not ready any more, draining.",
+                    sig.name()
+                );
+            } else {
+                tracing::info!(
+                    signal = sig.name(),
+                    drain_delay_ms,
+                    "Received {}: shutting down gracefully; not ready any more, still serving for drain_delay ({:?}).",
+                    sig.name(),
+                    self.cfg.drain_delay
+                );
+            }
         } else if phase == Phase::Starting && self.machine.phase() == Phase::Stopping {
             tracing::info!(
                 signal = sig.name(),

@@ -28,6 +28,7 @@
 pub mod backoff;
 pub mod classify;
 pub mod command;
+mod hint;
 mod instance;
 pub mod nofile;
 mod oom;

@@ -3,7 +3,7 @@
 //! nothing is smuggled or spoofed to a worker, and no worker is charged for
 //! a client's fault (no WARN/ERROR line, no abort, no restart).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -523,4 +523,57 @@ fn past_max_connections_clients_wait_in_the_kernel_queue() {
     let r = read_response(&mut BufReader::new(s)).expect("answered once a slot freed");
     assert_eq!(r.status, 200);
     assert_eq!(c.count_log("At max_connections"), 1, "one line per period");
+}
+
+/// An abandoned upgraded connection (WebSocket) holds a worker slot; with
+/// `tunnel_idle_timeout` it is closed after that long without a byte either
+/// way — and a tunnel that keeps talking is not.
+#[test]
+fn an_idle_tunnel_is_closed_and_its_worker_freed() {
+    let c = Curfew::start(Opts::testworker(
+        &[
+            "-w",
+            "1",
+            "--worker-concurrency",
+            "1",
+            "--tunnel-idle-timeout",
+            "1s",
+        ],
+        &[],
+    ));
+    let open = |c: &Curfew| {
+        let mut s = TcpStream::connect(("127.0.0.1", c.port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s.write_all(
+            b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .expect("send");
+        let mut r = BufReader::new(s.try_clone().expect("clone"));
+        assert_eq!(read_response(&mut r).expect("101").status, 101);
+        (s, r)
+    };
+    // A talking tunnel outlives the timeout several times over.
+    let (mut s, mut r) = open(&c);
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(400));
+        s.write_all(b"ping").expect("write");
+        let mut buf = [0u8; 4];
+        r.read_exact(&mut buf).expect("echo while talking");
+    }
+    drop((s, r));
+    // A silent one is closed after about a second, and the only worker is
+    // free again for a normal request.
+    let (_s, mut r) = open(&c);
+    let t0 = Instant::now();
+    let mut buf = [0u8; 1];
+    let n = r.read(&mut buf).unwrap_or(0);
+    let closed_after = t0.elapsed();
+    assert_eq!(n, 0, "the idle tunnel was closed (EOF)");
+    assert!(
+        closed_after >= Duration::from_millis(900) && closed_after < Duration::from_secs(4),
+        "closed after {closed_after:?}"
+    );
+    assert_eq!(get(c.port, "/").status, 200);
+    assert!(c.faults().is_empty(), "{:?}", c.faults());
 }

@@ -105,8 +105,51 @@ fn port_in_use() {
     );
     assert_eq!(code, 1, "{err}");
     assert!(err.contains(&bind) && err.contains("in use"), "{err}");
-    // Nothing was started.
+    // Nothing was started, and the run still ends with its summary line.
     assert!(!err.contains("Starting workers"), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("event=\"shutdown_complete\" result=\"failed\"")
+            && last.contains("exit_code=1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_misspelt_key_or_variable_gets_a_suggestion() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("curfew.toml"),
+        "command = \"true\"\nwokers = 3\n",
+    )
+    .expect("write");
+    let (code, err) = run(&["serve"], &[], Some(dir.path()));
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("unknown key `wokers`: did you mean `workers`?"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("max_requests_jitter"),
+        "not every key listed: {err}"
+    );
+
+    std::fs::write(
+        dir.path().join("curfew.toml"),
+        "command = \"true\"\n[jobs]\nstore = \"sqlite://x.db\"\n[jobs.queues.default]\nconcurency = 2\n",
+    )
+    .expect("write");
+    let (code, err) = run(&["serve"], &[], Some(dir.path()));
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("did you mean `concurrency`?"), "{err}");
+
+    let (code, err) = run(
+        &["serve", "--", TESTWORKER],
+        &[("CURFEW_WOKERS", "3")],
+        None,
+    );
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("did you mean CURFEW_WORKERS?"), "{err}");
 }
 
 #[test]

@@ -11,6 +11,7 @@ compile_error!(
 );
 
 mod abuse;
+mod cli;
 mod config_errors;
 mod control;
 mod deaths;

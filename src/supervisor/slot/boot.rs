@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 
+use super::super::hint;
 use super::super::instance::{Boot, Instance};
 use super::super::{BootError, BoxFuture, Shared, SlotOutcome, WorkerSpec};
 use super::{Slot, State};
@@ -167,8 +168,23 @@ async fn boot_worker(
             ))
         }
         boot => {
+            let last_probe = match &boot {
+                Boot::TimedOut(last) => Some(last.clone()),
+                _ => None,
+            };
             let f = inst.boot_failure(boot, spec.boot_timeout).await;
-            Err(failed(f.reason, inst.tail.summary(12), f.logged, false))
+            // The hint reads the raw lines; the error carries their
+            // one-line summary (a traceback was logged as its own event).
+            let stderr = inst.tail.last(12);
+            let failure = match &last_probe {
+                Some(last_probe) => hint::Failure::TimedOut { last_probe },
+                None => hint::Failure::Exited,
+            };
+            let reason = match hint::for_boot_failure(spec.socket, failure, &stderr) {
+                Some(h) => format!("{}; hint: {h}", f.reason),
+                None => f.reason,
+            };
+            Err(failed(reason, inst.tail.summary(12), f.logged, false))
         }
     }
 }
