@@ -30,6 +30,33 @@ pub struct Record {
     pub user_agent: Option<String>,
 }
 
+/// The time text of the last second formatted (`strftime` parses its
+/// format on every call; a busy log writes many lines per second).
+#[derive(Default)]
+pub struct Clock {
+    second: Option<i64>,
+    combined: String,
+    iso: String,
+}
+
+impl Clock {
+    /// `30/Nov/2026:23:50:44 +0000` and `2026-11-30T23:50:44` for `at`,
+    /// with its milliseconds.
+    fn at(&mut self, at: SystemTime) -> (&str, &str, u32) {
+        let ts = jiff::Timestamp::try_from(at).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+        let second = ts.as_second();
+        if self.second != Some(second) {
+            self.second = Some(second);
+            self.combined.clear();
+            self.iso.clear();
+            let _ = write!(self.combined, "{}", ts.strftime("%d/%b/%Y:%H:%M:%S +0000"));
+            let _ = write!(self.iso, "{}", ts.strftime("%Y-%m-%dT%H:%M:%S"));
+        }
+        let ms = (ts.subsec_nanosecond() / 1_000_000) as u32;
+        (&self.combined, &self.iso, ms)
+    }
+}
+
 fn version(v: Version) -> &'static str {
     match v {
         Version::HTTP_09 => "HTTP/0.9",
@@ -49,15 +76,9 @@ fn secs(d: Duration) -> f64 {
 /// `w` worker (`-` where there was none):
 ///
 /// `127.0.0.1 - - [30/Nov/2026:23:50:44 +0000] "GET /x HTTP/1.1" 200 2 "-" "curl/8.5" rt=0.004 qt=0.000 ut=0.003 w=1`
-pub fn combined(r: &Record, out: &mut String) {
-    let ts = jiff::Timestamp::try_from(r.at).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
-    let _ = write!(
-        out,
-        "{} - - [{}] \"{} ",
-        r.client,
-        ts.strftime("%d/%b/%Y:%H:%M:%S +0000"),
-        r.method
-    );
+pub fn combined(r: &Record, clock: &mut Clock, out: &mut String) {
+    let (time, _, _) = clock.at(r.at);
+    let _ = write!(out, "{} - - [{time}] \"{} ", r.client, r.method);
     escaped(&r.path, out);
     let _ = write!(out, " {}\" {} ", version(r.version), r.status);
     if r.bytes == 0 {
@@ -131,10 +152,10 @@ fn ms(d: Duration) -> f64 {
 /// One JSON object: `time` (RFC 3339, UTC, ms), `client`, `method`,
 /// `path`, `protocol`, `status`, `bytes`, `duration_ms`, `queue_ms`,
 /// `upstream_ms`, `worker`, `referer`, `user_agent` (`null` where unknown).
-pub fn json(r: &Record, out: &mut String) {
-    let ts = jiff::Timestamp::try_from(r.at).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+pub fn json(r: &Record, clock: &mut Clock, out: &mut String) {
+    let (_, iso, millis) = clock.at(r.at);
     let line = JsonLine {
-        time: ts.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        time: format!("{iso}.{millis:03}Z"),
         client: &r.client,
         method: r.method.as_str(),
         path: &r.path,
@@ -180,7 +201,7 @@ mod tests {
     #[test]
     fn combined_line() {
         let mut s = String::new();
-        combined(&record(), &mut s);
+        combined(&record(), &mut Clock::default(), &mut s);
         assert_eq!(
             s,
             "203.0.113.7 - - [30/Nov/2025:23:50:44 +0000] \"GET /items/\\x22x\\x22 HTTP/1.1\" 200 512 \"-\" \"curl/8.5.0\" rt=0.004 qt=0.000 ut=0.004 w=2\n"
@@ -193,7 +214,7 @@ mod tests {
         r.status = 503;
         r.user_agent = Some("evil\n\"agent".into());
         let mut s = String::new();
-        combined(&r, &mut s);
+        combined(&r, &mut Clock::default(), &mut s);
         assert!(
             s.ends_with(" 503 - \"-\" \"evil\\x0A\\x22agent\" rt=0.004 qt=- ut=- w=-\n"),
             "{s}"
@@ -204,7 +225,12 @@ mod tests {
     #[test]
     fn json_line() {
         let mut s = String::new();
-        json(&record(), &mut s);
+        let mut clock = Clock::default();
+        json(&record(), &mut clock, &mut s);
+        // The same second again, from the cache.
+        let mut again = String::new();
+        json(&record(), &mut clock, &mut again);
+        assert_eq!(s, again);
         let v: serde_json::Value = serde_json::from_str(&s).expect("json");
         assert_eq!(v["time"], "2025-11-30T23:50:44.123Z");
         assert_eq!(v["client"], "203.0.113.7");

@@ -88,6 +88,7 @@ impl AccessLog {
             target: target.clone(),
             format,
             line: String::with_capacity(512),
+            clock: format::Clock::default(),
             last_warn: None,
         };
         let handle = std::thread::Builder::new()
@@ -181,6 +182,7 @@ struct Writer {
     target: AccessLogTarget,
     format: AccessLogFormat,
     line: String,
+    clock: format::Clock,
     last_warn: Option<Instant>,
 }
 
@@ -219,8 +221,8 @@ impl Writer {
     fn write(&mut self, r: &Record) {
         self.line.clear();
         match self.format {
-            AccessLogFormat::Combined => format::combined(r, &mut self.line),
-            AccessLogFormat::Json => format::json(r, &mut self.line),
+            AccessLogFormat::Combined => format::combined(r, &mut self.clock, &mut self.line),
+            AccessLogFormat::Json => format::json(r, &mut self.clock, &mut self.line),
         }
         if let Err(e) = self.out.write_all(self.line.as_bytes()) {
             self.warn_write(&e);
