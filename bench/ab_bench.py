@@ -11,10 +11,14 @@ For each build (a directory holding release `curfew` binaries) it measures:
     system of the curfew process only, from /proc/<pid>/stat).
 
 Rounds alternate between the builds so a busy machine skews them alike.
-Stdlib only.
+Stdlib only. `--args NAME=ARGS` adds curfew flags to one build's runs, so
+one build can be compared with itself under two settings (the access log
+off and on).
 
     python3 bench/ab_bench.py --build before=/path/a/target/release \\
         --build after=/path/b/target/release --rounds 2 --seconds 8
+    python3 bench/ab_bench.py --build off=target/release --build file=target/release \\
+        --args "file=--access-log /tmp/ab-access.log" --rounds 4
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import socket
 import statistics
@@ -55,14 +60,14 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def start(build: Path, port: int) -> subprocess.Popen:
+def start(build: Path, port: int, extra: list[str]) -> subprocess.Popen:
     uvicorn = REPO / ".venv" / "bin" / "uvicorn"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CURFEW_")}
     env.pop("WEB_CONCURRENCY", None)
     cmd = [
         str(build / "curfew"), "serve", "-w", "4", "--bind", f"127.0.0.1:{port}",
         "--worker-concurrency", "32", "--control-socket", f"/tmp/curfew-ab-{port}.sock",
-        "--", str(uvicorn), "app:app", "--fd", "3", "--no-access-log",
+        *extra, "--", str(uvicorn), "app:app", "--fd", "3", "--no-access-log",
     ]
     p = subprocess.Popen(cmd, cwd=APP_DIR, env=env, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True)
@@ -87,9 +92,9 @@ def stop(p: subprocess.Popen) -> None:
         p.wait()
 
 
-def one_round(name: str, build: Path, load: Path, seconds: float) -> dict:
+def one_round(name: str, build: Path, load: Path, seconds: float, extra: list[str]) -> dict:
     port = free_port()
-    p = start(build, port)
+    p = start(build, port, extra)
     try:
         time.sleep(1.0)
         idle_rss = rss_kib(p.pid)
@@ -120,14 +125,16 @@ def main() -> None:
     ap.add_argument("--load", help="curfew-load binary (default: the last build's)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--args", action="append", default=[], help="NAME=ARGS: curfew flags for that build")
     args = ap.parse_args()
     builds = [(b.split("=", 1)[0], Path(b.split("=", 1)[1])) for b in args.build]
+    extra = {a.split("=", 1)[0]: shlex.split(a.split("=", 1)[1]) for a in args.args}
     load = Path(args.load) if args.load else builds[-1][1] / "curfew-load"
     results: dict[str, list[dict]] = {n: [] for n, _ in builds}
     for r in range(args.rounds):
         order = builds if r % 2 == 0 else list(reversed(builds))
         for name, build in order:
-            res = one_round(name, build, load, args.seconds)
+            res = one_round(name, build, load, args.seconds, extra.get(name, []))
             results[name].append(res)
             print(f"round {r + 1} {name}: {res['rps']:.0f} req/s, "
                   f"{res['cpu_us_per_req']:.1f} µs CPU/req, failed {res['failed']}", file=sys.stderr)

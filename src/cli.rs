@@ -523,6 +523,22 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
 
+    /// Worker output relayed at or above: debug, info, warn, error or off
+    #[arg(long, value_name = "LEVEL")]
+    pub worker_log_level: Option<String>,
+
+    /// Access log: - (stdout), a file path, or off
+    #[arg(long, value_name = "PATH")]
+    pub access_log: Option<String>,
+
+    /// Access log format: combined or json
+    #[arg(long, value_name = "FORMAT")]
+    pub access_log_format: Option<String>,
+
+    /// Log query strings in the access log (true or false)
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub access_log_query: Option<bool>,
+
     /// The worker command, after `--` (or `command` in curfew.toml)
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -603,6 +619,10 @@ impl ServeArgs {
                 ..RawJobs::default()
             }),
             log_level: self.log_level.clone(),
+            worker_log_level: self.worker_log_level.clone(),
+            access_log: self.access_log.clone(),
+            access_log_format: self.access_log_format.clone(),
+            access_log_query: self.access_log_query,
         }
     }
 }

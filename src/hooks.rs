@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::supervisor::output::{OneLine, at_level};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::client::conn::http1;
@@ -289,8 +290,20 @@ async fn run_command(
 ) -> HookOutcome {
     let mut json = serde_json::to_vec(details).unwrap_or_default();
     json.push(b'\n');
-    let log: LineLogger = Arc::new(move |pid, stream, text| {
-        tracing::info!(hook = event.as_str(), pid, stream, "{text}");
+    let log: LineLogger = Arc::new(move |pid, stream, ev| {
+        let traceback = ev
+            .block
+            .as_deref()
+            .map(|b| tracing::field::display(OneLine(b)));
+        let msg = &ev.message;
+        at_level!(
+            ev.level,
+            hook = event.as_str(),
+            pid,
+            stream,
+            traceback,
+            "{msg}"
+        );
     });
     let spec = CommandSpec {
         argv,

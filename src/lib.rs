@@ -61,7 +61,14 @@ mod layering {
         ("metrics", &["lifecycle", "protocol"]),
         (
             "supervisor",
-            &["config", "events", "lifecycle", "metrics", "shim"],
+            &[
+                "config",
+                "events",
+                "lifecycle",
+                "logging",
+                "metrics",
+                "shim",
+            ],
         ),
         ("hooks", &["config", "events", "supervisor"]),
         ("proxy", &["config", "metrics", "supervisor"]),

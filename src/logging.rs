@@ -4,12 +4,27 @@
 //! stopped, a drain, a restart we asked for) are INFO; only real faults are
 //! WARN or ERROR, so a normal deploy logs no WARN/ERROR line at all.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
+/// The level of a relayed output event (defined with the config, whose
+/// `worker_log_level` names one).
+pub use crate::config::OutputLevel as Level;
+
+/// JSON output was chosen (text until [`init`] says otherwise).
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// Whether logs are text: a multi-line field must then be written escaped
+/// (`field = ?value`), as JSON escapes it by itself.
+pub fn is_text() -> bool {
+    !JSON.load(Ordering::Relaxed)
+}
 
 /// Install the global subscriber. `level` was validated by the config.
 pub fn init(format: LogFormat, level: &str) {
+    JSON.store(format == LogFormat::Json, Ordering::Relaxed);
     let filter = EnvFilter::builder().parse_lossy(with_quiet_libraries(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

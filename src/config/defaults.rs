@@ -67,6 +67,14 @@ pub const RELOAD_BATCH: usize = 1;
 pub const HOOK_TIMEOUT: Duration = Duration::from_secs(10);
 pub const LOG_FORMAT: &str = "text";
 pub const LOG_LEVEL: &str = "info";
+/// Every worker line goes to curfew's logger; `log_level` decides as for
+/// curfew's own lines.
+pub const WORKER_LOG_LEVEL: &str = "debug";
+pub const ACCESS_LOG: &str = "off";
+pub const ACCESS_LOG_FORMAT: &str = "combined";
+/// Query strings often carry tokens (password resets, OAuth codes, signed
+/// URLs): not logged unless asked for.
+pub const ACCESS_LOG_QUERY: bool = false;
 
 /// 2 × cores + 1, the gunicorn rule of thumb, used when neither `workers`
 /// nor `WEB_CONCURRENCY` is set.
@@ -229,6 +237,10 @@ pub fn shown(key: &str) -> Option<String> {
         "jobs" => "off".to_owned(),
         "log_format" => code(LOG_FORMAT),
         "log_level" => code(LOG_LEVEL),
+        "worker_log_level" => code(WORKER_LOG_LEVEL),
+        "access_log" => code(ACCESS_LOG),
+        "access_log_format" => code(ACCESS_LOG_FORMAT),
+        "access_log_query" => code(&ACCESS_LOG_QUERY.to_string()),
         _ => return None,
     })
 }

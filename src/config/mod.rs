@@ -145,6 +145,56 @@ pub enum LogFormat {
     Json,
 }
 
+/// A level of the worker output curfew relays (`worker_log_level`), least
+/// severe first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum OutputLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl OutputLevel {
+    /// A level name as loggers write it (`WARNING`, `err`, `fatal`, …).
+    pub fn from_name(name: &str) -> Option<OutputLevel> {
+        Some(match name.to_ascii_lowercase().as_str() {
+            "trace" | "debug" | "verbose" => OutputLevel::Debug,
+            "info" | "information" | "notice" | "log" => OutputLevel::Info,
+            "warn" | "warning" => OutputLevel::Warn,
+            "error" | "err" | "critical" | "crit" | "fatal" | "alert" | "emerg" | "emergency"
+            | "panic" | "exception" => OutputLevel::Error,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputLevel::Debug => "debug",
+            OutputLevel::Info => "info",
+            OutputLevel::Warn => "warn",
+            OutputLevel::Error => "error",
+        }
+    }
+}
+
+/// Where curfew's access log goes (`access_log`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    /// `-`: curfew's stdout (its own logs are on stderr).
+    Stdout,
+    File(PathBuf),
+}
+
+/// How an access log line is written (`access_log_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// Apache/nginx "combined", plus curfew's timings and worker.
+    Combined,
+    /// One JSON object per line.
+    Json,
+}
+
 /// Which peers may set `X-Forwarded-*` headers that curfew passes on.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ForwardedAllow {
@@ -255,6 +305,13 @@ pub struct Config {
     pub reload: ReloadStrategy,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// Worker output relayed at or above this level; `None`: none (`off`).
+    pub worker_log_level: Option<OutputLevel>,
+    /// curfew's access log; `None`: off.
+    pub access_log: Option<AccessLogTarget>,
+    pub access_log_format: AccessLogFormat,
+    /// Log the query string (off: it often carries tokens).
+    pub access_log_query: bool,
     /// The job processor; `None` without a `[jobs]` section.
     pub jobs: Option<jobs::JobsConfig>,
     /// `[jobs.periodic.<name>]`, by name (empty without `[jobs]`). Kept
@@ -422,6 +479,11 @@ worker_socket = "fd""#)
             ),
             ("boot_timeout = 0", "boot_timeout"),
             ("worker_socket = \"pipe\"", "worker_socket"),
+            ("worker_log_level = \"loud\"", "worker_log_level"),
+            ("access_log = \"/no/such/dir/access.log\"", "access_log"),
+            ("access_log = \"\"", "access_log"),
+            ("access_log = \"/tmp\"", "access_log"),
+            ("access_log_format = \"clf\"", "access_log_format"),
         ] {
             let e = cfg(&format!("command = \"sh\"\n{text}")).expect_err(text);
             assert!(e.to_string().contains(key), "{text}: {e}");

@@ -333,6 +333,15 @@ raw_config! {
     jobs: RawJobs,
     /// A tracing filter (`info`, `debug`, `curfew=debug,info`).
     log_level: String,
+    /// Worker output relayed at or above: `debug`, `info`, `warn`, `error`
+    /// or `off`.
+    worker_log_level: String,
+    /// curfew's access log: `-` (stdout), a file path, or `off`.
+    access_log: String,
+    /// `combined` or `json`.
+    access_log_format: String,
+    /// Log the query string with the path.
+    access_log_query: bool,
 }
 
 #[cfg(test)]

@@ -63,6 +63,10 @@ pub const SETTINGS: &[(&str, OnReload)] = &[
     ("reload_strategy", OnReload::Applied),
     ("log_format", OnReload::RestartOnly),
     ("log_level", OnReload::RestartOnly),
+    ("worker_log_level", OnReload::Applied),
+    ("access_log", OnReload::RestartOnly),
+    ("access_log_format", OnReload::RestartOnly),
+    ("access_log_query", OnReload::RestartOnly),
     ("jobs", OnReload::RestartOnly),
     ("jobs.periodic", OnReload::Applied),
 ];
@@ -181,6 +185,10 @@ reload_by_field! {
     reload => "reload_strategy",
     log_format => "log_format",
     log_level => "log_level",
+    worker_log_level => "worker_log_level",
+    access_log => "access_log",
+    access_log_format => "access_log_format",
+    access_log_query => "access_log_query",
     jobs => "jobs",
     periodic => "jobs.periodic",
 }
@@ -290,6 +298,16 @@ mod tests {
             ),
             ("log_format", "workers = 2\nlog_format = \"json\""),
             ("log_level", "workers = 2\nlog_level = \"debug\""),
+            (
+                "worker_log_level",
+                "workers = 2\nworker_log_level = \"warn\"",
+            ),
+            ("access_log", "workers = 2\naccess_log = \"-\""),
+            (
+                "access_log_format",
+                "workers = 2\naccess_log_format = \"json\"",
+            ),
+            ("access_log_query", "workers = 2\naccess_log_query = true"),
             ("jobs", "workers = 2\n[jobs]"),
         ];
         // `jobs.periodic` needs a `[jobs]` in both: its own base.

@@ -13,8 +13,9 @@ use super::hooks::{HookAction, HookEvent, HookSpec};
 use super::parse::{parse_allow, parse_bind, resolve_program};
 use super::raw::{OneOrMany, RawConfig, RawHook, RawSize};
 use super::{
-    BindAddr, Config, ConfigError, ForwardedAllow, Liveness, LogFormat, Origins, ReloadStrategy,
-    Secret, WorkerSocket, defaults, duration, jobs,
+    AccessLogFormat, AccessLogTarget, BindAddr, Config, ConfigError, ForwardedAllow, Liveness,
+    LogFormat, Origins, OutputLevel, ReloadStrategy, Secret, WorkerSocket, defaults, duration,
+    jobs,
 };
 
 /// Turn a merged raw layer into a [`Config`], or say exactly what is wrong.
@@ -28,6 +29,8 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
     let recycle = recycle(&cx, &raw)?;
     let hooks = hooks(&cx, &raw)?;
     let (log_format, log_level) = logging(&cx, &raw)?;
+    let worker_log_level = worker_log_level(&cx, &raw)?;
+    let (access_log, access_log_format) = access_log(&cx, &raw)?;
     let client = client(&cx, &raw)?;
     let admin_token = admin_token(&cx, &raw)?;
     let graceful_timeout = cx.duration(
@@ -124,6 +127,10 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
         reload: recycle.reload,
         log_format,
         log_level,
+        worker_log_level,
+        access_log,
+        access_log_format,
+        access_log_query: raw.access_log_query.unwrap_or(defaults::ACCESS_LOG_QUERY),
         jobs,
         periodic,
         config_file: None,
@@ -549,4 +556,72 @@ fn logging(cx: &Ctx<'_>, raw: &RawConfig) -> Result<(LogFormat, String), ConfigE
         ));
     }
     Ok((format, level))
+}
+
+/// `worker_log_level`: the least level of worker output relayed.
+fn worker_log_level(cx: &Ctx<'_>, raw: &RawConfig) -> Result<Option<OutputLevel>, ConfigError> {
+    let v = cx.one_of(
+        "worker_log_level",
+        raw.worker_log_level.clone(),
+        defaults::WORKER_LOG_LEVEL,
+        &["debug", "info", "warn", "error", "off"],
+    )?;
+    Ok(OutputLevel::from_name(&v))
+}
+
+/// `access_log` and `access_log_format`.
+fn access_log(
+    cx: &Ctx<'_>,
+    raw: &RawConfig,
+) -> Result<(Option<AccessLogTarget>, AccessLogFormat), ConfigError> {
+    let format = match cx
+        .one_of(
+            "access_log_format",
+            raw.access_log_format.clone(),
+            defaults::ACCESS_LOG_FORMAT,
+            &["combined", "json"],
+        )?
+        .as_str()
+    {
+        "json" => AccessLogFormat::Json,
+        _ => AccessLogFormat::Combined,
+    };
+    let value = raw
+        .access_log
+        .clone()
+        .unwrap_or_else(|| defaults::ACCESS_LOG.to_owned());
+    let target = match value.trim() {
+        "off" => return Ok((None, format)),
+        "-" => AccessLogTarget::Stdout,
+        "" => {
+            return Err(cx.err(
+                "access_log",
+                "\"\"",
+                "must be \"-\" (stdout), a file path, or \"off\"",
+            ));
+        }
+        path => {
+            let path = PathBuf::from(path);
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            if !dir.is_dir() {
+                return Err(cx.err(
+                    "access_log",
+                    format!("{value:?}"),
+                    format!("its directory {} does not exist", dir.display()),
+                ));
+            }
+            if path.is_dir() {
+                return Err(cx.err(
+                    "access_log",
+                    format!("{value:?}"),
+                    "is a directory; give a file path",
+                ));
+            }
+            AccessLogTarget::File(path)
+        }
+    };
+    Ok((Some(target), format))
 }

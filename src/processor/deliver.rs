@@ -194,8 +194,13 @@ pub(super) async fn command(
     let mut stdin = payload_json(job);
     stdin.push(b'\n');
     let (id, queue, kind) = (job.id, job.queue.clone(), job.kind.clone());
-    let log: command::LineLogger = Arc::new(move |pid, stream, line| {
-        tracing::info!(job_id = id, queue = %queue, kind = %kind, pid, stream, "{line}");
+    let log: command::LineLogger = Arc::new(move |pid, stream, ev| {
+        let traceback = ev
+            .block
+            .as_deref()
+            .map(|b| tracing::field::display(crate::supervisor::output::OneLine(b)));
+        let msg = &ev.message;
+        crate::supervisor::output::at_level!(ev.level, job_id = id, queue = %queue, kind = %kind, pid, stream, traceback, "{msg}");
     });
     let spec = CommandSpec {
         argv,

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::access_log::{AccessLog, Note};
 use super::conn::RequestGuard;
 use super::request_body::{Buffered, FileBody, Limited};
 use super::response_body::SpooledBody;
@@ -134,6 +135,32 @@ pub enum ProxyBody {
     },
     /// Read from a spool the worker was drained into (`response_body`).
     Spooled(SpooledBody),
+    /// Any of the above, counted for the access log.
+    Logged(Box<Logged>),
+}
+
+/// A response body whose end (or drop: the client went away) writes the
+/// request's access log record with the bytes sent.
+pub struct Logged {
+    inner: ProxyBody,
+    note: Option<Note>,
+    status: u16,
+    bytes: u64,
+    log: Arc<AccessLog>,
+}
+
+impl Logged {
+    fn done(&mut self) {
+        if let Some(note) = self.note.take() {
+            self.log.send(note.finish(self.status, self.bytes));
+        }
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        self.done();
+    }
 }
 
 impl ProxyBody {
@@ -155,6 +182,17 @@ impl ProxyBody {
             inner,
             guard: Some(guard),
         }
+    }
+
+    /// This body, logged to `log` when it ends.
+    pub fn logged(self, note: Note, status: u16, log: Arc<AccessLog>) -> Self {
+        ProxyBody::Logged(Box::new(Logged {
+            inner: self,
+            note: Some(note),
+            status,
+            bytes: 0,
+            log,
+        }))
     }
 }
 
@@ -178,6 +216,19 @@ impl Body for ProxyBody {
                 Poll::Ready(out)
             }
             ProxyBody::Spooled(body) => Pin::new(body).poll_frame(cx),
+            ProxyBody::Logged(l) => {
+                let polled = Pin::new(&mut l.inner).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(d) = frame.data_ref() {
+                            l.bytes += d.len() as u64;
+                        }
+                    }
+                    Poll::Ready(None) => l.done(),
+                    _ => {}
+                }
+                polled
+            }
             ProxyBody::Stream { inner, guard } => match Pin::new(inner).poll_frame(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(None) => {
@@ -200,6 +251,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Full { data, .. } => data.as_ref().is_none_or(|d| d.is_empty()),
             ProxyBody::Spooled(body) => body.is_end_stream(),
+            ProxyBody::Logged(l) => l.inner.is_end_stream(),
             ProxyBody::Stream { inner, guard } => {
                 let end = inner.is_end_stream();
                 if end && let Some(g) = guard {
@@ -217,6 +269,7 @@ impl Body for ProxyBody {
             }
             ProxyBody::Stream { inner, .. } => inner.size_hint(),
             ProxyBody::Spooled(body) => body.size_hint(),
+            ProxyBody::Logged(l) => l.inner.size_hint(),
         }
     }
 }

@@ -117,6 +117,11 @@ pub struct Dispatched {
     pub lease: Lease,
     pub upstream: Upstream,
     pub response: Response<Incoming>,
+    /// Time from the dispatch to the worker slot it was sent on (retries
+    /// included).
+    pub queued: Duration,
+    /// Time from that slot to the worker's response headers.
+    pub upstream_time: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -183,8 +188,10 @@ impl Dispatcher {
     ) -> Result<Dispatched, DispatchError> {
         let deadline = work.deadline();
         let mut excluded: Vec<u64> = Vec::new();
+        let dispatched = Instant::now();
         loop {
             let lease = self.lease(work, &excluded, observer).await?;
+            let leased = Instant::now();
             let (connected, ours) =
                 tokio::join!(self.connection(&lease, deadline), observer.started());
             if !ours {
@@ -233,6 +240,8 @@ impl Dispatcher {
                         lease,
                         upstream: up,
                         response,
+                        queued: leased - dispatched,
+                        upstream_time: leased.elapsed(),
                     });
                 }
                 Err(mut e) => match e.take_message() {

@@ -15,6 +15,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 
 use super::Front;
+use super::access_log::Note;
 use super::body::{Guard, ProxyBody, UpstreamBody};
 use super::conn::{ConnState, RequestGuard};
 use super::dispatch::{DispatchError, Unobserved, Work};
@@ -30,7 +31,8 @@ fn millis(d: Option<std::time::Duration>) -> u64 {
 const MAX_LOGGED_PATH: usize = 512;
 
 /// Forward one request; every response (proxied or curfew's own) is
-/// counted in the metrics when its headers are produced.
+/// counted in the metrics when its headers are produced, and with the
+/// access log on, logged when its body has been sent (or dropped).
 pub async fn handle(
     req: Request<Incoming>,
     front: Arc<Front>,
@@ -38,11 +40,27 @@ pub async fn handle(
     peer: Option<IpAddr>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     let started = Instant::now();
-    let res = forward(req, &front, conn, peer, started).await;
-    front
-        .metrics
-        .request_done(res.status().as_u16(), started.elapsed());
-    Ok(res)
+    let Some(log) = front.access_log() else {
+        let res = forward(req, &front, conn, peer, started, None).await;
+        front
+            .metrics
+            .request_done(res.status().as_u16(), started.elapsed());
+        return Ok(res);
+    };
+    let trusted = peer.is_none_or(|ip| front.forwarded_allow.trusts(ip));
+    let mut note = Note::of(
+        &req,
+        started,
+        peer,
+        trusted,
+        &front.forwarded_allow,
+        log.query,
+    );
+    let res = forward(req, &front, conn, peer, started, Some(&mut note)).await;
+    let status = res.status().as_u16();
+    front.metrics.request_done(status, started.elapsed());
+    let log = log.clone();
+    Ok(res.map(|body| body.logged(note, status, log)))
 }
 
 async fn forward(
@@ -51,6 +69,7 @@ async fn forward(
     conn: Arc<ConnState>,
     peer: Option<IpAddr>,
     started: Instant,
+    note: Option<&mut Note>,
 ) -> Response<ProxyBody> {
     let request_guard = conn.begin();
     let http1 = req.version() < Version::HTTP_2;
@@ -161,6 +180,11 @@ async fn forward(
         Ok(d) => d,
         Err(e) => return failed(front, &work, e, request_guard),
     };
+    if let Some(n) = note {
+        n.worker = Some(d.lease.worker_id);
+        n.queued = Some(d.queued);
+        n.upstream = Some(d.upstream_time);
+    }
     if d.response.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client_upgrade) = client_upgrade
     {

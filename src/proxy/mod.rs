@@ -7,6 +7,7 @@
 //! It knows nothing of processes: the supervisor tells it which workers are
 //! ready through the [`crate::supervisor::Backends`] trait.
 
+pub mod access_log;
 pub mod body;
 pub mod conn;
 pub mod dispatch;
@@ -140,6 +141,8 @@ pub struct Front {
     pub retry_idempotent: bool,
     /// Keep request header fields with a `_` in their names.
     pub keep_underscore_headers: bool,
+    /// curfew's access log, when on (set once, before serving).
+    access_log: std::sync::OnceLock<Arc<access_log::AccessLog>>,
     /// One permit per open client connection (`max_connections`).
     connections: Arc<tokio::sync::Semaphore>,
     max_connections: usize,
@@ -176,6 +179,7 @@ impl Front {
             tunnel_idle_timeout: cfg.tunnel_idle_timeout,
             retry_idempotent: cfg.retry_idempotent,
             keep_underscore_headers: cfg.keep_underscore_headers,
+            access_log: std::sync::OnceLock::new(),
             connections: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
             max_connections: cfg.max_connections,
             draining: CancellationToken::new(),
@@ -185,6 +189,17 @@ impl Front {
             accept_loops: std::sync::Mutex::new(Vec::new()),
             builder,
         })
+    }
+
+    /// Log every request of the public addresses to `log` (before
+    /// [`Front::serve`]).
+    pub fn set_access_log(&self, log: Arc<access_log::AccessLog>) {
+        let _ = self.access_log.set(log);
+    }
+
+    /// The access log, when on.
+    pub fn access_log(&self) -> Option<&Arc<access_log::AccessLog>> {
+        self.access_log.get()
     }
 
     /// Start accepting on `listeners`.

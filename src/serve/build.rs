@@ -83,6 +83,13 @@ impl Run {
 
         let metrics = Arc::new(Metrics::new());
         let front = Front::new(FrontConfig::from(&cfg), metrics.clone());
+        if let Some(target) = &cfg.access_log {
+            front.set_access_log(crate::proxy::access_log::AccessLog::open(
+                target,
+                cfg.access_log_format,
+                cfg.access_log_query,
+            )?);
+        }
         let jobs = match (store, &cfg.jobs) {
             (Some(store), Some(j)) => {
                 let processor = Processor::new(

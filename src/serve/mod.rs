@@ -45,6 +45,8 @@ pub enum ServeError {
     Jobs(curfew_store::StoreError),
     #[error(transparent)]
     Activation(#[from] activation::ActivationError),
+    #[error(transparent)]
+    AccessLog(#[from] crate::proxy::access_log::OpenError),
 }
 
 mod activation;

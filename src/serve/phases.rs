@@ -167,6 +167,9 @@ pub(super) async fn teardown(run: Run) -> i32 {
         let _ = std::fs::remove_dir_all(&run.run_dir);
     }
 
+    if let Some(log) = run.front.access_log() {
+        log.close();
+    }
     // The summary counts up to here (hooks and leftovers included).
     done.duration_ms = run
         .stop_requested_at

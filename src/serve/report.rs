@@ -14,8 +14,12 @@ pub(super) fn report_incomplete(run: &Run, report: &crate::processor::DrainRepor
     .emit(&run.sinks());
 }
 
-/// SIGUSR1: a status report in the log (the same as `curfew status`).
+/// SIGUSR1: a status report in the log (the same as `curfew status`), and
+/// the access log file opened again (logrotate's `postrotate`).
 pub(super) async fn log_status(status: &StatusSource) {
+    if let Some(log) = status.front.access_log() {
+        log.reopen();
+    }
     let st = status.full().await;
     tracing::info!(
         phase = %st.phase,

@@ -8,7 +8,8 @@
 //! - The [`CommandSpec::stdin`] bytes are written to its stdin in the
 //!   background (the command may never read them), then stdin is closed.
 //! - Its stdout and stderr are read line by line (lines longer than
-//!   [`MAX_LINE`] are cut) and each line is handed to [`CommandSpec::log`];
+//!   [`MAX_LINE`] are cut) and grouped into events with a level like a
+//!   worker's (a traceback is one event), each handed to [`CommandSpec::log`];
 //!   the last non-empty stderr line is kept for the outcome.
 //! - It runs until it exits (the reaper delivers its status) or the `stop`
 //!   future resolves: then its whole process group is SIGKILLed
@@ -27,7 +28,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -41,10 +42,15 @@ pub const REAP_GRACE: Duration = Duration::from_millis(100);
 /// (so its last stderr line is known for the outcome).
 const OUTPUT_GRACE: Duration = Duration::from_millis(100);
 /// Longest output line handed to the [`LineLogger`]; the rest is cut.
-pub const MAX_LINE: usize = 16 * 1024;
+pub const MAX_LINE: usize = super::output::MAX_LINE;
 
-/// How each output line of the command is logged: called with (pid, stream ("stdout"|"stderr"), line).
-pub type LineLogger = std::sync::Arc<dyn Fn(u32, &'static str, &str) + Send + Sync>;
+/// How each output event of the command is logged: called with (pid,
+/// stream ("stdout"|"stderr"), the event: a line or a traceback, with its
+/// level; see [`super::output::lines`]). Log it with
+/// [`super::output::at_level`] and the block as
+/// [`super::output::OneLine`].
+pub type LineLogger =
+    std::sync::Arc<dyn Fn(u32, &'static str, &super::output::lines::Event) + Send + Sync>;
 
 /// What to run, and how.
 pub struct CommandSpec<'a> {
@@ -266,8 +272,9 @@ async fn finish_output(out: Option<JoinHandle<()>>, err: Option<JoinHandle<()>>)
     .await;
 }
 
-/// Hand each line read from `rx` to `log` (cut at [`MAX_LINE`]; a last line
-/// without a line end too), keeping the last non-empty one in `last`.
+/// Hand each event read from `rx` (its lines grouped and given a level by
+/// [`super::output::lines`], cut at [`MAX_LINE`]) to `log`, keeping the
+/// last non-empty line in `last`.
 fn relog(
     rx: pipe::Receiver,
     pid: u32,
@@ -276,48 +283,21 @@ fn relog(
     last: Option<Arc<Mutex<Option<String>>>>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut reader = BufReader::with_capacity(8192, rx);
-        let mut line: Vec<u8> = Vec::new();
-        while let Ok(buf) = reader.fill_buf().await {
-            if buf.is_empty() {
-                if !line.is_empty() {
-                    emit(&line, pid, stream, &log, last.as_ref());
+        super::output::read_events(
+            rx,
+            |line| {
+                if let Some(last) = &last
+                    && !line.trim().is_empty()
+                {
+                    *last.lock().unwrap_or_else(|e| e.into_inner()) = Some(line.to_owned());
                 }
-                break;
-            }
-            let (chunk, found) = match buf.iter().position(|&b| b == b'\n') {
-                Some(i) => (&buf[..i], Some(i + 1)),
-                None => (buf, None),
-            };
-            let room = MAX_LINE.saturating_sub(line.len());
-            line.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            let used = found.unwrap_or(buf.len());
-            reader.consume(used);
-            if found.is_some() {
-                emit(&line, pid, stream, &log, last.as_ref());
-                line.clear();
-            }
-        }
+            },
+            |ev| log(pid, stream, &ev),
+            || false,
+            || {},
+        )
+        .await;
     })
-}
-
-/// Log one line; remember it in `last` unless it is blank.
-fn emit(
-    raw: &[u8],
-    pid: u32,
-    stream: &'static str,
-    log: &LineLogger,
-    last: Option<&Arc<Mutex<Option<String>>>>,
-) {
-    let text = String::from_utf8_lossy(raw)
-        .trim_end_matches('\r')
-        .to_string();
-    log(pid, stream, &text);
-    if let Some(last) = last
-        && !text.trim().is_empty()
-    {
-        *last.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
-    }
 }
 
 #[cfg(test)]
@@ -329,10 +309,10 @@ mod tests {
     fn collector() -> (LineLogger, Lines) {
         let lines: Lines = Arc::default();
         let l = lines.clone();
-        let log: LineLogger = Arc::new(move |pid, stream, line| {
+        let log: LineLogger = Arc::new(move |pid, stream, ev| {
             l.lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .push((pid, stream, line.to_string()));
+                .push((pid, stream, ev.message.clone()));
         });
         (log, lines)
     }
@@ -414,10 +394,9 @@ mod tests {
         reader.await.expect("reader ends at EOF");
         let got = lines.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let texts: Vec<&str> = got.iter().map(|(_, _, t)| t.as_str()).collect();
-        assert_eq!(
-            texts,
-            ["one", "", &long[..MAX_LINE], "last words", "  ", "tail"]
-        );
+        let cut = format!("{} [line truncated]", &long[..MAX_LINE]);
+        // Blank lines carry nothing and are not logged.
+        assert_eq!(texts, ["one", &cut, "last words", "tail"]);
         assert!(got.iter().all(|(pid, s, _)| *pid == 7 && *s == "stderr"));
         assert_eq!(
             last.lock().unwrap_or_else(|e| e.into_inner()).as_deref(),
@@ -451,6 +430,51 @@ mod tests {
             got.iter().any(|(_, s, t)| *s == "stdout"
                 && *t == format!("got input in {} with bar", cwd.display())),
             "{got:?}"
+        );
+    }
+
+    /// A command job's Python traceback is one ERROR event, like a worker's.
+    #[tokio::test]
+    async fn a_traceback_is_one_event_with_its_level() {
+        let _serial = crate::supervisor::reaper::TEST_CHILDREN.lock().await;
+        let reaper = Reaper::start().expect("reaper");
+        let argv = vec![
+            "python3".to_owned(),
+            "-c".to_owned(),
+            "import sys; print('WARNING:root:retrying', file=sys.stderr); print('giving up', file=sys.stderr, flush=True); raise KeyError('x')"
+                .to_owned(),
+        ];
+        let events: Arc<Mutex<Vec<super::super::output::lines::Event>>> = Arc::default();
+        let e = events.clone();
+        let log: LineLogger = Arc::new(move |_, _, ev| {
+            e.lock().unwrap_or_else(|p| p.into_inner()).push(ev.clone());
+        });
+        let outcome = run(&reaper, spec(&argv, log), std::future::pending()).await;
+        match outcome {
+            CommandOutcome::Exited {
+                status: ExitStatus::Code(1),
+                last_stderr: Some(line),
+            } => assert_eq!(line, "KeyError: 'x'"),
+            other => panic!("{other:?}"),
+        }
+        let got = events.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        use super::super::output::Level;
+        let levels: Vec<(Level, &str)> =
+            got.iter().map(|e| (e.level, e.message.as_str())).collect();
+        assert_eq!(
+            levels,
+            [
+                (Level::Warn, "WARNING:root:retrying"),
+                // The line before a traceback is its header.
+                (Level::Error, "giving up (KeyError: 'x')")
+            ],
+            "{got:?}"
+        );
+        assert!(
+            got[1]
+                .block
+                .as_deref()
+                .is_some_and(|b| b.contains("File \"<string>\""))
         );
     }
 

@@ -36,6 +36,8 @@ pub struct Instance {
     status: Option<ExitStatus>,
     pub started: Instant,
     pub tail: Tail,
+    /// Its output relay (told when it is ready).
+    output: output::Worker,
     /// The cgroup's OOM-kill count when it started.
     pub oom_kills_at_start: Option<u64>,
     /// Set when it is stopped because it was replaced (`recycled`,
@@ -69,13 +71,14 @@ impl Instance {
         uid: u64,
     ) -> std::io::Result<Instance> {
         let s = spawn::spawn(&shared.reaper, spec, id, uid)?;
-        if let Some(out) = s.stdout {
-            output::capture(out, id, s.pid, Stream::Stdout, None);
+        let out = output::Worker::new(id, s.pid, spec.worker_log_level, shared.relay.clone());
+        if let Some(rx) = s.stdout {
+            output::capture(rx, out.clone(), Stream::Stdout, None);
         }
         let tail = Tail::default();
         let stderr_done = s
             .stderr
-            .map(|err| output::capture(err, id, s.pid, Stream::Stderr, Some(tail.clone())));
+            .map(|rx| output::capture(rx, out.clone(), Stream::Stderr, Some(tail.clone())));
         Ok(Instance {
             uid,
             id,
@@ -89,6 +92,7 @@ impl Instance {
             status: None,
             started: Instant::now(),
             tail,
+            output: out,
             oom_kills_at_start: super::oom::oom_kills(),
             replaced: None,
             shared: shared.clone(),
@@ -126,6 +130,13 @@ impl Instance {
     pub fn signal_group(&self, sig: Signal) {
         // The worker leads its own process group (process_group(0) at spawn).
         let _ = killpg(Pid::from_raw(self.pid as i32), sig);
+    }
+
+    /// It is ready: a traceback from now on is not a boot crash, and a
+    /// boot crash seen before is news again at a later boot.
+    pub fn mark_ready(&self) {
+        self.output.ready.store(true, Ordering::Relaxed);
+        self.shared.relay.worker_ready();
     }
 
     /// Wait (briefly) until its stderr has been read to the end, so the tail
@@ -352,7 +363,7 @@ impl Instance {
             stderr: if quiet {
                 String::new()
             } else {
-                self.tail.last_one_line(8)
+                self.tail.summary(8)
             },
         }
         .emit(&self.shared.sinks());

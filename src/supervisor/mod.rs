@@ -141,6 +141,8 @@ pub struct WorkerSpec {
     /// Variables set for every worker on top of the inherited environment
     /// (e.g. `CURFEW_JOB_TOKEN`).
     pub extra_env: Vec<(String, String)>,
+    /// Worker output relayed at or above this level; `None`: none.
+    pub worker_log_level: Option<output::Level>,
 }
 
 impl WorkerSpec {
@@ -162,16 +164,18 @@ impl WorkerSpec {
             run_dir,
             generation: 1,
             extra_env: Vec::new(),
+            worker_log_level: cfg.worker_log_level,
         }
     }
 }
 
 /// Why a worker could not boot.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("worker {id} failed to boot: {reason}{}", if stderr.is_empty() { String::new() } else { format!("\n--- last lines of its stderr ---\n{stderr}") })]
+#[error("worker {id} failed to boot: {reason}{}", if stderr.is_empty() { String::new() } else { format!("; its stderr: {stderr}") })]
 pub struct BootError {
     pub id: usize,
     pub reason: String,
+    /// What the worker last said, on one line ([`output::Tail::summary`]).
     pub stderr: String,
 }
 
@@ -244,6 +248,8 @@ pub(crate) struct Shared {
     /// Where the `worker_exit` and `worker_abort` hooks go (set by the
     /// orchestrator; none until then).
     hooks: std::sync::OnceLock<Box<dyn HookSink>>,
+    /// What the workers' output relays share (boot tracebacks said once).
+    relay: Arc<output::Relay>,
 }
 
 impl Shared {
@@ -350,6 +356,7 @@ impl Supervisor {
                 forced: AtomicBool::new(false),
                 kill_now: CancellationToken::new(),
                 hooks: std::sync::OnceLock::new(),
+                relay: Arc::default(),
             }),
             slots: Vec::new(),
             leaving: Vec::new(),

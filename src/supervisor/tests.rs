@@ -141,6 +141,7 @@ fn spec_of(dir: &std::path::Path, secs: &str) -> WorkerSpec {
         run_dir: dir.to_path_buf(),
         generation: 1,
         extra_env: Vec::new(),
+        worker_log_level: Some(crate::logging::Level::Debug),
     }
 }
 

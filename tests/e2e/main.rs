@@ -21,6 +21,7 @@ mod jobs;
 mod jobs_api_bounds;
 mod jobs_cancel;
 mod local_security;
+mod logs;
 mod metrics;
 mod offline_cli;
 mod operate;

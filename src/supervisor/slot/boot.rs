@@ -77,7 +77,7 @@ impl Slot {
                 if !f.logged {
                     tracing::warn!(
                         worker = self.id,
-                        stderr = %one_line(&f.error.stderr),
+                        stderr = %f.error.stderr,
                         "Worker failed to boot: {}.",
                         f.error.reason
                     );
@@ -130,6 +130,7 @@ async fn boot_worker(
         .await
     {
         Boot::Ready => {
+            inst.mark_ready();
             let boot_ms = inst.started.elapsed().as_millis() as u64;
             let (pid, generation) = (inst.pid, inst.generation);
             let event = "worker_ready";
@@ -172,6 +173,8 @@ async fn boot_worker(
                 _ => None,
             };
             let f = inst.boot_failure(boot, spec.boot_timeout).await;
+            // The hint reads the raw lines; the error carries their
+            // one-line summary (a traceback was logged as its own event).
             let stderr = inst.tail.last(12);
             let failure = match &last_probe {
                 Some(last_probe) => hint::Failure::TimedOut { last_probe },
@@ -181,16 +184,7 @@ async fn boot_worker(
                 Some(h) => format!("{}; hint: {h}", f.reason),
                 None => f.reason,
             };
-            Err(failed(reason, stderr, f.logged, false))
+            Err(failed(reason, inst.tail.summary(12), f.logged, false))
         }
     }
-}
-
-/// Multi-line text as one log field.
-fn one_line(text: &str) -> String {
-    text.lines()
-        .map(str::trim_end)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" | ")
 }
