@@ -88,6 +88,12 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 [ "$state" = succeeded ] || { log "error: job $id is '$state'"; cat "$run/log" >&2; exit 1; }
+# The worker's line is relayed a moment after the job's verdict (curfew holds
+# a line up to 100 ms to see whether a traceback follows it).
+for _ in $(seq 1 50); do
+    grep -q "sending email to wheel@example.com (job $id" "$run/log" && break
+    sleep 0.1
+done
 grep -q "sending email to wheel@example.com (job $id" "$run/log"
 grep -q "Serving up to 32 requests at once per worker: \`uvicorn\` is an async server" "$run/log"
 kill -TERM "$pid"
