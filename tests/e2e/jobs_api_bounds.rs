@@ -7,15 +7,6 @@ use std::time::Duration;
 use crate::support::jobs::*;
 use crate::support::*;
 
-fn rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// 20 jobs of 1 MB payloads, listed with `payload=1&limit=500` by four
 /// clients at once: every page holds 4 jobs (4 MiB), the
 /// pages chain to all 20, and curfew's RSS stays under 64 MB throughout.

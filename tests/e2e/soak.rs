@@ -128,16 +128,7 @@ const MID_REQUEST: &str = "Worker failed mid-request";
 /// curfew's open fds and resident memory (KiB).
 fn fds_and_rss(pid: i32) -> (usize, u64) {
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0);
-    (fds, rss)
+    (fds, rss_kib(pid))
 }
 
 /// Children of curfew: (pid, state).

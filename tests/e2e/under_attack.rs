@@ -13,15 +13,6 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-fn rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// The p99 of `n` sequential normal requests (each on a new connection).
 fn p99(port: u16, n: usize) -> Duration {
     let mut t: Vec<Duration> = (0..n)

@@ -439,6 +439,17 @@ pub fn field(line: &str, key: &str) -> Option<String> {
     Some(rest[..end].to_string())
 }
 
+/// Resident memory of process `pid` in KiB (`VmRSS`; 0 once it is gone).
+pub fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Live (non-zombie) processes whose command line or environment contains `needle`.
 pub fn processes_with(needle: &str) -> Vec<i32> {
     let mut out = Vec::new();
