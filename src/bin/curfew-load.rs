@@ -90,9 +90,19 @@ struct Cli {
     #[arg(long)]
     stop_on_refused: bool,
 
-    /// Create this file once the first request of the run has succeeded.
+    /// Create this file once the first request of the run has succeeded
+    /// (or the first `--ready-after`).
     #[arg(long, value_name = "PATH")]
     ready_file: Option<PathBuf>,
+
+    /// Successful requests before `--ready-file` is created.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    ready_after: u64,
+
+    /// Stop issuing requests once this file exists (requests in flight
+    /// finish): a run that lasts as long as the test needs it.
+    #[arg(long, value_name = "PATH")]
+    stop_file: Option<PathBuf>,
 
     /// Write every request that did not end in a 2xx answer to this file,
     /// one JSON object a line: `start_ms`/`end_ms` (wall clock, Unix
@@ -138,7 +148,10 @@ struct Shared {
     /// Rate limiter: the earliest time the next request may start.
     rate: Option<(Mutex<Instant>, Duration)>,
     ready_file: Option<PathBuf>,
+    ready_after: u64,
+    succeeded: AtomicU64,
     ready_done: AtomicBool,
+    stop_file: Option<PathBuf>,
     record: bool,
 }
 
@@ -153,6 +166,9 @@ impl Shared {
         }
         let now = Instant::now();
         if self.deadline.is_some_and(|d| now >= d) {
+            return false;
+        }
+        if self.stopped() {
             return false;
         }
         if let Some((next, interval)) = &self.rate {
@@ -194,7 +210,15 @@ impl Shared {
         req
     }
 
+    /// The stop file exists.
+    fn stopped(&self) -> bool {
+        self.stop_file.as_ref().is_some_and(|p| p.exists())
+    }
+
     async fn mark_ready(&self) {
+        if self.succeeded.fetch_add(1, Ordering::AcqRel) + 1 < self.ready_after {
+            return;
+        }
         if self.ready_done.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -541,7 +565,7 @@ async fn connection_loop(shared: Arc<Shared>, index: u32) -> Stats {
                         }
                         let now = Instant::now();
                         let since = *failing_since.get_or_insert(now);
-                        if shared.deadline.is_some_and(|d| now >= d) {
+                        if shared.deadline.is_some_and(|d| now >= d) || shared.stopped() {
                             return stats;
                         }
                         if shared.deadline.is_none() && now.duration_since(since) >= shared.timeout
@@ -838,7 +862,10 @@ async fn setup(cli: Cli) -> Result<Shared, String> {
         next_slot: AtomicU64::new(0),
         rate: rate.map(|interval| (Mutex::new(start), interval)),
         ready_file: cli.ready_file.clone(),
+        ready_after: cli.ready_after,
+        succeeded: AtomicU64::new(0),
         ready_done: AtomicBool::new(false),
+        stop_file: cli.stop_file.clone(),
         record: cli.record.is_some(),
     })
 }

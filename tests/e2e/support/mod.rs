@@ -647,15 +647,32 @@ pub struct Load {
 
 impl Load {
     pub fn start(port: u16, paths: &[&str], connections: u32, duration_ms: u64) -> Load {
+        Load::start_with(port, paths, connections, duration_ms, &[])
+    }
+
+    /// [`Load::start`] with more `curfew-load` flags (`--ready-after N`:
+    /// [`Load::wait_flowing`] waits for N successes; `--stop-file`: see
+    /// [`Load::stop`]).
+    pub fn start_with(
+        port: u16,
+        paths: &[&str],
+        connections: u32,
+        duration_ms: u64,
+        extra: &[&str],
+    ) -> Load {
         let dir = tempfile::tempdir().expect("tempdir");
         let ready_file = dir.path().join("ready");
+        let stop_file = dir.path().join("stop");
         let mut cmd = Command::new(LOAD);
         cmd.args(["--url", &format!("http://127.0.0.1:{port}")])
             .args(["--connections", &connections.to_string()])
             .args(["--duration-ms", &duration_ms.to_string()])
             .args(["--timeout-ms", "20000"])
             .arg("--ready-file")
-            .arg(&ready_file);
+            .arg(&ready_file)
+            .arg("--stop-file")
+            .arg(&stop_file)
+            .args(extra);
         for p in paths {
             cmd.args(["--path", p]);
         }
@@ -668,9 +685,17 @@ impl Load {
         }
     }
 
-    /// Wait until the load has had its first success.
+    /// End the run now (before its duration): no new request starts;
+    /// those in flight finish.
+    pub fn stop(&self) {
+        let stop = self.ready_file.with_file_name("stop");
+        std::fs::write(stop, b"stop\n").expect("write the load's stop file");
+    }
+
+    /// Wait until the load has had its first success (or its
+    /// `--ready-after` successes).
     pub fn wait_flowing(&self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while !self.ready_file.exists() {
             assert!(
                 Instant::now() < deadline,
