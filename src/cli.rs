@@ -427,6 +427,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub max_connections: Option<i64>,
 
+    /// Threads serving client connections, each its own event loop (default: one per four cores, at least one)
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub proxy_threads: Option<i64>,
+
     /// Time a hung worker gets between SIGABRT (so it can dump its stack) and SIGKILL
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub abort_timeout: Option<String>,
@@ -577,6 +581,7 @@ impl ServeArgs {
             send_timeout: dur(&self.send_timeout),
             tunnel_idle_timeout: dur(&self.tunnel_idle_timeout),
             max_connections: self.max_connections,
+            proxy_threads: self.proxy_threads,
             retry_idempotent: self.retry_idempotent,
             underscore_headers: self.underscore_headers.clone(),
             faulthandler: self.faulthandler,

@@ -85,6 +85,18 @@ pub fn workers() -> usize {
     2 * cores + 1
 }
 
+/// One proxy thread per four cores, at least one: the workers need the
+/// cores far more than the proxy (a proxied request costs curfew a small
+/// fraction of what the app spends on it), and on a small host one thread
+/// batches more events per wake-up than two that wake each other
+/// (bench/RESULTS.md, issue 12).
+pub fn proxy_threads() -> usize {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    (cores / 4).max(1)
+}
+
 /// The server a worker command runs: the program's file name, looking
 /// through `python -m X`, `uv run X` (also poetry, pipenv, hatch, pdm),
 /// `env VAR=… X` and `npx X`.
@@ -204,6 +216,7 @@ pub fn shown(key: &str) -> Option<String> {
         "send_timeout" => duration(SEND_TIMEOUT),
         "tunnel_idle_timeout" => duration(TUNNEL_IDLE_TIMEOUT),
         "max_connections" => code(&MAX_CONNECTIONS.to_string()),
+        "proxy_threads" => "cores ÷ 4, at least 1".to_owned(),
         "retry_idempotent" => code(&RETRY_IDEMPOTENT.to_string()),
         "underscore_headers" => code(UNDERSCORE_HEADERS),
         "abort_timeout" => duration(ABORT_TIMEOUT),

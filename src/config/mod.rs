@@ -284,6 +284,8 @@ pub struct Config {
     pub tunnel_idle_timeout: Option<Duration>,
     /// Client connections open at once on the public addresses.
     pub max_connections: usize,
+    /// Threads serving client connections.
+    pub proxy_threads: usize,
     /// Retry a bodiless GET/HEAD/OPTIONS once when its worker died.
     pub retry_idempotent: bool,
     /// Keep request header fields whose names have a `_` (`underscore_headers

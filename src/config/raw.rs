@@ -279,6 +279,8 @@ raw_config! {
     /// Client connections open at once on the public addresses; more wait
     /// in the kernel's accept queue.
     max_connections: i64,
+    /// Threads serving client connections (each its own event loop).
+    proxy_threads: i64,
     /// Retry a GET/HEAD/OPTIONS once on another worker when its worker
     /// died before answering.
     retry_idempotent: bool,

@@ -46,6 +46,7 @@ pub const SETTINGS: &[(&str, OnReload)] = &[
     ("send_timeout", OnReload::RestartOnly),
     ("tunnel_idle_timeout", OnReload::RestartOnly),
     ("max_connections", OnReload::RestartOnly),
+    ("proxy_threads", OnReload::RestartOnly),
     ("retry_idempotent", OnReload::RestartOnly),
     ("underscore_headers", OnReload::RestartOnly),
     ("faulthandler", OnReload::Applied),
@@ -168,6 +169,7 @@ reload_by_field! {
     send_timeout => "send_timeout",
     tunnel_idle_timeout => "tunnel_idle_timeout",
     max_connections => "max_connections",
+    proxy_threads => "proxy_threads",
     retry_idempotent => "retry_idempotent",
     keep_underscore_headers => "underscore_headers",
     faulthandler => "faulthandler",
@@ -260,6 +262,7 @@ mod tests {
                 "workers = 2\ntunnel_idle_timeout = 3",
             ),
             ("max_connections", "workers = 2\nmax_connections = 3"),
+            ("proxy_threads", "workers = 2\nproxy_threads = 3"),
             ("retry_idempotent", "workers = 2\nretry_idempotent = true"),
             (
                 "underscore_headers",

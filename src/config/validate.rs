@@ -108,6 +108,13 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
             1,
             10_000_000,
         )?,
+        proxy_threads: cx.count(
+            "proxy_threads",
+            raw.proxy_threads,
+            defaults::proxy_threads(),
+            1,
+            256,
+        )?,
         faulthandler: raw.faulthandler.unwrap_or(defaults::FAULTHANDLER),
         worker_stop_timeout: cx.duration(
             "worker_stop_timeout",

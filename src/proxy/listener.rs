@@ -116,6 +116,32 @@ pub fn serves(have: &InheritedAddr, want: &BindAddr) -> bool {
     }
 }
 
+/// A listener not registered with any runtime: what is handed to a proxy
+/// thread, and copied for each one ([`Detached::try_clone`]).
+pub enum Detached {
+    Tcp(std::net::TcpListener, SocketAddr),
+    Unix(std::os::unix::net::UnixListener, PathBuf, bool),
+}
+
+impl Detached {
+    /// Another descriptor of the same listening socket (one kernel accept
+    /// queue). The copy never removes the socket file: the original does.
+    pub fn try_clone(&self) -> std::io::Result<Detached> {
+        Ok(match self {
+            Detached::Tcp(l, a) => Detached::Tcp(l.try_clone()?, *a),
+            Detached::Unix(l, p, _) => Detached::Unix(l.try_clone()?, p.clone(), false),
+        })
+    }
+
+    /// Register it with the current runtime. Must run inside that runtime.
+    pub fn attach(self) -> std::io::Result<Listener> {
+        Ok(match self {
+            Detached::Tcp(l, a) => Listener::Tcp(TcpListener::from_std(l)?, a),
+            Detached::Unix(l, p, owned) => Listener::Unix(UnixListener::from_std(l)?, p, owned),
+        })
+    }
+}
+
 pub enum Accepted {
     Tcp(TcpStream, SocketAddr),
     Unix(UnixStream),
@@ -256,6 +282,15 @@ impl Listener {
             }
             Listener::Unix(l, ..) => Ok(Accepted::Unix(l.accept().await?.0)),
         }
+    }
+
+    /// This listener detached from the runtime it was made in, to be
+    /// served by another (a proxy thread's).
+    pub fn into_detached(self) -> std::io::Result<Detached> {
+        Ok(match self {
+            Listener::Tcp(l, a) => Detached::Tcp(l.into_std()?, a),
+            Listener::Unix(l, p, owned) => Detached::Unix(l.into_std()?, p, owned),
+        })
     }
 
     /// Accept every connection waiting in the kernel queue, then close the

@@ -17,6 +17,7 @@ pub mod listener;
 pub mod request_body;
 pub mod response_body;
 pub mod router;
+pub mod threads;
 mod tunnel;
 pub mod upstream;
 
@@ -156,6 +157,9 @@ pub struct Front {
     stop_accepting: CancellationToken,
     accept_loops: std::sync::Mutex<Vec<JoinHandle<()>>>,
     builder: auto::Builder<TokioExecutor>,
+    /// Where client connections are served (none started: on the caller's
+    /// runtime).
+    threads: std::sync::Mutex<Vec<threads::ProxyThread>>,
 }
 
 impl Front {
@@ -188,6 +192,7 @@ impl Front {
             stop_accepting: CancellationToken::new(),
             accept_loops: std::sync::Mutex::new(Vec::new()),
             builder,
+            threads: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -202,12 +207,93 @@ impl Front {
         self.access_log.get()
     }
 
-    /// Start accepting on `listeners`.
+    /// Start `n` proxy threads ([`threads`]) for [`Front::serve`] to serve
+    /// client connections on (before it; at most once).
+    pub fn start_threads(self: &Arc<Self>, n: usize) -> std::io::Result<()> {
+        let front = Arc::downgrade(self);
+        let started = threads::start(n, move |l| {
+            let front = front.clone();
+            tokio::spawn(async move {
+                // The front outlives its accept loops (`stop_accepting`
+                // awaits them); gone, there is nothing to accept for.
+                if let Some(front) = front.upgrade() {
+                    front.accept_loop(l).await;
+                }
+            })
+        })?;
+        *self.threads.lock().unwrap_or_else(|e| e.into_inner()) = started;
+        Ok(())
+    }
+
+    /// Start accepting on `listeners`: on every proxy thread (each with its
+    /// own descriptor of each listener), or on the caller's runtime when
+    /// no thread was started. A listener the first thread cannot take
+    /// (it has stopped) is served on the caller's runtime instead.
     pub fn serve(self: &Arc<Self>, listeners: Vec<Listener>) {
+        let threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
         let mut loops = self.accept_loops.lock().unwrap_or_else(|e| e.into_inner());
         for l in listeners {
+            let name = l.describe();
+            let l = if threads.is_empty() {
+                l
+            } else {
+                match l.into_detached() {
+                    Ok(d) => match self.serve_on_threads(&threads, d, &mut loops) {
+                        None => continue,
+                        Some(d) => match d.attach() {
+                            Ok(l) => l,
+                            Err(e) => {
+                                tracing::error!(listener = %name, error = %e, "Cannot serve this listener.");
+                                continue;
+                            }
+                        },
+                    },
+                    Err(e) => {
+                        tracing::error!(listener = %name, error = %e, "Cannot serve this listener.");
+                        continue;
+                    }
+                }
+            };
             let front = self.clone();
             loops.push(tokio::spawn(async move { front.accept_loop(l).await }));
+        }
+    }
+
+    /// Serve one listener on every proxy thread: copies to all but the
+    /// first, the original last. `Some(listener)` back when not even the
+    /// first thread took it (the caller serves it).
+    fn serve_on_threads(
+        &self,
+        threads: &[threads::ProxyThread],
+        listener: listener::Detached,
+        loops: &mut Vec<JoinHandle<()>>,
+    ) -> Option<listener::Detached> {
+        for (i, t) in threads.iter().enumerate().skip(1) {
+            let copy = match listener.try_clone() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(thread = i, error = %e, "Cannot copy a listener for a proxy thread; it accepts on the others.");
+                    continue;
+                }
+            };
+            match t.serve(vec![copy]) {
+                Ok(h) => loops.extend(h),
+                Err(r) => {
+                    tracing::warn!(thread = i, error = %r.error, "A proxy thread cannot accept; the others do.");
+                }
+            }
+        }
+        // The original (which removes a Unix socket's file at close) last,
+        // so a failure above cannot lose it.
+        match threads[0].serve(vec![listener]) {
+            Ok(h) => {
+                loops.extend(h);
+                None
+            }
+            Err(mut r) => {
+                tracing::warn!(error = %r.error, "The first proxy thread cannot accept; serving the listener on the main runtime.");
+                r.back.pop()
+            }
         }
     }
 

@@ -133,6 +133,9 @@ impl ConnectError {
 pub struct Upstream {
     pub tx: SendRequest<UpstreamBody>,
     probe: Option<OwnedFd>,
+    /// The runtime its connection task runs on ([`super::threads::tag`]):
+    /// reused only by work on that runtime.
+    home: usize,
 }
 
 impl Upstream {
@@ -203,10 +206,13 @@ impl Pool {
         &self.addr
     }
 
-    /// The most recently used idle connection that is still open and fresh.
+    /// The most recently used idle connection of the caller's runtime
+    /// that is still open and fresh.
     pub fn take_idle(&self) -> Option<Upstream> {
+        let here = super::threads::tag();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((up, since)) = idle.pop() {
+        while let Some(i) = idle.iter().rposition(|(up, _)| up.home == here) {
+            let (up, since) = idle.remove(i);
             if since.elapsed() < IDLE_TIMEOUT && up.looks_alive() {
                 return Some(up);
             }
@@ -242,7 +248,11 @@ impl Pool {
                 tracing::debug!(error = %e, "Upstream connection ended with an error.");
             }
         });
-        Ok(Upstream { tx, probe })
+        Ok(Upstream {
+            tx,
+            probe,
+            home: super::threads::tag(),
+        })
     }
 }
 

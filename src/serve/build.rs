@@ -83,6 +83,9 @@ impl Run {
 
         let metrics = Arc::new(Metrics::new());
         let front = Front::new(FrontConfig::from(&cfg), metrics.clone());
+        front
+            .start_threads(cfg.proxy_threads)
+            .map_err(ServeError::ProxyThreads)?;
         if let Some(target) = &cfg.access_log {
             front.set_access_log(crate::proxy::access_log::AccessLog::open(
                 target,

@@ -39,6 +39,8 @@ pub enum ServeError {
     Setup(std::io::Error),
     #[error("cannot create the directory for worker sockets: {0}")]
     RunDir(std::io::Error),
+    #[error("cannot start the proxy threads: {0}")]
+    ProxyThreads(std::io::Error),
     #[error(transparent)]
     Control(control::ControlError),
     #[error("cannot open the job store: {0}")]

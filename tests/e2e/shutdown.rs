@@ -15,29 +15,51 @@ use crate::support::*;
 /// shutdown logs no WARN/ERROR line.
 #[test]
 fn sigterm_under_load_fails_no_request() {
-    let mut c = Curfew::start(Opts::testworker(
-        &["-w", "4", "--worker-concurrency", "2"],
-        &[],
-    ));
-    let load = Load::start(
+    sigterm_under_load(&[]);
+}
+
+/// The same with two proxy threads, each accepting on its own descriptor
+/// of the listener: the drain is as exact.
+#[test]
+fn sigterm_under_load_with_two_proxy_threads_fails_no_request() {
+    sigterm_under_load(&["--proxy-threads", "2"]);
+}
+
+fn sigterm_under_load(extra: &[&str]) {
+    let mut args = vec!["-w", "4", "--worker-concurrency", "2"];
+    args.extend_from_slice(extra);
+    let mut c = Curfew::start(Opts::testworker(&args, &[]));
+    let threads = proxy_threads(c.pid());
+    // The default: one per four cores, at least one.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let want = if extra.is_empty() {
+        (cores / 4).max(1)
+    } else {
+        2
+    };
+    assert_eq!(threads, want, "proxy threads running");
+    // SIGTERM once 300 requests have been answered (however slow a loaded
+    // machine makes that), with slow ones in flight.
+    let load = Load::start_with(
         c.port,
         &["/:40", "/sleep?ms=5:40", "/sleep?ms=1500:2"],
         8,
-        4000,
+        60_000,
+        &["--ready-after", "300"],
     );
     load.wait_flowing();
-    std::thread::sleep(Duration::from_millis(1200));
     let t0 = Instant::now();
     c.signal(Signal::SIGTERM);
     let code = c.wait_exit(Duration::from_secs(20));
     let shutdown = t0.elapsed();
+    load.stop();
     let r = load.finish();
 
     assert_eq!(code, 0, "clean shutdown exits 0\n{}", c.log_text());
     assert_eq!(r.n("failed"), 0, "failed requests: {}", r.json);
     assert_eq!(r.other_statuses("200"), 0, "non-200 answers: {}", r.json);
     assert!(
-        r.n("ok") > 300,
+        r.n("ok") >= 300,
         "load too light to mean anything: {}",
         r.json
     );
@@ -349,4 +371,14 @@ fn readiness_flips_before_traffic_stops() {
         "still serving during drain_delay"
     );
     assert_eq!(c.wait_exit(Duration::from_secs(10)), 0);
+}
+
+/// How many proxy threads (`curfew-proxy-N`) process `pid` runs.
+fn proxy_threads(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task dir")
+        .filter_map(|t| t.ok())
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .filter(|comm| comm.starts_with("curfew-proxy-"))
+        .count()
 }
