@@ -800,7 +800,7 @@ def render_section(table: str, goal_lines: list[str], note_lines: list[str], arg
         f"- machine: {mach['nproc']} CPUs ({mach['model']}), {mach['mem']} RAM, kernel {mach['kernel']}; "
         f"load average at the start: {load0}, at the end: {load1}",
         f"- command: `{cmdline}`",
-        f"- versions: curfew {vers.get('curfew')}; uvicorn {vers.get('uvicorn')}, uvloop {vers.get('uvloop')}, "
+        f"- versions: {vers.get('curfew')}; uvicorn {vers.get('uvicorn')}, uvloop {vers.get('uvloop')}, "
         f"httptools {vers.get('httptools')}, gunicorn {vers.get('gunicorn')}, uvicorn-worker "
         f"{vers.get('uvicorn-worker')}, granian {vers.get('granian')}, fastapi {vers.get('fastapi')}, "
         f"starlette {vers.get('starlette')}, pydantic {vers.get('pydantic')}, django {vers.get('django')}, "
