@@ -12,6 +12,7 @@ Two apps, the same in every setup, each with 2 worker processes (--workers):
 Setups (port P; uvicorn always with --loop uvloop --http httptools, checked):
 
   curfew-uvicorn  curfew serve -b 127.0.0.1:P -w 2 --worker-concurrency 32 -- uvicorn APP --fd 3
+  curfew-uvicorn-uds  the same with uvicorn APP --uds {socket} (the hop nginx-uvicorn has)
   nginx-uvicorn   nginx (1 worker, upstream keepalive 32, default proxy buffering)
                   -> 2 x uvicorn APP --uds <tmp>/uN.sock
   uvicorn         uvicorn APP --workers 2
@@ -67,20 +68,21 @@ BENCH_DIR = REPO / "bench"
 SECTION_BEGIN = "<!-- hop_bench:begin -->"
 SECTION_END = "<!-- hop_bench:end -->"
 
-SETUPS = ["curfew-uvicorn", "nginx-uvicorn", "uvicorn", "gunicorn", "granian", "curfew-granian"]
+SETUPS = ["curfew-uvicorn", "curfew-uvicorn-uds", "nginx-uvicorn", "uvicorn", "gunicorn", "granian", "curfew-granian"]
 LABEL = {
     "curfew-uvicorn": "curfew → 2 uvicorn (fd 3)",
+    "curfew-uvicorn-uds": "curfew → 2 uvicorn (unix)",
     "nginx-uvicorn": "nginx → 2 uvicorn (unix)",
     "uvicorn": "uvicorn --workers 2",
     "gunicorn": "gunicorn -w 2",
     "granian": "granian --workers 2",
     "curfew-granian": "curfew → 2 granian (unix)",
 }
-CURFEW_SETUPS = {"curfew-uvicorn", "curfew-granian"}
-PROXY_SETUPS = {"curfew-uvicorn", "curfew-granian", "nginx-uvicorn"}
+CURFEW_SETUPS = {"curfew-uvicorn", "curfew-uvicorn-uds", "curfew-granian"}
+PROXY_SETUPS = {"curfew-uvicorn", "curfew-uvicorn-uds", "curfew-granian", "nginx-uvicorn"}
 # the server the curfew setup runs behind its hop, for the "÷ alone" column
-ALONE = {"curfew-uvicorn": "uvicorn", "curfew-granian": "granian"}
-UVICORN_BASED = {"curfew-uvicorn", "nginx-uvicorn", "uvicorn", "gunicorn"}
+ALONE = {"curfew-uvicorn": "uvicorn", "curfew-uvicorn-uds": "uvicorn", "curfew-granian": "granian"}
+UVICORN_BASED = {"curfew-uvicorn", "curfew-uvicorn-uds", "nginx-uvicorn", "uvicorn", "gunicorn"}
 
 
 @dataclass(frozen=True)
@@ -244,6 +246,9 @@ class Setup:
         tcp = ["--host", "127.0.0.1", "--port", p]
         if self.name == "curfew-uvicorn":
             return [("curfew", self._curfew(self._uvicorn(["--fd", "3"])))]
+        if self.name == "curfew-uvicorn-uds":
+            # the same hop as nginx's: a Unix socket per worker
+            return [("curfew", self._curfew(self._uvicorn(["--uds", "{socket}"])))]
         if self.name == "curfew-granian":
             return [("curfew", self._curfew(self._granian(["--uds", "{socket}"], 1)))]
         if self.name == "uvicorn":
@@ -653,7 +658,8 @@ def build_table(cells: dict, setups: list[str], eps: list[Endpoint]) -> str:
                 continue
             rps = c.med("rps")
             errs = sum(r.errors for r in c.runs)
-            vs_nginx = ratio(rps, rps_of(cells, "nginx-uvicorn", ep.name)) if s == "curfew-uvicorn" else ""
+            vs_nginx = (ratio(rps, rps_of(cells, "nginx-uvicorn", ep.name))
+                        if s in ("curfew-uvicorn", "curfew-uvicorn-uds") else "")
             vs_alone = ratio(rps, rps_of(cells, ALONE[s], ep.name)) if s in ALONE else ""
             flag = " (FAILED)" if c.failed else ""
             rss = f"{c.rss_max_kb / 1024:.1f} ({(c.anon_max_kb or 0) / 1024:.1f})" if c.rss_max_kb else "—"
@@ -672,31 +678,37 @@ def goals(cells: dict, eps: list[Endpoint]) -> list[str]:
         c = cells.get((s, e))
         return c if c and c.runs and not c.failed else None
 
-    # 1. proxy CPU per request
-    parts, ok_all, have = [], True, False
-    for e in [x.name for x in eps]:
-        c, n = cell_ok("curfew-uvicorn", e), cell_ok("nginx-uvicorn", e)
-        if c and n:
-            have = True
-            cu, nu = c.med("proxy_us"), n.med("proxy_us")
-            ok_all &= cu <= nu
-            parts.append(f"{e} {fmt_us(cu)} vs {fmt_us(nu)}")
-    out.append(f"- proxy CPU per request, curfew ≤ nginx (curfew vs nginx µs/req, same uvicorn workers): "
-               + (f"{'; '.join(parts)}: **{'PASS' if ok_all else 'FAIL'}**" if have else "— (not run)"))
-    c = cell_ok("curfew-uvicorn", "plain")
-    if c:
-        v = c.med("proxy_us")
-        out.append(f"- aim: curfew's proxy CPU ≤ 30 µs per request on /plain: {fmt_us(v)} µs: "
-                   f"**{'PASS' if v <= 30 else 'FAIL'}**")
+    # 1. proxy CPU per request (each curfew hop: unix, the same as nginx's; and fd 3, TCP)
+    for cs in ("curfew-uvicorn-uds", "curfew-uvicorn"):
+        parts, ok_all, have = [], True, False
+        for e in [x.name for x in eps]:
+            c, n = cell_ok(cs, e), cell_ok("nginx-uvicorn", e)
+            if c and n:
+                have = True
+                cu, nu = c.med("proxy_us"), n.med("proxy_us")
+                ok_all &= cu <= nu
+                parts.append(f"{e} {fmt_us(cu)} vs {fmt_us(nu)}")
+        if have:
+            out.append(f"- proxy CPU per request, {LABEL[cs]} ≤ nginx (µs/req, same uvicorn workers): "
+                       f"{'; '.join(parts)}: **{'PASS' if ok_all else 'FAIL'}**")
+        c = cell_ok(cs, "plain")
+        if c:
+            v = c.med("proxy_us")
+            out.append(f"- aim: {LABEL[cs]}: proxy CPU ≤ 30 µs per request on /plain: {fmt_us(v)} µs: "
+                       f"**{'PASS' if v <= 30 else 'FAIL'}**")
     # 2. trivial endpoint
-    cu, ng, uv = (rps_of(cells, s, "plain") for s in ("curfew-uvicorn", "nginx-uvicorn", "uvicorn"))
+    ng, uv = (rps_of(cells, s, "plain") for s in ("nginx-uvicorn", "uvicorn"))
     if "plain" in names:
-        out.append("- /plain: curfew+uvicorn ≥ nginx+uvicorn: "
-                   + (f"{cu:,.0f} vs {ng:,.0f} req/s ({cu / ng:.2f}×): **{'PASS' if cu >= ng else 'FAIL'}**"
-                      if cu and ng else "— (not run or failed)"))
-        out.append("- /plain: curfew+uvicorn ≥ 0.75 × uvicorn alone: "
-                   + (f"{cu:,.0f} vs {uv:,.0f} req/s ({cu / uv:.2f}×): **{'PASS' if cu >= 0.75 * uv else 'FAIL'}**"
-                      if cu and uv else "— (not run or failed)"))
+        for cs in ("curfew-uvicorn-uds", "curfew-uvicorn"):
+            cu = rps_of(cells, cs, "plain")
+            if not cu:
+                continue
+            out.append(f"- /plain: {LABEL[cs]} ≥ nginx+uvicorn: "
+                       + (f"{cu:,.0f} vs {ng:,.0f} req/s ({cu / ng:.2f}×): **{'PASS' if cu >= ng else 'FAIL'}**"
+                          if ng else "— (not run or failed)"))
+            out.append(f"- /plain: {LABEL[cs]} ≥ 0.75 × uvicorn alone: "
+                       + (f"{cu:,.0f} vs {uv:,.0f} req/s ({cu / uv:.2f}×): **{'PASS' if cu >= 0.75 * uv else 'FAIL'}**"
+                          if uv else "— (not run or failed)"))
     # 3. realistic endpoints within 5 % of the fastest
     for e in REALISTIC:
         if e not in names:

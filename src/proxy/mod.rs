@@ -390,32 +390,44 @@ impl Front {
         tokio::pin!(conn);
         // Serving: until the drain starts, or the client leaves it idle for
         // keepalive_timeout (which also ends connections that never send a
-        // complete request).
+        // complete request). The futures live across requests: nothing is
+        // registered or re-armed per request; the idle timer, when it
+        // fires, looks at the connection and sets itself again if it was
+        // busy or used since.
+        let abort = self.abort.cancelled();
+        let cut = state.cut.cancelled();
+        let draining = self.draining.cancelled();
+        let idle = tokio::time::sleep(self.keepalive_timeout.unwrap_or(Duration::MAX));
+        tokio::pin!(abort, cut, draining, idle);
         loop {
-            let idle = self.keepalive_timeout.and_then(|ka| state.idle_left(ka));
             tokio::select! {
                 _ = conn.as_mut() => return,
-                _ = self.abort.cancelled() => return,
+                _ = &mut abort => return,
                 // A client that stopped reading its response (send_timeout).
-                _ = state.cut.cancelled() => return,
-                _ = self.draining.cancelled() => break,
-                _ = tokio::time::sleep(idle.unwrap_or_default()), if idle.is_some() => {
-                    if let Some(ka) = self.keepalive_timeout
-                        && state.idle_left(ka) == Some(Duration::ZERO)
-                    {
-                        conn.as_mut().graceful_shutdown();
-                        // A connection stuck in the middle of a request head
-                        // (a slow or stalled client) does not close by itself:
-                        // it gets one more keepalive_timeout, then is dropped.
-                        tokio::select! {
-                            _ = conn.as_mut() => {}
-                            _ = self.abort.cancelled() => {}
-                            _ = tokio::time::sleep(ka) => {}
+                _ = &mut cut => return,
+                _ = &mut draining => break,
+                _ = &mut idle, if self.keepalive_timeout.is_some() => {
+                    let Some(ka) = self.keepalive_timeout else { continue };
+                    match state.idle_left(ka) {
+                        Some(left) if left.is_zero() => {
+                            conn.as_mut().graceful_shutdown();
+                            // A connection stuck in the middle of a request
+                            // head (a slow or stalled client) does not close
+                            // by itself: it gets one more keepalive_timeout,
+                            // then is dropped.
+                            tokio::select! {
+                                _ = conn.as_mut() => {}
+                                _ = &mut abort => {}
+                                _ = tokio::time::sleep(ka) => {}
+                            }
+                            return;
                         }
-                        return;
+                        // Used since the timer was set: the rest of its idle time.
+                        Some(left) => idle.as_mut().reset(tokio::time::Instant::now() + left),
+                        // A request in flight: look again later.
+                        None => idle.as_mut().reset(tokio::time::Instant::now() + ka),
                     }
                 }
-                _ = state.changed() => {}
             }
         }
         // Draining: close as soon as it is safe (see conn.rs).

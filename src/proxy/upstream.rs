@@ -33,6 +33,11 @@ use crate::supervisor::WorkerAddr;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_IDLE: usize = 64;
+/// The most a worker connection's read buffer grows to (hyper's default is
+/// ~400 KiB, kept per pooled connection: a large streamed answer on each of
+/// 32 connections held curfew's memory 20 MiB up). A worker's response head
+/// must fit (nginx's `proxy_buffer_size` is 4–8 KiB).
+const UPSTREAM_READ_BUF: usize = 64 * 1024;
 
 /// A TCP or Unix stream to a worker.
 pub enum Stream {
@@ -237,6 +242,7 @@ impl Pool {
         let io = open(&self.addr).await?;
         let probe = probe_fd(io.inner());
         let (tx, conn) = http1::Builder::new()
+            .max_buf_size(UPSTREAM_READ_BUF)
             .handshake(io)
             .await
             .map_err(|source| ConnectError::Handshake {
