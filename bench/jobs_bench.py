@@ -141,25 +141,59 @@ def tracked_cpu_s() -> float:
     return total / hb.CLK_TCK
 
 
+def split_cpu_s(main_pid: int | None) -> tuple[float, dict[int, int]]:
+    """(CPU seconds of `main_pid` itself, without its children; {pid: CPU
+    ticks} of every database server process, without its children): the
+    parts of tracked_cpu_s() that say where the time goes. Children are left
+    out so that the short-lived backends of this script's own psql polls
+    (reaped by the postmaster) do not count as the store's work."""
+    own = 0
+    db: dict[int, int] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            data = Path(f"/proc/{name}/stat").read_text()
+        except OSError:
+            continue
+        comm = data[data.index("(") + 1:data.rindex(")")]
+        rest = data[data.rindex(")") + 2:].split()
+        if comm in _COMM_TRACKED:
+            db[int(name)] = int(rest[11]) + int(rest[12])
+        elif main_pid is not None and int(name) == main_pid:
+            own += int(rest[11]) + int(rest[12])
+    return own / hb.CLK_TCK, db
+
+
 class CpuWindow:
     """CPU used by the system under test (our sessions + DB servers) and by
-    everything else during a window."""
+    everything else during a window; with `main_pid` (curfew), also that
+    process's own share and the database servers' share."""
 
-    def __init__(self, reaped_children_are_system: bool = False):
+    def __init__(self, reaped_children_are_system: bool = False, main_pid: int | None = None):
         # True when processes of the system under test that exit during the
         # window are reaped by this script (RQ burst workers): their CPU then
         # shows up in our children's rusage, not in any live process's
         # cutime. False when our only reaped children are our own pollers (psql).
         self.reaped = reaped_children_are_system
+        self.main_pid = main_pid
 
     def __enter__(self):
         self.t0, self.busy0, self.mine0 = time.monotonic(), hb.cpu_busy_s(), tracked_cpu_s()
+        self.split0 = split_cpu_s(self.main_pid)
         self.self0, self.kids0 = sum(os.times()[:2]), sum(os.times()[2:4])
         return self
 
     def __exit__(self, *exc):
         self.wall = time.monotonic() - self.t0
         self.system = tracked_cpu_s() - self.mine0
+        own1, db1 = split_cpu_s(self.main_pid)
+        self.main_s = own1 - self.split0[0]
+        # Database processes alive at the end of the window (the store's
+        # pooled connections, also those opened during it, the WAL writer,
+        # ...), not the exited backends of this script's psql polls.
+        db0 = self.split0[1]
+        self.db_s = sum(t - db0.get(pid, 0) for pid, t in db1.items()) / hb.CLK_TCK
         own = sum(os.times()[:2]) - self.self0  # this script's polling
         kids = sum(os.times()[2:4]) - self.kids0
         if self.reaped:
@@ -520,7 +554,7 @@ def curfew_http_phase(ctx, store: Store, col: Col, attempt: int) -> None:
             + (f"; {len(errors)} errors, first {errors[0]}" if errors else ""))
         if errors:
             col.problems.append(f"enqueue: {len(errors)} of {n} failed, first: {errors[:3]}")
-        with CpuWindow() as w:
+        with CpuWindow(main_pid=cf.proc.proc.pid) as w:
             cf.open_gate()
             counts = cf.wait_done(len(ids))
         rows = check_rows(cf.store.rows(), ids, col, "HTTP")
@@ -528,7 +562,8 @@ def curfew_http_phase(ctx, store: Store, col: Col, attempt: int) -> None:
         col.cpu_per_1k = w.system / len(rows) * 1000 if rows else None
         col.other_cpu["HTTP"] = w.other_pct
         log(f"{col.name}: processed {counts} in {col.proc_span_s:.2f} s: {hb.fmt(col.proc_rps)} jobs/s "
-            f"(steady {hb.fmt(col.proc_steady)}), {w.system:.1f} CPU s, unrelated {w.other_pct:.0f}%")
+            f"(steady {hb.fmt(col.proc_steady)}), {w.system:.1f} CPU s (curfew {w.main_s:.2f}, "
+            f"database server without the polls {w.db_s:.2f}), unrelated {w.other_pct:.0f}%")
 
         cf.wait_serving()
         time.sleep(0.5)
@@ -576,7 +611,7 @@ def curfew_command_phase(ctx, store: Store, col: Col, attempt: int) -> None:
         if errors:
             col.problems.append(f"enqueue (command run): {len(errors)} of {n} failed, first: {errors[:3]}")
         log(f"{col.name}: command run: enqueued {len(ids)} in {secs:.2f} s")
-        with CpuWindow() as w:
+        with CpuWindow(main_pid=cf.proc.proc.pid) as w:
             cf.open_gate()
             counts = cf.wait_done(len(ids))
         rows = check_rows(cf.store.rows(), ids, col, "command")
@@ -584,7 +619,8 @@ def curfew_command_phase(ctx, store: Store, col: Col, attempt: int) -> None:
         col.cmd_cpu_per_1k = w.system / len(rows) * 1000 if rows else None
         col.other_cpu["command"] = w.other_pct
         log(f"{col.name}: command: {counts} in {span:.2f} s: {hb.fmt(col.cmd_rps)} jobs/s "
-            f"(steady {hb.fmt(col.cmd_steady)}), {w.system:.1f} CPU s, unrelated {w.other_pct:.0f}%")
+            f"(steady {hb.fmt(col.cmd_steady)}), {w.system:.1f} CPU s (curfew {w.main_s:.2f}, "
+            f"database server without the polls {w.db_s:.2f}), unrelated {w.other_pct:.0f}%")
     finally:
         cf.stop()
         curfew_log_check(cf, col, "command")
