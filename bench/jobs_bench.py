@@ -252,6 +252,14 @@ class Store:
     url: str
     schema: str = ""
     path: Path | None = None
+    # One psql kept open for the polls of counts(): a psql (and a backend)
+    # per poll cost ~0.1 CPU s a second, in the database's processes too.
+    poller: "PsqlSession | None" = field(default=None, repr=False, compare=False)
+
+    def close(self) -> None:
+        if self.poller is not None:
+            self.poller.close()
+            self.poller = None
 
     def reset(self) -> None:
         if self.kind == "pg":
@@ -281,13 +289,50 @@ class Store:
     def counts(self) -> dict[str, int]:
         q = "SELECT state, count(*) FROM {t} GROUP BY state"
         if self.kind == "pg":
-            out = psql(self.url, q.format(t=f"{self.schema}.jobs"))
+            if self.poller is None:
+                self.poller = PsqlSession(self.url)
+            out = self.poller.query(q.format(t=f"{self.schema}.jobs"))
             return {l.split(",")[0]: int(l.split(",")[1]) for l in out.splitlines() if "," in l}
         con = sqlite3.connect(str(self.path), timeout=10)
         try:
             return dict(con.execute(q.format(t="jobs")).fetchall())
         finally:
             con.close()
+
+
+class PsqlSession:
+    """One psql reading queries from a pipe: each answer ends at an echoed
+    marker."""
+
+    END = "__jobs_bench_end__"
+
+    def __init__(self, url: str):
+        self.proc = subprocess.Popen(
+            ["psql", "-X", "-q", "-At", "-F", ",", "-v", "ON_ERROR_STOP=1", "-d", url],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+
+    def query(self, sql: str) -> str:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{sql};\n\\echo {self.END}\n")
+        self.proc.stdin.flush()
+        out = []
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                err = self.proc.stderr.read() if self.proc.stderr else ""
+                raise RuntimeError(f"psql session ended ({sql[:60]}): {err.strip()}")
+            if line.rstrip("\n") == self.END:
+                return "".join(out)
+            out.append(line)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            if self.proc.stdin:
+                self.proc.stdin.close()
+            self.proc.wait(timeout=5)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def psql(url: str, sql: str) -> str:
@@ -380,6 +425,7 @@ class Curfew:
         raise RuntimeError(f"jobs not done within {timeout:.0f} s: {counts}")
 
     def stop(self) -> None:
+        self.store.close()
         if self.proc.alive():
             self.exit_code, _ = self.proc.sigterm_and_wait()
         self.proc.close()

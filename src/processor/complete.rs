@@ -68,7 +68,7 @@ pub(super) async fn complete_loop(inner: Weak<Inner>, mut rx: mpsc::UnboundedRec
                     Err(_) => break,
                 }
             }
-            if batch.len() >= MAX_BATCH || batch.len() * 2 >= inner.lock_running().len() {
+            if write_now(batch.len(), inner.lock_running().len()) {
                 break;
             }
             match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -78,6 +78,12 @@ pub(super) async fn complete_loop(inner: Weak<Inner>, mut rx: mpsc::UnboundedRec
         }
         inner.write_successes(batch).await;
     }
+}
+
+/// Whether a batch of `batch` successes is written without waiting for
+/// more, `running` jobs (the batch's included) being in this processor.
+fn write_now(batch: usize, running: usize) -> bool {
+    batch >= MAX_BATCH || batch * 2 >= running
 }
 
 impl Inner {
@@ -136,5 +142,26 @@ impl Inner {
             })
             .ok()?;
         rx.await.ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_waits_only_while_most_running_jobs_may_still_join() {
+        // Idle: a lone success (or two) is written at once.
+        assert!(write_now(1, 1));
+        assert!(write_now(1, 2));
+        assert!(write_now(1, 0), "its run already gone: nothing to wait for");
+        // Busy: wait until half of the running jobs are in.
+        assert!(!write_now(1, 3));
+        assert!(!write_now(7, 16));
+        assert!(write_now(8, 16));
+        assert!(write_now(16, 16));
+        // Never more than one statement's worth.
+        assert!(write_now(MAX_BATCH, 10_000));
+        assert!(!write_now(MAX_BATCH - 1, 10_000));
     }
 }
