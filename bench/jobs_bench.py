@@ -141,25 +141,59 @@ def tracked_cpu_s() -> float:
     return total / hb.CLK_TCK
 
 
+def split_cpu_s(main_pid: int | None) -> tuple[float, dict[int, int]]:
+    """(CPU seconds of `main_pid` itself, without its children; {pid: CPU
+    ticks} of every database server process, without its children): the
+    parts of tracked_cpu_s() that say where the time goes. Children are left
+    out so that the short-lived backends of this script's own psql polls
+    (reaped by the postmaster) do not count as the store's work."""
+    own = 0
+    db: dict[int, int] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            data = Path(f"/proc/{name}/stat").read_text()
+        except OSError:
+            continue
+        comm = data[data.index("(") + 1:data.rindex(")")]
+        rest = data[data.rindex(")") + 2:].split()
+        if comm in _COMM_TRACKED:
+            db[int(name)] = int(rest[11]) + int(rest[12])
+        elif main_pid is not None and int(name) == main_pid:
+            own += int(rest[11]) + int(rest[12])
+    return own / hb.CLK_TCK, db
+
+
 class CpuWindow:
     """CPU used by the system under test (our sessions + DB servers) and by
-    everything else during a window."""
+    everything else during a window; with `main_pid` (curfew), also that
+    process's own share and the database servers' share."""
 
-    def __init__(self, reaped_children_are_system: bool = False):
+    def __init__(self, reaped_children_are_system: bool = False, main_pid: int | None = None):
         # True when processes of the system under test that exit during the
         # window are reaped by this script (RQ burst workers): their CPU then
         # shows up in our children's rusage, not in any live process's
         # cutime. False when our only reaped children are our own pollers (psql).
         self.reaped = reaped_children_are_system
+        self.main_pid = main_pid
 
     def __enter__(self):
         self.t0, self.busy0, self.mine0 = time.monotonic(), hb.cpu_busy_s(), tracked_cpu_s()
+        self.split0 = split_cpu_s(self.main_pid)
         self.self0, self.kids0 = sum(os.times()[:2]), sum(os.times()[2:4])
         return self
 
     def __exit__(self, *exc):
         self.wall = time.monotonic() - self.t0
         self.system = tracked_cpu_s() - self.mine0
+        own1, db1 = split_cpu_s(self.main_pid)
+        self.main_s = own1 - self.split0[0]
+        # Database processes alive at the end of the window (the store's
+        # pooled connections, also those opened during it, the WAL writer,
+        # ...), not the exited backends of this script's psql polls.
+        db0 = self.split0[1]
+        self.db_s = sum(t - db0.get(pid, 0) for pid, t in db1.items()) / hb.CLK_TCK
         own = sum(os.times()[:2]) - self.self0  # this script's polling
         kids = sum(os.times()[2:4]) - self.kids0
         if self.reaped:
@@ -218,6 +252,14 @@ class Store:
     url: str
     schema: str = ""
     path: Path | None = None
+    # One psql kept open for the polls of counts(): a psql (and a backend)
+    # per poll cost ~0.1 CPU s a second, in the database's processes too.
+    poller: "PsqlSession | None" = field(default=None, repr=False, compare=False)
+
+    def close(self) -> None:
+        if self.poller is not None:
+            self.poller.close()
+            self.poller = None
 
     def reset(self) -> None:
         if self.kind == "pg":
@@ -247,13 +289,50 @@ class Store:
     def counts(self) -> dict[str, int]:
         q = "SELECT state, count(*) FROM {t} GROUP BY state"
         if self.kind == "pg":
-            out = psql(self.url, q.format(t=f"{self.schema}.jobs"))
+            if self.poller is None:
+                self.poller = PsqlSession(self.url)
+            out = self.poller.query(q.format(t=f"{self.schema}.jobs"))
             return {l.split(",")[0]: int(l.split(",")[1]) for l in out.splitlines() if "," in l}
         con = sqlite3.connect(str(self.path), timeout=10)
         try:
             return dict(con.execute(q.format(t="jobs")).fetchall())
         finally:
             con.close()
+
+
+class PsqlSession:
+    """One psql reading queries from a pipe: each answer ends at an echoed
+    marker."""
+
+    END = "__jobs_bench_end__"
+
+    def __init__(self, url: str):
+        self.proc = subprocess.Popen(
+            ["psql", "-X", "-q", "-At", "-F", ",", "-v", "ON_ERROR_STOP=1", "-d", url],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+
+    def query(self, sql: str) -> str:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{sql};\n\\echo {self.END}\n")
+        self.proc.stdin.flush()
+        out = []
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                err = self.proc.stderr.read() if self.proc.stderr else ""
+                raise RuntimeError(f"psql session ended ({sql[:60]}): {err.strip()}")
+            if line.rstrip("\n") == self.END:
+                return "".join(out)
+            out.append(line)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            if self.proc.stdin:
+                self.proc.stdin.close()
+            self.proc.wait(timeout=5)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def psql(url: str, sql: str) -> str:
@@ -346,6 +425,7 @@ class Curfew:
         raise RuntimeError(f"jobs not done within {timeout:.0f} s: {counts}")
 
     def stop(self) -> None:
+        self.store.close()
         if self.proc.alive():
             self.exit_code, _ = self.proc.sigterm_and_wait()
         self.proc.close()
@@ -520,7 +600,7 @@ def curfew_http_phase(ctx, store: Store, col: Col, attempt: int) -> None:
             + (f"; {len(errors)} errors, first {errors[0]}" if errors else ""))
         if errors:
             col.problems.append(f"enqueue: {len(errors)} of {n} failed, first: {errors[:3]}")
-        with CpuWindow() as w:
+        with CpuWindow(main_pid=cf.proc.proc.pid) as w:
             cf.open_gate()
             counts = cf.wait_done(len(ids))
         rows = check_rows(cf.store.rows(), ids, col, "HTTP")
@@ -528,7 +608,8 @@ def curfew_http_phase(ctx, store: Store, col: Col, attempt: int) -> None:
         col.cpu_per_1k = w.system / len(rows) * 1000 if rows else None
         col.other_cpu["HTTP"] = w.other_pct
         log(f"{col.name}: processed {counts} in {col.proc_span_s:.2f} s: {hb.fmt(col.proc_rps)} jobs/s "
-            f"(steady {hb.fmt(col.proc_steady)}), {w.system:.1f} CPU s, unrelated {w.other_pct:.0f}%")
+            f"(steady {hb.fmt(col.proc_steady)}), {w.system:.1f} CPU s (curfew {w.main_s:.2f}, "
+            f"database server without the polls {w.db_s:.2f}), unrelated {w.other_pct:.0f}%")
 
         cf.wait_serving()
         time.sleep(0.5)
@@ -576,7 +657,7 @@ def curfew_command_phase(ctx, store: Store, col: Col, attempt: int) -> None:
         if errors:
             col.problems.append(f"enqueue (command run): {len(errors)} of {n} failed, first: {errors[:3]}")
         log(f"{col.name}: command run: enqueued {len(ids)} in {secs:.2f} s")
-        with CpuWindow() as w:
+        with CpuWindow(main_pid=cf.proc.proc.pid) as w:
             cf.open_gate()
             counts = cf.wait_done(len(ids))
         rows = check_rows(cf.store.rows(), ids, col, "command")
@@ -584,7 +665,8 @@ def curfew_command_phase(ctx, store: Store, col: Col, attempt: int) -> None:
         col.cmd_cpu_per_1k = w.system / len(rows) * 1000 if rows else None
         col.other_cpu["command"] = w.other_pct
         log(f"{col.name}: command: {counts} in {span:.2f} s: {hb.fmt(col.cmd_rps)} jobs/s "
-            f"(steady {hb.fmt(col.cmd_steady)}), {w.system:.1f} CPU s, unrelated {w.other_pct:.0f}%")
+            f"(steady {hb.fmt(col.cmd_steady)}), {w.system:.1f} CPU s (curfew {w.main_s:.2f}, "
+            f"database server without the polls {w.db_s:.2f}), unrelated {w.other_pct:.0f}%")
     finally:
         cf.stop()
         curfew_log_check(cf, col, "command")

@@ -6,6 +6,9 @@
 //!   `NOTIFY` (PostgreSQL) or an in-process enqueue (SQLite) through
 //!   [`Store::listen`], an enqueue through [`Processor::enqueue`], a freed
 //!   slot, the next scheduled `run_at`, or the fallback `poll_interval`.
+//! - **Group commit.** Successful runs are written together, each fenced by
+//!   its lease token ([`complete`]); their slots come back together, so the
+//!   next claim takes them in one statement.
 //! - **Leases.** A running job's lease is renewed every lease/3 for as long as
 //!   its delivery runs. A renewal that finds the lease lost (the job was
 //!   rescued elsewhere) abandons the delivery: the job is someone else's.
@@ -26,6 +29,7 @@
 
 pub mod api;
 mod cancel;
+mod complete;
 pub mod gate;
 mod health;
 mod loops;
@@ -126,6 +130,11 @@ struct Inner {
     gate: gate::Gate,
     /// `[jobs.periodic]`, followed by the scheduler (`periodic`).
     periodic: periodic::Schedules,
+    /// Successful runs to the group commit (`complete`).
+    successes: complete::Successes,
+    /// The group commit's end of `successes`, until [`Processor::begin`]
+    /// starts it.
+    completions: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<complete::Success>>>,
 }
 
 /// The job processor; cheap to clone.
@@ -165,6 +174,7 @@ impl Processor {
         let boot = uuid::Uuid::new_v4().simple().to_string();
         let owner = lease_owner(&cfg.node, &boot);
         let token = uuid::Uuid::new_v4().simple().to_string();
+        let (successes, completions) = tokio::sync::mpsc::unbounded_channel();
         let queues = cfg
             .queues
             .iter()
@@ -200,6 +210,8 @@ impl Processor {
                 health,
                 gate: gate::Gate::new(),
                 periodic: tokio::sync::watch::Sender::new(Arc::new(Vec::new())),
+                successes,
+                completions: Mutex::new(Some(completions)),
             }),
         }
     }
@@ -234,6 +246,16 @@ impl Processor {
             queues = %inner.cfg.queues.iter().map(|q| format!("{} ({})", q.name, q.concurrency)).collect::<Vec<_>>().join(", "),
             "Processing jobs."
         );
+        // Not one of `loops`: it serves the runs until the last one ends,
+        // past the stop request and the drain.
+        let completions = inner
+            .completions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(rx) = completions {
+            tokio::spawn(complete::complete_loop(Arc::downgrade(&inner), rx));
+        }
         let first = inner.clone();
         self.inner.loops.spawn(async move {
             first.reclaim_previous().await;

@@ -86,7 +86,7 @@ impl Inner {
         self: Arc<Self>,
         q: Arc<QueueState>,
         claimed: Claimed,
-        _permit: OwnedSemaphorePermit,
+        permit: OwnedSemaphorePermit,
     ) {
         let Claimed { job, token } = claimed;
         let cancel = CancellationToken::new();
@@ -202,8 +202,13 @@ impl Inner {
             // not the job's: hand it back with the others.
             return;
         }
-        self.record(&q, &job, &token, verdict, started.elapsed())
-            .await;
+        if matches!(verdict, Verdict::Done) {
+            self.record_success(&q, &job, &token, started.elapsed(), permit)
+                .await;
+        } else {
+            self.record(&q, &job, &token, verdict, started.elapsed())
+                .await;
+        }
         if let Some(delivery) = drain_sync {
             tokio::select! {
                 _ = delivery => {}
@@ -233,6 +238,35 @@ impl Inner {
                 }
                 Err(e) => self.health.failed("renew a job's lease", &e, t),
             }
+        }
+    }
+
+    /// Writes a success through the group commit (`complete`), which gives
+    /// the queue slot back once it has committed.
+    async fn record_success(
+        &self,
+        q: &QueueState,
+        job: &curfew_store::Job,
+        token: &str,
+        took: Duration,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let (id, queue, kind, attempt) = (job.id, &job.queue, &job.kind, job.attempt);
+        let took_ms = took.as_millis() as u64;
+        match self.complete_batched(id, token, permit).await {
+            Some(Ok(true)) => {
+                q.counters.succeeded.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(job_id = id, queue = %queue, kind = %kind, attempt, took_ms, "Job succeeded.");
+            }
+            Some(Ok(false)) => {
+                q.counters.lost.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(job_id = id, queue = %queue, kind = %kind, "Job result not recorded: its lease was lost meanwhile (it was rescued or handed back); it will run again.");
+            }
+            Some(Err(e)) => {
+                tracing::error!(job_id = id, queue = %queue, error = %e, "Could not record the job's result: it will run again once its lease expires.");
+            }
+            // No group commit (the processor is going away): alone.
+            None => self.record(q, job, token, Verdict::Done, took).await,
         }
     }
 

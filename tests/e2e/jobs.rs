@@ -691,8 +691,16 @@ fn cli_status_and_metrics_show_the_queues() {
     assert!(out.contains("enqueued job 1 in queue mail"), "{out}");
     let (code, _, err) = c.ctl(&["enqueue", "later", "-q", "slow", "--delay", "3600"]);
     assert_eq!(code, 0, "{err}");
-    wait_until("job 1 done", Duration::from_secs(10), || {
-        dones(&store.log_path()).contains(&1)
+    // Recorded and counted, not only run: the handler's log line comes
+    // before curfew writes the verdict (and counts it once written).
+    wait_until("job 1 recorded succeeded", Duration::from_secs(10), || {
+        store
+            .jobs()
+            .iter()
+            .any(|j| j.id == 1 && j.state == JobState::Succeeded)
+            && get(admin, "/metrics")
+                .body
+                .contains(r#"curfew_jobs_processed_total{queue="mail",outcome="succeeded"} 1"#)
     });
     let (code, out, _) = c.ctl(&["jobs"]);
     assert_eq!(code, 0);

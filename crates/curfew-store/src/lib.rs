@@ -25,7 +25,8 @@
 //! claimed job has to wait for a worker ([`Store::mark_waiting`], then
 //! [`Store::mark_started`]) and renews the lease ([`Store::heartbeat`],
 //! every lease/3 or so) for as long as the job runs.
-//! It ends the run with [`Store::complete`], [`Store::fail`] (retry at a time
+//! It ends the run with [`Store::complete`] (or many runs at once, each
+//! fenced by its own token: [`Store::complete_many`]), [`Store::fail`] (retry at a time
 //! from [`backoff::backoff`], or dead after `max_attempts`), [`Store::snooze`]
 //! (back-pressure: retry later without spending an attempt) or, on a graceful
 //! shutdown, [`Store::release`]. A processor that died is detected by its
@@ -431,6 +432,19 @@ impl Store {
     /// Marks the run succeeded, if `token` still holds the job.
     pub async fn complete(&self, id: i64, token: &str) -> Result<bool, StoreError> {
         on_backend!(self, s => s.complete(id, token).await)
+    }
+
+    /// Marks many runs succeeded at once (a group commit: one statement,
+    /// one transaction), each only if its own token still holds its job,
+    /// as [`Store::complete`] does for one. Returns the ids written; a run
+    /// whose token is stale is left out and changes nothing, whatever the
+    /// others in the batch. Nothing is written unless the whole batch
+    /// commits.
+    pub async fn complete_many(&self, jobs: &[(i64, String)]) -> Result<Vec<i64>, StoreError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        on_backend!(self, s => s.complete_many(jobs).await)
     }
 
     /// Records a failed attempt, if `token` still holds the job: `dead` when

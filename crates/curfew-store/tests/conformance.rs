@@ -172,6 +172,8 @@ conformance!(
     claim_follows_priority_then_run_at_then_id,
     concurrent_claimers_get_each_job_exactly_once,
     stale_tokens_are_fenced_off,
+    a_batch_claim_gives_each_job_its_own_lease,
+    a_batch_of_completions_is_fenced_job_by_job,
     fail_retries_then_dies_at_max_attempts,
     snooze_gives_the_attempt_back,
     release_hands_back_only_running_jobs_with_their_token,
@@ -1227,6 +1229,205 @@ async fn stale_tokens_are_fenced_off(h: &Harness) {
             .await
             .expect("unknown job")
     );
+}
+
+/// One claim statement for many jobs: each gets a lease of its own, and
+/// a token fences only its own job.
+async fn a_batch_claim_gives_each_job_its_own_lease(h: &Harness) {
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(enqueue(h, new_job("q")).await);
+    }
+    let claimed = h.store.claim("q", 4, OWNER, LEASE).await.expect("claim");
+    assert_eq!(
+        claimed.iter().map(|c| c.job.id).collect::<Vec<_>>(),
+        ids,
+        "all four, in claim order"
+    );
+    let (a, b) = (&claimed[0], &claimed[1]);
+    // Another job's token is no lease on this one.
+    assert!(
+        !h.store
+            .heartbeat(a.job.id, &b.token, LEASE)
+            .await
+            .expect("heartbeat")
+    );
+    assert!(
+        !h.store
+            .complete(a.job.id, &b.token)
+            .await
+            .expect("complete")
+    );
+    assert!(
+        h.store
+            .complete_many(&[(a.job.id, b.token.clone()), (b.job.id, a.token.clone())])
+            .await
+            .expect("complete_many")
+            .is_empty(),
+        "crossed tokens write nothing"
+    );
+    assert_eq!(
+        h.store
+            .release(&[(a.job.id, b.token.clone())], "crossed")
+            .await
+            .expect("release")
+            .len(),
+        0
+    );
+    for c in &claimed {
+        let job = get(h, c.job.id).await;
+        assert_eq!(job.state, JobState::Running);
+        assert_eq!(job.lease_token.as_deref(), Some(c.token.as_str()));
+        assert!(
+            h.store
+                .heartbeat(c.job.id, &c.token, LEASE)
+                .await
+                .expect("heartbeat")
+        );
+    }
+    // One job's lease lost (expired and rescued) leaves the others held.
+    let short = enqueue(h, new_job("short")).await;
+    let (_, short_token) = claim_one(h, "short", OWNER, Duration::from_millis(1)).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        h.store.rescue_expired(5).await.expect("rescue"),
+        vec![short]
+    );
+    assert!(
+        !h.store
+            .heartbeat(short, &short_token, LEASE)
+            .await
+            .expect("heartbeat")
+    );
+    for c in &claimed {
+        assert_eq!(get(h, c.job.id).await.state, JobState::Running);
+    }
+}
+
+/// A group commit of successful runs: one statement, each job fenced by
+/// its own token. A stale token in the batch writes nothing; the others in
+/// the same batch are written.
+async fn a_batch_of_completions_is_fenced_job_by_job(h: &Harness) {
+    assert!(
+        h.store
+            .complete_many(&[])
+            .await
+            .expect("empty batch")
+            .is_empty()
+    );
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(enqueue(h, new_job("q")).await);
+    }
+    let claimed = h.store.claim("q", 5, OWNER, LEASE).await.expect("claim");
+    assert_eq!(claimed.len(), 5);
+    let pair = |i: usize| (claimed[i].job.id, claimed[i].token.clone());
+    // 0, 1: held, completed in the batch. 2: held, but the batch carries a
+    // wrong token. 3: finished before the batch. 4: handed back before the
+    // batch (queued again). ids[5]: never claimed.
+    let (finished, finished_token) = pair(3);
+    assert!(
+        h.store
+            .complete(finished, &finished_token)
+            .await
+            .expect("complete")
+    );
+    let finished_before = get(h, finished).await;
+    let (released, released_token) = pair(4);
+    assert_eq!(
+        h.store
+            .release(&[(released, released_token.clone())], "handed back")
+            .await
+            .expect("release"),
+        vec![released]
+    );
+    let released_before = get(h, released).await;
+    let wrong = (claimed[2].job.id, "stale-token".to_owned());
+    let held_before = get(h, claimed[2].job.id).await;
+    let never = (ids[5], "not-a-token".to_owned());
+    let batch = vec![
+        pair(0),
+        wrong,
+        pair(1),
+        (finished, finished_token.clone()),
+        (released, released_token.clone()),
+        never,
+        pair(0), // the same run twice: written once
+        (i64::MAX, "unknown".to_owned()),
+    ];
+    let before = now_ms();
+    let mut written = h.store.complete_many(&batch).await.expect("complete_many");
+    written.sort_unstable();
+    let mut expect = vec![claimed[0].job.id, claimed[1].job.id];
+    expect.sort_unstable();
+    assert_eq!(written, expect);
+    for id in &expect {
+        let job = get(h, *id).await;
+        assert_eq!(job.state, JobState::Succeeded);
+        assert_eq!(job.attempt, 1);
+        assert!(
+            job.finished_at.is_some_and(|t| t >= before - 1_000),
+            "{job:?}"
+        );
+        assert!(
+            job.lease_owner.is_none()
+                && job.lease_token.is_none()
+                && job.lease_expires_at.is_none(),
+            "{job:?}"
+        );
+    }
+    assert_eq!(
+        get(h, claimed[2].job.id).await,
+        held_before,
+        "a stale token writes nothing"
+    );
+    assert_eq!(get(h, finished).await, finished_before);
+    assert_eq!(get(h, released).await, released_before);
+    assert_eq!(get(h, ids[5]).await.state, JobState::Queued);
+    // The batch's tokens are spent; the held job's own token still works.
+    assert!(
+        h.store
+            .complete_many(&[pair(0), pair(1)])
+            .await
+            .expect("again")
+            .is_empty()
+    );
+    assert_eq!(
+        h.store
+            .complete_many(&[pair(2)])
+            .await
+            .expect("the held one"),
+        vec![claimed[2].job.id]
+    );
+
+    // A run rescued from a dead processor and claimed again elsewhere: the
+    // old token in a batch does not finish the new run; the new one does.
+    let id = enqueue(h, new_job("r")).await;
+    let (_, stale) = claim_one(h, "r", "node-a/boot-1", Duration::from_millis(1)).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(h.store.rescue_expired(5).await.expect("rescue"), vec![id]);
+    let (_, fresh) = claim_one(h, "r", "node-b/boot-1", LEASE).await;
+    let other = enqueue(h, new_job("r")).await;
+    let (_, other_token) = claim_one(h, "r", "node-a/boot-1", LEASE).await;
+    assert_eq!(
+        h.store
+            .complete_many(&[(id, stale), (other, other_token)])
+            .await
+            .expect("complete_many"),
+        vec![other]
+    );
+    let job = get(h, id).await;
+    assert_eq!(job.state, JobState::Running);
+    assert_eq!(job.lease_token.as_deref(), Some(fresh.as_str()));
+    assert_eq!(
+        h.store
+            .complete_many(&[(id, fresh)])
+            .await
+            .expect("complete_many"),
+        vec![id]
+    );
+    let stats = h.store.stats().await.expect("stats");
+    assert!(stats.iter().all(|s| s.running == 0), "{stats:?}");
 }
 
 async fn fail_retries_then_dies_at_max_attempts(h: &Harness) {

@@ -62,6 +62,30 @@ impl PgStore {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Marks every run of `jobs` succeeded in one statement, each fenced
+    /// by its own token; returns the ids written (a stale token writes
+    /// nothing, the others still do).
+    pub(crate) async fn complete_many(
+        &self,
+        jobs: &[(i64, String)],
+    ) -> Result<Vec<i64>, StoreError> {
+        let ids: Vec<i64> = jobs.iter().map(|(id, _)| *id).collect();
+        let tokens: Vec<&str> = jobs.iter().map(|(_, token)| token.as_str()).collect();
+        sqlx::query_scalar(self.sql(
+            "UPDATE {s}.jobs AS j SET state = 'succeeded', finished_at = {s}.now_ms(),
+                 updated_at = {s}.now_ms(),
+                 lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+             FROM unnest($1::bigint[], $2::text[]) AS r(id, token)
+             WHERE j.id = r.id AND j.lease_token = r.token AND j.state = 'running'
+             RETURNING j.id",
+        ))
+        .bind(&ids)
+        .bind(&tokens)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))
+    }
+
     pub(crate) async fn snooze(
         &self,
         id: i64,
