@@ -9,6 +9,7 @@ three setups:
             default proxy buffering) -> gunicorn -w 2 --bind unix:<tmp>/gunicorn.sock
   curfew    curfew serve -b 127.0.0.1:P -w 2 --worker-concurrency 1
             -- gunicorn --workers 1 --no-control-socket attack_app:app   (fd 3)
+  curfew-unix  the same with gunicorn --bind unix:{socket} (the hop nginx has)
 
 For every attack x setup (a fresh setup each time): start it, start the
 attack (the script's own asyncio clients, loopback only), wait until the
@@ -62,8 +63,10 @@ BENCH_DIR = REPO / "bench"
 SECTION_BEGIN = "<!-- attack_bench:begin -->"
 SECTION_END = "<!-- attack_bench:end -->"
 
-SETUPS = ["gunicorn", "nginx", "curfew"]
-LABEL = {"gunicorn": "gunicorn alone", "nginx": "nginx + gunicorn", "curfew": "curfew alone"}
+SETUPS = ["gunicorn", "nginx", "curfew", "curfew-unix"]
+LABEL = {"gunicorn": "gunicorn alone", "nginx": "nginx + gunicorn", "curfew": "curfew alone",
+         "curfew-unix": "curfew alone (unix)"}
+CURFEW_SETUPS = ("curfew", "curfew-unix")
 ATTACKS = ["none", "slowloris", "slow-upload", "slow-read", "bad-chunk"]
 ATTACK_DESC = {
     "none": "no attack (baseline)",
@@ -248,11 +251,14 @@ class Setup:
                                               mime_types=self.args.nginx_mime_types))
             self._spawn("nginx", [self.args.nginx, "-p", str(ng), "-c", str(conf),
                                   "-e", str(ng / "error.log")])
-        elif self.name == "curfew":
+        elif self.name in CURFEW_SETUPS:
+            # curfew-unix: each worker on a Unix socket, the hop nginx has
+            # (a connection per request: a TCP handshake costs more).
+            bind = ["--bind", "unix:{socket}"] if self.name == "curfew-unix" else []
             self._spawn("curfew", [str(self.args.curfew), "serve", "-b", f"127.0.0.1:{self.port}",
                                    "-w", "2", "--worker-concurrency", "1",
                                    "--control-socket", str(self.dir / "curfew.sock"),
-                                   "--", gunicorn, "--workers", "1", "--no-control-socket", app])
+                                   "--", gunicorn, "--workers", "1", "--no-control-socket", *bind, app])
         else:
             raise ValueError(self.name)
         deadline = t0 + READY_TIMEOUT_S
@@ -710,7 +716,7 @@ def build_table(cells: dict, attacks: list[str], setups: list[str]) -> str:
                 rows.append(f"| {a} | {LABEL[s]} | — | — | — | failed: see notes | | | |")
                 continue
             rr = pr = goal = ""
-            if s == "curfew":
+            if s in CURFEW_SETUPS:
                 rr, pr, goal = verdict(c, cells.get((a, "nginx")))
             p50 = fmt_ms(w["p50_ms"]) if w["requests"] else "—"
             rows.append(f"| {a} | {LABEL[s]} | {w['rps']:,.0f} | {p50} | {fmt_p99(w)} "
