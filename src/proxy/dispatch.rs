@@ -372,8 +372,19 @@ impl Dispatcher {
 
 /// Run `f` until `deadline` (`None` when it passed first).
 pub async fn until<F: Future>(deadline: Option<tokio::time::Instant>, f: F) -> Option<F::Output> {
-    match deadline {
-        Some(d) => tokio::time::timeout_at(d, f).await.ok(),
-        None => Some(f.await),
+    let Some(d) = deadline else {
+        return Some(f.await);
+    };
+    // Work that is done at once (a pooled connection, a connect to a Unix
+    // socket) needs no timer; `timeout_at` would also poll it first.
+    let mut f = std::pin::pin!(f);
+    match first_poll(f.as_mut()).await {
+        std::task::Poll::Ready(out) => Some(out),
+        std::task::Poll::Pending => tokio::time::timeout_at(d, f).await.ok(),
     }
+}
+
+/// Poll `f` once, in the calling task (its waker stays registered).
+pub async fn first_poll<F: Future>(mut f: std::pin::Pin<&mut F>) -> std::task::Poll<F::Output> {
+    std::future::poll_fn(|cx| std::task::Poll::Ready(f.as_mut().poll(cx))).await
 }

@@ -180,16 +180,42 @@ pub async fn open(addr: &WorkerAddr) -> Result<TokioIo<Stream>, ConnectError> {
                 s.set_nodelay(true)?;
                 Ok(Stream::Tcp(s))
             }
-            WorkerAddr::Unix(p) => Ok(Stream::Unix(UnixStream::connect(p).await?)),
+            WorkerAddr::Unix(p) => Ok(Stream::Unix(connect_unix(p).await?)),
         }
     };
-    match tokio::time::timeout(CONNECT_TIMEOUT, fut).await {
+    // A connect that completes at once needs no timer. One due before every
+    // other timer of the runtime wakes the runtime's driver to re-arm (an
+    // eventfd write and an extra turn of the event loop) — with sync
+    // workers, on every request.
+    let mut fut = std::pin::pin!(fut);
+    let connected = match super::dispatch::first_poll(fut.as_mut()).await {
+        Poll::Ready(r) => Ok(r),
+        Poll::Pending => tokio::time::timeout(CONNECT_TIMEOUT, fut).await,
+    };
+    match connected {
         Ok(Ok(s)) => Ok(TokioIo::new(s)),
         Ok(Err(source)) => Err(ConnectError::Io {
             addr: addr.clone(),
             source,
         }),
         Err(_) => Err(ConnectError::Timeout { addr: addr.clone() }),
+    }
+}
+
+/// Connect to a worker's Unix socket. On Linux a non-blocking connect to a
+/// Unix socket completes (or fails) in the call itself; tokio's
+/// `UnixStream::connect` would still wait one turn of the event loop for
+/// writability. Only a connect that did not complete takes that path.
+async fn connect_unix(path: &std::path::Path) -> std::io::Result<UnixStream> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let sock = Socket::new(Domain::UNIX, Type::STREAM.nonblocking().cloexec(), None)?;
+    match sock.connect(&SockAddr::unix(path)?) {
+        Ok(()) => {
+            let std: std::os::unix::net::UnixStream = sock.into();
+            UnixStream::from_std(std)
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => UnixStream::connect(path).await,
+        Err(e) => Err(e),
     }
 }
 
