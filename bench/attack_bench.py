@@ -241,13 +241,8 @@ class Setup:
                 time.sleep(0.05)
             ng = self.dir / "nginx"
             ng.mkdir()
-            user_line = ""
-            if os.geteuid() == 0:  # else nginx's workers would run as nobody
-                import grp
-                import pwd
-                user_line = f"user {pwd.getpwuid(0).pw_name} {grp.getgrgid(0).gr_name};"
             conf = ng / "nginx.conf"
-            conf.write_text(NGINX_CONF.format(d=ng, sock=sock, port=self.port, user_line=user_line,
+            conf.write_text(NGINX_CONF.format(d=ng, sock=sock, port=self.port, user_line=nginx_user_line(),
                                               mime_types=self.args.nginx_mime_types))
             self._spawn("nginx", [self.args.nginx, "-p", str(ng), "-c", str(conf),
                                   "-e", str(ng / "error.log")])
@@ -782,6 +777,37 @@ def check_tools(args) -> None:
         sys.exit(f"flask is not installed in {args.venv}: {args.venv}/bin/pip install flask")
 
 
+def nginx_user_line() -> str:
+    """nginx's `user` directive when run as root (else its workers would run
+    as nobody and could not reach the temp dir's sockets)."""
+    if os.geteuid() != 0:
+        return ""
+    import grp
+    import pwd
+    return f"user {pwd.getpwuid(0).pw_name} {grp.getgrgid(0).gr_name};"
+
+
+def tool_versions(args) -> dict:
+    """nginx, wrk and curfew (with the tree and build time) as `versions` report them."""
+    v = {}
+    with contextlib.suppress(OSError):
+        ng = subprocess.run([args.nginx, "-v"], capture_output=True, text=True)
+        v["nginx"] = (ng.stderr or ng.stdout).strip().split("/")[-1]
+    with contextlib.suppress(OSError):
+        w = subprocess.run([args.wrk, "-v"], capture_output=True, text=True)
+        words = (w.stdout + w.stderr).split()
+        v["wrk"] = words[1] if len(words) > 1 else "?"
+    cv = ""
+    with contextlib.suppress(OSError):
+        cv = subprocess.run([str(args.curfew), "--version"], capture_output=True, text=True).stdout.strip()
+    v["curfew"] = cv or "?"
+    rev = hb.sh(["git", "rev-parse", "--short", "HEAD"]) or "?"
+    with contextlib.suppress(OSError):
+        built = _dt.datetime.fromtimestamp(Path(args.curfew).stat().st_mtime, _dt.timezone.utc)
+        v["curfew"] += f" ({args.curfew}, tree {rev}, binary built {built:%Y-%m-%d %H:%M UTC})"
+    return v
+
+
 def versions(args) -> dict:
     v = {}
     code = ("import importlib.metadata as m\n"
@@ -789,16 +815,7 @@ def versions(args) -> dict:
             "    print(n, m.version(n))\n")
     out = hb.sh([str(args.venv / "bin" / "python"), "-c", code])
     v.update(dict(line.split(" ", 1) for line in out.splitlines() if " " in line))
-    ng = subprocess.run([args.nginx, "-v"], capture_output=True, text=True)
-    v["nginx"] = (ng.stderr or ng.stdout).strip().split("/")[-1]
-    wrk = subprocess.run([args.wrk, "-v"], capture_output=True, text=True)
-    v["wrk"] = (wrk.stdout + wrk.stderr).split()[1] if (wrk.stdout + wrk.stderr).split() else "?"
-    cv = subprocess.run([str(args.curfew), "--version"], capture_output=True, text=True)
-    v["curfew"] = cv.stdout.strip() or "?"
-    rev = hb.sh(["git", "rev-parse", "--short", "HEAD"]) or "?"
-    with contextlib.suppress(OSError):
-        built = _dt.datetime.fromtimestamp(Path(args.curfew).stat().st_mtime, _dt.timezone.utc)
-        v["curfew"] += f" ({args.curfew}, tree {rev}, binary built {built:%Y-%m-%d %H:%M UTC})"
+    v.update(tool_versions(args))
     return v
 
 

@@ -314,15 +314,10 @@ class Setup:
     def _write_nginx_conf(self) -> None:
         ng = self.dir / "nginx"
         ng.mkdir(exist_ok=True)
-        user_line = ""
-        if os.geteuid() == 0:  # else nginx's worker would run as nobody and could not reach the sockets
-            import grp
-            import pwd
-            user_line = f"user {pwd.getpwuid(0).pw_name} {grp.getgrgid(0).gr_name};"
         servers = "\n".join(f"    server unix:{self.dir / f'u{i}.sock'} fail_timeout=0;"
                             for i in range(self.args.workers))
         (ng / "nginx.conf").write_text(NGINX_CONF.format(
-            d=ng, servers=servers, port=self.port, user_line=user_line,
+            d=ng, servers=servers, port=self.port, user_line=ab.nginx_user_line(),
             mime_types=self.args.nginx_mime_types))
 
     def pids(self) -> dict[str, list[int]]:
@@ -622,10 +617,7 @@ def run_setup_app(setup_name: str, app: str, eps: list[Endpoint], args, tmp: Pat
 # table and goals
 # --------------------------------------------------------------------------
 
-def fmt_ms(v: float | None) -> str:
-    if v is None:
-        return "—"
-    return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}"
+fmt_ms = ab.fmt_ms
 
 
 def fmt_us(v: float | None) -> str:
@@ -781,21 +773,7 @@ def versions(args) -> dict:
             "print('python', sys.version.split()[0])\n")
     out = hb.sh([str(args.venv / "bin" / "python"), "-c", code])
     v = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
-    with contextlib.suppress(OSError):
-        ng = subprocess.run([args.nginx, "-v"], capture_output=True, text=True)
-        v["nginx"] = (ng.stderr or ng.stdout).strip().split("/")[-1]
-    with contextlib.suppress(OSError):
-        w = subprocess.run([args.wrk, "-v"], capture_output=True, text=True)
-        words = (w.stdout + w.stderr).split()
-        v["wrk"] = words[1] if len(words) > 1 else "?"
-    cv = ""
-    with contextlib.suppress(OSError):
-        cv = subprocess.run([str(args.curfew), "--version"], capture_output=True, text=True).stdout.strip()
-    rev = hb.sh(["git", "rev-parse", "--short", "HEAD"]) or "?"
-    v["curfew"] = cv or "?"
-    with contextlib.suppress(OSError):
-        built = _dt.datetime.fromtimestamp(Path(args.curfew).stat().st_mtime, _dt.timezone.utc)
-        v["curfew"] += f" ({args.curfew}, tree {rev}, binary built {built:%Y-%m-%d %H:%M UTC})"
+    v.update(ab.tool_versions(args))
     return v
 
 
