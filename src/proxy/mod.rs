@@ -234,40 +234,34 @@ impl Front {
         let mut loops = self.accept_loops.lock().unwrap_or_else(|e| e.into_inner());
         for l in listeners {
             let name = l.describe();
-            let l = if threads.is_empty() {
-                l
+            let here = if threads.is_empty() {
+                Ok(Some(l))
             } else {
-                match l.into_detached() {
-                    Ok(d) => match self.serve_on_threads(&threads, d, &mut loops) {
-                        None => continue,
-                        Some(d) => match d.attach() {
-                            Ok(l) => l,
-                            Err(e) => {
-                                tracing::error!(listener = %name, error = %e, "Cannot serve this listener.");
-                                continue;
-                            }
-                        },
-                    },
-                    Err(e) => {
-                        tracing::error!(listener = %name, error = %e, "Cannot serve this listener.");
-                        continue;
-                    }
-                }
+                self.serve_on_threads(&threads, l, &mut loops)
             };
-            let front = self.clone();
-            loops.push(tokio::spawn(async move { front.accept_loop(l).await }));
+            match here {
+                Ok(None) => {}
+                Ok(Some(l)) => {
+                    let front = self.clone();
+                    loops.push(tokio::spawn(async move { front.accept_loop(l).await }));
+                }
+                Err(e) => {
+                    tracing::error!(listener = %name, error = %e, "Cannot serve this listener.");
+                }
+            }
         }
     }
 
     /// Serve one listener on every proxy thread: copies to all but the
-    /// first, the original last. `Some(listener)` back when not even the
-    /// first thread took it (the caller serves it).
+    /// first, the original last. `Some(listener)` back, attached to the
+    /// caller's runtime, when not even the first thread took it.
     fn serve_on_threads(
         &self,
         threads: &[threads::ProxyThread],
-        listener: listener::Detached,
+        listener: Listener,
         loops: &mut Vec<JoinHandle<()>>,
-    ) -> Option<listener::Detached> {
+    ) -> std::io::Result<Option<Listener>> {
+        let listener = listener.into_detached()?;
         for (i, t) in threads.iter().enumerate().skip(1) {
             let copy = match listener.try_clone() {
                 Ok(c) => c,
@@ -288,11 +282,11 @@ impl Front {
         match threads[0].serve(vec![listener]) {
             Ok(h) => {
                 loops.extend(h);
-                None
+                Ok(None)
             }
             Err(mut r) => {
                 tracing::warn!(error = %r.error, "The first proxy thread cannot accept; serving the listener on the main runtime.");
-                r.back.pop()
+                r.back.pop().map(listener::Detached::attach).transpose()
             }
         }
     }
