@@ -355,7 +355,7 @@ pub struct ServeArgs {
     #[arg(short, long, value_name = "N", allow_negative_numbers = true)]
     pub workers: Option<i64>,
 
-    /// How each worker gets its socket: fd (inherited fd 3, LISTEN_FDS=1), port ($PORT and {port}) or unix ({socket})
+    /// How each worker gets its socket: fd (an inherited Unix socket on fd 3, LISTEN_FDS=1), fd-tcp (the same on loopback TCP), port ($PORT and {port}) or unix ({socket})
     #[arg(long, value_name = "MODE")]
     pub worker_socket: Option<String>,
 

@@ -52,12 +52,16 @@ async def noop(payload, job):
 
 
 @app.get("/")
-async def index():
+async def index(request: Request):
     return {
         "ok": True,
         "worker": os.environ.get("CURFEW_WORKER_ID"),
         "pid": os.getpid(),
         "version": VERSION,
+        # What uvicorn made of curfew's X-Forwarded-* (see examples/README.md).
+        "client": request.client.host if request.client else None,
+        "scheme": request.url.scheme,
+        "server": request.scope.get("server"),
     }
 
 

@@ -86,8 +86,12 @@ pub enum ConfigError {
 /// How each worker receives its listening socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkerSocket {
-    /// An inherited, already listening socket on fd 3 (`LISTEN_FDS=1`).
+    /// An inherited, already listening Unix socket on fd 3 (`LISTEN_FDS=1`),
+    /// made by curfew in its private run directory.
     Fd,
+    /// The same on a loopback TCP socket (`"fd-tcp"`), for a worker that
+    /// only takes a TCP socket on fd 3 or must see a peer address.
+    FdTcp,
     /// A free loopback port in `$PORT` and `{port}`; the worker binds it.
     Port,
     /// A Unix socket path in `{socket}` and `$CURFEW_SOCKET`; the worker binds it.
@@ -98,9 +102,20 @@ impl WorkerSocket {
     pub fn as_str(self) -> &'static str {
         match self {
             WorkerSocket::Fd => "fd",
+            WorkerSocket::FdTcp => "fd-tcp",
             WorkerSocket::Port => "port",
             WorkerSocket::Unix => "unix",
         }
+    }
+
+    /// Whether worker sockets live in curfew's private run directory.
+    pub fn uses_run_dir(self) -> bool {
+        matches!(self, WorkerSocket::Fd | WorkerSocket::Unix)
+    }
+
+    /// Whether the worker inherits its listening socket on fd 3.
+    pub fn inherited(self) -> bool {
+        matches!(self, WorkerSocket::Fd | WorkerSocket::FdTcp)
     }
 }
 
@@ -429,6 +444,14 @@ mod tests {
 worker_socket = "fd""#)
         .expect_err("conflict");
         assert!(e.to_string().contains("worker_socket"), "{e}");
+        let tcp = cfg("command = \"sh\"\nworker_socket = \"fd-tcp\"").expect("fd-tcp");
+        assert_eq!(tcp.worker_socket, WorkerSocket::FdTcp);
+        let e = cfg(r#"command = ["sh", "{socket}"]
+worker_socket = "fd-tcp""#)
+        .expect_err("conflict");
+        assert!(e.to_string().contains("\"fd-tcp\""), "{e}");
+        let e = cfg("command = \"sh\"\nworker_socket = \"tcp\"").expect_err("unknown mode");
+        assert!(e.to_string().contains("fd-tcp"), "names the choices: {e}");
     }
 
     #[test]

@@ -196,14 +196,15 @@ fn program(cx: &Ctx<'_>, raw: &RawConfig) -> Result<Program, ConfigError> {
         "worker_socket",
         raw.worker_socket.clone(),
         implied,
-        &["fd", "port", "unix"],
+        &["fd", "fd-tcp", "port", "unix"],
     )?;
     let worker_socket = match (mode.as_str(), has_port, has_socket) {
         ("fd", false, false) => WorkerSocket::Fd,
-        ("fd", _, _) => {
+        ("fd-tcp", false, false) => WorkerSocket::FdTcp,
+        (m @ ("fd" | "fd-tcp"), _, _) => {
             return Err(cx.err(
                 "worker_socket",
-                "\"fd\"",
+                format!("{m:?}"),
                 "the command has a {port} or {socket} placeholder; remove it or choose that mode",
             ));
         }

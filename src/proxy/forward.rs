@@ -14,6 +14,8 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
+use crate::config::ForwardedAllow;
+
 use super::Front;
 use super::access_log::Note;
 use super::body::{Guard, ProxyBody, UpstreamBody};
@@ -108,13 +110,12 @@ async fn forward(
         None
     };
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-    let trusted = peer.is_none_or(|ip| front.forwarded_allow.trusts(ip));
     let (mut parts, body) = req.into_parts();
     for_worker(
         &mut parts,
         upgrade,
         peer,
-        trusted,
+        &front.forwarded_allow,
         front.keep_underscore_headers,
         conn.local_host.as_ref(),
     );
@@ -270,10 +271,11 @@ fn for_worker(
     parts: &mut http::request::Parts,
     upgrade: Option<HeaderValue>,
     peer: Option<IpAddr>,
-    trusted: bool,
+    allow: &ForwardedAllow,
     keep_underscores: bool,
     local_host: Option<&HeaderValue>,
 ) {
+    let trusted = peer.is_none_or(|ip| allow.trusts(ip));
     let host = parts
         .headers
         .get(header::HOST)
@@ -293,7 +295,7 @@ fn for_worker(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, up);
     }
-    headers::set_forwarded(&mut parts.headers, peer, trusted, host.as_ref());
+    headers::set_forwarded(&mut parts.headers, peer, trusted, allow, host.as_ref());
     if let Some(h) = host
         && !parts.headers.contains_key(header::HOST)
     {

@@ -9,6 +9,8 @@
 
 use std::net::IpAddr;
 
+use crate::config::ForwardedAllow;
+
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Fields that describe one connection, never forwarded (Go's ReverseProxy list).
@@ -127,23 +129,40 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Set the `X-Forwarded-*` fields for a request from `peer` (`None` for a
 /// Unix socket client, which is trusted like loopback).
+///
+/// From a `trusted` peer the `X-Forwarded-For` chain is extended, but only
+/// from its client on: reading from the right, past the hops `allow` trusts,
+/// the first other entry is the client as far as trusted proxies can tell,
+/// and what stands left of it was written by that client and is dropped. So
+/// the first entry is always the client curfew resolved — what a worker
+/// that trusts every hop takes (uvicorn with `FORWARDED_ALLOW_IPS=*`, which
+/// curfew sets for workers on Unix sockets), and what `split(",")[0]` in an
+/// app reads.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
     peer: Option<IpAddr>,
     trusted: bool,
+    allow: &ForwardedAllow,
     host: Option<&HeaderValue>,
 ) {
-    let prior_xff: Vec<String> = if trusted {
+    let mut prior_xff: Vec<String> = if trusted {
         headers
             .get_all(&X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
+            .flat_map(|s| s.split(','))
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
             .collect()
     } else {
         Vec::new()
     };
+    if let Some(client) = prior_xff
+        .iter()
+        .rposition(|hop| !hop_ip(hop).is_some_and(|ip| allow.trusts(ip)))
+    {
+        prior_xff.drain(..client);
+    }
     headers.remove(&X_FORWARDED_FOR);
     let mut chain = prior_xff.join(", ");
     if let Some(ip) = peer {
@@ -168,9 +187,104 @@ pub fn set_forwarded(
     }
 }
 
+/// The address in one `X-Forwarded-For` entry: `192.0.2.1`, `192.0.2.1:443`,
+/// `2001:db8::1` or `[2001:db8::1]:443`; `None` for anything else
+/// (`unknown`, an obfuscated name), which no trusted network contains.
+fn hop_ip(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse() {
+        return Some(ip);
+    }
+    if let Some(rest) = hop.strip_prefix('[') {
+        return rest.split_once(']')?.0.parse().ok();
+    }
+    let (ip, port) = hop.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    ip.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn loopback() -> ForwardedAllow {
+        nets(&["127.0.0.0/8", "::1/128"])
+    }
+
+    fn nets(list: &[&str]) -> ForwardedAllow {
+        ForwardedAllow::Nets(list.iter().map(|n| n.parse().expect("net")).collect())
+    }
+
+    fn xff_after(prior: &[&str], peer: &str, allow: &ForwardedAllow) -> String {
+        let mut h = HeaderMap::new();
+        for p in prior {
+            h.append(&X_FORWARDED_FOR, HeaderValue::from_str(p).expect("value"));
+        }
+        set_forwarded(&mut h, Some(peer.parse().expect("ip")), true, allow, None);
+        h.get(&X_FORWARDED_FOR)
+            .expect("xff")
+            .to_str()
+            .expect("ascii")
+            .to_owned()
+    }
+
+    #[test]
+    fn a_chain_starts_at_the_client_the_trusted_hops_name() {
+        let lb = nets(&["10.0.0.0/8", "127.0.0.0/8"]);
+        // A client's own XFF that a load balancer appended to: the forged
+        // entry is dropped; the client the balancer saw comes first.
+        assert_eq!(
+            xff_after(&["6.6.6.6, 203.0.113.9"], "10.0.0.5", &lb),
+            "203.0.113.9, 10.0.0.5"
+        );
+        // Several trusted hops (and several header lines) are kept.
+        assert_eq!(
+            xff_after(&["6.6.6.6, 203.0.113.9", "10.0.0.7"], "10.0.0.5", &lb),
+            "203.0.113.9, 10.0.0.7, 10.0.0.5"
+        );
+        // Every hop trusted: the whole chain, as given.
+        assert_eq!(
+            xff_after(&["10.0.0.9, 10.0.0.7"], "10.0.0.5", &lb),
+            "10.0.0.9, 10.0.0.7, 10.0.0.5"
+        );
+        // Ports and brackets are read; a name is never trusted.
+        assert_eq!(
+            xff_after(
+                &["6.6.6.6, [2001:db8::1]:443, 10.0.0.7:8080"],
+                "10.0.0.5",
+                &lb
+            ),
+            "[2001:db8::1]:443, 10.0.0.7:8080, 10.0.0.5"
+        );
+        assert_eq!(
+            xff_after(&["6.6.6.6, unknown, 10.0.0.7"], "10.0.0.5", &lb),
+            "unknown, 10.0.0.7, 10.0.0.5"
+        );
+        // Everyone trusted (`forwarded_allow_ips = "*"`): nothing dropped.
+        assert_eq!(
+            xff_after(&["6.6.6.6, 203.0.113.9"], "10.0.0.5", &ForwardedAllow::All),
+            "6.6.6.6, 203.0.113.9, 10.0.0.5"
+        );
+    }
+
+    #[test]
+    fn hop_addresses_are_read_with_or_without_ports() {
+        assert_eq!(hop_ip("192.0.2.1"), Some("192.0.2.1".parse().expect("ip")));
+        assert_eq!(
+            hop_ip("192.0.2.1:443"),
+            Some("192.0.2.1".parse().expect("ip"))
+        );
+        assert_eq!(
+            hop_ip("2001:db8::1"),
+            Some("2001:db8::1".parse().expect("ip"))
+        );
+        assert_eq!(
+            hop_ip("[2001:db8::1]:443"),
+            Some("2001:db8::1".parse().expect("ip"))
+        );
+        assert_eq!(hop_ip("unknown"), None);
+        assert_eq!(hop_ip("_hidden"), None);
+        assert_eq!(hop_ip("192.0.2.1:x"), None);
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
@@ -235,6 +349,7 @@ mod tests {
             &mut h,
             Some("203.0.113.9".parse().expect("ip")),
             false,
+            &loopback(),
             Some(&host),
         );
         assert_eq!(h.get("x-forwarded-for").expect("xff"), "203.0.113.9");
@@ -253,6 +368,7 @@ mod tests {
             &mut h,
             Some("127.0.0.1".parse().expect("ip")),
             true,
+            &loopback(),
             Some(&host),
         );
         assert_eq!(
@@ -266,7 +382,7 @@ mod tests {
     #[test]
     fn unix_peer_adds_nothing_to_the_chain() {
         let mut h = HeaderMap::new();
-        set_forwarded(&mut h, None, true, None);
+        set_forwarded(&mut h, None, true, &loopback(), None);
         assert!(!h.contains_key("x-forwarded-for"));
         assert_eq!(h.get("x-forwarded-proto").expect("proto"), "http");
     }

@@ -75,7 +75,7 @@ impl Run {
         };
         inherited.finish(&cfg.binds)?;
         let control_listener = control::bind(&cfg.control_socket).map_err(ServeError::Control)?;
-        let run_dir = if cfg.worker_socket == WorkerSocket::Unix {
+        let run_dir = if cfg.worker_socket.uses_run_dir() {
             make_run_dir().map_err(ServeError::RunDir)?
         } else {
             std::env::temp_dir()

@@ -22,7 +22,7 @@ use crate::hooks::{HookEvent, Hooks};
 use crate::metrics::Metrics;
 
 use crate::config::reload::{after_reload, plan_reload};
-use crate::config::{BindAddr, Config, ConfigError, ReloadStrategy, WorkerSocket};
+use crate::config::{BindAddr, Config, ConfigError, ReloadStrategy};
 pub use crate::lifecycle::StopSignal;
 use crate::lifecycle::{Event, Machine, Outcome, Phase};
 use crate::processor::Processor;

@@ -163,7 +163,7 @@ pub(super) async fn teardown(run: Run) -> i32 {
             "Killed leftover child processes (started by workers and left behind)."
         );
     }
-    if run.cfg.worker_socket == WorkerSocket::Unix {
+    if run.cfg.worker_socket.uses_run_dir() {
         let _ = std::fs::remove_dir_all(&run.run_dir);
     }
 

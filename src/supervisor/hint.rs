@@ -43,9 +43,14 @@ pub fn for_boot_failure(
 fn how_to_serve(socket: WorkerSocket) -> &'static str {
     match socket {
         WorkerSocket::Fd => {
-            "with worker_socket = \"fd\" the command must serve on the inherited fd 3 \
+            "with worker_socket = \"fd\" the command must serve on the inherited fd 3, a Unix socket \
              (uvicorn --fd 3; gunicorn with no --bind, it adopts fd 3 from LISTEN_FDS; \
-             hypercorn --bind fd://3), \
+             hypercorn --bind fd://3); a server that takes only a TCP socket there needs \
+             worker_socket = \"fd-tcp\"; or set worker_socket = \"port\" and serve on {port} / $PORT"
+        }
+        WorkerSocket::FdTcp => {
+            "with worker_socket = \"fd-tcp\" the command must serve on the inherited fd 3, a TCP socket \
+             (uvicorn --fd 3; gunicorn with no --bind, it adopts fd 3 from LISTEN_FDS), \
              or set worker_socket = \"port\" and serve on {port} / $PORT"
         }
         WorkerSocket::Port => {

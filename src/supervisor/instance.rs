@@ -47,6 +47,20 @@ pub struct Instance {
     stderr_done: Option<JoinHandle<()>>,
 }
 
+impl Drop for Instance {
+    /// A worker that has exited leaves its Unix socket's file behind (fd and
+    /// unix modes): removed here, so recycles and restarts do not fill the
+    /// run directory. A worker still running keeps it (the run directory is
+    /// removed at exit).
+    fn drop(&mut self) {
+        if self.exited().is_some()
+            && let WorkerAddr::Unix(path) = &self.addr
+        {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 /// How a boot attempt ended.
 pub enum Boot {
     Ready,

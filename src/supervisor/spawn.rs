@@ -75,11 +75,26 @@ pub fn spawn(reaper: &Reaper, spec: &WorkerSpec, id: usize, uid: u64) -> std::io
     })
 }
 
+/// The variable uvicorn and gunicorn read their trusted proxies from.
+const FORWARDED_ALLOW_IPS: &str = "FORWARDED_ALLOW_IPS";
+
+/// Whether the user gave the workers `var` (in curfew's environment, which
+/// workers inherit, or in the spec's own variables): then it is left alone.
+fn user_sets(spec: &WorkerSpec, var: &str) -> bool {
+    std::env::var_os(var).is_some() || spec.extra_env.iter().any(|(k, _)| k == var)
+}
+
+/// The path of worker `id`'s (instance `uid`) Unix socket in the run directory.
+fn socket_path(spec: &WorkerSpec, id: usize, uid: u64) -> PathBuf {
+    spec.run_dir.join(format!("w{id}-{uid}.sock"))
+}
+
 /// Where worker `id` (instance `uid`) will accept connections, per
 /// `worker_socket`, and what it is told about it.
 struct Endpoint {
     addr: WorkerAddr,
-    /// The listening socket handed over on fd 3 (`worker_socket = "fd"`).
+    /// The listening socket handed over on fd 3 (`worker_socket = "fd"` or
+    /// `"fd-tcp"`).
     listener: Option<OwnedFd>,
     /// `CURFEW_WORKER_ID` and the socket's variables.
     env: Vec<(&'static str, String)>,
@@ -97,6 +112,14 @@ fn endpoint(
     let mut env: Vec<(&'static str, String)> = vec![("CURFEW_WORKER_ID", id.to_string())];
     let addr = match spec.socket {
         WorkerSocket::Fd => {
+            let path = socket_path(spec, id, uid);
+            remove_stale(&path);
+            listener = Some(OwnedFd::from(unix_listener(&path)?));
+            env.push(("LISTEN_FDS", "1".into()));
+            env.push(("LISTEN_FDNAMES", "curfew".into()));
+            WorkerAddr::Unix(path)
+        }
+        WorkerSocket::FdTcp => {
             let l = TcpListener::from(loopback_listener()?);
             let a = l.local_addr()?;
             listener = Some(OwnedFd::from(l));
@@ -111,7 +134,7 @@ fn endpoint(
             WorkerAddr::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
         }
         WorkerSocket::Unix => {
-            let path = spec.run_dir.join(format!("w{id}-{uid}.sock"));
+            let path = socket_path(spec, id, uid);
             remove_stale(&path);
             let p = path.to_string_lossy().into_owned();
             substitute(args, "{socket}", &p);
@@ -119,6 +142,14 @@ fn endpoint(
             WorkerAddr::Unix(path)
         }
     };
+    if matches!(addr, WorkerAddr::Unix(_)) && !user_sets(spec, FORWARDED_ALLOW_IPS) {
+        // A Unix-socket peer has no address, so uvicorn (and gunicorn's
+        // UvicornWorker) would trust none of curfew's `X-Forwarded-*` and
+        // report no client. Only curfew can connect to a socket in its 0700
+        // run directory, and it sends a chain whose first entry is the
+        // client it resolved (see `proxy::headers::set_forwarded`).
+        env.push((FORWARDED_ALLOW_IPS, "*".into()));
+    }
     Ok(Endpoint {
         addr,
         listener,
@@ -230,6 +261,15 @@ fn set_pre_exec(cmd: &mut Command, listen_fd: Option<std::os::fd::RawFd>) {
             Ok(())
         });
     }
+}
+
+/// A listening Unix socket at `path` (in the 0700 run directory, so only
+/// curfew's user can connect; the worker inherits it on fd 3).
+fn unix_listener(path: &Path) -> std::io::Result<Socket> {
+    let s = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    s.bind(&socket2::SockAddr::unix(path)?)?;
+    s.listen(WORKER_LISTEN_BACKLOG)?;
+    Ok(s)
 }
 
 fn loopback_listener() -> std::io::Result<Socket> {

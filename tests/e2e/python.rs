@@ -62,6 +62,66 @@ fn uvicorn_fastapi_sigterm_under_load() {
     sigterm_under_load(opts, "fastapi_app", "/sleep?ms=1200");
 }
 
+/// uvicorn on fd 3 (the default: a Unix socket) sees the client curfew
+/// resolved, and the scheme a trusted proxy gave, through the
+/// `FORWARDED_ALLOW_IPS=*` curfew sets for it; a forged first entry never
+/// reaches it.
+#[test]
+fn uvicorn_on_fd_3_sees_the_client_curfew_resolved() {
+    let uvicorn = venv_bin("uvicorn");
+    let uvicorn = uvicorn.to_str().expect("utf-8 path");
+    let index = |port: u16, xff: &str| -> serde_json::Value {
+        let r = http(
+            port,
+            "GET",
+            "/",
+            &[("X-Forwarded-For", xff), ("X-Forwarded-Proto", "https")],
+            b"",
+        )
+        .expect("request");
+        assert_eq!(r.status, 200, "{}", r.body);
+        serde_json::from_str(&r.body).expect("json")
+    };
+    let worker = [uvicorn, "app:app", "--fd", "3", "--no-access-log"];
+    for (trust, xff, client, scheme) in [
+        // The test is a trusted proxy (loopback, the default) behind a
+        // load balancer in 10/8: the client the balancer saw comes first.
+        (
+            "127.0.0.1/32,10.0.0.0/8",
+            "6.6.6.6, 198.51.100.7, 10.1.2.3",
+            "198.51.100.7",
+            "https",
+        ),
+        // The test's peer is not trusted: its own headers are dropped.
+        ("10.0.0.0/8", "6.6.6.6", "127.0.0.1", "http"),
+    ] {
+        let mut opts = Opts::command(
+            &[
+                "-w",
+                "1",
+                "--ready-path",
+                "/health",
+                "--forwarded-allow-ips",
+                trust,
+            ],
+            &worker,
+        );
+        opts.cwd = Some(examples_dir("fastapi_app"));
+        let mut c = Curfew::start(opts);
+        let v = index(c.port, xff);
+        assert_eq!(v["client"], client, "{trust}: {v}");
+        assert_eq!(v["scheme"], scheme, "{trust}: {v}");
+        let server = v["server"][0].as_str().unwrap_or_default();
+        assert!(
+            server.ends_with(".sock") && v["server"][1].is_null(),
+            "fd 3 is a Unix socket in curfew's run directory: {v}"
+        );
+        c.signal(Signal::SIGTERM);
+        assert_eq!(c.wait_exit(Duration::from_secs(20)), 0, "{}", c.log_text());
+        assert_no_survivors(&c);
+    }
+}
+
 #[test]
 fn gunicorn_flask_sigterm_under_load() {
     let gunicorn = venv_bin("gunicorn");

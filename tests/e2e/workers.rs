@@ -39,6 +39,74 @@ fn fd_mode_with_listen_pid() {
     check_mode(&[], &[]);
 }
 
+/// `fd-tcp`: the same on a loopback TCP socket; no proxy trust is set up.
+#[test]
+fn fd_tcp_mode_by_setting() {
+    check_mode(&["--worker-socket", "fd-tcp"], &[]);
+    let c = Curfew::start(Opts::testworker(
+        &["-w", "1", "--worker-socket", "fd-tcp"],
+        &[],
+    ));
+    assert_eq!(get(c.port, "/env?name=FORWARDED_ALLOW_IPS").status, 404);
+}
+
+/// In fd mode each worker's socket is a file in curfew's private run
+/// directory; a worker that is gone takes its file with it, and the
+/// directory is removed at exit.
+#[test]
+fn fd_mode_sockets_live_in_a_private_run_dir() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let xdg = tempfile::tempdir().expect("tempdir");
+    let mut opts = Opts::testworker(&["-w", "2"], &[]);
+    opts.env
+        .push(("XDG_RUNTIME_DIR".into(), xdg.path().display().to_string()));
+    let mut c = Curfew::start(opts);
+    let pid = c.pid();
+    let run_dir = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(xdg.path())
+            .expect("xdg")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("curfew-{pid}-")))
+            })
+            .collect()
+    };
+    let dirs = run_dir();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    let mode = std::fs::metadata(&dirs[0])
+        .expect("meta")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700);
+    let sockets = |dir: &std::path::Path| -> usize {
+        std::fs::read_dir(dir)
+            .expect("run dir")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_type().is_ok_and(|t| t.is_socket()))
+            })
+            .count()
+    };
+    assert_eq!(sockets(&dirs[0]), 2);
+    // Five crashes and restarts: still one socket per live worker.
+    for n in 0..5 {
+        let _ = http(c.port, "GET", "/crash", &[], b"");
+        c.wait_log_count(WORKER_READY, 3 + n, Duration::from_secs(10));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while sockets(&dirs[0]) != 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(sockets(&dirs[0]), 2, "{}", c.log_text());
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(10)), 0, "{}", c.log_text());
+    assert!(run_dir().is_empty(), "run dir removed at exit");
+    assert_no_survivors(&c);
+}
+
 #[test]
 fn port_mode_by_placeholder() {
     check_mode(&[], &["--port", "{port}"]);
@@ -54,6 +122,9 @@ fn unix_socket_mode_by_placeholder() {
 fn fd_mode_environment() {
     let c = Curfew::start(Opts::testworker(&["-w", "1"], &[]));
     assert_eq!(get(c.port, "/env?name=LISTEN_FDS").body, "1");
+    // fd 3 is a Unix socket: uvicorn and gunicorn must trust curfew's
+    // X-Forwarded-* from a peer without an address.
+    assert_eq!(get(c.port, "/env?name=FORWARDED_ALLOW_IPS").body, "*");
     let pid = get(c.port, "/env?name=LISTEN_PID").body;
     assert_eq!(
         c.worker_pids(),
