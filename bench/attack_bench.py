@@ -8,8 +8,9 @@ three setups:
   nginx     nginx (Debian's package, 1 worker, gunicorn's documented config,
             default proxy buffering) -> gunicorn -w 2 --bind unix:<tmp>/gunicorn.sock
   curfew    curfew serve -b 127.0.0.1:P -w 2 --worker-concurrency 1
-            -- gunicorn --workers 1 --no-control-socket attack_app:app   (fd 3)
-  curfew-unix  the same with gunicorn --bind unix:{socket} (the hop nginx has)
+            -- gunicorn --workers 1 --no-control-socket attack_app:app
+            (fd 3, a Unix socket: the hop nginx has)
+  curfew-tcp  the same with --worker-socket fd-tcp (fd 3 on loopback TCP)
 
 For every attack x setup (a fresh setup each time): start it, start the
 attack (the script's own asyncio clients, loopback only), wait until the
@@ -63,10 +64,10 @@ BENCH_DIR = REPO / "bench"
 SECTION_BEGIN = "<!-- attack_bench:begin -->"
 SECTION_END = "<!-- attack_bench:end -->"
 
-SETUPS = ["gunicorn", "nginx", "curfew", "curfew-unix"]
+SETUPS = ["gunicorn", "nginx", "curfew", "curfew-tcp"]
 LABEL = {"gunicorn": "gunicorn alone", "nginx": "nginx + gunicorn", "curfew": "curfew alone",
-         "curfew-unix": "curfew alone (unix)"}
-CURFEW_SETUPS = ("curfew", "curfew-unix")
+         "curfew-tcp": "curfew alone (fd 3 TCP)"}
+CURFEW_SETUPS = ("curfew", "curfew-tcp")
 ATTACKS = ["none", "slowloris", "slow-upload", "slow-read", "bad-chunk"]
 ATTACK_DESC = {
     "none": "no attack (baseline)",
@@ -247,13 +248,13 @@ class Setup:
             self._spawn("nginx", [self.args.nginx, "-p", str(ng), "-c", str(conf),
                                   "-e", str(ng / "error.log")])
         elif self.name in CURFEW_SETUPS:
-            # curfew-unix: each worker on a Unix socket, the hop nginx has
-            # (a connection per request: a TCP handshake costs more).
-            bind = ["--bind", "unix:{socket}"] if self.name == "curfew-unix" else []
-            self._spawn("curfew", [str(self.args.curfew), "serve", "-b", f"127.0.0.1:{self.port}",
+            # curfew-tcp: fd 3 on loopback TCP instead of the default Unix
+            # socket (a connection per request: a TCP handshake costs more).
+            tcp = ["--worker-socket", "fd-tcp"] if self.name == "curfew-tcp" else []
+            self._spawn("curfew", [str(self.args.curfew), "serve", "-b", f"127.0.0.1:{self.port}", *tcp,
                                    "-w", "2", "--worker-concurrency", "1",
                                    "--control-socket", str(self.dir / "curfew.sock"),
-                                   "--", gunicorn, "--workers", "1", "--no-control-socket", *bind, app])
+                                   "--", gunicorn, "--workers", "1", "--no-control-socket", app])
         else:
             raise ValueError(self.name)
         deadline = t0 + READY_TIMEOUT_S

@@ -12,7 +12,8 @@ Two apps, the same in every setup, each with 2 worker processes (--workers):
 Setups (port P; uvicorn always with --loop uvloop --http httptools, checked):
 
   curfew-uvicorn  curfew serve -b 127.0.0.1:P -w 2 --worker-concurrency 32 -- uvicorn APP --fd 3
-  curfew-uvicorn-uds  the same with uvicorn APP --uds {socket} (the hop nginx-uvicorn has)
+                  (fd 3 is a Unix socket: the hop nginx-uvicorn has)
+  curfew-uvicorn-tcp  the same with --worker-socket fd-tcp (fd 3 on loopback TCP)
   nginx-uvicorn   nginx (1 worker, upstream keepalive 32, default proxy buffering)
                   -> 2 x uvicorn APP --uds <tmp>/uN.sock
   uvicorn         uvicorn APP --workers 2
@@ -68,21 +69,21 @@ BENCH_DIR = REPO / "bench"
 SECTION_BEGIN = "<!-- hop_bench:begin -->"
 SECTION_END = "<!-- hop_bench:end -->"
 
-SETUPS = ["curfew-uvicorn", "curfew-uvicorn-uds", "nginx-uvicorn", "uvicorn", "gunicorn", "granian", "curfew-granian"]
+SETUPS = ["curfew-uvicorn", "curfew-uvicorn-tcp", "nginx-uvicorn", "uvicorn", "gunicorn", "granian", "curfew-granian"]
 LABEL = {
-    "curfew-uvicorn": "curfew → 2 uvicorn (fd 3)",
-    "curfew-uvicorn-uds": "curfew → 2 uvicorn (unix)",
+    "curfew-uvicorn": "curfew → 2 uvicorn (fd 3, unix)",
+    "curfew-uvicorn-tcp": "curfew → 2 uvicorn (fd 3, TCP)",
     "nginx-uvicorn": "nginx → 2 uvicorn (unix)",
     "uvicorn": "uvicorn --workers 2",
     "gunicorn": "gunicorn -w 2",
     "granian": "granian --workers 2",
     "curfew-granian": "curfew → 2 granian (unix)",
 }
-CURFEW_SETUPS = {"curfew-uvicorn", "curfew-uvicorn-uds", "curfew-granian"}
-PROXY_SETUPS = {"curfew-uvicorn", "curfew-uvicorn-uds", "curfew-granian", "nginx-uvicorn"}
+CURFEW_SETUPS = {"curfew-uvicorn", "curfew-uvicorn-tcp", "curfew-granian"}
+PROXY_SETUPS = {"curfew-uvicorn", "curfew-uvicorn-tcp", "curfew-granian", "nginx-uvicorn"}
 # the server the curfew setup runs behind its hop, for the "÷ alone" column
-ALONE = {"curfew-uvicorn": "uvicorn", "curfew-uvicorn-uds": "uvicorn", "curfew-granian": "granian"}
-UVICORN_BASED = {"curfew-uvicorn", "curfew-uvicorn-uds", "nginx-uvicorn", "uvicorn", "gunicorn"}
+ALONE = {"curfew-uvicorn": "uvicorn", "curfew-uvicorn-tcp": "uvicorn", "curfew-granian": "granian"}
+UVICORN_BASED = {"curfew-uvicorn", "curfew-uvicorn-tcp", "nginx-uvicorn", "uvicorn", "gunicorn"}
 
 
 @dataclass(frozen=True)
@@ -233,8 +234,8 @@ class Setup:
         return [str(v / "granian"), "--workers", str(workers), *bind, "--no-ws",
                 "--log-level", "warning", *iface]
 
-    def _curfew(self, worker_cmd: list[str]) -> list[str]:
-        return [str(self.args.curfew), "serve", "-b", f"127.0.0.1:{self.port}",
+    def _curfew(self, worker_cmd: list[str], extra: list[str] = ()) -> list[str]:
+        return [str(self.args.curfew), "serve", "-b", f"127.0.0.1:{self.port}", *extra,
                 "-w", str(self.args.workers), "--worker-concurrency", str(self.args.worker_concurrency),
                 "--ready-path", APPS[self.app]["health"], "--worker-log-level", "warn",
                 "--control-socket", str(self.dir / "curfew.sock"), *self.args.curfew_arg, "--", *worker_cmd]
@@ -246,9 +247,9 @@ class Setup:
         tcp = ["--host", "127.0.0.1", "--port", p]
         if self.name == "curfew-uvicorn":
             return [("curfew", self._curfew(self._uvicorn(["--fd", "3"])))]
-        if self.name == "curfew-uvicorn-uds":
-            # the same hop as nginx's: a Unix socket per worker
-            return [("curfew", self._curfew(self._uvicorn(["--uds", "{socket}"])))]
+        if self.name == "curfew-uvicorn-tcp":
+            # fd 3 on loopback TCP instead of the default Unix socket
+            return [("curfew", self._curfew(self._uvicorn(["--fd", "3"]), ["--worker-socket", "fd-tcp"]))]
         if self.name == "curfew-granian":
             return [("curfew", self._curfew(self._granian(["--uds", "{socket}"], 1)))]
         if self.name == "uvicorn":
@@ -651,7 +652,7 @@ def build_table(cells: dict, setups: list[str], eps: list[Endpoint]) -> str:
             rps = c.med("rps")
             errs = sum(r.errors for r in c.runs)
             vs_nginx = (ratio(rps, rps_of(cells, "nginx-uvicorn", ep.name))
-                        if s in ("curfew-uvicorn", "curfew-uvicorn-uds") else "")
+                        if s in ("curfew-uvicorn", "curfew-uvicorn-tcp") else "")
             vs_alone = ratio(rps, rps_of(cells, ALONE[s], ep.name)) if s in ALONE else ""
             flag = " (FAILED)" if c.failed else ""
             rss = f"{c.rss_max_kb / 1024:.1f} ({(c.anon_max_kb or 0) / 1024:.1f})" if c.rss_max_kb else "—"
@@ -670,8 +671,8 @@ def goals(cells: dict, eps: list[Endpoint]) -> list[str]:
         c = cells.get((s, e))
         return c if c and c.runs and not c.failed else None
 
-    # 1. proxy CPU per request (each curfew hop: unix, the same as nginx's; and fd 3, TCP)
-    for cs in ("curfew-uvicorn-uds", "curfew-uvicorn"):
+    # 1. proxy CPU per request (each curfew hop: fd 3 unix, the same as nginx's; and fd 3 TCP)
+    for cs in ("curfew-uvicorn-tcp", "curfew-uvicorn"):
         parts, ok_all, have = [], True, False
         for e in [x.name for x in eps]:
             c, n = cell_ok(cs, e), cell_ok("nginx-uvicorn", e)
@@ -691,7 +692,7 @@ def goals(cells: dict, eps: list[Endpoint]) -> list[str]:
     # 2. trivial endpoint
     ng, uv = (rps_of(cells, s, "plain") for s in ("nginx-uvicorn", "uvicorn"))
     if "plain" in names:
-        for cs in ("curfew-uvicorn-uds", "curfew-uvicorn"):
+        for cs in ("curfew-uvicorn-tcp", "curfew-uvicorn"):
             cu = rps_of(cells, cs, "plain")
             if not cu:
                 continue
