@@ -49,16 +49,27 @@ pub fn upgrade_of(headers: &HeaderMap) -> Option<HeaderValue> {
 /// is the workers' `CURFEW_JOB_TOKEN`). Never taken from a client.
 pub const JOB_TOKEN_HEADER: &str = "x-curfew-job-token";
 
-/// Fields that say who the client was, set (or left out) by curfew; from an
-/// untrusted peer none of them reaches a worker.
+/// Fields that say who the client was or how it connected, set (or left
+/// out) by curfew; from an untrusted peer none of them reaches a worker.
+/// Beyond the `X-Forwarded-*` family: gunicorn's default
+/// `secure_scheme_headers` (`X-Forwarded-Protocol: ssl`,
+/// `X-Forwarded-Ssl: on`), which it believes from the proxies it trusts —
+/// curfew — and the scheme fields other proxies and frameworks use.
 const FORWARDING: &[&str] = &[
     "x-forwarded-for",
     "x-forwarded-proto",
+    "x-forwarded-protocol",
+    "x-forwarded-scheme",
     "x-forwarded-host",
+    "x-forwarded-server",
     "x-forwarded-port",
     "x-forwarded-prefix",
     "x-forwarded-ssl",
+    "x-scheme",
+    "x-url-scheme",
+    "front-end-https",
     "x-real-ip",
+    "x-client-ip",
     "forwarded",
 ];
 
