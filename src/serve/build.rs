@@ -76,7 +76,10 @@ impl Run {
         inherited.finish(&cfg.binds)?;
         let control_listener = control::bind(&cfg.control_socket).map_err(ServeError::Control)?;
         let run_dir = if cfg.worker_socket.uses_run_dir() {
-            make_run_dir().map_err(ServeError::RunDir)?
+            make_run_dir().map_err(|(base, source)| ServeError::RunDir {
+                base: base.display().to_string(),
+                source,
+            })?
         } else {
             std::env::temp_dir()
         };

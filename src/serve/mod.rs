@@ -37,8 +37,13 @@ pub enum ServeError {
     Bind(#[from] BindError),
     #[error("cannot set up signal handling or the reaper: {0}")]
     Setup(std::io::Error),
-    #[error("cannot create the directory for worker sockets: {0}")]
-    RunDir(std::io::Error),
+    #[error(
+        "cannot create the private directory for worker sockets in {base}: {source}; point XDG_RUNTIME_DIR (or TMPDIR) at a writable directory (on a read-only root file system, an emptyDir or tmpfs mount), or set worker_socket = \"fd-tcp\" (no directory needed)"
+    )]
+    RunDir {
+        base: String,
+        source: std::io::Error,
+    },
     #[error("cannot start the proxy threads: {0}")]
     ProxyThreads(std::io::Error),
     #[error(transparent)]

@@ -307,8 +307,9 @@ fn remove_stale(path: &Path) {
 /// The directory for worker Unix sockets: `$XDG_RUNTIME_DIR/curfew-<pid>-XXXXXX`
 /// or `/tmp/curfew-<pid>-XXXXXX`, a fresh random name created exclusively
 /// (`mkdir`, failing if it exists) with mode 0700, so another local user
-/// cannot have made it first and read or replace a worker's socket.
-pub fn make_run_dir() -> std::io::Result<PathBuf> {
+/// cannot have made it first and read or replace a worker's socket. An
+/// error comes with the directory it was to be made in.
+pub fn make_run_dir() -> Result<PathBuf, (PathBuf, std::io::Error)> {
     use std::os::unix::fs::PermissionsExt;
     let base = std::env::var_os("XDG_RUNTIME_DIR")
         .filter(|v| !v.is_empty())
@@ -317,7 +318,8 @@ pub fn make_run_dir() -> std::io::Result<PathBuf> {
     let dir = tempfile::Builder::new()
         .prefix(&format!("curfew-{}-", std::process::id()))
         .permissions(std::fs::Permissions::from_mode(0o700))
-        .tempdir_in(base)?;
+        .tempdir_in(&base)
+        .map_err(|e| (base, e))?;
     // Removed by the orchestrator at exit, not on drop.
     Ok(dir.keep())
 }
@@ -328,8 +330,8 @@ mod run_dir_tests {
 
     #[test]
     fn run_dirs_are_fresh_and_private() {
-        let a = super::make_run_dir().expect("run dir");
-        let b = super::make_run_dir().expect("run dir");
+        let a = super::make_run_dir().map_err(|(_, e)| e).expect("run dir");
+        let b = super::make_run_dir().map_err(|(_, e)| e).expect("run dir");
         assert_ne!(a, b, "a fresh name each time, never a reused one");
         for d in [&a, &b] {
             let mode = std::fs::metadata(d).expect("meta").permissions().mode() & 0o777;

@@ -115,6 +115,37 @@ fn port_in_use() {
     );
 }
 
+/// fd mode needs a private directory for the workers' sockets: where none
+/// can be made (a read-only root file system), the error says where it
+/// tried and both ways out (`workers::fd_tcp_mode_by_setting` runs
+/// without one).
+#[test]
+fn no_writable_run_directory_names_the_fixes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("not-there");
+    let missing = missing.to_str().expect("utf-8");
+    let ctl = dir.path().join("ctl.sock");
+    let ctl = ctl.to_str().expect("utf-8");
+    let args = [
+        "serve",
+        "-w",
+        "1",
+        "--bind",
+        "127.0.0.1:0",
+        "--control-socket",
+        ctl,
+        "--",
+        TESTWORKER,
+    ];
+    let (code, err) = run(&args, &[("XDG_RUNTIME_DIR", missing)], None);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(missing) && err.contains("XDG_RUNTIME_DIR") && err.contains("fd-tcp"),
+        "{err}"
+    );
+    assert!(!err.contains("Starting workers"), "{err}");
+}
+
 #[test]
 fn a_misspelt_key_or_variable_gets_a_suggestion() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -43,10 +43,11 @@ fn fd_mode_with_listen_pid() {
 #[test]
 fn fd_tcp_mode_by_setting() {
     check_mode(&["--worker-socket", "fd-tcp"], &[]);
-    let c = Curfew::start(Opts::testworker(
-        &["-w", "1", "--worker-socket", "fd-tcp"],
-        &[],
-    ));
+    // No run directory is needed (here none could be made).
+    let mut opts = Opts::testworker(&["-w", "1", "--worker-socket", "fd-tcp"], &[]);
+    opts.env
+        .push(("XDG_RUNTIME_DIR".into(), "/nonexistent/curfew-test".into()));
+    let c = Curfew::start(opts);
     assert_eq!(get(c.port, "/env?name=FORWARDED_ALLOW_IPS").status, 404);
 }
 
