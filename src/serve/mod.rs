@@ -38,7 +38,7 @@ pub enum ServeError {
     #[error("cannot set up signal handling or the reaper: {0}")]
     Setup(std::io::Error),
     #[error(
-        "cannot create the private directory for worker sockets in {base}: {source}; point XDG_RUNTIME_DIR (or TMPDIR) at a writable directory (on a read-only root file system, an emptyDir or tmpfs mount), or set worker_socket = \"fd-tcp\" (no directory needed)"
+        "cannot create the private directory for worker sockets in {base}: {source}; point XDG_RUNTIME_DIR (or TMPDIR) at a short, writable directory (on a read-only root file system, an emptyDir or tmpfs mount), or set worker_socket = \"fd-tcp\" (no directory needed)"
     )]
     RunDir {
         base: String,

@@ -310,19 +310,43 @@ fn remove_stale(path: &Path) {
 /// cannot have made it first and read or replace a worker's socket. An
 /// error comes with the directory it was to be made in.
 pub fn make_run_dir() -> Result<PathBuf, (PathBuf, std::io::Error)> {
-    use std::os::unix::fs::PermissionsExt;
     let base = std::env::var_os("XDG_RUNTIME_DIR")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
+    make_run_dir_in(base)
+}
+
+fn make_run_dir_in(base: PathBuf) -> Result<PathBuf, (PathBuf, std::io::Error)> {
+    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::Builder::new()
         .prefix(&format!("curfew-{}-", std::process::id()))
         .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir_in(&base)
-        .map_err(|e| (base, e))?;
+        .map_err(|e| (base.clone(), e))?;
+    // A Unix socket's path has at most 107 bytes (`sun_path`); found now
+    // rather than as every worker's boot failure.
+    let longest = dir.path().as_os_str().len() + LONGEST_SOCKET_NAME;
+    if longest > MAX_SOCKET_PATH {
+        return Err((
+            base,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "{} is too long for worker socket paths ({longest} of at most {MAX_SOCKET_PATH} bytes); use a shorter directory",
+                    dir.path().display()
+                ),
+            ),
+        ));
+    }
     // Removed by the orchestrator at exit, not on drop.
     Ok(dir.keep())
 }
+
+/// The longest path a Unix socket can have (`sun_path` less its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+/// The longest name [`socket_path`] gives: `/w<id>-<uid>.sock`, both `u64`.
+const LONGEST_SOCKET_NAME: usize = "/w-.sock".len() + 2 * 20;
 
 #[cfg(test)]
 mod run_dir_tests {
@@ -338,5 +362,17 @@ mod run_dir_tests {
             assert_eq!(mode, 0o700, "{}", d.display());
             std::fs::remove_dir(d).expect("cleanup");
         }
+    }
+
+    #[test]
+    fn a_run_dir_too_long_for_socket_paths_is_refused() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let deep = base.path().join("d".repeat(80));
+        std::fs::create_dir(&deep).expect("deep dir");
+        let (at, e) = super::make_run_dir_in(deep.clone()).expect_err("too long");
+        assert_eq!(at, deep);
+        assert!(e.to_string().contains("too long"), "{e}");
+        let left = std::fs::read_dir(&deep).expect("deep").count();
+        assert_eq!(left, 0, "the refused directory is removed again");
     }
 }
