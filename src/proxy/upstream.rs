@@ -14,7 +14,7 @@
 //! and the connection is dropped instead of losing a request to it.
 
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,7 @@ use http_body_util::Empty;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use nix::sys::socket::{MsgFlags, recv};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, RawFd};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
@@ -39,10 +39,58 @@ const MAX_IDLE: usize = 64;
 /// must fit (nginx's `proxy_buffer_size` is 4–8 KiB).
 const UPSTREAM_READ_BUF: usize = 64 * 1024;
 
-/// A TCP or Unix stream to a worker.
-pub enum Stream {
+/// A TCP or Unix stream to a worker, and the liveness peek's view of its fd.
+pub struct Stream {
+    inner: Inner,
+    probe: Arc<ProbeFd>,
+}
+
+enum Inner {
     Tcp(TcpStream),
     Unix(UnixStream),
+}
+
+impl Stream {
+    fn new(inner: Inner) -> Stream {
+        let fd = match &inner {
+            Inner::Tcp(t) => t.as_raw_fd(),
+            Inner::Unix(u) => u.as_raw_fd(),
+        };
+        Stream {
+            inner,
+            probe: Arc::new(ProbeFd(Mutex::new(Some(fd)))),
+        }
+    }
+}
+
+impl Drop for Stream {
+    /// The fd is withdrawn from the peek before `inner` closes it.
+    fn drop(&mut self) {
+        *self.probe.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+/// A worker connection's fd as the pool's liveness peek sees it: set while
+/// its [`Stream`] lives, cleared (under the lock) when the stream is
+/// dropped, before the socket is closed, so a peek never reads a descriptor
+/// number that was closed and reused meanwhile, from whichever thread.
+/// Hand-written because hyper owns the stream once the connection starts;
+/// a `dup` of the fd did the same at two syscalls per connection (with
+/// sync workers, per request).
+struct ProbeFd(Mutex<Option<RawFd>>);
+
+impl ProbeFd {
+    /// Still open and idle as far as the kernel knows: no EOF, no error, no
+    /// unsolicited bytes waiting.
+    fn idle_and_open(&self) -> bool {
+        let fd = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(fd) = *fd else { return false };
+        let mut buf = [0u8; 1];
+        matches!(
+            recv(fd, &mut buf, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT),
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR)
+        ) // Ok(0) = EOF, Ok(n) = stray bytes, other errors = reset
+    }
 }
 
 impl AsyncRead for Stream {
@@ -51,9 +99,9 @@ impl AsyncRead for Stream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        match &mut self.get_mut().inner {
+            Inner::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Inner::Unix(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -64,21 +112,21 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        match &mut self.get_mut().inner {
+            Inner::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Inner::Unix(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+        match &mut self.get_mut().inner {
+            Inner::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Inner::Unix(s) => Pin::new(s).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        match &mut self.get_mut().inner {
+            Inner::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Inner::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
     fn poll_write_vectored(
@@ -86,15 +134,15 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        match &mut self.get_mut().inner {
+            Inner::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Inner::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
     fn is_write_vectored(&self) -> bool {
-        match self {
-            Stream::Tcp(s) => s.is_write_vectored(),
-            Stream::Unix(s) => s.is_write_vectored(),
+        match &self.inner {
+            Inner::Tcp(s) => s.is_write_vectored(),
+            Inner::Unix(s) => s.is_write_vectored(),
         }
     }
 }
@@ -133,11 +181,11 @@ impl ConnectError {
     }
 }
 
-/// A connection to a worker: hyper's request handle, and a duplicate of the
-/// socket's fd used only to peek whether the worker closed it while idle.
+/// A connection to a worker: hyper's request handle, and its socket's fd,
+/// used only to peek whether the worker closed it while idle.
 pub struct Upstream {
     pub tx: SendRequest<UpstreamBody>,
-    probe: Option<OwnedFd>,
+    probe: Arc<ProbeFd>,
     /// The runtime its connection task runs on ([`super::threads::tag`]):
     /// reused only by work on that runtime.
     home: usize,
@@ -147,29 +195,8 @@ impl Upstream {
     /// Still open and idle as far as the kernel knows: no EOF, no error, no
     /// unsolicited bytes waiting.
     fn looks_alive(&self) -> bool {
-        if self.tx.is_closed() {
-            return false;
-        }
-        let Some(fd) = &self.probe else { return true };
-        let mut buf = [0u8; 1];
-        match recv(
-            fd.as_raw_fd(),
-            &mut buf,
-            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
-        ) {
-            Err(nix::errno::Errno::EAGAIN) => true,
-            Err(nix::errno::Errno::EINTR) => true,
-            _ => false, // 0 = EOF, >0 = stray bytes, other errors = reset
-        }
+        !self.tx.is_closed() && self.probe.idle_and_open()
     }
-}
-
-fn probe_fd(s: &Stream) -> Option<OwnedFd> {
-    let fd = match s {
-        Stream::Tcp(t) => t.as_fd(),
-        Stream::Unix(u) => u.as_fd(),
-    };
-    fd.try_clone_to_owned().ok()
 }
 
 pub async fn open(addr: &WorkerAddr) -> Result<TokioIo<Stream>, ConnectError> {
@@ -178,9 +205,9 @@ pub async fn open(addr: &WorkerAddr) -> Result<TokioIo<Stream>, ConnectError> {
             WorkerAddr::Tcp(a) => {
                 let s = TcpStream::connect(a).await?;
                 s.set_nodelay(true)?;
-                Ok(Stream::Tcp(s))
+                Ok(Stream::new(Inner::Tcp(s)))
             }
-            WorkerAddr::Unix(p) => Ok(Stream::Unix(connect_unix(p).await?)),
+            WorkerAddr::Unix(p) => Ok(Stream::new(Inner::Unix(connect_unix(p).await?))),
         }
     };
     // A connect that completes at once needs no timer. One due before every
@@ -266,7 +293,7 @@ impl Pool {
     /// A new connection.
     pub async fn connect(&self) -> Result<Upstream, ConnectError> {
         let io = open(&self.addr).await?;
-        let probe = probe_fd(io.inner());
+        let probe = io.inner().probe.clone();
         let (tx, conn) = http1::Builder::new()
             .max_buf_size(UPSTREAM_READ_BUF)
             .handshake(io)
