@@ -379,10 +379,47 @@ impl Store {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut jobs = on_backend!(self, s => s.claim(queue, limit, owner, lease_ms).await)?;
+        let jobs = on_backend!(self, s => s.claim(queue, limit, owner, lease_ms).await)?;
+        let claimed = self.claimed(jobs)?;
+        if !claimed.is_empty() {
+            tracing::debug!(queue, owner, count = claimed.len(), "jobs claimed");
+        }
+        Ok(claimed)
+    }
+
+    /// [`Store::complete_many`] and [`Store::claim`] in one transaction
+    /// (both or neither): the runs of `done` whose tokens still hold their
+    /// jobs are marked succeeded, and up to `limit` claimable jobs of
+    /// `queue` are claimed for `owner`, typically for the slots the
+    /// completed runs free. One commit instead of two: with PostgreSQL's
+    /// `synchronous_commit`, one WAL flush per batch instead of two. Returns
+    /// the ids written and the jobs claimed (in claim order).
+    pub async fn complete_and_claim(
+        &self,
+        done: &[(i64, String)],
+        queue: &str,
+        limit: u32,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<(Vec<i64>, Vec<Claimed>), StoreError> {
+        validate::name("queue", queue)?;
+        validate::text("owner", owner)?;
+        let lease_ms = validate::lease(lease)?;
+        if limit == 0 {
+            return Ok((self.complete_many(done).await?, Vec::new()));
+        }
+        let (ids, jobs) = on_backend!(self, s => s.complete_and_claim(done, queue, limit, owner, lease_ms).await)?;
+        let claimed = self.claimed(jobs)?;
+        if !claimed.is_empty() {
+            tracing::debug!(queue, owner, count = claimed.len(), "jobs claimed");
+        }
+        Ok((ids, claimed))
+    }
+
+    /// Claimed rows in claim order, each with its lease token.
+    fn claimed(&self, mut jobs: Vec<Job>) -> Result<Vec<Claimed>, StoreError> {
         jobs.sort_by_key(|j| (j.priority, j.run_at, j.id));
-        let claimed = jobs
-            .into_iter()
+        jobs.into_iter()
             .map(|job| match job.lease_token.clone() {
                 Some(token) => Ok(Claimed { job, token }),
                 None => Err(StoreError::Corrupt {
@@ -391,11 +428,7 @@ impl Store {
                     reason: "claimed without a lease token".to_owned(),
                 }),
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        if !claimed.is_empty() {
-            tracing::debug!(queue, owner, count = claimed.len(), "jobs claimed");
-        }
-        Ok(claimed)
+            .collect()
     }
 
     /// Extends the lease to now + `lease`, if `token` still holds the job
