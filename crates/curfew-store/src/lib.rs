@@ -9,8 +9,10 @@
 //!
 //! - **SQLite** (the default; a file, nothing to install):
 //!   `sqlite:///var/lib/app/jobs.db`, `sqlite://relative.db`, or a plain
-//!   path. WAL, `synchronous=NORMAL`, `busy_timeout` 5 s; every write is a
-//!   `BEGIN IMMEDIATE` transaction, so several processes may share the file.
+//!   path. WAL, `synchronous=NORMAL`, `busy_timeout` 5 s; every write takes
+//!   the write lock before it reads (a `BEGIN IMMEDIATE` transaction, or one
+//!   statement, which SQLite runs as such a transaction), so several
+//!   processes may share the file.
 //! - **PostgreSQL** (a queue shared by curfew instances on several hosts):
 //!   `postgres://user@host/db`. Everything lives in one schema (default
 //!   `curfew`, see [`StoreOptions::pg_schema`]), created if missing. Claims
@@ -26,7 +28,8 @@
 //! [`Store::mark_started`]) and renews the lease ([`Store::heartbeat`],
 //! every lease/3 or so) for as long as the job runs.
 //! It ends the run with [`Store::complete`] (or many runs at once, each
-//! fenced by its own token: [`Store::complete_many`]), [`Store::fail`] (retry at a time
+//! fenced by its own token: [`Store::complete_many`]; and in the same
+//! transaction the next claim: [`Store::complete_and_claim`]), [`Store::fail`] (retry at a time
 //! from [`backoff::backoff`], or dead after `max_attempts`), [`Store::snooze`]
 //! (back-pressure: retry later without spending an attempt) or, on a graceful
 //! shutdown, [`Store::release`]. A processor that died is detected by its
