@@ -220,22 +220,34 @@ impl Inner {
             return;
         }
         if self.stop_claiming.is_cancelled() {
-            let pairs: Vec<(i64, String)> =
-                claimed.into_iter().map(|c| (c.job.id, c.token)).collect();
-            let t = self.health.tick();
-            if let Err(e) = self
-                .store
-                .release(&pairs, "claimed as curfew began to stop")
-                .await
-            {
-                self.health
-                    .failed("hand back jobs claimed while stopping", &e, t);
-            }
+            self.hand_back(claimed, "claimed as curfew began to stop")
+                .await;
             return;
         }
-        // As many slots as jobs: the claim asked for no more.
-        for (c, permit) in claimed.into_iter().zip(slots) {
-            self.runs.spawn(self.clone().run(q.clone(), c, permit));
+        let mut slots = slots.into_iter();
+        let mut extra = Vec::new();
+        for c in claimed {
+            match slots.next() {
+                Some(permit) => {
+                    self.runs.spawn(self.clone().run(q.clone(), c, permit));
+                }
+                // Cannot happen: the claim asked for no more jobs than the
+                // batch frees slots of this queue. Hand back rather than
+                // overrun the limit.
+                None => extra.push(c),
+            }
+        }
+        if !extra.is_empty() {
+            self.hand_back(extra, "no free slot").await;
+        }
+    }
+
+    /// Releases claimed jobs that will not run here.
+    async fn hand_back(&self, claimed: Vec<Claimed>, why: &str) {
+        let pairs: Vec<(i64, String)> = claimed.into_iter().map(|c| (c.job.id, c.token)).collect();
+        let t = self.health.tick();
+        if let Err(e) = self.store.release(&pairs, why).await {
+            self.health.failed("hand back claimed jobs", &e, t);
         }
     }
 
