@@ -987,7 +987,9 @@ def main() -> int:
     ap.add_argument("--lat-gap-ms", type=int, default=20, help="latency: ms between enqueues (default 20)")
     ap.add_argument("--columns", default="sqlite,pg,rq-fork,rq-simple",
                     help="comma-separated subset of sqlite,pg,rq-fork,rq-simple")
-    ap.add_argument("--pg-url", default="postgres://postgres@127.0.0.1:5432/test")
+    # sslmode=disable: on loopback TLS only adds cost (sqlx's default
+    # `prefer` negotiates TLS when the server offers it, as this one does).
+    ap.add_argument("--pg-url", default="postgres://postgres@127.0.0.1:5432/test?sslmode=disable")
     ap.add_argument("--pg-schema", default="bench", help="dropped and recreated for every PostgreSQL run")
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/13",
                     help="a Redis DB that must be empty (it is emptied again after each RQ run); "

@@ -16,6 +16,18 @@
 //!   are given back only once the write has committed, all at once, so a
 //!   queue never has more `running` jobs than its `concurrency` and its
 //!   claim loop claims the freed slots in one statement.
+//! - **The freed slots claimed in the same commit.** The batch's write also
+//!   claims jobs of the queue with the most runs in it, up to the slots
+//!   those runs free ([`curfew_store::Store::complete_and_claim`]: one
+//!   transaction, so with PostgreSQL's synchronous commit one WAL flush per
+//!   batch instead of one for the completions and one for the claim). The
+//!   claimed jobs take those slots over directly; slots left over are given
+//!   back to the queue's claim loop. Nothing is claimed once the processor
+//!   stops claiming (jobs claimed by a write in flight then are handed
+//!   back, as the claim loop does).
+//! - **Two batches in flight.** A batch does not wait for the previous
+//!   one's commit (a WAL flush of a few ms): up to [`MAX_IN_FLIGHT`]
+//!   writes run at once, so both halves of the running jobs keep turning.
 //! - **Never done without the write.** A crash before the commit leaves
 //!   the runs `running` under their leases: this node's next boot reclaims
 //!   them, another node rescues them when the lease expires, and they run
@@ -26,15 +38,17 @@ use std::collections::HashSet;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
-use super::{Inner, RetryPause};
-use curfew_store::StoreError;
+use super::{Inner, QueueState, RetryPause};
+use curfew_store::{Claimed, StoreError};
 
 /// The longest a success waits for others to share its commit.
 pub(super) const LINGER: Duration = Duration::from_millis(2);
 /// The most runs written in one statement.
 const MAX_BATCH: usize = 512;
+/// The most batches being written at once.
+const MAX_IN_FLIGHT: usize = 2;
 
 /// What the run learns: written (`true`), its lease lost (`false`), or the
 /// store's error after the retries.
@@ -44,7 +58,10 @@ pub(super) type Written = Result<bool, Arc<StoreError>>;
 pub(super) struct Success {
     pub(super) id: i64,
     pub(super) token: String,
-    /// The run's queue slot, given back after the commit.
+    /// The run's queue.
+    pub(super) queue: Arc<QueueState>,
+    /// The run's queue slot, given back after the commit (or handed to a
+    /// job claimed by the same commit).
     pub(super) permit: OwnedSemaphorePermit,
     pub(super) written: oneshot::Sender<Written>,
 }
@@ -55,8 +72,14 @@ pub(super) type Successes = mpsc::UnboundedSender<Success>;
 /// The completer's loop: ends when the processor is gone (its sender
 /// dropped).
 pub(super) async fn complete_loop(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Success>) {
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     while let Some(first) = rx.recv().await {
         let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        // A turn first: what arrives while both writes are in flight joins
+        // this batch. (Never closed, so never an error.)
+        let Ok(turn) = in_flight.clone().acquire_owned().await else {
             return;
         };
         let mut batch = vec![first];
@@ -76,8 +99,27 @@ pub(super) async fn complete_loop(inner: Weak<Inner>, mut rx: mpsc::UnboundedRec
                 Ok(None) | Err(_) => break,
             }
         }
-        inner.write_successes(batch).await;
+        tokio::spawn(async move {
+            inner.write_successes(batch).await;
+            drop(turn);
+        });
     }
+}
+
+/// The queue with the most runs in `batch` and their number: the slots a
+/// write of the batch frees for it. `None` for an empty batch.
+fn busiest_queue(batch: &[Success]) -> Option<(Arc<QueueState>, u32)> {
+    let mut counts: Vec<(&Arc<QueueState>, u32)> = Vec::new();
+    for s in batch {
+        match counts.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &s.queue)) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((&s.queue, 1)),
+        }
+    }
+    counts
+        .into_iter()
+        .max_by_key(|(_, n)| *n)
+        .map(|(q, n)| (q.clone(), n))
 }
 
 /// Whether a batch of `batch` successes is written without waiting for
@@ -87,32 +129,73 @@ fn write_now(batch: usize, running: usize) -> bool {
 }
 
 impl Inner {
-    /// Writes one batch (retried for up to one lease), then frees the
-    /// slots and answers each run.
-    async fn write_successes(&self, batch: Vec<Success>) {
+    /// Writes one batch (retried for up to one lease) and claims for the
+    /// slots it frees, then hands those slots to the claimed jobs, frees
+    /// the others and answers each run.
+    async fn write_successes(self: Arc<Self>, batch: Vec<Success>) {
         let pairs: Vec<(i64, String)> = batch.iter().map(|s| (s.id, s.token.clone())).collect();
+        let mut claim = (!self.stop_claiming.is_cancelled())
+            .then(|| busiest_queue(&batch))
+            .flatten();
         let give_up = Instant::now() + self.cfg.lease;
         let mut pause = RetryPause::new();
         let result = loop {
             let t = self.health.tick();
-            match self.store.complete_many(&pairs).await {
-                Ok(ids) => {
+            let written = match &claim {
+                Some((q, slots)) => {
+                    self.store
+                        .complete_and_claim(
+                            &pairs,
+                            &q.cfg.name,
+                            *slots,
+                            &self.owner,
+                            self.cfg.lease,
+                        )
+                        .await
+                }
+                None => self
+                    .store
+                    .complete_many(&pairs)
+                    .await
+                    .map(|ids| (ids, Vec::new())),
+            };
+            match written {
+                Ok((ids, claimed)) => {
                     self.health.ok();
-                    break Ok(ids.into_iter().collect::<HashSet<i64>>());
+                    break Ok((ids.into_iter().collect::<HashSet<i64>>(), claimed));
                 }
                 Err(e) if e.is_retryable() && Instant::now() + pause.peek() < give_up => {
                     self.health.failed("record a job's result", &e, t);
+                    // Only the verdicts are due: the claim loop claims.
+                    claim = None;
                     tokio::time::sleep(pause.next()).await;
                 }
                 Err(e) => break Err(Arc::new(e)),
             }
         };
         tracing::trace!(jobs = batch.len(), "Successful runs recorded together.");
+        let (result, claimed) = match result {
+            Ok((ids, claimed)) => (Ok(ids), claimed),
+            Err(e) => (Err(e), Vec::new()),
+        };
+        let claimed_for = claim.map(|(q, _)| q);
+        let mut handed = Vec::new();
         let mut answers = Vec::with_capacity(batch.len());
         for s in batch {
-            // Every slot of the batch back before any run goes on.
-            drop(s.permit);
+            if handed.len() < claimed.len()
+                && claimed_for
+                    .as_ref()
+                    .is_some_and(|q| Arc::ptr_eq(q, &s.queue))
+            {
+                handed.push(s.permit);
+            } else {
+                // Every other slot of the batch back before any run goes on.
+                drop(s.permit);
+            }
             answers.push((s.id, s.written));
+        }
+        if let Some(q) = claimed_for {
+            self.start_claimed(&q, claimed, handed).await;
         }
         for (id, written) in answers {
             let answer = match &result {
@@ -124,12 +207,57 @@ impl Inner {
         }
     }
 
+    /// Starts the jobs a batch's write claimed, each in a slot of a run of
+    /// that batch; hands them back if the processor stopped claiming
+    /// meanwhile.
+    async fn start_claimed(
+        self: &Arc<Self>,
+        q: &Arc<QueueState>,
+        claimed: Vec<Claimed>,
+        slots: Vec<OwnedSemaphorePermit>,
+    ) {
+        if claimed.is_empty() {
+            return;
+        }
+        if self.stop_claiming.is_cancelled() {
+            self.hand_back(claimed, "claimed as curfew began to stop")
+                .await;
+            return;
+        }
+        let mut slots = slots.into_iter();
+        let mut extra = Vec::new();
+        for c in claimed {
+            match slots.next() {
+                Some(permit) => {
+                    self.runs.spawn(self.clone().run(q.clone(), c, permit));
+                }
+                // Cannot happen: the claim asked for no more jobs than the
+                // batch frees slots of this queue. Hand back rather than
+                // overrun the limit.
+                None => extra.push(c),
+            }
+        }
+        if !extra.is_empty() {
+            self.hand_back(extra, "no free slot").await;
+        }
+    }
+
+    /// Releases claimed jobs that will not run here.
+    async fn hand_back(&self, claimed: Vec<Claimed>, why: &str) {
+        let pairs: Vec<(i64, String)> = claimed.into_iter().map(|c| (c.job.id, c.token)).collect();
+        let t = self.health.tick();
+        if let Err(e) = self.store.release(&pairs, why).await {
+            self.health.failed("hand back claimed jobs", &e, t);
+        }
+    }
+
     /// Records a success through the group commit. `None`: the completer
     /// is gone (the processor is being dropped); the caller writes alone.
     pub(super) async fn complete_batched(
         &self,
         id: i64,
         token: &str,
+        queue: &Arc<QueueState>,
         permit: OwnedSemaphorePermit,
     ) -> Option<Written> {
         let (tx, rx) = oneshot::channel();
@@ -137,6 +265,7 @@ impl Inner {
             .send(Success {
                 id,
                 token: token.to_owned(),
+                queue: queue.clone(),
                 permit,
                 written: tx,
             })

@@ -245,7 +245,7 @@ impl Inner {
     /// the queue slot back once it has committed.
     async fn record_success(
         &self,
-        q: &QueueState,
+        q: &Arc<QueueState>,
         job: &curfew_store::Job,
         token: &str,
         took: Duration,
@@ -253,7 +253,7 @@ impl Inner {
     ) {
         let (id, queue, kind, attempt) = (job.id, &job.queue, &job.kind, job.attempt);
         let took_ms = took.as_millis() as u64;
-        match self.complete_batched(id, token, permit).await {
+        match self.complete_batched(id, token, q, permit).await {
             Some(Ok(true)) => {
                 q.counters.succeeded.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(job_id = id, queue = %queue, kind = %kind, attempt, took_ms, "Job succeeded.");

@@ -9,8 +9,10 @@
 //!
 //! - **SQLite** (the default; a file, nothing to install):
 //!   `sqlite:///var/lib/app/jobs.db`, `sqlite://relative.db`, or a plain
-//!   path. WAL, `synchronous=NORMAL`, `busy_timeout` 5 s; every write is a
-//!   `BEGIN IMMEDIATE` transaction, so several processes may share the file.
+//!   path. WAL, `synchronous=NORMAL`, `busy_timeout` 5 s; every write takes
+//!   the write lock before it reads (a `BEGIN IMMEDIATE` transaction, or one
+//!   statement, which SQLite runs as such a transaction), so several
+//!   processes may share the file.
 //! - **PostgreSQL** (a queue shared by curfew instances on several hosts):
 //!   `postgres://user@host/db`. Everything lives in one schema (default
 //!   `curfew`, see [`StoreOptions::pg_schema`]), created if missing. Claims
@@ -26,7 +28,8 @@
 //! [`Store::mark_started`]) and renews the lease ([`Store::heartbeat`],
 //! every lease/3 or so) for as long as the job runs.
 //! It ends the run with [`Store::complete`] (or many runs at once, each
-//! fenced by its own token: [`Store::complete_many`]), [`Store::fail`] (retry at a time
+//! fenced by its own token: [`Store::complete_many`]; and in the same
+//! transaction the next claim: [`Store::complete_and_claim`]), [`Store::fail`] (retry at a time
 //! from [`backoff::backoff`], or dead after `max_attempts`), [`Store::snooze`]
 //! (back-pressure: retry later without spending an attempt) or, on a graceful
 //! shutdown, [`Store::release`]. A processor that died is detected by its
@@ -379,10 +382,47 @@ impl Store {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut jobs = on_backend!(self, s => s.claim(queue, limit, owner, lease_ms).await)?;
+        let jobs = on_backend!(self, s => s.claim(queue, limit, owner, lease_ms).await)?;
+        let claimed = self.claimed(jobs)?;
+        if !claimed.is_empty() {
+            tracing::debug!(queue, owner, count = claimed.len(), "jobs claimed");
+        }
+        Ok(claimed)
+    }
+
+    /// [`Store::complete_many`] and [`Store::claim`] in one transaction
+    /// (both or neither): the runs of `done` whose tokens still hold their
+    /// jobs are marked succeeded, and up to `limit` claimable jobs of
+    /// `queue` are claimed for `owner`, typically for the slots the
+    /// completed runs free. One commit instead of two: with PostgreSQL's
+    /// `synchronous_commit`, one WAL flush per batch instead of two. Returns
+    /// the ids written and the jobs claimed (in claim order).
+    pub async fn complete_and_claim(
+        &self,
+        done: &[(i64, String)],
+        queue: &str,
+        limit: u32,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<(Vec<i64>, Vec<Claimed>), StoreError> {
+        validate::name("queue", queue)?;
+        validate::text("owner", owner)?;
+        let lease_ms = validate::lease(lease)?;
+        if limit == 0 {
+            return Ok((self.complete_many(done).await?, Vec::new()));
+        }
+        let (ids, jobs) = on_backend!(self, s => s.complete_and_claim(done, queue, limit, owner, lease_ms).await)?;
+        let claimed = self.claimed(jobs)?;
+        if !claimed.is_empty() {
+            tracing::debug!(queue, owner, count = claimed.len(), "jobs claimed");
+        }
+        Ok((ids, claimed))
+    }
+
+    /// Claimed rows in claim order, each with its lease token.
+    fn claimed(&self, mut jobs: Vec<Job>) -> Result<Vec<Claimed>, StoreError> {
         jobs.sort_by_key(|j| (j.priority, j.run_at, j.id));
-        let claimed = jobs
-            .into_iter()
+        jobs.into_iter()
             .map(|job| match job.lease_token.clone() {
                 Some(token) => Ok(Claimed { job, token }),
                 None => Err(StoreError::Corrupt {
@@ -391,11 +431,7 @@ impl Store {
                     reason: "claimed without a lease token".to_owned(),
                 }),
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        if !claimed.is_empty() {
-            tracing::debug!(queue, owner, count = claimed.len(), "jobs claimed");
-        }
-        Ok(claimed)
+            .collect()
     }
 
     /// Extends the lease to now + `lease`, if `token` still holds the job

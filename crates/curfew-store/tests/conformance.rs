@@ -174,6 +174,7 @@ conformance!(
     stale_tokens_are_fenced_off,
     a_batch_claim_gives_each_job_its_own_lease,
     a_batch_of_completions_is_fenced_job_by_job,
+    completions_and_the_next_claim_commit_together,
     fail_retries_then_dies_at_max_attempts,
     snooze_gives_the_attempt_back,
     release_hands_back_only_running_jobs_with_their_token,
@@ -1428,6 +1429,130 @@ async fn a_batch_of_completions_is_fenced_job_by_job(h: &Harness) {
     );
     let stats = h.store.stats().await.expect("stats");
     assert!(stats.iter().all(|s| s.running == 0), "{stats:?}");
+}
+
+/// The group commit's write that also claims for the slots it frees:
+/// completions fenced job by job exactly as `complete_many`, and a claim
+/// exactly as `claim` (order, fresh tokens, the lease, paused queues), in
+/// one transaction.
+async fn completions_and_the_next_claim_commit_together(h: &Harness) {
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(enqueue(h, new_job("q")).await);
+    }
+    let first = h.store.claim("q", 2, OWNER, LEASE).await.expect("claim");
+    assert_eq!(
+        first.iter().map(|c| c.job.id).collect::<Vec<_>>(),
+        ids[..2].to_vec()
+    );
+    let (a, b) = (&first[0], &first[1]);
+    let b_before = get(h, b.job.id).await;
+    let before = now_ms();
+    let (done, claimed) = h
+        .store
+        .complete_and_claim(
+            &[
+                (a.job.id, a.token.clone()),
+                (b.job.id, "stale-token".to_owned()),
+            ],
+            "q",
+            2,
+            OWNER,
+            LEASE,
+        )
+        .await
+        .expect("complete_and_claim");
+    assert_eq!(done, vec![a.job.id], "fenced job by job");
+    let job = get(h, a.job.id).await;
+    assert_eq!(job.state, JobState::Succeeded);
+    assert!(
+        job.lease_token.is_none() && job.lease_owner.is_none(),
+        "{job:?}"
+    );
+    assert_eq!(
+        get(h, b.job.id).await,
+        b_before,
+        "a stale token writes nothing"
+    );
+    assert_eq!(
+        claimed.iter().map(|c| c.job.id).collect::<Vec<_>>(),
+        ids[2..4].to_vec(),
+        "claimed in claim order, no more than asked"
+    );
+    let mut tokens: Vec<&str> = vec![&a.token, &b.token];
+    for c in &claimed {
+        let job = get(h, c.job.id).await;
+        assert_eq!(job.state, JobState::Running);
+        assert_eq!(job.attempt, 1);
+        assert_eq!(job.lease_owner.as_deref(), Some(OWNER));
+        assert_eq!(job.lease_token.as_deref(), Some(c.token.as_str()));
+        assert!(
+            job.lease_expires_at
+                .is_some_and(|t| t >= before + LEASE.as_millis() as i64 - 1_000),
+            "{job:?}"
+        );
+        assert!(job.started_at.is_some(), "{job:?}");
+        assert!(
+            !tokens.contains(&c.token.as_str()),
+            "a fresh token per claim"
+        );
+        tokens.push(&c.token);
+    }
+
+    // Nothing to claim for: completions only. Nothing to complete: a claim.
+    let (done, none) = h
+        .store
+        .complete_and_claim(&[(b.job.id, b.token.clone())], "q", 0, OWNER, LEASE)
+        .await
+        .expect("limit 0");
+    assert_eq!((done, none.len()), (vec![b.job.id], 0));
+    let (done, last) = h
+        .store
+        .complete_and_claim(&[], "q", 5, OWNER, LEASE)
+        .await
+        .expect("no completions");
+    assert!(done.is_empty());
+    assert_eq!(
+        last.iter().map(|c| c.job.id).collect::<Vec<_>>(),
+        vec![ids[4]]
+    );
+
+    // A paused queue is not claimed from; the completions still commit.
+    let waiting = enqueue(h, new_job("q")).await;
+    assert!(h.store.pause("q").await.expect("pause"));
+    let (done, none) = h
+        .store
+        .complete_and_claim(
+            &[(claimed[0].job.id, claimed[0].token.clone())],
+            "q",
+            3,
+            OWNER,
+            LEASE,
+        )
+        .await
+        .expect("paused");
+    assert_eq!((done, none.len()), (vec![claimed[0].job.id], 0));
+    assert_eq!(get(h, waiting).await.state, JobState::Queued);
+
+    // Bad input names its field and writes nothing.
+    let held = (claimed[1].job.id, claimed[1].token.clone());
+    assert_eq!(
+        field_of(
+            h.store
+                .complete_and_claim(std::slice::from_ref(&held), "bad queue!", 1, OWNER, LEASE)
+                .await
+        )
+        .0,
+        "queue"
+    );
+    assert_eq!(get(h, held.0).await.state, JobState::Running);
+    assert_eq!(
+        h.store
+            .complete_many(std::slice::from_ref(&held))
+            .await
+            .expect("the held one"),
+        vec![held.0]
+    );
 }
 
 async fn fail_retries_then_dies_at_max_attempts(h: &Harness) {

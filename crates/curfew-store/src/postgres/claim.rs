@@ -103,36 +103,74 @@ impl PgStore {
         owner: &str,
         lease_ms: i64,
     ) -> Result<Vec<Job>, StoreError> {
-        // The CTE fences the LIMIT: the planner cannot turn it into a join
-        // that locks more rows than asked for.
-        let rows = sqlx::query(self.sql(
-            "WITH picked AS (
-                 SELECT id FROM {s}.jobs
-                 WHERE state IN ('queued', 'failed') AND queue = $1 AND run_at <= {s}.now_ms()
-                   AND NOT EXISTS (SELECT 1 FROM {s}.paused_queues WHERE queue = $1)
-                 ORDER BY priority, run_at, id
-                 LIMIT $2
-                 FOR UPDATE SKIP LOCKED
-             )
-             UPDATE {s}.jobs AS j SET
-                 state = 'running',
-                 attempt = j.attempt + 1,
-                 lease_owner = $3,
-                 lease_token = gen_random_uuid()::text,
-                 lease_expires_at = {s}.now_ms() + $4,
-                 started_at = {s}.now_ms(),
-                 updated_at = {s}.now_ms()
-             FROM picked
-             WHERE j.id = picked.id
-             RETURNING j.*",
-        ))
-        .bind(queue)
-        .bind(i64::from(limit))
-        .bind(owner)
-        .bind(lease_ms)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.err(e))?;
+        let rows = sqlx::query(self.sql(CLAIM))
+            .bind(queue)
+            .bind(i64::from(limit))
+            .bind(owner)
+            .bind(lease_ms)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
         self.jobs(&rows)
     }
+
+    /// `complete_many`'s statement and then `claim`'s in one transaction:
+    /// one commit (one WAL flush) for both.
+    pub(crate) async fn complete_and_claim(
+        &self,
+        done: &[(i64, String)],
+        queue: &str,
+        limit: u32,
+        owner: &str,
+        lease_ms: i64,
+    ) -> Result<(Vec<i64>, Vec<Job>), StoreError> {
+        let (ids, tokens) = super::lease::id_token_arrays(done);
+        let run = async {
+            let mut tx = self.pool.begin().await?;
+            let completed: Vec<i64> = if done.is_empty() {
+                Vec::new()
+            } else {
+                sqlx::query_scalar(self.sql(super::lease::COMPLETE_MANY))
+                    .bind(&ids)
+                    .bind(&tokens)
+                    .fetch_all(&mut *tx)
+                    .await?
+            };
+            let rows = sqlx::query(self.sql(CLAIM))
+                .bind(queue)
+                .bind(i64::from(limit))
+                .bind(owner)
+                .bind(lease_ms)
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>((completed, rows))
+        };
+        let (completed, rows) = run.await.map_err(|e| self.err(e))?;
+        Ok((completed, self.jobs(&rows)?))
+    }
 }
+
+/// The claim: up to `$2` claimable jobs of queue `$1` to running for owner
+/// `$3` with a lease of `$4` ms, a fresh token each. The CTE fences the
+/// LIMIT: the planner cannot turn it into a join that locks more rows than
+/// asked for.
+const CLAIM: &str = "WITH picked AS (
+         SELECT id FROM {s}.jobs
+         WHERE state IN ('queued', 'failed') AND queue = $1 AND run_at <= {s}.now_ms()
+           AND NOT EXISTS (SELECT 1 FROM {s}.paused_queues WHERE queue = $1)
+         ORDER BY priority, run_at, id
+         LIMIT $2
+         FOR UPDATE SKIP LOCKED
+     )
+     UPDATE {s}.jobs AS j SET
+         state = 'running',
+         attempt = j.attempt + 1,
+         lease_owner = $3,
+         lease_token = gen_random_uuid()::text,
+         lease_expires_at = {s}.now_ms() + $4,
+         started_at = {s}.now_ms(),
+         updated_at = {s}.now_ms()
+     FROM picked
+     WHERE j.id = picked.id
+     RETURNING j.*";

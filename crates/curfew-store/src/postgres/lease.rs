@@ -69,21 +69,13 @@ impl PgStore {
         &self,
         jobs: &[(i64, String)],
     ) -> Result<Vec<i64>, StoreError> {
-        let ids: Vec<i64> = jobs.iter().map(|(id, _)| *id).collect();
-        let tokens: Vec<&str> = jobs.iter().map(|(_, token)| token.as_str()).collect();
-        sqlx::query_scalar(self.sql(
-            "UPDATE {s}.jobs AS j SET state = 'succeeded', finished_at = {s}.now_ms(),
-                 updated_at = {s}.now_ms(),
-                 lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
-             FROM unnest($1::bigint[], $2::text[]) AS r(id, token)
-             WHERE j.id = r.id AND j.lease_token = r.token AND j.state = 'running'
-             RETURNING j.id",
-        ))
-        .bind(&ids)
-        .bind(&tokens)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.err(e))
+        let (ids, tokens) = id_token_arrays(jobs);
+        sqlx::query_scalar(self.sql(COMPLETE_MANY))
+            .bind(&ids)
+            .bind(&tokens)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))
     }
 
     pub(crate) async fn snooze(
@@ -259,4 +251,18 @@ impl PgStore {
         self.notify(&distinct_queues(&rescued)).await;
         Ok(rescued)
     }
+}
+
+/// `complete_many`'s statement: `$1` the ids, `$2` their tokens.
+pub(super) const COMPLETE_MANY: &str =
+    "UPDATE {s}.jobs AS j SET state = 'succeeded', finished_at = {s}.now_ms(),
+         updated_at = {s}.now_ms(),
+         lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+     FROM unnest($1::bigint[], $2::text[]) AS r(id, token)
+     WHERE j.id = r.id AND j.lease_token = r.token AND j.state = 'running'
+     RETURNING j.id";
+
+/// `(id, token)` pairs as the two arrays `COMPLETE_MANY` takes.
+pub(super) fn id_token_arrays(jobs: &[(i64, String)]) -> (Vec<i64>, Vec<&str>) {
+    jobs.iter().map(|(id, token)| (*id, token.as_str())).unzip()
 }

@@ -106,39 +106,90 @@ impl SqliteStore {
         owner: &str,
         lease_ms: i64,
     ) -> Result<Vec<Job>, StoreError> {
-        let now = now_ms();
-        let mut w = self.begin_write().await?;
-        // INDEXED BY: walk the claim index in claim order and stop after
-        // `limit` rows. Left to itself (no statistics) SQLite prefers the
-        // (queue, run_at) index and sorts every ready job of the queue.
-        let result = sqlx::query(concat!(
-            "UPDATE jobs SET
-                state = 'running',
-                attempt = attempt + 1,
-                lease_owner = ?1,
-                lease_token = ",
-            uuid_v4_sql!(),
-            ",
-                lease_expires_at = ?2 + ?3,
-                started_at = ?2,
-                updated_at = ?2
-             WHERE id IN (
-                SELECT id FROM jobs INDEXED BY jobs_claim
-                WHERE state IN ('queued', 'failed') AND queue = ?4 AND run_at <= ?2
-                  AND NOT EXISTS (SELECT 1 FROM paused_queues WHERE queue = ?4)
-                ORDER BY priority, run_at, id
-                LIMIT ?5
-             )
-             RETURNING *"
-        ))
-        .bind(owner)
-        .bind(now)
-        .bind(lease_ms)
-        .bind(queue)
-        .bind(i64::from(limit))
-        .fetch_all(&mut *w.tx)
-        .await;
-        let rows = w.finish(&self.name, result).await?;
+        // One statement: its own write transaction (see `writer_turn`).
+        let _turn = self.writer_turn().await;
+        let rows = claim_query(queue, limit, owner, lease_ms, now_ms())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
         self.jobs(&rows)
     }
+
+    /// `complete_many`'s statement and then `claim`'s in one write
+    /// transaction.
+    pub(crate) async fn complete_and_claim(
+        &self,
+        done: &[(i64, String)],
+        queue: &str,
+        limit: u32,
+        owner: &str,
+        lease_ms: i64,
+    ) -> Result<(Vec<i64>, Vec<Job>), StoreError> {
+        let pairs =
+            serde_json::to_string(done).map_err(|e| StoreError::invalid("jobs", e.to_string()))?;
+        let now = now_ms();
+        let mut w = self.begin_write().await?;
+        let result = async {
+            let ids = if done.is_empty() {
+                Vec::new()
+            } else {
+                super::lease::complete_many_query(&pairs, now)
+                    .fetch_all(&mut *w.tx)
+                    .await?
+            };
+            let rows = claim_query(queue, limit, owner, lease_ms, now)
+                .fetch_all(&mut *w.tx)
+                .await?;
+            Ok((ids, rows))
+        }
+        .await;
+        let (ids, rows) = w.finish(&self.name, result).await?;
+        Ok((ids, self.jobs(&rows)?))
+    }
+}
+
+/// The claim: up to `limit` claimable jobs of `queue` to running, with a
+/// fresh token each.
+///
+/// INDEXED BY: walk the claim index in claim order and stop after `limit`
+/// rows. Left to itself (no statistics) SQLite prefers the (queue, run_at)
+/// index and sorts every ready job of the queue.
+///
+/// `CAST(?5 AS INTEGER)`: a bare `LIMIT ?5` lets SQLite plan with the bound
+/// value, which marks the prepared statement to be parsed and planned
+/// again whenever the limit is bound anew (every claim: a tenth of the
+/// processor's CPU in a profile); an expression is evaluated at run time
+/// and the cached statement is reused.
+fn claim_query<'q>(
+    queue: &'q str,
+    limit: u32,
+    owner: &'q str,
+    lease_ms: i64,
+    now: i64,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    sqlx::query(concat!(
+        "UPDATE jobs SET
+            state = 'running',
+            attempt = attempt + 1,
+            lease_owner = ?1,
+            lease_token = ",
+        uuid_v4_sql!(),
+        ",
+            lease_expires_at = ?2 + ?3,
+            started_at = ?2,
+            updated_at = ?2
+         WHERE id IN (
+            SELECT id FROM jobs INDEXED BY jobs_claim
+            WHERE state IN ('queued', 'failed') AND queue = ?4 AND run_at <= ?2
+              AND NOT EXISTS (SELECT 1 FROM paused_queues WHERE queue = ?4)
+            ORDER BY priority, run_at, id
+            LIMIT CAST(?5 AS INTEGER)
+         )
+         RETURNING *"
+    ))
+    .bind(owner)
+    .bind(now)
+    .bind(lease_ms)
+    .bind(queue)
+    .bind(i64::from(limit))
 }

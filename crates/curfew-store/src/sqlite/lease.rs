@@ -66,28 +66,18 @@ impl SqliteStore {
 
     /// Marks every run of `jobs` succeeded in one write transaction (one
     /// statement), each fenced by its own token; returns the ids written.
-    /// `+state`: look each job up by its id (the primary key), not by the
-    /// state index.
     pub(crate) async fn complete_many(
         &self,
         jobs: &[(i64, String)],
     ) -> Result<Vec<i64>, StoreError> {
         let pairs =
             serde_json::to_string(jobs).map_err(|e| StoreError::invalid("jobs", e.to_string()))?;
-        let mut w = self.begin_write().await?;
-        let result = sqlx::query_scalar(
-            "UPDATE jobs SET state = 'succeeded', finished_at = ?2, updated_at = ?2,
-                 lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
-             FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS token
-                   FROM json_each(?1)) AS r
-             WHERE jobs.id = r.id AND jobs.lease_token = r.token AND +jobs.state = 'running'
-             RETURNING jobs.id",
-        )
-        .bind(&pairs)
-        .bind(now_ms())
-        .fetch_all(&mut *w.tx)
-        .await;
-        w.finish(&self.name, result).await
+        // One statement: its own write transaction (see `writer_turn`).
+        let _turn = self.writer_turn().await;
+        complete_many_query(&pairs, now_ms())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))
     }
 
     pub(crate) async fn snooze(
@@ -150,9 +140,9 @@ impl SqliteStore {
         &self,
         query: sqlx::query::Query<'_, Sqlite, sqlx::sqlite::SqliteArguments>,
     ) -> Result<bool, StoreError> {
-        let mut w = self.begin_write().await?;
-        let result = query.execute(&mut *w.tx).await;
-        let done = w.finish(&self.name, result).await?;
+        // One statement: its own write transaction (see `writer_turn`).
+        let _turn = self.writer_turn().await;
+        let done = query.execute(&self.pool).await.map_err(|e| self.err(e))?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -163,8 +153,9 @@ impl SqliteStore {
         error: &str,
         retry_at: i64,
     ) -> Result<FailOutcome, StoreError> {
-        let mut w = self.begin_write().await?;
-        let result = sqlx::query(
+        // One statement: its own write transaction (see `writer_turn`).
+        let _turn = self.writer_turn().await;
+        let row = sqlx::query(
             "UPDATE jobs SET
                  state = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
                      WHEN attempt >= max_attempts THEN 'dead' ELSE 'failed' END,
@@ -182,9 +173,9 @@ impl SqliteStore {
         .bind(error)
         .bind(retry_at)
         .bind(now_ms())
-        .fetch_optional(&mut *w.tx)
-        .await;
-        let row = w.finish(&self.name, result).await?;
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
         fail_outcome(&self.name, row.as_ref())
     }
 
@@ -195,8 +186,9 @@ impl SqliteStore {
     ) -> Result<Vec<Rescued>, StoreError> {
         let pairs =
             serde_json::to_string(jobs).map_err(|e| StoreError::invalid("jobs", e.to_string()))?;
-        let mut w = self.begin_write().await?;
-        let result = sqlx::query(
+        // One statement: its own write transaction (see `writer_turn`).
+        let turn = self.writer_turn().await;
+        let rows = sqlx::query(
             "UPDATE jobs SET
                  state = CASE WHEN cancel_requested_at IS NULL THEN 'queued' ELSE 'cancelled' END,
                  finished_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE ?3 END,
@@ -212,9 +204,10 @@ impl SqliteStore {
         .bind(&pairs)
         .bind(reason)
         .bind(now_ms())
-        .fetch_all(&mut *w.tx)
-        .await;
-        let rows = w.finish(&self.name, result).await?;
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        drop(turn);
         let released = rescued(&self.name, &rows, &[])?;
         for queue in distinct_queues(&released) {
             self.wake(queue);
@@ -312,4 +305,23 @@ impl SqliteStore {
         }
         Ok(rescued)
     }
+}
+
+/// `complete_many`'s statement: `pairs` is the JSON array of `[id, token]`.
+/// `+state`: look each job up by its id (the primary key), not by the
+/// state index.
+pub(super) fn complete_many_query(
+    pairs: &str,
+    now: i64,
+) -> sqlx::query::QueryScalar<'_, Sqlite, i64, sqlx::sqlite::SqliteArguments> {
+    sqlx::query_scalar(
+        "UPDATE jobs SET state = 'succeeded', finished_at = ?2, updated_at = ?2,
+             lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+         FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS token
+               FROM json_each(?1)) AS r
+         WHERE jobs.id = r.id AND jobs.lease_token = r.token AND +jobs.state = 'running'
+         RETURNING jobs.id",
+    )
+    .bind(pairs)
+    .bind(now)
 }

@@ -1,13 +1,18 @@
 //! The SQLite backend: one file, WAL mode, `synchronous=NORMAL`,
 //! `busy_timeout` 5 s.
 //!
-//! SQLite has one writer at a time. Every write here runs in a
-//! `BEGIN IMMEDIATE` transaction, which takes the database's write lock
-//! before it reads anything, so a read-then-write (claim's subquery, rescue's
-//! candidate list, enqueue's idempotency check) can never act on a stale
-//! snapshot, also when several processes share the file (they wait for each
-//! other up to `busy_timeout`). Inside one process the writers also queue on
-//! a mutex first, so they wait in order instead of polling the lock.
+//! SQLite has one writer at a time. Every write here takes the database's
+//! write lock before it reads anything, so a read-then-write (claim's
+//! subquery, rescue's candidate list, enqueue's idempotency check) can never
+//! act on a stale snapshot, also when several processes share the file (they
+//! wait for each other up to `busy_timeout`): a write of several statements
+//! runs in a `BEGIN IMMEDIATE` transaction; a write that is one statement
+//! (claim, heartbeat, complete, fail, snooze, release) runs on its own,
+//! which SQLite makes a write transaction that takes the write lock when the
+//! statement starts, before its first read, exactly as `BEGIN IMMEDIATE`
+//! does, and commits when it ends, without the two extra round trips to the
+//! connection's thread. Inside one process the writers also queue on a mutex
+//! first, so they wait in order instead of polling the lock.
 //!
 //! `synchronous=NORMAL` in WAL mode: a commit survives a crash of the
 //! process (SIGKILL included); after a power loss or an OS crash the last
@@ -205,6 +210,14 @@ impl SqliteStore {
 
     fn err(&self, e: sqlx::Error) -> StoreError {
         StoreError::from_sqlx(&self.name, e)
+    }
+
+    /// This process's turn to write, for a write that is one statement
+    /// (run outside `BEGIN`: SQLite opens its write transaction when the
+    /// statement starts, write lock first, and commits when it ends or
+    /// rolls it back when it fails). Held until the statement is done.
+    async fn writer_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.write_lock.lock().await
     }
 
     async fn begin_write(&self) -> Result<WriteTx, StoreError> {
