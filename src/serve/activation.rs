@@ -108,11 +108,20 @@ impl Inherited {
     }
 
     /// The socket named `admin`, adopted for `admin_bind`, if there is one.
+    /// With `upgrade`, only when its address still serves `admin_bind` (an
+    /// upgrade's new configuration may have moved or dropped it; the socket
+    /// is then closed by [`Inherited::finish`]).
     pub(super) fn admin(
         &mut self,
         admin_bind: Option<&BindAddr>,
+        upgrade: bool,
     ) -> Result<Option<Listener>, super::ServeError> {
-        let Some(i) = self.0.iter().position(|p| p.name == ADMIN_NAME) else {
+        let Some(i) = self.0.iter().position(|p| {
+            p.name == ADMIN_NAME
+                && (!upgrade
+                    || admin_bind
+                        .is_some_and(|want| p.addr.as_ref().is_some_and(|a| serves(a, want))))
+        }) else {
             return Ok(None);
         };
         let p = self.0.remove(i);
@@ -197,12 +206,21 @@ fn describe(addr: &Option<InheritedAddr>) -> String {
 fn adopt(p: Passed, addr: &BindAddr) -> Result<Listener, BindError> {
     let fd = p.fd.as_raw_fd();
     let l = Listener::adopt(p.fd, &p.name, addr)?;
-    tracing::info!(
-        fd,
-        name = %p.name,
-        listen = %l.describe(),
-        "Adopted a listening socket from the service manager (socket activation)."
-    );
+    if std::env::var_os(super::upgrade::names::ENV).is_some() {
+        tracing::info!(
+            fd,
+            name = %p.name,
+            listen = %l.describe(),
+            "Adopted a listening socket from the previous curfew (upgrade)."
+        );
+    } else {
+        tracing::info!(
+            fd,
+            name = %p.name,
+            listen = %l.describe(),
+            "Adopted a listening socket from the service manager (socket activation)."
+        );
+    }
     Ok(l)
 }
 

@@ -77,7 +77,10 @@ impl Run {
         // Closed again (after their accept queues) if anything below fails.
         let mut inherited = Inherited::from_env()?;
         let listeners = Bound::bind_all(&cfg, &mut inherited)?;
-        let admin_listener = match (inherited.admin(cfg.admin_bind.as_ref())?, &cfg.admin_bind) {
+        let admin_listener = match (
+            inherited.admin(cfg.admin_bind.as_ref(), successor.is_some())?,
+            &cfg.admin_bind,
+        ) {
             (Some(l), _) => Some(l),
             (None, Some(a)) => Some(crate::admin::bind(a)?),
             (None, None) => None,

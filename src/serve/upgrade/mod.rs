@@ -241,6 +241,7 @@ fn start(run: &mut Run) -> std::io::Result<InProgress> {
     let watch = Watch {
         pid,
         exit: spawned.exit,
+        exited: false,
         relay,
         tail,
         timeout,
@@ -261,6 +262,8 @@ fn start(run: &mut Run) -> std::io::Result<InProgress> {
 struct Watch {
     pid: u32,
     exit: oneshot::Receiver<ExitStatus>,
+    /// Its exit was received (it is reaped: never signal its pid again).
+    exited: bool,
     relay: Option<tokio::task::JoinHandle<()>>,
     tail: Arc<Mutex<VecDeque<String>>>,
     timeout: Duration,
@@ -292,13 +295,20 @@ impl Watch {
             line = lines.next_line() => match line {
                 Ok(Some(l)) => serde_json::from_str::<names::Ready>(l.trim())
                     .map_err(|_| format!("the new curfew sent {l:?}, not its ready report")),
-                Ok(None) => Err("the new curfew closed the upgrade channel before it was ready".to_owned()),
+                // Closed: it exited (its status says how) or closed it.
+                Ok(None) => match tokio::time::timeout(Duration::from_secs(2), &mut self.exit).await {
+                    Ok(st) => {
+                        self.exited = true;
+                        Err(exited_before_ready(st))
+                    }
+                    Err(_) => Err("the new curfew closed the upgrade channel before it was ready".to_owned()),
+                },
                 Err(e) => Err(format!("cannot read the upgrade channel: {e}")),
             },
-            st = &mut self.exit => Err(match st {
-                Ok(st) => format!("the new curfew exited with {st} before it was ready"),
-                Err(_) => "the new curfew's exit status was lost".to_owned(),
-            }),
+            st = &mut self.exit => {
+                self.exited = true;
+                Err(exited_before_ready(st))
+            }
             _ = tokio::time::sleep_until(deadline) => Err(format!(
                 "the new curfew did not report ready within {:?} (boot_timeout + {:?})",
                 self.timeout, READY_MARGIN
@@ -307,6 +317,7 @@ impl Watch {
         let ready = match ready {
             // Died right after its report: not a successor.
             Ok(_) if self.exit.try_recv().is_ok() => {
+                self.exited = true;
                 Err("the new curfew exited right after reporting ready".to_owned())
             }
             r => r,
@@ -345,7 +356,10 @@ impl Watch {
     /// grace), reaps it, and gives the failure with its last stderr lines.
     async fn fail(&mut self, reason: String, stop: bool) -> Progress {
         let mut reason = reason;
-        if stop && self.exit.try_recv().is_err() {
+        if !self.exited && self.exit.try_recv().is_ok() {
+            self.exited = true;
+        }
+        if stop && !self.exited {
             let pid = nix::unistd::Pid::from_raw(self.pid as i32);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
             let exited = tokio::time::timeout(self.grace, &mut self.exit).await;
@@ -366,6 +380,13 @@ impl Watch {
             .map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n"))
             .unwrap_or_default();
         Progress::Failed { reason, stderr }
+    }
+}
+
+fn exited_before_ready(st: Result<ExitStatus, oneshot::error::RecvError>) -> String {
+    match st {
+        Ok(st) => format!("the new curfew exited with {st} before it was ready"),
+        Err(_) => "the new curfew's exit status was lost".to_owned(),
     }
 }
 
