@@ -64,7 +64,11 @@ pub(super) async fn starting(run: &mut Run, listeners: Bound) {
             take_over(run, successor);
         }
     }
-    // Otherwise `listeners` drops here: closed after their accept queues.
+    // Otherwise `listeners` drops here: closed after their accept queues
+    // (and the copies kept for an upgrade with them).
+    if run.machine.phase() != Phase::Serving {
+        run.sockets = upgrade::Sockets::default();
+    }
 }
 
 /// An upgrade's new curfew serves: report ready to the old one and, once
