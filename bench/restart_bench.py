@@ -24,8 +24,8 @@ curfew-load with exact accounting, restarted --restarts times per setup:
 
 Reported per setup: restarts done, requests sent, failed (sent, no complete
 response), 5xx, refused connects (curfew-load retries them; a client without
-retries sees an error), time per restart, and the CPU time of the load run's
-server processes per request (robust on a shared machine, unlike req/s).
+retries sees an error), time per restart. (No CPU per request: the processes
+of the generations a restart replaced are gone before they can be read.)
 Reuses the helpers of bench/http_bench.py and bench/reload_bench.py.
 
     python3 bench/restart_bench.py
@@ -109,15 +109,6 @@ def wait_healthy(port: int, timeout: float = hb.HEALTH_TIMEOUT_S) -> None:
         raise RuntimeError(f"no /health on :{port} within {timeout:.0f} s")
 
 
-def server_cpu_s(root_pids: set[int]) -> float:
-    total = 0.0
-    procs = hb.all_procs()
-    for r in root_pids:
-        for pid in [r, *hb.descendants(r, procs)]:
-            total += hb.proc_cpu_s(pid)
-    return total
-
-
 def run_setup(name: str, args, tmp: Path, load_bin: Path, vbin: Path, curfew_bin: Path,
               res: rb.Res) -> None:
     port = hb.free_port()
@@ -129,7 +120,6 @@ def run_setup(name: str, args, tmp: Path, load_bin: Path, vbin: Path, curfew_bin
     holder: socket.socket | None = None
     procs: list[Proc] = []
     seen: set[int] = set()
-    cpu = 0.0
 
     def curfew_argv(program: str, extra: list[str]) -> list[str]:
         return [program, "serve", "-b", f"127.0.0.1:{port}", "-w", n, "--worker-concurrency", "64",
@@ -172,14 +162,12 @@ def run_setup(name: str, args, tmp: Path, load_bin: Path, vbin: Path, curfew_bin
         wait_healthy(port)
         load = hb.Load(load_bin, port, args.paths, args.connections, duration_ms, args.timeout_ms, tmp).start()
         t_end = load.wait_started() + duration_ms / 1000.0
-        cpu0 = server_cpu_s({main_pid})
         time.sleep(args.spacing_s)
         for i in range(args.restarts):
             if time.monotonic() + args.min_tail_s > t_end:
                 res.problems.append(f"load ended before all restarts: {res.done} done (raise --load-duration)")
                 break
             t0 = time.monotonic()
-            before_cpu = server_cpu_s({main_pid})
             if name == "curfew-upgrade":
                 started = rb.count_in_log(cur, 'result="started"')
                 os.kill(main_pid, signal.SIGUSR2)
@@ -227,8 +215,6 @@ def run_setup(name: str, args, tmp: Path, load_bin: Path, vbin: Path, curfew_bin
                     os.kill(main_pid, signal.SIGKILL)
                     res.killed += 1
                     cur.wait_gone(main_pid, 5)
-                cpu += before_cpu - cpu0  # what the stopped process used, as far as /proc showed it
-                cpu0 = 0.0
                 cur = start()
                 main_pid = cur.pid
                 wait_healthy(port)
@@ -243,10 +229,6 @@ def run_setup(name: str, args, tmp: Path, load_bin: Path, vbin: Path, curfew_bin
         res.n5xx = hb.count_5xx(r)
         res.status, res.errors = r.get("status", {}), r.get("errors", {})
         res.first_errors = r.get("first_errors", [])[:5]
-        # CPU of the server processes alive now (the last generation);
-        # upgrades keep the whole chain in one session: count it all.
-        cpu += server_cpu_s({p.pid for p in procs} | {main_pid}) - cpu0
-        res.cpu_us_per_req = cpu * 1e6 / max(1, sum(res.status.values())) if cpu > 0 else None
         log(f"{name}: sent {res.sent} failed {res.failed} 5xx {res.n5xx} refused {res.refused}")
     finally:
         if load is not None:
@@ -276,8 +258,6 @@ def build_table(results: list[rb.Res]) -> str:
         row("**refused connects** (retried by the load)", lambda r: f"**{rb.fmt(r.refused)}**"),
         row("time per restart, median (ms)",
             lambda r: rb.fmt(statistics.median(r.reload_ms), 0) if r.reload_ms else "—"),
-        row("server CPU per request (µs)",
-            lambda r: rb.fmt(getattr(r, "cpu_us_per_req", None), 0)),
         row("old server SIGKILLed", lambda r: rb.fmt(r.killed)),
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(results)) + "|"]
@@ -293,7 +273,7 @@ def render_section(results, table, args, cmdline, mach, vers) -> str:
         "",
         f"- date: {now}",
         f"- machine: {mach['nproc']} CPUs ({mach['model']}), {mach['mem']} RAM, kernel {mach['kernel']}; "
-        "shared with other builds and tests while it ran: times and CPU are indicative",
+        "shared with other builds and tests while it ran: times are indicative",
         f"- command: `{cmdline}`",
         f"- versions: curfew {vers.get('curfew')}, uvicorn {vers.get('uvicorn')}, gunicorn {vers.get('gunicorn')}, "
         f"uvicorn-worker {vers.get('uvicorn-worker')}, granian {vers.get('granian')}, python {vers.get('python')}",
