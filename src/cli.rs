@@ -92,6 +92,16 @@ pub enum Command {
         #[command(flatten)]
         target: ControlArgs,
     },
+    /// Zero-downtime upgrade of curfew itself (like SIGUSR2): the running
+    /// curfew starts the binary it was started as (a new file there is the
+    /// new version) with the same arguments, hands it its listening sockets,
+    /// and drains once the new one serves. Waits for the outcome; exits
+    /// non-zero (with the reason) if the new curfew could not start, in
+    /// which case the running one keeps serving.
+    Upgrade {
+        #[command(flatten)]
+        target: ControlArgs,
+    },
     /// Stop a running curfew gracefully (like SIGTERM).
     Stop {
         #[command(flatten)]

@@ -12,9 +12,14 @@
 //!
 //! Protocol: the client connects, writes one JSON request line, and reads one
 //! JSON response line. `{"cmd":"status"}`, `{"cmd":"reload"}`,
-//! `{"cmd":"stop"}`, `{"cmd":"scale","workers":4}` → `{"ok":true,...}` or
-//! `{"ok":false,"error":"..."}`. A reload answers once it has completed or
-//! failed.
+//! `{"cmd":"stop"}`, `{"cmd":"scale","workers":4}`, `{"cmd":"upgrade"}` →
+//! `{"ok":true,...}` or `{"ok":false,"error":"..."}`. A reload answers once
+//! it has completed or failed, an upgrade once the new curfew serves (or
+//! failed to start).
+//!
+//! An upgrade hands the listening socket itself to the new curfew (fd name
+//! `control`): the old one stops accepting on it ([`serve`]'s `release`)
+//! and leaves the file, so `curfew status` reaches the new one.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -162,16 +167,21 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     Ok(l)
 }
 
-/// Serve the control socket until `stop`; requests go to `to_orchestrator`.
+/// Serve the control socket until `stop` (which removes its file), or
+/// until `release` (an upgrade's successor took the socket over: accepting
+/// ends, the file stays, requests already accepted are still answered);
+/// requests go to `to_orchestrator`.
 pub async fn serve(
     listener: UnixListener,
     path: PathBuf,
     to_orchestrator: mpsc::Sender<Incoming>,
     stop: CancellationToken,
+    release: CancellationToken,
 ) {
     loop {
         let conn = tokio::select! {
             _ = stop.cancelled() => break,
+            _ = release.cancelled() => return,
             c = listener.accept() => c,
         };
         let Ok((stream, _)) = conn else {
@@ -307,7 +317,13 @@ mod tests {
         assert!(matches!(bind(&path), Err(ControlError::InUse { .. })));
         let (tx, mut rx) = mpsc::channel::<Incoming>(4);
         let stop = CancellationToken::new();
-        tokio::spawn(serve(l, path.clone(), tx, stop.clone()));
+        tokio::spawn(serve(
+            l,
+            path.clone(),
+            tx,
+            stop.clone(),
+            CancellationToken::new(),
+        ));
         tokio::spawn(async move {
             while let Some((req, reply)) = rx.recv().await {
                 let _ = reply.send(Response::ok(format!("{req:?}")));

@@ -322,6 +322,102 @@ impl Serving {
     }
 }
 
+/// An upgrade of curfew itself (SIGUSR2, `curfew upgrade`), from the old
+/// process's side, and its successor's `TookOver`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upgrade {
+    /// The new curfew was started with the listening sockets.
+    Started {
+        pid: u32,
+        program: String,
+        sockets: usize,
+    },
+    /// The new curfew serves; this one stops accepting and drains.
+    HandedOver { pid: u32, duration_ms: u64 },
+    /// (In the new curfew.) The old one handed over; this one is the
+    /// service now.
+    TookOver { from_pid: u32 },
+    /// The new curfew did not start; this one keeps serving.
+    Failed {
+        pid: Option<u32>,
+        reason: String,
+        /// Its last lines on stderr.
+        stderr: String,
+    },
+    /// Not started: why (PID 1, not serving, a reload running).
+    Refused { reason: String },
+    /// Asked again while one is under way (joined or ignored).
+    AlreadyRunning { pid: u32 },
+    /// A stop came first: the new curfew is stopped too.
+    Abandoned { pid: u32, signal: &'static str },
+}
+
+impl Upgrade {
+    pub const NAME: &'static str = "upgrade";
+
+    pub fn emit(&self) {
+        let event = Self::NAME;
+        match self {
+            Upgrade::Started {
+                pid,
+                program,
+                sockets,
+            } => tracing::info!(
+                event,
+                result = "started",
+                pid,
+                program = %program,
+                sockets,
+                "Upgrade: started the new curfew with the listening sockets; it takes over once every worker is ready."
+            ),
+            Upgrade::HandedOver { pid, duration_ms } => tracing::info!(
+                event,
+                result = "handed_over",
+                pid,
+                duration_ms,
+                "Upgrade: the new curfew serves; stop accepting and drain."
+            ),
+            Upgrade::TookOver { from_pid } => tracing::info!(
+                event,
+                result = "took_over",
+                from_pid,
+                "Upgrade: took over from the previous curfew, which drains and exits."
+            ),
+            Upgrade::Failed {
+                pid,
+                reason,
+                stderr,
+            } => tracing::error!(
+                event,
+                result = "failed",
+                pid,
+                reason = %reason,
+                stderr = %stderr,
+                "Upgrade failed: {reason}; this curfew keeps serving."
+            ),
+            Upgrade::Refused { reason } => tracing::warn!(
+                event,
+                result = "refused",
+                reason = %reason,
+                "Upgrade refused: {reason}."
+            ),
+            Upgrade::AlreadyRunning { pid } => tracing::info!(
+                event,
+                result = "ignored",
+                pid,
+                "Upgrade requested while one is under way (new curfew pid {pid}); waiting for that one."
+            ),
+            Upgrade::Abandoned { pid, signal } => tracing::info!(
+                event,
+                result = "abandoned",
+                pid,
+                signal,
+                "Upgrade abandoned: {signal} received; stopping the new curfew too."
+            ),
+        }
+    }
+}
+
 /// A request the drain's deadline cut off.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CutRequest {

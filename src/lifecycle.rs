@@ -108,6 +108,10 @@ pub enum Event {
     GraceExpired,
     /// Every worker process has exited and been reaped.
     WorkersStopped,
+    /// A new curfew (an upgrade) serves the same sockets: stop accepting
+    /// and drain at once (no `drain_delay`: the address never stops being
+    /// served, so there is nothing for a load balancer to notice).
+    HandedOver,
 }
 
 /// What the orchestrator must do after an event.
@@ -130,6 +134,8 @@ pub struct Machine {
     boot_failed: bool,
     forced: bool,
     immediate: bool,
+    /// The stop is an upgrade's hand-over (not a signal).
+    handed_over: bool,
 }
 
 impl Default for Machine {
@@ -146,7 +152,13 @@ impl Machine {
             boot_failed: false,
             forced: false,
             immediate: false,
+            handed_over: false,
         }
+    }
+
+    /// This curfew handed its sockets to a successor (an upgrade).
+    pub fn handed_over(&self) -> bool {
+        self.handed_over
     }
 
     pub fn phase(&self) -> Phase {
@@ -175,6 +187,14 @@ impl Machine {
 
             // Escalation: QUIT always, INT once a stop is under way.
             (_, Event::Signal(StopSignal::Quit)) => return self.stop_now(StopSignal::Quit),
+            // After a hand-over the first SIGINT (a Ctrl-C reaching both
+            // curfews) is a graceful stop's, which is under way already.
+            (Draining | Stopping, Event::Signal(sig))
+                if self.handed_over && self.stop_signal.is_none() =>
+            {
+                self.stop_signal = Some(sig);
+                return Outcome::Ignored;
+            }
             (LameDuck | Draining | Stopping, Event::Signal(StopSignal::Int)) if !self.immediate => {
                 return self.stop_now(StopSignal::Int);
             }
@@ -193,6 +213,10 @@ impl Machine {
             (Serving, Event::Signal(sig)) => {
                 self.stop_signal = Some(sig);
                 LameDuck
+            }
+            (Serving, Event::HandedOver) => {
+                self.handed_over = true;
+                Draining
             }
             (LameDuck, Event::DrainDelayElapsed) => Draining,
             (Draining, Event::Drained) => Stopping,
@@ -262,6 +286,32 @@ mod tests {
         );
         assert_eq!(m.exit_code(), exit::OK);
         assert_eq!(m.stop_signal(), Some(StopSignal::Term));
+    }
+
+    #[test]
+    fn a_hand_over_drains_at_once_and_exits_zero() {
+        let mut m = serving();
+        assert_eq!(m.handle(Event::HandedOver), Outcome::Enter(Phase::Draining));
+        assert!(m.handed_over());
+        assert_eq!(m.stop_signal(), None);
+        // A first SIGINT (Ctrl-C) or SIGTERM meanwhile changes nothing; a
+        // second SIGINT or a SIGQUIT still stops at once.
+        assert_eq!(m.handle(Event::Signal(StopSignal::Int)), Outcome::Ignored);
+        assert_eq!(m.handle(Event::Signal(StopSignal::Term)), Outcome::Ignored);
+        assert_eq!(
+            m.clone().handle(Event::Signal(StopSignal::Int)),
+            Outcome::StopNow
+        );
+        assert_eq!(m.handle(Event::Drained), Outcome::Enter(Phase::Stopping));
+        assert_eq!(
+            m.handle(Event::WorkersStopped),
+            Outcome::Enter(Phase::Stopped)
+        );
+        assert_eq!(m.exit_code(), exit::OK);
+        // Only from serving.
+        let mut m = Machine::new();
+        assert_eq!(m.handle(Event::HandedOver), Outcome::Ignored);
+        assert!(!m.handed_over());
     }
 
     #[test]

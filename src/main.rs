@@ -10,6 +10,9 @@ mod jobs_cli;
 fn main() -> ExitCode {
     // Worker exec shim (see shim.rs): must run before anything else.
     curfew::shim::run_if_requested();
+    // The binary and arguments an upgrade starts again (before anything
+    // could change the working directory).
+    curfew::serve::remember_invocation();
     curfew::malloc::bound_retention();
     let cli = cli::Cli::parse_with_defaults();
     use curfew::control::Request;
@@ -18,6 +21,7 @@ fn main() -> ExitCode {
         cli::Command::Status { json, target } => run_control(&target, Request::Status, json),
         cli::Command::Reload { target } => run_control(&target, Request::Reload, false),
         cli::Command::Stop { target } => run_control(&target, Request::Stop, false),
+        cli::Command::Upgrade { target } => run_control(&target, Request::Upgrade, false),
         cli::Command::Scale { workers, target } => run_control(
             &target,
             Request::Scale {
@@ -87,7 +91,8 @@ fn print_man(command: Option<String>) -> i32 {
 
 /// Talk to a running curfew over its control socket.
 fn run_control(target: &cli::ControlArgs, req: curfew::control::Request, json: bool) -> i32 {
-    // A reload waits for the new generation to boot.
+    // A reload waits for the new generation to boot, an upgrade for the
+    // new curfew (both bounded by curfew itself).
     match call(target, &req, std::time::Duration::from_secs(600)) {
         Err(code) => code,
         Ok(r) => {

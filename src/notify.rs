@@ -2,7 +2,8 @@
 //! process, over the `sd-notify` crate: `READY=1` once serving, `RELOADING=1`
 //! with `MONOTONIC_USEC` then `READY=1` around a reload, `STOPPING=1` at the
 //! stop request, `STATUS=` lines for `systemctl status`,
-//! `EXTEND_TIMEOUT_USEC` while the stop still has budget, and `WATCHDOG=1`.
+//! `EXTEND_TIMEOUT_USEC` while the stop still has budget, `WATCHDOG=1`, and
+//! `MAINPID=` when an upgrade hands the service to a new curfew process.
 //!
 //! Off (every call a no-op) unless `NOTIFY_SOCKET` is set. The variable stays
 //! in curfew's environment (the crate reads it there) and is removed from
@@ -41,6 +42,9 @@ pub struct Notifier {
     stop_deadline: Mutex<Option<Instant>>,
     /// A failed send is logged once.
     warned: AtomicBool,
+    /// Sends nothing while set: an upgrade's new curfew until the old one
+    /// has named it `MAINPID`, the old one after that.
+    muted: AtomicBool,
 }
 
 impl Notifier {
@@ -58,6 +62,7 @@ impl Notifier {
             last_status: Mutex::new(String::new()),
             stop_deadline: Mutex::new(None),
             warned: AtomicBool::new(false),
+            muted: AtomicBool::new(false),
         }
     }
 
@@ -69,6 +74,7 @@ impl Notifier {
             last_status: Mutex::new(String::new()),
             stop_deadline: Mutex::new(None),
             warned: AtomicBool::new(false),
+            muted: AtomicBool::new(false),
         }
     }
 
@@ -94,6 +100,19 @@ impl Notifier {
     pub fn ready(&self, status: &str) {
         self.remember(status);
         self.send(&[NotifyState::Ready, NotifyState::Status(status)]);
+    }
+
+    /// Send nothing (`true`) or again (`false`).
+    pub fn set_muted(&self, muted: bool) {
+        self.muted.store(muted, Ordering::SeqCst);
+    }
+
+    /// `MAINPID=<pid>`: an upgrade's new curfew is the service's main
+    /// process from now on (sent by the old one, which systemd accepts
+    /// from the main process with the default `NotifyAccess=main`).
+    pub fn main_pid(&self, pid: u32, status: &str) {
+        self.remember(status);
+        self.send(&[NotifyState::MainPid(pid), NotifyState::Status(status)]);
     }
 
     /// `RELOADING=1` with `MONOTONIC_USEC` (which `Type=notify-reload`
@@ -128,7 +147,7 @@ impl Notifier {
     /// `EXTEND_TIMEOUT_USEC` up to its deadline (never past it: a stop that
     /// overruns its own budget is left to the platform's kill).
     pub fn beat(&self, status: &str) {
-        if !self.enabled {
+        if !self.enabled || self.muted.load(Ordering::SeqCst) {
             return;
         }
         let mut states = Vec::with_capacity(3);
@@ -160,7 +179,7 @@ impl Notifier {
     }
 
     fn send(&self, states: &[NotifyState<'_>]) {
-        if !self.enabled {
+        if !self.enabled || self.muted.load(Ordering::SeqCst) {
             return;
         }
         if let Err(e) = sd_notify::notify(states)

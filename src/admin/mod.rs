@@ -139,20 +139,31 @@ const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(
 
 /// Serve the admin endpoint until `stop` is cancelled.
 pub async fn serve(listener: Listener, state: AdminState, stop: CancellationToken) {
+    serve_until(listener, state, stop.clone(), stop).await;
+}
+
+/// [`serve`], accepting only until `stop_accepting` (an upgrade's successor
+/// took the socket over; connections already accepted go on until `stop`).
+pub async fn serve_until(
+    listener: Listener,
+    state: AdminState,
+    stop_accepting: CancellationToken,
+    stop: CancellationToken,
+) {
     if let Some(warning) = state.auth.warning() {
         tracing::warn!(admin = %listener.describe(), "{warning}");
     }
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let permit = tokio::select! {
-            _ = stop.cancelled() => break,
+            _ = stop_accepting.cancelled() => break,
             p = slots.clone().acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => break, // never closed
             },
         };
         let accepted = tokio::select! {
-            _ = stop.cancelled() => break,
+            _ = stop_accepting.cancelled() => break,
             a = listener.accept() => a,
         };
         let Ok(accepted) = accepted else {

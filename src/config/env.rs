@@ -13,6 +13,7 @@ const NOT_SETTINGS: &[&str] = &[
     "CURFEW_LOG",             // reserved
     "CURFEW_JOB_TOKEN",       // set by curfew in its workers' environment ([jobs])
     "CURFEW_ADMIN_URL",       // set by curfew in its workers' environment (admin_bind)
+    "CURFEW_UPGRADE",         // set by curfew for the new curfew an upgrade starts
     "CURFEW_VENV",            // scripts/python-env.sh: where the Python venv lives
     "CURFEW_BUILD_COMMIT",    // build.rs: the commit `--version` names (packagers)
     "CURFEW_TEST_PG_URL",     // the test suite's PostgreSQL

@@ -15,13 +15,28 @@ pub(super) const PRUNE_BATCH: u32 = 1_000;
 const PRUNE_PAUSE: Duration = Duration::from_millis(20);
 
 impl Inner {
+    /// Takes back at once the runs of this node's previous boots that are
+    /// provably dead: every other boot of the node except the live
+    /// predecessors an upgrade named (`Processor::set_live_predecessors`),
+    /// whose runs end with them or at their lease's expiry.
     pub(super) async fn reclaim_previous(&self) {
+        let live = self
+            .live_predecessors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if !live.is_empty() {
+            tracing::info!(
+                live = %live.join(", "),
+                "Not reclaiming the jobs of the curfew this one upgraded (it still runs them, then hands back what is left)."
+            );
+        }
         let mut pause = RetryPause::new();
         loop {
             let t = self.health.tick();
             match self
                 .store
-                .reclaim_own_previous(&self.node, &self.boot, self.cfg.max_crashes)
+                .reclaim_own_previous_except(&self.node, &self.boot, &live, self.cfg.max_crashes)
                 .await
             {
                 Ok(ids) => {

@@ -108,6 +108,9 @@ struct Inner {
     node: String,
     boot: String,
     owner: String,
+    /// Lease owners of this node that still run (an upgrade's
+    /// predecessors): their runs are not reclaimed at start.
+    live_predecessors: Mutex<Vec<String>>,
     /// Sent with every HTTP delivery (`X-Curfew-Job-Token`) and given to
     /// the workers (`CURFEW_JOB_TOKEN`): a request carrying it came from
     /// curfew. The front removes the header from client requests.
@@ -197,6 +200,7 @@ impl Processor {
                 store,
                 boot,
                 owner,
+                live_predecessors: Mutex::new(Vec::new()),
                 token,
                 dispatcher,
                 reaper,
@@ -224,6 +228,31 @@ impl Processor {
     /// the request uses the store. 503 after `gate::API_WAIT`.
     pub async fn api_turn(&self, with_payloads: bool) -> Result<gate::ApiTurn, api::ApiError> {
         self.inner.gate.turn(with_payloads).await
+    }
+
+    /// This processor's lease owner (`node/boot`).
+    pub fn owner(&self) -> &str {
+        &self.inner.owner
+    }
+
+    /// Lease owners of this node that are still running (an upgrade's
+    /// predecessor and, in a chain of upgrades, its own): the reclaim at
+    /// [`Processor::begin`] leaves their runs to them. Call before `begin`.
+    pub fn set_live_predecessors(&self, owners: Vec<String>) {
+        *self
+            .inner
+            .live_predecessors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = owners;
+    }
+
+    /// See [`Processor::set_live_predecessors`].
+    pub fn live_predecessors(&self) -> Vec<String> {
+        self.inner
+            .live_predecessors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The delivery token (see `CURFEW_JOB_TOKEN`).

@@ -1,6 +1,7 @@
 //! The control socket's messages: one JSON request line, one JSON answer
 //! line. `{"cmd":"status"}`, `{"cmd":"reload"}`, `{"cmd":"stop"}`,
-//! `{"cmd":"scale","workers":4}`, `{"cmd":"jobs","request":{…}}` →
+//! `{"cmd":"scale","workers":4}`, `{"cmd":"upgrade"}`,
+//! `{"cmd":"jobs","request":{…}}` →
 //! `{"ok":true,…}` or `{"ok":false,"error":"…"}`.
 
 use serde::{Deserialize, Serialize};
@@ -17,6 +18,9 @@ pub enum Request {
     Scale {
         workers: usize,
     },
+    /// `curfew upgrade`: start the binary on disk as a successor that takes
+    /// over the listening sockets (like SIGUSR2); answered with the outcome.
+    Upgrade,
     /// `curfew enqueue`, `curfew jobs …`.
     Jobs {
         request: JobsRequest,

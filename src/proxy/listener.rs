@@ -116,6 +116,27 @@ pub fn serves(have: &InheritedAddr, want: &BindAddr) -> bool {
     }
 }
 
+/// Unix socket paths this process handed to an upgrade's successor: their
+/// files are the successor's now, never removed here.
+static HANDED_OVER: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// The socket file at `path` belongs to an upgrade's successor from now on:
+/// closing the listener here leaves it in place.
+pub fn hand_over_file(path: &std::path::Path) {
+    HANDED_OVER
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(path.to_path_buf());
+}
+
+fn handed_over(path: &std::path::Path) -> bool {
+    HANDED_OVER
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|p| p == path)
+}
+
 /// A listener not registered with any runtime: what is handed to a proxy
 /// thread, and copied for each one ([`Detached::try_clone`]).
 pub enum Detached {
@@ -321,7 +342,7 @@ impl Listener {
                     }
                     drop(std);
                 }
-                if owned {
+                if owned && !handed_over(&path) {
                     let _ = std::fs::remove_file(&path);
                 }
             }

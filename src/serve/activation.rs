@@ -5,7 +5,8 @@
 //! curfew is away.
 //!
 //! Matching: a socket named `admin` serves `admin_bind` (which must be
-//! set); every other socket serves the `bind` entry with its address (the
+//! set); one named `control` (passed by an upgrade) the control socket at
+//! its path; every other socket serves the `bind` entry with its address (the
 //! same address, or wildcards on the same port; a Unix socket's path). A
 //! `bind` entry no socket serves is bound as usual. A socket that serves no
 //! entry, is not a listening stream socket, or is of another family than its
@@ -14,11 +15,14 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::upgrade::names::Role;
 use crate::config::BindAddr;
 use crate::proxy::listener::{BindError, InheritedAddr, Listener, inherited_addr, serves};
 
 /// The name (in `LISTEN_FDNAMES`) of the socket for `admin_bind`.
 pub const ADMIN_NAME: &str = "admin";
+/// The name of the control socket's listener (passed by an upgrade).
+pub const CONTROL_NAME: &str = super::upgrade::names::CONTROL;
 
 /// Set once the passed sockets are taken: they are owned once per process.
 static TAKEN: AtomicBool = AtomicBool::new(false);
@@ -49,8 +53,9 @@ struct Passed {
     addr: Option<InheritedAddr>,
 }
 
-/// The sockets passed to this process, not yet adopted.
-pub(super) struct Inherited(Vec<Passed>);
+/// The sockets passed to this process, not yet adopted, and the fds of
+/// those adopted so far.
+pub(super) struct Inherited(Vec<Passed>, Vec<i32>);
 
 impl Inherited {
     /// The sockets passed to this process (none when `LISTEN_PID` is not
@@ -60,7 +65,7 @@ impl Inherited {
             .map_err(ActivationError::Env)?
             .collect();
         if fds.is_empty() || TAKEN.swap(true, Ordering::SeqCst) {
-            return Ok(Inherited(Vec::new()));
+            return Ok(Inherited(Vec::new(), Vec::new()));
         }
         let passed = fds
             .into_iter()
@@ -70,35 +75,63 @@ impl Inherited {
                 Passed { fd, name, addr }
             })
             .collect();
-        Ok(Inherited(passed))
+        Ok(Inherited(passed, Vec::new()))
+    }
+
+    /// The fds adopted so far (what an upgrade's new curfew reports).
+    pub(super) fn adopted(&self) -> Vec<i32> {
+        self.1.clone()
     }
 
     /// The passed socket for the public `addr`, adopted, if there is one.
     pub(super) fn public(&mut self, addr: &BindAddr) -> Result<Option<Listener>, BindError> {
-        let found = self
-            .0
-            .iter()
-            .position(|p| p.name != ADMIN_NAME && p.addr.as_ref().is_some_and(|a| serves(a, addr)));
+        let found = self.0.iter().position(|p| {
+            matches!(Role::of(&p.name), Role::Public { .. })
+                && p.addr.as_ref().is_some_and(|a| serves(a, addr))
+        });
         match found {
             Some(i) => {
                 let p = self.0.remove(i);
-                adopt(p, addr).map(Some)
+                let fd = p.fd.as_raw_fd();
+                // An upgrade's predecessor created this Unix socket's file:
+                // it is ours to remove now.
+                let owned = Role::of(&p.name) == (Role::Public { owned: true });
+                let l = match adopt(p, addr)? {
+                    Listener::Unix(u, path, _) if owned => Listener::Unix(u, path, true),
+                    l => l,
+                };
+                self.1.push(fd);
+                Ok(Some(l))
             }
             None => Ok(None),
         }
     }
 
     /// The socket named `admin`, adopted for `admin_bind`, if there is one.
+    /// With `upgrade`, only when its address still serves `admin_bind` (an
+    /// upgrade's new configuration may have moved or dropped it; the socket
+    /// is then closed by [`Inherited::finish`]).
     pub(super) fn admin(
         &mut self,
         admin_bind: Option<&BindAddr>,
+        upgrade: bool,
     ) -> Result<Option<Listener>, super::ServeError> {
-        let Some(i) = self.0.iter().position(|p| p.name == ADMIN_NAME) else {
+        let Some(i) = self.0.iter().position(|p| {
+            p.name == ADMIN_NAME
+                && (!upgrade
+                    || admin_bind
+                        .is_some_and(|want| p.addr.as_ref().is_some_and(|a| serves(a, want))))
+        }) else {
             return Ok(None);
         };
         let p = self.0.remove(i);
         match admin_bind {
-            Some(addr) => Ok(Some(adopt(p, addr)?)),
+            Some(addr) => {
+                let fd = p.fd.as_raw_fd();
+                let l = adopt(p, addr)?;
+                self.1.push(fd);
+                Ok(Some(l))
+            }
             None => Err(ActivationError::AdminUnset {
                 fd: p.fd.as_raw_fd(),
                 addr: describe(&p.addr),
@@ -108,8 +141,44 @@ impl Inherited {
         }
     }
 
-    /// Every passed socket must have been adopted.
-    pub(super) fn finish(self, binds: &[BindAddr]) -> Result<(), ActivationError> {
+    /// The socket named `control` (an upgrade's predecessor passes its
+    /// control socket), when it listens on `path`: the control socket,
+    /// taken over while the predecessor still answers on it.
+    pub(super) fn control(
+        &mut self,
+        path: &std::path::Path,
+    ) -> std::io::Result<Option<tokio::net::UnixListener>> {
+        let want = BindAddr::Unix(path.to_path_buf());
+        let Some(i) = self.0.iter().position(|p| {
+            p.name == CONTROL_NAME && p.addr.as_ref().is_some_and(|a| serves(a, &want))
+        }) else {
+            return Ok(None);
+        };
+        let p = self.0.remove(i);
+        let fd = p.fd.as_raw_fd();
+        let std = std::os::unix::net::UnixListener::from(p.fd);
+        std.set_nonblocking(true)?;
+        let l = tokio::net::UnixListener::from_std(std)?;
+        tracing::info!(fd, path = %path.display(), "Took over the control socket from the previous curfew.");
+        self.1.push(fd);
+        Ok(Some(l))
+    }
+
+    /// Every passed socket must have been adopted; with `upgrade` (an
+    /// upgrade's new curfew, whose configuration may have dropped an
+    /// address) the others are closed, each named at INFO.
+    pub(super) fn finish(self, binds: &[BindAddr], upgrade: bool) -> Result<(), ActivationError> {
+        if upgrade {
+            for p in self.0 {
+                tracing::info!(
+                    fd = p.fd.as_raw_fd(),
+                    name = %p.name,
+                    listen = %describe(&p.addr),
+                    "Upgrade: the configuration no longer serves this socket of the previous curfew; closed here (the previous curfew closes its own)."
+                );
+            }
+            return Ok(());
+        }
         match self.0.into_iter().next() {
             None => Ok(()),
             Some(p) => Err(ActivationError::Unused {
@@ -137,12 +206,21 @@ fn describe(addr: &Option<InheritedAddr>) -> String {
 fn adopt(p: Passed, addr: &BindAddr) -> Result<Listener, BindError> {
     let fd = p.fd.as_raw_fd();
     let l = Listener::adopt(p.fd, &p.name, addr)?;
-    tracing::info!(
-        fd,
-        name = %p.name,
-        listen = %l.describe(),
-        "Adopted a listening socket from the service manager (socket activation)."
-    );
+    if std::env::var_os(super::upgrade::names::ENV).is_some() {
+        tracing::info!(
+            fd,
+            name = %p.name,
+            listen = %l.describe(),
+            "Adopted a listening socket from the previous curfew (upgrade)."
+        );
+    } else {
+        tracing::info!(
+            fd,
+            name = %p.name,
+            listen = %l.describe(),
+            "Adopted a listening socket from the service manager (socket activation)."
+        );
+    }
     Ok(l)
 }
 

@@ -7,9 +7,11 @@ use super::activation::Inherited;
 use super::*;
 
 /// The public listeners, bound and not yet serving. Dropped unused (setup
-/// failed, or a stop came while starting), each is closed after its kernel
-/// accept queue is drained.
-pub(super) struct Bound(Vec<Listener>);
+/// failed, or a stop came while starting), each one bound here is closed
+/// after its kernel accept queue is drained; an inherited one is only
+/// closed: its queue is its owner's (the service manager's, or the curfew
+/// an upgrade started from, which serves it), never accepted and dropped.
+pub(super) struct Bound(Vec<(Listener, bool)>);
 
 impl Bound {
     /// Binds every `bind` address, or adopts the socket the service
@@ -19,8 +21,8 @@ impl Bound {
         for b in &cfg.binds {
             // On an error, `bound` drops and closes what was bound before.
             let l = match inherited.public(b)? {
-                Some(l) => l,
-                None => Listener::bind(b)?,
+                Some(l) => (l, true),
+                None => (Listener::bind(b)?, false),
             };
             bound.0.push(l);
         }
@@ -30,17 +32,22 @@ impl Bound {
     /// The listeners, to serve (no longer closed on drop).
     pub(super) fn take(mut self) -> Vec<Listener> {
         std::mem::take(&mut self.0)
+            .into_iter()
+            .map(|(l, _)| l)
+            .collect()
     }
 
     pub(super) fn names(&self) -> Vec<String> {
-        self.0.iter().map(Listener::describe).collect()
+        self.0.iter().map(|(l, _)| l.describe()).collect()
     }
 }
 
 impl Drop for Bound {
     fn drop(&mut self) {
-        for l in self.0.drain(..) {
-            l.drain_and_close();
+        for (l, inherited) in self.0.drain(..) {
+            if !inherited {
+                l.drain_and_close();
+            }
         }
     }
 }
@@ -65,16 +72,44 @@ impl Run {
             None => None,
         };
 
+        // An upgrade's new curfew (the sockets below come from the old one).
+        let successor = upgrade::child::Successor::from_env()?;
         // Closed again (after their accept queues) if anything below fails.
         let mut inherited = Inherited::from_env()?;
         let listeners = Bound::bind_all(&cfg, &mut inherited)?;
-        let admin_listener = match (inherited.admin(cfg.admin_bind.as_ref())?, &cfg.admin_bind) {
+        let admin_listener = match (
+            inherited.admin(cfg.admin_bind.as_ref(), successor.is_some())?,
+            &cfg.admin_bind,
+        ) {
             (Some(l), _) => Some(l),
             (None, Some(a)) => Some(crate::admin::bind(a)?),
             (None, None) => None,
         };
-        inherited.finish(&cfg.binds)?;
-        let control_listener = control::bind(&cfg.control_socket).map_err(ServeError::Control)?;
+        let control_listener = match inherited
+            .control(&cfg.control_socket)
+            .map_err(ServeError::UpgradeControl)?
+        {
+            Some(l) => l,
+            None => control::bind(&cfg.control_socket).map_err(ServeError::Control)?,
+        };
+        let adopted = inherited.adopted();
+        inherited.finish(&cfg.binds, successor.is_some())?;
+        // Copies an upgrade passes on. Cannot fail short of running out of
+        // descriptors; then an upgrade is refused, serving is not.
+        let mut sockets = upgrade::Sockets::default();
+        let copied = listeners
+            .0
+            .iter()
+            .try_for_each(|(l, _)| sockets.add(l, false))
+            .and_then(|()| match &admin_listener {
+                Some(l) => sockets.add(l, true),
+                None => Ok(()),
+            })
+            .and_then(|()| sockets.add_control(&control_listener));
+        if let Err(e) = copied {
+            tracing::warn!(error = %e, "Cannot keep copies of the listening sockets: an upgrade (SIGUSR2) would pass none.");
+            sockets = upgrade::Sockets::default();
+        }
         let run_dir = if cfg.worker_socket.uses_run_dir() {
             make_run_dir().map_err(|(base, source)| ServeError::RunDir {
                 base: base.display().to_string(),
@@ -106,6 +141,9 @@ impl Run {
                     cfg.chdir.clone(),
                 );
                 processor.set_periodic(cfg.periodic.clone());
+                if let Some(s) = &successor {
+                    processor.set_live_predecessors(s.live.clone());
+                }
                 Some(processor)
             }
             _ => None,
@@ -135,17 +173,36 @@ impl Run {
             jobs_queued: Arc::default(),
         };
         let background = tokio_util::sync::CancellationToken::new();
+        let control_release = tokio_util::sync::CancellationToken::new();
+        // An upgrade's new curfew answers on the shared control and admin
+        // sockets only once the old one handed over.
+        let took_over = tokio_util::sync::CancellationToken::new();
+        if successor.is_none() {
+            took_over.cancel();
+        }
         {
             let (ctl_tx, ctl_rx) = mpsc::channel(16);
-            tokio::spawn(control::serve(
+            let serve = control::serve(
                 control_listener,
                 cfg.control_socket.clone(),
                 ctl_tx,
                 background.clone(),
-            ));
+                control_release.clone(),
+            );
+            let (gate, stop) = (took_over.clone(), background.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = gate.cancelled() => serve.await,
+                    _ = stop.cancelled() => {}
+                }
+            });
             tokio::spawn(route_control(ctl_rx, inputs.sender(), status.clone()));
         }
         let notifier = Arc::new(crate::notify::Notifier::from_env());
+        if successor.is_some() {
+            // Quiet until the old curfew has named this one MAINPID.
+            notifier.set_muted(true);
+        }
         let mut inputs = inputs;
         if notifier.enabled() {
             tracing::info!(
@@ -177,6 +234,14 @@ impl Run {
             aborted: 0,
             deferred: Deferred::default(),
             background,
+            sockets,
+            upgrade: None,
+            admin_release: tokio_util::sync::CancellationToken::new(),
+            control_release,
+            control_handed_over: false,
+            successor,
+            adopted,
+            took_over,
         };
 
         if let Some(l) = admin_listener {
@@ -190,7 +255,19 @@ impl Run {
                 metrics: run.metrics.clone(),
                 jobs: run.jobs.clone(),
             };
-            tokio::spawn(crate::admin::serve(l, state, run.background.clone()));
+            let serve = crate::admin::serve_until(
+                l,
+                state,
+                run.admin_release.clone(),
+                run.background.clone(),
+            );
+            let (gate, stop) = (run.took_over.clone(), run.background.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = gate.cancelled() => serve.await,
+                    _ = stop.cancelled() => {}
+                }
+            });
         }
         Ok((run, listeners))
     }

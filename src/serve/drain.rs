@@ -25,6 +25,10 @@ pub(super) async fn while_draining<F: std::future::Future>(
 
 pub(super) async fn drain(run: &mut Run) {
     let started = Instant::now();
+    // The copies kept for an upgrade go first: an open copy would keep
+    // the socket listening (connections queued, then reset at exit)
+    // instead of refused once the listeners close.
+    run.sockets = upgrade::Sockets::default();
     run.front.stop_accepting().await;
     let deadline = tokio::time::Instant::now() + run.cfg.graceful_timeout;
     if let Ok(mut d) = run.status.drain.lock() {

@@ -18,6 +18,8 @@ pub enum ControlSignal {
     ScaleDown,
     /// SIGUSR1: status report to the log.
     Status,
+    /// SIGUSR2: upgrade curfew itself.
+    Upgrade,
 }
 
 /// Where the orchestrator's outside inputs come from: the process's signals
@@ -67,6 +69,7 @@ impl InputSender {
             ControlSignal::ScaleUp => Op::Scale { up: true },
             ControlSignal::ScaleDown => Op::Scale { up: false },
             ControlSignal::Status => Op::LogStatus,
+            ControlSignal::Upgrade => Op::Upgrade { reply: None },
         });
     }
 
@@ -109,8 +112,7 @@ impl Inputs {
     }
 
     /// Inputs from the process's signals: TERM, INT, QUIT stop; HUP, TTIN,
-    /// TTOU, USR1 control; USR2 is logged and ignored. Must be called inside
-    /// the runtime.
+    /// TTOU, USR1, USR2 control. Must be called inside the runtime.
     pub fn os() -> std::io::Result<Inputs> {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
@@ -119,8 +121,7 @@ impl Inputs {
         let mut ttin = signal(SignalKind::from_raw(libc::SIGTTIN))?;
         let mut ttou = signal(SignalKind::from_raw(libc::SIGTTOU))?;
         let mut usr1 = signal(SignalKind::user_defined1())?;
-        // nginx's and gunicorn's "upgrade the binary": not done by curfew
-        // (yet), but its default action would kill curfew on the spot.
+        // nginx's and gunicorn's "upgrade the binary".
         let mut usr2 = signal(SignalKind::user_defined2())?;
         let (inputs, tx) = Inputs::channel();
         tokio::spawn(async move {
@@ -133,11 +134,10 @@ impl Inputs {
                     _ = ttin.recv() => tx.control(ControlSignal::ScaleUp),
                     _ = ttou.recv() => tx.control(ControlSignal::ScaleDown),
                     _ = usr1.recv() => tx.control(ControlSignal::Status),
-                    _ = usr2.recv() => tracing::warn!(
-                        signal = "SIGUSR2",
-                        "Received SIGUSR2 (gunicorn's and nginx's binary upgrade): curfew does not upgrade itself in place; ignored. \
-                         For new app code send SIGHUP (zero-downtime reload); for a new curfew restart it (with systemd socket activation no connection is refused)."
-                    ),
+                    _ = usr2.recv() => {
+                        tracing::info!(signal = "SIGUSR2", "Received SIGUSR2: upgrading curfew itself.");
+                        tx.control(ControlSignal::Upgrade);
+                    }
                 }
             }
         });

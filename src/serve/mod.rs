@@ -54,6 +54,10 @@ pub enum ServeError {
     Activation(#[from] activation::ActivationError),
     #[error(transparent)]
     AccessLog(#[from] crate::proxy::access_log::OpenError),
+    #[error("upgrade: {0}")]
+    Upgrade(#[from] upgrade::child::SuccessorError),
+    #[error("upgrade: cannot take over the control socket: {0}")]
+    UpgradeControl(std::io::Error),
 }
 
 mod activation;
@@ -64,7 +68,9 @@ mod ops;
 mod phases;
 mod report;
 mod status;
+mod upgrade;
 use status::StatusSource;
+pub use upgrade::remember_invocation;
 
 use drain::drain;
 use inputs::Input;
@@ -100,6 +106,23 @@ struct Run {
     deferred: Deferred,
     /// Ends the control socket and admin endpoint tasks at teardown.
     background: tokio_util::sync::CancellationToken,
+    /// Copies of the listening sockets, for an upgrade to pass on.
+    sockets: upgrade::Sockets,
+    /// An upgrade under way (this process is the old curfew).
+    upgrade: Option<upgrade::InProgress>,
+    /// Cancelled at an upgrade's hand-over: the admin endpoint, and the
+    /// control socket, stop accepting (the new curfew has them).
+    admin_release: tokio_util::sync::CancellationToken,
+    control_release: tokio_util::sync::CancellationToken,
+    /// The control socket's file is the new curfew's (not removed here).
+    control_handed_over: bool,
+    /// This process is an upgrade's new curfew, until it took over.
+    successor: Option<upgrade::child::Successor>,
+    /// The passed fds it adopted (reported to the old curfew).
+    adopted: Vec<i32>,
+    /// Cancelled once this process is the service: the admin endpoint and
+    /// the control socket start accepting (at once, without an upgrade).
+    took_over: tokio_util::sync::CancellationToken,
 }
 
 impl Run {
@@ -139,7 +162,21 @@ impl Run {
         }
     }
 
+    /// An upgrade handed the service to the new curfew: drain at once
+    /// (as after SIGTERM and `drain_delay`); nothing goes to systemd any
+    /// more (the new process is its main one).
+    fn on_handover(&mut self) {
+        self.stop_requested_at = Some(Instant::now());
+        self.completed_at_stop = self.front.router.completed();
+        if let Some(jobs) = &self.jobs {
+            jobs.stop_claiming();
+        }
+        self.apply(Event::HandedOver);
+        self.deferred.cancel();
+    }
+
     fn on_signal(&mut self, sig: StopSignal) {
+        upgrade::abandon(self, sig.name());
         if self.stop_requested_at.is_none() {
             self.stop_requested_at = Some(Instant::now());
             // The whole stop's budget; the beat extends systemd's stop

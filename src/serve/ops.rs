@@ -1,5 +1,6 @@
 //! What an operator asks of a running curfew: control signals (HUP, TTIN,
-//! TTOU, USR1) and control-socket requests (reload, scale, stop), the
+//! TTOU, USR1, USR2) and control-socket requests (reload, scale, upgrade,
+//! stop), the
 //! reload itself, and the operations that wait for a reload to end.
 
 use super::report::log_status;
@@ -60,6 +61,10 @@ pub(super) enum Op {
     },
     /// SIGUSR1: the status report to the log.
     LogStatus,
+    /// SIGUSR2 (`reply` = `None`) or `curfew upgrade`.
+    Upgrade {
+        reply: Option<oneshot::Sender<control::Response>>,
+    },
 }
 
 #[derive(Default)]
@@ -99,6 +104,7 @@ impl Deferred {
             let replies = match op {
                 Op::Reload { replies } => replies,
                 Op::ScaleTo { reply, .. } => vec![reply],
+                Op::Upgrade { reply } => reply.into_iter().collect(),
                 Op::Scale { .. } | Op::LogStatus => vec![],
             };
             for r in replies {
@@ -115,6 +121,7 @@ impl Deferred {
             Op::Scale { up: false } => "scale down (SIGTTOU)",
             Op::ScaleTo { .. } => "scale (control socket)",
             Op::LogStatus => "status",
+            Op::Upgrade { .. } => "upgrade",
         };
         if self.push(op) {
             tracing::info!(
@@ -134,6 +141,20 @@ impl Deferred {
 /// Run an operation while serving (also one a reload deferred).
 pub(super) async fn run_op(run: &mut Run, op: Op) {
     match op {
+        Op::Reload { replies } if run.upgrade.is_some() => {
+            // The new curfew reads the configuration itself; a reload now
+            // would only replace the workers that are about to stop.
+            let why =
+                "refused: an upgrade is under way (the new curfew reads the configuration itself)";
+            tracing::info!(
+                operation = "reload",
+                "Reload requested during an upgrade: {why}."
+            );
+            for reply in replies {
+                let _ = reply.send(control::Response::err(why));
+            }
+        }
+        Op::Upgrade { reply } => super::upgrade::request(run, reply),
         Op::Reload { replies } => {
             let r = reload_and_tell(run).await;
             for reply in replies {
@@ -369,6 +390,7 @@ pub(super) async fn route_control(
                 replies: vec![reply],
             }),
             control::Request::Scale { workers } => inputs.op(Op::ScaleTo { workers, reply }),
+            control::Request::Upgrade => inputs.op(Op::Upgrade { reply: Some(reply) }),
             // A stop is a SIGTERM: it goes to the lifecycle machine like one
             // (and abandons a reload in progress the same way).
             control::Request::Stop => {
@@ -404,6 +426,7 @@ mod tests {
                 Op::Scale { up } => format!("scale/{up}"),
                 Op::ScaleTo { workers, .. } => format!("to/{workers}"),
                 Op::LogStatus => "status".to_owned(),
+                Op::Upgrade { .. } => "upgrade".to_owned(),
             })
             .collect();
         assert_eq!(kinds, ["reload/1", "scale/true", "reload/0", "scale/false"]);

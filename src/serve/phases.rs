@@ -60,20 +60,59 @@ pub(super) async fn starting(run: &mut Run, listeners: Bound) {
         if let Some(jobs) = &run.jobs {
             jobs.begin();
         }
+        if let Some(successor) = run.successor.take() {
+            take_over(run, successor);
+        }
     }
-    // Otherwise `listeners` drops here: closed after their accept queues.
+    // Otherwise `listeners` drops here: closed after their accept queues
+    // (and the copies kept for an upgrade with them).
+    if run.machine.phase() != Phase::Serving {
+        run.sockets = upgrade::Sockets::default();
+    }
+}
+
+/// An upgrade's new curfew serves: report ready to the old one and, once
+/// it answers, be the service (admin endpoint and control socket, stderr,
+/// systemd's READY=1).
+fn take_over(run: &mut Run, successor: upgrade::child::Successor) {
+    let adopted = std::mem::take(&mut run.adopted);
+    let (notifier, status, took_over) = (
+        run.notifier.clone(),
+        run.status.clone(),
+        run.took_over.clone(),
+    );
+    tokio::spawn(async move {
+        let from_pid = successor.from_pid;
+        let acked = successor.take_over(adopted).await;
+        took_over.cancel();
+        notifier.set_muted(false);
+        notifier.ready(&status.line());
+        if acked {
+            crate::events::Upgrade::TookOver { from_pid }.emit();
+        } else {
+            tracing::warn!(
+                event = crate::events::Upgrade::NAME,
+                result = "took_over",
+                from_pid,
+                "Upgrade: the previous curfew closed the channel without handing over (it stopped or died); serving on as the service."
+            );
+        }
+    });
 }
 
 /// One input while serving: a stop signal, an operation (signal or control
-/// request), or an operation a reload deferred.
+/// request), an operation a reload deferred, or news of an upgrade.
 pub(super) async fn serving(run: &mut Run) {
     if let Some(op) = run.deferred.next() {
         run_op(run, op).await;
         return;
     }
-    match run.inputs.next().await {
-        Input::Stop(sig) => run.on_signal(sig),
-        Input::Op(op) => run_op(run, op).await,
+    tokio::select! {
+        input = run.inputs.next() => match input {
+            Input::Stop(sig) => run.on_signal(sig),
+            Input::Op(op) => run_op(run, op).await,
+        },
+        p = upgrade::progress(&mut run.upgrade) => upgrade::on_progress(run, p),
     }
 }
 
@@ -125,8 +164,10 @@ pub(super) async fn stopping(run: &mut Run) {
 pub(super) async fn teardown(run: Run) -> i32 {
     run.background.cancel();
     // Removed here, not (only) by the control task: the runtime may end
-    // before that task runs again.
-    let _ = std::fs::remove_file(&run.cfg.control_socket);
+    // before that task runs again. Not after an upgrade that took it over.
+    if !run.control_handed_over {
+        let _ = std::fs::remove_file(&run.cfg.control_socket);
+    }
     // on_exit, and any hook still running, end by the shutdown's deadline
     // (drain_delay + graceful_timeout + worker_stop_timeout after the stop
     // request), never later: a hook cannot hold the platform's stop timeout.

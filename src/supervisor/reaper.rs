@@ -60,6 +60,9 @@ pub struct Reaper {
     /// Notified after every reaping pass that found something (for "are all
     /// children gone?" checks).
     reaped: Arc<Notify>,
+    /// Children that outlive curfew on purpose: an upgrade's new curfew,
+    /// once it has taken over. [`Reaper::kill_all_children`] leaves them.
+    exempt: Arc<Mutex<std::collections::HashSet<i32>>>,
 }
 
 /// Held while spawning; registering through it cannot race the reap loop.
@@ -143,13 +146,32 @@ impl Reaper {
         }
     }
 
+    /// Let child `pid` outlive curfew: an upgrade's new curfew, which took
+    /// over the service (it is re-parented to init or the nearest subreaper
+    /// when this process exits).
+    pub fn exempt(&self, pid: u32) {
+        self.exempt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pid as i32);
+    }
+
     /// Kill (SIGKILL) every remaining child process of curfew, including
     /// adopted orphans, and reap them. The last step of every shutdown: no
-    /// process may outlive curfew.
+    /// process may outlive curfew, except an upgrade's successor
+    /// ([`Reaper::exempt`]).
     pub async fn kill_all_children(&self) -> usize {
         let mut killed = 0;
         for _ in 0..50 {
-            let children = own_children();
+            let exempt = self
+                .exempt
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let children: Vec<i32> = own_children()
+                .into_iter()
+                .filter(|p| !exempt.contains(p))
+                .collect();
             if children.is_empty() {
                 break;
             }

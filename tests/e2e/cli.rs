@@ -210,16 +210,3 @@ fn a_stop_during_recycling_logs_no_fault() {
     assert_eq!(r.n("failed"), 0, "{}", r.json);
     assert!(c.faults().is_empty(), "{:?}", c.faults());
 }
-
-/// SIGUSR2 (gunicorn's and nginx's binary upgrade) does not kill curfew:
-/// one WARN saying what to do instead, and it keeps serving.
-#[test]
-fn sigusr2_is_ignored_with_a_warning() {
-    let mut c = Curfew::start(Opts::testworker(&["-w", "1"], &[]));
-    c.signal(Signal::SIGUSR2);
-    let line = c.wait_log("Received SIGUSR2", Duration::from_secs(5));
-    assert!(line.contains(" WARN ") && line.contains("SIGHUP"), "{line}");
-    assert_eq!(get(c.port, "/").status, 200);
-    c.signal(Signal::SIGTERM);
-    assert_eq!(c.wait_exit(Duration::from_secs(10)), 0);
-}

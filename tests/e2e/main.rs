@@ -37,4 +37,5 @@ mod support;
 mod systemd;
 mod ui;
 mod under_attack;
+mod upgrade;
 mod workers;

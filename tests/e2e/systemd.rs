@@ -13,15 +13,15 @@ use nix::sys::signal::Signal;
 use crate::support::*;
 
 /// Records every datagram sent to a Unix socket (with its arrival time).
-struct NotifySocket {
-    path: std::path::PathBuf,
+pub(crate) struct NotifySocket {
+    pub(crate) path: std::path::PathBuf,
     messages: Arc<Mutex<Vec<(Instant, String)>>>,
     done: Arc<AtomicBool>,
     _dir: tempfile::TempDir,
 }
 
 impl NotifySocket {
-    fn bind() -> NotifySocket {
+    pub(crate) fn bind() -> NotifySocket {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("notify.sock");
         let sock = UnixDatagram::bind(&path).expect("bind the notify socket");
@@ -52,20 +52,20 @@ impl NotifySocket {
         }
     }
 
-    fn all(&self) -> Vec<(Instant, String)> {
+    pub(crate) fn all(&self) -> Vec<(Instant, String)> {
         self.messages.lock().expect("messages").clone()
     }
 
     /// Messages (without watchdog-only pings) in order.
-    fn texts(&self) -> Vec<String> {
+    pub(crate) fn texts(&self) -> Vec<String> {
         self.all().into_iter().map(|(_, m)| m).collect()
     }
 
-    fn count(&self, needle: &str) -> usize {
+    pub(crate) fn count(&self, needle: &str) -> usize {
         self.texts().iter().filter(|m| has(m, needle)).count()
     }
 
-    fn wait_count(&self, needle: &str, n: usize) {
+    pub(crate) fn wait_count(&self, needle: &str, n: usize) {
         wait_until(&format!("{n} x {needle}"), Duration::from_secs(20), || {
             self.count(needle) >= n
         });
@@ -79,14 +79,14 @@ impl Drop for NotifySocket {
 }
 
 /// `line` is one of the message's lines.
-fn has(message: &str, line: &str) -> bool {
+pub(crate) fn has(message: &str, line: &str) -> bool {
     message
         .lines()
         .any(|l| l == line || (line.ends_with('=') && l.starts_with(line)))
 }
 
 /// The index of the first message from `from` on that has `line`.
-fn find(texts: &[String], from: usize, line: &str) -> Option<usize> {
+pub(crate) fn find(texts: &[String], from: usize, line: &str) -> Option<usize> {
     texts[from..]
         .iter()
         .position(|m| has(m, line))

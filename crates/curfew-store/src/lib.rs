@@ -545,14 +545,37 @@ impl Store {
         boot: &str,
         max_crashes: i32,
     ) -> Result<Vec<i64>, StoreError> {
+        self.reclaim_own_previous_except(node, boot, &[], max_crashes)
+            .await
+    }
+
+    /// [`Store::reclaim_own_previous`], leaving alone the runs of the
+    /// owners (`node/boot`) in `live`: boots of this node that still run
+    /// (an upgrade's predecessor, draining beside its successor). Only
+    /// provably dead runs are taken back at once; a live owner's runs end
+    /// with it (completed or released), or at their lease's expiry if it
+    /// dies.
+    pub async fn reclaim_own_previous_except(
+        &self,
+        node: &str,
+        boot: &str,
+        live: &[String],
+        max_crashes: i32,
+    ) -> Result<Vec<i64>, StoreError> {
         validate::node(node)?;
         validate::text("boot", boot)?;
         validate::max_crashes(max_crashes)?;
+        for owner in live {
+            validate::text("live", owner)?;
+        }
         let own = lease_owner(node, boot);
         let node_prefix = format!("{node}/");
+        let live =
+            serde_json::to_string(live).map_err(|e| StoreError::invalid("live", e.to_string()))?;
         let scope = RescueScope::OtherBoots {
             own: &own,
             node_prefix: &node_prefix,
+            live: &live,
         };
         let rescued = on_backend!(self, s => s.rescue(scope, max_crashes).await)?;
         Ok(log_rescued(&rescued, "previous boot of this node"))

@@ -69,8 +69,14 @@ pub(crate) enum RescueScope<'a> {
     /// Lease expired.
     Expired,
     /// Owned by `node/<any boot but ours>`: `own` is `node/boot`,
-    /// `node_prefix` is `node/`.
-    OtherBoots { own: &'a str, node_prefix: &'a str },
+    /// `node_prefix` is `node/`; owners in `live` (JSON array of strings:
+    /// the boots of this node that still run, an upgrade's predecessors)
+    /// are left alone.
+    OtherBoots {
+        own: &'a str,
+        node_prefix: &'a str,
+        live: &'a str,
+    },
 }
 
 impl RescueScope<'_> {

@@ -182,6 +182,7 @@ conformance!(
     crash_cap_parks_the_job_as_dead,
     a_job_claimed_but_never_delivered_is_not_charged_a_crash,
     reclaim_own_previous_touches_only_this_nodes_other_boots,
+    reclaim_leaves_the_runs_of_live_predecessors,
     retry_cancel_delete_follow_the_state_rules,
     invalid_input_names_the_field,
     payload_limit_is_enforced,
@@ -1972,6 +1973,42 @@ async fn reclaim_own_previous_touches_only_this_nodes_other_boots(h: &Harness) {
     assert_eq!(field, "node");
     let (field, _) = field_of(h.store.reclaim_own_previous("web-1", "", 5).await);
     assert_eq!(field, "boot");
+}
+
+/// An upgrade's new curfew (boot c) starts while its predecessor (boot b)
+/// still runs jobs: b's runs are left to b (and, in a chain of upgrades, a
+///'s to a); only the boot named in no live list (d, dead) is reclaimed.
+async fn reclaim_leaves_the_runs_of_live_predecessors(h: &Harness) {
+    let mut by_owner = Vec::new();
+    for owner in ["n/boot-a", "n/boot-b", "n/boot-d"] {
+        let id = enqueue(h, new_job("q")).await;
+        let (claimed, token) = claim_one(h, "q", owner, LEASE).await;
+        assert_eq!(claimed, id);
+        by_owner.push((owner, id, token));
+    }
+    let live = vec!["n/boot-b".to_owned(), "n/boot-a".to_owned()];
+    let reclaimed = h
+        .store
+        .reclaim_own_previous_except("n", "boot-c", &live, 5)
+        .await
+        .expect("reclaim");
+    assert_eq!(reclaimed, vec![by_owner[2].1], "only the dead boot d");
+    for (owner, id, token) in &by_owner[..2] {
+        let job = get(h, *id).await;
+        assert_eq!(job.state, JobState::Running, "{owner}");
+        assert_eq!(job.lease_owner.as_deref(), Some(*owner));
+        // Its own processor still finishes it, fenced by its token.
+        assert!(
+            h.store.complete(*id, token).await.expect("complete"),
+            "{owner}"
+        );
+    }
+    let (field, _) = field_of(
+        h.store
+            .reclaim_own_previous_except("n", "boot-c", &[String::new()], 5)
+            .await,
+    );
+    assert_eq!(field, "live");
 }
 
 async fn retry_cancel_delete_follow_the_state_rules(h: &Harness) {

@@ -133,7 +133,13 @@ impl Curfew {
 
     /// Start curfew without waiting for anything.
     pub fn spawn(opts: Opts) -> Curfew {
-        Curfew::spawn_inner(opts, None)
+        Curfew::spawn_inner(opts, None, Path::new(CURFEW))
+    }
+
+    /// [`Curfew::spawn`] of the curfew binary at `program` (a copy, for
+    /// the upgrade tests).
+    pub fn spawn_program(opts: Opts, program: &Path) -> Curfew {
+        Curfew::spawn_inner(opts, None, program)
     }
 
     /// Start curfew socket-activated, as systemd would: `listener` passed as
@@ -168,12 +174,17 @@ impl Curfew {
         };
         opts.env.push(("LISTEN_FDS".into(), n.to_string()));
         opts.env.push(("LISTEN_FDNAMES".into(), names));
-        Curfew::spawn_inner(opts, Some((listener, addr.port(), admin)))
+        Curfew::spawn_inner(
+            opts,
+            Some((listener, addr.port(), admin)),
+            Path::new(CURFEW),
+        )
     }
 
     fn spawn_inner(
         opts: Opts,
         activated: Option<(std::os::fd::OwnedFd, u16, Option<std::os::fd::OwnedFd>)>,
+        program: &Path,
     ) -> Curfew {
         // A PORT in the test's env is the port curfew will bind (no --bind).
         let env_port = opts
@@ -229,7 +240,7 @@ impl Curfew {
                     c.arg(format!("--nofile={n}:{n}")).arg("--").arg(CURFEW);
                     c
                 }
-                None => Command::new(CURFEW),
+                None => Command::new(program),
             },
         };
         cmd.arg("serve");

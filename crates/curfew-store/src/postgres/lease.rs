@@ -204,7 +204,8 @@ impl PgStore {
         let condition = match scope {
             RescueScope::Expired => "lease_expires_at < {s}.now_ms()",
             RescueScope::OtherBoots { .. } => {
-                "lease_owner <> $6 AND substr(lease_owner, 1, length($7)) = $7"
+                "lease_owner <> $6 AND substr(lease_owner, 1, length($7)) = $7
+                 AND lease_owner NOT IN (SELECT jsonb_array_elements_text($8::jsonb))"
             }
         };
         let sql = format!(
@@ -243,8 +244,13 @@ impl PgStore {
             .bind(suffix)
             .bind(undelivered_prefix)
             .bind(undelivered_suffix);
-        if let RescueScope::OtherBoots { own, node_prefix } = scope {
-            query = query.bind(own).bind(node_prefix);
+        if let RescueScope::OtherBoots {
+            own,
+            node_prefix,
+            live,
+        } = scope
+        {
+            query = query.bind(own).bind(node_prefix).bind(live);
         }
         let rows = query.fetch_all(&self.pool).await.map_err(|e| self.err(e))?;
         let rescued = rescued(&self.name, &rows, &[])?;

@@ -237,14 +237,20 @@ impl SqliteStore {
                     .fetch_all(&mut *w.tx)
                     .await?
                 }
-                RescueScope::OtherBoots { own, node_prefix } => {
+                RescueScope::OtherBoots {
+                    own,
+                    node_prefix,
+                    live,
+                } => {
                     sqlx::query(
                         "SELECT id, lease_token, lease_owner FROM jobs
                          WHERE state = 'running' AND lease_owner <> ?1
-                           AND substr(lease_owner, 1, length(?2)) = ?2",
+                           AND substr(lease_owner, 1, length(?2)) = ?2
+                           AND lease_owner NOT IN (SELECT value FROM json_each(?3))",
                     )
                     .bind(own)
                     .bind(node_prefix)
+                    .bind(live)
                     .fetch_all(&mut *w.tx)
                     .await?
                 }
