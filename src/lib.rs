@@ -101,6 +101,7 @@ mod layering {
                 "processor",
                 "protocol",
                 "proxy",
+                "shim",
                 "supervisor",
             ],
         ),
