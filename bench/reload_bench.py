@@ -243,14 +243,19 @@ def render_section(results, table, args, cmdline, mach, vers) -> str:
         "",
         goal_line(results),
     ]
-    notes = []
-    for r in results:
-        notes += [f"- {r.name}: {p}".replace("\n", " | ")[:1500] for p in r.problems]
-        notes += [f"- {r.name} log: `{l.strip()[:300]}`" for l in r.log_excerpts[:12]]
-    if notes:
-        parts += ["", "Notes (problems, log lines with WARN/ERROR):", ""] + notes
+    parts += notes_block(results)
     parts += ["", SECTION_END, ""]
     return "\n".join(parts)
+
+
+def notes_block(results, cut: int = 1500, excerpts: int = 12) -> list[str]:
+    """The section's notes: each result's problems (cut to `cut` characters)
+    and its first `excerpts` WARN/ERROR log lines; nothing when there are none."""
+    notes = []
+    for r in results:
+        notes += [f"- {r.name}: {p}".replace("\n", " | ")[:cut] for p in r.problems]
+        notes += [f"- {r.name} log: `{l.strip()[:300]}`" for l in r.log_excerpts[:excerpts]]
+    return ["", "Notes (problems, log lines with WARN/ERROR):", ""] + notes if notes else []
 
 
 def main() -> int:

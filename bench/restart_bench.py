@@ -286,12 +286,7 @@ def render_section(results, table, args, cmdline, mach, vers) -> str:
         "",
         table,
     ]
-    notes = []
-    for r in results:
-        notes += [f"- {r.name}: {p}".replace("\n", " | ")[:1000] for p in r.problems]
-        notes += [f"- {r.name} log: `{l.strip()[:300]}`" for l in r.log_excerpts[:6]]
-    if notes:
-        parts += ["", "Notes (problems, log lines with WARN/ERROR):", ""] + notes
+    parts += rb.notes_block(results, cut=1000, excerpts=6)
     parts += ["", SECTION_END, ""]
     return "\n".join(parts)
 

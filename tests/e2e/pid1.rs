@@ -2,17 +2,12 @@
 //! grandchild is reaped, SIGTERM drains and stops as usual, and curfew's
 //! exit code is the namespace's.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::*;
 
 #[test]
 fn as_pid_1_it_reaps_orphans_drains_and_passes_its_exit_code() {
-    if !nix::unistd::getuid().is_root() {
-        eprintln!("skipped: a PID namespace needs root here");
-        return;
-    }
     let port = free_port();
     let dir = tempfile::tempdir().expect("tempdir");
     let marker = format!("pid1-orphan-{}", std::process::id());
@@ -20,21 +15,9 @@ fn as_pid_1_it_reaps_orphans_drains_and_passes_its_exit_code() {
     // kernel reparents to PID 1: curfew.
     // A second one exits at once: it must be reaped, not left a zombie.
     let worker = format!("(exec -a {marker} sleep 300 &) ; (sleep 0.2 &) ; exec {TESTWORKER}");
-    let ns = Command::new("unshare")
-        .args(["--pid", "--fork", "--kill-child"])
-        .arg(CURFEW)
-        .args(["serve", "-w", "1", "--bind", &format!("127.0.0.1:{port}")])
-        .arg("--control-socket")
-        .arg(dir.path().join("c.sock"))
-        .args(["--", "bash", "-c", &worker])
-        .env_remove("CURFEW_CONTROL_SOCKET")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("unshare");
-    wait_until("served", Duration::from_secs(20), || {
-        http(port, "GET", "/", &[], b"").is_ok_and(|r| r.status == 200)
-    });
+    let Some(ns) = serve_as_pid1(port, &dir.path().join("c.sock"), &["bash", "-c", &worker]) else {
+        return;
+    };
     wait_until("orphan started", Duration::from_secs(5), || {
         !processes_with(&marker).is_empty()
     });

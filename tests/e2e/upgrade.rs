@@ -300,28 +300,12 @@ fn under_systemd_the_old_curfew_names_the_new_one_mainpid() {
 /// PID 1 cannot be handed over. curfew says so and keeps serving.
 #[test]
 fn as_pid_1_an_upgrade_is_refused() {
-    if !nix::unistd::getuid().is_root() {
-        eprintln!("skipped: a PID namespace needs root here");
-        return;
-    }
     let port = free_port();
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("c.sock");
-    let ns = std::process::Command::new("unshare")
-        .args(["--pid", "--fork", "--kill-child"])
-        .arg(CURFEW)
-        .args(["serve", "-w", "1", "--bind", &format!("127.0.0.1:{port}")])
-        .arg("--control-socket")
-        .arg(&sock)
-        .args(["--", TESTWORKER])
-        .env_remove("CURFEW_CONTROL_SOCKET")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("unshare");
-    wait_until("served", Duration::from_secs(20), || {
-        http(port, "GET", "/", &[], b"").is_ok_and(|r| r.status == 200)
-    });
+    let Some(ns) = serve_as_pid1(port, &sock, &[TESTWORKER]) else {
+        return;
+    };
     let out = std::process::Command::new(CURFEW)
         .args(["upgrade", "--control-socket"])
         .arg(&sock)

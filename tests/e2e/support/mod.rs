@@ -843,3 +843,31 @@ impl Drop for TestCgroup {
         }
     }
 }
+
+/// curfew serving `command` on 127.0.0.1:`port` as PID 1 of a new PID
+/// namespace (`unshare --pid --fork --kill-child`, a container's init), its
+/// control socket at `control`, once it answers `/` (stdout discarded,
+/// stderr piped). `None` when not root: the caller skips.
+pub fn serve_as_pid1(port: u16, control: &Path, command: &[&str]) -> Option<Child> {
+    if !nix::unistd::getuid().is_root() {
+        eprintln!("skipped: a PID namespace needs root here");
+        return None;
+    }
+    let ns = Command::new("unshare")
+        .args(["--pid", "--fork", "--kill-child"])
+        .arg(CURFEW)
+        .args(["serve", "-w", "1", "--bind", &format!("127.0.0.1:{port}")])
+        .arg("--control-socket")
+        .arg(control)
+        .arg("--")
+        .args(command)
+        .env_remove("CURFEW_CONTROL_SOCKET")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("unshare");
+    wait_until("served", Duration::from_secs(20), || {
+        http(port, "GET", "/", &[], b"").is_ok_and(|r| r.status == 200)
+    });
+    Some(ns)
+}
