@@ -115,16 +115,12 @@ fn endpoint(
             let path = socket_path(spec, id, uid);
             remove_stale(&path);
             listener = Some(OwnedFd::from(unix_listener(&path)?));
-            env.push(("LISTEN_FDS", "1".into()));
-            env.push(("LISTEN_FDNAMES", "curfew".into()));
             WorkerAddr::Unix(path)
         }
         WorkerSocket::FdTcp => {
             let l = TcpListener::from(loopback_listener()?);
             let a = l.local_addr()?;
             listener = Some(OwnedFd::from(l));
-            env.push(("LISTEN_FDS", "1".into()));
-            env.push(("LISTEN_FDNAMES", "curfew".into()));
             WorkerAddr::Tcp(a)
         }
         WorkerSocket::Port => {
@@ -142,6 +138,10 @@ fn endpoint(
             WorkerAddr::Unix(path)
         }
     };
+    if spec.socket.inherited() {
+        env.push(("LISTEN_FDS", "1".into()));
+        env.push(("LISTEN_FDNAMES", "curfew".into()));
+    }
     if matches!(addr, WorkerAddr::Unix(_)) && !user_sets(spec, FORWARDED_ALLOW_IPS) {
         // A Unix-socket peer has no address, so uvicorn (and gunicorn's
         // UvicornWorker) would trust none of curfew's `X-Forwarded-*` and
