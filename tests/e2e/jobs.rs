@@ -766,7 +766,7 @@ fn unreachable_store_at_start_is_a_clear_error() {
 }
 
 /// A TCP relay in front of PostgreSQL that can be cut (every connection
-/// reset, new ones refused) and restored: the database "goes away" for
+/// reset, new ones closed as soon as they are accepted) and restored: the database "goes away" for
 /// curfew the way a network partition or a server restart looks.
 struct Relay {
     port: u16,
@@ -780,29 +780,31 @@ struct RelayState {
 
 impl Relay {
     fn start(target: u16) -> Relay {
-        let port = free_port();
+        // Bound here, before `start` returns, and held for the relay's life:
+        // a port picked and released (then bound again later) can be handed
+        // to the next `free_port()` caller meanwhile -- curfew's own `bind`
+        // once got this very port.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("relay bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("relay addr").port();
         let state = std::sync::Arc::new(RelayState {
             up: std::sync::atomic::AtomicBool::new(true),
             conns: std::sync::Mutex::new(Vec::new()),
         });
         let st = state.clone();
         std::thread::spawn(move || {
-            let mut listener: Option<std::net::TcpListener> = None;
             // Bounded: the relay dies with the test process at the latest.
             loop {
-                let up = st.up.load(std::sync::atomic::Ordering::SeqCst);
-                if up && listener.is_none() {
-                    let l = std::net::TcpListener::bind(("127.0.0.1", port)).expect("relay bind");
-                    l.set_nonblocking(true).expect("nonblocking");
-                    listener = Some(l);
-                } else if !up && listener.is_some() {
-                    listener = None; // closed: connects are refused
-                }
-                let accepted = listener.as_ref().and_then(|l| l.accept().ok());
-                let Some((client, _)) = accepted else {
+                let Ok((client, _)) = listener.accept() else {
                     std::thread::sleep(Duration::from_millis(5));
                     continue;
                 };
+                if !st.up.load(std::sync::atomic::Ordering::SeqCst) {
+                    // Cut: the connection is closed at once (the port stays
+                    // ours, so nobody else can take it during the outage).
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
                 let _ = client.set_nonblocking(false);
                 let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
                     continue;

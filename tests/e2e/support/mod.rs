@@ -43,12 +43,27 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+///
+/// Never the same port twice in one test process: a port picked here is
+/// released at once and bound later (by curfew, or a test's own listener),
+/// and the kernel may hand it to the next `bind(:0)` meanwhile -- two such
+/// calls in one test (admin and front, a relay and the front) once got the
+/// same port. Other test processes can still race for it; their window is
+/// the few milliseconds until the port is bound.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind :0")
-        .local_addr()
-        .expect("addr")
-        .port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("bind :0")
+            .local_addr()
+            .expect("addr")
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A unique marker to find every process a test started (in argv).
