@@ -236,6 +236,7 @@ impl Dispatcher {
             };
             match sent {
                 Ok(response) => {
+                    up.note_response(response.version(), response.headers());
                     return Ok(Dispatched {
                         lease,
                         upstream: up,
