@@ -2554,6 +2554,48 @@ async fn a_new_sqlite_store_is_private() {
     store.close().await;
 }
 
+/// Commits never checkpoint (a checkpoint inside a commit made that write
+/// wait milliseconds for the copy and its fsyncs); a task does, after a
+/// run of writes and shortly after the last write of a quiet store: the
+/// database file holds the jobs while the store is still open, and the WAL
+/// stays bounded instead of growing with every write.
+#[tokio::test]
+async fn sqlite_checkpoints_run_beside_the_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ckpt.db");
+    let store = Store::open(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("open");
+    let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let empty = size(&path);
+    let payload = json!({"pad": "x".repeat(2000)});
+    for _ in 0..3_000 {
+        store
+            .enqueue(NewJob::new("default", "k", payload.clone()))
+            .await
+            .expect("enqueue");
+    }
+    let wal = dir.path().join("ckpt.db-wal");
+    // 3,000 jobs of 2 KB grew the WAL past 100 MB while checkpoints ran
+    // beside the writes but never let it be rewound.
+    assert!(
+        size(&wal) < 32 << 20,
+        "WAL of {} bytes after 3,000 writes: checkpoints are not running",
+        size(&wal)
+    );
+    // Within a second of the last write the rest is folded in too.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while size(&path) < empty + (6 << 20) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database file is {} bytes with the store open: no checkpoint after the writes",
+            size(&path)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    store.close().await;
+}
+
 #[tokio::test]
 async fn a_plain_path_is_a_sqlite_store() {
     let dir = tempfile::tempdir().expect("tempdir");

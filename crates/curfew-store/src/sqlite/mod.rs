@@ -51,6 +51,7 @@ macro_rules! uuid_v4_sql {
     };
 }
 
+mod checkpoint;
 // After `uuid_v4_sql!`, which they use.
 mod claim;
 mod lease;
@@ -66,6 +67,8 @@ pub struct SqliteStore {
     write_lock: Arc<Mutex<()>>,
     wake: broadcast::Sender<String>,
     max_payload_bytes: usize,
+    /// Told of every write (see [`checkpoint`]).
+    checkpoints: checkpoint::Checkpoints,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -156,6 +159,8 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
+            // Checkpoints run in a task of their own, not in a commit.
+            .pragma("wal_autocheckpoint", "0")
             .optimize_on_close(true, 400);
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections)
@@ -164,12 +169,16 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::from_sqlx(&name, e))?;
         let (wake, _) = broadcast::channel(1024);
+        let write_lock = Arc::new(Mutex::new(()));
+        let checkpoints =
+            checkpoint::Checkpoints::start(pool.clone(), name.clone(), write_lock.clone());
         let store = SqliteStore {
             pool,
             name,
-            write_lock: Arc::new(Mutex::new(())),
+            write_lock,
             wake,
             max_payload_bytes: options.max_payload_bytes,
+            checkpoints,
         };
         store.migrate().await?;
         Ok(store)
@@ -217,10 +226,12 @@ impl SqliteStore {
     /// statement starts, write lock first, and commits when it ends or
     /// rolls it back when it fails). Held until the statement is done.
     async fn writer_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.checkpoints.wrote();
         self.write_lock.lock().await
     }
 
     async fn begin_write(&self) -> Result<WriteTx, StoreError> {
+        self.checkpoints.wrote();
         let turn = self.write_lock.clone().lock_owned().await;
         let tx = self
             .pool
