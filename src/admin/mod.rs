@@ -143,7 +143,9 @@ pub async fn serve(listener: Listener, state: AdminState, stop: CancellationToke
 }
 
 /// [`serve`], accepting only until `stop_accepting` (an upgrade's successor
-/// took the socket over; connections already accepted go on until `stop`).
+/// took the socket over; connections already accepted go on until `stop`)
+/// or `stop`. Ends by closing the listener (its Unix socket file removed
+/// when curfew made it and did not hand it over).
 pub async fn serve_until(
     listener: Listener,
     state: AdminState,
@@ -157,6 +159,7 @@ pub async fn serve_until(
     loop {
         let permit = tokio::select! {
             _ = stop_accepting.cancelled() => break,
+            _ = stop.cancelled() => break,
             p = slots.clone().acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => break, // never closed
@@ -164,6 +167,7 @@ pub async fn serve_until(
         };
         let accepted = tokio::select! {
             _ = stop_accepting.cancelled() => break,
+            _ = stop.cancelled() => break,
             a = listener.accept() => a,
         };
         let Ok(accepted) = accepted else {

@@ -117,7 +117,7 @@ impl Inherited {
         upgrade: bool,
     ) -> Result<Option<Listener>, super::ServeError> {
         let Some(i) = self.0.iter().position(|p| {
-            p.name == ADMIN_NAME
+            matches!(Role::of(&p.name), Role::Admin { .. })
                 && (!upgrade
                     || admin_bind
                         .is_some_and(|want| p.addr.as_ref().is_some_and(|a| serves(a, want))))
@@ -125,10 +125,16 @@ impl Inherited {
             return Ok(None);
         };
         let p = self.0.remove(i);
+        // An upgrade's predecessor created this Unix socket's file: it is
+        // ours to remove now.
+        let owned = Role::of(&p.name) == (Role::Admin { owned: true });
         match admin_bind {
             Some(addr) => {
                 let fd = p.fd.as_raw_fd();
-                let l = adopt(p, addr)?;
+                let l = match adopt(p, addr)? {
+                    Listener::Unix(u, path, _) if owned => Listener::Unix(u, path, true),
+                    l => l,
+                };
                 self.1.push(fd);
                 Ok(Some(l))
             }

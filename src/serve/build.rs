@@ -214,7 +214,7 @@ impl Run {
                 beat(notifier.clone(), status.clone()),
             );
         }
-        let run = Run {
+        let mut run = Run {
             notifier,
             cfg,
             machine: Machine::new(),
@@ -239,6 +239,7 @@ impl Run {
             admin_release: tokio_util::sync::CancellationToken::new(),
             control_release,
             control_handed_over: false,
+            admin_task: None,
             successor,
             adopted,
             took_over,
@@ -262,12 +263,12 @@ impl Run {
                 run.background.clone(),
             );
             let (gate, stop) = (run.took_over.clone(), run.background.clone());
-            tokio::spawn(async move {
+            run.admin_task = Some(tokio::spawn(async move {
                 tokio::select! {
                     _ = gate.cancelled() => serve.await,
                     _ = stop.cancelled() => {}
                 }
-            });
+            }));
         }
         Ok((run, listeners))
     }

@@ -116,6 +116,9 @@ struct Run {
     control_release: tokio_util::sync::CancellationToken,
     /// The control socket's file is the new curfew's (not removed here).
     control_handed_over: bool,
+    /// The admin endpoint's task: awaited at teardown, so its listener is
+    /// closed and its Unix socket file removed before curfew exits.
+    admin_task: Option<tokio::task::JoinHandle<()>>,
     /// This process is an upgrade's new curfew, until it took over.
     successor: Option<upgrade::child::Successor>,
     /// The passed fds it adopted (reported to the old curfew).

@@ -161,8 +161,13 @@ pub(super) async fn stopping(run: &mut Run) {
 /// After `stopped`: control socket and admin endpoint closed, `on_exit` run
 /// within the shutdown's deadline, leftovers killed, the summary logged.
 /// Returns the exit code.
-pub(super) async fn teardown(run: Run) -> i32 {
+pub(super) async fn teardown(mut run: Run) -> i32 {
     run.background.cancel();
+    // The admin endpoint closes its listener and removes its socket file
+    // (unless an upgrade's new curfew has it) as it ends.
+    if let Some(task) = run.admin_task.take() {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), task).await;
+    }
     // Removed here, not (only) by the control task: the runtime may end
     // before that task runs again. Not after an upgrade that took it over.
     if !run.control_handed_over {

@@ -4,7 +4,8 @@
 //! `worker_rlimit_nofile` and Go's runtime do). Workers get the original
 //! soft limit back before exec: a program that still uses `select()` breaks
 //! with descriptors above 1024, which is why systemd keeps the soft limit
-//! low by default.
+//! low by default. So does the new curfew of an upgrade: it raises its own
+//! again, and remembers the original for its workers.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -40,7 +41,17 @@ pub fn raise() {
     }
 }
 
-/// The soft limit a worker gets back, if curfew raised its own.
-pub(super) fn worker_soft_limit() -> Option<u64> {
+/// The soft limit curfew started with, if it raised its own: what its
+/// children (workers, the new curfew of an upgrade) get back.
+pub(crate) fn original_soft_limit() -> Option<u64> {
     Some(ORIGINAL_SOFT.load(Ordering::Relaxed)).filter(|s| *s != u64::MAX)
+}
+
+/// In a child between fork and exec: set the soft open-file limit to
+/// `soft`, the hard limit left alone. nix's `getrlimit`/`setrlimit` are the
+/// plain system calls (async-signal-safe): nothing allocated, no lock taken.
+pub(crate) fn restore_in_child(soft: u64) {
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, soft.min(hard), hard);
+    }
 }

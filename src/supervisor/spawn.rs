@@ -218,7 +218,7 @@ fn command(
 fn set_pre_exec(cmd: &mut Command, listen_fd: Option<std::os::fd::RawFd>) {
     let parent = std::process::id() as libc::pid_t;
     // Read before the fork: the child only calls setrlimit with it.
-    let nofile = super::nofile::worker_soft_limit();
+    let nofile = super::nofile::original_soft_limit();
     // SAFETY: the closure runs in the child between fork and exec and only
     // calls prctl/getppid/dup2/fcntl/getrlimit/setrlimit, which are
     // async-signal-safe; it allocates nothing and takes no lock.
@@ -238,15 +238,8 @@ fn set_pre_exec(cmd: &mut Command, listen_fd: Option<std::os::fd::RawFd>) {
             }
             if let Some(soft) = nofile {
                 // The open-file limit the worker would have had without
-                // curfew (see `nofile`); the hard limit is left alone.
-                let mut lim = libc::rlimit {
-                    rlim_cur: 0,
-                    rlim_max: 0,
-                };
-                if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-                    lim.rlim_cur = soft as libc::rlim_t;
-                    libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-                }
+                // curfew (see `nofile`).
+                super::nofile::restore_in_child(soft);
             }
             if let Some(raw) = listen_fd {
                 if raw == LISTEN_FD {

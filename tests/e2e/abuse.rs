@@ -431,7 +431,7 @@ fn cpu_time(pid: i32) -> Duration {
 #[test]
 fn at_the_open_file_limit_curfew_backs_off_logs_once_and_recovers() {
     let mut opts = Opts::testworker(&["-w", "1"], &[]);
-    opts.nofile = Some(64);
+    opts.nofile = Some((64, 64));
     let c = Curfew::start(opts);
     // Idle connections until accepts fail (EMFILE): the rest wait in the
     // kernel's queue.

@@ -4,6 +4,8 @@
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
+
 use crate::support::*;
 
 #[test]
@@ -228,4 +230,26 @@ fn the_admin_token_guards_all_but_the_probes() {
     c.wait_log("has no admin_token", Duration::from_secs(2));
     assert_eq!(get(admin, "/jobs").status, 403);
     assert_eq!(get(admin, "/status").status, 200);
+}
+
+/// An admin endpoint on a Unix socket: it answers there, and curfew removes
+/// the socket file when it exits (it used to stay behind: the endpoint's
+/// task was dropped with the runtime before it closed its listener).
+#[test]
+fn an_admin_unix_socket_is_removed_at_exit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let admin = dir.path().join("admin.sock");
+    let mut c = Curfew::start(Opts::testworker(
+        &[
+            "-w",
+            "1",
+            "--admin-bind",
+            &format!("unix:{}", admin.display()),
+        ],
+        &[],
+    ));
+    assert!(unix_status_line(&admin, "/readyz").contains("200"));
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(10)), 0);
+    assert!(!admin.exists(), "the admin socket file is left behind");
 }

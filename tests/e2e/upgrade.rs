@@ -382,3 +382,93 @@ fn copies_kept_for_an_upgrade_do_not_hold_the_port_during_a_drain() {
     assert_eq!(slow.join().expect("request"), 200);
     assert_eq!(c.wait_exit(Duration::from_secs(20)), 0);
 }
+
+/// The soft open-file limit of process `pid`.
+fn soft_nofile(pid: i32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files");
+    line.split_whitespace()
+        .nth(3)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("soft limit in {line}"))
+}
+
+/// Live processes whose parent is `pid`.
+fn children(pid: i32) -> Vec<i32> {
+    curfew::supervisor::procfs::all()
+        .iter()
+        .filter(|p| p.ppid == pid && p.state != 'Z')
+        .map(|p| p.pid)
+        .collect()
+}
+
+/// curfew raises its soft open-file limit and gives its workers the one it
+/// started with; the new curfew of an upgrade does the same with that
+/// original limit (it used to start with the old curfew's raised one and
+/// pass it on to its workers).
+#[test]
+fn the_new_curfew_gives_its_workers_the_original_open_file_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let program = copy_binary(dir.path());
+    let store = TestStore::sqlite();
+    let cfg = dir.path().join("curfew.toml");
+    write_config(&cfg, &store, free_port(), "v1", "");
+    let mut opts = config_opts(&cfg);
+    opts.nofile = Some((512, 2048));
+    let mut c = Curfew::spawn_program(opts, &program);
+    c.wait_log(SERVING, Duration::from_secs(30));
+    let check = |curfew: i32, who: &str| {
+        assert_eq!(soft_nofile(curfew), 2048, "{who} raises its own limit");
+        let workers = children(curfew);
+        assert!(!workers.is_empty(), "{who} has workers");
+        for w in workers {
+            assert_eq!(soft_nofile(w), 512, "a worker of {who}");
+        }
+    };
+    check(c.pid(), "the first curfew");
+    c.signal(Signal::SIGUSR2);
+    let new = new_pid(&c);
+    c.wait_log(&event("upgrade", "took_over"), Duration::from_secs(30));
+    assert_eq!(c.wait_exit(Duration::from_secs(30)), 0, "{}", c.log_text());
+    check(new, "the new curfew");
+    stop(new);
+}
+
+/// The admin address on a Unix socket the old curfew created: the new one
+/// answers on it after the upgrade, the old one leaves the file alone when
+/// it exits, and the new one removes it when it stops (it used to stay
+/// behind, as if a service manager owned it).
+#[test]
+fn an_admin_unix_socket_is_passed_on_and_removed_by_the_new_curfew() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let program = copy_binary(dir.path());
+    let admin = dir.path().join("admin.sock");
+    let cfg = dir.path().join("curfew.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "admin_bind = \"unix:{}\"\nworkers = 1\ndrain_delay = 0\ncommand = [{TESTWORKER:?}]\n",
+            admin.display()
+        ),
+    )
+    .expect("write config");
+    let mut c = Curfew::spawn_program(config_opts(&cfg), &program);
+    c.wait_log(SERVING, Duration::from_secs(30));
+    assert!(unix_status_line(&admin, "/healthz").contains("200"));
+    c.signal(Signal::SIGUSR2);
+    let new = new_pid(&c);
+    c.wait_log(&event("upgrade", "took_over"), Duration::from_secs(30));
+    assert_eq!(c.wait_exit(Duration::from_secs(30)), 0, "{}", c.log_text());
+    assert!(
+        unix_status_line(&admin, "/healthz").contains("200"),
+        "the new curfew answers on the admin socket"
+    );
+    stop(new);
+    assert!(
+        !admin.exists(),
+        "the admin socket file is removed when the new curfew stops"
+    );
+}

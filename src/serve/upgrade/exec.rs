@@ -78,11 +78,18 @@ pub(super) fn spawn(
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
         .stderr(Stdio::piped());
+    // The open-file limit curfew started with: the new curfew raises its
+    // own again and must know the original for its workers.
+    let nofile = crate::supervisor::nofile::original_soft_limit();
     // SAFETY: the closure runs in the child between fork and exec and only
-    // calls dup2, which is async-signal-safe; it reads `raw` (allocated
-    // before the fork) and allocates nothing, takes no lock.
+    // calls dup2, getrlimit and setrlimit, which are async-signal-safe; it
+    // reads `raw` (allocated before the fork) and allocates nothing, takes
+    // no lock.
     unsafe {
         cmd.pre_exec(move || {
+            if let Some(soft) = nofile {
+                crate::supervisor::nofile::restore_in_child(soft);
+            }
             for (i, fd) in raw.iter().enumerate() {
                 // dup2 clears FD_CLOEXEC on the target: these pass the exec.
                 if libc::dup2(*fd, FIRST_FD + i as RawFd) == -1 {

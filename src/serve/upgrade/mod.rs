@@ -108,7 +108,9 @@ impl Sockets {
             }
         };
         let role = if admin {
-            Role::Admin
+            Role::Admin {
+                owned: owned_file.is_some(),
+            }
         } else {
             Role::Public {
                 owned: owned_file.is_some(),
@@ -460,7 +462,7 @@ fn hand_over(run: &mut Run, adopted: &[i32]) {
             crate::proxy::listener::hand_over_file(path);
         }
         match s.role {
-            Role::Admin => run.admin_release.cancel(),
+            Role::Admin { .. } => run.admin_release.cancel(),
             Role::Control => {
                 run.control_handed_over = true;
                 run.control_release.cancel();

@@ -22,6 +22,9 @@ pub const BIND: &str = "bind";
 pub const BIND_OWN: &str = "bind-own";
 /// The admin listener (socket activation's name for it).
 pub const ADMIN: &str = super::super::activation::ADMIN_NAME;
+/// The admin listener on a Unix socket file the sender created: the
+/// receiver owns it now (and removes it when it stops).
+pub const ADMIN_OWN: &str = "admin-own";
 /// The control socket's listener.
 pub const CONTROL: &str = "control";
 
@@ -36,7 +39,10 @@ pub enum Role {
     Public {
         owned: bool,
     },
-    Admin,
+    /// The admin listener; `owned`: the receiver owns its Unix file.
+    Admin {
+        owned: bool,
+    },
     Control,
 }
 
@@ -45,7 +51,8 @@ impl Role {
         match self {
             Role::Public { owned: false } => BIND,
             Role::Public { owned: true } => BIND_OWN,
-            Role::Admin => ADMIN,
+            Role::Admin { owned: false } => ADMIN,
+            Role::Admin { owned: true } => ADMIN_OWN,
             Role::Control => CONTROL,
         }
     }
@@ -54,7 +61,8 @@ impl Role {
     /// public listener matched by its address.
     pub fn of(name: &str) -> Role {
         match name {
-            ADMIN => Role::Admin,
+            ADMIN => Role::Admin { owned: false },
+            ADMIN_OWN => Role::Admin { owned: true },
             CONTROL => Role::Control,
             BIND_OWN => Role::Public { owned: true },
             _ => Role::Public { owned: false },
@@ -213,10 +221,11 @@ mod tests {
         let roles = [
             Role::Public { owned: false },
             Role::Public { owned: true },
-            Role::Admin,
+            Role::Admin { owned: false },
+            Role::Admin { owned: true },
             Role::Control,
         ];
-        assert_eq!(fd_names(&roles), "bind:bind-own:admin:control");
+        assert_eq!(fd_names(&roles), "bind:bind-own:admin:admin-own:control");
         for r in roles {
             assert_eq!(Role::of(r.name()), r);
         }

@@ -66,6 +66,19 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// `GET path` (HTTP/1.0) on the Unix socket at `sock`: the answer's status
+/// line ("" when nothing came back).
+pub fn unix_status_line(sock: &Path, path: &str) -> String {
+    let mut s = std::os::unix::net::UnixStream::connect(sock).expect("connect to the Unix socket");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .expect("write");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.lines().next().unwrap_or_default().to_owned()
+}
+
 /// A unique marker to find every process a test started (in argv).
 pub fn marker() -> String {
     let nanos = std::time::SystemTime::now()
@@ -97,8 +110,8 @@ pub struct Opts {
     pub bind: Option<String>,
     /// Start curfew inside the cgroup whose `cgroup.procs` file this is.
     pub wrap: Option<PathBuf>,
-    /// Start curfew with this open-file limit (soft and hard, `prlimit`).
-    pub nofile: Option<u64>,
+    /// Start curfew with this open-file limit (soft, hard; `prlimit`).
+    pub nofile: Option<(u64, u64)>,
 }
 
 impl Opts {
@@ -250,9 +263,11 @@ impl Curfew {
                 c
             }
             None => match opts.nofile {
-                Some(n) => {
+                Some((soft, hard)) => {
                     let mut c = Command::new("prlimit");
-                    c.arg(format!("--nofile={n}:{n}")).arg("--").arg(CURFEW);
+                    c.arg(format!("--nofile={soft}:{hard}"))
+                        .arg("--")
+                        .arg(program);
                     c
                 }
                 None => Command::new(program),
