@@ -154,10 +154,10 @@ impl Processor {
         let options = StoreOptions {
             pg_schema: cfg.pg_schema.clone(),
             max_payload_bytes: cfg.max_payload,
-            // The queues' runs, 4 for the loops (claims, rescue, prune,
-            // the listener's reconnects), and the job API's own turns
-            // (`gate`), which it never exceeds.
-            max_connections: ((total + 4).min(32) + gate::API_STORE_CALLS) as u32,
+            // The queues' runs, 5 for the loops (claims, rescue, prune,
+            // the listener's reconnects, SQLite's checkpoints), and the
+            // job API's own turns (`gate`), which it never exceeds.
+            max_connections: ((total + 5).min(33) + gate::API_STORE_CALLS) as u32,
             // Fail calls fast while the database is away: the loops retry
             // with their own backoff, so recovery is seen within seconds.
             acquire_timeout: Duration::from_secs(3),
