@@ -243,7 +243,7 @@ impl Inner {
     }
 
     /// Releases claimed jobs that will not run here.
-    async fn hand_back(&self, claimed: Vec<Claimed>, why: &str) {
+    pub(super) async fn hand_back(&self, claimed: Vec<Claimed>, why: &str) {
         let pairs: Vec<(i64, String)> = claimed.into_iter().map(|c| (c.job.id, c.token)).collect();
         let t = self.health.tick();
         if let Err(e) = self.store.release(&pairs, why).await {

@@ -203,16 +203,8 @@ impl Inner {
                         if self.stop_claiming.is_cancelled() {
                             // The stop came while this claim was in flight:
                             // give the jobs back untouched.
-                            let pairs: Vec<(i64, String)> =
-                                claimed.into_iter().map(|c| (c.job.id, c.token)).collect();
-                            if let Err(e) = self
-                                .store
-                                .release(&pairs, "claimed as curfew began to stop")
-                                .await
-                            {
-                                self.health
-                                    .failed("hand back jobs claimed while stopping", &e, t);
-                            }
+                            self.hand_back(claimed, "claimed as curfew began to stop")
+                                .await;
                             return;
                         }
                         let got = claimed.len();
