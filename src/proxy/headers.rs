@@ -30,15 +30,19 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// The protocol upgrade asked for (`Connection: upgrade` + `Upgrade: x`), if any.
-pub fn upgrade_of(headers: &HeaderMap) -> Option<HeaderValue> {
-    let wants = headers
+/// Whether a `Connection` field of `headers` lists `option`.
+pub fn connection_has(headers: &HeaderMap, option: &str) -> bool {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    if wants {
+        .any(|t| t.trim().eq_ignore_ascii_case(option))
+}
+
+/// The protocol upgrade asked for (`Connection: upgrade` + `Upgrade: x`), if any.
+pub fn upgrade_of(headers: &HeaderMap) -> Option<HeaderValue> {
+    if connection_has(headers, "upgrade") {
         headers.get(header::UPGRADE).cloned()
     } else {
         None

@@ -349,17 +349,9 @@ impl Pool {
 /// version and these headers (RFC 9112 §9.3: a `close` option, or HTTP/1.0
 /// without `keep-alive`).
 fn worker_closes(version: http::Version, headers: &http::HeaderMap) -> bool {
-    let mut keep_alive = false;
-    for v in headers.get_all(http::header::CONNECTION) {
-        for token in v.to_str().unwrap_or("").split(',') {
-            let token = token.trim();
-            if token.eq_ignore_ascii_case("close") {
-                return true;
-            }
-            keep_alive |= token.eq_ignore_ascii_case("keep-alive");
-        }
-    }
-    version == http::Version::HTTP_10 && !keep_alive
+    use super::headers::connection_has;
+    connection_has(headers, "close")
+        || (version == http::Version::HTTP_10 && !connection_has(headers, "keep-alive"))
 }
 
 /// Readiness probe: `GET path` on a fresh connection. Without a configured
