@@ -95,28 +95,27 @@ impl Checkpoints {
                 // are written again at once, and never lets the WAL be
                 // rewound. A quieter one checkpoints beside its writes.
                 let busy = full.is_ok() && first.elapsed() < BUSY_WINDOW;
-                let frames = if busy {
-                    let _turn = write_lock.lock().await;
-                    checkpoint(&pool).await
+                let turn = if busy {
+                    Some(write_lock.lock().await)
                 } else {
-                    checkpoint(&pool).await
+                    None
                 };
+                let frames = checkpoint(&pool).await;
+                drop(turn);
                 let frames = match frames {
                     Ok(frames) => frames,
                     Err(e) => {
                         if pool.is_closed() {
                             return;
                         }
-                        // The next write schedules another try; the
-                        // checkpoint at close folds in whatever is left.
-                        tracing::debug!(store = %store, error = %e, "WAL checkpoint failed; trying again after the next write.");
+                        failed(&store, &e);
                         continue;
                     }
                 };
                 if !busy && frames > REWIND_FRAMES {
                     let _turn = write_lock.lock().await;
                     if let Err(e) = checkpoint(&pool).await {
-                        tracing::debug!(store = %store, error = %e, "WAL checkpoint failed; trying again after the next write.");
+                        failed(&store, &e);
                     }
                 }
             }
@@ -132,6 +131,12 @@ impl Checkpoints {
             let _ = self.due.try_send(());
         }
     }
+}
+
+/// A failed checkpoint: the next write schedules another try, and the
+/// checkpoint at close folds in whatever is left.
+fn failed(store: &str, e: &sqlx::Error) {
+    tracing::debug!(store = %store, error = %e, "WAL checkpoint failed; trying again after the next write.");
 }
 
 /// One `PASSIVE` checkpoint; the WAL's length in frames after it.
