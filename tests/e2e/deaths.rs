@@ -30,24 +30,6 @@ fn start_with_config(path: &std::path::Path) -> Curfew {
     })
 }
 
-/// Live (non-zombie) child processes of curfew: its workers, whatever state
-/// their slots are in.
-fn children(c: &Curfew) -> Vec<i32> {
-    let me = c.pid();
-    curfew::supervisor::procfs::all()
-        .into_iter()
-        .filter(|p| p.ppid == me && p.state != 'Z')
-        .map(|p| p.pid)
-        .collect()
-}
-
-/// Whether `pid` runs (not a zombie, not gone).
-fn alive(pid: i32) -> bool {
-    curfew::supervisor::procfs::all()
-        .iter()
-        .any(|p| p.pid == pid && p.state != 'Z')
-}
-
 fn kill(pid: i32) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).expect("kill worker");
 }
@@ -107,7 +89,7 @@ fn kill_the_only_worker_while_a_reload_prepares() {
     wait_until(
         "the new worker to be started",
         Duration::from_secs(5),
-        || children(&c).len() == 2,
+        || children(c.pid()).len() == 2,
     );
     let killed_at = Instant::now();
     kill(old);
@@ -262,7 +244,10 @@ fn kill_a_booting_new_worker() {
         "the new worker to be started",
         Duration::from_secs(5),
         || {
-            booting = children(&c).into_iter().find(|p| *p != old).unwrap_or(0);
+            booting = children(c.pid())
+                .into_iter()
+                .find(|p| *p != old)
+                .unwrap_or(0);
             booting != 0
         },
     );
@@ -314,7 +299,7 @@ fn operations_during_a_reload_are_queued_and_merged() {
     c.wait_log_count(&event("reload_finished", "ok"), 2, Duration::from_secs(20));
     c.wait_log("Scaling workers.", Duration::from_secs(5));
     wait_until("three workers", Duration::from_secs(10), || {
-        children(&c).len() == 3
+        children(c.pid()).len() == 3
     });
     assert_eq!(
         c.count_log("Reload requested: re-reading"),

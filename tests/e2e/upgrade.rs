@@ -36,12 +36,6 @@ fn new_pid(c: &Curfew) -> i32 {
         .unwrap_or_else(|| panic!("no pid in {line}"))
 }
 
-fn alive(pid: i32) -> bool {
-    curfew::supervisor::procfs::all()
-        .iter()
-        .any(|p| p.pid == pid && p.state != 'Z')
-}
-
 /// Stops the curfew at `pid` (no longer the test's child: re-parented when
 /// the old one exited) and waits until it is gone.
 fn stop(pid: i32) {
@@ -394,15 +388,6 @@ fn soft_nofile(pid: i32) -> u64 {
         .nth(3)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("soft limit in {line}"))
-}
-
-/// Live processes whose parent is `pid`.
-fn children(pid: i32) -> Vec<i32> {
-    curfew::supervisor::procfs::all()
-        .iter()
-        .filter(|p| p.ppid == pid && p.state != 'Z')
-        .map(|p| p.pid)
-        .collect()
 }
 
 /// curfew raises its soft open-file limit and gives its workers the one it

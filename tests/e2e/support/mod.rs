@@ -79,6 +79,23 @@ pub fn unix_status_line(sock: &Path, path: &str) -> String {
     out.lines().next().unwrap_or_default().to_owned()
 }
 
+/// Whether `pid` runs (not a zombie, not gone).
+pub fn alive(pid: i32) -> bool {
+    curfew::supervisor::procfs::all()
+        .iter()
+        .any(|p| p.pid == pid && p.state != 'Z')
+}
+
+/// Live (non-zombie) child processes of `pid` (of curfew: its workers,
+/// whatever state their slots are in).
+pub fn children(pid: i32) -> Vec<i32> {
+    curfew::supervisor::procfs::all()
+        .into_iter()
+        .filter(|p| p.ppid == pid && p.state != 'Z')
+        .map(|p| p.pid)
+        .collect()
+}
+
 /// A unique marker to find every process a test started (in argv).
 pub fn marker() -> String {
     let nanos = std::time::SystemTime::now()
