@@ -10,9 +10,6 @@ mod jobs_cli;
 fn main() -> ExitCode {
     // Worker exec shim (see shim.rs): must run before anything else.
     curfew::shim::run_if_requested();
-    // The binary and arguments an upgrade starts again (before anything
-    // could change the working directory).
-    curfew::serve::remember_invocation();
     curfew::malloc::bound_retention();
     let cli = cli::Cli::parse_with_defaults();
     use curfew::control::Request;
@@ -109,6 +106,9 @@ fn run_control(target: &cli::ControlArgs, req: curfew::control::Request, json: b
 }
 
 fn run_serve(args: cli::ServeArgs) -> i32 {
+    // The binary and arguments an upgrade starts again, read now, before
+    // anything could change the working directory (only `serve` needs it).
+    curfew::serve::remember_invocation();
     let env: Vec<(String, String)> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();

@@ -189,13 +189,7 @@ impl Run {
                 background.clone(),
                 control_release.clone(),
             );
-            let (gate, stop) = (took_over.clone(), background.clone());
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = gate.cancelled() => serve.await,
-                    _ = stop.cancelled() => {}
-                }
-            });
+            tokio::spawn(gated(took_over.clone(), background.clone(), serve));
             tokio::spawn(route_control(ctl_rx, inputs.sender(), status.clone()));
         }
         let notifier = Arc::new(crate::notify::Notifier::from_env());
@@ -238,7 +232,6 @@ impl Run {
             upgrade: None,
             admin_release: tokio_util::sync::CancellationToken::new(),
             control_release,
-            control_handed_over: false,
             admin_task: None,
             successor,
             adopted,
@@ -262,15 +255,26 @@ impl Run {
                 run.admin_release.clone(),
                 run.background.clone(),
             );
-            let (gate, stop) = (run.took_over.clone(), run.background.clone());
-            run.admin_task = Some(tokio::spawn(async move {
-                tokio::select! {
-                    _ = gate.cancelled() => serve.await,
-                    _ = stop.cancelled() => {}
-                }
-            }));
+            run.admin_task = Some(tokio::spawn(gated(
+                run.took_over.clone(),
+                run.background.clone(),
+                serve,
+            )));
         }
         Ok((run, listeners))
+    }
+}
+
+/// Runs `serve` once `gate` is cancelled (at once, or when an upgrade's
+/// new curfew has taken over), unless `stop` comes first.
+async fn gated(
+    gate: tokio_util::sync::CancellationToken,
+    stop: tokio_util::sync::CancellationToken,
+    serve: impl std::future::Future<Output = ()>,
+) {
+    tokio::select! {
+        _ = gate.cancelled() => serve.await,
+        _ = stop.cancelled() => {}
     }
 }
 

@@ -111,11 +111,10 @@ struct Run {
     /// An upgrade under way (this process is the old curfew).
     upgrade: Option<upgrade::InProgress>,
     /// Cancelled at an upgrade's hand-over: the admin endpoint, and the
-    /// control socket, stop accepting (the new curfew has them).
+    /// control socket, stop accepting (the new curfew has them; a cancelled
+    /// `control_release` also means its file is the new curfew's).
     admin_release: tokio_util::sync::CancellationToken,
     control_release: tokio_util::sync::CancellationToken,
-    /// The control socket's file is the new curfew's (not removed here).
-    control_handed_over: bool,
     /// The admin endpoint's task: awaited at teardown, so its listener is
     /// closed and its Unix socket file removed before curfew exits.
     admin_task: Option<tokio::task::JoinHandle<()>>,
@@ -169,29 +168,31 @@ impl Run {
     /// (as after SIGTERM and `drain_delay`); nothing goes to systemd any
     /// more (the new process is its main one).
     fn on_handover(&mut self) {
+        self.mark_stop_requested();
+        self.apply(Event::HandedOver);
+        self.deferred.cancel();
+    }
+
+    /// The stop starts now: its clock, the requests done so far (the
+    /// summary counts those finished after), and no more job claims.
+    fn mark_stop_requested(&mut self) {
         self.stop_requested_at = Some(Instant::now());
         self.completed_at_stop = self.front.router.completed();
         if let Some(jobs) = &self.jobs {
             jobs.stop_claiming();
         }
-        self.apply(Event::HandedOver);
-        self.deferred.cancel();
     }
 
     fn on_signal(&mut self, sig: StopSignal) {
         upgrade::abandon(self, sig.name());
         if self.stop_requested_at.is_none() {
-            self.stop_requested_at = Some(Instant::now());
+            self.mark_stop_requested();
             // The whole stop's budget; the beat extends systemd's stop
             // timeout up to its end, never past it.
             self.notifier.stopping(
                 self.cfg.drain_delay + self.cfg.graceful_timeout + self.cfg.worker_stop_timeout,
                 &format!("Stopping: {} received; draining.", sig.name()),
             );
-            self.completed_at_stop = self.front.router.completed();
-            if let Some(jobs) = &self.jobs {
-                jobs.stop_claiming();
-            }
         }
         let phase = self.machine.phase();
         if let Outcome::Enter(Phase::LameDuck) = self.apply(Event::Signal(sig)) {

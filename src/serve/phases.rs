@@ -170,7 +170,7 @@ pub(super) async fn teardown(mut run: Run) -> i32 {
     }
     // Removed here, not (only) by the control task: the runtime may end
     // before that task runs again. Not after an upgrade that took it over.
-    if !run.control_handed_over {
+    if !run.control_release.is_cancelled() {
         let _ = std::fs::remove_file(&run.cfg.control_socket);
     }
     // on_exit, and any hook still running, end by the shutdown's deadline

@@ -15,7 +15,7 @@ use super::names::{Handshake, Invocation};
 use crate::supervisor::reaper::{ExitStatus, Reaper};
 
 /// systemd's `SD_LISTEN_FDS_START`.
-const FIRST_FD: RawFd = 3;
+pub(super) const FIRST_FD: RawFd = 3;
 
 /// The new curfew, just started.
 pub(super) struct Spawned {

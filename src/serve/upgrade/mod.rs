@@ -38,10 +38,9 @@ pub(super) mod child;
 mod exec;
 pub(super) mod names;
 
-use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -51,6 +50,7 @@ use super::Run;
 use crate::control;
 use crate::events::Upgrade;
 use crate::proxy::listener::Listener;
+use crate::supervisor::output::Tail;
 use crate::supervisor::reaper::ExitStatus;
 use names::{Decision, Invocation, Role};
 
@@ -233,7 +233,7 @@ fn start(run: &mut Run) -> std::io::Result<InProgress> {
         sockets: fds.len(),
     }
     .emit();
-    let tail = Arc::new(Mutex::new(VecDeque::new()));
+    let tail = Tail::default();
     let relay = spawned
         .stderr
         .map(|rx| tokio::spawn(relay(rx, tail.clone())));
@@ -267,7 +267,7 @@ struct Watch {
     /// Its exit was received (it is reaped: never signal its pid again).
     exited: bool,
     relay: Option<tokio::task::JoinHandle<()>>,
-    tail: Arc<Mutex<VecDeque<String>>>,
+    tail: Tail,
     timeout: Duration,
     grace: Duration,
 }
@@ -286,7 +286,7 @@ impl Watch {
             Ok(s) => s,
             Err(e) => {
                 let reason = format!("cannot use the upgrade channel: {e}");
-                let _ = tx.send(self.fail(reason, true).await);
+                let _ = tx.send(self.fail(reason).await);
                 return;
             }
         };
@@ -348,7 +348,7 @@ impl Watch {
                 }
             }
             Err(reason) => {
-                let failed = self.fail(reason, true).await;
+                let failed = self.fail(reason).await;
                 let _ = tx.send(failed);
             }
         }
@@ -356,12 +356,12 @@ impl Watch {
 
     /// Stops the new curfew if it still runs (SIGTERM, SIGKILL after the
     /// grace), reaps it, and gives the failure with its last stderr lines.
-    async fn fail(&mut self, reason: String, stop: bool) -> Progress {
+    async fn fail(&mut self, reason: String) -> Progress {
         let mut reason = reason;
         if !self.exited && self.exit.try_recv().is_ok() {
             self.exited = true;
         }
-        if stop && !self.exited {
+        if !self.exited {
             let pid = nix::unistd::Pid::from_raw(self.pid as i32);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
             let exited = tokio::time::timeout(self.grace, &mut self.exit).await;
@@ -376,11 +376,7 @@ impl Watch {
         if let Some(relay) = self.relay.take() {
             let _ = tokio::time::timeout(Duration::from_secs(1), relay).await;
         }
-        let stderr = self
-            .tail
-            .lock()
-            .map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n"))
-            .unwrap_or_default();
+        let stderr = self.tail.last(TAIL_LINES);
         Progress::Failed { reason, stderr }
     }
 }
@@ -393,8 +389,8 @@ fn exited_before_ready(st: Result<ExitStatus, oneshot::error::RecvError>) -> Str
 }
 
 /// Copies the new curfew's stderr to ours line by line, keeping the last
-/// [`TAIL_LINES`].
-async fn relay(rx: tokio::net::unix::pipe::Receiver, tail: Arc<Mutex<VecDeque<String>>>) {
+/// lines in `tail`.
+async fn relay(rx: tokio::net::unix::pipe::Receiver, tail: Tail) {
     use std::io::Write;
     let mut reader = BufReader::new(rx);
     let mut line = Vec::new();
@@ -413,12 +409,7 @@ async fn relay(rx: tokio::net::unix::pipe::Receiver, tail: Arc<Mutex<VecDeque<St
         }
         let text = String::from_utf8_lossy(&line);
         let text: String = text.trim_end().chars().take(TAIL_LINE_CHARS).collect();
-        if let Ok(mut t) = tail.lock() {
-            if t.len() == TAIL_LINES {
-                t.pop_front();
-            }
-            t.push_back(text);
-        }
+        tail.push(text);
     }
 }
 
@@ -455,7 +446,7 @@ fn hand_over(run: &mut Run, adopted: &[i32]) {
         return;
     };
     for (i, s) in run.sockets.0.iter().enumerate() {
-        if !adopted.contains(&(3 + i as i32)) {
+        if !adopted.contains(&(exec::FIRST_FD + i as i32)) {
             continue;
         }
         if let Some(path) = &s.owned_file {
@@ -463,10 +454,7 @@ fn hand_over(run: &mut Run, adopted: &[i32]) {
         }
         match s.role {
             Role::Admin { .. } => run.admin_release.cancel(),
-            Role::Control => {
-                run.control_handed_over = true;
-                run.control_release.cancel();
-            }
+            Role::Control => run.control_release.cancel(),
             Role::Public { .. } => {}
         }
     }

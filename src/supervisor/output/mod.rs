@@ -59,7 +59,7 @@ struct TailInner {
 }
 
 impl Tail {
-    fn push(&self, line: String) {
+    pub(crate) fn push(&self, line: String) {
         let mut t = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if t.lines.len() == TAIL_LINES {
             t.lines.pop_front();
