@@ -334,9 +334,10 @@ pub enum Upgrade {
     },
     /// The new curfew serves; this one stops accepting and drains.
     HandedOver { pid: u32, duration_ms: u64 },
-    /// (In the new curfew.) The old one handed over; this one is the
-    /// service now.
-    TookOver { from_pid: u32 },
+    /// (In the new curfew.) The old one handed over (`acked`), or closed
+    /// the channel without a word (it stopped or died); this one is the
+    /// service now either way.
+    TookOver { from_pid: u32, acked: bool },
     /// The new curfew did not start; this one keeps serving.
     Failed {
         pid: Option<u32>,
@@ -377,11 +378,23 @@ impl Upgrade {
                 duration_ms,
                 "Upgrade: the new curfew serves; stop accepting and drain."
             ),
-            Upgrade::TookOver { from_pid } => tracing::info!(
+            Upgrade::TookOver {
+                from_pid,
+                acked: true,
+            } => tracing::info!(
                 event,
                 result = "took_over",
                 from_pid,
                 "Upgrade: took over from the previous curfew, which drains and exits."
+            ),
+            Upgrade::TookOver {
+                from_pid,
+                acked: false,
+            } => tracing::warn!(
+                event,
+                result = "took_over",
+                from_pid,
+                "Upgrade: the previous curfew closed the channel without handing over (it stopped or died); serving on as the service."
             ),
             Upgrade::Failed {
                 pid,

@@ -172,10 +172,7 @@ pub fn set_forwarded(
     } else {
         Vec::new()
     };
-    if let Some(client) = prior_xff
-        .iter()
-        .rposition(|hop| !hop_ip(hop).is_some_and(|ip| allow.trusts(ip)))
-    {
+    if let Some(client) = client_hop(&prior_xff, allow) {
         prior_xff.drain(..client);
     }
     headers.remove(&X_FORWARDED_FOR);
@@ -200,6 +197,18 @@ pub fn set_forwarded(
             headers.insert(&X_FORWARDED_HOST, h.clone());
         }
     }
+}
+
+/// Where the client stands in a forwarding chain (`X-Forwarded-For`
+/// entries, oldest first, maybe followed by the peer): the rightmost hop
+/// that `allow` does not trust, `None` when every hop is trusted. The one
+/// reading of the chain behind both what the worker gets
+/// ([`set_forwarded`]) and whom the access log names
+/// ([`super::access_log::client`]).
+pub fn client_hop<S: AsRef<str>>(chain: &[S], allow: &ForwardedAllow) -> Option<usize> {
+    chain
+        .iter()
+        .rposition(|hop| !hop_ip(hop.as_ref()).is_some_and(|ip| allow.trusts(ip)))
 }
 
 /// The address in one `X-Forwarded-For` entry: `192.0.2.1`, `192.0.2.1:443`,

@@ -55,7 +55,13 @@ struct Passed {
 
 /// The sockets passed to this process, not yet adopted, and the fds of
 /// those adopted so far.
-pub(super) struct Inherited(Vec<Passed>, Vec<i32>);
+pub(super) struct Inherited {
+    passed: Vec<Passed>,
+    adopted: Vec<i32>,
+    /// Passed by an upgrade's predecessor (`CURFEW_UPGRADE` set), not by a
+    /// service manager: how the adoption is logged.
+    from_upgrade: bool,
+}
 
 impl Inherited {
     /// The sockets passed to this process (none when `LISTEN_PID` is not
@@ -64,8 +70,13 @@ impl Inherited {
         let fds: Vec<(i32, String)> = sd_notify::listen_fds_with_names()
             .map_err(ActivationError::Env)?
             .collect();
+        let from_upgrade = std::env::var_os(super::upgrade::names::ENV).is_some();
         if fds.is_empty() || TAKEN.swap(true, Ordering::SeqCst) {
-            return Ok(Inherited(Vec::new(), Vec::new()));
+            return Ok(Inherited {
+                passed: Vec::new(),
+                adopted: Vec::new(),
+                from_upgrade,
+            });
         }
         let passed = fds
             .into_iter()
@@ -75,36 +86,50 @@ impl Inherited {
                 Passed { fd, name, addr }
             })
             .collect();
-        Ok(Inherited(passed, Vec::new()))
+        Ok(Inherited {
+            passed,
+            adopted: Vec::new(),
+            from_upgrade,
+        })
     }
 
     /// The fds adopted so far (what an upgrade's new curfew reports).
     pub(super) fn adopted(&self) -> Vec<i32> {
-        self.1.clone()
+        self.adopted.clone()
+    }
+
+    /// Adopt passed socket `i` as the listener for `addr`. A Unix socket
+    /// whose file an upgrade's predecessor created (`bind-own`,
+    /// `admin-own`) is ours to remove now.
+    fn take(&mut self, i: usize, addr: &BindAddr) -> Result<Listener, BindError> {
+        let p = self.passed.remove(i);
+        let fd = p.fd.as_raw_fd();
+        let owned = matches!(
+            Role::of(&p.name),
+            Role::Public { owned: true } | Role::Admin { owned: true }
+        );
+        let name = p.name;
+        let l = match Listener::adopt(p.fd, &name, addr)? {
+            Listener::Unix(u, path, _) if owned => Listener::Unix(u, path, true),
+            l => l,
+        };
+        let from = if self.from_upgrade {
+            "the previous curfew (upgrade)"
+        } else {
+            "the service manager (socket activation)"
+        };
+        tracing::info!(fd, name = %name, listen = %l.describe(), "Adopted a listening socket from {from}.");
+        self.adopted.push(fd);
+        Ok(l)
     }
 
     /// The passed socket for the public `addr`, adopted, if there is one.
     pub(super) fn public(&mut self, addr: &BindAddr) -> Result<Option<Listener>, BindError> {
-        let found = self.0.iter().position(|p| {
+        let found = self.passed.iter().position(|p| {
             matches!(Role::of(&p.name), Role::Public { .. })
                 && p.addr.as_ref().is_some_and(|a| serves(a, addr))
         });
-        match found {
-            Some(i) => {
-                let p = self.0.remove(i);
-                let fd = p.fd.as_raw_fd();
-                // An upgrade's predecessor created this Unix socket's file:
-                // it is ours to remove now.
-                let owned = Role::of(&p.name) == (Role::Public { owned: true });
-                let l = match adopt(p, addr)? {
-                    Listener::Unix(u, path, _) if owned => Listener::Unix(u, path, true),
-                    l => l,
-                };
-                self.1.push(fd);
-                Ok(Some(l))
-            }
-            None => Ok(None),
-        }
+        found.map(|i| self.take(i, addr)).transpose()
     }
 
     /// The socket named `admin`, adopted for `admin_bind`, if there is one.
@@ -116,7 +141,7 @@ impl Inherited {
         admin_bind: Option<&BindAddr>,
         upgrade: bool,
     ) -> Result<Option<Listener>, super::ServeError> {
-        let Some(i) = self.0.iter().position(|p| {
+        let Some(i) = self.passed.iter().position(|p| {
             matches!(Role::of(&p.name), Role::Admin { .. })
                 && (!upgrade
                     || admin_bind
@@ -124,26 +149,17 @@ impl Inherited {
         }) else {
             return Ok(None);
         };
-        let p = self.0.remove(i);
-        // An upgrade's predecessor created this Unix socket's file: it is
-        // ours to remove now.
-        let owned = Role::of(&p.name) == (Role::Admin { owned: true });
         match admin_bind {
-            Some(addr) => {
-                let fd = p.fd.as_raw_fd();
-                let l = match adopt(p, addr)? {
-                    Listener::Unix(u, path, _) if owned => Listener::Unix(u, path, true),
-                    l => l,
-                };
-                self.1.push(fd);
-                Ok(Some(l))
+            Some(addr) => Ok(Some(self.take(i, addr)?)),
+            None => {
+                let p = self.passed.remove(i);
+                Err(ActivationError::AdminUnset {
+                    fd: p.fd.as_raw_fd(),
+                    addr: describe(&p.addr),
+                    name: p.name,
+                }
+                .into())
             }
-            None => Err(ActivationError::AdminUnset {
-                fd: p.fd.as_raw_fd(),
-                addr: describe(&p.addr),
-                name: p.name,
-            }
-            .into()),
         }
     }
 
@@ -155,18 +171,18 @@ impl Inherited {
         path: &std::path::Path,
     ) -> std::io::Result<Option<tokio::net::UnixListener>> {
         let want = BindAddr::Unix(path.to_path_buf());
-        let Some(i) = self.0.iter().position(|p| {
+        let Some(i) = self.passed.iter().position(|p| {
             p.name == CONTROL_NAME && p.addr.as_ref().is_some_and(|a| serves(a, &want))
         }) else {
             return Ok(None);
         };
-        let p = self.0.remove(i);
+        let p = self.passed.remove(i);
         let fd = p.fd.as_raw_fd();
         let std = std::os::unix::net::UnixListener::from(p.fd);
         std.set_nonblocking(true)?;
         let l = tokio::net::UnixListener::from_std(std)?;
         tracing::info!(fd, path = %path.display(), "Took over the control socket from the previous curfew.");
-        self.1.push(fd);
+        self.adopted.push(fd);
         Ok(Some(l))
     }
 
@@ -175,7 +191,7 @@ impl Inherited {
     /// address) the others are closed, each named at INFO.
     pub(super) fn finish(self, binds: &[BindAddr], upgrade: bool) -> Result<(), ActivationError> {
         if upgrade {
-            for p in self.0 {
+            for p in self.passed {
                 tracing::info!(
                     fd = p.fd.as_raw_fd(),
                     name = %p.name,
@@ -185,7 +201,7 @@ impl Inherited {
             }
             return Ok(());
         }
-        match self.0.into_iter().next() {
+        match self.passed.into_iter().next() {
             None => Ok(()),
             Some(p) => Err(ActivationError::Unused {
                 fd: p.fd.as_raw_fd(),
@@ -207,27 +223,6 @@ impl Inherited {
 fn describe(addr: &Option<InheritedAddr>) -> String {
     addr.as_ref()
         .map_or_else(|| "not a socket".to_owned(), ToString::to_string)
-}
-
-fn adopt(p: Passed, addr: &BindAddr) -> Result<Listener, BindError> {
-    let fd = p.fd.as_raw_fd();
-    let l = Listener::adopt(p.fd, &p.name, addr)?;
-    if std::env::var_os(super::upgrade::names::ENV).is_some() {
-        tracing::info!(
-            fd,
-            name = %p.name,
-            listen = %l.describe(),
-            "Adopted a listening socket from the previous curfew (upgrade)."
-        );
-    } else {
-        tracing::info!(
-            fd,
-            name = %p.name,
-            listen = %l.describe(),
-            "Adopted a listening socket from the service manager (socket activation)."
-        );
-    }
-    Ok(l)
 }
 
 /// Takes ownership of a descriptor passed in `LISTEN_FDS`.

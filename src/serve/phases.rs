@@ -87,16 +87,7 @@ fn take_over(run: &mut Run, successor: upgrade::child::Successor) {
         took_over.cancel();
         notifier.set_muted(false);
         notifier.ready(&status.line());
-        if acked {
-            crate::events::Upgrade::TookOver { from_pid }.emit();
-        } else {
-            tracing::warn!(
-                event = crate::events::Upgrade::NAME,
-                result = "took_over",
-                from_pid,
-                "Upgrade: the previous curfew closed the channel without handing over (it stopped or died); serving on as the service."
-            );
-        }
+        crate::events::Upgrade::TookOver { from_pid, acked }.emit();
     });
 }
 

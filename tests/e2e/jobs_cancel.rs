@@ -65,10 +65,6 @@ fn job(store: &TestStore, id: i64) -> curfew_store::Job {
         .expect("job exists")
 }
 
-fn alive(pid: i32) -> bool {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
-}
-
 /// A job that never ran again after its cancel: still cancelled with the
 /// one attempt it had, one start in the worker's log.
 fn assert_not_retried(store: &TestStore, id: i64, log_starts: Option<usize>) {

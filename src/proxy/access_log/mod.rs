@@ -382,13 +382,11 @@ pub fn client(
     if let Some(p) = &peer_text {
         chain.push(p);
     }
-    for (i, hop) in chain.iter().enumerate().rev() {
-        match hop.parse::<IpAddr>() {
-            Ok(ip) if allow.trusts(ip) && i > 0 => continue,
-            _ => return cut(hop, 64),
-        }
-    }
-    "-".to_owned()
+    // Every hop trusted: the leftmost is the client as far as anyone can tell.
+    let at = super::headers::client_hop(&chain, allow).unwrap_or(0);
+    chain
+        .get(at)
+        .map_or_else(|| "-".to_owned(), |hop| cut(hop, 64))
 }
 
 #[cfg(test)]
@@ -437,6 +435,12 @@ mod tests {
         // A Unix-socket client with and without the header.
         assert_eq!(client(&xff("203.0.113.7"), None, true, &lb), "203.0.113.7");
         assert_eq!(client(&http::HeaderMap::new(), None, true, &lb), "-");
+        // A trusted hop written with its port is still trusted (the worker
+        // gets the chain from the same client: headers::client_hop).
+        assert_eq!(
+            client(&xff("203.0.113.7, 10.0.0.3:443"), ip("10.0.0.2"), true, &lb),
+            "203.0.113.7"
+        );
         // Garbage in the header is where trust stops.
         assert_eq!(
             client(&xff("unknown"), ip("10.0.0.2"), true, &lb),
