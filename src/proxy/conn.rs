@@ -34,15 +34,21 @@ pub struct ConnState {
     /// The address the client connected to, as a `Host` value (for an
     /// HTTP/1.0 request without one).
     pub local_host: Option<http::HeaderValue>,
+    /// The TCP client's address as text (`X-Forwarded-For`), made once.
+    pub peer_value: Option<http::HeaderValue>,
     /// Cancelled to drop the connection at once (a client that stopped
     /// reading its response).
     pub cut: tokio_util::sync::CancellationToken,
 }
 
 impl ConnState {
-    pub fn new(local_host: Option<http::HeaderValue>) -> Arc<ConnState> {
+    pub fn new(
+        local_host: Option<http::HeaderValue>,
+        peer: Option<std::net::IpAddr>,
+    ) -> Arc<ConnState> {
         Arc::new(ConnState {
             local_host,
+            peer_value: peer.map(super::headers::peer_value),
             cut: tokio_util::sync::CancellationToken::new(),
             active: AtomicUsize::new(0),
             last_done: Mutex::new(Instant::now()),
@@ -96,7 +102,7 @@ mod tests {
 
     #[test]
     fn grace_counts_from_the_last_response() {
-        let c = ConnState::new(None);
+        let c = ConnState::new(None, None);
         let g = c.begin();
         assert_eq!(c.idle_grace_left(), None);
         drop(g);
@@ -108,7 +114,7 @@ mod tests {
 
     #[tokio::test]
     async fn change_between_check_and_wait_is_not_missed() {
-        let c = ConnState::new(None);
+        let c = ConnState::new(None, None);
         let g = c.begin();
         drop(g); // before anyone waits
         tokio::time::timeout(Duration::from_secs(1), c.changed())

@@ -115,6 +115,7 @@ async fn forward(
         &mut parts,
         upgrade,
         peer,
+        conn.peer_value.as_ref(),
         &front.forwarded_allow,
         front.keep_underscore_headers,
         conn.local_host.as_ref(),
@@ -271,6 +272,7 @@ fn for_worker(
     parts: &mut http::request::Parts,
     upgrade: Option<HeaderValue>,
     peer: Option<IpAddr>,
+    peer_value: Option<&HeaderValue>,
     allow: &ForwardedAllow,
     keep_underscores: bool,
     local_host: Option<&HeaderValue>,
@@ -295,7 +297,13 @@ fn for_worker(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, up);
     }
-    headers::set_forwarded(&mut parts.headers, peer, trusted, allow, host.as_ref());
+    headers::set_forwarded(
+        &mut parts.headers,
+        peer_value,
+        trusted,
+        allow,
+        host.as_ref(),
+    );
     if let Some(h) = host
         && !parts.headers.contains_key(header::HOST)
     {

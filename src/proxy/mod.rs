@@ -372,7 +372,7 @@ impl Front {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let state = ConnState::new(local);
+        let state = ConnState::new(local, peer);
         let svc = {
             let front = self.clone();
             let state = state.clone();
