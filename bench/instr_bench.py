@@ -31,14 +31,15 @@ import argparse
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ab_bench import free_port, stop  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -59,12 +60,6 @@ PATHS = {
         "connections": 8,
     },
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
@@ -126,12 +121,7 @@ def measure(build: Path, load_bin: Path, venv: Path, path: str, requests: int) -
         callgrind(proc.pid, "-d")
         callgrind(proc.pid, "-i", "off")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop(proc)
     dumps = sorted(d.glob("cg.*.1"))
     if not dumps:
         sys.exit(f"callgrind wrote no dump in {d}")

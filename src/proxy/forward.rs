@@ -42,14 +42,14 @@ pub async fn handle(
     peer: Option<IpAddr>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     let started = Instant::now();
+    let trusted = peer.is_none_or(|ip| front.forwarded_allow.trusts(ip));
     let Some(log) = front.access_log() else {
-        let res = forward(req, &front, conn, peer, started, None).await;
+        let res = forward(req, &front, conn, trusted, started, None).await;
         front
             .metrics
             .request_done(res.status().as_u16(), started.elapsed());
         return Ok(res);
     };
-    let trusted = peer.is_none_or(|ip| front.forwarded_allow.trusts(ip));
     let mut note = Note::of(
         &req,
         started,
@@ -58,7 +58,7 @@ pub async fn handle(
         &front.forwarded_allow,
         log.query,
     );
-    let res = forward(req, &front, conn, peer, started, Some(&mut note)).await;
+    let res = forward(req, &front, conn, trusted, started, Some(&mut note)).await;
     let status = res.status().as_u16();
     front.metrics.request_done(status, started.elapsed());
     let log = log.clone();
@@ -69,7 +69,7 @@ async fn forward(
     mut req: Request<Incoming>,
     front: &Arc<Front>,
     conn: Arc<ConnState>,
-    peer: Option<IpAddr>,
+    trusted: bool,
     started: Instant,
     note: Option<&mut Note>,
 ) -> Response<ProxyBody> {
@@ -114,7 +114,7 @@ async fn forward(
     for_worker(
         &mut parts,
         upgrade,
-        peer,
+        trusted,
         conn.peer_value.as_ref(),
         &front.forwarded_allow,
         front.keep_underscore_headers,
@@ -267,17 +267,17 @@ fn logged_path(uri: &http::Uri) -> String {
 /// form, hop-by-hop headers, the job token, spoofable forwarding headers
 /// and (unless kept) every field named with a `_` removed, the upgrade (if any) restated, the forwarding headers set and
 /// `Host` kept (or, for an HTTP/1.0 request without one, the address the
-/// client connected to).
+/// client connected to). `trusted`: the peer is one `forwarded_allow_ips`
+/// trusts (a Unix-socket client always is); `peer_value` its address.
 fn for_worker(
     parts: &mut http::request::Parts,
     upgrade: Option<HeaderValue>,
-    peer: Option<IpAddr>,
+    trusted: bool,
     peer_value: Option<&HeaderValue>,
     allow: &ForwardedAllow,
     keep_underscores: bool,
     local_host: Option<&HeaderValue>,
 ) {
-    let trusted = peer.is_none_or(|ip| allow.trusts(ip));
     let host = parts
         .headers
         .get(header::HOST)

@@ -58,24 +58,25 @@ struct Passed {
 pub(super) struct Inherited {
     passed: Vec<Passed>,
     adopted: Vec<i32>,
-    /// Passed by an upgrade's predecessor (`CURFEW_UPGRADE` set), not by a
-    /// service manager: how the adoption is logged.
-    from_upgrade: bool,
+    /// This process is an upgrade's new curfew: the sockets come from its
+    /// predecessor, not a service manager (how adoption is logged, which
+    /// admin socket is taken, and whether leftovers are an error).
+    upgrade: bool,
 }
 
 impl Inherited {
     /// The sockets passed to this process (none when `LISTEN_PID` is not
-    /// ours, or when they were taken before).
-    pub(super) fn from_env() -> Result<Inherited, ActivationError> {
+    /// ours, or when they were taken before); `upgrade`: this process is an
+    /// upgrade's new curfew ([`super::upgrade::child::Successor`]).
+    pub(super) fn from_env(upgrade: bool) -> Result<Inherited, ActivationError> {
         let fds: Vec<(i32, String)> = sd_notify::listen_fds_with_names()
             .map_err(ActivationError::Env)?
             .collect();
-        let from_upgrade = std::env::var_os(super::upgrade::names::ENV).is_some();
         if fds.is_empty() || TAKEN.swap(true, Ordering::SeqCst) {
             return Ok(Inherited {
                 passed: Vec::new(),
                 adopted: Vec::new(),
-                from_upgrade,
+                upgrade,
             });
         }
         let passed = fds
@@ -89,7 +90,7 @@ impl Inherited {
         Ok(Inherited {
             passed,
             adopted: Vec::new(),
-            from_upgrade,
+            upgrade,
         })
     }
 
@@ -113,7 +114,7 @@ impl Inherited {
             Listener::Unix(u, path, _) if owned => Listener::Unix(u, path, true),
             l => l,
         };
-        let from = if self.from_upgrade {
+        let from = if self.upgrade {
             "the previous curfew (upgrade)"
         } else {
             "the service manager (socket activation)"
@@ -133,14 +134,14 @@ impl Inherited {
     }
 
     /// The socket named `admin`, adopted for `admin_bind`, if there is one.
-    /// With `upgrade`, only when its address still serves `admin_bind` (an
+    /// In an upgrade, only when its address still serves `admin_bind` (an
     /// upgrade's new configuration may have moved or dropped it; the socket
     /// is then closed by [`Inherited::finish`]).
     pub(super) fn admin(
         &mut self,
         admin_bind: Option<&BindAddr>,
-        upgrade: bool,
     ) -> Result<Option<Listener>, super::ServeError> {
+        let upgrade = self.upgrade;
         let Some(i) = self.passed.iter().position(|p| {
             matches!(Role::of(&p.name), Role::Admin { .. })
                 && (!upgrade
@@ -186,11 +187,11 @@ impl Inherited {
         Ok(Some(l))
     }
 
-    /// Every passed socket must have been adopted; with `upgrade` (an
+    /// Every passed socket must have been adopted; in an upgrade (an
     /// upgrade's new curfew, whose configuration may have dropped an
     /// address) the others are closed, each named at INFO.
-    pub(super) fn finish(self, binds: &[BindAddr], upgrade: bool) -> Result<(), ActivationError> {
-        if upgrade {
+    pub(super) fn finish(self, binds: &[BindAddr]) -> Result<(), ActivationError> {
+        if self.upgrade {
             for p in self.passed {
                 tracing::info!(
                     fd = p.fd.as_raw_fd(),

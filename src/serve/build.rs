@@ -75,12 +75,9 @@ impl Run {
         // An upgrade's new curfew (the sockets below come from the old one).
         let successor = upgrade::child::Successor::from_env()?;
         // Closed again (after their accept queues) if anything below fails.
-        let mut inherited = Inherited::from_env()?;
+        let mut inherited = Inherited::from_env(successor.is_some())?;
         let listeners = Bound::bind_all(&cfg, &mut inherited)?;
-        let admin_listener = match (
-            inherited.admin(cfg.admin_bind.as_ref(), successor.is_some())?,
-            &cfg.admin_bind,
-        ) {
+        let admin_listener = match (inherited.admin(cfg.admin_bind.as_ref())?, &cfg.admin_bind) {
             (Some(l), _) => Some(l),
             (None, Some(a)) => Some(crate::admin::bind(a)?),
             (None, None) => None,
@@ -93,7 +90,7 @@ impl Run {
             None => control::bind(&cfg.control_socket).map_err(ServeError::Control)?,
         };
         let adopted = inherited.adopted();
-        inherited.finish(&cfg.binds, successor.is_some())?;
+        inherited.finish(&cfg.binds)?;
         // Copies an upgrade passes on. Cannot fail short of running out of
         // descriptors; then an upgrade is refused, serving is not.
         let mut sockets = upgrade::Sockets::default();
