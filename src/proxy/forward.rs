@@ -53,7 +53,7 @@ pub async fn handle(
     let mut note = Note::of(
         &req,
         started,
-        peer,
+        conn.peer_value.as_ref().and_then(|v| v.to_str().ok()),
         trusted,
         &front.forwarded_allow,
         log.query,
