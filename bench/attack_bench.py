@@ -29,6 +29,7 @@ and a venv with gunicorn and flask. See bench/README.md.
 
     python3 bench/attack_bench.py --curfew target/release/curfew
     python3 bench/attack_bench.py --seconds 2 --only curfew,nginx,slowloris --json out.json
+    python3 bench/attack_bench.py --rounds 5 --only curfew,nginx,none   (medians of 5 rounds)
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ import shlex
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -618,9 +620,9 @@ class Cell:
     canary_after: int | None = None
 
 
-def run_cell(args, tmp: Path, attack: str, setup_name: str) -> Cell:
+def run_cell(args, tmp: Path, attack: str, setup_name: str, rnd: int = 0) -> Cell:
     cell = Cell(attack, setup_name)
-    setup = Setup(setup_name, args, tmp, f"{attack}-{setup_name}")
+    setup = Setup(setup_name, args, tmp, f"{attack}-{setup_name}" + (f"-{rnd + 1}" if rnd else ""))
     att = None
     try:
         cell.start_s = round(setup.start(), 2)
@@ -700,23 +702,78 @@ def verdict(c: Cell | None, n: Cell | None) -> tuple[str, str, str]:
     return rr, pr, "PASS" if ok else "FAIL"
 
 
-def build_table(cells: dict, attacks: list[str], setups: list[str]) -> str:
+def median_cell(runs: list[Cell]) -> Cell:
+    """One cell standing for several rounds of the same attack x setup: the
+    median req/s, p50 and p99 (each on its own), errors summed, every
+    round's problems and log lines kept."""
+    done = [c for c in runs if c.wrk]
+    first = runs[0]
+    if not done:
+        return first
+    if len(done) == 1 and len(runs) == 1:
+        return first
+
+    def med(key: str):
+        vals = [c.wrk[key] for c in done if c.wrk[key] is not None]
+        return statistics.median(vals) if vals else None
+
+    w = dict(done[0].wrk)
+    w["rps"] = med("rps")
+    w["requests"] = int(med("requests") or 0)
+    for k in ("p50_ms", "p75_ms", "p90_ms", "p99_ms"):
+        w[k] = med(k)
+    for k in ("non2xx", "connect", "read", "write", "timeout", "errors"):
+        w[k] = sum(c.wrk[k] for c in done)
+    w["p99_at_least_timeout"] = sum(c.wrk["p99_at_least_timeout"] for c in done) * 2 > len(done)
+    w["rounds_rps"] = [c.wrk["rps"] for c in runs if c.wrk]
+    out = Cell(first.attack, first.setup, wrk=w, attack_before=first.attack_before,
+               attack_after=first.attack_after, in_place=all(c.in_place for c in runs),
+               start_s=first.start_s, teardown=first.teardown)
+    for i, c in enumerate(runs, 1):
+        tag = f"round {i}: " if len(runs) > 1 else ""
+        out.problems += [tag + p for p in c.problems]
+        out.log_lines += c.log_lines
+    return out
+
+
+def round_ratios(runs: dict, attack: str, setup: str) -> str:
+    """curfew ÷ nginx req/s of each round (the same round's two cells)."""
+    cs, ns = runs.get((attack, setup), []), runs.get((attack, "nginx"), [])
+    out = []
+    for c, n in zip(cs, ns):
+        if c.wrk and n.wrk and n.wrk["rps"] > 0:
+            out.append(f"{c.wrk['rps'] / n.wrk['rps']:.2f}")
+        else:
+            out.append("—")
+    return " / ".join(out)
+
+
+def build_table(cells: dict, attacks: list[str], setups: list[str], runs: dict | None = None) -> str:
+    """`cells`: one (median) cell per attack x setup; `runs`: every round's
+    cells, for a column of the per-round ratios (more than one round)."""
     head = ("| attack | setup | req/s | p50 ms | p99 ms | errors (wrk) | "
             "curfew ÷ nginx req/s | curfew ÷ nginx p99 | goal |")
-    rows = [head, "|---|---|---:|---:|---:|---|---:|---:|---|"]
+    sep = "|---|---|---:|---:|---:|---|---:|---:|---|"
+    if runs:
+        head += " curfew ÷ nginx req/s, each round |"
+        sep += "---|"
+    rows = [head, sep]
     for a in attacks:
         for s in setups:
             c = cells.get((a, s))
             w = c.wrk if c else None
             if w is None:
-                rows.append(f"| {a} | {LABEL[s]} | — | — | — | failed: see notes | | | |")
+                rows.append(f"| {a} | {LABEL[s]} | — | — | — | failed: see notes | | | |" + (" |" if runs else ""))
                 continue
             rr = pr = goal = ""
             if s in CURFEW_SETUPS:
                 rr, pr, goal = verdict(c, cells.get((a, "nginx")))
             p50 = fmt_ms(w["p50_ms"]) if w["requests"] else "—"
-            rows.append(f"| {a} | {LABEL[s]} | {w['rps']:,.0f} | {p50} | {fmt_p99(w)} "
-                        f"| {fmt_errors(w)} | {rr} | {pr} | {goal} |")
+            row = (f"| {a} | {LABEL[s]} | {w['rps']:,.0f} | {p50} | {fmt_p99(w)} "
+                   f"| {fmt_errors(w)} | {rr} | {pr} | {goal} |")
+            if runs:
+                row += f" {round_ratios(runs, a, s) if s in CURFEW_SETUPS else ''} |"
+            rows.append(row)
     return "\n".join(rows)
 
 
@@ -840,6 +897,10 @@ def render_section(table: str, note_lines: list[str], args, cmdline: str, vers: 
         "- goal: curfew alone ≥ nginx + gunicorn on every row (req/s ≥, p99 ≤, wrk errors ≤); "
         f"\"≥ {WRK_TIMEOUT_S * 1000}\" p99: over 1% of the requests timed out ({WRK_TIMEOUT_S} s), which "
         "wrk leaves out of its percentiles",
+        f"- rounds: {args.rounds}" + (
+            " (setups in a rotated order each round); req/s, p50 and p99 are each the median of the "
+            "rounds, errors their sum, the goal is judged on the medians; the last column is every "
+            "round's own curfew ÷ nginx req/s" if args.rounds > 1 else ""),
         "",
         table,
     ]
@@ -866,6 +927,9 @@ def main() -> int:
                     help="longest wait for an attack to be in place before measuring (default 20 s)")
     ap.add_argument("--settle", type=float, default=1.0,
                     help="wait after the attack is in place, before wrk starts (default 1 s)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat every attack x setup N times (setups in a rotated order each round) "
+                         "and report the medians, with each round's curfew ÷ nginx ratio (default 1)")
     ap.add_argument("--json", metavar="PATH", help="write the raw numbers (every cell) to PATH")
     ap.add_argument("--write", action="store_true",
                     help="record the table in bench/RESULTS.md (section attack_bench)")
@@ -897,13 +961,19 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="curfew-attack-bench-"))
     log(f"curfew {vers['curfew']}; logs in {tmp}; load average {load}")
 
-    cells: dict[tuple[str, str], Cell] = {}
+    if args.rounds < 1:
+        sys.exit("--rounds: must be at least 1")
+    runs: dict[tuple[str, str], list[Cell]] = {}
     try:
-        for a in attacks:
-            for s in setups:
-                log(f"{a} / {LABEL[s]} ...")
-                c = run_cell(args, tmp, a, s)
-                cells[(a, s)] = c
+        for a, rnd in ((a, r) for a in attacks for r in range(args.rounds)):
+            # A rotated order each round: no setup always runs first (on
+            # a cold machine) or right after the same neighbour.
+            order = setups[rnd % len(setups):] + setups[:rnd % len(setups)]
+            for s in order:
+                of = f" (round {rnd + 1} of {args.rounds})" if args.rounds > 1 else ""
+                log(f"{a} / {LABEL[s]}{of} ...")
+                c = run_cell(args, tmp, a, s, rnd)
+                runs.setdefault((a, s), []).append(c)
                 if c.wrk:
                     w = c.wrk
                     log(f"  {w['rps']:,.0f} req/s, p50 {fmt_ms(w['p50_ms'])} ms, p99 {fmt_p99(w)}, "
@@ -914,7 +984,8 @@ def main() -> int:
     finally:
         hb.kill_all_sessions()
 
-    table = build_table(cells, attacks, setups)
+    cells = {k: median_cell(v) for k, v in runs.items()}
+    table = build_table(cells, attacks, setups, runs if args.rounds > 1 else None)
     note_lines = notes(cells)
     print()
     print(table)
@@ -929,7 +1000,7 @@ def main() -> int:
                           "attack_after": c.attack_after, "attack_in_place": c.in_place,
                           "start_s": c.start_s, "teardown": c.teardown, "problems": c.problems,
                           "log_lines": c.log_lines[:50], "canary_after": c.canary_after}
-                         for c in cells.values()]}
+                         for cs in runs.values() for c in cs]}
         Path(args.json).write_text(json.dumps(raw, indent=1) + "\n")
         log(f"wrote {args.json}")
     if args.write:
