@@ -104,6 +104,10 @@ struct PhaseLabel {
 pub struct Metrics {
     registry: Registry,
     requests: Family<CodeClass, Counter>,
+    /// `requests`' counters for 2xx, 3xx, 4xx and 5xx, taken once: a
+    /// request increments its class without the family's lock and label
+    /// hashing (the same counters the scrape reads).
+    request_classes: [Counter; 4],
     request_duration: Histogram,
     in_flight: Gauge,
     queue_length: Gauge,
@@ -225,15 +229,18 @@ impl Metrics {
             jobs_store_up.clone(),
         );
         // Known label values start at 0, so rates work from the first scrape.
-        for class in ["2xx", "3xx", "4xx", "5xx"] {
-            let _ = requests.get_or_create(&CodeClass { code_class: class });
-        }
+        let request_classes = ["2xx", "3xx", "4xx", "5xx"].map(|class| {
+            requests
+                .get_or_create(&CodeClass { code_class: class })
+                .clone()
+        });
         for result in ["ok", "failed"] {
             let _ = reloads.get_or_create(&ReloadResult { result });
         }
         let m = Metrics {
             registry,
             requests,
+            request_classes,
             request_duration,
             in_flight,
             queue_length,
@@ -257,14 +264,22 @@ impl Metrics {
 
     /// A response's headers were produced.
     pub fn request_done(&self, status: u16, elapsed: Duration) {
-        let code_class = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
+        let class = match status {
+            100..=199 => {
+                // Rare (a final 1xx is a 101 upgrade): looked up in the family.
+                self.requests
+                    .get_or_create(&CodeClass { code_class: "1xx" })
+                    .inc();
+                None
+            }
+            200..=299 => Some(0),
+            300..=399 => Some(1),
+            400..=499 => Some(2),
+            _ => Some(3),
         };
-        self.requests.get_or_create(&CodeClass { code_class }).inc();
+        if let Some(i) = class {
+            self.request_classes[i].inc();
+        }
         self.request_duration.observe(elapsed.as_secs_f64());
         use std::sync::atomic::Ordering::Relaxed;
         self.answered.fetch_add(1, Relaxed);

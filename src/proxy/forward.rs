@@ -79,7 +79,8 @@ async fn forward(
         conn.http2.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     let method = req.method().clone();
-    let path = logged_path(req.uri());
+    let logged = LoggedPath::of(req.uri());
+    let path = logged.as_str();
     if method == Method::CONNECT {
         // curfew is not a forward proxy.
         let mut r = error_response(
@@ -99,7 +100,7 @@ async fn forward(
         // Refused before a byte of it is read.
         return client_fault(
             &method,
-            &path,
+            path,
             ClientBodyError::TooLarge { limit },
             request_guard,
         );
@@ -131,7 +132,7 @@ async fn forward(
                 );
                 (UpstreamBody::buffered(b), None, Instant::now())
             }
-            Err(e) => return client_fault(&method, &path, e, request_guard),
+            Err(e) => return client_fault(&method, path, e, request_guard),
         }
     } else {
         let limited = request_body::Limited::new(body, front.limits);
@@ -147,7 +148,7 @@ async fn forward(
 
     let work = Work {
         method: &method,
-        path: &path,
+        path,
         started,
         timeout: front.timeout,
         job: None,
@@ -245,22 +246,36 @@ async fn forward(
     Response::from_parts(parts, ProxyBody::Spooled(spooled))
 }
 
-/// The request's path and query as logged, cut at [`MAX_LOGGED_PATH`].
-fn logged_path(uri: &http::Uri) -> String {
-    let mut path = uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/")
-        .to_string();
-    if path.len() > MAX_LOGGED_PATH {
+/// The request's path and query as logged, cut at [`MAX_LOGGED_PATH`]:
+/// a share of the URI's own bytes (reference-counted, no copy per
+/// request), or a copy only when there is none or it has to be cut.
+enum LoggedPath {
+    Shared(http::uri::PathAndQuery),
+    Owned(String),
+}
+
+impl LoggedPath {
+    fn of(uri: &http::Uri) -> LoggedPath {
+        let Some(pq) = uri.path_and_query() else {
+            return LoggedPath::Owned("/".to_owned());
+        };
+        let full = pq.as_str();
+        if full.len() <= MAX_LOGGED_PATH {
+            return LoggedPath::Shared(pq.clone());
+        }
         let mut cut = MAX_LOGGED_PATH;
-        while !path.is_char_boundary(cut) {
+        while !full.is_char_boundary(cut) {
             cut -= 1;
         }
-        path.truncate(cut);
-        path.push('…');
+        LoggedPath::Owned(format!("{}…", &full[..cut]))
     }
-    path
+
+    fn as_str(&self) -> &str {
+        match self {
+            LoggedPath::Shared(pq) => pq.as_str(),
+            LoggedPath::Owned(s) => s,
+        }
+    }
 }
 
 /// The client's request head as the worker gets it: HTTP/1.1 in origin
@@ -469,4 +484,29 @@ fn overloaded(request: RequestGuard) -> Response<ProxyBody> {
     r.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_logged_path_shares_the_uri_and_cuts_long_ones() {
+        let uri: http::Uri = "/a/b?c=d".parse().expect("uri");
+        let p = LoggedPath::of(&uri);
+        assert!(matches!(p, LoggedPath::Shared(_)));
+        assert_eq!(p.as_str(), "/a/b?c=d");
+
+        let authority_only: http::Uri = "http://example.com".parse().expect("uri");
+        assert_eq!(LoggedPath::of(&authority_only).as_str(), "/");
+
+        let long = format!("/{}", "x".repeat(MAX_LOGGED_PATH + 10));
+        let uri: http::Uri = long.parse().expect("uri");
+        let p = LoggedPath::of(&uri);
+        let s = p.as_str();
+        assert!(s.ends_with('…'), "{s}");
+        let kept = s.trim_end_matches('…');
+        assert_eq!(kept.len(), MAX_LOGGED_PATH);
+        assert!(long.starts_with(kept));
+    }
 }

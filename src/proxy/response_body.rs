@@ -165,32 +165,45 @@ pub struct Held {
 }
 
 /// Read what of `body` is already here without waiting: `Ok` when that is
-/// all of it (small answers), else the frames read so far.
+/// all of it (small answers), else the frames read so far. The common
+/// answer, one data frame, is kept without a `Vec`.
 pub fn try_whole(body: &mut Incoming) -> Result<Bytes, Vec<Bytes>> {
     let mut cx = Context::from_waker(Waker::noop());
-    let mut got: Vec<Bytes> = Vec::new();
+    let mut first: Option<Bytes> = None;
+    let mut more: Vec<Bytes> = Vec::new();
+    let so_far = |first: Option<Bytes>, more: Vec<Bytes>| first.into_iter().chain(more).collect();
     let mut size = 0usize;
     loop {
         if size > MEMORY_LIMIT {
-            return Err(got);
+            return Err(so_far(first, more));
         }
         match Pin::new(&mut *body).poll_frame(&mut cx) {
             Poll::Ready(None) => {
-                return Ok(match got.len() {
-                    0 => Bytes::new(),
-                    1 => got.pop().unwrap_or_default(),
-                    _ => Bytes::from(got.concat()),
+                return Ok(match first {
+                    None => Bytes::new(),
+                    Some(one) if more.is_empty() => one,
+                    Some(one) => {
+                        let mut all = Vec::with_capacity(size);
+                        all.extend_from_slice(&one);
+                        for d in &more {
+                            all.extend_from_slice(d);
+                        }
+                        Bytes::from(all)
+                    }
                 });
             }
             Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                 Ok(d) => {
                     size += d.len();
-                    got.push(d);
+                    match first {
+                        None => first = Some(d),
+                        Some(_) => more.push(d),
+                    }
                 }
                 // Trailers: the pump keeps them.
-                Err(_) => return Err(got),
+                Err(_) => return Err(so_far(first, more)),
             },
-            Poll::Ready(Some(Err(_))) | Poll::Pending => return Err(got),
+            Poll::Ready(Some(Err(_))) | Poll::Pending => return Err(so_far(first, more)),
         }
     }
 }
