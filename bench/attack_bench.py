@@ -725,7 +725,6 @@ def median_cell(runs: list[Cell]) -> Cell:
     for k in ("non2xx", "connect", "read", "write", "timeout", "errors"):
         w[k] = sum(c.wrk[k] for c in done)
     w["p99_at_least_timeout"] = sum(c.wrk["p99_at_least_timeout"] for c in done) * 2 > len(done)
-    w["rounds_rps"] = [c.wrk["rps"] for c in runs if c.wrk]
     out = Cell(first.attack, first.setup, wrk=w, attack_before=first.attack_before,
                attack_after=first.attack_after, in_place=all(c.in_place for c in runs),
                start_s=first.start_s, teardown=first.teardown)
