@@ -122,7 +122,10 @@ async fn forward(
         conn.local_host.as_ref(),
     );
     // Buffered: the worker's clock starts once the body is in hand.
-    let (body, body_done, started) = if front.request_buffering && !body.is_end_stream() {
+    let (body, body_done, started) = if body.is_end_stream() {
+        // No body (most requests): nothing to limit, wait for or buffer.
+        (UpstreamBody::Bytes(None), None, started)
+    } else if front.request_buffering {
         match request_body::buffer(body, front.limits, &front.spill_dir).await {
             Ok(b) => {
                 parts.headers.remove(header::EXPECT);
