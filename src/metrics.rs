@@ -265,21 +265,20 @@ impl Metrics {
     /// A response's headers were produced.
     pub fn request_done(&self, status: u16, elapsed: Duration) {
         let class = match status {
-            100..=199 => {
-                // Rare (a final 1xx is a 101 upgrade): looked up in the family.
-                self.requests
-                    .get_or_create(&CodeClass { code_class: "1xx" })
-                    .inc();
-                None
-            }
+            100..=199 => None,
             200..=299 => Some(0),
             300..=399 => Some(1),
             400..=499 => Some(2),
             _ => Some(3),
         };
-        if let Some(i) = class {
-            self.request_classes[i].inc();
-        }
+        match class {
+            Some(i) => self.request_classes[i].inc(),
+            // Rare (a final 1xx is a 101 upgrade): looked up in the family.
+            None => self
+                .requests
+                .get_or_create(&CodeClass { code_class: "1xx" })
+                .inc(),
+        };
         self.request_duration.observe(elapsed.as_secs_f64());
         use std::sync::atomic::Ordering::Relaxed;
         self.answered.fetch_add(1, Relaxed);

@@ -251,7 +251,7 @@ async fn forward(
 
 /// The request's path and query as logged, cut at [`MAX_LOGGED_PATH`]:
 /// a share of the URI's own bytes (reference-counted, no copy per
-/// request), or a copy only when there is none or it has to be cut.
+/// request), or a copy only when it has to be cut.
 enum LoggedPath {
     Shared(http::uri::PathAndQuery),
     Owned(String),
@@ -259,12 +259,13 @@ enum LoggedPath {
 
 impl LoggedPath {
     fn of(uri: &http::Uri) -> LoggedPath {
-        let Some(pq) = uri.path_and_query() else {
-            return LoggedPath::Owned("/".to_owned());
-        };
+        let pq = uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         let full = pq.as_str();
         if full.len() <= MAX_LOGGED_PATH {
-            return LoggedPath::Shared(pq.clone());
+            return LoggedPath::Shared(pq);
         }
         let mut cut = MAX_LOGGED_PATH;
         while !full.is_char_boundary(cut) {

@@ -183,12 +183,8 @@ pub fn try_whole(body: &mut Incoming) -> Result<Bytes, Vec<Bytes>> {
                     None => Bytes::new(),
                     Some(one) if more.is_empty() => one,
                     Some(one) => {
-                        let mut all = Vec::with_capacity(size);
-                        all.extend_from_slice(&one);
-                        for d in &more {
-                            all.extend_from_slice(d);
-                        }
-                        Bytes::from(all)
+                        more.insert(0, one);
+                        Bytes::from(more.concat())
                     }
                 });
             }
