@@ -25,6 +25,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -384,24 +386,46 @@ impl Front {
         tokio::pin!(conn);
         // Serving: until the drain starts, or the client leaves it idle for
         // keepalive_timeout (which also ends connections that never send a
-        // complete request). The futures live across requests: nothing is
-        // registered or re-armed per request; the idle timer, when it
-        // fires, looks at the connection and sets itself again if it was
-        // busy or used since.
-        let abort = self.abort.cancelled();
-        let cut = state.cut.cancelled();
-        let draining = self.draining.cancelled();
-        let idle = tokio::time::sleep(self.keepalive_timeout.unwrap_or(Duration::MAX));
-        tokio::pin!(abort, cut, draining, idle);
+        // complete request). The rare events wait in a FuturesUnordered,
+        // which polls a future only when that future's own waker fired: a
+        // `select!` over them would poll all four (three cancellation
+        // tokens and a timer) at every wake of the connection, several
+        // times per request, for events that come once per connection.
+        // The idle timer, when it fires, looks at the connection and sets
+        // itself again if it was busy or used since.
+        let mut rare: FuturesUnordered<BoxFuture<'static, ConnEvent>> = FuturesUnordered::new();
+        rare.push(Box::pin(
+            self.abort
+                .clone()
+                .cancelled_owned()
+                .map(|_| ConnEvent::Abort),
+        ));
+        rare.push(Box::pin(
+            state.cut.clone().cancelled_owned().map(|_| ConnEvent::Cut),
+        ));
+        rare.push(Box::pin(
+            self.draining
+                .clone()
+                .cancelled_owned()
+                .map(|_| ConnEvent::Drain),
+        ));
+        if let Some(ka) = self.keepalive_timeout {
+            rare.push(idle_timer(ka));
+        }
         loop {
-            tokio::select! {
+            let event = tokio::select! {
+                biased;
                 _ = conn.as_mut() => return,
-                _ = &mut abort => return,
-                // A client that stopped reading its response (send_timeout).
-                _ = &mut cut => return,
-                _ = &mut draining => break,
-                _ = &mut idle, if self.keepalive_timeout.is_some() => {
-                    let Some(ka) = self.keepalive_timeout else { continue };
+                Some(event) = rare.next() => event,
+            };
+            match event {
+                // Cut: a client that stopped reading its response (send_timeout).
+                ConnEvent::Abort | ConnEvent::Cut => return,
+                ConnEvent::Drain => break,
+                ConnEvent::Idle => {
+                    let Some(ka) = self.keepalive_timeout else {
+                        continue;
+                    };
                     match state.idle_left(ka) {
                         Some(left) if left.is_zero() => {
                             conn.as_mut().graceful_shutdown();
@@ -411,15 +435,15 @@ impl Front {
                             // then is dropped.
                             tokio::select! {
                                 _ = conn.as_mut() => {}
-                                _ = &mut abort => {}
+                                _ = self.abort.cancelled() => {}
                                 _ = tokio::time::sleep(ka) => {}
                             }
                             return;
                         }
                         // Used since the timer was set: the rest of its idle time.
-                        Some(left) => idle.as_mut().reset(tokio::time::Instant::now() + left),
+                        Some(left) => rare.push(idle_timer(left)),
                         // A request in flight: look again later.
-                        None => idle.as_mut().reset(tokio::time::Instant::now() + ka),
+                        None => rare.push(idle_timer(ka)),
                     }
                 }
             }
@@ -486,6 +510,24 @@ impl Front {
         self.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.tasks.wait()).await;
     }
+}
+
+/// What ends or changes a client connection's serving, besides the
+/// connection itself.
+enum ConnEvent {
+    /// Every connection is cut ([`Front::abort_all`]).
+    Abort,
+    /// This connection is cut (its client stopped reading: `send_timeout`).
+    Cut,
+    /// The drain started.
+    Drain,
+    /// The idle timer fired: look at the connection.
+    Idle,
+}
+
+/// The connection's idle timer, as one of its rare events.
+fn idle_timer(after: Duration) -> BoxFuture<'static, ConnEvent> {
+    Box::pin(tokio::time::sleep(after).map(|_| ConnEvent::Idle))
 }
 
 /// How long the accept loop waits after a failed accept (EMFILE, ENFILE,
