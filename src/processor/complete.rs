@@ -210,7 +210,7 @@ impl Inner {
     /// Starts the jobs a batch's write claimed, each in a slot of a run of
     /// that batch; hands them back if the processor stopped claiming
     /// meanwhile.
-    async fn start_claimed(
+    pub(super) async fn start_claimed(
         self: &Arc<Self>,
         q: &Arc<QueueState>,
         claimed: Vec<Claimed>,

@@ -191,6 +191,18 @@ impl Inner {
             let free = q.slots.available_permits();
             let mut sleep_for = self.cfg.poll_interval;
             if free > 0 {
+                // The free slots are taken before the claim, so an enqueue
+                // that claims for a slot of its own (`Processor::enqueue`)
+                // cannot take one of them meanwhile; those the claim does
+                // not fill go back when `held` drops.
+                let Some(mut held) = u32::try_from(free)
+                    .ok()
+                    .and_then(|n| q.slots.clone().try_acquire_many_owned(n).ok())
+                else {
+                    // Such an enqueue took one since they were counted.
+                    tokio::task::yield_now().await;
+                    continue;
+                };
                 let t = self.health.tick();
                 match self
                     .store
@@ -209,10 +221,10 @@ impl Inner {
                         }
                         let got = claimed.len();
                         for c in claimed {
-                            let Ok(permit) = q.slots.clone().try_acquire_owned() else {
-                                // Cannot happen: only this loop takes permits
-                                // and it claimed no more than were free. Hand
-                                // the job back rather than overrun the limit.
+                            let Some(permit) = held.split(1) else {
+                                // Cannot happen: the claim asked for no more
+                                // jobs than the slots held. Hand the job back
+                                // rather than overrun the limit.
                                 let _ = self
                                     .store
                                     .release(&[(c.job.id, c.token)], "no free slot")
@@ -221,6 +233,7 @@ impl Inner {
                             };
                             self.runs.spawn(self.clone().run(q.clone(), c, permit));
                         }
+                        drop(held);
                         if got == free {
                             // Maybe more: claim again as soon as a slot frees.
                             continue;

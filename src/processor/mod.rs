@@ -309,9 +309,35 @@ impl Processor {
     /// one of the configured ones; its `max_attempts` is the default.
     pub async fn enqueue(&self, job: NewJob) -> Result<Enqueued, EnqueueError> {
         let job = self.with_queue_defaults(job)?;
-        let queue = job.queue.clone();
-        let enqueued = self.inner.store.enqueue(job).await?;
-        if let Some(q) = self.inner.queues.get(&queue) {
+        let Some(q) = self.inner.queues.get(&job.queue).cloned() else {
+            // with_queue_defaults let only this curfew's queues through.
+            return Ok(self.inner.store.enqueue(job).await?);
+        };
+        // A free slot of the queue: claim in the enqueue's own commit, so
+        // that a job into an idle processor starts without a second one
+        // (and without the claim loop's wake-up). The slot is taken first,
+        // so the claim loop cannot count it meanwhile.
+        let due = job.run_at.is_none_or(|at| at <= curfew_store::now_ms());
+        let slot = (due && !self.inner.stop_claiming.is_cancelled())
+            .then(|| q.slots.clone().try_acquire_owned().ok())
+            .flatten();
+        let Some(slot) = slot else {
+            let enqueued = self.inner.store.enqueue(job).await?;
+            q.wake.notify_one();
+            return Ok(enqueued);
+        };
+        let (enqueued, claimed) = self
+            .inner
+            .store
+            .enqueue_and_claim(job, &self.inner.owner, self.inner.cfg.lease)
+            .await?;
+        let took_new = claimed.as_ref().is_some_and(|c| c.job.id == enqueued.id);
+        match claimed {
+            Some(c) => self.inner.start_claimed(&q, vec![c], vec![slot]).await,
+            None => drop(slot),
+        }
+        if !took_new {
+            // The new job waits (behind the one claimed, or not due yet).
             q.wake.notify_one();
         }
         Ok(enqueued)

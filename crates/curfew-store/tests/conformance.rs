@@ -175,6 +175,7 @@ conformance!(
     a_batch_claim_gives_each_job_its_own_lease,
     a_batch_of_completions_is_fenced_job_by_job,
     completions_and_the_next_claim_commit_together,
+    an_enqueue_claims_the_queues_next_job_in_its_commit,
     fail_retries_then_dies_at_max_attempts,
     snooze_gives_the_attempt_back,
     release_hands_back_only_running_jobs_with_their_token,
@@ -1554,6 +1555,131 @@ async fn completions_and_the_next_claim_commit_together(h: &Harness) {
             .expect("the held one"),
         vec![held.0]
     );
+}
+
+/// The enqueue of a processor with a free slot: the job stored exactly as
+/// `enqueue` stores it, and a claim of one job exactly as `claim` claims
+/// (claim order, a fresh token, the lease, paused queues, `run_at`), in
+/// one transaction.
+async fn an_enqueue_claims_the_queues_next_job_in_its_commit(h: &Harness) {
+    // Nothing ahead: the new job itself, running under a lease.
+    let before = now_ms();
+    let (first, claimed) = h
+        .store
+        .enqueue_and_claim(new_job("q"), OWNER, LEASE)
+        .await
+        .expect("enqueue_and_claim");
+    assert!(first.created);
+    let claimed = claimed.expect("the new job claimed");
+    assert_eq!(claimed.job.id, first.id);
+    let job = get(h, first.id).await;
+    assert_eq!(job.state, JobState::Running);
+    assert_eq!(job.attempt, 1);
+    assert_eq!(job.lease_owner.as_deref(), Some(OWNER));
+    assert_eq!(job.lease_token.as_deref(), Some(claimed.token.as_str()));
+    assert!(
+        job.lease_expires_at
+            .is_some_and(|t| t >= before + LEASE.as_millis() as i64 - 1_000),
+        "{job:?}"
+    );
+
+    // A job ahead in claim order is claimed instead; the new one waits.
+    let ahead = enqueue(h, new_job("q")).await;
+    let (second, claimed) = h
+        .store
+        .enqueue_and_claim(new_job("q"), OWNER, LEASE)
+        .await
+        .expect("behind another");
+    assert_eq!(claimed.map(|c| c.job.id), Some(ahead));
+    assert_eq!(get(h, second.id).await.state, JobState::Queued);
+    // ... unless the new job's priority puts it first.
+    let mut urgent = new_job("q");
+    urgent.priority = -1;
+    let (third, claimed) = h
+        .store
+        .enqueue_and_claim(urgent, OWNER, LEASE)
+        .await
+        .expect("urgent");
+    assert_eq!(claimed.map(|c| c.job.id), Some(third.id));
+    assert_ne!(
+        claimed_token(h, third.id).await,
+        claimed_token(h, ahead).await
+    );
+
+    // Only its own queue; nothing due, nothing claimed.
+    let (other, claimed) = h
+        .store
+        .enqueue_and_claim(new_job("other"), OWNER, LEASE)
+        .await
+        .expect("other queue");
+    assert_eq!(claimed.map(|c| c.job.id), Some(other.id));
+    let mut later = new_job("later");
+    later.run_at = Some(now_ms() + 60_000);
+    let (later, claimed) = h
+        .store
+        .enqueue_and_claim(later, OWNER, LEASE)
+        .await
+        .expect("not due");
+    assert!(claimed.is_none());
+    assert_eq!(get(h, later.id).await.state, JobState::Queued);
+
+    // A paused queue stores the job and claims nothing.
+    assert!(h.store.pause("paused").await.expect("pause"));
+    let (held, claimed) = h
+        .store
+        .enqueue_and_claim(new_job("paused"), OWNER, LEASE)
+        .await
+        .expect("paused");
+    assert!(claimed.is_none());
+    assert_eq!(get(h, held.id).await.state, JobState::Queued);
+
+    // An idempotency key answers with the existing job.
+    let mut keyed = new_job("keyed");
+    keyed.idempotency_key = Some("k-1".to_owned());
+    let (a, _) = h
+        .store
+        .enqueue_and_claim(keyed.clone(), OWNER, LEASE)
+        .await
+        .expect("keyed");
+    let (b, claimed) = h
+        .store
+        .enqueue_and_claim(keyed, OWNER, LEASE)
+        .await
+        .expect("keyed again");
+    assert_eq!((b.id, b.created, claimed.is_none()), (a.id, false, true));
+
+    // Bad input names its field and stores nothing.
+    let count = h
+        .store
+        .list(ListFilter::default())
+        .await
+        .expect("list")
+        .len();
+    assert_eq!(
+        field_of(
+            h.store
+                .enqueue_and_claim(new_job("bad queue!"), OWNER, LEASE)
+                .await
+        )
+        .0,
+        "queue"
+    );
+    assert_eq!(
+        field_of(h.store.enqueue_and_claim(new_job("q"), "", LEASE).await).0,
+        "owner"
+    );
+    assert_eq!(
+        h.store
+            .list(ListFilter::default())
+            .await
+            .expect("list")
+            .len(),
+        count
+    );
+}
+
+async fn claimed_token(h: &Harness, id: i64) -> Option<String> {
+    get(h, id).await.lease_token
 }
 
 async fn fail_retries_then_dies_at_max_attempts(h: &Harness) {

@@ -1,6 +1,10 @@
 //! Enqueue and claim: jobs in, and out to a processor with a lease.
 
+use std::sync::LazyLock;
+
 use sqlx::Row;
+
+use super::lease::COMPLETE_MANY;
 
 use super::PgStore;
 use crate::error::StoreError;
@@ -9,7 +13,44 @@ use crate::validate::ValidJob;
 
 impl PgStore {
     pub(crate) async fn enqueue(&self, job: ValidJob) -> Result<Enqueued, StoreError> {
-        let row = sqlx::query(self.sql(
+        let row = self
+            .enqueue_query(&job)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        self.enqueued(&row)
+    }
+
+    /// `enqueue` and then a claim of one job of the job's queue, in one
+    /// transaction: one commit where the two apart take two. The claim sees
+    /// the new job (a statement of its own, after the insert), so it takes
+    /// the new job or one ahead of it in claim order.
+    pub(crate) async fn enqueue_and_claim(
+        &self,
+        job: ValidJob,
+        owner: &str,
+        lease_ms: i64,
+    ) -> Result<(Enqueued, Vec<Job>), StoreError> {
+        let run = async {
+            let mut tx = self.pool.begin().await?;
+            let row = self.enqueue_query(&job).fetch_one(&mut *tx).await?;
+            let rows = self
+                .complete_and_claim_query(&[], &[], &job.queue, 1, owner, lease_ms)
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>((row, rows))
+        };
+        let (row, rows) = run.await.map_err(|e| self.err(e))?;
+        let (_, claimed) = self.completed_and_claimed(&rows)?;
+        Ok((self.enqueued(&row)?, claimed))
+    }
+
+    fn enqueue_query<'q>(
+        &self,
+        job: &'q ValidJob,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        sqlx::query(self.sql(
             "SELECT job_id, created
                  FROM {s}.enqueue_ms($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10)",
         ))
@@ -23,9 +64,9 @@ impl PgStore {
         .bind(job.unique_key())
         .bind(job.unique_scope())
         .bind(job.unique_window_ms())
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| self.err(e))?;
+    }
+
+    fn enqueued(&self, row: &sqlx::postgres::PgRow) -> Result<Enqueued, StoreError> {
         Ok(Enqueued {
             id: row.try_get("job_id").map_err(|e| self.err(e))?,
             created: row.try_get("created").map_err(|e| self.err(e))?,
@@ -96,6 +137,9 @@ impl PgStore {
             .collect()
     }
 
+    /// The claim loop's claim: [`PgStore::complete_and_claim`] with
+    /// nothing to complete (one statement for both keeps one copy of the
+    /// claim's SQL).
     pub(crate) async fn claim(
         &self,
         queue: &str,
@@ -103,19 +147,20 @@ impl PgStore {
         owner: &str,
         lease_ms: i64,
     ) -> Result<Vec<Job>, StoreError> {
-        let rows = sqlx::query(self.sql(CLAIM))
-            .bind(queue)
-            .bind(i64::from(limit))
-            .bind(owner)
-            .bind(lease_ms)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        self.jobs(&rows)
+        let (_, claimed) = self
+            .complete_and_claim(&[], queue, limit, owner, lease_ms)
+            .await?;
+        Ok(claimed)
     }
 
-    /// `complete_many`'s statement and then `claim`'s in one transaction:
-    /// one commit (one WAL flush) for both.
+    /// `complete_many`'s update and `claim`'s in one statement: one round
+    /// trip and one commit (one WAL flush) for both, where a transaction
+    /// around the two statements takes four round trips (BEGIN, two
+    /// statements, COMMIT). The two updates touch disjoint rows (the
+    /// completions `running` ones, the claim `queued`/`failed` ones), so
+    /// that they share one snapshot changes nothing. Always one row at
+    /// least: the completed ids as an array beside the first claimed job,
+    /// or beside NULLs when nothing was claimed.
     pub(crate) async fn complete_and_claim(
         &self,
         done: &[(i64, String)],
@@ -125,52 +170,87 @@ impl PgStore {
         lease_ms: i64,
     ) -> Result<(Vec<i64>, Vec<Job>), StoreError> {
         let (ids, tokens) = super::lease::id_token_arrays(done);
-        let run = async {
-            let mut tx = self.pool.begin().await?;
-            let completed: Vec<i64> = if done.is_empty() {
-                Vec::new()
-            } else {
-                sqlx::query_scalar(self.sql(super::lease::COMPLETE_MANY))
-                    .bind(&ids)
-                    .bind(&tokens)
-                    .fetch_all(&mut *tx)
-                    .await?
-            };
-            let rows = sqlx::query(self.sql(CLAIM))
-                .bind(queue)
-                .bind(i64::from(limit))
-                .bind(owner)
-                .bind(lease_ms)
-                .fetch_all(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>((completed, rows))
-        };
-        let (completed, rows) = run.await.map_err(|e| self.err(e))?;
-        Ok((completed, self.jobs(&rows)?))
+        let rows = self
+            .complete_and_claim_query(&ids, &tokens, queue, limit, owner, lease_ms)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        self.completed_and_claimed(&rows)
+    }
+
+    fn complete_and_claim_query<'q>(
+        &self,
+        ids: &'q [i64],
+        tokens: &'q [&'q str],
+        queue: &'q str,
+        limit: u32,
+        owner: &'q str,
+        lease_ms: i64,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        sqlx::query(self.sql(&COMPLETE_AND_CLAIM))
+            .bind(ids)
+            .bind(tokens)
+            .bind(queue)
+            .bind(i64::from(limit))
+            .bind(owner)
+            .bind(lease_ms)
+    }
+
+    /// The rows of [`COMPLETE_AND_CLAIM`]: the completed ids (on the first
+    /// row) and the claimed jobs (the rows with a job).
+    fn completed_and_claimed(
+        &self,
+        rows: &[sqlx::postgres::PgRow],
+    ) -> Result<(Vec<i64>, Vec<Job>), StoreError> {
+        let mut completed = Vec::new();
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in rows {
+            if completed.is_empty() {
+                let ids: Option<Vec<i64>> =
+                    row.try_get("completed_ids").map_err(|e| self.err(e))?;
+                completed = ids.unwrap_or_default();
+            }
+            let id: Option<i64> = row.try_get("id").map_err(|e| self.err(e))?;
+            if id.is_some() {
+                claimed.push(self.job(row)?);
+            }
+        }
+        Ok((completed, claimed))
     }
 }
 
-/// The claim: up to `$2` claimable jobs of queue `$1` to running for owner
-/// `$3` with a lease of `$4` ms, a fresh token each. The CTE fences the
-/// LIMIT: the planner cannot turn it into a join that locks more rows than
-/// asked for.
-const CLAIM: &str = "WITH picked AS (
-         SELECT id FROM {s}.jobs
-         WHERE state IN ('queued', 'failed') AND queue = $1 AND run_at <= {s}.now_ms()
-           AND NOT EXISTS (SELECT 1 FROM {s}.paused_queues WHERE queue = $1)
-         ORDER BY priority, run_at, id
-         LIMIT $2
-         FOR UPDATE SKIP LOCKED
-     )
-     UPDATE {s}.jobs AS j SET
-         state = 'running',
-         attempt = j.attempt + 1,
-         lease_owner = $3,
-         lease_token = gen_random_uuid()::text,
-         lease_expires_at = {s}.now_ms() + $4,
-         started_at = {s}.now_ms(),
-         updated_at = {s}.now_ms()
-     FROM picked
-     WHERE j.id = picked.id
-     RETURNING j.*";
+/// [`COMPLETE_MANY`] (`$1`, `$2`), then the claim: up to `$4` claimable
+/// jobs of queue `$3` to running for owner `$5` with a lease of `$6` ms, a
+/// fresh token each ([`crate::Store`] puts them in claim order). The
+/// `picked` CTE fences the LIMIT:
+/// the planner cannot turn it into a join that locks more rows than asked
+/// for. A LEFT JOIN keeps one row when nothing is claimed.
+static COMPLETE_AND_CLAIM: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH done AS ({COMPLETE_MANY}),
+         picked AS (
+             SELECT id FROM {{s}}.jobs
+             WHERE state IN ('queued', 'failed') AND queue = $3 AND run_at <= {{s}}.now_ms()
+               AND NOT EXISTS (SELECT 1 FROM {{s}}.paused_queues WHERE queue = $3)
+             ORDER BY priority, run_at, id
+             LIMIT $4
+             FOR UPDATE SKIP LOCKED
+         ),
+         claimed AS (
+             UPDATE {{s}}.jobs AS j SET
+                 state = 'running',
+                 attempt = j.attempt + 1,
+                 lease_owner = $5,
+                 lease_token = gen_random_uuid()::text,
+                 lease_expires_at = {{s}}.now_ms() + $6,
+                 started_at = {{s}}.now_ms(),
+                 updated_at = {{s}}.now_ms()
+             FROM picked
+             WHERE j.id = picked.id
+             RETURNING j.*
+         )
+         SELECT d.completed_ids, c.*
+         FROM (SELECT array_agg(id) AS completed_ids FROM done) AS d
+         LEFT JOIN claimed AS c ON true"
+    )
+});

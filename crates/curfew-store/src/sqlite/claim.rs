@@ -99,6 +99,34 @@ impl SqliteStore {
         Ok(Enqueued { id, created: false })
     }
 
+    /// `enqueue` and then a claim of one job of the job's queue, in one
+    /// write transaction: the new job or one ahead of it in claim order.
+    pub(crate) async fn enqueue_and_claim(
+        &self,
+        job: ValidJob,
+        owner: &str,
+        lease_ms: i64,
+    ) -> Result<(Enqueued, Vec<Job>), StoreError> {
+        let now = now_ms();
+        let mut w = self.begin_write().await?;
+        let result = async {
+            let enqueued = Self::insert(&mut w.tx, &job, now).await?;
+            let rows = claim_query(&job.queue, 1, owner, lease_ms, now)
+                .fetch_all(&mut *w.tx)
+                .await?;
+            Ok((enqueued, rows))
+        }
+        .await;
+        let (enqueued, rows) = w.finish(&self.name, result).await?;
+        let claimed = self.jobs(&rows)?;
+        // Other processors of this file: the new job waits if the claim
+        // took another one.
+        if enqueued.created && !claimed.iter().any(|j| j.id == enqueued.id) {
+            self.wake(&job.queue);
+        }
+        Ok((enqueued, claimed))
+    }
+
     pub(crate) async fn claim(
         &self,
         queue: &str,
