@@ -20,13 +20,13 @@ pub mod router;
 pub mod threads;
 mod tunnel;
 pub mod upstream;
+mod wake_filter;
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
-use futures_util::FutureExt;
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -386,66 +386,62 @@ impl Front {
         tokio::pin!(conn);
         // Serving: until the drain starts, or the client leaves it idle for
         // keepalive_timeout (which also ends connections that never send a
-        // complete request). The rare events wait in a FuturesUnordered,
-        // which polls a future only when that future's own waker fired: a
-        // `select!` over them would poll all four (three cancellation
-        // tokens and a timer) at every wake of the connection, several
-        // times per request, for events that come once per connection.
-        // The idle timer, when it fires, looks at the connection and sets
-        // itself again if it was busy or used since.
-        let mut rare: FuturesUnordered<BoxFuture<'static, ConnEvent>> = FuturesUnordered::new();
-        rare.push(Box::pin(
-            self.abort
-                .clone()
-                .cancelled_owned()
-                .map(|_| ConnEvent::Abort),
-        ));
-        rare.push(Box::pin(
-            state.cut.clone().cancelled_owned().map(|_| ConnEvent::Cut),
-        ));
-        rare.push(Box::pin(
-            self.draining
-                .clone()
-                .cancelled_owned()
-                .map(|_| ConnEvent::Drain),
-        ));
-        if let Some(ka) = self.keepalive_timeout {
-            rare.push(idle_timer(ka));
-        }
-        loop {
-            let event = tokio::select! {
-                biased;
-                _ = conn.as_mut() => return,
-                Some(event) = rare.next() => event,
-            };
-            match event {
+        // complete request). The futures live across requests: nothing is
+        // registered or re-armed per request, and they sit behind a
+        // `WakeFilter`, so the task's wake-ups for each request poll hyper
+        // alone. The idle timer, when it fires, looks at the connection and
+        // sets itself again if it was busy or used since.
+        let filter = wake_filter::WakeFilter::new();
+        let abort = self.abort.cancelled();
+        let cut = state.cut.cancelled();
+        let draining = self.draining.cancelled();
+        let idle = tokio::time::sleep(self.keepalive_timeout.unwrap_or(Duration::MAX));
+        tokio::pin!(abort, cut, draining, idle);
+        let rare = std::future::poll_fn(|cx| {
+            filter.poll(cx, |cx| {
                 // Cut: a client that stopped reading its response (send_timeout).
-                ConnEvent::Abort | ConnEvent::Cut => return,
-                ConnEvent::Drain => break,
-                ConnEvent::Idle => {
-                    let Some(ka) = self.keepalive_timeout else {
-                        continue;
-                    };
+                if abort.as_mut().poll(cx).is_ready() || cut.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(ConnEvent::Close);
+                }
+                if draining.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(ConnEvent::Drain);
+                }
+                let Some(ka) = self.keepalive_timeout else {
+                    return Poll::Pending;
+                };
+                while idle.as_mut().poll(cx).is_ready() {
+                    let now = tokio::time::Instant::now();
                     match state.idle_left(ka) {
-                        Some(left) if left.is_zero() => {
-                            conn.as_mut().graceful_shutdown();
-                            // A connection stuck in the middle of a request
-                            // head (a slow or stalled client) does not close
-                            // by itself: it gets one more keepalive_timeout,
-                            // then is dropped.
-                            tokio::select! {
-                                _ = conn.as_mut() => {}
-                                _ = self.abort.cancelled() => {}
-                                _ = tokio::time::sleep(ka) => {}
-                            }
-                            return;
-                        }
+                        Some(left) if left.is_zero() => return Poll::Ready(ConnEvent::Idle),
                         // Used since the timer was set: the rest of its idle time.
-                        Some(left) => rare.push(idle_timer(left)),
+                        Some(left) => idle.as_mut().reset(now + left),
                         // A request in flight: look again later.
-                        None => rare.push(idle_timer(ka)),
+                        None => idle.as_mut().reset(now + ka),
                     }
                 }
+                Poll::Pending
+            })
+        });
+        let event = tokio::select! {
+            biased;
+            _ = conn.as_mut() => return,
+            event = rare => event,
+        };
+        match event {
+            ConnEvent::Close => return,
+            ConnEvent::Drain => {}
+            ConnEvent::Idle => {
+                conn.as_mut().graceful_shutdown();
+                // A connection stuck in the middle of a request head (a slow
+                // or stalled client) does not close by itself: it gets one
+                // more keepalive_timeout, then is dropped.
+                let ka = self.keepalive_timeout.unwrap_or_default();
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = self.abort.cancelled() => {}
+                    _ = tokio::time::sleep(ka) => {}
+                }
+                return;
             }
         }
         // Draining: close as soon as it is safe (see conn.rs).
@@ -512,22 +508,15 @@ impl Front {
     }
 }
 
-/// What ends or changes a client connection's serving, besides the
-/// connection itself.
+/// What ends a client connection's serving, besides the connection itself.
 enum ConnEvent {
-    /// Every connection is cut ([`Front::abort_all`]).
-    Abort,
-    /// This connection is cut (its client stopped reading: `send_timeout`).
-    Cut,
+    /// Every connection is cut ([`Front::abort_all`]), or this one (its
+    /// client stopped reading: `send_timeout`).
+    Close,
     /// The drain started.
     Drain,
-    /// The idle timer fired: look at the connection.
+    /// Idle for `keepalive_timeout`.
     Idle,
-}
-
-/// The connection's idle timer, as one of its rare events.
-fn idle_timer(after: Duration) -> BoxFuture<'static, ConnEvent> {
-    Box::pin(tokio::time::sleep(after).map(|_| ConnEvent::Idle))
 }
 
 /// How long the accept loop waits after a failed accept (EMFILE, ENFILE,
