@@ -34,6 +34,7 @@ impl From<EnqueueError> for ApiError {
         let status = match &e {
             EnqueueError::UnknownQueue { .. } => 422,
             EnqueueError::Store(s) => store_status(s),
+            EnqueueError::ShuttingDown => 503,
         };
         ApiError {
             status,

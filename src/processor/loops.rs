@@ -195,10 +195,13 @@ impl Inner {
                 // that claims for a slot of its own (`Processor::enqueue`)
                 // cannot take one of them meanwhile; those the claim does
                 // not fill go back when `held` drops.
-                let Some(mut held) = u32::try_from(free)
-                    .ok()
-                    .and_then(|n| q.slots.clone().try_acquire_many_owned(n).ok())
-                else {
+                let Some((n, mut held)) = u32::try_from(free).ok().and_then(|n| {
+                    q.slots
+                        .clone()
+                        .try_acquire_many_owned(n)
+                        .ok()
+                        .map(|held| (n, held))
+                }) else {
                     // Such an enqueue took one since they were counted.
                     tokio::task::yield_now().await;
                     continue;
@@ -206,7 +209,7 @@ impl Inner {
                 let t = self.health.tick();
                 match self
                     .store
-                    .claim(&q.cfg.name, free as u32, &self.owner, self.cfg.lease)
+                    .claim(&q.cfg.name, n, &self.owner, self.cfg.lease)
                     .await
                 {
                     Ok(claimed) => {

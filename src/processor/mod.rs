@@ -47,7 +47,7 @@ pub mod verdict;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -70,6 +70,13 @@ pub enum EnqueueError {
     UnknownQueue { queue: String, known: Vec<String> },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The runtime stopped while the enqueue was being written: whether
+    /// the job was stored is unknown (an idempotency key makes a retry
+    /// safe).
+    #[error(
+        "curfew is shutting down: the job may or may not have been stored; retry with the same idempotency key"
+    )]
+    ShuttingDown,
 }
 
 pub use crate::protocol::jobs::Running;
@@ -119,6 +126,9 @@ struct Inner {
     reaper: Reaper,
     chdir: Option<PathBuf>,
     queues: HashMap<String, Arc<QueueState>>,
+    /// Set by [`Processor::begin`]: from then on an enqueue may claim for
+    /// a free slot (before, nothing would record a run's success).
+    begun: AtomicBool,
     /// Cancelled at the stop request: no new claims.
     stop_claiming: CancellationToken,
     /// Cancelled at the cut-off: deliveries still running are stopped.
@@ -206,6 +216,7 @@ impl Processor {
                 reaper,
                 chdir,
                 queues,
+                begun: AtomicBool::new(false),
                 stop_claiming: CancellationToken::new(),
                 cut: CancellationToken::new(),
                 running: Mutex::new(HashMap::new()),
@@ -303,6 +314,7 @@ impl Processor {
         }
         self.inner.loops.spawn(inner.clone().periodic_loop());
         self.inner.loops.close();
+        self.inner.begun.store(true, Ordering::Release);
     }
 
     /// Adds a job through curfew (the CLI, the HTTP API): the queue must be
@@ -314,33 +326,55 @@ impl Processor {
             return Ok(self.inner.store.enqueue(job).await?);
         };
         // A free slot of the queue: claim in the enqueue's own commit, so
-        // that a job into an idle processor starts without a second one
-        // (and without the claim loop's wake-up). The slot is taken first,
-        // so the claim loop cannot count it meanwhile.
+        // that a job into an idle processor starts without a second one.
+        // The slot is taken first, so the claim loop cannot count it
+        // meanwhile. Not before `begin` (no group commit yet to record a
+        // success) nor after the stop request.
         let due = job.run_at.is_none_or(|at| at <= curfew_store::now_ms());
-        let slot = (due && !self.inner.stop_claiming.is_cancelled())
-            .then(|| q.slots.clone().try_acquire_owned().ok())
-            .flatten();
+        let slot = (due
+            && self.inner.begun.load(Ordering::Acquire)
+            && !self.inner.stop_claiming.is_cancelled())
+        .then(|| q.slots.clone().try_acquire_owned().ok())
+        .flatten();
         let Some(slot) = slot else {
             let enqueued = self.inner.store.enqueue(job).await?;
             q.wake.notify_one();
             return Ok(enqueued);
         };
-        let (enqueued, claimed) = self
-            .inner
-            .store
-            .enqueue_and_claim(job, &self.inner.owner, self.inner.cfg.lease)
-            .await?;
-        let took_new = claimed.as_ref().is_some_and(|c| c.job.id == enqueued.id);
-        match claimed {
-            Some(c) => self.inner.start_claimed(&q, vec![c], vec![slot]).await,
-            None => drop(slot),
+        // In a task of its own: a caller that goes away (a client that
+        // disconnects) must not leave a committed claim without its run.
+        let inner = self.inner.clone();
+        let write = tokio::spawn(async move {
+            let written = inner
+                .store
+                .enqueue_and_claim(job, &inner.owner, inner.cfg.lease)
+                .await;
+            let (enqueued, claimed) = match written {
+                Ok(w) => w,
+                Err(e) => {
+                    drop(slot);
+                    // Whether it committed is unknown: let the loop look.
+                    q.wake.notify_one();
+                    return Err(e);
+                }
+            };
+            let took_new = claimed.as_ref().is_some_and(|c| c.job.id == enqueued.id);
+            match claimed {
+                Some(c) => inner.start_claimed(&q, vec![c], vec![slot]).await,
+                None => drop(slot),
+            }
+            if !took_new {
+                // The new job waits (behind the one claimed, or not due yet).
+                q.wake.notify_one();
+            }
+            Ok(enqueued)
+        });
+        match write.await {
+            Ok(result) => Ok(result?),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Only at the runtime's shutdown.
+            Err(_) => Err(EnqueueError::ShuttingDown),
         }
-        if !took_new {
-            // The new job waits (behind the one claimed, or not due yet).
-            q.wake.notify_one();
-        }
-        Ok(enqueued)
     }
 
     /// The job with its queue's defaults (`max_attempts`), if the queue is

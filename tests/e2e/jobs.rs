@@ -584,6 +584,58 @@ fn retry_after_postpones_without_spending_attempts() {
     assert_eq!(c.wait_exit(Duration::from_secs(10)), 0);
 }
 
+/// A job enqueued while the workers still boot is stored and waits: the
+/// processor claims nothing before it begins (its group commit, which
+/// records successes, starts then), even with every queue slot free.
+#[test]
+fn a_job_enqueued_before_the_workers_are_ready_waits_for_them() {
+    let store = TestStore::sqlite();
+    let admin = free_port();
+    let config = store.config(
+        "curfew.toml",
+        &format!("admin_bind = \"127.0.0.1:{admin}\"\nworkers = 1\n"),
+        "[jobs.queues.default]\nconcurrency = 4\n",
+    );
+    let opts = Opts::testworker(
+        &["--config", config.to_str().expect("utf-8 path")],
+        &[
+            "--jobs-log",
+            store.log_path().to_str().expect("utf-8 path"),
+            "--boot-delay-ms",
+            "3000",
+        ],
+    );
+    let mut c = Curfew::spawn(opts);
+    wait_until("the admin address", Duration::from_secs(20), || {
+        TcpStream::connect(("127.0.0.1", admin)).is_ok()
+    });
+    let id = enqueue_many(admin, vec![job_body("early", "{}")], 1)[0];
+    let begun_before = c.log_text().contains("Processing jobs.");
+    let state = store
+        .jobs()
+        .into_iter()
+        .find(|j| j.id == id)
+        .expect("job stored")
+        .state;
+    let begun_after = c.log_text().contains("Processing jobs.");
+    assert!(
+        !begun_before && !begun_after,
+        "the worker's 3 s boot was over before the check:\n{}",
+        c.log_text()
+    );
+    assert_eq!(
+        state,
+        JobState::Queued,
+        "claimed before the processor began"
+    );
+    wait_until("the job done once ready", Duration::from_secs(20), || {
+        dones(&store.log_path()).contains(&id)
+    });
+    assert_eq!(starts(&store.log_path()).get(&id), Some(&1));
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(10)), 0);
+}
+
 /// A command queue: payload on stdin, job in the environment, exit code
 /// decides.
 #[test]

@@ -325,7 +325,11 @@ impl Store {
     /// processor with a free slot of the queue, so that a job enqueued into
     /// an idle processor starts after one commit instead of two. The job
     /// claimed is the queue's next in claim order: the new one, or one
-    /// ahead of it; none if the queue is paused or the new job is not due.
+    /// ahead of it; none if nothing is claimable (the queue paused, the new
+    /// job not due, an idempotency or unique key answering with a job that
+    /// is not waiting, or the claimable rows locked by other claimers).
+    /// On PostgreSQL the enqueue alone is one round trip and this four
+    /// (BEGIN, the enqueue, the claim, COMMIT), with one commit either way.
     pub async fn enqueue_and_claim(
         &self,
         job: NewJob,
