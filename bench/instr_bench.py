@@ -13,6 +13,8 @@ Paths (workers outside valgrind; they bind `{socket}`, so no exec shim):
 
   keepalive  FastAPI `/plain`, 4 uvicorn workers (`--uds {socket}`),
              worker_concurrency 32, 32 client connections (pooled upstream)
+  newconn    as keepalive, but every request on a new client connection
+             (`Connection: close`, 8 client threads)
   sync       bench/attack_app.py `/`, 2 gunicorn sync workers
              (`--bind unix:{socket}`), worker_concurrency 1, 8 connections
              (a new worker connection per request)
@@ -28,12 +30,14 @@ Needs valgrind (Debian's package), the release binaries (`cargo build
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -50,6 +54,17 @@ PATHS = {
         "worker": ["uvicorn", "app:app", "--uds", "{socket}", "--no-access-log"],
         "url_path": "/plain",
         "connections": 32,
+    },
+    "newconn": {
+        "cwd": REPO / "examples" / "fastapi_app",
+        "curfew": ["-w", "4", "--worker-concurrency", "32"],
+        "worker": ["uvicorn", "app:app", "--uds", "{socket}", "--no-access-log"],
+        "url_path": "/plain",
+        "connections": 8,
+        # One client connection per request (`Connection: close`): what a
+        # connection's own setup and teardown cost (HTTP/1.0 clients,
+        # probes, scripts); the worker connections stay pooled.
+        "close": True,
     },
     "sync": {
         "cwd": REPO / "bench",
@@ -78,11 +93,41 @@ def wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
 
 
 def load(load_bin: Path, port: int, spec: dict, n: int) -> dict:
+    if spec.get("close"):
+        return load_closing(port, spec, n)
     out = subprocess.run(
         [str(load_bin), "--url", f"http://127.0.0.1:{port}", "--path", spec["url_path"],
          "--connections", str(spec["connections"]), "--requests", str(n)],
         capture_output=True, text=True, check=True, timeout=600).stdout
     return json.loads(out)
+
+
+def load_closing(port: int, spec: dict, n: int) -> dict:
+    """`n` requests over `spec["connections"]` threads, each on a new
+    connection closed after its answer (curfew-load keeps connections)."""
+    counts = {"ok": 0, "failed": 0}
+    lock = threading.Lock()
+    per = [n // spec["connections"] + (1 if i < n % spec["connections"] else 0)
+           for i in range(spec["connections"])]
+
+    def run(k: int) -> None:
+        for _ in range(k):
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                c.request("GET", spec["url_path"], headers={"Connection": "close"})
+                ok = c.getresponse().read() is not None
+                c.close()
+            except OSError:
+                ok = False
+            with lock:
+                counts["ok" if ok else "failed"] += 1
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in per]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {**counts, "errors": None}
 
 
 def callgrind(pid: int, *args: str) -> None:
@@ -137,7 +182,7 @@ def main() -> None:
     ap.add_argument("--build", action="append", required=True, help="NAME=DIR holding a release `curfew`")
     ap.add_argument("--load", help="curfew-load binary (default: the last build's)")
     ap.add_argument("--venv", type=Path, default=REPO / ".venv")
-    ap.add_argument("--paths", default="keepalive,sync", help="comma-separated: keepalive, sync")
+    ap.add_argument("--paths", default="keepalive,sync", help="comma-separated: keepalive, newconn, sync")
     ap.add_argument("--requests", type=int, default=3000)
     args = ap.parse_args()
     builds = []
