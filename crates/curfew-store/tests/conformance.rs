@@ -534,11 +534,7 @@ async fn enqueue_many_is_one_transaction_all_or_nothing(h: &Harness) {
         "{text}"
     );
     assert_eq!(
-        h.store
-            .list(ListFilter::default())
-            .await
-            .expect("list")
-            .len(),
+        job_count(h).await,
         before,
         "nothing of the bad batch stored"
     );
@@ -1483,17 +1479,7 @@ async fn completions_and_the_next_claim_commit_together(h: &Harness) {
     );
     let mut tokens: Vec<&str> = vec![&a.token, &b.token];
     for c in &claimed {
-        let job = get(h, c.job.id).await;
-        assert_eq!(job.state, JobState::Running);
-        assert_eq!(job.attempt, 1);
-        assert_eq!(job.lease_owner.as_deref(), Some(OWNER));
-        assert_eq!(job.lease_token.as_deref(), Some(c.token.as_str()));
-        assert!(
-            job.lease_expires_at
-                .is_some_and(|t| t >= before + LEASE.as_millis() as i64 - 1_000),
-            "{job:?}"
-        );
-        assert!(job.started_at.is_some(), "{job:?}");
+        assert_running_first_attempt(h, c, before).await;
         assert!(
             !tokens.contains(&c.token.as_str()),
             "a fresh token per claim"
@@ -1572,16 +1558,7 @@ async fn an_enqueue_claims_the_queues_next_job_in_its_commit(h: &Harness) {
     assert!(first.created);
     let claimed = claimed.expect("the new job claimed");
     assert_eq!(claimed.job.id, first.id);
-    let job = get(h, first.id).await;
-    assert_eq!(job.state, JobState::Running);
-    assert_eq!(job.attempt, 1);
-    assert_eq!(job.lease_owner.as_deref(), Some(OWNER));
-    assert_eq!(job.lease_token.as_deref(), Some(claimed.token.as_str()));
-    assert!(
-        job.lease_expires_at
-            .is_some_and(|t| t >= before + LEASE.as_millis() as i64 - 1_000),
-        "{job:?}"
-    );
+    assert_running_first_attempt(h, &claimed, before).await;
 
     // A job ahead in claim order is claimed instead; the new one waits.
     let ahead = enqueue(h, new_job("q")).await;
@@ -1649,12 +1626,7 @@ async fn an_enqueue_claims_the_queues_next_job_in_its_commit(h: &Harness) {
     assert_eq!((b.id, b.created, claimed.is_none()), (a.id, false, true));
 
     // Bad input names its field and stores nothing.
-    let count = h
-        .store
-        .list(ListFilter::default())
-        .await
-        .expect("list")
-        .len();
+    let count = job_count(h).await;
     assert_eq!(
         field_of(
             h.store
@@ -1668,14 +1640,33 @@ async fn an_enqueue_claims_the_queues_next_job_in_its_commit(h: &Harness) {
         field_of(h.store.enqueue_and_claim(new_job("q"), "", LEASE).await).0,
         "owner"
     );
-    assert_eq!(
-        h.store
-            .list(ListFilter::default())
-            .await
-            .expect("list")
-            .len(),
-        count
+    assert_eq!(job_count(h).await, count);
+}
+
+/// The claimed job as the store holds it: running its first attempt for
+/// `OWNER` under the claim's token, a lease of `LEASE` from a claim made
+/// after `before`, and started.
+async fn assert_running_first_attempt(h: &Harness, c: &curfew_store::Claimed, before: i64) {
+    let job = get(h, c.job.id).await;
+    assert_eq!(job.state, JobState::Running);
+    assert_eq!(job.attempt, 1);
+    assert_eq!(job.lease_owner.as_deref(), Some(OWNER));
+    assert_eq!(job.lease_token.as_deref(), Some(c.token.as_str()));
+    assert!(
+        job.lease_expires_at
+            .is_some_and(|t| t >= before + LEASE.as_millis() as i64 - 1_000),
+        "{job:?}"
     );
+    assert!(job.started_at.is_some(), "{job:?}");
+}
+
+/// How many jobs the store holds (up to a default page).
+async fn job_count(h: &Harness) -> usize {
+    h.store
+        .list(ListFilter::default())
+        .await
+        .expect("list")
+        .len()
 }
 
 async fn claimed_token(h: &Harness, id: i64) -> Option<String> {
@@ -2323,14 +2314,7 @@ async fn invalid_input_names_the_field(h: &Harness) {
     assert_eq!(field_of(h.store.next_run_at("").await).0, "queue");
     assert_eq!(field_of(h.store.rescue_expired(-1).await).0, "max_crashes");
     // Nothing invalid got in.
-    assert_eq!(
-        h.store
-            .list(ListFilter::default())
-            .await
-            .expect("list")
-            .len(),
-        2
-    );
+    assert_eq!(job_count(h).await, 2);
 }
 
 async fn payload_limit_is_enforced(h: &Harness) {
@@ -2604,14 +2588,7 @@ async fn sql_enqueue_many(h: &Harness) {
     .execute(&mut app)
     .await;
     assert!(bad.is_err());
-    assert_eq!(
-        h.store
-            .list(ListFilter::default())
-            .await
-            .expect("list")
-            .len(),
-        before
-    );
+    assert_eq!(job_count(h).await, before);
     app.close().await.expect("close");
 }
 
