@@ -207,9 +207,10 @@ impl Inner {
         }
     }
 
-    /// Starts the jobs a batch's write claimed, each in a slot of a run of
-    /// that batch; hands them back if the processor stopped claiming
-    /// meanwhile.
+    /// Starts claimed jobs of `q`, each in one of `slots` (held for it by
+    /// the claimer: the claim loop, a batch's write, an enqueue); hands
+    /// them back if the processor stopped claiming meanwhile, and any job
+    /// beyond the slots.
     pub(super) async fn start_claimed(
         self: &Arc<Self>,
         q: &Arc<QueueState>,
@@ -231,9 +232,9 @@ impl Inner {
                 Some(permit) => {
                     self.runs.spawn(self.clone().run(q.clone(), c, permit));
                 }
-                // Cannot happen: the claim asked for no more jobs than the
-                // batch frees slots of this queue. Hand back rather than
-                // overrun the limit.
+                // Cannot happen: every claimer asks for no more jobs than
+                // the slots it holds. Hand back rather than overrun the
+                // limit.
                 None => extra.push(c),
             }
         }

@@ -215,28 +215,15 @@ impl Inner {
                     Ok(claimed) => {
                         self.health.ok();
                         pause.reset();
+                        let got = claimed.len();
+                        let slots = (0..got).map_while(|_| held.split(1)).collect();
+                        drop(held);
+                        // Gives the jobs back untouched if the stop came
+                        // while this claim was in flight.
+                        self.start_claimed(&q, claimed, slots).await;
                         if self.stop_claiming.is_cancelled() {
-                            // The stop came while this claim was in flight:
-                            // give the jobs back untouched.
-                            self.hand_back(claimed, "claimed as curfew began to stop")
-                                .await;
                             return;
                         }
-                        let got = claimed.len();
-                        for c in claimed {
-                            let Some(permit) = held.split(1) else {
-                                // Cannot happen: the claim asked for no more
-                                // jobs than the slots held. Hand the job back
-                                // rather than overrun the limit.
-                                let _ = self
-                                    .store
-                                    .release(&[(c.job.id, c.token)], "no free slot")
-                                    .await;
-                                continue;
-                            };
-                            self.runs.spawn(self.clone().run(q.clone(), c, permit));
-                        }
-                        drop(held);
                         if got == free {
                             // Maybe more: claim again as soon as a slot frees.
                             continue;

@@ -412,7 +412,7 @@ impl Front {
                 while idle.as_mut().poll(cx).is_ready() {
                     let now = tokio::time::Instant::now();
                     match state.idle_left(ka) {
-                        Some(left) if left.is_zero() => return Poll::Ready(ConnEvent::Idle),
+                        Some(left) if left.is_zero() => return Poll::Ready(ConnEvent::Idle(ka)),
                         // Used since the timer was set: the rest of its idle time.
                         Some(left) => idle.as_mut().reset(now + left),
                         // A request in flight: look again later.
@@ -430,12 +430,11 @@ impl Front {
         match event {
             ConnEvent::Close => return,
             ConnEvent::Drain => {}
-            ConnEvent::Idle => {
+            ConnEvent::Idle(ka) => {
                 conn.as_mut().graceful_shutdown();
                 // A connection stuck in the middle of a request head (a slow
                 // or stalled client) does not close by itself: it gets one
                 // more keepalive_timeout, then is dropped.
-                let ka = self.keepalive_timeout.unwrap_or_default();
                 tokio::select! {
                     _ = conn.as_mut() => {}
                     _ = self.abort.cancelled() => {}
@@ -515,8 +514,8 @@ enum ConnEvent {
     Close,
     /// The drain started.
     Drain,
-    /// Idle for `keepalive_timeout`.
-    Idle,
+    /// Idle for `keepalive_timeout` (given).
+    Idle(Duration),
 }
 
 /// How long the accept loop waits after a failed accept (EMFILE, ENFILE,

@@ -202,14 +202,15 @@ impl PgStore {
         &self,
         rows: &[sqlx::postgres::PgRow],
     ) -> Result<(Vec<i64>, Vec<Job>), StoreError> {
-        let mut completed = Vec::new();
+        let completed = match rows.first() {
+            Some(row) => row
+                .try_get::<Option<Vec<i64>>, _>("completed_ids")
+                .map_err(|e| self.err(e))?
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
         let mut claimed = Vec::with_capacity(rows.len());
         for row in rows {
-            if completed.is_empty() {
-                let ids: Option<Vec<i64>> =
-                    row.try_get("completed_ids").map_err(|e| self.err(e))?;
-                completed = ids.unwrap_or_default();
-            }
             let id: Option<i64> = row.try_get("id").map_err(|e| self.err(e))?;
             if id.is_some() {
                 claimed.push(self.job(row)?);
