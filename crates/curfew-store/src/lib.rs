@@ -47,10 +47,13 @@
 //!    only a rescue, which requires an expired lease or a dead previous boot
 //!    of the owner, puts a running job back.
 //! 3. **Every write about a running job is fenced**: `WHERE id = … AND
-//!    state = 'running' AND lease_token = …`. Each claim draws a new random
-//!    token, so a processor that lost its job (rescued, released, re-claimed
-//!    elsewhere) cannot complete, fail, snooze, heartbeat or release it; it
-//!    gets `false` / [`FailOutcome::LostLease`] and must stop.
+//!    state = 'running' AND lease_token = …` (PostgreSQL's batch writes by
+//!    `(id, token)` pairs name only the token, which by invariant 1 implies
+//!    `running`: see `postgres::lease::COMPLETE_MANY` for why). Each claim
+//!    draws a new random token, so a processor that lost its job (rescued,
+//!    released, re-claimed elsewhere) cannot complete, fail, snooze,
+//!    heartbeat or release it; it gets `false` / [`FailOutcome::LostLease`]
+//!    and must stop.
 //! 4. **Recovery never overwrites a finished job** (River #1302): rescue and
 //!    reclaim write only rows whose state and token are still the ones they
 //!    read, and (PostgreSQL) lock what they read.

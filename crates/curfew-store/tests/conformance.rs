@@ -2518,13 +2518,33 @@ async fn sql_enqueue_follows_the_applications_transaction(h: &Harness) {
             "{}",
             job.run_at
         );
-        // The table's checks apply to SQL callers too.
-        let bad = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {schema}.enqueue('bad queue', 'k', '{{}}')"
+        // The table's checks apply to SQL callers too: the name rule at
+        // its edges, for the queue and the kind.
+        let long = "a".repeat(200);
+        let too_long = "a".repeat(201);
+        for bad in ["bad queue", "", "é", "a\n", "a/b", too_long.as_str()] {
+            for (queue, kind, constraint) in [
+                (bad, "k", "jobs_queue_format"),
+                ("q", bad, "jobs_kind_format"),
+            ] {
+                let err = sqlx::query(AssertSqlSafe(format!(
+                    "SELECT {schema}.enqueue($1, $2, '{{}}')"
+                )))
+                .bind(queue)
+                .bind(kind)
+                .execute(&mut app)
+                .await
+                .expect_err(&format!("queue {queue:?}, kind {kind:?} refused"));
+                assert!(err.to_string().contains(constraint), "{err}");
+            }
+        }
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT {schema}.enqueue($1, $1, '{{}}')"
         )))
+        .bind(format!("{}A-z_0.9:-", &long[..191]))
         .execute(&mut app)
-        .await;
-        assert!(bad.is_err());
+        .await
+        .expect("a name of 200 characters from the whole set is taken");
         app.close().await.expect("close");
     }
 }
