@@ -188,6 +188,7 @@ conformance!(
     invalid_input_names_the_field,
     payload_limit_is_enforced,
     listen_wakes_on_enqueue,
+    an_enqueue_that_claims_its_own_job_wakes_no_one,
     concurrent_opens_migrate_once,
     retention_prunes_only_finished_jobs_past_their_period,
     retention_deletes_in_bounded_batches,
@@ -2373,6 +2374,63 @@ async fn listen_wakes_on_enqueue(h: &Harness) {
         1
     );
     expect_wakeup(&mut listener, &queue).await;
+}
+
+async fn an_enqueue_that_claims_its_own_job_wakes_no_one(h: &Harness) {
+    let mut listener = h.store.listen().await.expect("listen");
+    let queue = format!("own-{}", random_suffix());
+    // Taken by its own enqueue: nobody else has anything to claim.
+    let (own, claimed) = h
+        .store
+        .enqueue_and_claim(new_job(&queue), OWNER, LEASE)
+        .await
+        .expect("enqueue_and_claim");
+    assert_eq!(claimed.map(|c| c.job.id), Some(own.id));
+    assert!(
+        !woken_before_a_marker(h, &mut listener, &queue).await,
+        "a job its own enqueue claimed woke the queue"
+    );
+    // A job ahead is claimed instead: the new one waits, and the queue is
+    // woken for it.
+    let ahead = enqueue(h, new_job(&queue)).await;
+    expect_wakeup(&mut listener, &queue).await;
+    let (behind, claimed) = h
+        .store
+        .enqueue_and_claim(new_job(&queue), OWNER, LEASE)
+        .await
+        .expect("behind another");
+    assert_eq!(claimed.map(|c| c.job.id), Some(ahead));
+    assert_eq!(get(h, behind.id).await.state, JobState::Queued);
+    assert!(
+        woken_before_a_marker(h, &mut listener, &queue).await,
+        "the job left queued did not wake its queue"
+    );
+}
+
+/// Whether a wake-up of `queue` arrives before that of a job enqueued now
+/// in a queue of its own (wake-ups arrive in commit order, so this needs
+/// no timeout to tell that none came).
+async fn woken_before_a_marker(
+    h: &Harness,
+    listener: &mut curfew_store::JobListener,
+    queue: &str,
+) -> bool {
+    let marker = format!("marker-{}", random_suffix());
+    enqueue(h, new_job(&marker)).await;
+    let mut woken = false;
+    let wait = async {
+        loop {
+            let got = listener.recv().await.expect("recv");
+            if got == marker {
+                return;
+            }
+            woken |= got == queue;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), wait)
+        .await
+        .unwrap_or_else(|_| panic!("no wake-up for {marker}"));
+    woken
 }
 
 /// Waits (at most 5 s) for a wake-up of `queue`, skipping others (the

@@ -6,7 +6,7 @@ use sqlx::Row;
 
 use super::lease::COMPLETE_MANY;
 
-use super::PgStore;
+use super::{CHANNEL, PgStore};
 use crate::error::StoreError;
 use crate::model::{Enqueued, Job};
 use crate::validate::ValidJob;
@@ -25,6 +25,11 @@ impl PgStore {
     /// transaction: one commit where the two apart take two. The claim sees
     /// the new job (a statement of its own, after the insert), so it takes
     /// the new job or one ahead of it in claim order.
+    ///
+    /// The new job's NOTIFY is this transaction's to send (migration 0007,
+    /// `curfew.enqueue_claims`, set with the `BEGIN`: no round trip of its
+    /// own): only when the job it claimed is another one, or none. A job
+    /// taken by its own enqueue wakes no processor.
     pub(crate) async fn enqueue_and_claim(
         &self,
         job: ValidJob,
@@ -32,18 +37,32 @@ impl PgStore {
         lease_ms: i64,
     ) -> Result<(Enqueued, Vec<Job>), StoreError> {
         let run = async {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self
+                .pool
+                .begin_with("BEGIN; SET LOCAL curfew.enqueue_claims = 'on'")
+                .await?;
             let row = self.enqueue_query(&job).fetch_one(&mut *tx).await?;
             let rows = self
                 .complete_and_claim_query(&[], &[], &job.queue, 1, owner, lease_ms)
                 .fetch_all(&mut *tx)
                 .await?;
+            let enqueued = self.enqueued(&row);
+            let claimed = self.completed_and_claimed(&rows).map(|(_, c)| c);
+            if let (Ok(new), Ok(claimed)) = (&enqueued, &claimed)
+                && new.created
+                && !claimed.iter().any(|j| j.id == new.id)
+            {
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(CHANNEL)
+                    .bind(&job.queue)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             tx.commit().await?;
-            Ok::<_, sqlx::Error>((row, rows))
+            Ok::<_, sqlx::Error>((enqueued, claimed))
         };
-        let (row, rows) = run.await.map_err(|e| self.err(e))?;
-        let (_, claimed) = self.completed_and_claimed(&rows)?;
-        Ok((self.enqueued(&row)?, claimed))
+        let (enqueued, claimed) = run.await.map_err(|e| self.err(e))?;
+        Ok((enqueued?, claimed?))
     }
 
     fn enqueue_query<'q>(

@@ -11,8 +11,10 @@
 //!   skip each other's rows instead of waiting, and never take the same row.
 //! - A new job sends `NOTIFY curfew_jobs, '<queue>'` (from
 //!   `<schema>.enqueue_ms`, so also for applications calling
-//!   `<schema>.enqueue` in their own transactions); releases, rescues and
-//!   retries notify too. Notifications are wake-up hints, never the truth.
+//!   `<schema>.enqueue` in their own transactions), except a job that
+//!   [`crate::Store::enqueue_and_claim`] claimed in the same transaction;
+//!   releases, rescues and retries notify too. Notifications are wake-up
+//!   hints, never the truth.
 
 mod claim;
 mod lease;
