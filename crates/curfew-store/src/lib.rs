@@ -48,8 +48,9 @@
 //!    of the owner, puts a running job back.
 //! 3. **Every write about a running job is fenced**: `WHERE id = … AND
 //!    state = 'running' AND lease_token = …` (PostgreSQL's batch writes by
-//!    `(id, token)` pairs name only the token, which by invariant 1 implies
-//!    `running`: see `postgres::lease::COMPLETE_MANY` for why). Each claim
+//!    `(id, token)` pairs ask for the token and the other two lease
+//!    columns set instead, which by invariant 1 means `running`: see
+//!    `postgres::lease::COMPLETE_MANY` for why). Each claim
 //!    draws a new random token, so a processor that lost its job (rescued,
 //!    released, re-claimed elsewhere) cannot complete, fail, snooze,
 //!    heartbeat or release it; it gets `false` / [`FailOutcome::LostLease`]

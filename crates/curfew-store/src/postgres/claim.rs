@@ -36,33 +36,37 @@ impl PgStore {
         owner: &str,
         lease_ms: i64,
     ) -> Result<(Enqueued, Vec<Job>), StoreError> {
-        let run = async {
-            let mut tx = self
-                .pool
-                .begin_with("BEGIN; SET LOCAL curfew.enqueue_claims = 'on'")
-                .await?;
-            let row = self.enqueue_query(&job).fetch_one(&mut *tx).await?;
-            let rows = self
-                .complete_and_claim_query(&[], &[], &job.queue, 1, owner, lease_ms)
-                .fetch_all(&mut *tx)
-                .await?;
-            let enqueued = self.enqueued(&row);
-            let claimed = self.completed_and_claimed(&rows).map(|(_, c)| c);
-            if let (Ok(new), Ok(claimed)) = (&enqueued, &claimed)
-                && new.created
-                && !claimed.iter().any(|j| j.id == new.id)
-            {
-                sqlx::query("SELECT pg_notify($1, $2)")
-                    .bind(CHANNEL)
-                    .bind(&job.queue)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>((enqueued, claimed))
-        };
-        let (enqueued, claimed) = run.await.map_err(|e| self.err(e))?;
-        Ok((enqueued?, claimed?))
+        let err = |e| self.err(e);
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN; SET LOCAL curfew.enqueue_claims = 'on'")
+            .await
+            .map_err(err)?;
+        let row = self
+            .enqueue_query(&job)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(err)?;
+        let rows = self
+            .complete_and_claim_query(&[], &[], &job.queue, 1, owner, lease_ms)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(err)?;
+        // Read before the commit: rows that cannot be read roll the whole
+        // transaction back (the drop of `tx`), so no job is left stored
+        // without its wake-up or claimed without its run.
+        let enqueued = self.enqueued(&row)?;
+        let (_, claimed) = self.completed_and_claimed(&rows)?;
+        if enqueued.created && !claimed.iter().any(|j| j.id == enqueued.id) {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(&job.queue)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+        }
+        tx.commit().await.map_err(err)?;
+        Ok((enqueued, claimed))
     }
 
     fn enqueue_query<'q>(

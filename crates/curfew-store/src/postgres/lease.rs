@@ -179,6 +179,7 @@ impl PgStore {
                  lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
              FROM unnest($1::bigint[], $2::text[]) AS r(id, token)
              WHERE j.id = r.id AND j.lease_token = r.token
+               AND j.lease_owner IS NOT NULL AND j.lease_expires_at IS NOT NULL
              RETURNING j.id, j.queue, j.state, j.crashes, j.started_at IS NOT NULL AS delivered",
         ))
         .bind(&ids)
@@ -261,23 +262,26 @@ impl PgStore {
 
 /// `complete_many`'s statement: `$1` the ids, `$2` their tokens.
 ///
-/// The rows are found by id and token, with no `state = 'running'` beside
-/// them. The token says it already: a job has a lease token exactly while
-/// it runs (the check `jobs_lease_iff_running`), so the token of a run
-/// that has ended matches nothing. Naming the state as well lets the
-/// planner read the running rows off the `(state, …)` index and hash-join
-/// them with the pairs when its statistics say few jobs run, and that
-/// index keeps an entry for every row version that once ran until vacuum
-/// removes it: in the job benchmark each group commit read ~3,000 such
-/// entries to complete 16 jobs, a tenth of PostgreSQL's CPU. By id, each
-/// pair is one probe of the primary key. `release` finds its rows the same
-/// way.
+/// The rows are found by id, token and the other two lease columns set,
+/// with no `state = 'running'` beside them. Those say it already: a row
+/// whose lease owner, token and expiry are all set is running (the check
+/// `jobs_lease_iff_running`), and every move out of `running` clears all
+/// three, so the token of a run that has ended matches nothing. Naming the
+/// state as well lets the planner read the running rows off the
+/// `(state, …)` index and hash-join them with the pairs when its
+/// statistics say few jobs run, and that index keeps an entry for every
+/// row version that once ran until vacuum removes it: in the job benchmark
+/// each group commit read ~3,000 such entries to complete 16 jobs, a tenth
+/// of PostgreSQL's CPU. By id, each pair is one probe of the primary key
+/// (no index has the other lease columns first). `release` finds its rows
+/// the same way.
 pub(super) const COMPLETE_MANY: &str =
     "UPDATE {s}.jobs AS j SET state = 'succeeded', finished_at = {s}.now_ms(),
          updated_at = {s}.now_ms(),
          lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
      FROM unnest($1::bigint[], $2::text[]) AS r(id, token)
      WHERE j.id = r.id AND j.lease_token = r.token
+       AND j.lease_owner IS NOT NULL AND j.lease_expires_at IS NOT NULL
      RETURNING j.id";
 
 /// `(id, token)` pairs as the two arrays `COMPLETE_MANY` takes.
