@@ -50,7 +50,7 @@
 //!    state = 'running' AND lease_token = …` (PostgreSQL's batch writes by
 //!    `(id, token)` pairs ask for the token and the other two lease
 //!    columns set instead, which by invariant 1 means `running`: see
-//!    `postgres::lease::COMPLETE_MANY` for why). Each claim
+//!    `by_lease_pairs!` in `postgres/lease.rs` for why). Each claim
 //!    draws a new random token, so a processor that lost its job (rescued,
 //!    released, re-claimed elsewhere) cannot complete, fail, snooze,
 //!    heartbeat or release it; it gets `false` / [`FailOutcome::LostLease`]

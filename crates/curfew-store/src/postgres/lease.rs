@@ -7,6 +7,30 @@ use crate::error::StoreError;
 use crate::model::FailOutcome;
 use crate::ops::{self, RescueScope, Rescued, distinct_queues, fail_outcome, rescued};
 
+/// The rows of `$1` (ids) and `$2` (their tokens) that these runs still
+/// hold, as `j`: the `FROM … WHERE` of every write by `(id, token)` pairs
+/// ([`COMPLETE_MANY`], `release`).
+///
+/// The rows are found by id, token and the other two lease columns set,
+/// with no `state = 'running'` beside them. Those say it already: a row
+/// whose lease owner, token and expiry are all set is running (the check
+/// `jobs_lease_iff_running`), and every move out of `running` clears all
+/// three, so the token of a run that has ended matches nothing. Naming the
+/// state as well lets the planner read the running rows off the
+/// `(state, …)` index and hash-join them with the pairs when its
+/// statistics say few jobs run, and that index keeps an entry for every
+/// row version that once ran until vacuum removes it: in the job benchmark
+/// each group commit read ~3,000 such entries to complete 16 jobs, a tenth
+/// of PostgreSQL's CPU. By id, each pair is one probe of the primary key
+/// (no index has the other lease columns first).
+macro_rules! by_lease_pairs {
+    () => {
+        "FROM unnest($1::bigint[], $2::text[]) AS r(id, token)
+         WHERE j.id = r.id AND j.lease_token = r.token
+           AND j.lease_owner IS NOT NULL AND j.lease_expires_at IS NOT NULL"
+    };
+}
+
 impl PgStore {
     pub(crate) async fn heartbeat(
         &self,
@@ -167,21 +191,18 @@ impl PgStore {
         jobs: &[(i64, String)],
         reason: &str,
     ) -> Result<Vec<Rescued>, StoreError> {
-        let ids: Vec<i64> = jobs.iter().map(|(id, _)| *id).collect();
-        let tokens: Vec<&str> = jobs.iter().map(|(_, token)| token.as_str()).collect();
-        let rows = sqlx::query(self.sql(
+        let (ids, tokens) = id_token_arrays(jobs);
+        let rows = sqlx::query(self.sql(concat!(
             "UPDATE {s}.jobs AS j SET
                  state = CASE WHEN j.cancel_requested_at IS NULL THEN 'queued' ELSE 'cancelled' END,
                  finished_at = CASE WHEN j.cancel_requested_at IS NULL THEN NULL
                      ELSE {s}.now_ms() END,
                  attempt = greatest(j.attempt - 1, 0),
                  releases = j.releases + 1, last_error = $3, updated_at = {s}.now_ms(),
-                 lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
-             FROM unnest($1::bigint[], $2::text[]) AS r(id, token)
-             WHERE j.id = r.id AND j.lease_token = r.token
-               AND j.lease_owner IS NOT NULL AND j.lease_expires_at IS NOT NULL
-             RETURNING j.id, j.queue, j.state, j.crashes, j.started_at IS NOT NULL AS delivered",
-        ))
+                 lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL ",
+            by_lease_pairs!(),
+            " RETURNING j.id, j.queue, j.state, j.crashes, j.started_at IS NOT NULL AS delivered",
+        )))
         .bind(&ids)
         .bind(&tokens)
         .bind(reason)
@@ -261,28 +282,13 @@ impl PgStore {
 }
 
 /// `complete_many`'s statement: `$1` the ids, `$2` their tokens.
-///
-/// The rows are found by id, token and the other two lease columns set,
-/// with no `state = 'running'` beside them. Those say it already: a row
-/// whose lease owner, token and expiry are all set is running (the check
-/// `jobs_lease_iff_running`), and every move out of `running` clears all
-/// three, so the token of a run that has ended matches nothing. Naming the
-/// state as well lets the planner read the running rows off the
-/// `(state, …)` index and hash-join them with the pairs when its
-/// statistics say few jobs run, and that index keeps an entry for every
-/// row version that once ran until vacuum removes it: in the job benchmark
-/// each group commit read ~3,000 such entries to complete 16 jobs, a tenth
-/// of PostgreSQL's CPU. By id, each pair is one probe of the primary key
-/// (no index has the other lease columns first). `release` finds its rows
-/// the same way.
-pub(super) const COMPLETE_MANY: &str =
+pub(super) const COMPLETE_MANY: &str = concat!(
     "UPDATE {s}.jobs AS j SET state = 'succeeded', finished_at = {s}.now_ms(),
          updated_at = {s}.now_ms(),
-         lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
-     FROM unnest($1::bigint[], $2::text[]) AS r(id, token)
-     WHERE j.id = r.id AND j.lease_token = r.token
-       AND j.lease_owner IS NOT NULL AND j.lease_expires_at IS NOT NULL
-     RETURNING j.id";
+         lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL ",
+    by_lease_pairs!(),
+    " RETURNING j.id"
+);
 
 /// `(id, token)` pairs as the two arrays `COMPLETE_MANY` takes.
 pub(super) fn id_token_arrays(jobs: &[(i64, String)]) -> (Vec<i64>, Vec<&str>) {
