@@ -332,8 +332,9 @@ impl Store {
     /// ahead of it; none if nothing is claimable (the queue paused, the new
     /// job not due, an idempotency or unique key answering with a job that
     /// is not waiting, or the claimable rows locked by other claimers).
-    /// On PostgreSQL the enqueue alone is one round trip and this four
-    /// (BEGIN, the enqueue, the claim, COMMIT), with one commit either way.
+    /// On PostgreSQL both are one statement (`enqueue_and_claim_ms`,
+    /// migration 0008), so one round trip and one commit, like the enqueue
+    /// alone.
     pub async fn enqueue_and_claim(
         &self,
         job: NewJob,

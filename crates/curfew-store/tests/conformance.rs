@@ -2495,6 +2495,53 @@ async fn concurrent_opens_migrate_once(h: &Harness) {
 // ---------------------------------------------------------------------------
 // PostgreSQL only
 
+/// `enqueue_and_claim_ms` (migration 0008) turns the NOTIFY of its own
+/// enqueue off and puts the setting back: an enqueue after it in the same
+/// transaction still wakes its queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_an_enqueue_that_claims_leaves_later_enqueues_their_wakeup() {
+    run(
+        Backend::Postgres,
+        an_enqueue_that_claims_leaves_later_enqueues_their_wakeup,
+    )
+    .await;
+}
+
+async fn an_enqueue_that_claims_leaves_later_enqueues_their_wakeup(h: &Harness) {
+    {
+        {
+            let schema = h.schema();
+            let mut listener = h.store.listen().await.expect("listen");
+            let mut app = sqlx::PgConnection::connect(&h.url)
+                .await
+                .expect("app connection");
+            let (taken, later) = (
+                format!("taken-{}", random_suffix()),
+                format!("later-{}", random_suffix()),
+            );
+            let mut tx = app.begin().await.expect("begin");
+            let (id, claimed): (i64, Option<i64>) = sqlx::query_as(AssertSqlSafe(format!(
+                "SELECT r.job_id, (r.claimed).id FROM {schema}.enqueue_and_claim_ms(
+                     $1, 'k', '{{}}'::jsonb, 0, NULL, 20, NULL, NULL, NULL, NULL, 'app', 60000) AS r"
+            )))
+            .bind(&taken)
+            .fetch_one(&mut *tx)
+            .await
+            .expect("enqueue_and_claim_ms");
+            assert_eq!(claimed, Some(id), "the new job is the queue's next");
+            sqlx::query(AssertSqlSafe(format!(
+                "SELECT {schema}.enqueue($1, 'k', '{{}}')"
+            )))
+            .bind(&later)
+            .execute(&mut *tx)
+            .await
+            .expect("enqueue after it");
+            tx.commit().await.expect("commit");
+            expect_wakeup(&mut listener, &later).await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_sql_enqueue_follows_the_applications_transaction() {
     run(

@@ -6,7 +6,7 @@ use sqlx::Row;
 
 use super::lease::COMPLETE_MANY;
 
-use super::{CHANNEL, PgStore};
+use super::PgStore;
 use crate::error::StoreError;
 use crate::model::{Enqueued, Job};
 use crate::validate::ValidJob;
@@ -26,46 +26,33 @@ impl PgStore {
     /// the new job (a statement of its own, after the insert), so it takes
     /// the new job or one ahead of it in claim order.
     ///
-    /// The new job's NOTIFY is this transaction's to send (migration 0007,
-    /// `curfew.enqueue_claims`, set with the `BEGIN`: no round trip of its
-    /// own): only when the job it claimed is another one, or none. A job
-    /// taken by its own enqueue wakes no processor.
+    /// One statement, so one round trip: `enqueue_and_claim_ms` (migration
+    /// 0008) runs `enqueue_ms` and the claim of [`COMPLETE_AND_CLAIM`] for
+    /// one job, and sends the new job's NOTIFY only when the job it claimed
+    /// is another one, or none: a job taken by its own enqueue wakes no
+    /// processor.
     pub(crate) async fn enqueue_and_claim(
         &self,
         job: ValidJob,
         owner: &str,
         lease_ms: i64,
     ) -> Result<(Enqueued, Vec<Job>), StoreError> {
-        let err = |e| self.err(e);
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN; SET LOCAL curfew.enqueue_claims = 'on'")
+        let sql = self.sql(
+            "SELECT r.job_id, r.created, (r.claimed).*
+             FROM {s}.enqueue_and_claim_ms($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10, $11, $12) AS r",
+        );
+        let row = bind_job(sqlx::query(sql), &job)
+            .bind(owner)
+            .bind(lease_ms)
+            .fetch_one(&self.pool)
             .await
-            .map_err(err)?;
-        let row = self
-            .enqueue_query(&job)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(err)?;
-        let rows = self
-            .complete_and_claim_query(&[], &[], &job.queue, 1, owner, lease_ms)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(err)?;
-        // Read before the commit: rows that cannot be read roll the whole
-        // transaction back (the drop of `tx`), so no job is left stored
-        // without its wake-up or claimed without its run.
+            .map_err(|e| self.err(e))?;
         let enqueued = self.enqueued(&row)?;
-        let (_, claimed) = self.completed_and_claimed(&rows)?;
-        if enqueued.created && !claimed.iter().any(|j| j.id == enqueued.id) {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(CHANNEL)
-                .bind(&job.queue)
-                .execute(&mut *tx)
-                .await
-                .map_err(err)?;
-        }
-        tx.commit().await.map_err(err)?;
+        let id: Option<i64> = row.try_get("id").map_err(|e| self.err(e))?;
+        let claimed = match id {
+            Some(_) => vec![self.job(&row)?],
+            None => Vec::new(),
+        };
         Ok((enqueued, claimed))
     }
 
@@ -73,20 +60,11 @@ impl PgStore {
         &self,
         job: &'q ValidJob,
     ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-        sqlx::query(self.sql(
+        let sql = self.sql(
             "SELECT job_id, created
                  FROM {s}.enqueue_ms($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10)",
-        ))
-        .bind(&job.queue)
-        .bind(&job.kind)
-        .bind(&job.payload)
-        .bind(job.priority)
-        .bind(job.run_at)
-        .bind(job.max_attempts)
-        .bind(&job.idempotency_key)
-        .bind(job.unique_key())
-        .bind(job.unique_scope())
-        .bind(job.unique_window_ms())
+        );
+        bind_job(sqlx::query(sql), job)
     }
 
     fn enqueued(&self, row: &sqlx::postgres::PgRow) -> Result<Enqueued, StoreError> {
@@ -243,12 +221,32 @@ impl PgStore {
     }
 }
 
+/// A job's ten arguments of `enqueue_ms` (and the first ten of
+/// `enqueue_and_claim_ms`), bound in their order.
+fn bind_job<'q>(
+    q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    job: &'q ValidJob,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    q.bind(&job.queue)
+        .bind(&job.kind)
+        .bind(&job.payload)
+        .bind(job.priority)
+        .bind(job.run_at)
+        .bind(job.max_attempts)
+        .bind(&job.idempotency_key)
+        .bind(job.unique_key())
+        .bind(job.unique_scope())
+        .bind(job.unique_window_ms())
+}
+
 /// [`COMPLETE_MANY`] (`$1`, `$2`), then the claim: up to `$4` claimable
 /// jobs of queue `$3` to running for owner `$5` with a lease of `$6` ms, a
 /// fresh token each ([`crate::Store`] puts them in claim order). The
 /// `picked` CTE fences the LIMIT:
 /// the planner cannot turn it into a join that locks more rows than asked
-/// for. A LEFT JOIN keeps one row when nothing is claimed.
+/// for. A LEFT JOIN keeps one row when nothing is claimed. The claim for
+/// one job is also in migration 0008's `enqueue_and_claim_ms` (one round
+/// trip for an enqueue that claims): keep the two in step.
 static COMPLETE_AND_CLAIM: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH done AS ({COMPLETE_MANY}),
