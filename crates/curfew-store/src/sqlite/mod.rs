@@ -162,9 +162,14 @@ impl SqliteStore {
             // Checkpoints run in a task of their own, not in a commit.
             .pragma("wal_autocheckpoint", "0")
             .optimize_on_close(true, 400);
+        // No ping before each use: sqlx's SQLite ping is a message to the
+        // connection's worker thread and back (two thread hand-offs per
+        // store call) and proves only that the thread is alive; a dead one
+        // fails the next statement anyway, and the connection is dropped.
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
+            .test_before_acquire(false)
             .connect_with(connect)
             .await
             .map_err(|e| StoreError::from_sqlx(&name, e))?;
