@@ -1584,6 +1584,23 @@ async fn an_enqueue_claims_the_queues_next_job_in_its_commit(h: &Harness) {
         claimed_token(h, ahead).await
     );
 
+    // A failed job due for its retry is ahead of a new one too.
+    let failed = enqueue(h, new_job("retrying")).await;
+    let (id, token) = claim_one(h, "retrying", OWNER, LEASE).await;
+    assert_eq!(id, failed);
+    h.store
+        .fail(id, &token, "boom", now_ms())
+        .await
+        .expect("fail with a retry due now");
+    assert_eq!(get(h, failed).await.state, JobState::Failed);
+    let (after_failed, claimed) = h
+        .store
+        .enqueue_and_claim(new_job("retrying"), OWNER, LEASE)
+        .await
+        .expect("behind a retry");
+    assert_eq!(claimed.map(|c| c.job.id), Some(failed));
+    assert_eq!(get(h, after_failed.id).await.state, JobState::Queued);
+
     // Only its own queue; nothing due, nothing claimed.
     let (other, claimed) = h
         .store
@@ -2495,6 +2512,46 @@ async fn concurrent_opens_migrate_once(h: &Harness) {
 // ---------------------------------------------------------------------------
 // PostgreSQL only
 
+/// A job its enqueue claimed that cannot be read back after the commit (a
+/// payload number no `f64` holds, enqueued through SQL) is released at
+/// once, not left running under the claimer until its lease expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_an_unreadable_job_an_enqueue_claimed_is_handed_back() {
+    run(
+        Backend::Postgres,
+        an_unreadable_job_an_enqueue_claimed_is_handed_back,
+    )
+    .await;
+}
+
+async fn an_unreadable_job_an_enqueue_claimed_is_handed_back(h: &Harness) {
+    let schema = h.schema();
+    let mut app = sqlx::PgConnection::connect(&h.url)
+        .await
+        .expect("app connection");
+    let queue = format!("odd-{}", random_suffix());
+    let odd: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT {schema}.enqueue($1, 'k', '{{\"n\": 1e400}}')"
+    )))
+    .bind(&queue)
+    .fetch_one(&mut app)
+    .await
+    .expect("enqueue through SQL");
+    let result = h
+        .store
+        .enqueue_and_claim(new_job(&queue), OWNER, LEASE)
+        .await;
+    assert!(result.is_err(), "the odd job read back: {result:?}");
+    let (state, owner): (String, Option<String>) = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT state, lease_owner FROM {schema}.jobs WHERE id = $1"
+    )))
+    .bind(odd)
+    .fetch_one(&mut app)
+    .await
+    .expect("the odd job's row");
+    assert_eq!((state.as_str(), owner), ("queued", None));
+}
+
 /// `enqueue_and_claim_ms` (migration 0008) turns the NOTIFY of its own
 /// enqueue off and puts the setting back: an enqueue after it in the same
 /// transaction still wakes its queue.
@@ -2509,18 +2566,17 @@ async fn postgres_an_enqueue_that_claims_leaves_later_enqueues_their_wakeup() {
 
 async fn an_enqueue_that_claims_leaves_later_enqueues_their_wakeup(h: &Harness) {
     {
-        {
-            let schema = h.schema();
-            let mut listener = h.store.listen().await.expect("listen");
-            let mut app = sqlx::PgConnection::connect(&h.url)
-                .await
-                .expect("app connection");
-            let (taken, later) = (
-                format!("taken-{}", random_suffix()),
-                format!("later-{}", random_suffix()),
-            );
-            let mut tx = app.begin().await.expect("begin");
-            let (id, claimed): (i64, Option<i64>) = sqlx::query_as(AssertSqlSafe(format!(
+        let schema = h.schema();
+        let mut listener = h.store.listen().await.expect("listen");
+        let mut app = sqlx::PgConnection::connect(&h.url)
+            .await
+            .expect("app connection");
+        let (taken, later) = (
+            format!("taken-{}", random_suffix()),
+            format!("later-{}", random_suffix()),
+        );
+        let mut tx = app.begin().await.expect("begin");
+        let (id, claimed): (i64, Option<i64>) = sqlx::query_as(AssertSqlSafe(format!(
                 "SELECT r.job_id, (r.claimed).id FROM {schema}.enqueue_and_claim_ms(
                      $1, 'k', '{{}}'::jsonb, 0, NULL, 20, NULL, NULL, NULL, NULL, 'app', 60000) AS r"
             )))
@@ -2528,17 +2584,16 @@ async fn an_enqueue_that_claims_leaves_later_enqueues_their_wakeup(h: &Harness) 
             .fetch_one(&mut *tx)
             .await
             .expect("enqueue_and_claim_ms");
-            assert_eq!(claimed, Some(id), "the new job is the queue's next");
-            sqlx::query(AssertSqlSafe(format!(
-                "SELECT {schema}.enqueue($1, 'k', '{{}}')"
-            )))
-            .bind(&later)
-            .execute(&mut *tx)
-            .await
-            .expect("enqueue after it");
-            tx.commit().await.expect("commit");
-            expect_wakeup(&mut listener, &later).await;
-        }
+        assert_eq!(claimed, Some(id), "the new job is the queue's next");
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT {schema}.enqueue($1, 'k', '{{}}')"
+        )))
+        .bind(&later)
+        .execute(&mut *tx)
+        .await
+        .expect("enqueue after it");
+        tx.commit().await.expect("commit");
+        expect_wakeup(&mut listener, &later).await;
     }
 }
 

@@ -1,8 +1,8 @@
 -- An enqueue that claims in its own transaction (Store::enqueue_and_claim:
 -- a processor with a free slot takes the job it enqueues) in one statement,
 -- so in one round trip: until now it was `BEGIN` (with the `SET LOCAL` of
--- 0007), the enqueue, the claim and `COMMIT`, four round trips of ~0.1 ms
--- each on loopback before the job could start (issue 12: enqueue → handler
+-- 0007), the enqueue, the claim, a NOTIFY if due and `COMMIT`: four or
+-- five round trips of ~0.1 ms each on loopback before the job could start (issue 12: enqueue → handler
 -- latency). As one statement outside a transaction block it is its own
 -- transaction: one commit, as before.
 --
@@ -13,7 +13,8 @@
 -- step (the conformance suite's `an_enqueue_claims_the_queues_next_job_in_its_commit`
 -- checks that they claim alike: order, priority, run_at, paused queues).
 --
--- The new job's NOTIFY: none when the job it claimed is the new one (0007's
+-- The NOTIFY of a job it created (none for a key that answered with an
+-- existing job): none when the job it claimed is the new one (0007's
 -- `curfew.enqueue_claims`, set around the enqueue only and put back as it
 -- was, so a caller's later enqueues in the same transaction notify as
 -- usual); sent here when it claimed another job or none.

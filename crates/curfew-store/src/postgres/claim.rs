@@ -28,9 +28,9 @@ impl PgStore {
     ///
     /// One statement, so one round trip: `enqueue_and_claim_ms` (migration
     /// 0008) runs `enqueue_ms` and the claim of [`COMPLETE_AND_CLAIM`] for
-    /// one job, and sends the new job's NOTIFY only when the job it claimed
-    /// is another one, or none: a job taken by its own enqueue wakes no
-    /// processor.
+    /// one job, and sends a NOTIFY for a job it created only when the job
+    /// it claimed is another one, or none: a job taken by its own enqueue
+    /// wakes no processor.
     pub(crate) async fn enqueue_and_claim(
         &self,
         job: ValidJob,
@@ -47,13 +47,32 @@ impl PgStore {
             .fetch_one(&self.pool)
             .await
             .map_err(|e| self.err(e))?;
-        let enqueued = self.enqueued(&row)?;
+        // Committed already: a claimed row that cannot be read (a payload
+        // serde cannot hold, written through SQL) is handed back rather
+        // than left running under this owner until its lease expires.
+        let read = self.enqueued(&row).and_then(|enqueued| {
+            let claimed = self.claimed_job(&row)?;
+            Ok((enqueued, claimed.into_iter().collect()))
+        });
+        if read.is_err()
+            && let (Ok(Some(id)), Ok(Some(token))) = (
+                row.try_get::<Option<i64>, _>("id"),
+                row.try_get::<Option<String>, _>("lease_token"),
+            )
+        {
+            // Best effort: the lease runs out otherwise, as after a crash.
+            let _ = self
+                .release(&[(id, token)], "claimed by an enqueue, unreadable")
+                .await;
+        }
+        read
+    }
+
+    /// The claimed job of a row of [`COMPLETE_AND_CLAIM`] or of
+    /// `enqueue_and_claim_ms`: `None` on the row that stands for no claim.
+    fn claimed_job(&self, row: &sqlx::postgres::PgRow) -> Result<Option<Job>, StoreError> {
         let id: Option<i64> = row.try_get("id").map_err(|e| self.err(e))?;
-        let claimed = match id {
-            Some(_) => vec![self.job(&row)?],
-            None => Vec::new(),
-        };
-        Ok((enqueued, claimed))
+        id.map(|_| self.job(row)).transpose()
     }
 
     fn enqueue_query<'q>(
@@ -212,10 +231,7 @@ impl PgStore {
         };
         let mut claimed = Vec::with_capacity(rows.len());
         for row in rows {
-            let id: Option<i64> = row.try_get("id").map_err(|e| self.err(e))?;
-            if id.is_some() {
-                claimed.push(self.job(row)?);
-            }
+            claimed.extend(self.claimed_job(row)?);
         }
         Ok((completed, claimed))
     }

@@ -164,8 +164,9 @@ impl SqliteStore {
             .optimize_on_close(true, 400);
         // No ping before each use: sqlx's SQLite ping is a message to the
         // connection's worker thread and back (two thread hand-offs per
-        // store call) and proves only that the thread is alive; a dead one
-        // fails the next statement anyway, and the connection is dropped.
+        // store call) and proves only that the thread is alive. sqlx still
+        // pings a connection when it goes back to the pool, and closes it
+        // there if its thread has died.
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
