@@ -2512,9 +2512,73 @@ async fn concurrent_opens_migrate_once(h: &Harness) {
 // ---------------------------------------------------------------------------
 // PostgreSQL only
 
+/// A payload number beyond a 64-bit float, which curfew could never read
+/// back, is refused by the SQL API with the field and the fix (migration
+/// 0009); one just inside the range is stored and read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_sql_enqueue_refuses_a_payload_number_no_reader_holds() {
+    run(
+        Backend::Postgres,
+        sql_enqueue_refuses_a_payload_number_no_reader_holds,
+    )
+    .await;
+}
+
+async fn sql_enqueue_refuses_a_payload_number_no_reader_holds(h: &Harness) {
+    let schema = h.schema();
+    let mut app = sqlx::PgConnection::connect(&h.url)
+        .await
+        .expect("app connection");
+    let queue = format!("nums-{}", random_suffix());
+    for payload in [r#"{"n": 1e400}"#, r#"{"a": [{"b": -2e308}]}"#, "1e999"] {
+        let err = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {schema}.enqueue($1, 'k', $2::jsonb)"
+        )))
+        .bind(&queue)
+        .bind(payload)
+        .execute(&mut app)
+        .await
+        .expect_err(payload);
+        let db = err.as_database_error().expect("a database error");
+        assert_eq!(db.code().as_deref(), Some("22023"), "{payload}: {db}");
+        assert!(db.message().contains("invalid payload"), "{db}");
+    }
+    let batch = sqlx::query(AssertSqlSafe(format!(
+        "SELECT * FROM {schema}.enqueue_many($1::jsonb)"
+    )))
+    .bind(format!(
+        r#"[{{"queue": "{queue}", "kind": "k", "payload": {{"n": 1}}}},
+            {{"queue": "{queue}", "kind": "k", "payload": {{"n": 1e400}}}}]"#
+    ))
+    .execute(&mut app)
+    .await
+    .expect_err("a batch with one such payload is refused whole");
+    let db = batch.as_database_error().expect("a database error");
+    assert_eq!(db.code().as_deref(), Some("22023"), "{db}");
+    assert!(db.message().contains("invalid payload"), "{db}");
+    let none: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT count(*) FROM {schema}.jobs WHERE queue = $1"
+    )))
+    .bind(&queue)
+    .fetch_one(&mut app)
+    .await
+    .expect("count");
+    assert_eq!(none, 0, "nothing of the refused writes stored");
+    let id: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT {schema}.enqueue($1, 'k', '{{\"n\": 1e300, \"s\": \"1e400\"}}')"
+    )))
+    .bind(&queue)
+    .fetch_one(&mut app)
+    .await
+    .expect("inside the range");
+    assert_eq!(get(h, id).await.payload, json!({"n": 1e300, "s": "1e400"}));
+    assert_eq!(get(h, id).await.state, JobState::Queued);
+}
+
 /// A job its enqueue claimed that cannot be read back after the commit (a
-/// payload number no `f64` holds, enqueued through SQL) is released at
-/// once, not left running under the claimer until its lease expires.
+/// payload number no `f64` holds, stored through SQL before migration 0009
+/// refused them) is released at once, not left running under the claimer
+/// until its lease expires.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_an_unreadable_job_an_enqueue_claimed_is_handed_back() {
     run(
@@ -2530,6 +2594,13 @@ async fn an_unreadable_job_an_enqueue_claimed_is_handed_back(h: &Harness) {
         .await
         .expect("app connection");
     let queue = format!("odd-{}", random_suffix());
+    // As a row written before 0009's check existed.
+    sqlx::query(AssertSqlSafe(format!(
+        "ALTER TABLE {schema}.jobs DISABLE TRIGGER jobs_payload_numbers"
+    )))
+    .execute(&mut app)
+    .await
+    .expect("without the check");
     let odd: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT {schema}.enqueue($1, 'k', '{{\"n\": 1e400}}')"
     )))
