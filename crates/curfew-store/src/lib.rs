@@ -141,8 +141,10 @@
 //! --  job_id | created
 //! ```
 //!
-//! The functions check queue and kind like the API does (CHECK constraints)
-//! but not [`StoreOptions::max_payload_bytes`]. It runs with the caller's
+//! The functions check queue and kind like the API does (CHECK constraints),
+//! and refuse a payload number beyond a 64-bit float that no JSON reader
+//! of curfew's could read back (a trigger, migration 0009), but not
+//! [`StoreOptions::max_payload_bytes`]. It runs with the caller's
 //! privileges: the application's role needs `USAGE` on the schema and
 //! `INSERT, SELECT` on `curfew.jobs`.
 //!
