@@ -238,8 +238,9 @@ impl PgStore {
 }
 
 /// A job's ten arguments of `enqueue_ms` (and the first ten of
-/// `enqueue_and_claim_ms`), bound in their order.
-fn bind_job<'q>(
+/// `enqueue_and_claim_ms`), bound in their order: every enqueue from Rust
+/// (one job, one that claims, a periodic instant's).
+pub(super) fn bind_job<'q>(
     q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
     job: &'q ValidJob,
 ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {

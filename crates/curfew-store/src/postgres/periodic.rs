@@ -6,6 +6,7 @@
 use sqlx::Row;
 
 use super::PgStore;
+use super::claim::bind_job;
 use crate::error::StoreError;
 use crate::periodic::{PeriodicOutcome, PeriodicState};
 use crate::validate::ValidJob;
@@ -60,18 +61,15 @@ impl PgStore {
                 return Ok(PeriodicOutcome::Passed);
             };
             // `enqueue_ms` sends the queue's NOTIFY, delivered at commit.
-            let id: i64 = sqlx::query_scalar(self.sql(
-                "SELECT job_id FROM {s}.enqueue_ms($1, $2, $3::jsonb, $4, $5, $6, $7)",
-            ))
-            .bind(&job.queue)
-            .bind(&job.kind)
-            .bind(&job.payload)
-            .bind(job.priority)
-            .bind(job.run_at)
-            .bind(job.max_attempts)
-            .bind(&job.idempotency_key)
+            let id: i64 = bind_job(
+                sqlx::query(self.sql(
+                    "SELECT job_id FROM {s}.enqueue_ms($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10)",
+                )),
+                job,
+            )
             .fetch_one(&mut *tx)
-            .await?;
+            .await?
+            .try_get("job_id")?;
             sqlx::query(self.sql(
                 "UPDATE {s}.periodic_schedules SET last_job_id = $1 WHERE name = $2",
             ))
