@@ -94,7 +94,15 @@
 //!     `Window` holder is cleared by the next enqueue of the key after
 //!     `unique_until`. A job does not take its key back (a retry, a failed
 //!     attempt of a `Queued` job), so no transition can conflict.
-//! 11. **A periodic schedule's instant is enqueued at most once**, across
+//! 11. **A row that cannot be read never blocks its queue.** A claimed
+//!     row whose payload no JSON reader of curfew's holds (stored through
+//!     SQL before the store refused such values) is marked `dead` (or
+//!     `cancelled`, if asked) with the reason as its `last_error`, fenced
+//!     by its new token, and left out of the claim; the claim's other jobs
+//!     are handed out. A fault of any other column fails the whole claim:
+//!     that is the store's fault, not one row's, and burying every job it
+//!     took would lose them.
+//! 12. **A periodic schedule's instant is enqueued at most once**, across
 //!     every processor sharing the store and whatever retention pruned:
 //!     [`Store::periodic_advance`] moves the schedule's row forward and
 //!     enqueues in one transaction; a row at or past the instant changes
@@ -350,7 +358,7 @@ impl Store {
         let (queue, kind) = (job.queue.clone(), job.kind.clone());
         let (enqueued, jobs) =
             on_backend!(self, s => s.enqueue_and_claim(job, owner, lease_ms).await)?;
-        let claimed = self.claimed(jobs)?.pop();
+        let claimed = self.claimed(jobs).await?.pop();
         tracing::debug!(
             job_id = enqueued.id,
             queue,
@@ -425,7 +433,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let jobs = on_backend!(self, s => s.claim(queue, limit, owner, lease_ms).await)?;
-        let claimed = self.claimed(jobs)?;
+        let claimed = self.claimed(jobs).await?;
         if !claimed.is_empty() {
             tracing::debug!(queue, owner, count = claimed.len(), "jobs claimed");
         }
@@ -454,15 +462,44 @@ impl Store {
             return Ok((self.complete_many(done).await?, Vec::new()));
         }
         let (ids, jobs) = on_backend!(self, s => s.complete_and_claim(done, queue, limit, owner, lease_ms).await)?;
-        let claimed = self.claimed(jobs)?;
+        let claimed = self.claimed(jobs).await?;
         if !claimed.is_empty() {
             tracing::debug!(queue, owner, count = claimed.len(), "jobs claimed");
         }
         Ok((ids, claimed))
     }
 
-    /// Claimed rows in claim order, each with its lease token.
-    fn claimed(&self, mut jobs: Vec<Job>) -> Result<Vec<Claimed>, StoreError> {
+    /// Claimed rows in claim order, each with its lease token. A row that
+    /// cannot be read ([`row::Unreadable`]) is buried (dead, its reason as
+    /// its last error) and left out, so the queue's other jobs run: one
+    /// such row used to fail every claim that took it.
+    async fn claimed(&self, rows: row::ClaimedRows) -> Result<Vec<Claimed>, StoreError> {
+        for u in &rows.unreadable {
+            let reason = format!(
+                "curfew cannot read this job's stored row: {}; mend the row, then retry the job",
+                u.reason
+            );
+            match on_backend!(self, s => s.bury(u.id, &u.token, &reason).await) {
+                Ok(true) => tracing::warn!(
+                    store = self.name(),
+                    job_id = u.id,
+                    queue = u.queue,
+                    reason = u.reason,
+                    "A claimed job cannot be read; it is marked dead so that its queue's other jobs run. Mend its row, then retry it."
+                ),
+                Ok(false) => {} // No longer ours: another writer has it now.
+                // Its lease runs out instead, as after a crash.
+                Err(e) => tracing::warn!(
+                    store = self.name(),
+                    job_id = u.id,
+                    queue = u.queue,
+                    reason = u.reason,
+                    error = %e,
+                    "A claimed job cannot be read, and marking it dead failed; it is rescued when its lease runs out."
+                ),
+            }
+        }
+        let mut jobs = rows.jobs;
         jobs.sort_by_key(|j| (j.priority, j.run_at, j.id));
         jobs.into_iter()
             .map(|job| match job.lease_token.clone() {

@@ -7,6 +7,64 @@ use sqlx::{ColumnIndex, Decode, Row, Type};
 use super::error::StoreError;
 use super::model::{Job, JobState, QueueStats};
 
+/// A claimed row whose payload no JSON reader holds (a number beyond a
+/// 64-bit float, nesting deeper than serde's limit: written through SQL, or
+/// before the store refused it). It is left out of the claim and buried
+/// (`Store::claimed`) so that the queue's other jobs still run; one such row
+/// used to fail every claim that took it, and then sat `running` until its
+/// lease ran out, blamed on a dead processor.
+#[derive(Debug)]
+pub(crate) struct Unreadable {
+    pub id: i64,
+    pub token: String,
+    pub queue: String,
+    pub reason: String,
+}
+
+/// The rows a claim took: the jobs, and the rows that cannot be read.
+#[derive(Debug, Default)]
+pub(crate) struct ClaimedRows {
+    pub jobs: Vec<Job>,
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// A payload as a backend decodes it: a store fault (the column is missing,
+/// the connection broke) fails the whole read; a value no reader holds is
+/// this row's alone (`Ok(Err(reason))`).
+pub(crate) type Payload = Result<Result<serde_json::Value, String>, StoreError>;
+
+/// Claimed rows into jobs, setting apart each row whose payload cannot be
+/// read. Any other column that cannot be read fails the whole claim: that is
+/// a fault of the store (or of this code), not of one row, and burying every
+/// job it claims would be worse than retrying.
+pub(crate) fn claimed<'r, R>(
+    store: &str,
+    rows: impl IntoIterator<Item = &'r R>,
+    payload: impl Fn(&'r R) -> Payload,
+) -> Result<ClaimedRows, StoreError>
+where
+    R: Row + 'r,
+    &'static str: ColumnIndex<R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    i32: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let db = |e| StoreError::from_sqlx(store, e);
+    let mut out = ClaimedRows::default();
+    for row in rows {
+        match payload(row)? {
+            Ok(value) => out.jobs.push(job(store, row, value)?),
+            Err(reason) => out.unreadable.push(Unreadable {
+                id: row.try_get("id").map_err(db)?,
+                token: row.try_get("lease_token").map_err(db)?,
+                queue: row.try_get("queue").map_err(db)?,
+                reason,
+            }),
+        }
+    }
+    Ok(out)
+}
+
 pub(crate) fn job<'r, R>(
     store: &str,
     row: &'r R,

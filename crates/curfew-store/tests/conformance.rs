@@ -201,10 +201,13 @@ conformance!(
     concurrent_unique_enqueues_make_one_job_per_key_and_scope,
     unique_keys_in_a_batch_and_with_idempotency_keys,
     periodic_instants_are_enqueued_once_across_processors,
+    claims_bury_a_row_that_cannot_be_read_and_hand_out_the_rest,
 );
 
 mod cancel_unique;
 use cancel_unique::*;
+mod unreadable;
+use unreadable::*;
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -2573,54 +2576,6 @@ async fn sql_enqueue_refuses_a_payload_number_no_reader_holds(h: &Harness) {
     .expect("inside the range");
     assert_eq!(get(h, id).await.payload, json!({"n": 1e300, "s": "1e400"}));
     assert_eq!(get(h, id).await.state, JobState::Queued);
-}
-
-/// A job its enqueue claimed that cannot be read back after the commit (a
-/// payload number no `f64` holds, stored through SQL before migration 0009
-/// refused them) is released at once, not left running under the claimer
-/// until its lease expires.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_an_unreadable_job_an_enqueue_claimed_is_handed_back() {
-    run(
-        Backend::Postgres,
-        an_unreadable_job_an_enqueue_claimed_is_handed_back,
-    )
-    .await;
-}
-
-async fn an_unreadable_job_an_enqueue_claimed_is_handed_back(h: &Harness) {
-    let schema = h.schema();
-    let mut app = sqlx::PgConnection::connect(&h.url)
-        .await
-        .expect("app connection");
-    let queue = format!("odd-{}", random_suffix());
-    // As a row written before 0009's check existed.
-    sqlx::query(AssertSqlSafe(format!(
-        "ALTER TABLE {schema}.jobs DISABLE TRIGGER jobs_payload_numbers"
-    )))
-    .execute(&mut app)
-    .await
-    .expect("without the check");
-    let odd: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT {schema}.enqueue($1, 'k', '{{\"n\": 1e400}}')"
-    )))
-    .bind(&queue)
-    .fetch_one(&mut app)
-    .await
-    .expect("enqueue through SQL");
-    let result = h
-        .store
-        .enqueue_and_claim(new_job(&queue), OWNER, LEASE)
-        .await;
-    assert!(result.is_err(), "the odd job read back: {result:?}");
-    let (state, owner): (String, Option<String>) = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT state, lease_owner FROM {schema}.jobs WHERE id = $1"
-    )))
-    .bind(odd)
-    .fetch_one(&mut app)
-    .await
-    .expect("the odd job's row");
-    assert_eq!((state.as_str(), owner), ("queued", None));
 }
 
 /// `enqueue_and_claim_ms` (migration 0008) turns the NOTIFY of its own

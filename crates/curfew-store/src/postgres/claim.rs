@@ -8,7 +8,8 @@ use super::lease::COMPLETE_MANY;
 
 use super::PgStore;
 use crate::error::StoreError;
-use crate::model::{Enqueued, Job};
+use crate::model::Enqueued;
+use crate::row::ClaimedRows;
 use crate::validate::ValidJob;
 
 impl PgStore {
@@ -36,7 +37,7 @@ impl PgStore {
         job: ValidJob,
         owner: &str,
         lease_ms: i64,
-    ) -> Result<(Enqueued, Vec<Job>), StoreError> {
+    ) -> Result<(Enqueued, ClaimedRows), StoreError> {
         let sql = self.sql(
             "SELECT r.job_id, r.created, (r.claimed).*
              FROM {s}.enqueue_and_claim_ms($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10, $11, $12) AS r",
@@ -47,32 +48,50 @@ impl PgStore {
             .fetch_one(&self.pool)
             .await
             .map_err(|e| self.err(e))?;
-        // Committed already: a claimed row that cannot be read (a payload
-        // serde cannot hold, written through SQL) is handed back rather
-        // than left running under this owner until its lease expires.
-        let read = self.enqueued(&row).and_then(|enqueued| {
-            let claimed = self.claimed_job(&row)?;
-            Ok((enqueued, claimed.into_iter().collect()))
-        });
-        if read.is_err()
-            && let (Ok(Some(id)), Ok(Some(token))) = (
-                row.try_get::<Option<i64>, _>("id"),
-                row.try_get::<Option<String>, _>("lease_token"),
-            )
-        {
-            // Best effort: the lease runs out otherwise, as after a crash.
-            let _ = self
-                .release(&[(id, token)], "claimed by an enqueue, unreadable")
-                .await;
-        }
-        read
+        let claimed = self.claimed(self.claim_rows(std::slice::from_ref(&row))?)?;
+        Ok((self.enqueued(&row)?, claimed))
     }
 
-    /// The claimed job of a row of [`COMPLETE_AND_CLAIM`] or of
-    /// `enqueue_and_claim_ms`: `None` on the row that stands for no claim.
-    fn claimed_job(&self, row: &sqlx::postgres::PgRow) -> Result<Option<Job>, StoreError> {
-        let id: Option<i64> = row.try_get("id").map_err(|e| self.err(e))?;
-        id.map(|_| self.job(row)).transpose()
+    /// The rows of [`COMPLETE_AND_CLAIM`] or of `enqueue_and_claim_ms` that
+    /// hold a claimed job: both stand for "no claim" with a row of NULLs.
+    fn claim_rows<'r>(
+        &self,
+        rows: &'r [sqlx::postgres::PgRow],
+    ) -> Result<Vec<&'r sqlx::postgres::PgRow>, StoreError> {
+        let mut with_job = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: Option<i64> = row.try_get("id").map_err(|e| self.err(e))?;
+            if id.is_some() {
+                with_job.push(row);
+            }
+        }
+        Ok(with_job)
+    }
+
+    /// A claimed row that cannot be read, out of play: dead (or cancelled,
+    /// if a cancel was asked for) with `reason` as its last error, if
+    /// `token` still holds it. Retrying it would fail the same way; an
+    /// operator who mends the row can retry it.
+    pub(crate) async fn bury(
+        &self,
+        id: i64,
+        token: &str,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(self.sql(
+            "UPDATE {s}.jobs SET
+                 state = CASE WHEN cancel_requested_at IS NULL THEN 'dead' ELSE 'cancelled' END,
+                 finished_at = {s}.now_ms(), last_error = $3, updated_at = {s}.now_ms(),
+                 lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+             WHERE id = $1 AND lease_token = $2 AND state = 'running'",
+        ))
+        .bind(id)
+        .bind(token)
+        .bind(reason)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(done.rows_affected() == 1)
     }
 
     fn enqueue_query<'q>(
@@ -166,7 +185,7 @@ impl PgStore {
         limit: u32,
         owner: &str,
         lease_ms: i64,
-    ) -> Result<Vec<Job>, StoreError> {
+    ) -> Result<ClaimedRows, StoreError> {
         let (_, claimed) = self
             .complete_and_claim(&[], queue, limit, owner, lease_ms)
             .await?;
@@ -188,7 +207,7 @@ impl PgStore {
         limit: u32,
         owner: &str,
         lease_ms: i64,
-    ) -> Result<(Vec<i64>, Vec<Job>), StoreError> {
+    ) -> Result<(Vec<i64>, ClaimedRows), StoreError> {
         let (ids, tokens) = super::lease::id_token_arrays(done);
         let rows = self
             .complete_and_claim_query(&ids, &tokens, queue, limit, owner, lease_ms)
@@ -221,7 +240,7 @@ impl PgStore {
     fn completed_and_claimed(
         &self,
         rows: &[sqlx::postgres::PgRow],
-    ) -> Result<(Vec<i64>, Vec<Job>), StoreError> {
+    ) -> Result<(Vec<i64>, ClaimedRows), StoreError> {
         let completed = match rows.first() {
             Some(row) => row
                 .try_get::<Option<Vec<i64>>, _>("completed_ids")
@@ -229,11 +248,7 @@ impl PgStore {
                 .unwrap_or_default(),
             None => Vec::new(),
         };
-        let mut claimed = Vec::with_capacity(rows.len());
-        for row in rows {
-            claimed.extend(self.claimed_job(row)?);
-        }
-        Ok((completed, claimed))
+        Ok((completed, self.claimed(self.claim_rows(rows)?)?))
     }
 }
 

@@ -191,10 +191,34 @@ impl PgStore {
         AssertSqlSafe(template.replace("{s}", &self.schema))
     }
 
+    /// A row's payload ([`row::Payload`]): jsonb that serde cannot hold (a
+    /// number beyond a 64-bit float, nesting past serde's limit) is this
+    /// row's fault alone.
+    fn payload(&self, row: &PgRow) -> row::Payload {
+        match row.try_get::<Json<serde_json::Value>, _>("payload") {
+            Ok(Json(payload)) => Ok(Ok(payload)),
+            Err(sqlx::Error::ColumnDecode { source, .. }) => {
+                Ok(Err(format!("its payload cannot be read: {source}")))
+            }
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
     fn job(&self, row: &PgRow) -> Result<Job, StoreError> {
-        let Json(payload): Json<serde_json::Value> =
-            row.try_get("payload").map_err(|e| self.err(e))?;
+        let payload = self.payload(row)?.map_err(|reason| StoreError::Corrupt {
+            store: self.name.to_string(),
+            id: row.try_get("id").unwrap_or_default(),
+            reason,
+        })?;
         row::job(&self.name, row, payload)
+    }
+
+    /// The rows of a claim, those that cannot be read set apart.
+    fn claimed<'r>(
+        &self,
+        rows: impl IntoIterator<Item = &'r PgRow>,
+    ) -> Result<row::ClaimedRows, StoreError> {
+        row::claimed(&self.name, rows, |r| self.payload(r))
     }
 
     fn jobs(&self, rows: &[PgRow]) -> Result<Vec<Job>, StoreError> {

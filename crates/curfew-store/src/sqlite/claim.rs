@@ -2,7 +2,8 @@
 
 use super::SqliteStore;
 use crate::error::StoreError;
-use crate::model::{Enqueued, Job, now_ms};
+use crate::model::{Enqueued, now_ms};
+use crate::row::ClaimedRows;
 use crate::validate::ValidJob;
 
 impl SqliteStore {
@@ -106,7 +107,7 @@ impl SqliteStore {
         job: ValidJob,
         owner: &str,
         lease_ms: i64,
-    ) -> Result<(Enqueued, Vec<Job>), StoreError> {
+    ) -> Result<(Enqueued, ClaimedRows), StoreError> {
         let now = now_ms();
         let mut w = self.begin_write().await?;
         let result = async {
@@ -118,10 +119,12 @@ impl SqliteStore {
         }
         .await;
         let (enqueued, rows) = w.finish(&self.name, result).await?;
-        let claimed = self.jobs(&rows)?;
+        let claimed = self.claimed(&rows)?;
         // Other processors of this file: the new job waits if the claim
         // took another one.
-        if enqueued.created && !claimed.iter().any(|j| j.id == enqueued.id) {
+        let took_it = claimed.jobs.iter().any(|j| j.id == enqueued.id)
+            || claimed.unreadable.iter().any(|u| u.id == enqueued.id);
+        if enqueued.created && !took_it {
             self.wake(&job.queue);
         }
         Ok((enqueued, claimed))
@@ -133,14 +136,40 @@ impl SqliteStore {
         limit: u32,
         owner: &str,
         lease_ms: i64,
-    ) -> Result<Vec<Job>, StoreError> {
+    ) -> Result<ClaimedRows, StoreError> {
         // One statement: its own write transaction (see `writer_turn`).
         let _turn = self.writer_turn().await;
         let rows = claim_query(queue, limit, owner, lease_ms, now_ms())
             .fetch_all(&self.pool)
             .await
             .map_err(|e| self.err(e))?;
-        self.jobs(&rows)
+        self.claimed(&rows)
+    }
+
+    /// A claimed row that cannot be read, out of play: dead (or cancelled,
+    /// if a cancel was asked for) with `reason` as its last error, if
+    /// `token` still holds it. Retrying it would fail the same way; an
+    /// operator who mends the row can retry it.
+    pub(crate) async fn bury(
+        &self,
+        id: i64,
+        token: &str,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        self.fenced_write(
+            sqlx::query(
+                "UPDATE jobs SET
+                     state = CASE WHEN cancel_requested_at IS NULL THEN 'dead' ELSE 'cancelled' END,
+                     finished_at = ?4, last_error = ?3, updated_at = ?4,
+                     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+                 WHERE id = ?1 AND lease_token = ?2 AND state = 'running'",
+            )
+            .bind(id)
+            .bind(token)
+            .bind(reason)
+            .bind(now_ms()),
+        )
+        .await
     }
 
     /// `complete_many`'s statement and then `claim`'s in one write
@@ -152,7 +181,7 @@ impl SqliteStore {
         limit: u32,
         owner: &str,
         lease_ms: i64,
-    ) -> Result<(Vec<i64>, Vec<Job>), StoreError> {
+    ) -> Result<(Vec<i64>, ClaimedRows), StoreError> {
         let pairs =
             serde_json::to_string(done).map_err(|e| StoreError::invalid("jobs", e.to_string()))?;
         let now = now_ms();
@@ -172,7 +201,7 @@ impl SqliteStore {
         }
         .await;
         let (ids, rows) = w.finish(&self.name, result).await?;
-        Ok((ids, self.jobs(&rows)?))
+        Ok((ids, self.claimed(&rows)?))
     }
 }
 

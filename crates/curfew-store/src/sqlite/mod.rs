@@ -247,14 +247,33 @@ impl SqliteStore {
         Ok(WriteTx { tx, _turn: turn })
     }
 
+    /// A row's payload ([`row::Payload`]): text that `json_valid` passed
+    /// but serde cannot hold (a number beyond a 64-bit float, nesting past
+    /// serde's limit) is this row's fault alone.
+    fn payload(&self, row: &SqliteRow) -> row::Payload {
+        let payload = match row.try_get::<&str, _>("payload") {
+            Ok(payload) => payload,
+            Err(sqlx::Error::ColumnDecode { source, .. }) => {
+                return Ok(Err(format!("its payload cannot be read: {source}")));
+            }
+            Err(e) => return Err(self.err(e)),
+        };
+        Ok(serde_json::from_str(payload)
+            .map_err(|e| format!("its payload is not JSON serde can hold: {e}")))
+    }
+
     fn job(&self, row: &SqliteRow) -> Result<Job, StoreError> {
-        let payload: String = row.try_get("payload").map_err(|e| self.err(e))?;
-        let payload = serde_json::from_str(&payload).map_err(|e| StoreError::Corrupt {
+        let payload = self.payload(row)?.map_err(|reason| StoreError::Corrupt {
             store: self.name.to_string(),
             id: row.try_get("id").unwrap_or_default(),
-            reason: format!("payload is not JSON: {e}"),
+            reason,
         })?;
         row::job(&self.name, row, payload)
+    }
+
+    /// The rows of a claim, those that cannot be read set apart.
+    fn claimed(&self, rows: &[SqliteRow]) -> Result<row::ClaimedRows, StoreError> {
+        row::claimed(&self.name, rows, |r| self.payload(r))
     }
 
     fn jobs(&self, rows: &[SqliteRow]) -> Result<Vec<Job>, StoreError> {

@@ -1,0 +1,134 @@
+//! Conformance case for a job row whose payload no JSON reader holds (a
+//! number beyond a 64-bit float: written through SQL, or stored before the
+//! store refused it), run on both backends by `conformance!`: every way of
+//! claiming sets it apart, buries it and hands out the queue's other jobs.
+
+use curfew_store::NewJob;
+use sqlx::{AssertSqlSafe, Connection};
+
+use super::{Backend, Harness, LEASE, OWNER, enqueue, exec_sql, new_job, random_suffix};
+
+/// Makes job `id`'s stored payload one serde cannot read (`1e400`, which
+/// both SQLite's `json_valid` and PostgreSQL's jsonb accept).
+async fn spoil(h: &Harness, id: i64) {
+    if h.backend == Backend::Postgres {
+        // As a row stored before migration 0009's check existed.
+        exec_sql(
+            h,
+            "ALTER TABLE {s}jobs DISABLE TRIGGER jobs_payload_numbers",
+        )
+        .await;
+    }
+    exec_sql(
+        h,
+        &format!("UPDATE {{s}}jobs SET payload = '{{\"n\": 1e400}}' WHERE id = {id}"),
+    )
+    .await;
+}
+
+/// A job's state, last error and lease owner, read beside the store (the
+/// store itself cannot read a spoiled row back).
+async fn row_of(h: &Harness, id: i64) -> (String, Option<String>, Option<String>) {
+    let sql = "SELECT state, last_error, lease_owner FROM {s}jobs WHERE id = $1";
+    match h.backend {
+        Backend::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(&h.url)
+                .await
+                .expect("sqlite connection");
+            let row = sqlx::query_as(AssertSqlSafe(sql.replace("{s}", "").replace('$', "?")))
+                .bind(id)
+                .fetch_one(&mut conn)
+                .await
+                .expect("the job's row");
+            conn.close().await.expect("close");
+            row
+        }
+        Backend::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(&h.url)
+                .await
+                .expect("pg connection");
+            let row = sqlx::query_as(AssertSqlSafe(
+                sql.replace("{s}", &format!("{}.", h.schema())),
+            ))
+            .bind(id)
+            .fetch_one(&mut conn)
+            .await
+            .expect("the job's row");
+            conn.close().await.expect("close");
+            row
+        }
+    }
+}
+
+async fn assert_buried(h: &Harness, id: i64) {
+    let (state, error, owner) = row_of(h, id).await;
+    assert_eq!((state.as_str(), owner), ("dead", None), "job {id}");
+    let error = error.unwrap_or_default();
+    assert!(
+        error.contains("cannot read this job's stored row") && error.contains("payload"),
+        "job {id}: {error}"
+    );
+}
+
+pub(crate) async fn claims_bury_a_row_that_cannot_be_read_and_hand_out_the_rest(h: &Harness) {
+    let queue = format!("odd-{}", random_suffix());
+    let first = enqueue(h, new_job(&queue)).await;
+    let odd = enqueue(h, new_job(&queue)).await;
+    let last = enqueue(h, new_job(&queue)).await;
+    spoil(h, odd).await;
+
+    // A claim of several: the readable ones come out, the odd one is dead.
+    let claimed = h
+        .store
+        .claim(&queue, 10, OWNER, LEASE)
+        .await
+        .expect("a claim with an unreadable row in it");
+    let ids: Vec<i64> = claimed.iter().map(|c| c.job.id).collect();
+    assert_eq!(ids, vec![first, last]);
+    assert_buried(h, odd).await;
+
+    // The group commit's write: the completion lands and is reported.
+    let odd = enqueue(h, new_job(&queue)).await;
+    let next = enqueue(h, new_job(&queue)).await;
+    spoil(h, odd).await;
+    let done = [(claimed[0].job.id, claimed[0].token.clone())];
+    let (completed, claimed) = h
+        .store
+        .complete_and_claim(&done, &queue, 10, OWNER, LEASE)
+        .await
+        .expect("completions and a claim with an unreadable row in it");
+    assert_eq!(completed, vec![first]);
+    assert_eq!(
+        claimed.iter().map(|c| c.job.id).collect::<Vec<_>>(),
+        vec![next]
+    );
+    assert_buried(h, odd).await;
+
+    // An enqueue that claims takes the odd job ahead of its own: the odd
+    // one is buried, the new one waits for the next claim.
+    let odd = enqueue(
+        h,
+        NewJob {
+            priority: -1,
+            ..new_job(&queue)
+        },
+    )
+    .await;
+    spoil(h, odd).await;
+    let (enqueued, claimed) = h
+        .store
+        .enqueue_and_claim(new_job(&queue), OWNER, LEASE)
+        .await
+        .expect("an enqueue whose claim takes an unreadable row");
+    assert!(claimed.is_none(), "{claimed:?}");
+    assert_buried(h, odd).await;
+    let claimed = h
+        .store
+        .claim(&queue, 10, OWNER, LEASE)
+        .await
+        .expect("claim");
+    assert_eq!(
+        claimed.iter().map(|c| c.job.id).collect::<Vec<_>>(),
+        vec![enqueued.id]
+    );
+}
