@@ -14,6 +14,7 @@ use super::model::JobState;
 /// - [`Unavailable`](StoreError::Unavailable): the database cannot be reached
 ///   or is busy right now; retry with backoff ([`StoreError::is_retryable`]).
 /// - [`Database`](StoreError::Database), [`Migration`](StoreError::Migration),
+///   [`NewerSchema`](StoreError::NewerSchema),
 ///   [`Corrupt`](StoreError::Corrupt): anything else; a bug or an operator's
 ///   problem.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +52,18 @@ pub enum StoreError {
         store: String,
         #[source]
         source: sqlx::Error,
+    },
+
+    /// The store's schema has a migration this build does not know: a
+    /// newer curfew migrated it (a rollback after an upgrade). Refused
+    /// rather than run against a schema this code was not written for.
+    #[error(
+        "job store {store} was migrated by a newer curfew: its schema has migration {applied}, this curfew knows migrations up to {known}. Run the newer curfew, or restore the store from a backup taken before the upgrade (curfew never downgrades a store's schema)"
+    )]
+    NewerSchema {
+        store: String,
+        applied: i64,
+        known: i64,
     },
 
     #[error("job store {store}: migration failed: {source}")]
@@ -100,6 +113,26 @@ impl StoreError {
 
     /// Sorts a database error into [`StoreError::Unavailable`] or
     /// [`StoreError::Database`]. `store` names the store (password redacted).
+    /// A failed migration run of `migrator`: a migration applied to the
+    /// store that `migrator` does not have is [`StoreError::NewerSchema`].
+    pub(crate) fn from_migration(
+        store: &str,
+        migrator: &sqlx::migrate::Migrator,
+        source: sqlx::migrate::MigrateError,
+    ) -> Self {
+        match source {
+            sqlx::migrate::MigrateError::VersionMissing(applied) => StoreError::NewerSchema {
+                store: store.to_owned(),
+                applied,
+                known: migrator.iter().map(|m| m.version).max().unwrap_or(0),
+            },
+            source => StoreError::Migration {
+                store: store.to_owned(),
+                source,
+            },
+        }
+    }
+
     pub(crate) fn from_sqlx(store: &str, source: sqlx::Error) -> Self {
         let store = store.to_owned();
         if is_unavailable(&source) {

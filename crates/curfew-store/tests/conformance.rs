@@ -190,6 +190,7 @@ conformance!(
     listen_wakes_on_enqueue,
     an_enqueue_that_claims_its_own_job_wakes_no_one,
     concurrent_opens_migrate_once,
+    a_store_a_newer_curfew_migrated_is_refused_by_name,
     retention_prunes_only_finished_jobs_past_their_period,
     retention_deletes_in_bounded_batches,
     stats_count_only_jobs_in_play,
@@ -2510,6 +2511,38 @@ async fn concurrent_opens_migrate_once(h: &Harness) {
         .expect("reopen")
         .close()
         .await;
+}
+
+/// A rollback to an older curfew after a newer one migrated the store: the
+/// open is refused with an error that says so and what to do, and the
+/// schema is left as it is.
+async fn a_store_a_newer_curfew_migrated_is_refused_by_name(h: &Harness) {
+    // A migration from the future, as a newer curfew would have recorded it.
+    exec_sql(
+        h,
+        "INSERT INTO {s}_sqlx_migrations (version, description, success, checksum, execution_time)
+         SELECT 99990001, 'from a newer curfew', true, checksum, 1
+         FROM {s}_sqlx_migrations WHERE version = 1",
+    )
+    .await;
+    let err = Store::open_with(&h.url, h.options.clone())
+        .await
+        .map(|_| ())
+        .expect_err("an older curfew opened a newer schema");
+    let text = err.to_string();
+    assert!(
+        matches!(err, StoreError::NewerSchema { applied: 99990001, known, .. } if known > 0 && known < 99990001),
+        "{err:?}"
+    );
+    assert!(
+        text.contains("migrated by a newer curfew")
+            && text.contains("99990001")
+            && text.contains("restore the store from a backup"),
+        "{text}"
+    );
+    // Still usable by the curfew that opened it first.
+    let id = enqueue(h, new_job("q")).await;
+    assert_eq!(get(h, id).await.id, id);
 }
 
 // ---------------------------------------------------------------------------

@@ -165,10 +165,7 @@ impl PgStore {
         MIGRATOR
             .run_direct(None, &mut conn, false)
             .await
-            .map_err(|source| StoreError::Migration {
-                store: self.name.to_string(),
-                source,
-            })?;
+            .map_err(|source| StoreError::from_migration(&self.name, &MIGRATOR, source))?;
         // Closing the session releases the advisory lock.
         let _ = sqlx::Connection::close(conn).await;
         Ok(())

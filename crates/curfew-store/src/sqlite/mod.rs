@@ -207,10 +207,7 @@ impl SqliteStore {
                 .map_err(|e| StoreError::from_sqlx(&self.name, e)),
             Err(source) => {
                 let _ = tx.rollback().await;
-                Err(StoreError::Migration {
-                    store: self.name.to_string(),
-                    source,
-                })
+                Err(StoreError::from_migration(&self.name, &MIGRATOR, source))
             }
         }
     }
