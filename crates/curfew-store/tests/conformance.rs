@@ -2611,6 +2611,17 @@ async fn sql_enqueue_refuses_a_payload_number_no_reader_holds(h: &Harness) {
     assert_eq!(get(h, id).await.state, JobState::Queued);
 }
 
+/// A claim that fails for a reason of the store's, not of one row's,
+/// buries nothing (PostgreSQL: its column types can be changed by hand).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_payload_column_of_another_type_buries_nothing() {
+    run(
+        Backend::Postgres,
+        a_payload_column_of_another_type_buries_nothing,
+    )
+    .await;
+}
+
 /// `enqueue_and_claim_ms` (migration 0008) turns the NOTIFY of its own
 /// enqueue off and puts the setting back: an enqueue after it in the same
 /// transaction still wakes its queue.

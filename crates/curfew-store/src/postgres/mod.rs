@@ -190,11 +190,14 @@ impl PgStore {
 
     /// A row's payload ([`row::Payload`]): jsonb that serde cannot hold (a
     /// number beyond a 64-bit float, nesting past serde's limit) is this
-    /// row's fault alone.
+    /// row's fault alone. Any other failure (a missing column, a type this
+    /// code does not expect) would fail every row alike: the store's fault.
     fn payload(&self, row: &PgRow) -> row::Payload {
         match row.try_get::<Json<serde_json::Value>, _>("payload") {
             Ok(Json(payload)) => Ok(Ok(payload)),
-            Err(sqlx::Error::ColumnDecode { source, .. }) => {
+            Err(sqlx::Error::ColumnDecode { source, .. })
+                if source.downcast_ref::<serde_json::Error>().is_some() =>
+            {
                 Ok(Err(format!("its payload cannot be read: {source}")))
             }
             Err(e) => Err(self.err(e)),

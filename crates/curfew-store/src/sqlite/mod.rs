@@ -246,17 +246,13 @@ impl SqliteStore {
 
     /// A row's payload ([`row::Payload`]): text that `json_valid` passed
     /// but serde cannot hold (a number beyond a 64-bit float, nesting past
-    /// serde's limit) is this row's fault alone.
+    /// serde's limit) is this row's fault alone. A payload that is not text
+    /// at all fails the read: the column's CHECK rules that out, so it
+    /// would be the store's fault.
     fn payload(&self, row: &SqliteRow) -> row::Payload {
-        let payload = match row.try_get::<&str, _>("payload") {
-            Ok(payload) => payload,
-            Err(sqlx::Error::ColumnDecode { source, .. }) => {
-                return Ok(Err(format!("its payload cannot be read: {source}")));
-            }
-            Err(e) => return Err(self.err(e)),
-        };
+        let payload: &str = row.try_get("payload").map_err(|e| self.err(e))?;
         Ok(serde_json::from_str(payload)
-            .map_err(|e| format!("its payload is not JSON serde can hold: {e}")))
+            .map_err(|e| format!("its payload is not JSON curfew can read: {e}")))
     }
 
     fn job(&self, row: &SqliteRow) -> Result<Job, StoreError> {

@@ -132,3 +132,23 @@ pub(crate) async fn claims_bury_a_row_that_cannot_be_read_and_hand_out_the_rest(
         vec![enqueued.id]
     );
 }
+
+/// A fault of the store rather than of one row (here the payload column is
+/// no longer the type this code reads, as after a botched manual change)
+/// fails the claim as a whole and buries nothing: every job it took is
+/// still there to be rescued, none marked dead.
+pub(crate) async fn a_payload_column_of_another_type_buries_nothing(h: &Harness) {
+    let queue = format!("odd-{}", random_suffix());
+    let ids = [
+        enqueue(h, new_job(&queue)).await,
+        enqueue(h, new_job(&queue)).await,
+    ];
+    exec_sql(h, "DROP TRIGGER jobs_payload_numbers ON {s}jobs").await;
+    exec_sql(h, "ALTER TABLE {s}jobs ALTER COLUMN payload TYPE text").await;
+    let claimed = h.store.claim(&queue, 10, OWNER, LEASE).await;
+    assert!(claimed.is_err(), "{claimed:?}");
+    for id in ids {
+        let (state, error, _) = row_of(h, id).await;
+        assert_eq!((state.as_str(), error), ("running", None), "job {id}");
+    }
+}
