@@ -99,7 +99,15 @@ pub struct Job {
     pub id: i64,
     pub queue: String,
     pub kind: String,
+    /// Null when [`payload_error`](Job::payload_error) is set.
     pub payload: serde_json::Value,
+    /// Why the stored payload cannot be read (written through SQL with a
+    /// value curfew's JSON reader does not hold); shown by the reads
+    /// ([`Store::get`](super::Store::get), [`Store::list`](super::Store::list))
+    /// so an operator can see and mend the job. Such a job is never
+    /// delivered: a claim marks it dead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_error: Option<String>,
     /// Lower runs first.
     pub priority: i32,
     /// Not claimable before this time.
@@ -433,6 +441,7 @@ mod tests {
             queue: "q".into(),
             kind: "k".into(),
             payload: serde_json::json!({}),
+            payload_error: None,
             priority: 0,
             run_at: 0,
             attempt: 1,

@@ -53,7 +53,7 @@ where
     let mut out = ClaimedRows::default();
     for row in rows {
         match payload(row)? {
-            Ok(value) => out.jobs.push(job(store, row, value)?),
+            Ok(value) => out.jobs.push(job(store, row, Ok(value))?),
             Err(reason) => out.unreadable.push(Unreadable {
                 id: row.try_get("id").map_err(db)?,
                 token: row.try_get("lease_token").map_err(db)?,
@@ -65,10 +65,12 @@ where
     Ok(out)
 }
 
+/// A row into a [`Job`]; a payload that cannot be read (`Err(reason)`)
+/// becomes a null payload with its [`Job::payload_error`].
 pub(crate) fn job<'r, R>(
     store: &str,
     row: &'r R,
-    payload: serde_json::Value,
+    payload: Result<serde_json::Value, String>,
 ) -> Result<Job, StoreError>
 where
     R: Row,
@@ -89,7 +91,8 @@ where
         id,
         queue: row.try_get("queue").map_err(db)?,
         kind: row.try_get("kind").map_err(db)?,
-        payload,
+        payload: payload.as_ref().cloned().unwrap_or_default(),
+        payload_error: payload.err(),
         priority: row.try_get("priority").map_err(db)?,
         run_at: row.try_get("run_at").map_err(db)?,
         attempt: row.try_get("attempt").map_err(db)?,

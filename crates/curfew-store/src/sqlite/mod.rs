@@ -255,13 +255,11 @@ impl SqliteStore {
             .map_err(|e| format!("its payload is not JSON curfew can read: {e}")))
     }
 
+    /// A row read for an operator (get, list): a payload that cannot be
+    /// read is shown as such ([`Job::payload_error`]), not an error for
+    /// the whole read.
     fn job(&self, row: &SqliteRow) -> Result<Job, StoreError> {
-        let payload = self.payload(row)?.map_err(|reason| StoreError::Corrupt {
-            store: self.name.to_string(),
-            id: row.try_get("id").unwrap_or_default(),
-            reason,
-        })?;
-        row::job(&self.name, row, payload)
+        row::job(&self.name, row, self.payload(row)?)
     }
 
     /// The rows of a claim, those that cannot be read set apart.

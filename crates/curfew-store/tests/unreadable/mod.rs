@@ -3,7 +3,7 @@
 //! store refused it), run on both backends by `conformance!`: every way of
 //! claiming sets it apart, buries it and hands out the queue's other jobs.
 
-use curfew_store::NewJob;
+use curfew_store::{JobState, ListFilter, NewJob};
 use sqlx::{AssertSqlSafe, Connection};
 
 use super::{Backend, Harness, LEASE, OWNER, enqueue, exec_sql, new_job, random_suffix};
@@ -60,6 +60,9 @@ async fn row_of(h: &Harness, id: i64) -> (String, Option<String>, Option<String>
     }
 }
 
+/// Dead, saying why, and still readable by an operator: `get` and a
+/// listing with payloads show it with its payload's error instead of
+/// failing as a whole.
 async fn assert_buried(h: &Harness, id: i64) {
     let (state, error, owner) = row_of(h, id).await;
     assert_eq!((state.as_str(), owner), ("dead", None), "job {id}");
@@ -67,6 +70,33 @@ async fn assert_buried(h: &Harness, id: i64) {
     assert!(
         error.contains("cannot read this job's stored row") && error.contains("payload"),
         "job {id}: {error}"
+    );
+    let job = h.store.get(id).await.expect("get").expect("the job");
+    assert_eq!(job.state, JobState::Dead);
+    assert_eq!(job.payload, serde_json::Value::Null);
+    assert!(
+        job.payload_error
+            .as_deref()
+            .is_some_and(|e| e.contains("payload")),
+        "{job:?}"
+    );
+    let listed = h
+        .store
+        .list(ListFilter {
+            queue: Some(job.queue.clone()),
+            with_payload: true,
+            ..ListFilter::default()
+        })
+        .await
+        .expect("a listing with payloads");
+    let shown = listed.iter().find(|j| j.id == id).expect("listed");
+    assert!(shown.payload_error.is_some(), "{shown:?}");
+    assert!(
+        listed
+            .iter()
+            .filter(|j| j.id != id && j.state != JobState::Dead)
+            .all(|j| j.payload_error.is_none() && j.payload == serde_json::json!({"n": 1})),
+        "{listed:?}"
     );
 }
 
