@@ -68,10 +68,8 @@ impl PgStore {
         Ok(with_job)
     }
 
-    /// A claimed row that cannot be read, out of play: dead (or cancelled,
-    /// if a cancel was asked for) with `reason` as its last error, if
-    /// `token` still holds it. Retrying it would fail the same way; an
-    /// operator who mends the row can retry it.
+    /// A claimed row that cannot be read, out of play (`Store::claimed`):
+    /// dead, or cancelled if asked, with `reason` as its last error.
     pub(crate) async fn bury(
         &self,
         id: i64,

@@ -146,10 +146,8 @@ impl SqliteStore {
         self.claimed(&rows)
     }
 
-    /// A claimed row that cannot be read, out of play: dead (or cancelled,
-    /// if a cancel was asked for) with `reason` as its last error, if
-    /// `token` still holds it. Retrying it would fail the same way; an
-    /// operator who mends the row can retry it.
+    /// As PostgreSQL's `bury`: dead (or cancelled) with `reason`, if
+    /// `token` still holds the row.
     pub(crate) async fn bury(
         &self,
         id: i64,
