@@ -111,8 +111,6 @@ impl StoreError {
         }
     }
 
-    /// Sorts a database error into [`StoreError::Unavailable`] or
-    /// [`StoreError::Database`]. `store` names the store (password redacted).
     /// A failed migration run of `migrator`: a migration applied to the
     /// store that `migrator` does not have is [`StoreError::NewerSchema`].
     pub(crate) fn from_migration(
@@ -133,6 +131,8 @@ impl StoreError {
         }
     }
 
+    /// Sorts a database error into [`StoreError::Unavailable`] or
+    /// [`StoreError::Database`]. `store` names the store (password redacted).
     pub(crate) fn from_sqlx(store: &str, source: sqlx::Error) -> Self {
         let store = store.to_owned();
         if is_unavailable(&source) {
