@@ -20,6 +20,7 @@ mod hooks;
 mod jobs;
 mod jobs_api_bounds;
 mod jobs_cancel;
+mod jobs_unreadable;
 mod local_security;
 mod logs;
 mod metrics;

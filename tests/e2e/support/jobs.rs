@@ -75,6 +75,36 @@ impl TestStore {
         });
     }
 
+    /// Runs one statement on the store beside curfew, as an application or
+    /// an operator would (`{s}`: the jobs table's schema prefix, empty on
+    /// SQLite).
+    pub fn exec(&self, template: &str) {
+        let (url, schema) = (self.url.clone(), self.schema.clone());
+        let sql = match &schema {
+            None => template.replace("{s}", ""),
+            Some(s) => template.replace("{s}", &format!("{s}.")),
+        };
+        run_async(async move {
+            use sqlx::Connection;
+            let statement = sqlx::AssertSqlSafe(sql);
+            if schema.is_some() {
+                let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+                sqlx::query(statement)
+                    .execute(&mut conn)
+                    .await
+                    .expect("statement");
+            } else {
+                let mut conn = sqlx::SqliteConnection::connect(&url)
+                    .await
+                    .expect("connect");
+                sqlx::query(statement)
+                    .execute(&mut conn)
+                    .await
+                    .expect("statement");
+            }
+        });
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("jobs.log")
     }
