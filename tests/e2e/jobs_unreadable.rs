@@ -28,12 +28,17 @@ fn a_row_curfew_cannot_read_is_buried_and_its_queue_runs_on(store: TestStore) {
         // As a row stored before migration 0009's check existed.
         store.exec("ALTER TABLE {s}jobs DISABLE TRIGGER jobs_payload_numbers");
     }
-    // Ahead of everything enqueued after it: claimed with the good jobs.
+    // Paused while the queue fills, so that one claim takes the odd row
+    // (first in claim order) together with good jobs.
+    let (code, out, err) = c.ctl(&["jobs", "pause", "default"]);
+    assert_eq!(code, 0, "{out}{err}");
     store.exec(
         "INSERT INTO {s}jobs (queue, kind, payload, run_at, created_at, updated_at)
          VALUES ('default', 'noop', '{\"n\": 1e400}', 0, 0, 0)",
     );
     let good = enqueue_many(admin, (0..20).map(|_| job_body("noop", "{}")).collect(), 2);
+    let (code, out, err) = c.ctl(&["jobs", "resume", "default"]);
+    assert_eq!(code, 0, "{out}{err}");
     wait_until("the good jobs done", Duration::from_secs(15), || {
         let jobs = store.jobs();
         good.iter().all(|id| {

@@ -118,12 +118,17 @@ impl StoreError {
         migrator: &sqlx::migrate::Migrator,
         source: sqlx::migrate::MigrateError,
     ) -> Self {
+        let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
         match source {
-            sqlx::migrate::MigrateError::VersionMissing(applied) => StoreError::NewerSchema {
-                store: store.to_owned(),
-                applied,
-                known: migrator.iter().map(|m| m.version).max().unwrap_or(0),
-            },
+            // One this build should have had (renumbered, removed) is a
+            // plain migration error, not a newer curfew's.
+            sqlx::migrate::MigrateError::VersionMissing(applied) if applied > known => {
+                StoreError::NewerSchema {
+                    store: store.to_owned(),
+                    applied,
+                    known,
+                }
+            }
             source => StoreError::Migration {
                 store: store.to_owned(),
                 source,

@@ -83,8 +83,8 @@
 //! 9. **A run with a pending cancel is never retried.** [`Store::cancel`]
 //!    on a running job sets `cancel_requested_at`; from then on every end
 //!    of the run but a success ([`Store::finish_cancelled`], `fail`,
-//!    `snooze`, `release`, rescue, reclaim) writes `cancelled`. A retry by
-//!    hand clears the request.
+//!    `snooze`, `release`, rescue, reclaim, the burial of an unreadable
+//!    row) writes `cancelled`. A retry by hand clears the request.
 //! 10. **At most one job holds a unique key** ([`Unique`]): the key is
 //!     stored in `unique_holder` under a partial unique index, so a duplicate
 //!     enqueue conflicts in the database and returns the holder (`created:
@@ -95,13 +95,14 @@
 //!     `unique_until`. A job does not take its key back (a retry, a failed
 //!     attempt of a `Queued` job), so no transition can conflict.
 //! 11. **A row that cannot be read never blocks its queue.** A claimed
-//!     row whose payload no JSON reader of curfew's holds (stored through
-//!     SQL before the store refused such values) is marked `dead` (or
-//!     `cancelled`, if asked) with the reason as its `last_error`, fenced
-//!     by its new token, and left out of the claim; the claim's other jobs
-//!     are handed out. A fault of any other column fails the whole claim:
-//!     that is the store's fault, not one row's, and burying every job it
-//!     took would lose them.
+//!     row whose payload no JSON reader of curfew's holds (written into the
+//!     table by SQL: SQLite never refuses such values, PostgreSQL only
+//!     from migration 0009) is marked `dead` (or `cancelled`, if asked)
+//!     with the reason as its `last_error`, fenced by its new token, and
+//!     left out of the claim; the claim's other jobs are handed out. A
+//!     fault of any other column fails the whole claim: that is the
+//!     store's fault, not one row's, and burying every job it took would
+//!     lose them, so they are handed back (`release`) instead.
 //! 12. **A periodic schedule's instant is enqueued at most once**, across
 //!     every processor sharing the store and whatever retention pruned:
 //!     [`Store::periodic_advance`] moves the schedule's row forward and
@@ -475,19 +476,20 @@ impl Store {
     /// such row used to fail every claim that took it.
     async fn claimed(&self, rows: row::ClaimedRows) -> Result<Vec<Claimed>, StoreError> {
         for u in &rows.unreadable {
-            let reason = format!(
+            let reason = validate::error_text(&format!(
                 "curfew cannot read this job's stored row: {}; mend the row, then retry the job",
                 u.reason
-            );
+            ));
             match on_backend!(self, s => s.bury(u.id, &u.token, &reason).await) {
-                Ok(true) => tracing::warn!(
+                Ok(Some(state)) => tracing::warn!(
                     store = self.name(),
                     job_id = u.id,
                     queue = u.queue,
+                    state,
                     reason = u.reason,
-                    "A claimed job cannot be read; it is marked dead so that its queue's other jobs run. Mend its row, then retry it."
+                    "A claimed job cannot be read; it is taken out of its queue (state dead, or cancelled if a cancel was asked) so that the queue's other jobs run. Mend its row, then retry it."
                 ),
-                Ok(false) => {} // No longer ours: another writer has it now.
+                Ok(None) => {} // No longer ours: another writer has it now.
                 // Its lease runs out instead, as after a crash.
                 Err(e) => tracing::warn!(
                     store = self.name(),
@@ -495,7 +497,7 @@ impl Store {
                     queue = u.queue,
                     reason = u.reason,
                     error = %e,
-                    "A claimed job cannot be read, and marking it dead failed; it is rescued when its lease runs out."
+                    "A claimed job cannot be read, and taking it out of its queue failed; it is rescued when its lease runs out."
                 ),
             }
         }

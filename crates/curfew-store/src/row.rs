@@ -7,9 +7,10 @@ use sqlx::{ColumnIndex, Decode, Row, Type};
 use super::error::StoreError;
 use super::model::{Job, JobState, QueueStats};
 
-/// A claimed row whose payload no JSON reader holds (a number beyond a
-/// 64-bit float, nesting deeper than serde's limit: written through SQL, or
-/// before the store refused it). It is left out of the claim and buried
+/// A claimed row whose payload no JSON reader of curfew's holds (a number
+/// beyond a 64-bit float, nesting deeper than serde's limit, text that is
+/// not UTF-8: written into the table by SQL, which SQLite never refuses and
+/// PostgreSQL refused only from migration 0009). It is left out of the claim and buried
 /// (`Store::claimed`) so that the queue's other jobs still run; one such row
 /// used to fail every claim that took it, and then sat `running` until its
 /// lease ran out, blamed on a dead processor.
@@ -20,6 +21,11 @@ pub(crate) struct Unreadable {
     pub queue: String,
     pub reason: String,
 }
+
+/// The `last_error` of jobs handed back because their claim could not be
+/// read at all.
+pub(crate) const CLAIM_UNREADABLE: &str =
+    "claimed, but curfew could not read the claimed rows back; handed back";
 
 /// The rows a claim took: the jobs, and the rows that cannot be read.
 #[derive(Debug, Default)]
@@ -65,6 +71,20 @@ where
     Ok(out)
 }
 
+/// The `(id, lease_token)` of each claimed row whose two columns can be
+/// read: what a claim that failed as a whole hands back.
+pub(crate) fn leases<'r, R>(rows: impl IntoIterator<Item = &'r R>) -> Vec<(i64, String)>
+where
+    R: Row + 'r,
+    &'static str: ColumnIndex<R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    rows.into_iter()
+        .filter_map(|row| Some((row.try_get("id").ok()?, row.try_get("lease_token").ok()?)))
+        .collect()
+}
+
 /// A row into a [`Job`]; a payload that cannot be read (`Err(reason)`)
 /// becomes a null payload with its [`Job::payload_error`].
 pub(crate) fn job<'r, R>(
@@ -80,6 +100,10 @@ where
     String: Decode<'r, R::Database> + Type<R::Database>,
 {
     let db = |e| StoreError::from_sqlx(store, e);
+    let (payload, payload_error) = match payload {
+        Ok(value) => (value, None),
+        Err(reason) => (serde_json::Value::Null, Some(reason)),
+    };
     let id: i64 = row.try_get("id").map_err(db)?;
     let state: String = row.try_get("state").map_err(db)?;
     let state = state.parse::<JobState>().map_err(|e| StoreError::Corrupt {
@@ -91,8 +115,8 @@ where
         id,
         queue: row.try_get("queue").map_err(db)?,
         kind: row.try_get("kind").map_err(db)?,
-        payload: payload.as_ref().cloned().unwrap_or_default(),
-        payload_error: payload.err(),
+        payload,
+        payload_error,
         priority: row.try_get("priority").map_err(db)?,
         run_at: row.try_get("run_at").map_err(db)?,
         attempt: row.try_get("attempt").map_err(db)?,

@@ -9,7 +9,7 @@ use super::lease::COMPLETE_MANY;
 use super::PgStore;
 use crate::error::StoreError;
 use crate::model::Enqueued;
-use crate::row::ClaimedRows;
+use crate::row::{CLAIM_UNREADABLE, ClaimedRows};
 use crate::validate::ValidJob;
 
 impl PgStore {
@@ -48,8 +48,27 @@ impl PgStore {
             .fetch_one(&self.pool)
             .await
             .map_err(|e| self.err(e))?;
-        let claimed = self.claimed(self.claim_rows(std::slice::from_ref(&row))?)?;
+        let claimed = self.read_claims(std::slice::from_ref(&row)).await?;
         Ok((self.enqueued(&row)?, claimed))
+    }
+
+    /// The claimed jobs of the rows of a claim ([`PgStore::claimed`]). If
+    /// they cannot be read at all (the store's fault, not one row's), each
+    /// claimed job is handed back (best effort) before the error goes up,
+    /// rather than left running under a lease nobody renews, to be charged
+    /// a crash at its rescue.
+    async fn read_claims(&self, rows: &[sqlx::postgres::PgRow]) -> Result<ClaimedRows, StoreError> {
+        let with_job = self.claim_rows(rows)?;
+        let read = self.claimed(with_job.iter().copied());
+        if read.is_err() {
+            let held = crate::row::leases(with_job.iter().copied());
+            if !held.is_empty()
+                && let Err(e) = self.release(&held, CLAIM_UNREADABLE).await
+            {
+                tracing::debug!(store = %self.name, error = %e, "Handing back an unreadable claim failed; its leases run out.");
+            }
+        }
+        read
     }
 
     /// The rows of [`COMPLETE_AND_CLAIM`] or of `enqueue_and_claim_ms` that
@@ -69,27 +88,28 @@ impl PgStore {
     }
 
     /// A claimed row that cannot be read, out of play (`Store::claimed`):
-    /// dead, or cancelled if asked, with `reason` as its last error.
+    /// dead, or cancelled if asked, with `reason` as its last error. The
+    /// state written, or `None` if `token` no longer holds the row.
     pub(crate) async fn bury(
         &self,
         id: i64,
         token: &str,
         reason: &str,
-    ) -> Result<bool, StoreError> {
-        let done = sqlx::query(self.sql(
+    ) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar(self.sql(
             "UPDATE {s}.jobs SET
                  state = CASE WHEN cancel_requested_at IS NULL THEN 'dead' ELSE 'cancelled' END,
                  finished_at = {s}.now_ms(), last_error = $3, updated_at = {s}.now_ms(),
                  lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
-             WHERE id = $1 AND lease_token = $2 AND state = 'running'",
+             WHERE id = $1 AND lease_token = $2 AND state = 'running'
+             RETURNING state",
         ))
         .bind(id)
         .bind(token)
         .bind(reason)
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await
-        .map_err(|e| self.err(e))?;
-        Ok(done.rows_affected() == 1)
+        .map_err(|e| self.err(e))
     }
 
     fn enqueue_query<'q>(
@@ -212,7 +232,7 @@ impl PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| self.err(e))?;
-        self.completed_and_claimed(&rows)
+        self.completed_and_claimed(&rows).await
     }
 
     fn complete_and_claim_query<'q>(
@@ -235,7 +255,7 @@ impl PgStore {
 
     /// The rows of [`COMPLETE_AND_CLAIM`]: the completed ids (on the first
     /// row) and the claimed jobs (the rows with a job).
-    fn completed_and_claimed(
+    async fn completed_and_claimed(
         &self,
         rows: &[sqlx::postgres::PgRow],
     ) -> Result<(Vec<i64>, ClaimedRows), StoreError> {
@@ -246,7 +266,7 @@ impl PgStore {
                 .unwrap_or_default(),
             None => Vec::new(),
         };
-        Ok((completed, self.claimed(self.claim_rows(rows)?)?))
+        Ok((completed, self.read_claims(rows).await?))
     }
 }
 

@@ -119,7 +119,7 @@ impl SqliteStore {
         }
         .await;
         let (enqueued, rows) = w.finish(&self.name, result).await?;
-        let claimed = self.claimed(&rows)?;
+        let claimed = self.read_claims(&rows).await?;
         // Other processors of this file: the new job waits if the claim
         // took another one.
         let took_it = claimed.jobs.iter().any(|j| j.id == enqueued.id)
@@ -138,36 +138,60 @@ impl SqliteStore {
         lease_ms: i64,
     ) -> Result<ClaimedRows, StoreError> {
         // One statement: its own write transaction (see `writer_turn`).
-        let _turn = self.writer_turn().await;
+        let turn = self.writer_turn().await;
         let rows = claim_query(queue, limit, owner, lease_ms, now_ms())
             .fetch_all(&self.pool)
             .await
             .map_err(|e| self.err(e))?;
-        self.claimed(&rows)
+        // Before a hand-back, which takes its own turn.
+        drop(turn);
+        self.read_claims(&rows).await
+    }
+
+    /// As PostgreSQL's `read_claims`: a claim that cannot be read at all
+    /// is handed back (best effort) before its error goes up. Called with
+    /// no write turn held (the hand-back takes one).
+    async fn read_claims(
+        &self,
+        rows: &[sqlx::sqlite::SqliteRow],
+    ) -> Result<ClaimedRows, StoreError> {
+        let read = self.claimed(rows);
+        if read.is_err() {
+            let held = crate::row::leases(rows);
+            if !held.is_empty()
+                && let Err(e) = self.release(&held, crate::row::CLAIM_UNREADABLE).await
+            {
+                tracing::debug!(store = %self.name, error = %e, "Handing back an unreadable claim failed; its leases run out.");
+            }
+        }
+        read
     }
 
     /// As PostgreSQL's `bury`: dead (or cancelled) with `reason`, if
-    /// `token` still holds the row.
+    /// `token` still holds the row; the state written.
     pub(crate) async fn bury(
         &self,
         id: i64,
         token: &str,
         reason: &str,
-    ) -> Result<bool, StoreError> {
-        self.fenced_write(
-            sqlx::query(
-                "UPDATE jobs SET
-                     state = CASE WHEN cancel_requested_at IS NULL THEN 'dead' ELSE 'cancelled' END,
-                     finished_at = ?4, last_error = ?3, updated_at = ?4,
-                     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
-                 WHERE id = ?1 AND lease_token = ?2 AND state = 'running'",
-            )
-            .bind(id)
-            .bind(token)
-            .bind(reason)
-            .bind(now_ms()),
+    ) -> Result<Option<String>, StoreError> {
+        // One statement: its own write transaction (see `writer_turn`).
+        let _turn = self.writer_turn().await;
+        sqlx::query_scalar(
+            "UPDATE jobs SET
+                 state = CASE WHEN cancel_requested_at IS NULL THEN 'dead' ELSE 'cancelled' END,
+                 finished_at = ?4, last_error = ?3, updated_at = ?4,
+                 lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+             WHERE id = ?1 AND lease_token = ?2 AND state = 'running'
+             RETURNING state",
         )
+        .bind(id)
+        .bind(token)
+        .bind(reason)
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
         .await
+        .map_err(|e| self.err(e))
     }
 
     /// `complete_many`'s statement and then `claim`'s in one write
@@ -199,7 +223,7 @@ impl SqliteStore {
         }
         .await;
         let (ids, rows) = w.finish(&self.name, result).await?;
-        Ok((ids, self.claimed(&rows)?))
+        Ok((ids, self.read_claims(&rows).await?))
     }
 }
 

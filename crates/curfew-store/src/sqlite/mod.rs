@@ -246,12 +246,16 @@ impl SqliteStore {
 
     /// A row's payload ([`row::Payload`]): text that `json_valid` passed
     /// but serde cannot hold (a number beyond a 64-bit float, nesting past
-    /// serde's limit) is this row's fault alone. A payload that is not text
-    /// at all fails the read: the column's CHECK rules that out, so it
-    /// would be the store's fault.
+    /// serde's limit, bytes that are not UTF-8 — `json_valid` does not look)
+    /// is this row's fault alone. Read as bytes, so that a payload stored as
+    /// a BLOB or with bad UTF-8 is such a row too, not a failed read.
     fn payload(&self, row: &SqliteRow) -> row::Payload {
-        let payload: &str = row.try_get("payload").map_err(|e| self.err(e))?;
-        Ok(serde_json::from_str(payload)
+        let bytes: &[u8] = row.try_get("payload").map_err(|e| self.err(e))?;
+        let text = match std::str::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(e) => return Ok(Err(format!("its payload is not UTF-8 text: {e}"))),
+        };
+        Ok(serde_json::from_str(text)
             .map_err(|e| format!("its payload is not JSON curfew can read: {e}")))
     }
 

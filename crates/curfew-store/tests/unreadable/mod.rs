@@ -1,9 +1,10 @@
-//! Conformance case for a job row whose payload no JSON reader holds (a
-//! number beyond a 64-bit float: written through SQL, or stored before the
-//! store refused it), run on both backends by `conformance!`: every way of
-//! claiming sets it apart, buries it and hands out the queue's other jobs.
+//! Conformance case for a job row whose payload no JSON reader of curfew's
+//! holds (a number beyond a 64-bit float, or on SQLite bytes that are not
+//! UTF-8: written into the table by SQL), run on both backends by
+//! `conformance!`: every way of claiming sets it apart, buries it and hands
+//! out the queue's other jobs.
 
-use curfew_store::{Claimed, JobState, ListFilter, NewJob};
+use curfew_store::{Claimed, JobState, ListFilter, NewJob, Unique, UniqueScope};
 use sqlx::{AssertSqlSafe, Connection};
 
 use super::{Backend, Harness, LEASE, OWNER, enqueue, exec_sql, new_job, random_suffix};
@@ -26,8 +27,7 @@ async fn spoil(h: &Harness, id: i64) {
     .await;
 }
 
-/// A job's state, last error and lease owner, read beside the store (the
-/// store itself cannot read a spoiled row back).
+/// A job's state, last error and lease owner, read beside the store.
 async fn row_of(h: &Harness, id: i64) -> (String, Option<String>, Option<String>) {
     let sql = "SELECT state, last_error, lease_owner FROM {s}jobs WHERE id = $1";
     match h.backend {
@@ -102,15 +102,58 @@ async fn assert_buried(h: &Harness, id: i64) {
 
 pub(crate) async fn claims_bury_a_row_that_cannot_be_read_and_hand_out_the_rest(h: &Harness) {
     let queue = format!("odd-{}", random_suffix());
+    let key = format!("key-{}", random_suffix());
     let first = enqueue(h, new_job(&queue)).await;
-    let odd = enqueue(h, new_job(&queue)).await;
+    // It holds a unique key (queued+running): burying it frees the key.
+    let odd = enqueue(
+        h,
+        NewJob {
+            unique: Some(Unique {
+                key: key.clone(),
+                scope: UniqueScope::QueuedRunning,
+            }),
+            ..new_job(&queue)
+        },
+    )
+    .await;
     let last = enqueue(h, new_job(&queue)).await;
     spoil(h, odd).await;
+    // SQLite's `json_valid` passes bytes that are not UTF-8 inside a string.
+    let not_utf8 = match h.backend {
+        Backend::Sqlite => {
+            let id = enqueue(h, new_job(&queue)).await;
+            exec_sql(
+                h,
+                &format!(
+                    "UPDATE jobs SET payload = '{{\"a\": \"' || CAST(x'ff' AS TEXT) || '\"}}' WHERE id = {id}"
+                ),
+            )
+            .await;
+            Some(id)
+        }
+        Backend::Postgres => None,
+    };
 
-    // A claim of several: the readable ones come out, the odd one is dead.
+    // A claim of several: the readable ones come out, the odd ones are dead.
     let claimed = claim(h, &queue).await;
     assert_eq!(ids(&claimed), vec![first, last]);
     assert_buried(h, odd).await;
+    if let Some(id) = not_utf8 {
+        assert_buried(h, id).await;
+    }
+    let again = h
+        .store
+        .enqueue(NewJob {
+            unique: Some(Unique {
+                key,
+                scope: UniqueScope::QueuedRunning,
+            }),
+            ..new_job(&queue)
+        })
+        .await
+        .expect("the key again");
+    assert!(again.created, "the buried job still holds its key");
+    h.store.delete(again.id).await.expect("delete");
 
     // The group commit's write: the completion lands and is reported.
     let odd = enqueue(h, new_job(&queue)).await;
@@ -162,7 +205,7 @@ fn ids(claimed: &[Claimed]) -> Vec<i64> {
 /// A fault of the store rather than of one row (here the payload column is
 /// no longer the type this code reads, as after a botched manual change)
 /// fails the claim as a whole and buries nothing: every job it took is
-/// still there to be rescued, none marked dead.
+/// handed back, none marked dead.
 pub(crate) async fn a_payload_column_of_another_type_buries_nothing(h: &Harness) {
     let queue = format!("odd-{}", random_suffix());
     let ids = [
@@ -173,8 +216,16 @@ pub(crate) async fn a_payload_column_of_another_type_buries_nothing(h: &Harness)
     exec_sql(h, "ALTER TABLE {s}jobs ALTER COLUMN payload TYPE text").await;
     let claimed = h.store.claim(&queue, 10, OWNER, LEASE).await;
     assert!(claimed.is_err(), "{claimed:?}");
+    // Handed back at once, not left running until a rescue charges them a
+    // crash: queued, with the reason, no owner.
     for id in ids {
-        let (state, error, _) = row_of(h, id).await;
-        assert_eq!((state.as_str(), error), ("running", None), "job {id}");
+        let (state, error, owner) = row_of(h, id).await;
+        assert_eq!((state.as_str(), owner), ("queued", None), "job {id}");
+        assert!(
+            error
+                .as_deref()
+                .is_some_and(|e| e.contains("could not read the claimed rows back")),
+            "job {id}: {error:?}"
+        );
     }
 }
