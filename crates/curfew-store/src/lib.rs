@@ -473,8 +473,18 @@ impl Store {
     /// Claimed rows in claim order, each with its lease token. A row that
     /// cannot be read ([`row::Unreadable`]) is buried (dead, its reason as
     /// its last error) and left out, so the queue's other jobs run: one
-    /// such row used to fail every claim that took it.
+    /// such row used to fail every claim that took it. A claim that cannot
+    /// be read at all is handed back and its error returned.
     async fn claimed(&self, rows: row::ClaimedRows) -> Result<Vec<Claimed>, StoreError> {
+        if let Some((error, held)) = rows.failed {
+            // Handed back at once (best effort), rather than left running
+            // under a lease nobody renews, to be charged a crash at its
+            // rescue.
+            if let Err(e) = self.release(&held, row::CLAIM_UNREADABLE).await {
+                tracing::debug!(store = self.name(), error = %e, "Handing back a claim that cannot be read failed; its leases run out.");
+            }
+            return Err(error);
+        }
         for u in &rows.unreadable {
             let reason = validate::error_text(&format!(
                 "curfew cannot read this job's stored row: {}; mend the row, then retry the job",

@@ -10,10 +10,10 @@ use super::model::{Job, JobState, QueueStats};
 /// A claimed row whose payload no JSON reader of curfew's holds (a number
 /// beyond a 64-bit float, nesting deeper than serde's limit, text that is
 /// not UTF-8: written into the table by SQL, which SQLite never refuses and
-/// PostgreSQL refused only from migration 0009). It is left out of the claim and buried
-/// (`Store::claimed`) so that the queue's other jobs still run; one such row
-/// used to fail every claim that took it, and then sat `running` until its
-/// lease ran out, blamed on a dead processor.
+/// PostgreSQL refused only from migration 0009). It is left out of the
+/// claim and buried (`Store::claimed`) so that the queue's other jobs still
+/// run; one such row used to fail every claim that took it, and then sat
+/// `running` until its lease ran out, blamed on a dead processor.
 #[derive(Debug)]
 pub(crate) struct Unreadable {
     pub id: i64,
@@ -27,11 +27,14 @@ pub(crate) struct Unreadable {
 pub(crate) const CLAIM_UNREADABLE: &str =
     "claimed, but curfew could not read the claimed rows back; handed back";
 
-/// The rows a claim took: the jobs, and the rows that cannot be read.
+/// The rows a claim took: the jobs, and the rows that cannot be read; or,
+/// when they could not be read at all, why, and the `(id, lease_token)`
+/// of each to hand back (`Store::claimed` does both).
 #[derive(Debug, Default)]
 pub(crate) struct ClaimedRows {
     pub jobs: Vec<Job>,
     pub unreadable: Vec<Unreadable>,
+    pub failed: Option<(StoreError, Vec<(i64, String)>)>,
 }
 
 /// A payload as a backend decodes it: a store fault (the column is missing,
@@ -40,14 +43,15 @@ pub(crate) struct ClaimedRows {
 pub(crate) type Payload = Result<Result<serde_json::Value, String>, StoreError>;
 
 /// Claimed rows into jobs, setting apart each row whose payload cannot be
-/// read. Any other column that cannot be read fails the whole claim: that is
-/// a fault of the store (or of this code), not of one row, and burying every
-/// job it claims would be worse than retrying.
+/// read. Any other column that cannot be read fails the whole claim
+/// ([`ClaimedRows::failed`]): that is a fault of the store (or of this
+/// code), not of one row, and burying every job it took would lose them;
+/// they are handed back instead.
 pub(crate) fn claimed<'r, R>(
     store: &str,
-    rows: impl IntoIterator<Item = &'r R>,
+    rows: impl IntoIterator<Item = &'r R> + Clone,
     payload: impl Fn(&'r R) -> Payload,
-) -> Result<ClaimedRows, StoreError>
+) -> ClaimedRows
 where
     R: Row + 'r,
     &'static str: ColumnIndex<R>,
@@ -56,24 +60,30 @@ where
     String: Decode<'r, R::Database> + Type<R::Database>,
 {
     let db = |e| StoreError::from_sqlx(store, e);
-    let mut out = ClaimedRows::default();
-    for row in rows {
-        match payload(row)? {
-            Ok(value) => out.jobs.push(job(store, row, Ok(value))?),
-            Err(reason) => out.unreadable.push(Unreadable {
-                id: row.try_get("id").map_err(db)?,
-                token: row.try_get("lease_token").map_err(db)?,
-                queue: row.try_get("queue").map_err(db)?,
-                reason,
-            }),
+    let read = || {
+        let mut out = ClaimedRows::default();
+        for row in rows.clone() {
+            match payload(row)? {
+                Ok(value) => out.jobs.push(job(store, row, Ok(value))?),
+                Err(reason) => out.unreadable.push(Unreadable {
+                    id: row.try_get("id").map_err(db)?,
+                    token: row.try_get("lease_token").map_err(db)?,
+                    queue: row.try_get("queue").map_err(db)?,
+                    reason,
+                }),
+            }
         }
-    }
-    Ok(out)
+        Ok(out)
+    };
+    read().unwrap_or_else(|e| ClaimedRows {
+        failed: Some((e, leases(rows))),
+        ..ClaimedRows::default()
+    })
 }
 
 /// The `(id, lease_token)` of each claimed row whose two columns can be
 /// read: what a claim that failed as a whole hands back.
-pub(crate) fn leases<'r, R>(rows: impl IntoIterator<Item = &'r R>) -> Vec<(i64, String)>
+fn leases<'r, R>(rows: impl IntoIterator<Item = &'r R>) -> Vec<(i64, String)>
 where
     R: Row + 'r,
     &'static str: ColumnIndex<R>,

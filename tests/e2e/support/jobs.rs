@@ -60,19 +60,9 @@ impl TestStore {
     /// Reschedules a job (SQLite stores only): the test's hand on the clock.
     pub fn set_run_at(&self, id: i64, run_at: i64) {
         assert!(self.schema.is_none(), "set_run_at is for SQLite stores");
-        let path = self.url.trim_start_matches("sqlite://").to_owned();
-        run_async(async move {
-            use sqlx::Connection;
-            let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{path}"))
-                .await
-                .expect("open the SQLite store");
-            sqlx::query("UPDATE jobs SET run_at = ?1 WHERE id = ?2")
-                .bind(run_at)
-                .bind(id)
-                .execute(&mut conn)
-                .await
-                .expect("set run_at");
-        });
+        self.exec(&format!(
+            "UPDATE jobs SET run_at = {run_at} WHERE id = {id}"
+        ));
     }
 
     /// Runs one statement on the store beside curfew, as an application or

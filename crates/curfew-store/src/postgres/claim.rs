@@ -9,7 +9,7 @@ use super::lease::COMPLETE_MANY;
 use super::PgStore;
 use crate::error::StoreError;
 use crate::model::Enqueued;
-use crate::row::{CLAIM_UNREADABLE, ClaimedRows};
+use crate::row::ClaimedRows;
 use crate::validate::ValidJob;
 
 impl PgStore {
@@ -48,27 +48,8 @@ impl PgStore {
             .fetch_one(&self.pool)
             .await
             .map_err(|e| self.err(e))?;
-        let claimed = self.read_claims(std::slice::from_ref(&row)).await?;
+        let claimed = self.claimed(self.claim_rows(std::slice::from_ref(&row))?);
         Ok((self.enqueued(&row)?, claimed))
-    }
-
-    /// The claimed jobs of the rows of a claim ([`PgStore::claimed`]). If
-    /// they cannot be read at all (the store's fault, not one row's), each
-    /// claimed job is handed back (best effort) before the error goes up,
-    /// rather than left running under a lease nobody renews, to be charged
-    /// a crash at its rescue.
-    async fn read_claims(&self, rows: &[sqlx::postgres::PgRow]) -> Result<ClaimedRows, StoreError> {
-        let with_job = self.claim_rows(rows)?;
-        let read = self.claimed(with_job.iter().copied());
-        if read.is_err() {
-            let held = crate::row::leases(with_job.iter().copied());
-            if !held.is_empty()
-                && let Err(e) = self.release(&held, CLAIM_UNREADABLE).await
-            {
-                tracing::debug!(store = %self.name, error = %e, "Handing back an unreadable claim failed; its leases run out.");
-            }
-        }
-        read
     }
 
     /// The rows of [`COMPLETE_AND_CLAIM`] or of `enqueue_and_claim_ms` that
@@ -76,7 +57,7 @@ impl PgStore {
     fn claim_rows<'r>(
         &self,
         rows: &'r [sqlx::postgres::PgRow],
-    ) -> Result<Vec<&'r sqlx::postgres::PgRow>, StoreError> {
+    ) -> Result<impl Iterator<Item = &'r sqlx::postgres::PgRow> + Clone, StoreError> {
         let mut with_job = Vec::with_capacity(rows.len());
         for row in rows {
             let id: Option<i64> = row.try_get("id").map_err(|e| self.err(e))?;
@@ -84,7 +65,7 @@ impl PgStore {
                 with_job.push(row);
             }
         }
-        Ok(with_job)
+        Ok(with_job.into_iter())
     }
 
     /// A claimed row that cannot be read, out of play (`Store::claimed`):
@@ -232,7 +213,7 @@ impl PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| self.err(e))?;
-        self.completed_and_claimed(&rows).await
+        self.completed_and_claimed(&rows)
     }
 
     fn complete_and_claim_query<'q>(
@@ -255,7 +236,7 @@ impl PgStore {
 
     /// The rows of [`COMPLETE_AND_CLAIM`]: the completed ids (on the first
     /// row) and the claimed jobs (the rows with a job).
-    async fn completed_and_claimed(
+    fn completed_and_claimed(
         &self,
         rows: &[sqlx::postgres::PgRow],
     ) -> Result<(Vec<i64>, ClaimedRows), StoreError> {
@@ -266,7 +247,7 @@ impl PgStore {
                 .unwrap_or_default(),
             None => Vec::new(),
         };
-        Ok((completed, self.read_claims(rows).await?))
+        Ok((completed, self.claimed(self.claim_rows(rows)?)))
     }
 }
 

@@ -212,10 +212,7 @@ impl PgStore {
     }
 
     /// The rows of a claim, those that cannot be read set apart.
-    fn claimed<'r>(
-        &self,
-        rows: impl IntoIterator<Item = &'r PgRow>,
-    ) -> Result<row::ClaimedRows, StoreError> {
+    fn claimed<'r>(&self, rows: impl IntoIterator<Item = &'r PgRow> + Clone) -> row::ClaimedRows {
         row::claimed(&self.name, rows, |r| self.payload(r))
     }
 

@@ -119,7 +119,7 @@ impl SqliteStore {
         }
         .await;
         let (enqueued, rows) = w.finish(&self.name, result).await?;
-        let claimed = self.read_claims(&rows).await?;
+        let claimed = self.claimed(&rows);
         // Other processors of this file: the new job waits if the claim
         // took another one.
         let took_it = claimed.jobs.iter().any(|j| j.id == enqueued.id)
@@ -138,33 +138,12 @@ impl SqliteStore {
         lease_ms: i64,
     ) -> Result<ClaimedRows, StoreError> {
         // One statement: its own write transaction (see `writer_turn`).
-        let turn = self.writer_turn().await;
+        let _turn = self.writer_turn().await;
         let rows = claim_query(queue, limit, owner, lease_ms, now_ms())
             .fetch_all(&self.pool)
             .await
             .map_err(|e| self.err(e))?;
-        // Before a hand-back, which takes its own turn.
-        drop(turn);
-        self.read_claims(&rows).await
-    }
-
-    /// As PostgreSQL's `read_claims`: a claim that cannot be read at all
-    /// is handed back (best effort) before its error goes up. Called with
-    /// no write turn held (the hand-back takes one).
-    async fn read_claims(
-        &self,
-        rows: &[sqlx::sqlite::SqliteRow],
-    ) -> Result<ClaimedRows, StoreError> {
-        let read = self.claimed(rows);
-        if read.is_err() {
-            let held = crate::row::leases(rows);
-            if !held.is_empty()
-                && let Err(e) = self.release(&held, crate::row::CLAIM_UNREADABLE).await
-            {
-                tracing::debug!(store = %self.name, error = %e, "Handing back an unreadable claim failed; its leases run out.");
-            }
-        }
-        read
+        Ok(self.claimed(&rows))
     }
 
     /// As PostgreSQL's `bury`: dead (or cancelled) with `reason`, if
@@ -223,7 +202,7 @@ impl SqliteStore {
         }
         .await;
         let (ids, rows) = w.finish(&self.name, result).await?;
-        Ok((ids, self.read_claims(&rows).await?))
+        Ok((ids, self.claimed(&rows)))
     }
 }
 

@@ -267,7 +267,7 @@ impl SqliteStore {
     }
 
     /// The rows of a claim, those that cannot be read set apart.
-    fn claimed(&self, rows: &[SqliteRow]) -> Result<row::ClaimedRows, StoreError> {
+    fn claimed(&self, rows: &[SqliteRow]) -> row::ClaimedRows {
         row::claimed(&self.name, rows, |r| self.payload(r))
     }
 
