@@ -167,13 +167,13 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     Ok(l)
 }
 
-/// Serve the control socket until `stop` (which removes its file), or
-/// until `release` (an upgrade's successor took the socket over: accepting
-/// ends, the file stays, requests already accepted are still answered);
-/// requests go to `to_orchestrator`.
+/// Serve the control socket until `stop`, or until `release` (an upgrade's
+/// successor took the socket over: accepting ends, requests already
+/// accepted are still answered); requests go to `to_orchestrator`. The
+/// file is left to the caller, which alone knows whether it owns it (an
+/// upgrade's new curfew that was never acknowledged does not).
 pub async fn serve(
     listener: UnixListener,
-    path: PathBuf,
     to_orchestrator: mpsc::Sender<Incoming>,
     stop: CancellationToken,
     release: CancellationToken,
@@ -197,7 +197,6 @@ pub async fn serve(
             }
         });
     }
-    let _ = std::fs::remove_file(&path);
 }
 
 /// Only this uid and root may use the socket (its mode says so too; this
@@ -317,13 +316,7 @@ mod tests {
         assert!(matches!(bind(&path), Err(ControlError::InUse { .. })));
         let (tx, mut rx) = mpsc::channel::<Incoming>(4);
         let stop = CancellationToken::new();
-        tokio::spawn(serve(
-            l,
-            path.clone(),
-            tx,
-            stop.clone(),
-            CancellationToken::new(),
-        ));
+        tokio::spawn(serve(l, tx, stop.clone(), CancellationToken::new()));
         tokio::spawn(async move {
             while let Some((req, reply)) = rx.recv().await {
                 let _ = reply.send(Response::ok(format!("{req:?}")));

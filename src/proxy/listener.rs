@@ -137,6 +137,38 @@ fn handed_over(path: &std::path::Path) -> bool {
         .any(|p| p == path)
 }
 
+/// Unix socket paths an upgrade's new curfew adopted from its predecessor
+/// as its own to remove (`bind-own`, `admin-own`), while that predecessor
+/// still owns them: until the hand-over is acknowledged, a failed new
+/// curfew closing its listener must leave the file the old one serves.
+static NOT_YET_OWNED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// The socket file at `path` becomes this process's only once
+/// [`own_adopted_files`] is called (an upgrade's hand-over acknowledged).
+pub fn own_after_hand_over(path: &std::path::Path) {
+    NOT_YET_OWNED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(path.to_path_buf());
+}
+
+/// The predecessor acknowledged the hand-over: the files named by
+/// [`own_after_hand_over`] are this process's to remove from now on.
+pub fn own_adopted_files() {
+    NOT_YET_OWNED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
+}
+
+fn not_yet_owned(path: &std::path::Path) -> bool {
+    NOT_YET_OWNED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|p| p == path)
+}
+
 /// A listener not registered with any runtime: what is handed to a proxy
 /// thread, and copied for each one ([`Detached::try_clone`]).
 pub enum Detached {
@@ -342,7 +374,7 @@ impl Listener {
                     }
                     drop(std);
                 }
-                if owned && !handed_over(&path) {
+                if owned && !handed_over(&path) && !not_yet_owned(&path) {
                     let _ = std::fs::remove_file(&path);
                 }
             }

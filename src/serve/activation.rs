@@ -101,7 +101,8 @@ impl Inherited {
 
     /// Adopt passed socket `i` as the listener for `addr`. A Unix socket
     /// whose file an upgrade's predecessor created (`bind-own`,
-    /// `admin-own`) is ours to remove now.
+    /// `admin-own`) is ours to remove once the predecessor acknowledged
+    /// the hand-over (until then it still serves it).
     fn take(&mut self, i: usize, addr: &BindAddr) -> Result<Listener, BindError> {
         let p = self.passed.remove(i);
         let fd = p.fd.as_raw_fd();
@@ -111,7 +112,15 @@ impl Inherited {
         );
         let name = p.name;
         let l = match Listener::adopt(p.fd, &name, addr)? {
-            Listener::Unix(u, path, _) if owned => Listener::Unix(u, path, true),
+            Listener::Unix(u, path, _) if owned => {
+                // The predecessor serves it until it acknowledges the
+                // hand-over: a new curfew that fails before then must
+                // leave the file in place.
+                if self.upgrade {
+                    crate::proxy::listener::own_after_hand_over(&path);
+                }
+                Listener::Unix(u, path, true)
+            }
             l => l,
         };
         let from = if self.upgrade {

@@ -174,14 +174,15 @@ impl Run {
         // An upgrade's new curfew answers on the shared control and admin
         // sockets only once the old one handed over.
         let took_over = tokio_util::sync::CancellationToken::new();
+        let owns_files = tokio_util::sync::CancellationToken::new();
         if successor.is_none() {
             took_over.cancel();
+            owns_files.cancel();
         }
         {
             let (ctl_tx, ctl_rx) = mpsc::channel(16);
             let serve = control::serve(
                 control_listener,
-                cfg.control_socket.clone(),
                 ctl_tx,
                 background.clone(),
                 control_release.clone(),
@@ -233,6 +234,7 @@ impl Run {
             successor,
             adopted,
             took_over,
+            owns_files,
         };
 
         if let Some(l) = admin_listener {

@@ -125,6 +125,11 @@ struct Run {
     /// Cancelled once this process is the service: the admin endpoint and
     /// the control socket start accepting (at once, without an upgrade).
     took_over: tokio_util::sync::CancellationToken,
+    /// Cancelled once the files of the sockets this process serves are its
+    /// own to remove: at once, or for an upgrade's new curfew when the old
+    /// one acknowledged the hand-over (a new curfew that fails before then
+    /// leaves the old one's control socket and socket files in place).
+    owns_files: tokio_util::sync::CancellationToken,
 }
 
 impl Run {

@@ -76,14 +76,23 @@ pub(super) async fn starting(run: &mut Run, listeners: Bound) {
 /// systemd's READY=1).
 fn take_over(run: &mut Run, successor: upgrade::child::Successor) {
     let adopted = std::mem::take(&mut run.adopted);
-    let (notifier, status, took_over) = (
+    let (notifier, status, took_over, owns_files) = (
         run.notifier.clone(),
         run.status.clone(),
         run.took_over.clone(),
+        run.owns_files.clone(),
     );
     tokio::spawn(async move {
         let from_pid = successor.from_pid;
         let acked = successor.take_over(adopted).await;
+        // Only an acknowledged hand-over makes the socket files ours: a
+        // channel closed unanswered may be the old curfew failing this one
+        // while it serves on (then its files stay; a stale file left after
+        // a predecessor that died is replaced at the next bind).
+        if acked {
+            crate::proxy::listener::own_adopted_files();
+            owns_files.cancel();
+        }
         took_over.cancel();
         notifier.set_muted(false);
         notifier.ready(&status.line());
@@ -160,8 +169,10 @@ pub(super) async fn teardown(mut run: Run) -> i32 {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), task).await;
     }
     // Removed here, not (only) by the control task: the runtime may end
-    // before that task runs again. Not after an upgrade that took it over.
-    if !run.control_release.is_cancelled() {
+    // before that task runs again. Only by its owner: not after an upgrade
+    // handed it over (`control_release`), and not by an upgrade's new
+    // curfew the old one never acknowledged (it still serves the file).
+    if run.owns_files.is_cancelled() && !run.control_release.is_cancelled() {
         let _ = std::fs::remove_file(&run.cfg.control_socket);
     }
     // on_exit, and any hook still running, end by the shutdown's deadline

@@ -206,6 +206,47 @@ fn a_new_curfew_that_cannot_start_leaves_the_old_one_serving() {
     stop(new);
 }
 
+/// An upgrade to a configuration whose worker fails at boot (the real
+/// curfew as the new process: it builds, adopts the control socket by
+/// path, and stops when its worker fails): the old curfew keeps serving,
+/// and its control socket with it — the failed new one leaves the file it
+/// never owned (fails if it unlinks it: `curfew status` finds no curfew).
+#[test]
+fn a_new_curfew_whose_worker_fails_at_boot_leaves_the_control_socket() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let program = copy_binary(dir.path());
+    let cfg = dir.path().join("curfew.toml");
+    std::fs::write(&cfg, format!("workers = 1\ncommand = [{TESTWORKER:?}]\n"))
+        .expect("write config");
+    let mut c = Curfew::spawn_program(config_opts(&cfg), &program);
+    c.wait_log(SERVING, Duration::from_secs(30));
+    std::fs::write(
+        &cfg,
+        format!("workers = 1\ncommand = [{TESTWORKER:?}, \"--fail-boot\"]\n"),
+    )
+    .expect("a worker that fails at boot");
+    let (code, _, err) = c.ctl(&["upgrade"]);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("keeps serving"), "{err}");
+    assert!(
+        c.control_socket.exists(),
+        "the old curfew's control socket file is still there"
+    );
+    assert_eq!(status_pid(&c), i64::from(c.pid()));
+    assert_eq!(get(c.port, "/").status, 200);
+
+    // A working configuration again: the same request upgrades.
+    std::fs::write(&cfg, format!("workers = 1\ncommand = [{TESTWORKER:?}]\n"))
+        .expect("write config");
+    let (code, _, err) = c.ctl(&["upgrade"]);
+    assert_eq!(code, 0, "{err}");
+    let old = c.pid();
+    assert_eq!(c.wait_exit(Duration::from_secs(30)), 0, "{}", c.log_text());
+    let new = status_pid(&c);
+    assert_ne!(new, i64::from(old));
+    stop(new as i32);
+}
+
 /// An invalid configuration on disk: the new curfew exits at once with
 /// the configuration error, which `curfew upgrade` returns; the old one
 /// keeps serving with the configuration it read.
