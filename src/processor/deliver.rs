@@ -26,7 +26,7 @@ const NO_WORKER_SNOOZE: Duration = Duration::from_secs(1);
 /// The most of a worker's answer kept (the start of it is the error text).
 const MAX_ANSWER: usize = 64 * 1024;
 /// A stopped command gets this long between SIGTERM and SIGKILL.
-const COMMAND_GRACE: Duration = Duration::from_secs(2);
+pub(super) const COMMAND_GRACE: Duration = Duration::from_secs(2);
 
 /// POST the job to `template` on one of the app's workers, within `timeout`
 /// (waiting for a free worker slot included). `mark` follows whether the

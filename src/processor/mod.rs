@@ -55,7 +55,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::jobs::{JobsConfig, QueueConfig};
+use crate::config::jobs::{Delivery, JobsConfig, QueueConfig};
 use crate::proxy::dispatch::Dispatcher;
 use crate::supervisor::reaper::Reaper;
 use curfew_store::{Enqueued, NewJob, Store, StoreError, StoreOptions, lease_owner};
@@ -454,7 +454,21 @@ impl Processor {
         inner.stop_claiming.cancel();
         inner.cut.cancel();
         inner.runs.close();
-        let grace = (tokio::time::Instant::now() + CUT_GRACE).min(deadline);
+        // A command job gets its SIGTERM now and its SIGKILL after its
+        // grace: its run ends (and only then may it be handed back, so it
+        // never runs beside its next run) once it is gone.
+        let commands = inner.lock_running().values().any(|e| {
+            inner
+                .queues
+                .get(&e.info.queue)
+                .is_some_and(|q| matches!(q.cfg.delivery, Delivery::Command(_)))
+        });
+        let wind_down = if commands {
+            deliver::COMMAND_GRACE + CUT_GRACE
+        } else {
+            CUT_GRACE
+        };
+        let grace = (tokio::time::Instant::now() + wind_down).min(deadline);
         let _ = tokio::time::timeout_at(grace, inner.runs.wait()).await;
         let left = inner.running_tokens();
         if left.is_empty() {

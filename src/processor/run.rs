@@ -161,11 +161,13 @@ impl Inner {
         let mut delivery = Box::pin(delivery);
         let verdict = tokio::select! {
             v = &mut delivery => v,
-            // A command is stopped by its own `stop` (SIGTERM, then SIGKILL)
-            // and ends through `delivery`.
+            // A command is stopped by its own `stop` (SIGTERM, then SIGKILL
+            // after its grace) on a cancel, the cut-off or a lost lease, and
+            // ends through `delivery`: the run (and its slot) lasts until the
+            // command is gone, so it never runs beside its own next run.
             _ = cancel.cancelled(), if http => None,
-            _ = self.cut.cancelled() => None,
-            _ = lost.cancelled() => None,
+            _ = self.cut.cancelled(), if http => None,
+            _ = lost.cancelled(), if http => None,
         };
         drop(_heartbeat);
         // A cancelled HTTP delivery to a sync worker (one request at a time)

@@ -216,12 +216,18 @@ async fn run_with(
         .and_then(|s| pipe::Receiver::from_owned_fd(OwnedFd::from(s)).ok())
         .map(|rx| relog(rx, pid, "stderr", log, Some(last_stderr.clone())));
 
+    // Until the command is known to be gone, dropping this run (its owner
+    // gave up on it: a runtime shutting down, a select that moved on) kills
+    // the whole group: no command outlives the run that started it.
+    let mut orphan_guard = KillOnDrop(Some(pid));
     let status = tokio::select! {
         status = &mut exit => Some(status),
         () = stop => None,
     };
     match status {
         Some(Ok(status)) => {
+            // The leader was reaped: its pid (the group's id) may be reused.
+            orphan_guard.0 = None;
             finish_output(out_reader, err_reader).await;
             let last_stderr = last_stderr.lock().unwrap_or_else(|e| e.into_inner()).take();
             CommandOutcome::Exited {
@@ -229,10 +235,28 @@ async fn run_with(
                 last_stderr,
             }
         }
-        Some(Err(_)) => CommandOutcome::Lost,
+        Some(Err(_)) => {
+            orphan_guard.0 = None;
+            CommandOutcome::Lost
+        }
         None => {
             stop_group(pid, exit, grace).await;
+            orphan_guard.0 = None;
             CommandOutcome::Stopped
+        }
+    }
+}
+
+/// SIGKILLs the process group of a command whose run was dropped before
+/// the command was known to be gone (`None`: nothing to do).
+struct KillOnDrop(Option<u32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            // A pid fits in an i32 (pid_max is at most 2^22). The reaper
+            // reaps the leader; whatever else is in its group dies with it.
+            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
     }
 }
@@ -575,5 +599,52 @@ mod tests {
         assert!(took < Duration::from_secs(5), "{took:?}");
         let pgid = read_pid(&pidfile).await;
         assert!(group_gone(pgid).await, "group {pgid} still alive");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_run_kills_its_group() {
+        let _serial = crate::supervisor::reaper::TEST_CHILDREN.lock().await;
+        let reaper = Reaper::start().expect("reaper");
+        let dir = tempfile::tempdir().expect("tempdir");
+
+        // Dropped while the command runs (a select that moved on).
+        let pidfile = dir.path().join("pid1");
+        let argv = sh(&format!(
+            "echo $$ > '{}'; sleep 60 & sleep 60",
+            pidfile.display()
+        ));
+        let (log, _) = collector();
+        let run = run_graceful(
+            &reaper,
+            spec(&argv, log),
+            std::future::pending(),
+            Duration::from_secs(10),
+        );
+        tokio::select! {
+            _ = run => panic!("the command ended by itself"),
+            pgid = read_pid(&pidfile) => {
+                assert!(group_alive(pgid), "group {pgid} runs");
+            }
+        }
+        let pgid = read_pid(&pidfile).await;
+        assert!(group_gone(pgid).await, "group {pgid} outlived its run");
+
+        // Dropped during the grace after its SIGTERM (which it ignores).
+        let pidfile = dir.path().join("pid2");
+        let argv = sh(&format!(
+            "trap '' TERM; echo $$ > '{}'; sleep 60",
+            pidfile.display()
+        ));
+        let (log, _) = collector();
+        let run = run_graceful(
+            &reaper,
+            spec(&argv, log),
+            tokio::time::sleep(Duration::from_millis(300)),
+            Duration::from_secs(30),
+        );
+        let outcome = tokio::time::timeout(Duration::from_millis(1500), run).await;
+        assert!(outcome.is_err(), "still in its grace: {outcome:?}");
+        let pgid = read_pid(&pidfile).await;
+        assert!(group_gone(pgid).await, "group {pgid} outlived its run");
     }
 }

@@ -326,3 +326,87 @@ fn unique_jobs_through_the_api_and_the_cli() {
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit(Duration::from_secs(10)), 0);
 }
+
+/// A command job is stopped like a cancelled one (SIGTERM, SIGKILL 2 s
+/// later) when its lease is lost or the shutdown's cut-off comes, and its
+/// run lasts until it is gone: it never keeps running beside the run that
+/// replaces it. The command here ignores SIGTERM.
+#[test]
+fn a_command_job_is_stopped_when_its_lease_is_lost_or_at_the_cut_off() {
+    let store = TestStore::sqlite();
+    let out = store.dir.path().join("cmd.out");
+    let jobs = format!(
+        "lease = \"1s\"\nrelease_reserve = \"3s\"\n[jobs.queues.shell]\nconcurrency = 2\ncommand = [\"sh\", \"-c\", 'trap \"echo term $CURFEW_JOB_ID >> {out}\" TERM; echo start $CURFEW_JOB_ID $$ >> {out}; while :; do sleep 0.05; done']\n",
+        out = out.display()
+    );
+    let (mut c, admin) = start_testworker(
+        &store,
+        "curfew.toml",
+        "workers = 1\ngraceful_timeout = \"4s\"\n",
+        &jobs,
+        &[],
+    );
+    let started = |id: i64| -> Option<i32> {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        text.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.len() == 3 && f[0] == "start" && f[1] == id.to_string())
+                .then(|| f[2].parse().expect("pid"))
+        })
+    };
+    let termed = |id: i64| {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .contains(&format!("term {id}\n"))
+    };
+
+    // Another instance took the job over (its token is not ours any more):
+    // the next heartbeat finds the lease lost; the command is stopped.
+    let first = enqueue_many(
+        admin,
+        vec![r#"{"queue": "shell", "kind": "long"}"#.to_owned()],
+        1,
+    )[0];
+    wait_until("the command started", Duration::from_secs(10), || {
+        started(first).is_some()
+    });
+    let pid = started(first).expect("pid");
+    store.exec(&format!(
+        "UPDATE {{s}}jobs SET lease_token = 'another', lease_owner = 'other/boot' WHERE id = {first}"
+    ));
+    let t = Instant::now();
+    c.wait_log("Job abandoned: its lease was lost", Duration::from_secs(5));
+    wait_until(
+        "the command of the lost job gone",
+        Duration::from_secs(6),
+        || !alive(pid),
+    );
+    let gone = t.elapsed();
+    assert!(termed(first), "SIGTERM first");
+    assert!(
+        gone >= Duration::from_millis(1500),
+        "killed after its grace: {gone:?}"
+    );
+    eprintln!("a command whose lease was lost was gone {gone:?} after the takeover");
+
+    // The cut-off: SIGTERM, then SIGKILL 2 s later, then the hand-back (the
+    // first job runs again meanwhile: the takeover above was only a test's,
+    // so its lease ran out and it was rescued).
+    let second = enqueue_many(
+        admin,
+        vec![r#"{"queue": "shell", "kind": "long"}"#.to_owned()],
+        1,
+    )[0];
+    wait_until(
+        "the second command started",
+        Duration::from_secs(10),
+        || started(second).is_some(),
+    );
+    let pid = started(second).expect("pid");
+    c.signal(Signal::SIGTERM);
+    c.wait_log("handed back", Duration::from_secs(10));
+    assert!(!alive(pid), "handed back while its command still ran");
+    assert!(termed(second), "SIGTERM at the cut-off");
+    assert_eq!(c.wait_exit(Duration::from_secs(10)), 0);
+    assert_eq!(job(&store, second).state, JobState::Queued, "handed back");
+}
