@@ -258,7 +258,7 @@ struct Stop {
 impl Stop {
     fn new(budget: Duration, cancel: Option<watch::Receiver<bool>>) -> Stop {
         Stop {
-            at: Instant::now() + budget,
+            at: Instant::now() + crate::config::duration::bounded(budget),
             cancel,
         }
     }

@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
 /// The level of a relayed output event (defined with the config, whose
 /// `worker_log_level` names one).
 pub use crate::config::OutputLevel as Level;
+use crate::config::{LogFormat, log_filter};
 
 /// JSON output was chosen (text until [`init`] says otherwise).
 static JSON: AtomicBool = AtomicBool::new(false);
@@ -22,10 +22,11 @@ pub fn is_text() -> bool {
     !JSON.load(Ordering::Relaxed)
 }
 
-/// Install the global subscriber. `level` was validated by the config.
+/// Install the global subscriber. `level` was validated by the config, as
+/// [`log_filter`] makes it: the same string this installs.
 pub fn init(format: LogFormat, level: &str) {
     JSON.store(format == LogFormat::Json, Ordering::Relaxed);
-    let filter = EnvFilter::builder().parse_lossy(with_quiet_libraries(level));
+    let filter = EnvFilter::builder().parse_lossy(log_filter(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -36,27 +37,5 @@ pub fn init(format: LogFormat, level: &str) {
             .flatten_event(true)
             .with_current_span(false)
             .init(),
-    }
-}
-
-/// The job store's database driver logs its own reconnects and slow
-/// statements at INFO/WARN; curfew reports store trouble itself (once per
-/// outage). Unless the filter names `sqlx`, keep only its errors.
-fn with_quiet_libraries(level: &str) -> String {
-    if level.contains("sqlx") {
-        level.to_owned()
-    } else {
-        format!("{level},sqlx=error")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sqlx_is_quiet_unless_named() {
-        assert_eq!(with_quiet_libraries("info"), "info,sqlx=error");
-        assert_eq!(with_quiet_libraries("debug,sqlx=debug"), "debug,sqlx=debug");
     }
 }

@@ -130,15 +130,17 @@ impl Notifier {
     /// whole stop budget (`budget` from now, plus a margin for the
     /// teardown).
     pub fn stopping(&self, budget: Duration, status: &str) {
-        let deadline = Instant::now() + budget;
+        // Checked: configuration caps each duration at 10 years, but an
+        // overflowing deadline must not panic in the stop path.
+        let deadline = Instant::now().checked_add(budget);
         if let Ok(mut d) = self.stop_deadline.lock() {
-            *d = Some(deadline);
+            *d = deadline;
         }
         self.remember(status);
         self.send(&[
             NotifyState::Stopping,
             NotifyState::Status(status),
-            extend(budget + EXTEND_MARGIN),
+            extend(budget.saturating_add(EXTEND_MARGIN)),
         ]);
     }
 

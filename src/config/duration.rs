@@ -1,9 +1,25 @@
 //! Parsing user-written durations: `30` (seconds), `2.5`, `"30s"`, `"500ms"`,
 //! `"1m 30s"` (jiff's friendly format) or ISO 8601 (`"PT30S"`).
+//!
+//! Every duration is at most [`MAX`] (10 years): far beyond any timeout
+//! that means something, and far enough below the limits of `Instant`
+//! arithmetic (`now + d` panics once it passes `i64::MAX` seconds of the
+//! clock) that a deadline made from any sum of a few settings cannot
+//! overflow.
 
 use std::time::Duration;
 
 use super::raw::RawDuration;
+
+/// The longest duration any setting takes: 10 years of 365 days.
+pub const MAX: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// `d`, at most [`MAX`]: for deadlines (`Instant::now() + bounded(d)`) made
+/// from a duration validation already capped, so the addition cannot
+/// overflow even if a value reached it some other way.
+pub fn bounded(d: Duration) -> Duration {
+    d.min(MAX)
+}
 
 /// Parse a duration; the error says what is wrong, without the key (the
 /// caller adds it).
@@ -16,6 +32,17 @@ pub fn parse(raw: &RawDuration) -> Result<Duration, String> {
     from_secs(secs)
 }
 
+/// Refuse what is above [`MAX`].
+fn capped(d: Duration) -> Result<Duration, String> {
+    if d > MAX {
+        return Err(format!(
+            "must be at most 10 years (\"87600h\", {} seconds)",
+            MAX.as_secs()
+        ));
+    }
+    Ok(d)
+}
+
 fn from_secs(secs: f64) -> Result<Duration, String> {
     if !secs.is_finite() {
         return Err("is not a finite number of seconds".into());
@@ -23,7 +50,12 @@ fn from_secs(secs: f64) -> Result<Duration, String> {
     if secs < 0.0 {
         return Err("must not be negative".into());
     }
-    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
+    if secs > MAX.as_secs_f64() {
+        return capped(Duration::MAX);
+    }
+    Duration::try_from_secs_f64(secs)
+        .map_err(|e| e.to_string())
+        .and_then(capped)
 }
 
 fn parse_text(s: &str) -> Result<Duration, String> {
@@ -41,7 +73,9 @@ fn parse_text(s: &str) -> Result<Duration, String> {
     if signed.is_negative() {
         return Err("must not be negative".into());
     }
-    Duration::try_from(signed).map_err(|e| e.to_string())
+    Duration::try_from(signed)
+        .map_err(|e| e.to_string())
+        .and_then(capped)
 }
 
 #[cfg(test)]
@@ -82,5 +116,28 @@ mod tests {
         );
         assert!(text("").is_err());
         assert!(parse(&RawDuration::Float(f64::NAN)).is_err());
+    }
+
+    /// Nothing above 10 years, in any form: `Instant::now() + d` would
+    /// panic for the largest values a float or an i64 can hold.
+    #[test]
+    fn refuses_more_than_ten_years() {
+        assert_eq!(parse(&RawDuration::Int(315_360_000)), Ok(MAX));
+        assert_eq!(text("87600h"), Ok(MAX));
+        for too_big in [
+            parse(&RawDuration::Int(315_360_001)),
+            parse(&RawDuration::Int(i64::MAX)),
+            parse(&RawDuration::Float(1e19)),
+            parse(&RawDuration::Float(f64::MAX)),
+            text("9999999999999999999"),
+            text("1e19"),
+            text("87601h"),
+            text("PT1000000000S"),
+        ] {
+            let e = too_big.expect_err("above the cap");
+            assert!(e.contains("at most 10 years"), "{e}");
+        }
+        assert_eq!(bounded(Duration::MAX), MAX);
+        assert_eq!(bounded(Duration::from_secs(5)), Duration::from_secs(5));
     }
 }

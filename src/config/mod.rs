@@ -19,7 +19,7 @@ mod validate;
 
 pub use parse::resolve_program;
 pub(crate) use validate::Ctx;
-pub use validate::validate;
+pub use validate::{log_filter, validate};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -509,6 +509,16 @@ worker_socket = "fd-tcp""#)
             ("access_log = \"\"", "access_log"),
             ("access_log = \"/tmp\"", "access_log"),
             ("access_log_format = \"clf\"", "access_log_format"),
+            // Durations above 10 years would overflow `Instant` arithmetic.
+            ("graceful_timeout = 1e19", "graceful_timeout"),
+            ("boot_timeout = 9223372036854775807", "boot_timeout"),
+            ("drain_delay = \"87601h\"", "drain_delay"),
+            ("[jobs]\nlease = 1e19", "jobs.lease"),
+            (
+                "[hooks]\non_exit = { run = \"true\", timeout = 1e19 }",
+                "hooks",
+            ),
+            ("log_level = \"\"", "log_level"),
         ] {
             let e = cfg(&format!("command = \"sh\"\n{text}")).expect_err(text);
             assert!(e.to_string().contains(key), "{text}: {e}");

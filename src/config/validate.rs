@@ -556,14 +556,39 @@ fn logging(cx: &Ctx<'_>, raw: &RawConfig) -> Result<(LogFormat, String), ConfigE
         .log_level
         .clone()
         .unwrap_or_else(|| defaults::LOG_LEVEL.into());
-    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&level) {
-        return Err(cx.err(
-            "log_level",
-            format!("{level:?}"),
-            format!("{e} (write e.g. \"info\" or \"curfew=debug,info\")"),
-        ));
+    if let Err(m) = check_filter(&level) {
+        return Err(cx.err("log_level", format!("{level:?}"), m));
     }
     Ok((format, level))
+}
+
+/// The filter `logging::init` installs for `log_level`. The job store's
+/// database driver logs its own reconnects and slow statements at
+/// INFO/WARN; curfew reports store trouble itself (once per outage).
+/// Unless the filter names `sqlx`, keep only its errors.
+pub fn log_filter(level: &str) -> String {
+    if level.contains("sqlx") {
+        level.to_owned()
+    } else {
+        format!("{level},sqlx=error")
+    }
+}
+
+/// Checks `log_level` as it will be installed ([`log_filter`]): at least one
+/// directive (an empty filter, or only commas, would leave `sqlx=error`
+/// alone, which turns every other line off, ERROR included), and one
+/// tracing-subscriber parses.
+fn check_filter(level: &str) -> Result<(), String> {
+    if level.split(',').all(|d| d.trim().is_empty()) {
+        return Err(
+            "is empty, which would turn off every log line; give a level such as \"info\" (or \"error\" for the fewest lines)"
+                .into(),
+        );
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(log_filter(level))
+        .map(|_| ())
+        .map_err(|e| format!("{e} (write e.g. \"info\" or \"curfew=debug,info\")"))
 }
 
 /// `worker_log_level`: the least level of worker output relayed.
@@ -632,4 +657,29 @@ fn access_log(
         }
     };
     Ok((Some(target), format))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlx_is_quiet_unless_named() {
+        assert_eq!(log_filter("info"), "info,sqlx=error");
+        assert_eq!(log_filter("debug,sqlx=debug"), "debug,sqlx=debug");
+    }
+
+    /// `log_level = ""` (an unset template variable) would install only
+    /// `sqlx=error`, which turns off every other line, ERROR included.
+    #[test]
+    fn an_empty_log_level_is_refused() {
+        for empty in ["", " ", ",", " , ,"] {
+            let e = check_filter(empty).expect_err(empty);
+            assert!(e.contains("empty") && e.contains("\"info\""), "{e}");
+        }
+        assert!(check_filter("info").is_ok());
+        assert!(check_filter("curfew=debug,info").is_ok());
+        assert!(check_filter("sqlx=debug,warn").is_ok());
+        assert!(check_filter("info,curfew=loud").is_err());
+    }
 }

@@ -209,7 +209,11 @@ fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 
 impl Budget {
     pub fn of(cfg: &Config) -> Budget {
-        let total = cfg.drain_delay + cfg.graceful_timeout + cfg.worker_stop_timeout + MARGIN;
+        let total = cfg
+            .drain_delay
+            .saturating_add(cfg.graceful_timeout)
+            .saturating_add(cfg.worker_stop_timeout)
+            .saturating_add(MARGIN);
         Budget {
             drain_delay: cfg.drain_delay,
             graceful_timeout: cfg.graceful_timeout,

@@ -30,9 +30,10 @@ pub(super) async fn drain(run: &mut Run) {
     // instead of refused once the listeners close.
     run.sockets = upgrade::Sockets::default();
     run.front.stop_accepting().await;
-    let deadline = tokio::time::Instant::now() + run.cfg.graceful_timeout;
+    let graceful = crate::config::duration::bounded(run.cfg.graceful_timeout);
+    let deadline = tokio::time::Instant::now() + graceful;
     if let Ok(mut d) = run.status.drain.lock() {
-        *d = Some((started, started + run.cfg.graceful_timeout));
+        *d = Some((started, started + graceful));
     }
     // Jobs drain beside the requests, until the cut-off that keeps
     // `release_reserve` of the budget for handing the rest back.

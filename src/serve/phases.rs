@@ -180,10 +180,11 @@ pub(super) async fn teardown(mut run: Run) -> i32 {
     // request), never later: a hook cannot hold the platform's stop timeout.
     let code = run.machine.exit_code();
     let hook_deadline = run.stop_requested_at.map(|t| {
+        use crate::config::duration::bounded;
         tokio::time::Instant::from_std(t)
-            + run.cfg.drain_delay
-            + run.cfg.graceful_timeout
-            + run.cfg.worker_stop_timeout
+            + bounded(run.cfg.drain_delay)
+            + bounded(run.cfg.graceful_timeout)
+            + bounded(run.cfg.worker_stop_timeout)
     });
     let mut done = ShutdownComplete {
         signal: run.machine.stop_signal().map(|s| s.name()),

@@ -169,7 +169,7 @@ impl Instance {
         timeout: Duration,
         stop: &CancellationToken,
     ) -> Boot {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = tokio::time::Instant::now() + crate::config::duration::bounded(timeout);
         let mut interval = Duration::from_millis(10);
         let mut last = String::from("no probe completed");
         let addr = self.addr.clone();

@@ -457,7 +457,10 @@ impl Supervisor {
         let generation = self.next_generation;
         self.next_generation += 1;
         spec.generation = generation;
-        let answer_within = spec.boot_timeout * 2 + Duration::from_secs(10);
+        let answer_within = spec
+            .boot_timeout
+            .saturating_mul(2)
+            .saturating_add(Duration::from_secs(10));
         let spec = Arc::new(spec);
         let ids: Vec<(usize, mpsc::UnboundedSender<SlotCommand>)> =
             self.slots.iter().map(|s| (s.id, s.cmd.clone())).collect();

@@ -236,3 +236,59 @@ fn platform_env_conventions_and_json_logs() {
         assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
     }
 }
+
+/// A duration too large for `Instant` arithmetic (it used to pass
+/// validation and panic in the first worker's boot, or at SIGTERM) is a
+/// configuration error naming the key, from any layer.
+#[test]
+fn a_duration_above_ten_years_is_refused() {
+    let (code, err) = run(
+        &["serve", "--", TESTWORKER],
+        &[("CURFEW_BOOT_TIMEOUT", "1e19")],
+        None,
+    );
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("boot_timeout")
+            && err.contains("CURFEW_BOOT_TIMEOUT")
+            && err.contains("at most 10 years"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let (code, err) = run(
+        &[
+            "serve",
+            "--graceful-timeout",
+            "9999999999999999999",
+            "--",
+            TESTWORKER,
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("graceful_timeout") && err.contains("at most 10 years"),
+        "{err}"
+    );
+}
+
+/// `CURFEW_LOG_LEVEL=` (a template variable left unset) would turn every
+/// log line off, errors included: refused, with the fix.
+#[test]
+fn an_empty_log_level_is_refused() {
+    for (args, env) in [
+        (
+            vec!["serve", "--", TESTWORKER],
+            vec![("CURFEW_LOG_LEVEL", "")],
+        ),
+        (vec!["serve", "--log-level", " ", "--", TESTWORKER], vec![]),
+    ] {
+        let (code, err) = run(&args, &env, None);
+        assert_eq!(code, 78, "{err}");
+        assert!(
+            err.contains("log_level") && err.contains("empty") && err.contains("\"info\""),
+            "{err}"
+        );
+    }
+}
