@@ -186,7 +186,7 @@ mod periodic;
 mod postgres;
 mod row;
 mod sqlite;
-mod target;
+pub mod target;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod validate;
@@ -808,7 +808,9 @@ impl Store {
     }
 
     /// The earliest `run_at` among the queue's queued and failed jobs: when
-    /// the dispatcher needs to look again (it may be in the past).
+    /// the dispatcher needs to look again (it may be in the past). `None`
+    /// while the queue is paused: nothing there is claimable, and its
+    /// `resume` wakes the claim loops.
     pub async fn next_run_at(&self, queue: &str) -> Result<Option<i64>, StoreError> {
         validate::name("queue", queue)?;
         on_backend!(self, s => s.next_run_at(queue).await)

@@ -616,11 +616,26 @@ async fn a_paused_queue_is_not_claimed_by_any_processor(h: &Harness) {
     let (got, _) = claim_one(h, "sms", OWNER, LEASE).await;
     assert_eq!(got, sms);
     assert!(h.store.complete(running, &token).await.expect("complete"));
+    // Nothing to look again for while paused (a due job there must not
+    // bring its claim loop back every few milliseconds).
+    assert_eq!(
+        other.next_run_at("mail").await.expect("next_run_at"),
+        None,
+        "a paused queue has nothing due"
+    );
 
     // Resume: claimable again, and listeners hear of it.
     assert!(h.store.resume("mail").await.expect("resume"));
     assert!(!other.resume("mail").await.expect("resume again"));
     expect_wakeup(&mut listener, "mail").await;
+    assert!(
+        h.store
+            .next_run_at("mail")
+            .await
+            .expect("next_run_at")
+            .is_some(),
+        "due again once resumed"
+    );
     assert_eq!(
         h.store
             .claim("mail", 10, OWNER, LEASE)

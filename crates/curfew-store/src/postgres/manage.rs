@@ -69,7 +69,8 @@ impl PgStore {
 
     pub(crate) async fn next_run_at(&self, queue: &str) -> Result<Option<i64>, StoreError> {
         sqlx::query_scalar(self.sql(
-            "SELECT min(run_at) FROM {s}.jobs WHERE queue = $1 AND state IN ('queued', 'failed')",
+            "SELECT min(run_at) FROM {s}.jobs WHERE queue = $1 AND state IN ('queued', 'failed')
+               AND NOT EXISTS (SELECT 1 FROM {s}.paused_queues WHERE queue = $1)",
         ))
         .bind(queue)
         .fetch_one(&self.pool)

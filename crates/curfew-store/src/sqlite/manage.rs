@@ -64,7 +64,8 @@ impl SqliteStore {
 
     pub(crate) async fn next_run_at(&self, queue: &str) -> Result<Option<i64>, StoreError> {
         sqlx::query_scalar(
-            "SELECT min(run_at) FROM jobs WHERE queue = ?1 AND state IN ('queued', 'failed')",
+            "SELECT min(run_at) FROM jobs WHERE queue = ?1 AND state IN ('queued', 'failed')
+               AND NOT EXISTS (SELECT 1 FROM paused_queues WHERE queue = ?1)",
         )
         .bind(queue)
         .fetch_one(&self.pool)
