@@ -375,6 +375,8 @@ fn run_jobs(
                 state: list.state,
                 limit: list.limit,
                 after: list.after,
+                // Only the JSON output shows them.
+                payload: list.json,
             },
             true,
         ),

@@ -162,6 +162,26 @@ impl Processor {
                 }
                 Ok(answer)
             }
+            // A page of payloads is bounded in bytes (as on `GET /jobs`):
+            // this process is also the web front.
+            JobsRequest::List {
+                queue,
+                state,
+                limit,
+                after,
+                payload: true,
+            } => {
+                let page = super::gate::payload_page_limit(self.inner.cfg.max_payload);
+                let limit = limit.unwrap_or(curfew_store::ListFilter::DEFAULT_LIMIT);
+                let req = JobsRequest::List {
+                    queue,
+                    state,
+                    limit: Some(limit.min(page)),
+                    after,
+                    payload: true,
+                };
+                store_ops::operate(store, &cx, req).await
+            }
             other => store_ops::operate(store, &cx, other).await,
         }
     }

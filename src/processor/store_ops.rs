@@ -41,14 +41,14 @@ pub async fn operate(
             state,
             limit,
             after,
+            payload,
         } => {
             let filter = curfew_store::ListFilter {
                 queue,
                 state: state.as_deref().map(api::parse_state).transpose()?,
                 limit: limit.unwrap_or(curfew_store::ListFilter::DEFAULT_LIMIT),
                 after_id: after,
-                // `curfew jobs` (a local operator) shows them.
-                with_payload: true,
+                with_payload: payload,
                 newest_first: false,
             };
             let jobs = store.list(filter).await?;

@@ -119,6 +119,11 @@ pub enum JobsRequest {
         limit: Option<u32>,
         #[serde(default)]
         after: Option<i64>,
+        /// With each job's payload (a page of them is bounded in bytes by
+        /// a running curfew: fewer jobs than `limit` may come back; page
+        /// with `after`).
+        #[serde(default)]
+        payload: bool,
     },
     Show {
         id: i64,

@@ -353,7 +353,8 @@ pub(super) async fn route_control(
                         // The SDK enqueues here when there is no admin
                         // address: app traffic, held to the API's store turns.
                         Some(j) => match async {
-                            let listing = matches!(request, JobsRequest::List { .. });
+                            let listing =
+                                matches!(request, JobsRequest::List { payload: true, .. });
                             let _turn = j.api_turn(listing).await?;
                             j.operate(request).await
                         }

@@ -87,6 +87,29 @@ fn payload_listings_keep_curfews_memory_bounded() {
     let r = get(admin, "/jobs?limit=500");
     let v: serde_json::Value = serde_json::from_str(&r.body).expect("json");
     assert_eq!(v["jobs"].as_array().map(Vec::len), Some(20));
+
+    // The same bounds over the control socket (`curfew jobs`, which any
+    // worker can reach too): the table needs no payloads and lists them
+    // all; `--json` shows payloads, a page bounded in bytes at a time.
+    let (code, table, err) = c.ctl(&["jobs", "--limit", "100"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        table.lines().filter(|l| l.contains("noop")).count(),
+        20,
+        "{table}"
+    );
+    let before = rss_kib(pid);
+    let (code, out, err) = c.ctl(&["jobs", "--json", "--limit", "10000"]);
+    assert_eq!(code, 0, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let jobs = listed.as_array().expect("a list of jobs");
+    assert_eq!(jobs.len(), 4, "one page of 1 MB payloads");
+    assert!(
+        jobs.iter()
+            .all(|j| j["payload"]["blob"].as_str().map(str::len) == Some(1_000_000))
+    );
+    let grew = rss_kib(pid).saturating_sub(before) / 1024;
+    assert!(grew < 32, "curfew's RSS grew {grew} MiB for one listing");
     assert!(c.faults().is_empty(), "{:?}", c.faults());
 }
 
