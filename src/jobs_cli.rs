@@ -201,14 +201,15 @@ async fn run_offline(offline: Offline, request: JobsRequest) -> Result<Response,
     }
 }
 
-/// The file of a SQLite store URL (`sqlite://path`, or a plain path).
+/// The file of a SQLite store URL, read by the store's own parser (every
+/// form it takes: `sqlite:///abs.db`, `sqlite://rel.db`, `sqlite:rel.db`, a
+/// plain path). `None` for PostgreSQL, and for a URL the store refuses (it
+/// then says why itself).
 fn sqlite_path(url: &str) -> Option<PathBuf> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return None;
+    match curfew_store::target::parse(url) {
+        Ok(curfew_store::target::Target::Sqlite(path)) => Some(path),
+        _ => None,
     }
-    let path = url.strip_prefix("sqlite://").unwrap_or(url);
-    let path = path.split('?').next().unwrap_or(path);
-    (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
 }
 
 /// A table of schedules (`curfew jobs periodic`).
@@ -236,4 +237,23 @@ pub fn periodic_table(reply: &PeriodicReply) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every SQLite form the store takes names its file, `sqlite:jobs.db`
+    /// included (it used to be looked for as a file named "sqlite:jobs.db").
+    #[test]
+    fn sqlite_path_takes_every_form_the_store_does() {
+        for url in ["sqlite:jobs.db", "sqlite://jobs.db", "jobs.db"] {
+            assert_eq!(sqlite_path(url), Some(PathBuf::from("jobs.db")), "{url}");
+        }
+        assert_eq!(
+            sqlite_path("sqlite:///tmp/jobs.db"),
+            Some(PathBuf::from("/tmp/jobs.db"))
+        );
+        assert_eq!(sqlite_path("postgres://u@h/db"), None);
+    }
 }

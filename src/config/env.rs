@@ -10,7 +10,6 @@ const NOT_SETTINGS: &[&str] = &[
     "CURFEW_CONFIG",          // the config file path
     "CURFEW_WORKER_ID",       // set by curfew in its workers' environment
     "CURFEW_SOCKET",          // set by curfew for workers in unix socket mode
-    "CURFEW_LOG",             // reserved
     "CURFEW_JOB_TOKEN",       // set by curfew in its workers' environment ([jobs])
     "CURFEW_ADMIN_URL",       // set by curfew in its workers' environment (admin_bind)
     "CURFEW_UPGRADE",         // set by curfew for the new curfew an upgrade starts
@@ -23,6 +22,19 @@ const NOT_SETTINGS: &[&str] = &[
     "CURFEW_SOAK_WORKER",     // the test suite: the soak's worker (uvicorn)
     "CURFEW_BIN",             // python/tests, scripts/run-example.sh: the curfew binary to run
     "CURFEW_TEST_REQUIRE_PG", // python/tests: fail (not skip) without PostgreSQL
+    "CURFEW_HOOK",            // set by curfew for a hook: the event
+];
+
+/// Prefixes of variables curfew sets for its own children, so that a hook
+/// or a command job can run `curfew check` or `curfew jobs`: the hook's
+/// details (`CURFEW_HOOK_<KEY>`, only beside `CURFEW_HOOK`) and a command
+/// job's `CURFEW_JOB_ID`, `_ATTEMPT`, `_MAX_ATTEMPTS`, `_KIND`, `_QUEUE`
+/// (only beside `CURFEW_JOB_ID`). A setting's own name always wins
+/// (`CURFEW_HOOK_TIMEOUT`), and without the marker variable such a name is
+/// as unknown as any other.
+const CHILD_PREFIXES: &[(&str, &str)] = &[
+    ("CURFEW_HOOK_", "CURFEW_HOOK"),
+    ("CURFEW_JOB_", "CURFEW_JOB_ID"),
 ];
 
 /// Build the environment layer from `vars` (normally `std::env::vars()`).
@@ -35,14 +47,25 @@ pub fn layer(
     let mut conv_origins = Origins::new();
     let mut vars: Vec<(String, String)> = vars.into_iter().collect();
     vars.sort();
+    let present: Vec<String> = vars.iter().map(|(k, _)| k.clone()).collect();
+    let set_by_curfew = |name: &str| {
+        CHILD_PREFIXES
+            .iter()
+            .any(|(prefix, marker)| name.starts_with(prefix) && present.iter().any(|k| k == marker))
+    };
     for (name, value) in vars {
         if name == "PORT" {
-            let port: u16 = value.trim().parse().map_err(|_| ConfigError::Invalid {
-                key: "bind".into(),
-                origin: Origin::Env("PORT".into()),
-                value: value.clone(),
-                message: "PORT must be a port number (1-65535)".into(),
-            })?;
+            let port = value
+                .trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| ConfigError::Invalid {
+                    key: "bind".into(),
+                    origin: Origin::Env("PORT".into()),
+                    value: value.clone(),
+                    message: "PORT must be a port number (1-65535)".into(),
+                })?;
             conventional.merge(
                 one(
                     "bind",
@@ -69,13 +92,26 @@ pub fn layer(
             continue;
         }
         let key = suffix.to_ascii_lowercase();
+        if !RawConfig::KEYS.contains(&key.as_str()) && set_by_curfew(&name) {
+            continue;
+        }
         if !RawConfig::KEYS.contains(&key.as_str()) {
             let known: Vec<String> = RawConfig::KEYS
                 .iter()
                 .map(|k| format!("CURFEW_{}", k.to_uppercase()))
                 .collect();
-            let suggestion = super::suggest::closest(&name, known.iter().map(String::as_str))
-                .map(str::to_string);
+            // A name that is the start of settings' names (`CURFEW_LOG`)
+            // means one of them; else the closest name.
+            let extended: Vec<&str> = known
+                .iter()
+                .map(String::as_str)
+                .filter(|k| k.starts_with(&format!("{name}_")))
+                .collect();
+            let suggestion = if extended.is_empty() {
+                super::suggest::closest(&name, known.iter().map(String::as_str)).map(str::to_string)
+            } else {
+                Some(extended.join(" or "))
+            };
             return Err(ConfigError::UnknownEnv {
                 name,
                 suggestion,
@@ -187,5 +223,52 @@ mod tests {
     #[test]
     fn reserved_vars_are_not_settings() {
         assert!(env(&[("CURFEW_WORKER_ID", "0"), ("CURFEW_CONFIG", "x.toml")]).is_ok());
+    }
+
+    /// `CURFEW_LOG=debug` (by analogy with `RUST_LOG`) does nothing, so it
+    /// is unknown like any other name, with the setting it probably meant.
+    #[test]
+    fn curfew_log_is_unknown() {
+        let err = env(&[("CURFEW_LOG", "debug")]).expect_err("unknown");
+        assert!(err.to_string().contains("CURFEW_LOG_LEVEL"), "{err}");
+    }
+
+    /// A hook or a command job that runs `curfew check` or `curfew jobs`
+    /// carries the variables curfew set for it.
+    #[test]
+    fn what_curfew_sets_for_hooks_and_command_jobs_is_not_a_setting() {
+        let raw = env(&[
+            ("CURFEW_HOOK", "on_exit"),
+            ("CURFEW_HOOK_EVENT", "on_exit"),
+            ("CURFEW_HOOK_EXIT_CODE", "0"),
+            ("CURFEW_HOOK_TIMEOUT", "3s"),
+        ])
+        .expect("a hook's environment");
+        assert_eq!(
+            raw.hook_timeout,
+            Some(RawDuration::Text("3s".into())),
+            "a setting's name stays a setting"
+        );
+        assert!(
+            env(&[
+                ("CURFEW_JOB_ID", "7"),
+                ("CURFEW_JOB_ATTEMPT", "1"),
+                ("CURFEW_JOB_MAX_ATTEMPTS", "20"),
+                ("CURFEW_JOB_KIND", "k"),
+                ("CURFEW_JOB_QUEUE", "q"),
+                ("CURFEW_JOB_TOKEN", "t"),
+            ])
+            .is_ok()
+        );
+        // Without the marker they are unknown: a misspelt setting is not
+        // taken for one of them.
+        assert!(env(&[("CURFEW_HOOK_TIMOUT", "3s")]).is_err());
+        assert!(env(&[("CURFEW_JOB_KIND", "k")]).is_err());
+    }
+
+    #[test]
+    fn port_zero_is_refused() {
+        let err = env(&[("PORT", "0")]).expect_err("port 0");
+        assert!(err.to_string().contains("1-65535"), "{err}");
     }
 }

@@ -35,10 +35,13 @@ pub fn parse_bind(s: &str) -> Result<Vec<BindAddr>, String> {
 
 pub fn parse_allow(list: &[String]) -> Result<ForwardedAllow, String> {
     let mut nets = Vec::new();
+    let mut all = false;
     for item in list {
         let item = item.trim();
+        // Every item is checked, also after a "*".
         if item == "*" {
-            return Ok(ForwardedAllow::All);
+            all = true;
+            continue;
         }
         let net = match item.parse::<IpNet>() {
             Ok(n) => n,
@@ -52,6 +55,9 @@ pub fn parse_allow(list: &[String]) -> Result<ForwardedAllow, String> {
             },
         };
         nets.push(net);
+    }
+    if all {
+        return Ok(ForwardedAllow::All);
     }
     Ok(ForwardedAllow::Nets(nets))
 }

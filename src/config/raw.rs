@@ -34,15 +34,46 @@ pub enum RawDuration {
 }
 
 /// A hook as written: the command/URL, or a table with its own timeout.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(untagged)]
+/// Deserialised by hand (not `untagged`), so a table's misspelt key is
+/// reported as an unknown field with its name, like every other table's.
+#[derive(Debug, Clone, PartialEq)]
 pub enum RawHook {
     Run(String),
-    Table {
-        run: String,
-        #[serde(default)]
-        timeout: Option<RawDuration>,
-    },
+    Table(RawHookTable),
+}
+
+/// `{ run = "...", timeout = "5s" }`: a hook with its own time budget.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawHookTable {
+    pub run: String,
+    #[serde(default)]
+    pub timeout: Option<RawDuration>,
+}
+
+impl<'de> Deserialize<'de> for RawHook {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Hook;
+        impl<'de> serde::de::Visitor<'de> for Hook {
+            type Value = RawHook;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "a command or http:// URL as a string, or a table { run = \"...\", timeout = \"5s\" }",
+                )
+            }
+
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<RawHook, E> {
+                Ok(RawHook::Run(s.to_owned()))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawHook, A::Error> {
+                RawHookTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawHook::Table)
+            }
+        }
+        d.deserialize_any(Hook)
+    }
 }
 
 /// A byte size: a number of bytes or a string like "512MiB", "1GiB", "300MB".
@@ -91,7 +122,15 @@ impl RawSize {
                 ));
             }
         };
-        Ok((n * mult) as u64)
+        let bytes = (n * mult) as u64;
+        if bytes == 0 && n > 0.0 {
+            // "0.5B" is not 0 as written; as 0 it would mean "no limit".
+            return Err(
+                "is less than one byte; give a whole number of bytes, or 0 where 0 means no limit"
+                    .into(),
+            );
+        }
+        Ok(bytes)
     }
 }
 
@@ -370,6 +409,38 @@ mod tests {
         assert_eq!(raw.workers, Some(4));
         assert_eq!(raw.drain_delay, Some(RawDuration::Int(5)));
         assert_eq!(raw.worker_stop_timeout, Some(RawDuration::Float(2.5)));
+    }
+
+    /// A hook's table denies unknown keys like every other table; a hook
+    /// of the wrong type says what a hook is.
+    #[test]
+    fn hook_tables_deny_unknown_keys() {
+        let raw: RawConfig = toml::from_str(
+            "[hooks]\non_exit = \"./flush.sh\"\nworker_exit = { run = \"./page.sh\", timeout = \"3s\" }",
+        )
+        .expect("valid");
+        let hooks = raw.hooks.expect("hooks");
+        assert_eq!(hooks["on_exit"], RawHook::Run("./flush.sh".into()));
+        assert_eq!(
+            hooks["worker_exit"],
+            RawHook::Table(RawHookTable {
+                run: "./page.sh".into(),
+                timeout: Some(RawDuration::Text("3s".into())),
+            })
+        );
+        let err = toml::from_str::<RawConfig>(
+            "[hooks]\nworker_exit = { run = \"./page.sh\", timout = \"3s\" }",
+        )
+        .expect_err("typo");
+        assert!(err.to_string().contains("unknown field `timout`"), "{err}");
+        let err = toml::from_str::<RawConfig>("[hooks]\nworker_exit = { run = 5 }")
+            .expect_err("wrong type");
+        assert!(!err.to_string().contains("untagged"), "{err}");
+        let err = toml::from_str::<RawConfig>("[hooks]\nworker_exit = 5").expect_err("a number");
+        assert!(
+            err.to_string().contains("a command or http:// URL"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -287,7 +287,6 @@ mod tests {
                 "control_socket",
                 "workers = 2\ncontrol_socket = \"/tmp/x.sock\"",
             ),
-            ("liveness_path", "workers = 2\nliveness_path = \"/alive\""),
             ("hooks", "workers = 2\n[hooks]\non_exit = \"true\""),
             ("max_requests", "workers = 2\nmax_requests = 3"),
             (
@@ -321,6 +320,13 @@ mod tests {
         );
         assert_eq!(plan.applied, ["jobs.periodic"]);
         assert!(plan.restart_only.is_empty(), "{plan:?}");
+        // `liveness_path` needs worker_concurrency > 1 in both: its own base.
+        let plan = plan_reload(
+            &cfg("workers = 2\nworker_concurrency = 4"),
+            &cfg("workers = 2\nworker_concurrency = 4\nliveness_path = \"/alive\""),
+        );
+        assert_eq!(plan.applied, ["liveness_path"]);
+        assert!(plan.restart_only.is_empty(), "{plan:?}");
         for (key, text) in cases {
             let plan = plan_reload(&base, &cfg(text));
             let how = SETTINGS
@@ -346,11 +352,14 @@ mod tests {
         // Every key of SETTINGS has a case, and every case a key.
         let keys: Vec<&str> = SETTINGS.iter().map(|(k, _)| *k).collect();
         assert_eq!(
-            cases.len() + 1,
+            cases.len() + 2,
             keys.len(),
-            "every key has a case (jobs.periodic's is above)"
+            "every key has a case (jobs.periodic's and liveness_path's are above)"
         );
-        for key in keys.into_iter().filter(|k| *k != "jobs.periodic") {
+        for key in keys
+            .into_iter()
+            .filter(|k| !["jobs.periodic", "liveness_path"].contains(k))
+        {
             assert!(cases.iter().any(|(k, _)| *k == key), "no case for {key}");
         }
     }

@@ -24,8 +24,16 @@ use super::{
 pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError> {
     let cx = Ctx::top(origins);
     let program = program(&cx, &raw)?;
+    let (default_concurrency, why) = defaults::worker_concurrency(&program.command);
+    let worker_concurrency = cx.count(
+        "worker_concurrency",
+        raw.worker_concurrency,
+        default_concurrency,
+        1,
+        100_000,
+    )?;
     let net = network(&cx, &raw)?;
-    let health = health(&cx, &raw)?;
+    let health = health(&cx, &raw, worker_concurrency)?;
     let recycle = recycle(&cx, &raw)?;
     let hooks = hooks(&cx, &raw)?;
     let (log_format, log_level) = logging(&cx, &raw)?;
@@ -39,14 +47,6 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
         defaults::GRACEFUL_TIMEOUT,
     )?;
     let workers = cx.count("workers", raw.workers, defaults::workers(), 1, 1024)?;
-    let (default_concurrency, why) = defaults::worker_concurrency(&program.command);
-    let worker_concurrency = cx.count(
-        "worker_concurrency",
-        raw.worker_concurrency,
-        default_concurrency,
-        1,
-        100_000,
-    )?;
     let worker_concurrency_default = raw.worker_concurrency.is_none().then_some(why);
     let mut raw_jobs = raw.jobs;
     let raw_periodic = raw_jobs.as_mut().and_then(|j| j.periodic.take());
@@ -116,7 +116,8 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
             256,
         )?,
         faulthandler: raw.faulthandler.unwrap_or(defaults::FAULTHANDLER),
-        worker_stop_timeout: cx.duration(
+        // Not 0: every stop would SIGKILL at once and count as forced.
+        worker_stop_timeout: cx.positive(
             "worker_stop_timeout",
             raw.worker_stop_timeout,
             defaults::WORKER_STOP_TIMEOUT,
@@ -343,28 +344,40 @@ struct Health {
     liveness: Option<Liveness>,
 }
 
-fn health(cx: &Ctx<'_>, raw: &RawConfig) -> Result<Health, ConfigError> {
+fn health(cx: &Ctx<'_>, raw: &RawConfig, worker_concurrency: usize) -> Result<Health, ConfigError> {
+    // The probe's settings are checked whether or not it is on: a bad value
+    // is a mistake even before liveness_path is added.
+    let interval = cx.positive(
+        "liveness_interval",
+        raw.liveness_interval.clone(),
+        defaults::LIVENESS_INTERVAL,
+    )?;
+    let timeout = cx.positive(
+        "liveness_timeout",
+        raw.liveness_timeout.clone(),
+        defaults::LIVENESS_TIMEOUT,
+    )?;
+    let failures = cx.count(
+        "liveness_failures",
+        raw.liveness_failures,
+        defaults::LIVENESS_FAILURES,
+        1,
+        100,
+    )? as u32;
     let liveness = match cx.url_path("liveness_path", raw.liveness_path.clone())? {
         None => None,
+        Some(path) if worker_concurrency == 1 => {
+            return Err(cx.err(
+                "liveness_path",
+                format!("{path:?}"),
+                "is for workers with worker_concurrency > 1, and worker_concurrency is 1 (a sync worker is found hung by `timeout` instead, and would never be probed); remove liveness_path, or set worker_concurrency if the workers are async",
+            ));
+        }
         Some(path) => Some(Liveness {
             path,
-            interval: cx.positive(
-                "liveness_interval",
-                raw.liveness_interval.clone(),
-                defaults::LIVENESS_INTERVAL,
-            )?,
-            timeout: cx.positive(
-                "liveness_timeout",
-                raw.liveness_timeout.clone(),
-                defaults::LIVENESS_TIMEOUT,
-            )?,
-            failures: cx.count(
-                "liveness_failures",
-                raw.liveness_failures,
-                defaults::LIVENESS_FAILURES,
-                1,
-                100,
-            )? as u32,
+            interval,
+            timeout,
+            failures,
         }),
     };
     Ok(Health {
@@ -515,7 +528,7 @@ fn hooks(cx: &Ctx<'_>, raw: &RawConfig) -> Result<HashMap<HookEvent, HookSpec>, 
         };
         let (run, timeout) = match raw_hook {
             RawHook::Run(r) => (r, None),
-            RawHook::Table { run, timeout } => (run, timeout),
+            RawHook::Table(t) => (t.run, t.timeout),
         };
         let action =
             HookAction::parse(&run).map_err(|m| cx.err("hooks", format!("{name} = {run:?}"), m))?;

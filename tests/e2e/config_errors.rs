@@ -292,3 +292,109 @@ fn an_empty_log_level_is_refused() {
         );
     }
 }
+
+/// Values that used to be accepted and then ignored or misread are
+/// refused with exit 78, naming the key (or variable) and the fix.
+#[test]
+fn values_once_ignored_are_refused() {
+    // A misspelt key in a hook's table (it used to run with the default
+    // hook_timeout).
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("curfew.toml"),
+        "command = \"true\"\n[hooks]\nworker_exit = { run = \"true\", timout = \"3s\" }\n",
+    )
+    .expect("write");
+    let (code, err) = run(&["serve"], &[], Some(dir.path()));
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("unknown key `timout`: did you mean `timeout`?"),
+        "{err}"
+    );
+    // (flags, environment, what the error must contain)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: &[Case<'_>] = &[
+        // The probe of an async worker on a sync one: never probed.
+        (
+            &["--liveness-path", "/alive"],
+            &[],
+            &["liveness_path", "worker_concurrency"],
+        ),
+        // liveness_* without liveness_path: checked all the same.
+        (
+            &[],
+            &[("CURFEW_LIVENESS_FAILURES", "-4")],
+            &["liveness_failures", "CURFEW_LIVENESS_FAILURES"],
+        ),
+        (
+            &["--liveness-interval", "soon"],
+            &[],
+            &["liveness_interval", "not a duration"],
+        ),
+        // 0 made every stop a SIGKILL and every shutdown "forced".
+        (
+            &["--worker-stop-timeout", "0"],
+            &[],
+            &["worker_stop_timeout", "greater than zero"],
+        ),
+        // Reserved once, read by nothing.
+        (&[], &[("CURFEW_LOG", "debug")], &["CURFEW_LOG_LEVEL"]),
+        // Port 0 would bind a random port.
+        (&[], &[("PORT", "0")], &["PORT", "1-65535"]),
+        // Every entry is checked, also after "*".
+        (
+            &["--forwarded-allow-ips", "*,10.0.0.0/33"],
+            &[],
+            &["forwarded_allow_ips", "10.0.0.0/33"],
+        ),
+        // Less than a byte is not "no limit".
+        (
+            &[],
+            &[("CURFEW_MAX_REQUEST_BODY", "0.5")],
+            &["max_request_body", "less than one byte"],
+        ),
+        (
+            &["--max-memory", "0.5B"],
+            &[],
+            &["max_memory", "less than one byte"],
+        ),
+    ];
+    for (flags, env, wanted) in cases {
+        let mut args = vec!["serve"];
+        args.extend_from_slice(flags);
+        args.extend(["--", TESTWORKER]);
+        let (code, err) = run(&args, env, None);
+        assert_eq!(code, 78, "{flags:?} {env:?}: {err}");
+        for w in *wanted {
+            assert!(err.contains(w), "{flags:?} {env:?}: {w:?} missing: {err}");
+        }
+    }
+}
+
+/// A hook or a command job that runs curfew (`curfew check`, `curfew jobs`
+/// from `on_exit`) has the variables curfew set for it: they are not
+/// "unknown" settings (the run fails on the bad worker count instead).
+#[test]
+fn variables_curfew_sets_for_its_children_are_not_settings() {
+    for env in [
+        &[
+            ("CURFEW_HOOK", "on_exit"),
+            ("CURFEW_HOOK_EVENT", "on_exit"),
+            ("CURFEW_HOOK_EXIT_CODE", "0"),
+        ][..],
+        &[
+            ("CURFEW_JOB_ID", "7"),
+            ("CURFEW_JOB_ATTEMPT", "1"),
+            ("CURFEW_JOB_MAX_ATTEMPTS", "20"),
+            ("CURFEW_JOB_KIND", "k"),
+            ("CURFEW_JOB_QUEUE", "q"),
+        ][..],
+    ] {
+        let (code, err) = run(&["serve", "-w", "0", "--", TESTWORKER], env, None);
+        assert_eq!(code, 78, "{err}");
+        assert!(
+            err.contains("`workers`") && !err.contains("unknown environment variable"),
+            "{err}"
+        );
+    }
+}

@@ -90,6 +90,17 @@ fn offline_cli(store: TestStore) {
     assert_eq!(code, online_missing.0);
     assert_eq!(err.lines().last(), online_missing.2.lines().last());
 
+    // `sqlite:PATH`, a form the store takes, names the same file (it was
+    // looked for as a file named "sqlite:PATH").
+    if let Some(path) = store.url.strip_prefix("sqlite://") {
+        let short = format!("sqlite:{path}");
+        let (code, out, err) = curfew(
+            &["jobs", "show", &dead.to_string()],
+            &["--store", short.as_str()],
+        );
+        assert_eq!((code, out), (0, online_show.1.clone()), "{err}");
+    }
+
     // --store: that store, no note.
     let mut with_store = vec!["--store", store.url.as_str()];
     if let Some(s) = &store.schema {

@@ -10,12 +10,12 @@ use std::path::PathBuf;
 use super::error::StoreError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Target {
+pub enum Target {
     Sqlite(PathBuf),
     Postgres(String),
 }
 
-pub(crate) fn parse(url: &str) -> Result<Target, StoreError> {
+pub fn parse(url: &str) -> Result<Target, StoreError> {
     let invalid = |reason: &str| StoreError::InvalidUrl {
         url: redact(url),
         reason: reason.to_owned(),
