@@ -104,6 +104,31 @@ impl StoreError {
         matches!(self, StoreError::Unavailable { .. })
     }
 
+    /// True when the store refused the input itself: the same call can
+    /// never succeed (a bad value, a payload too large, a constraint). Not
+    /// for errors of the store's own (a timeout, a failover, a missing
+    /// table): those may pass, or need the operator, not a skip.
+    pub fn is_refused_input(&self) -> bool {
+        match self {
+            StoreError::InvalidInput { .. }
+            | StoreError::PayloadTooLarge { .. }
+            | StoreError::InvalidBatch { .. } => true,
+            StoreError::Database { source, .. } => match source {
+                sqlx::Error::Database(db) => {
+                    if let Some(primary) = sqlite_primary_code(source) {
+                        // TOOBIG, CONSTRAINT, MISMATCH.
+                        return matches!(primary, 18..=20);
+                    }
+                    // PostgreSQL: data exception, integrity constraint.
+                    db.code()
+                        .is_some_and(|c| c.starts_with("22") || c.starts_with("23"))
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
         StoreError::InvalidInput {
             field,
@@ -181,13 +206,18 @@ fn is_unavailable(error: &sqlx::Error) -> bool {
                 return matches!(primary, 5 | 6 | 10 | 13 | 14);
             }
             // PostgreSQL SQLSTATE: connection exception, insufficient
-            // resources, operator intervention (shutdown, recovery),
-            // serialization failure and deadlock.
+            // resources, operator intervention (shutdown, recovery, a
+            // cancelled statement: statement_timeout), serialization
+            // failure and deadlock, lock_timeout, a read-only transaction
+            // (a pooled connection to a primary demoted by a failover), an
+            // idle-in-transaction timeout.
             code.starts_with("08")
                 || code.starts_with("53")
                 || code.starts_with("57P")
-                || code == "40001"
-                || code == "40P01"
+                || matches!(
+                    code.as_ref(),
+                    "57014" | "40001" | "40P01" | "55P03" | "25006" | "25P03"
+                )
         }
         _ => false,
     }
@@ -247,6 +277,23 @@ mod tests {
         for code in ["23505", "42P01", "22P02"] {
             assert!(!postgres(code).is_retryable(), "{code}");
         }
+    }
+
+    #[test]
+    fn timeouts_and_failovers_pass_and_only_bad_input_is_refused() {
+        // statement_timeout, lock_timeout, read-only after a failover,
+        // idle-in-transaction timeout: worth another try, never a skip.
+        for code in ["57014", "55P03", "25006", "25P03"] {
+            assert!(postgres(code).is_retryable(), "{code}");
+            assert!(!postgres(code).is_refused_input(), "{code}");
+        }
+        for code in ["23505", "22P02", "22003"] {
+            assert!(postgres(code).is_refused_input(), "{code}");
+        }
+        // A missing table or function is the operator's, not the input's.
+        assert!(!postgres("42P01").is_refused_input());
+        assert!(StoreError::invalid("kind", "empty").is_refused_input());
+        assert!(!StoreError::from_sqlx("x", sqlx::Error::PoolTimedOut).is_refused_input());
     }
 
     #[test]

@@ -301,9 +301,11 @@ impl Inner {
             }
             Err(e) => {
                 self.health.failed("enqueue a periodic job", &e, t);
-                if !e.is_retryable() {
+                if e.is_refused_input() {
                     // A job the store refuses (it cannot become valid by
                     // waiting): skip the instant rather than loop on it.
+                    // Any other error (a timeout, a failover, a store
+                    // fault) keeps the instant due: it is tried again.
                     tracing::error!(schedule = %p.name, instant = %at, error = %e, "Periodic job refused by the store; this instant is skipped.");
                     known.insert(p.name.clone(), instant);
                 }
