@@ -116,12 +116,23 @@ pub(super) async fn serving(run: &mut Run) {
     }
 }
 
-/// Not ready any more, still serving, for `drain_delay` (a stop signal
-/// meanwhile may escalate).
+/// Not ready any more, still serving, until `drain_delay` after the first
+/// stop request (a stop signal meanwhile may escalate; a repeated SIGTERM,
+/// ignored, does not start the delay again: the deadline is computed once).
 pub(super) async fn lame_duck(run: &mut Run) {
-    let delay = run.cfg.drain_delay;
+    let since = run
+        .stop_requested_at
+        .map_or_else(tokio::time::Instant::now, tokio::time::Instant::from_std);
+    // A delay too long for the clock never ends (only a signal does).
+    let until = since.checked_add(run.cfg.drain_delay);
+    let elapsed = async move {
+        match until {
+            Some(t) => tokio::time::sleep_until(t).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
-        _ = tokio::time::sleep(delay) => { run.apply(Event::DrainDelayElapsed); }
+        _ = elapsed => { run.apply(Event::DrainDelayElapsed); }
         sig = run.inputs.next_stop() => run.on_signal(sig),
     }
 }

@@ -250,6 +250,28 @@ fn repeated_sigterm_keeps_draining() {
     assert_eq!(slow.join().expect("join").status, 200);
 }
 
+/// SIGTERMs repeated during `drain_delay` (a "kill until dead" loop every
+/// 200 ms) do not start the delay again: curfew exits about `drain_delay`
+/// after the first one (fails if each restarts it: it would still be in
+/// lame duck when the loop ends, 4 s later).
+#[test]
+fn repeated_sigterm_does_not_extend_drain_delay() {
+    let mut c = Curfew::start(Opts::testworker(&["-w", "1", "--drain-delay", "1s"], &[]));
+    let t0 = Instant::now();
+    // Signalled only while not reaped (try_wait reaps on this thread), so
+    // the pid cannot have been reused.
+    while c.child.try_wait().expect("try_wait").is_none() && t0.elapsed() < Duration::from_secs(4) {
+        c.signal(Signal::SIGTERM);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(c.wait_exit(Duration::from_secs(10)), 0, "{}", c.log_text());
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_millis(2500),
+        "stopped {took:?} after the first SIGTERM (drain_delay 1s)"
+    );
+}
+
 /// Connections waiting in the kernel's accept queue when the listener closes
 /// are accepted and served, never reset. curfew is stopped (SIGSTOP) so the
 /// connections queue, then gets SIGTERM and SIGCONT.
