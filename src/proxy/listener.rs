@@ -346,6 +346,17 @@ impl Listener {
         })
     }
 
+    /// Close the listener without accepting what waits in its queue (an
+    /// immediate stop), removing its socket file if this process owns it.
+    pub fn close(self) {
+        if let Listener::Unix(l, path, owned) = self {
+            drop(l);
+            if owned && !handed_over(&path) && !not_yet_owned(&path) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+
     /// Accept every connection waiting in the kernel queue, then close the
     /// listener (and remove its socket file).
     pub fn drain_and_close(self) -> Vec<Accepted> {

@@ -157,6 +157,9 @@ pub struct Front {
     /// Connection and tunnel tasks; the drain waits for them.
     pub tasks: TaskTracker,
     stop_accepting: CancellationToken,
+    /// Set by [`Front::close_listeners_now`]: the accept loops close their
+    /// listeners without accepting what waits in the kernel's queue.
+    closing_now: std::sync::atomic::AtomicBool,
     accept_loops: std::sync::Mutex<Vec<JoinHandle<()>>>,
     builder: auto::Builder<TokioExecutor>,
     /// Where client connections are served (none started: on the caller's
@@ -192,6 +195,7 @@ impl Front {
             abort: CancellationToken::new(),
             tasks: TaskTracker::new(),
             stop_accepting: CancellationToken::new(),
+            closing_now: std::sync::atomic::AtomicBool::new(false),
             accept_loops: std::sync::Mutex::new(Vec::new()),
             builder,
             threads: std::sync::Mutex::new(Vec::new()),
@@ -334,6 +338,14 @@ impl Front {
             }
         }
         let name = listener.describe();
+        if self.closing_now.load(std::sync::atomic::Ordering::Acquire) {
+            // An immediate stop: what waits in the queue would only be
+            // accepted and cut. Closed now, a bound socket refuses new
+            // connections; an inherited one's queue stays with its owner.
+            listener.close();
+            tracing::info!(listener = %name, "Stopped accepting connections (immediate stop).");
+            return;
+        }
         let queued = listener.drain_and_close();
         let n = queued.len();
         for a in queued {
@@ -473,7 +485,17 @@ impl Front {
         }
     }
 
-    /// Close the listeners, after accepting what waits in their queues.
+    /// An immediate stop: the accept loops end at once and close their
+    /// listeners without accepting what waits in the kernel's queue (it
+    /// could only be cut). [`Front::stop_accepting`] waits for them.
+    pub fn close_listeners_now(&self) {
+        self.closing_now
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.stop_accepting.cancel();
+    }
+
+    /// Close the listeners, after accepting what waits in their queues
+    /// (unless [`Front::close_listeners_now`] came first).
     pub async fn stop_accepting(&self) {
         self.stop_accepting.cancel();
         let loops: Vec<_> = self

@@ -151,6 +151,11 @@ impl Run {
                 }
                 self.sup.kill_now();
                 self.front.abort.cancel();
+                // No new connection is accepted only to be cut: the
+                // listeners close now (a bound one refuses from here on),
+                // and with them the copies kept for an upgrade.
+                self.front.close_listeners_now();
+                self.sockets = upgrade::Sockets::default();
             }
             Outcome::Ignored => {
                 if let Event::Signal(sig) = event {

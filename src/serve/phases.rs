@@ -141,6 +141,9 @@ pub(super) async fn lame_duck(run: &mut Run) {
 /// after `worker_stop_timeout`; at once after an escalation), then
 /// `stopped`.
 pub(super) async fn stopping(run: &mut Run) {
+    // Closed already after a drain; after an immediate stop, the accept
+    // loops close their listeners without accepting (waited for here).
+    run.front.stop_accepting().await;
     // Whatever is still running (an immediate stop, a stop while
     // starting) is handed back before the workers go.
     if let Some(jobs) = run.jobs.clone() {

@@ -236,6 +236,36 @@ fn sigquit_stops_now() {
     assert_no_survivors(&c);
 }
 
+/// After SIGQUIT, a new connection is refused, not accepted and cut: the
+/// listener closes at once. An `on_exit` hook that sleeps keeps curfew
+/// alive after the stop (fails if the accept loop still runs then: the
+/// connection is accepted and the request gets no answer).
+#[test]
+fn sigquit_refuses_new_connections_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().join("on_exit");
+    let hook = format!("on_exit=sh -c 'touch {}; sleep 3'", marker.display());
+    let mut c = Curfew::start(Opts::testworker(&["-w", "1", "--hook", &hook], &[]));
+    assert_eq!(get(c.port, "/").status, 200);
+    c.signal(Signal::SIGQUIT);
+    wait_until("on_exit runs", Duration::from_secs(10), || marker.exists());
+    assert!(
+        c.child.try_wait().expect("try_wait").is_none(),
+        "curfew still runs its on_exit hook"
+    );
+    match TcpStream::connect(("127.0.0.1", c.port)) {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}"),
+        Ok(mut s) => {
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            let sent = send_request(&mut s, "GET", "/", &[], b"", true);
+            let answer = sent.and_then(|()| read_response(&mut BufReader::new(s)));
+            panic!("a connection after SIGQUIT was accepted: {answer:?}");
+        }
+    }
+    assert_eq!(c.wait_exit(Duration::from_secs(10)), 4, "{}", c.log_text());
+}
+
 /// A repeated SIGTERM (Heroku, systemd send several) does not escalate.
 #[test]
 fn repeated_sigterm_keeps_draining() {
