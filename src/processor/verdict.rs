@@ -7,6 +7,10 @@ use std::time::{Duration, SystemTime};
 pub const DEFAULT_SNOOZE: Duration = Duration::from_secs(10);
 /// No snooze is longer than this, whatever `Retry-After` says.
 pub const MAX_SNOOZE: Duration = Duration::from_secs(3600);
+/// Nor shorter: a snooze spends no attempt, so `Retry-After: 0` (or a date
+/// in the past) would otherwise deliver the job again as fast as the claim
+/// loop turns, for ever.
+pub const MIN_SNOOZE: Duration = Duration::from_secs(1);
 /// Exit code of a command that asks to be retried later without spending an
 /// attempt (`EX_TEMPFAIL` from sysexits.h).
 pub const EXIT_TEMPFAIL: i32 = 75;
@@ -38,7 +42,9 @@ pub fn of_http(status: u16, retry_after: Option<&str>, body: &[u8], now: SystemT
     let after = retry_after.and_then(|v| parse_retry_after(v, now));
     match (status, after) {
         (429, after) | (503, after @ Some(_)) => Verdict::Snooze {
-            after: after.unwrap_or(DEFAULT_SNOOZE).min(MAX_SNOOZE),
+            after: after
+                .unwrap_or(DEFAULT_SNOOZE)
+                .clamp(MIN_SNOOZE, MAX_SNOOZE),
             why: format!("HTTP {status}"),
         },
         _ => Verdict::Fail {
@@ -195,5 +201,23 @@ mod tests {
             Some(Duration::from_secs(3))
         );
         assert_eq!(parse_retry_after("-1", now()), None);
+    }
+
+    #[test]
+    fn a_snooze_lasts_at_least_a_second() {
+        for (status, header) in [
+            (429, "0"),
+            (503, "0"),
+            (429, "Tue, 14 Nov 2023 22:00:00 GMT"),
+        ] {
+            assert_eq!(
+                of_http(status, Some(header), b"", now()),
+                Verdict::Snooze {
+                    after: MIN_SNOOZE,
+                    why: format!("HTTP {status}"),
+                },
+                "{status} {header}"
+            );
+        }
     }
 }
