@@ -308,7 +308,7 @@ pub struct ListArgs {
 /// Which running curfew to talk to.
 #[derive(Debug, Args)]
 pub struct ControlArgs {
-    /// Its control socket [default: from --config / curfew.toml `control_socket`, else $XDG_RUNTIME_DIR/curfew.sock or /tmp/curfew-<uid>.sock; env: CURFEW_CONTROL_SOCKET]
+    /// Its control socket [default: from --config / curfew.toml `control_socket`, else $XDG_RUNTIME_DIR/curfew/curfew.sock or /tmp/curfew-<uid>/curfew.sock; env: CURFEW_CONTROL_SOCKET]
     #[arg(long, value_name = "PATH", global = true)]
     pub control_socket: Option<PathBuf>,
     /// Its config file, to read `control_socket` from [default: ./curfew.toml if it exists; env: CURFEW_CONFIG]
@@ -610,7 +610,9 @@ impl ServeArgs {
                         Some((event, run)) => {
                             (event.trim().to_string(), RawHook::Run(run.to_string()))
                         }
-                        // Validation reports the missing `=` as an unknown hook name.
+                        // No `=`: an empty command, which validation refuses
+                        // ("a hook must be a command or an http:// URL"), or an
+                        // unknown hook name if the word is not an event.
                         None => (h.clone(), RawHook::Run(String::new())),
                     })
                     .collect()

@@ -109,9 +109,13 @@ fn run_serve(args: cli::ServeArgs) -> i32 {
     // The binary and arguments an upgrade starts again, read now, before
     // anything could change the working directory (only `serve` needs it).
     curfew::serve::remember_invocation();
-    let env: Vec<(String, String)> = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect();
+    let env = match config::env::utf8_vars(std::env::vars_os()) {
+        Ok(env) => env,
+        Err(e) => {
+            eprintln!("curfew: {e}");
+            return exit::CONFIG;
+        }
+    };
     let config_file = args.config.clone().or_else(|| {
         std::env::var_os("CURFEW_CONFIG")
             .filter(|v| !v.is_empty())
@@ -476,9 +480,13 @@ fn load_for_platform(file: Option<std::path::PathBuf>) -> Result<config::Config,
             .map(Into::into)
     });
     let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
+    let env = config::env::utf8_vars(std::env::vars_os()).map_err(|e| {
+        eprintln!("curfew: {e}");
+        exit::CONFIG
+    })?;
     let sources = |flags: config::raw::RawConfig| config::Sources {
         config_file: config_file.clone(),
-        env: env_pairs(),
+        env: env.clone(),
         flags,
         cwd: cwd.clone(),
     };

@@ -135,6 +135,40 @@ pub fn layer(
     Ok(merged)
 }
 
+/// The process environment as text (normally from `std::env::vars_os()`):
+/// a variable curfew reads (`CURFEW_*`, `PORT`, `WEB_CONCURRENCY`) whose
+/// value is not UTF-8 is an error naming it, not dropped (a dropped
+/// `CURFEW_CHDIR` would run the workers elsewhere); any other variable that
+/// is not UTF-8 is none of curfew's business and left out.
+pub fn utf8_vars(
+    vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = Vec::new();
+    for (name, value) in vars {
+        let read = |n: &[u8]| n.starts_with(b"CURFEW_") || n == b"PORT" || n == b"WEB_CONCURRENCY";
+        match (name.to_str(), value.to_str()) {
+            (Some(n), Some(v)) => out.push((n.to_owned(), v.to_owned())),
+            _ if read(name.as_bytes()) => {
+                let n = name.to_string_lossy().into_owned();
+                let key = match n.as_str() {
+                    "PORT" => "bind".to_owned(),
+                    "WEB_CONCURRENCY" => "workers".to_owned(),
+                    other => other["CURFEW_".len()..].to_ascii_lowercase(),
+                };
+                return Err(ConfigError::Invalid {
+                    key,
+                    origin: Origin::Env(n),
+                    value: format!("{:?}", value.to_string_lossy()),
+                    message: "is not valid UTF-8; curfew reads its settings as UTF-8 text".into(),
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
 fn value_of(text: &str) -> toml::Value {
     match format!("v = {text}").parse::<toml::Table>() {
         Ok(mut t) => t
@@ -264,6 +298,28 @@ mod tests {
         // taken for one of them.
         assert!(env(&[("CURFEW_HOOK_TIMOUT", "3s")]).is_err());
         assert!(env(&[("CURFEW_JOB_KIND", "k")]).is_err());
+    }
+
+    /// A variable curfew reads whose value is not UTF-8 is an error naming
+    /// it; anyone else's is left out.
+    #[test]
+    fn a_setting_that_is_not_utf8_is_an_error() {
+        use std::ffi::OsString;
+        use std::os::unix::ffi::OsStringExt;
+        let bad = || OsString::from_vec(b"/srv/caf\xe9".to_vec());
+        let e = utf8_vars([(OsString::from("CURFEW_CHDIR"), bad())]).expect_err("not UTF-8");
+        let m = e.to_string();
+        assert!(
+            m.contains("`chdir`") && m.contains("CURFEW_CHDIR") && m.contains("UTF-8"),
+            "{m}"
+        );
+        assert!(utf8_vars([(OsString::from("PORT"), bad())]).is_err());
+        let vars = utf8_vars([
+            (OsString::from("LANG_X"), bad()),
+            (OsString::from("CURFEW_WORKERS"), OsString::from("2")),
+        ])
+        .expect("others are left out");
+        assert_eq!(vars, [("CURFEW_WORKERS".to_owned(), "2".to_owned())]);
     }
 
     #[test]

@@ -414,6 +414,18 @@ fn queue(
         curfew_store::backoff::BASE,
         Duration::from_millis(10),
     )?;
+    // The store never waits longer than CAP between attempts: a larger
+    // first delay would silently be CAP.
+    if retry_backoff > curfew_store::backoff::CAP {
+        return Err(c.err(
+            key("retry_backoff"),
+            format!("{retry_backoff:?}"),
+            format!(
+                "must be at most {}h: no retry waits longer than that",
+                curfew_store::backoff::CAP.as_secs() / 3600
+            ),
+        ));
+    }
     Ok(QueueConfig {
         name: name.to_owned(),
         concurrency,
@@ -572,6 +584,11 @@ mod tests {
             ),
             (
                 "[jobs.queues.q]\nretry_backoff = \"1ms\"",
+                "jobs.queues.q.retry_backoff",
+            ),
+            // Retries never wait longer than 24 h (the store's cap).
+            (
+                "[jobs.queues.q]\nretry_backoff = \"25h\"",
                 "jobs.queues.q.retry_backoff",
             ),
         ];

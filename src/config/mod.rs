@@ -593,5 +593,10 @@ worker_socket = "fd-tcp""#)
             parse::parse_allow(&["*".into()]).expect("valid"),
             ForwardedAllow::All
         );
+        // A comma list in one string, as gunicorn's FORWARDED_ALLOW_IPS.
+        let a = parse::parse_allow(&["10.0.0.1, 10.0.0.2".into()]).expect("valid");
+        assert!(a.trusts("10.0.0.2".parse().expect("ip")));
+        assert!(!a.trusts("10.0.0.3".parse().expect("ip")));
+        assert!(parse::parse_allow(&["10.0.0.1,".into()]).is_err());
     }
 }

@@ -36,7 +36,8 @@ pub fn parse_bind(s: &str) -> Result<Vec<BindAddr>, String> {
 pub fn parse_allow(list: &[String]) -> Result<ForwardedAllow, String> {
     let mut nets = Vec::new();
     let mut all = false;
-    for item in list {
+    // "10.0.0.1,10.0.0.2" is a list too (gunicorn's FORWARDED_ALLOW_IPS).
+    for item in list.iter().flat_map(|s| s.split(',')) {
         let item = item.trim();
         // Every item is checked, also after a "*".
         if item == "*" {

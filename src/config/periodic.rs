@@ -320,7 +320,15 @@ fn schedule(
                     "must be whole seconds, e.g. \"30s\" or \"5m\"",
                 ));
             }
-            Ok(Schedule::Every(d))
+            let schedule = Schedule::Every(d);
+            if schedule.next_after(Timestamp::now()).is_none() {
+                return Err(c.err(
+                    key("every"),
+                    format!("{d:?}"),
+                    "is so long that its next instant is past the year 9999; give a shorter period",
+                ));
+            }
+            Ok(schedule)
         }
         (Some(expr), None) => {
             let tz_name = timezone.unwrap_or_else(|| "UTC".to_owned());
@@ -527,6 +535,12 @@ mod tests {
                 "[jobs.periodic.nightly]\nevery = \"1m\"\ncron = \"* * * * *\"\nkind = \"k\"",
                 "jobs.periodic.nightly.every",
                 "not both",
+            ),
+            // So long it would never fire (next instant past jiff's range).
+            (
+                "[jobs.periodic.nightly]\nevery = 1e12\nkind = \"k\"",
+                "jobs.periodic.nightly.every",
+                "at most 10 years",
             ),
             (
                 "[jobs.periodic.nightly]\nkind = \"k\"",

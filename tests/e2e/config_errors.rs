@@ -398,3 +398,47 @@ fn variables_curfew_sets_for_its_children_are_not_settings() {
         );
     }
 }
+
+/// A setting given in an environment variable that is not UTF-8 is an
+/// error naming the variable (it used to be dropped: CURFEW_CHDIR=/srv/caf\xe9
+/// ran the workers in the current directory).
+#[test]
+fn a_variable_that_is_not_utf8_is_refused() {
+    use std::os::unix::ffi::OsStrExt;
+    let out = Command::new(CURFEW)
+        .args(["serve", "--", TESTWORKER])
+        .env_remove("WEB_CONCURRENCY")
+        .env_remove("PORT")
+        .env("CURFEW_CHDIR", std::ffi::OsStr::from_bytes(b"/srv/caf\xe9"))
+        .output()
+        .expect("run curfew");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("CURFEW_CHDIR") && err.contains("UTF-8"),
+        "{err}"
+    );
+}
+
+/// gunicorn's FORWARDED_ALLOW_IPS is a comma list; CURFEW_FORWARDED_ALLOW_IPS
+/// takes one too (it was refused as one address), and every entry is checked.
+#[test]
+fn forwarded_allow_ips_from_the_environment_takes_a_comma_list() {
+    let (code, err) = run(
+        &["serve", "-w", "0", "--", TESTWORKER],
+        &[("CURFEW_FORWARDED_ALLOW_IPS", "10.0.0.1,10.0.0.2")],
+        None,
+    );
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("`workers`"), "the list passed: {err}");
+    let (code, err) = run(
+        &["serve", "--", TESTWORKER],
+        &[("CURFEW_FORWARDED_ALLOW_IPS", "10.0.0.1,10.0.0.0/33")],
+        None,
+    );
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("forwarded_allow_ips") && err.contains("10.0.0.0/33"),
+        "{err}"
+    );
+}
