@@ -133,6 +133,43 @@ impl<'a> Ctx<'a> {
         Ok(Some(self.duration(key, v, default)?).filter(|d| !d.is_zero()))
     }
 
+    /// [`Ctx::optional`] that, when on, is at least `min` (a shorter
+    /// timeout cuts every client or request before it can succeed).
+    pub(crate) fn optional_at_least(
+        &self,
+        key: &str,
+        v: Option<RawDuration>,
+        default: Duration,
+        min: Duration,
+    ) -> Result<Option<Duration>, ConfigError> {
+        let d = self.optional(key, v, default)?;
+        if let Some(d) = d
+            && d < min
+        {
+            return Err(self.err(
+                key,
+                format!("{d:?}"),
+                format!("must be 0 (off) or at least {min:?}"),
+            ));
+        }
+        Ok(d)
+    }
+
+    /// [`Ctx::positive`] and at least `min`.
+    pub(crate) fn positive_at_least(
+        &self,
+        key: &str,
+        v: Option<RawDuration>,
+        default: Duration,
+        min: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let d = self.positive(key, v, default)?;
+        if d < min {
+            return Err(self.err(key, format!("{d:?}"), format!("must be at least {min:?}")));
+        }
+        Ok(d)
+    }
+
     /// A URL path starting with `/`, if given.
     pub(crate) fn url_path(
         &self,

@@ -53,9 +53,17 @@ fn from_secs(secs: f64) -> Result<Duration, String> {
     if secs > MAX.as_secs_f64() {
         return capped(Duration::MAX);
     }
-    Duration::try_from_secs_f64(secs)
+    let d = Duration::try_from_secs_f64(secs)
         .map_err(|e| e.to_string())
-        .and_then(capped)
+        .and_then(capped)?;
+    if d.is_zero() && secs > 0.0 {
+        // Not 0 as written; as 0 it would turn a timeout off.
+        return Err(
+            "is less than a nanosecond, which would count as 0; write 0 if 0 is meant, else a longer duration"
+                .into(),
+        );
+    }
+    Ok(d)
 }
 
 fn parse_text(s: &str) -> Result<Duration, String> {
@@ -138,6 +146,18 @@ mod tests {
             assert!(e.contains("at most 10 years"), "{e}");
         }
         assert_eq!(bounded(Duration::MAX), MAX);
+    }
+
+    /// A value that is not 0 as written is never read as 0 (which turns
+    /// timeouts off).
+    #[test]
+    fn refuses_what_rounds_to_zero() {
+        for tiny in [parse(&RawDuration::Float(1e-10)), text("1e-10")] {
+            let e = tiny.expect_err("rounds to 0");
+            assert!(e.contains("less than a nanosecond"), "{e}");
+        }
+        assert_eq!(parse(&RawDuration::Float(0.0)), Ok(Duration::ZERO));
+        assert_eq!(text("1ns"), Ok(Duration::from_nanos(1)));
         assert_eq!(bounded(Duration::from_secs(5)), Duration::from_secs(5));
     }
 }

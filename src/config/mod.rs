@@ -533,6 +533,17 @@ worker_socket = "fd-tcp""#)
                 "hooks",
             ),
             ("log_level = \"\"", "log_level"),
+            // Shorter than anything can succeed in; 1e-10 would be 0 (off).
+            ("timeout = \"1ms\"", "timeout"),
+            ("timeout = 1e-10", "timeout"),
+            ("header_timeout = \"1ns\"", "header_timeout"),
+            ("keepalive_timeout = 0.05", "keepalive_timeout"),
+            ("client_body_timeout = \"99ms\"", "client_body_timeout"),
+            ("send_timeout = \"10ms\"", "send_timeout"),
+            ("tunnel_idle_timeout = \"10ms\"", "tunnel_idle_timeout"),
+            ("boot_timeout = \"10ms\"", "boot_timeout"),
+            ("liveness_timeout = \"1ms\"", "liveness_timeout"),
+            ("liveness_interval = \"1ms\"", "liveness_interval"),
         ] {
             let e = cfg(&format!("command = \"sh\"\n{text}")).expect_err(text);
             assert!(e.to_string().contains(key), "{text}: {e}");

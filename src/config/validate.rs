@@ -18,6 +18,16 @@ use super::{
     jobs,
 };
 
+/// The least `timeout`, `header_timeout`, `client_body_timeout`,
+/// `keepalive_timeout`, `send_timeout`, `tunnel_idle_timeout` (when on) and
+/// `boot_timeout`: shorter, every request (or client, or boot) fails before
+/// it can succeed — with `timeout` on a sync worker, each one aborts the
+/// worker.
+pub const MIN_CLIENT_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// The least `liveness_interval` and `liveness_timeout`.
+pub const MIN_PROBE_TIMEOUT: Duration = Duration::from_millis(10);
+
 /// Turn a merged raw layer into a [`Config`], or say exactly what is wrong.
 /// Each group of settings is checked by a function of its own; the struct
 /// literal at the end names every field of [`Config`].
@@ -75,10 +85,11 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
         graceful_timeout,
         timeout: health.timeout,
         abort_timeout: health.abort_timeout,
-        keepalive_timeout: cx.optional(
+        keepalive_timeout: cx.optional_at_least(
             "keepalive_timeout",
             raw.keepalive_timeout,
             defaults::KEEPALIVE_TIMEOUT,
+            MIN_CLIENT_TIMEOUT,
         )?,
         header_timeout: client.header_timeout,
         max_header_size: client.max_header_size,
@@ -88,11 +99,17 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
         response_buffering: raw
             .response_buffering
             .unwrap_or(defaults::RESPONSE_BUFFERING),
-        send_timeout: cx.optional("send_timeout", raw.send_timeout, defaults::SEND_TIMEOUT)?,
-        tunnel_idle_timeout: cx.optional(
+        send_timeout: cx.optional_at_least(
+            "send_timeout",
+            raw.send_timeout,
+            defaults::SEND_TIMEOUT,
+            MIN_CLIENT_TIMEOUT,
+        )?,
+        tunnel_idle_timeout: cx.optional_at_least(
             "tunnel_idle_timeout",
             raw.tunnel_idle_timeout,
             defaults::TUNNEL_IDLE_TIMEOUT,
+            MIN_CLIENT_TIMEOUT,
         )?,
         retry_idempotent: raw.retry_idempotent.unwrap_or(defaults::RETRY_IDEMPOTENT),
         keep_underscore_headers: cx.one_of(
@@ -347,15 +364,17 @@ struct Health {
 fn health(cx: &Ctx<'_>, raw: &RawConfig, worker_concurrency: usize) -> Result<Health, ConfigError> {
     // The probe's settings are checked whether or not it is on: a bad value
     // is a mistake even before liveness_path is added.
-    let interval = cx.positive(
+    let interval = cx.positive_at_least(
         "liveness_interval",
         raw.liveness_interval.clone(),
         defaults::LIVENESS_INTERVAL,
+        MIN_PROBE_TIMEOUT,
     )?;
-    let timeout = cx.positive(
+    let timeout = cx.positive_at_least(
         "liveness_timeout",
         raw.liveness_timeout.clone(),
         defaults::LIVENESS_TIMEOUT,
+        MIN_PROBE_TIMEOUT,
     )?;
     let failures = cx.count(
         "liveness_failures",
@@ -382,12 +401,18 @@ fn health(cx: &Ctx<'_>, raw: &RawConfig, worker_concurrency: usize) -> Result<He
     };
     Ok(Health {
         ready_path: cx.url_path("ready_path", raw.ready_path.clone())?,
-        boot_timeout: cx.positive(
+        boot_timeout: cx.positive_at_least(
             "boot_timeout",
             raw.boot_timeout.clone(),
             defaults::BOOT_TIMEOUT,
+            MIN_CLIENT_TIMEOUT,
         )?,
-        timeout: cx.optional("timeout", raw.timeout.clone(), defaults::TIMEOUT)?,
+        timeout: cx.optional_at_least(
+            "timeout",
+            raw.timeout.clone(),
+            defaults::TIMEOUT,
+            MIN_CLIENT_TIMEOUT,
+        )?,
         abort_timeout: cx.duration(
             "abort_timeout",
             raw.abort_timeout.clone(),
@@ -431,18 +456,20 @@ fn client(cx: &Ctx<'_>, raw: &RawConfig) -> Result<Client, ConfigError> {
         defaults::MAX_REQUEST_BODY,
     )?;
     Ok(Client {
-        header_timeout: cx.optional(
+        header_timeout: cx.optional_at_least(
             "header_timeout",
             raw.header_timeout.clone(),
             defaults::HEADER_TIMEOUT,
+            MIN_CLIENT_TIMEOUT,
         )?,
         // Checked against 8KiB..=1MiB above.
         max_header_size: max_header_size as usize,
         max_request_body: Some(max_request_body).filter(|b| *b > 0),
-        client_body_timeout: cx.optional(
+        client_body_timeout: cx.optional_at_least(
             "client_body_timeout",
             raw.client_body_timeout.clone(),
             defaults::CLIENT_BODY_TIMEOUT,
+            MIN_CLIENT_TIMEOUT,
         )?,
     })
 }

@@ -442,3 +442,22 @@ fn forwarded_allow_ips_from_the_environment_takes_a_comma_list() {
         "{err}"
     );
 }
+
+/// A timeout nothing can succeed in (`--timeout 1ms` made every request a
+/// 504 and, on sync workers, aborted the worker that served it) is refused
+/// with the least value; one that rounds to 0 is not taken as "off".
+#[test]
+fn a_timeout_too_short_to_succeed_is_refused() {
+    for (flag, value, wanted) in [
+        ("--timeout", "1ms", "at least 100ms"),
+        ("--header-timeout", "1ns", "at least 100ms"),
+        ("--timeout", "1e-10", "less than a nanosecond"),
+    ] {
+        let (code, err) = run(&["serve", flag, value, "--", TESTWORKER], &[], None);
+        assert_eq!(code, 78, "{flag} {value}: {err}");
+        assert!(
+            err.contains(&flag[2..].replace('-', "_")) && err.contains(wanted),
+            "{flag} {value}: {err}"
+        );
+    }
+}
