@@ -91,7 +91,7 @@ struct Entry {
 }
 
 /// The end of a drain.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct DrainReport {
     /// Finished (any verdict) while draining.
     pub finished: usize,
@@ -138,6 +138,9 @@ struct Inner {
     loops: TaskTracker,
     /// One task per running job.
     runs: TaskTracker,
+    /// The hand-back's report, once made: [`Processor::finish`] runs once
+    /// (a stop that escalates mid-drain calls it from two places).
+    finished: tokio::sync::Mutex<Option<DrainReport>>,
     health: StoreHealth,
     /// The job API's and the status report's share of the store.
     gate: gate::Gate,
@@ -222,6 +225,7 @@ impl Processor {
                 running: Mutex::new(HashMap::new()),
                 loops: TaskTracker::new(),
                 runs: TaskTracker::new(),
+                finished: tokio::sync::Mutex::new(None),
                 health,
                 gate: gate::Gate::new(),
                 periodic: tokio::sync::watch::Sender::new(Arc::new(Vec::new())),
@@ -448,11 +452,24 @@ impl Processor {
 
     /// Stops every running delivery now and hands the jobs back to their
     /// queues in one statement (retried until `deadline` if the store is
-    /// unreachable). Idempotent.
+    /// unreachable). Runs once: a later (or concurrent) call waits for the
+    /// first and gets its report — two hand-backs of the same jobs would
+    /// race, and the loser's fenced release would find none of them.
     pub async fn finish(&self, deadline: tokio::time::Instant) -> DrainReport {
         let inner = &self.inner;
         inner.stop_claiming.cancel();
         inner.cut.cancel();
+        let mut finished = inner.finished.lock().await;
+        if let Some(report) = &*finished {
+            return report.clone();
+        }
+        let report = self.hand_back(deadline).await;
+        *finished = Some(report.clone());
+        report
+    }
+
+    async fn hand_back(&self, deadline: tokio::time::Instant) -> DrainReport {
+        let inner = &self.inner;
         inner.runs.close();
         // A command job gets its SIGTERM now and its SIGKILL after its
         // grace: its run ends (and only then may it be handed back, so it

@@ -111,6 +111,55 @@ fn ten_thousand_jobs_through_flask_on_postgres() {
     );
 }
 
+/// SIGTERM, then SIGQUIT in the middle of the drain: the running jobs are
+/// handed back once, reported once as handed back (not as "could not be
+/// handed back": two hand-backs used to race and the loser's fenced
+/// release found none of them), and nothing is left `running`.
+#[test]
+fn an_escalated_stop_hands_jobs_back_once() {
+    let store = TestStore::sqlite();
+    let hook_out = store.dir.path().join("incomplete.json");
+    let top = format!(
+        "workers = 1\nworker_concurrency = 4\ngraceful_timeout = \"20s\"\n[hooks]\non_incomplete = \"sh -c 'cat > {}'\"\n",
+        hook_out.display()
+    );
+    let jobs_toml = "[jobs.queues.default]\nconcurrency = 4\n";
+    let (mut c, admin) = start_testworker(&store, "curfew.toml", &top, jobs_toml, &[]);
+    let long: Vec<String> = (0..3)
+        .map(|_| job_body("long", r#"{"ms": 60000}"#))
+        .collect();
+    let ids = enqueue_many(admin, long, 1);
+    let log = store.log_path();
+    wait_until("3 jobs started", Duration::from_secs(10), || {
+        starts(&log).len() == 3
+    });
+    c.signal(Signal::SIGTERM);
+    c.wait_log("Jobs: no new claims", Duration::from_secs(5));
+    c.signal(Signal::SIGQUIT);
+    let code = c.wait_exit(Duration::from_secs(15));
+    assert_eq!(code, 4, "an immediate stop");
+    let jobs = store.jobs();
+    for id in &ids {
+        let j = jobs.iter().find(|j| j.id == *id).expect("job");
+        assert_eq!(j.state, JobState::Queued, "job {id} handed back");
+        assert_eq!(j.releases, 1, "job {id} handed back once");
+    }
+    let text = c.log_text();
+    assert!(
+        !text.contains("could not be handed back"),
+        "a handed-back job reported lost:\n{text}"
+    );
+    let hook: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&hook_out).expect("on_incomplete ran"))
+            .expect("hook json");
+    assert_eq!(hook["released"].as_array().map(Vec::len), Some(3), "{hook}");
+    assert_eq!(
+        hook["unreleased"].as_array().map_or(0, Vec::len),
+        0,
+        "{hook}"
+    );
+}
+
 /// SIGTERM with jobs running: short ones finish, long ones are handed back
 /// in one go before graceful_timeout, reported to the on_incomplete hook,
 /// and run again after a restart; nothing lost, nothing left `running`.
