@@ -559,6 +559,21 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// An event given twice in `--hook` (the last one would silently win),
+    /// as the message of a configuration error.
+    pub fn duplicate_hook(&self) -> Option<String> {
+        let mut seen = std::collections::BTreeSet::new();
+        self.hooks
+            .iter()
+            .filter_map(|h| h.split_once('=').map(|(event, _)| event.trim()))
+            .find(|event| !seen.insert(*event))
+            .map(|event| {
+                format!(
+                    "invalid `hooks` = {event:?} on the command line: --hook {event}=… is given more than once; give each event once"
+                )
+            })
+    }
+
     /// The flags as a configuration layer (only what was given).
     pub fn to_raw(&self) -> RawConfig {
         let dur = |s: &Option<String>| s.clone().map(RawDuration::Text);
@@ -648,6 +663,23 @@ impl ServeArgs {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn a_hook_event_given_twice_is_named() {
+        let parse = |hooks: &[&str]| {
+            let mut argv = vec!["curfew", "serve"];
+            for h in hooks {
+                argv.extend(["--hook", h]);
+            }
+            let Command::Serve(s) = Cli::try_parse_from(argv).expect("parses").command else {
+                panic!("parsed as serve")
+            };
+            s.duplicate_hook()
+        };
+        assert_eq!(parse(&["on_exit=a", "when_ready=b"]), None);
+        let m = parse(&["on_exit=a", "when_ready=b", "on_exit=c"]).expect("twice");
+        assert!(m.contains("on_exit") && m.contains("more than once"), "{m}");
+    }
 
     #[test]
     fn cli_is_consistent() {

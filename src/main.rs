@@ -109,6 +109,10 @@ fn run_serve(args: cli::ServeArgs) -> i32 {
     // The binary and arguments an upgrade starts again, read now, before
     // anything could change the working directory (only `serve` needs it).
     curfew::serve::remember_invocation();
+    if let Some(message) = args.duplicate_hook() {
+        eprintln!("curfew: {message}");
+        return exit::CONFIG;
+    }
     let env = match config::env::utf8_vars(std::env::vars_os()) {
         Ok(env) => env,
         Err(e) => {

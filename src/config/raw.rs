@@ -210,7 +210,8 @@ pub struct RawQueue {
 }
 
 /// How a value set by a higher layer combines with the one below it:
-/// replaces it, except for tables merged key by key (`[jobs]`).
+/// replaces it, except for tables merged key by key (`[jobs]`, and `hooks`
+/// event by event).
 pub trait Layer: Sized {
     fn over(self, _below: Option<Self>) -> Self {
         self
@@ -223,7 +224,16 @@ impl Layer for String {}
 impl Layer for OneOrMany {}
 impl Layer for RawDuration {}
 impl Layer for RawSize {}
-impl Layer for std::collections::BTreeMap<String, RawHook> {}
+/// Hooks merge event by event: `--hook when_ready=…` adds that hook to the
+/// file's (it used to drop every other one silently); an event set again
+/// replaces the one below.
+impl Layer for std::collections::BTreeMap<String, RawHook> {
+    fn over(self, below: Option<Self>) -> Self {
+        let mut merged = below.unwrap_or_default();
+        merged.extend(self);
+        merged
+    }
+}
 
 impl Layer for RawJobs {
     fn over(self, below: Option<Self>) -> Self {
@@ -441,6 +451,30 @@ mod tests {
             err.to_string().contains("a command or http:// URL"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn hooks_merge_event_by_event() {
+        let mut origins = super::super::Origins::new();
+        let mut base: RawConfig =
+            toml::from_str("[hooks]\nworker_exit = \"./page.sh\"\non_exit = \"./flush.sh\"")
+                .expect("valid");
+        let flags = RawConfig {
+            hooks: Some(
+                [
+                    ("when_ready".to_owned(), RawHook::Run("./ready.sh".into())),
+                    ("on_exit".to_owned(), RawHook::Run("./other.sh".into())),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        };
+        base.merge(flags, &super::super::Origin::Flag, &mut origins);
+        let hooks = base.hooks.expect("hooks");
+        assert_eq!(hooks.len(), 3, "{hooks:?}");
+        assert_eq!(hooks["worker_exit"], RawHook::Run("./page.sh".into()));
+        assert_eq!(hooks["on_exit"], RawHook::Run("./other.sh".into()));
+        assert_eq!(hooks["when_ready"], RawHook::Run("./ready.sh".into()));
     }
 
     #[test]

@@ -161,3 +161,47 @@ fn bad_hook_config_is_refused() {
         .expect("run");
     assert_eq!(out.status.code(), Some(78));
 }
+
+/// Hooks merge event by event across layers: a `--hook` flag adds to the
+/// hooks of the environment (or file) instead of silently replacing them
+/// all; an event given twice in `--hook` is refused.
+#[test]
+fn hook_layers_merge_event_by_event() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("events.jsonl");
+    let hook = format!(
+        "sh -c 'cat >> {}; echo >> {}'",
+        out.display(),
+        out.display()
+    );
+    let mut opts = Opts::testworker(&["-w", "1", "--hook", &format!("when_ready={hook}")], &[]);
+    opts.env = vec![("CURFEW_HOOKS".into(), format!("{{ on_exit = {:?} }}", hook))];
+    let mut c = Curfew::start(opts);
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(10)), 0, "{}", c.log_text());
+    let text = std::fs::read_to_string(&out).expect("hook output");
+    let names: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|e| e["event"].as_str().map(str::to_owned))
+        .collect();
+    for want in ["when_ready", "on_exit"] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing in {names:?}"
+        );
+    }
+
+    let out = std::process::Command::new(CURFEW)
+        .args(["serve", "--hook", "on_exit=true", "--hook", "on_exit=false"])
+        .args(["--", TESTWORKER])
+        .output()
+        .expect("run curfew");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("on_exit") && err.contains("more than once"),
+        "{err}"
+    );
+}
