@@ -40,6 +40,7 @@ pub(super) async fn starting(run: &mut Run, listeners: Bound) {
                     run.apply(Event::BootFailed);
                 }
                 None => {
+                    tracing::error!("A worker slot ended without reporting its first boot (its task failed; see the ERROR above): stopping.");
                     run.apply(Event::BootFailed);
                 }
             },

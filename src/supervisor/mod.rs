@@ -320,6 +320,15 @@ impl Handle {
     }
 }
 
+/// What a caught panic says (its `&str` or `String` payload).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
 struct SlotHandle {
     id: usize,
     stop: CancellationToken,
@@ -418,7 +427,25 @@ impl Supervisor {
             restarts: 0,
             spec: self.shared.spec(),
         };
-        let join = tokio::spawn(slot.run());
+        let join = tokio::spawn(async move {
+            use futures_util::FutureExt;
+            // A panic in the slot's task (a bug) is said at once, at ERROR:
+            // the slot starts no worker any more.
+            match std::panic::AssertUnwindSafe(slot.run())
+                .catch_unwind()
+                .await
+            {
+                Ok(outcome) => outcome,
+                Err(panic) => {
+                    tracing::error!(
+                        slot = id,
+                        panic = panic_message(panic.as_ref()),
+                        "A worker slot's task panicked: this slot starts no worker any more until curfew restarts (a bug in curfew)."
+                    );
+                    SlotOutcome::default()
+                }
+            }
+        });
         self.slots.push(SlotHandle {
             id,
             stop,
@@ -535,8 +562,10 @@ impl Supervisor {
         async move {
             let mut outcome = SlotOutcome::default();
             for j in joins {
-                if let Ok(o) = j.await {
-                    outcome.forced |= o.forced;
+                match j.await {
+                    Ok(o) => outcome.forced |= o.forced,
+                    // A panic is caught and logged in the task itself.
+                    Err(e) => tracing::error!(error = %e, "A worker slot's task failed."),
                 }
             }
             shared.retiring.close();

@@ -8,10 +8,11 @@
 //! this loop; see STACK.md §A3), which is why workers are spawned with
 //! `std::process::Command` and never waited on through it.
 //!
-//! Registration happens while holding the table lock *around* the spawn, so a
-//! child that exits at once is still routed: the loop blocks on the lock until
-//! the pid is in the table. A pid cannot be reused before it is reaped, so
-//! there is no pid-reuse race.
+//! Registration happens while holding the table lock *around* the spawn, and
+//! the loop holds it around each `waitpid(-1)`: a child that exits at once is
+//! still routed (the loop waits until the pid is in the table), and std's own
+//! wait for a child whose exec failed, inside the spawn, is never raced. A
+//! pid cannot be reused before it is reaped, so there is no pid-reuse race.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -106,43 +107,38 @@ impl Reaper {
 
     /// Reap every child that has exited. Statuses of unregistered pids
     /// (adopted orphans) are logged at debug level and dropped.
+    ///
+    /// Each `waitpid(-1)` runs under the table's lock, which every spawn
+    /// holds around `Command::spawn`: std (and glibc's `posix_spawn`) wait
+    /// for a child whose exec failed with their own `waitpid(pid)` inside
+    /// the spawn, and a reap in between would take that status (std then
+    /// panics: "wait() should either return Ok or panic").
     pub fn reap_all(&self) {
         let mut any = false;
         loop {
-            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => {
-                    any = true;
-                    self.route(pid, ExitStatus::Code(code));
-                }
-                Ok(WaitStatus::Signaled(pid, sig, _core)) => {
-                    any = true;
-                    self.route(pid, ExitStatus::Signal(sig as i32));
-                }
+            let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+            let (pid, status) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Code(code)),
+                Ok(WaitStatus::Signaled(pid, sig, _core)) => (pid, ExitStatus::Signal(sig as i32)),
                 Ok(WaitStatus::StillAlive) => break,
                 Ok(_) => continue, // stopped/continued: not an exit
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(_) => break, // ECHILD: no children at all
+            };
+            any = true;
+            let tx = table.waiting.remove(&pid.as_raw());
+            drop(table);
+            match tx {
+                Some(tx) => {
+                    let _ = tx.send(status);
+                }
+                None => {
+                    tracing::debug!(pid = pid.as_raw(), %status, "Reaped an adopted orphan process.")
+                }
             }
         }
         if any {
             self.reaped.notify_waiters();
-        }
-    }
-
-    fn route(&self, pid: Pid, status: ExitStatus) {
-        let tx = self
-            .table
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .waiting
-            .remove(&pid.as_raw());
-        match tx {
-            Some(tx) => {
-                let _ = tx.send(status);
-            }
-            None => {
-                tracing::debug!(pid = pid.as_raw(), %status, "Reaped an adopted orphan process.")
-            }
         }
     }
 
@@ -200,4 +196,48 @@ pub fn own_children() -> Vec<i32> {
         .filter(|p| p.ppid == me && p.state != 'Z')
         .map(|p| p.pid)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A child whose exec fails is waited for inside `Command::spawn` by
+    /// std itself (the fork path: here forced by a `PATH` in the child's
+    /// environment, as a `pre_exec` does for workers). Spawned under the
+    /// table's lock, as every spawn is, while another thread reaps without
+    /// pause, std always finds its child: before the reap loop took the
+    /// lock around `waitpid(-1)`, it stole the status and std panicked
+    /// ("wait() should either return Ok or panic").
+    #[test]
+    fn a_failed_exec_is_never_reaped_from_under_std() {
+        let _children = TEST_CHILDREN.blocking_lock();
+        let reaper = Reaper::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let reaping = {
+            let (reaper, stop) = (reaper.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    reaper.reap_all();
+                }
+            })
+        };
+        let spawned = std::panic::catch_unwind(|| {
+            for _ in 0..300 {
+                let registration = reaper.lock();
+                let r = std::process::Command::new("curfew-test-no-such-program")
+                    .env("PATH", "/nonexistent")
+                    .spawn();
+                drop(registration);
+                assert!(r.is_err(), "the program does not exist");
+            }
+        });
+        stop.store(true, Ordering::Relaxed);
+        let _ = reaping.join();
+        assert!(
+            spawned.is_ok(),
+            "std's own wait lost its child to the reaper"
+        );
+    }
 }
