@@ -62,7 +62,7 @@ impl Run {
         // Become the subreaper of everything the workers start, so no grandchild
         // escapes to the host's init and every one is reaped here.
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
-            tracing::debug!(error = %e, "Could not become a child subreaper.");
+            tracing::warn!(error = %e, "Could not become a child subreaper: processes the workers start and leave behind escape to the host's init, and are neither reaped nor killed at exit by curfew.");
         }
         crate::supervisor::nofile::raise();
         let reaper = Reaper::start().map_err(ServeError::Setup)?;
