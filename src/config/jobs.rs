@@ -321,9 +321,23 @@ fn queues(
             "declare at least one queue, e.g. [jobs.queues.default]",
         ));
     }
+    // Jobs delivered over HTTP take worker slots: half of the pool is
+    // shared among those queues (at least one each), so together they
+    // leave web requests the other half. A command queue takes no slot.
+    let http_queues = raw_queues
+        .values()
+        .filter(|q| q.command.is_none())
+        .count()
+        .max(1);
+    let half = (capacity / 2).max(1);
     let mut queues = Vec::new();
     for (name, q) in raw_queues {
-        queues.push(queue(&name, q, c, capacity)?);
+        let default_concurrency = if q.command.is_none() {
+            (half / http_queues).max(1)
+        } else {
+            half
+        };
+        queues.push(queue(&name, q, c, default_concurrency)?);
     }
     Ok(queues)
 }
@@ -332,7 +346,7 @@ fn queue(
     name: &str,
     q: RawQueue,
     c: &Ctx<'_>,
-    capacity: usize,
+    default_concurrency: usize,
 ) -> Result<QueueConfig, ConfigError> {
     let key = |k: &str| format!("jobs.queues.{name}.{k}");
     if name.is_empty()
@@ -350,11 +364,10 @@ fn queue(
             ),
         ));
     }
-    let default_concurrency = (capacity / 2).max(1) as i64;
     let concurrency = c.int(
         &key("concurrency"),
         q.concurrency,
-        default_concurrency,
+        default_concurrency as i64,
         1,
         10_000,
     )? as usize;
@@ -521,6 +534,30 @@ mod tests {
             }
         );
         assert_eq!(q.max_attempts, 20);
+    }
+
+    /// Half of the pool (8 here) is shared by the HTTP queues, so web
+    /// requests keep the other half whatever the number of queues; a
+    /// command queue takes no worker slot and keeps the half.
+    #[test]
+    fn default_concurrency_splits_half_the_pool_among_http_queues() {
+        let c = parse(
+            "[jobs.queues.mail]\n[jobs.queues.reports]\n[jobs.queues.shell]\ncommand = \"true\"",
+        )
+        .expect("valid")
+        .expect("some");
+        assert_eq!(c.queue("mail").expect("mail").concurrency, 2);
+        assert_eq!(c.queue("reports").expect("reports").concurrency, 2);
+        assert_eq!(c.queue("shell").expect("shell").concurrency, 4);
+        let c = parse(
+            "[jobs.queues.a]\n[jobs.queues.b]\n[jobs.queues.c]\n[jobs.queues.d]\n[jobs.queues.e]",
+        )
+        .expect("valid")
+        .expect("some");
+        assert!(
+            c.queues.iter().all(|q| q.concurrency == 1),
+            "at least one each"
+        );
     }
 
     #[test]
