@@ -844,7 +844,15 @@ async fn setup(cli: Cli) -> Result<Shared, String> {
 
     let rate = match cli.rate {
         None => None,
-        Some(r) if r.is_finite() && r > 0.0 => Some(Duration::from_secs_f64(1.0 / r)),
+        // try_: 1e-300 passes `r > 0` but its period is beyond a Duration.
+        Some(r) if r.is_finite() && r > 0.0 => match Duration::try_from_secs_f64(1.0 / r) {
+            Ok(period) if !period.is_zero() => Some(period),
+            _ => {
+                return Err(format!(
+                    "--rate {r}: out of range; give requests per second, e.g. 0.5 or 200"
+                ));
+            }
+        },
         Some(r) => return Err(format!("--rate {r}: must be a positive number")),
     };
 

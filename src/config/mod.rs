@@ -507,6 +507,15 @@ worker_socket = "fd-tcp""#)
                 "forwarded_allow_ips",
             ),
             ("worker_stop_timeout = 0", "worker_stop_timeout"),
+            // One socket file for two listeners.
+            (
+                "bind = \"unix:/tmp/curfew-x.sock\"\ncontrol_socket = \"/tmp/curfew-x.sock\"",
+                "control_socket",
+            ),
+            (
+                "admin_bind = \"unix:/tmp/curfew-a.sock\"\ncontrol_socket = \"/tmp/curfew-a.sock\"",
+                "control_socket",
+            ),
             ("liveness_interval = \"soon\"", "liveness_interval"),
             ("liveness_failures = -4", "liveness_failures"),
             ("liveness_timeout = 0", "liveness_timeout"),

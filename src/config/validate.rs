@@ -343,6 +343,24 @@ fn network(cx: &Ctx<'_>, raw: &RawConfig) -> Result<Network, ConfigError> {
         Some(p) => PathBuf::from(p),
         None => defaults::control_socket(),
     };
+    // One socket file cannot be two listeners (the second bind would find
+    // the first one live and blame "a running curfew").
+    let unix_socket = BindAddr::Unix(control_socket.clone());
+    if bind_addrs.contains(&unix_socket) || admin_bind.as_ref() == Some(&unix_socket) {
+        let other = if bind_addrs.contains(&unix_socket) {
+            "bind"
+        } else {
+            "admin_bind"
+        };
+        return Err(cx.err(
+            "control_socket",
+            format!("{:?}", control_socket.display().to_string()),
+            format!(
+                "is also a `{other}` address (unix:{}); give each socket a path of its own",
+                control_socket.display()
+            ),
+        ));
+    }
     Ok(Network {
         binds: bind_addrs,
         admin_bind,

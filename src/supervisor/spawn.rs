@@ -187,6 +187,11 @@ fn command(
     // curfew consumed WEB_CONCURRENCY as its worker count; passed on, uvicorn
     // and gunicorn would each start that many processes of their own.
     cmd.env_remove("WEB_CONCURRENCY");
+    // Likewise PORT, curfew's public port (bind = 0.0.0.0:$PORT): a worker
+    // that listens on `$PORT` when set (Node, Go, Ruby apps; gunicorn
+    // without LISTEN_FDS) would try to bind curfew's own address. In
+    // `port` mode the worker's own port is set below.
+    cmd.env_remove("PORT");
     if std::env::var_os("PYTHONUNBUFFERED").is_none() {
         // Python buffers stdout when it is a pipe; line-by-line logs need this.
         cmd.env("PYTHONUNBUFFERED", "1");

@@ -228,6 +228,15 @@ fn platform_env_conventions_and_json_logs() {
     assert!(serving.contains(&format!("0.0.0.0:{port}")), "{serving}");
     assert_eq!(get(port, "/").status, 200);
     assert_eq!(c.worker_pids_json().len(), 3, "{}", c.log_text());
+    // Both are curfew's: a worker that read PORT would try to bind
+    // curfew's own address, one that read WEB_CONCURRENCY would fork.
+    for name in ["PORT", "WEB_CONCURRENCY"] {
+        assert_eq!(
+            get(port, &format!("/env?name={name}")).status,
+            404,
+            "{name}"
+        );
+    }
     c.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(c.wait_exit(std::time::Duration::from_secs(10)), 0);
     for line in c.logs() {
@@ -460,4 +469,22 @@ fn a_timeout_too_short_to_succeed_is_refused() {
             "{flag} {value}: {err}"
         );
     }
+}
+
+/// The load generator's `--rate` is checked like any setting: a rate whose
+/// period no `Duration` holds (1e-300 per second) is a usage error, not a
+/// panic.
+#[test]
+fn load_generator_refuses_a_rate_out_of_range() {
+    let out = Command::new(LOAD)
+        .args(["--url", "http://127.0.0.1:9", "--duration-ms", "10"])
+        .args(["--rate", "1e-300"])
+        .output()
+        .expect("run curfew-load");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--rate") && err.contains("out of range") && !err.contains("panicked"),
+        "{err}"
+    );
 }
