@@ -473,10 +473,11 @@ fn env_pairs() -> Vec<(String, String)> {
         .collect()
 }
 
-/// The configuration for `check` and `gen`: the file (or CURFEW_CONFIG, or
-/// ./curfew.toml) and the CURFEW_* environment, as `serve` reads them. The
-/// worker command does not matter here: without one, a placeholder stands
-/// in.
+/// The configuration for `check`, `gen` and offline `curfew jobs`: the file
+/// (or CURFEW_CONFIG, or ./curfew.toml) and the CURFEW_* environment, as
+/// `serve` reads them, checked for its values only ([`config::Checks::Static`]).
+/// The worker command does not matter here: without one, a placeholder
+/// stands in.
 fn load_for_platform(file: Option<std::path::PathBuf>) -> Result<config::Config, i32> {
     let config_file = file.or_else(|| {
         std::env::var_os("CURFEW_CONFIG")
@@ -494,11 +495,18 @@ fn load_for_platform(file: Option<std::path::PathBuf>) -> Result<config::Config,
         flags,
         cwd: cwd.clone(),
     };
-    let loaded = match config::load(sources(Default::default())) {
-        Err(config::ConfigError::NoCommand) => config::load(sources(config::raw::RawConfig {
-            command: Some(config::raw::OneOrMany::Many(vec!["sh".to_owned()])),
-            ..Default::default()
-        })),
+    // The values only: the command, chdir, token file, access log's
+    // directory and command queues exist where the app runs, not
+    // necessarily here (CI, an admin shell).
+    let static_checks = config::Checks::Static;
+    let loaded = match config::load_with(sources(Default::default()), static_checks) {
+        Err(config::ConfigError::NoCommand) => config::load_with(
+            sources(config::raw::RawConfig {
+                command: Some(config::raw::OneOrMany::Many(vec!["sh".to_owned()])),
+                ..Default::default()
+            }),
+            static_checks,
+        ),
         other => other,
     };
     loaded.map_err(|e| {

@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::raw::{OneOrMany, RawDuration, RawJobs, RawQueue, RawRetention, RawSize};
-use super::{ConfigError, Ctx, Origins};
+use super::{Checks, ConfigError, Ctx, Origins};
 use curfew_store::Retention;
 
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
@@ -107,6 +107,8 @@ pub struct Context<'a> {
     pub graceful_timeout: Duration,
     /// Requests the whole pool serves at once (workers × worker_concurrency).
     pub capacity: usize,
+    /// [`Checks::Static`]: a command queue's program is not looked for.
+    pub checks: Checks,
 }
 
 /// Validate the `[jobs]` section; `None` when it is absent (no processor).
@@ -136,7 +138,7 @@ pub fn validate(raw: Option<RawJobs>, cx: &Context<'_>) -> Result<Option<JobsCon
     let max_payload = max_payload(&c, raw.max_payload)?;
     let node = node(&c, raw.node)?;
     let pg_schema = pg_schema(&c, raw.pg_schema)?;
-    let queues = queues(&c, raw.queues, cx.capacity)?;
+    let queues = queues(&c, raw.queues, cx.capacity, cx.checks)?;
     let (retention, prune_interval) = retention(&c, raw.retention.unwrap_or_default())?;
     Ok(Some(JobsConfig {
         store,
@@ -311,6 +313,7 @@ fn queues(
     c: &Ctx<'_>,
     raw: Option<BTreeMap<String, RawQueue>>,
     capacity: usize,
+    checks: Checks,
 ) -> Result<Vec<QueueConfig>, ConfigError> {
     let raw_queues =
         raw.unwrap_or_else(|| BTreeMap::from([(DEFAULT_QUEUE.to_owned(), RawQueue::default())]));
@@ -337,7 +340,7 @@ fn queues(
         } else {
             half
         };
-        queues.push(queue(&name, q, c, default_concurrency)?);
+        queues.push(queue(&name, q, c, default_concurrency, checks)?);
     }
     Ok(queues)
 }
@@ -347,6 +350,7 @@ fn queue(
     q: RawQueue,
     c: &Ctx<'_>,
     default_concurrency: usize,
+    checks: Checks,
 ) -> Result<QueueConfig, ConfigError> {
     let key = |k: &str| format!("jobs.queues.{name}.{k}");
     if name.is_empty()
@@ -397,7 +401,9 @@ fn queue(
                     "give a program to run, e.g. [\"python\", \"job.py\"]",
                 ));
             }
-            if let Err(m) = super::resolve_program(&argv[0], None) {
+            if checks == Checks::Full
+                && let Err(m) = super::resolve_program(&argv[0], None)
+            {
                 return Err(c.err(key("command"), format!("{:?}", argv[0]), m));
             }
             Delivery::Command(argv)
@@ -491,6 +497,7 @@ mod tests {
             origins,
             graceful_timeout: Duration::from_secs(30),
             capacity: 8,
+            checks: Checks::Full,
         }
     }
 

@@ -19,7 +19,7 @@ mod validate;
 
 pub use parse::resolve_program;
 pub(crate) use validate::Ctx;
-pub use validate::{log_filter, validate};
+pub use validate::{Checks, log_filter, validate, validate_with};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -363,8 +363,13 @@ pub struct Sources {
     pub cwd: PathBuf,
 }
 
-/// Read, merge and validate all layers.
+/// Read, merge and validate all layers ([`Checks::Full`]).
 pub fn load(sources: Sources) -> Result<Config, ConfigError> {
+    load_with(sources, Checks::Full)
+}
+
+/// [`load`] with the host checks `checks` says.
+pub fn load_with(sources: Sources, checks: Checks) -> Result<Config, ConfigError> {
     let mut origins = Origins::new();
     let mut raw = RawConfig::default();
     let file = match sources.config_file {
@@ -391,7 +396,7 @@ pub fn load(sources: Sources) -> Result<Config, ConfigError> {
         &mut Origins::new(),
     );
     raw.merge(sources.flags, &Origin::Flag, &mut origins);
-    let mut cfg = validate(raw, &origins)?;
+    let mut cfg = validate_with(raw, &origins, checks)?;
     cfg.config_file = file;
     Ok(cfg)
 }
@@ -482,6 +487,29 @@ worker_socket = "fd-tcp""#)
     fn command_not_found() {
         let e = cfg(r#"command = "definitely-not-a-command-xyz""#).expect_err("missing");
         assert!(e.to_string().contains("command not found"), "{e}");
+    }
+
+    /// `curfew check`, `gen` and offline `curfew jobs` validate the values
+    /// only: a command, chdir, token file, access log directory or command
+    /// queue that exists only where the app is deployed is not required.
+    #[test]
+    fn static_checks_leave_the_host_alone() {
+        let text = "command = \"uvicorn-not-here-xyz app:app\"\nchdir = \"/no/such/app\"\nadmin_token_file = \"/run/secrets/not-here\"\naccess_log = \"/no/such/dir/access.log\"\n[jobs.queues.shell]\ncommand = \"no-such-job-xyz\"";
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("curfew.toml");
+        std::fs::write(&path, text).expect("write");
+        let sources = || Sources {
+            config_file: Some(path.clone()),
+            env: vec![],
+            flags: RawConfig::default(),
+            cwd: dir.path().into(),
+        };
+        assert!(load(sources()).is_err(), "serve checks them all");
+        let c = load_with(sources(), Checks::Static).expect("the values are valid");
+        assert_eq!(c.admin_token, None);
+        // A bad value is still an error.
+        std::fs::write(&path, format!("{text}\nworkers = 0")).expect("write");
+        assert!(load_with(sources(), Checks::Static).is_err());
     }
 
     #[test]

@@ -28,12 +28,36 @@ pub const MIN_CLIENT_TIMEOUT: Duration = Duration::from_millis(100);
 /// The least `liveness_interval` and `liveness_timeout`.
 pub const MIN_PROBE_TIMEOUT: Duration = Duration::from_millis(10);
 
-/// Turn a merged raw layer into a [`Config`], or say exactly what is wrong.
-/// Each group of settings is checked by a function of its own; the struct
-/// literal at the end names every field of [`Config`].
+/// What validation checks on this host besides the values themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checks {
+    /// All that `serve` needs: the command and `chdir` exist,
+    /// `admin_token_file` is read, `access_log`'s directory exists, each
+    /// command queue's program is found.
+    Full,
+    /// The values only, none of the above: for `curfew check`, `curfew gen`
+    /// and offline `curfew jobs`, which run where the app may not be
+    /// installed (CI, an admin shell) and use none of those (the token is
+    /// then left unread: `admin_token` is `None`).
+    Static,
+}
+
+/// Turn a merged raw layer into a [`Config`], or say exactly what is wrong
+/// ([`Checks::Full`]).
 pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError> {
+    validate_with(raw, origins, Checks::Full)
+}
+
+/// [`validate`] with the host checks `checks` says. Each group of settings
+/// is checked by a function of its own; the struct literal at the end names
+/// every field of [`Config`].
+pub fn validate_with(
+    raw: RawConfig,
+    origins: &Origins,
+    checks: Checks,
+) -> Result<Config, ConfigError> {
     let cx = Ctx::top(origins);
-    let program = program(&cx, &raw)?;
+    let program = program(&cx, &raw, checks)?;
     let (default_concurrency, why) = defaults::worker_concurrency(&program.command);
     let worker_concurrency = cx.count(
         "worker_concurrency",
@@ -48,9 +72,9 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
     let hooks = hooks(&cx, &raw)?;
     let (log_format, log_level) = logging(&cx, &raw)?;
     let worker_log_level = worker_log_level(&cx, &raw)?;
-    let (access_log, access_log_format) = access_log(&cx, &raw)?;
+    let (access_log, access_log_format) = access_log(&cx, &raw, checks)?;
     let client = client(&cx, &raw)?;
-    let admin_token = admin_token(&cx, &raw)?;
+    let admin_token = admin_token(&cx, &raw, checks)?;
     let graceful_timeout = cx.duration(
         "graceful_timeout",
         raw.graceful_timeout.clone(),
@@ -66,6 +90,7 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
             origins,
             graceful_timeout,
             capacity: workers * worker_concurrency,
+            checks,
         },
     )?;
     let periodic = match &jobs {
@@ -170,7 +195,7 @@ struct Program {
     worker_socket: WorkerSocket,
 }
 
-fn program(cx: &Ctx<'_>, raw: &RawConfig) -> Result<Program, ConfigError> {
+fn program(cx: &Ctx<'_>, raw: &RawConfig, checks: Checks) -> Result<Program, ConfigError> {
     let command = match raw.command.clone() {
         None => return Err(ConfigError::NoCommand),
         Some(OneOrMany::Many(v)) => v,
@@ -187,11 +212,14 @@ fn program(cx: &Ctx<'_>, raw: &RawConfig) -> Result<Program, ConfigError> {
     }
     let chdir = raw.chdir.clone().map(PathBuf::from);
     if let Some(dir) = &chdir
+        && checks == Checks::Full
         && !dir.is_dir()
     {
         return Err(cx.err("chdir", dir.display(), "is not a directory"));
     }
-    if let Err(msg) = resolve_program(&command[0], chdir.as_deref()) {
+    if checks == Checks::Full
+        && let Err(msg) = resolve_program(&command[0], chdir.as_deref())
+    {
         return Err(cx.err("command", format!("{:?}", command[0]), msg));
     }
     let has_port = command.iter().any(|a| a.contains("{port}"));
@@ -244,7 +272,11 @@ fn program(cx: &Ctx<'_>, raw: &RawConfig) -> Result<Program, ConfigError> {
 
 /// `admin_token` or `admin_token_file` (one of them), at least 16
 /// characters.
-fn admin_token(cx: &Ctx<'_>, raw: &RawConfig) -> Result<Option<Secret>, ConfigError> {
+fn admin_token(
+    cx: &Ctx<'_>,
+    raw: &RawConfig,
+    checks: Checks,
+) -> Result<Option<Secret>, ConfigError> {
     let token = match (raw.admin_token.clone(), raw.admin_token_file.clone()) {
         (Some(_), Some(_)) => {
             return Err(cx.err(
@@ -254,6 +286,7 @@ fn admin_token(cx: &Ctx<'_>, raw: &RawConfig) -> Result<Option<Secret>, ConfigEr
             ));
         }
         (Some(t), None) => ("admin_token", t),
+        (None, Some(_)) if checks == Checks::Static => return Ok(None),
         (None, Some(path)) => match std::fs::read_to_string(&path) {
             Ok(t) => ("admin_token_file", t.trim().to_owned()),
             Err(e) => {
@@ -664,6 +697,7 @@ fn worker_log_level(cx: &Ctx<'_>, raw: &RawConfig) -> Result<Option<OutputLevel>
 fn access_log(
     cx: &Ctx<'_>,
     raw: &RawConfig,
+    checks: Checks,
 ) -> Result<(Option<AccessLogTarget>, AccessLogFormat), ConfigError> {
     let format = match cx
         .one_of(
@@ -691,6 +725,7 @@ fn access_log(
                 "must be \"-\" (stdout), a file path, or \"off\"",
             ));
         }
+        path if checks == Checks::Static => AccessLogTarget::File(PathBuf::from(path)),
         path => {
             let path = PathBuf::from(path);
             let dir = match path.parent() {

@@ -124,3 +124,27 @@ fn serve_warns_when_the_platform_in_its_environment_does_not_fit() {
     c.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(c.wait_exit(Duration::from_secs(20)), 0);
 }
+
+/// `curfew check` and `curfew gen` run where the app is not installed (CI,
+/// a laptop): a command, chdir, token file or access log directory that
+/// exists only in the deployment is not required; a bad value still is.
+#[test]
+fn check_and_gen_do_not_need_the_app_installed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = "command = \"uvicorn-not-installed-here app:app --fd 3\"\nchdir = \"/app-not-here\"\nadmin_bind = \"0.0.0.0:9000\"\nadmin_token_file = \"/run/secrets/not-here\"\naccess_log = \"/var/log/not-here/access.log\"\n";
+    std::fs::write(dir.path().join("curfew.toml"), config).expect("config");
+    let (code, text, err) = curfew(dir.path(), &["gen", "kubernetes"]);
+    assert_eq!(code, 0, "{err}");
+    std::fs::write(dir.path().join("deploy.yaml"), &text).expect("write");
+    let (code, out, err) = curfew(dir.path(), &["check", "deploy.yaml"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!err.contains("command not found"), "{err}");
+    std::fs::write(
+        dir.path().join("curfew.toml"),
+        format!("{config}workers = 0\n"),
+    )
+    .expect("config");
+    let (code, _, err) = curfew(dir.path(), &["gen", "kubernetes"]);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("`workers`"), "{err}");
+}
