@@ -125,10 +125,13 @@ pub fn layer(
         })?;
         layer.merge(parsed, &Origin::Env(name.clone()), origins);
     }
-    // CURFEW_BIND / CURFEW_WORKERS win over PORT / WEB_CONCURRENCY.
+    // CURFEW_BIND / CURFEW_WORKERS win over PORT / WEB_CONCURRENCY, which
+    // win over the file: the origin is the layer whose value is used.
     let mut merged = conventional;
     for (k, o) in conv_origins {
-        origins.entry(k).or_insert(o);
+        if !matches!(origins.get(k), Some(Origin::Env(_))) {
+            origins.insert(k, o);
+        }
     }
     let mut scratch = Origins::new();
     merged.merge(layer, &Origin::Env(String::new()), &mut scratch);
@@ -320,6 +323,25 @@ mod tests {
         ])
         .expect("others are left out");
         assert_eq!(vars, [("CURFEW_WORKERS".to_owned(), "2".to_owned())]);
+    }
+
+    /// WEB_CONCURRENCY's value wins over the file's, so an error about it
+    /// names WEB_CONCURRENCY, not the file (which may say 4).
+    #[test]
+    fn a_convention_is_blamed_over_the_file_but_not_over_curfew_vars() {
+        let file = Origin::File("/app/curfew.toml".into());
+        let mut o = Origins::from([("workers", file.clone()), ("bind", file)]);
+        layer(
+            [
+                ("WEB_CONCURRENCY".to_owned(), "0".to_owned()),
+                ("PORT".to_owned(), "5000".to_owned()),
+                ("CURFEW_BIND".to_owned(), "127.0.0.1:1".to_owned()),
+            ],
+            &mut o,
+        )
+        .expect("valid");
+        assert_eq!(o["workers"], Origin::Env("WEB_CONCURRENCY".into()));
+        assert_eq!(o["bind"], Origin::Env("CURFEW_BIND".into()));
     }
 
     #[test]

@@ -488,3 +488,21 @@ fn load_generator_refuses_a_rate_out_of_range() {
         "{err}"
     );
 }
+
+/// The value of WEB_CONCURRENCY wins over the file's `workers`, so its
+/// error names WEB_CONCURRENCY (it blamed the file, which said 4).
+#[test]
+fn web_concurrency_error_names_the_variable_not_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("curfew.toml"),
+        format!("command = {TESTWORKER:?}\nworkers = 4\n"),
+    )
+    .expect("write");
+    let (code, err) = run(&["serve"], &[("WEB_CONCURRENCY", "0")], Some(dir.path()));
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("`workers` = 0 in environment variable WEB_CONCURRENCY"),
+        "{err}"
+    );
+}
