@@ -274,6 +274,22 @@ pub enum JobsAction {
     Prune,
 }
 
+impl JobsAction {
+    /// The subcommand as typed (`prune`), for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            JobsAction::Show { .. } => "show",
+            JobsAction::Retry { .. } => "retry",
+            JobsAction::Cancel { .. } => "cancel",
+            JobsAction::Delete { .. } => "delete",
+            JobsAction::Pause { .. } => "pause",
+            JobsAction::Resume { .. } => "resume",
+            JobsAction::Periodic => "periodic",
+            JobsAction::Prune => "prune",
+        }
+    }
+}
+
 /// `curfew jobs` straight in the store, without a running curfew.
 #[derive(Debug, Args)]
 pub struct StoreArgs {
@@ -303,6 +319,21 @@ pub struct ListArgs {
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
+}
+
+impl ListArgs {
+    /// The first listing filter given (`--queue`, `--state`, `--limit`,
+    /// `--after`), which only a listing uses.
+    pub fn filter_flag(&self) -> Option<&'static str> {
+        [
+            (self.queue.is_some(), "--queue"),
+            (self.state.is_some(), "--state"),
+            (self.limit.is_some(), "--limit"),
+            (self.after.is_some(), "--after"),
+        ]
+        .into_iter()
+        .find_map(|(given, flag)| given.then_some(flag))
+    }
 }
 
 /// Which running curfew to talk to.

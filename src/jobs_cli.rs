@@ -90,6 +90,7 @@ fn from_flag(url: &str, store: &StoreArgs, target: &ControlArgs) -> Result<Offli
         );
         return Err(exit::USAGE);
     }
+    no_schema_for_sqlite(store, url)?;
     let cfg = config_if_any(target)?;
     let jobs = cfg.as_ref().and_then(|c| c.jobs.as_ref());
     Ok(Offline {
@@ -127,6 +128,7 @@ fn from_config(
         );
         return Err(exit::FAILURE);
     };
+    no_schema_for_sqlite(store, &jobs.store)?;
     Ok(Offline {
         url: jobs.store.clone(),
         options: options(
@@ -199,6 +201,19 @@ async fn run_offline(offline: Offline, request: JobsRequest) -> Result<Response,
             Err(exit::FAILURE)
         }
     }
+}
+
+/// `--pg-schema` names a PostgreSQL schema: with a SQLite store it would be
+/// ignored, so it is a usage error.
+fn no_schema_for_sqlite(store: &StoreArgs, url: &str) -> Result<(), i32> {
+    if store.pg_schema.is_some() && sqlite_path(url).is_some() {
+        eprintln!(
+            "curfew: --pg-schema is for a PostgreSQL store, and {} is SQLite; remove --pg-schema",
+            curfew_store::redact(url)
+        );
+        return Err(exit::USAGE);
+    }
+    Ok(())
 }
 
 /// The file of a SQLite store URL, read by the store's own parser (every

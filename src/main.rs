@@ -376,6 +376,15 @@ fn run_jobs(
 ) -> i32 {
     use cli::JobsAction;
     use curfew::processor::api::JobsRequest;
+    if let Some(a) = &action
+        && let Some(flag) = list.filter_flag()
+    {
+        eprintln!(
+            "curfew: {flag} filters the job list (`curfew jobs` without a subcommand); `curfew jobs {}` takes none",
+            a.name()
+        );
+        return exit::USAGE;
+    }
     let (request, listing) = match action {
         None => (
             JobsRequest::List {

@@ -26,6 +26,8 @@ pub const ASYNC_SERVERS: &[&str] = &[
     "deno",
 ];
 pub const BACKLOG: usize = 1024;
+/// The most workers: `workers`, `curfew scale` and SIGTTIN stop here.
+pub const MAX_WORKERS: usize = 1024;
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 /// Longer than common load balancers' idle timeouts (AWS ALB 60 s), as the

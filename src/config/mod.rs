@@ -512,6 +512,22 @@ worker_socket = "fd-tcp""#)
         assert!(load_with(sources(), Checks::Static).is_err());
     }
 
+    /// `admin_bind` binds one address: a name that resolves to several is
+    /// refused (whether `localhost` does depends on /etc/hosts).
+    #[test]
+    fn admin_bind_must_name_one_address() {
+        use std::net::ToSocketAddrs;
+        let several = ("localhost", 9).to_socket_addrs().map_or(0, |a| a.count()) > 1;
+        let r = cfg("command = \"sh\"\nadmin_bind = \"localhost:9\"");
+        if several {
+            let e = r.expect_err("several addresses").to_string();
+            assert!(e.contains("admin_bind") && e.contains("several"), "{e}");
+        } else {
+            assert!(r.is_ok(), "{r:?}");
+        }
+        assert!(cfg("command = \"sh\"\nadmin_bind = \"127.0.0.1:9\"").is_ok());
+    }
+
     #[test]
     fn missing_command() {
         assert!(matches!(cfg("workers = 2"), Err(ConfigError::NoCommand)));
@@ -535,6 +551,8 @@ worker_socket = "fd-tcp""#)
                 "forwarded_allow_ips",
             ),
             ("worker_stop_timeout = 0", "worker_stop_timeout"),
+            // Ignored without reload_strategy = "rolling".
+            ("reload_batch = 2", "reload_batch"),
             // One socket file for two listeners.
             (
                 "bind = \"unix:/tmp/curfew-x.sock\"\ncontrol_socket = \"/tmp/curfew-x.sock\"",

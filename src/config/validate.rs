@@ -80,7 +80,13 @@ pub fn validate_with(
         raw.graceful_timeout.clone(),
         defaults::GRACEFUL_TIMEOUT,
     )?;
-    let workers = cx.count("workers", raw.workers, defaults::workers(), 1, 1024)?;
+    let workers = cx.count(
+        "workers",
+        raw.workers,
+        defaults::workers(),
+        1,
+        defaults::MAX_WORKERS as i64,
+    )?;
     let worker_concurrency_default = raw.worker_concurrency.is_none().then_some(why);
     let mut raw_jobs = raw.jobs;
     let raw_periodic = raw_jobs.as_mut().and_then(|j| j.periodic.take());
@@ -362,6 +368,21 @@ fn network(cx: &Ctx<'_>, raw: &RawConfig) -> Result<Network, ConfigError> {
                     "must differ from every `bind` address",
                 ));
             }
+            // One address is bound: a name that resolves to several
+            // (`localhost`: ::1 and 127.0.0.1) would leave probes to the
+            // others refused.
+            if addrs.len() > 1 {
+                let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+                return Err(cx.err(
+                    "admin_bind",
+                    format!("{a:?}"),
+                    format!(
+                        "resolves to several addresses ({}); give one of them, e.g. {:?}",
+                        list.join(", "),
+                        list[0]
+                    ),
+                ));
+            }
             addrs.into_iter().next()
         }
     };
@@ -574,6 +595,15 @@ fn recycle(cx: &Ctx<'_>, raw: &RawConfig) -> Result<Recycle, ConfigError> {
         defaults::RELOAD_STRATEGY,
         &["all", "rolling"],
     )?;
+    if strategy != "rolling" && raw.reload_batch.is_some() {
+        return Err(cx.err(
+            "reload_batch",
+            batch,
+            format!(
+                "is used only with reload_strategy = \"rolling\" (it is {strategy:?}); set that too, or remove reload_batch"
+            ),
+        ));
+    }
     let reload = if strategy == "rolling" {
         ReloadStrategy::Rolling(batch)
     } else {

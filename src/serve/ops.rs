@@ -8,16 +8,24 @@ use super::*;
 use crate::events::ReloadFinished;
 use crate::protocol::jobs::JobsRequest;
 
-/// SIGTTIN / SIGTTOU: one worker more or fewer (never fewer than one).
+/// SIGTTIN / SIGTTOU: one worker more or fewer (never fewer than one, nor
+/// more than the 1024 that `workers` and `curfew scale` allow).
 pub(super) fn scale_by_one(run: &mut Run, up: bool) {
     let from = run.sup.workers();
     let to = if up {
-        from + 1
+        (from + 1).min(crate::config::defaults::MAX_WORKERS)
     } else {
         from.saturating_sub(1).max(1)
     };
     if to == from {
-        tracing::info!(workers = from, "Already at one worker; not scaling down.");
+        if up {
+            tracing::info!(
+                workers = from,
+                "Already at the most workers allowed (1024); not scaling up."
+            );
+        } else {
+            tracing::info!(workers = from, "Already at one worker; not scaling down.");
+        }
         return;
     }
     tracing::info!(from, to, "Scaling workers.");

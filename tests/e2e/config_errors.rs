@@ -506,3 +506,40 @@ fn web_concurrency_error_names_the_variable_not_the_file() {
         "{err}"
     );
 }
+
+/// Flags and settings that would be accepted and then ignored are refused:
+/// a listing filter with a `curfew jobs` subcommand, `--pg-schema` with a
+/// SQLite store (usage, exit 2), `reload_batch` without a rolling reload
+/// (exit 78).
+#[test]
+fn ignored_flags_and_settings_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = format!("sqlite://{}", dir.path().join("jobs.db").display());
+    let (code, err) = run(
+        &["jobs", "-q", "mail", "prune", "--store", &store],
+        &[],
+        None,
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--queue") && err.contains("prune"), "{err}");
+    let (code, err) = run(
+        &["jobs", "--store", &store, "--pg-schema", "app"],
+        &[],
+        None,
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--pg-schema") && err.contains("SQLite"),
+        "{err}"
+    );
+    let (code, err) = run(
+        &["serve", "--reload-batch", "2", "--", TESTWORKER],
+        &[],
+        None,
+    );
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("reload_batch") && err.contains("rolling"),
+        "{err}"
+    );
+}
