@@ -173,6 +173,9 @@ pub(super) async fn stopping(run: &mut Run) {
     run.apply(Event::WorkersStopped);
 }
 
+/// How long the teardown waits for the job store to close.
+const STORE_CLOSE_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// After `stopped`: control socket and admin endpoint closed, `on_exit` run
 /// within the shutdown's deadline, leftovers killed, the summary logged.
 /// Returns the exit code.
@@ -217,9 +220,7 @@ pub(super) async fn teardown(mut run: Run) -> i32 {
                 .unwrap_or_else(|| tokio::time::Instant::now() + std::time::Duration::from_secs(1)),
         )
         .await;
-    if let Some(jobs) = &run.jobs {
-        jobs.close().await;
-    }
+    // Leftovers first: nothing below may keep them alive.
     let leftovers = run.reaper.kill_all_children().await;
     if leftovers > 0 {
         tracing::warn!(
@@ -229,6 +230,19 @@ pub(super) async fn teardown(mut run: Run) -> i32 {
     }
     if run.cfg.worker_socket.uses_run_dir() {
         let _ = std::fs::remove_dir_all(&run.run_dir);
+    }
+    // Every job write is done; the close only folds SQLite's WAL back and
+    // ends the connections, which a reader of the file, a request still
+    // holding a connection or an unreachable PostgreSQL can hold: bounded.
+    if let Some(jobs) = &run.jobs
+        && tokio::time::timeout(STORE_CLOSE_WITHIN, jobs.close())
+            .await
+            .is_err()
+    {
+        tracing::warn!(
+            within_ms = STORE_CLOSE_WITHIN.as_millis() as u64,
+            "The job store did not close in time (a connection still busy); exiting without waiting for it."
+        );
     }
 
     if let Some(log) = run.front.access_log() {

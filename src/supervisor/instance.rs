@@ -22,6 +22,9 @@ use super::reaper::ExitStatus;
 use super::{Backends, Shared, WorkerAddr, WorkerSpec, spawn};
 use crate::events::{Loudness, WorkerAborted, WorkerExited};
 
+/// How long a stop waits for a worker after SIGKILL before moving on.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
 /// A worker process being supervised.
 pub struct Instance {
     pub uid: u64,
@@ -127,6 +130,26 @@ impl Instance {
         s
     }
 
+    /// [`Instance::wait_exit`] after a SIGKILL, for at most [`KILL_WAIT`]:
+    /// a process stuck in the kernel (uninterruptible sleep on NFS or FUSE)
+    /// dies only when it leaves it, and must not hold a stop forever. On
+    /// time out it is named at WARN and taken as killed (the reaper still
+    /// reaps it whenever it exits).
+    async fn wait_killed(&mut self) -> ExitStatus {
+        match tokio::time::timeout(KILL_WAIT, self.wait_exit()).await {
+            Ok(s) => s,
+            Err(_) => {
+                tracing::warn!(
+                    worker = self.id,
+                    pid = self.pid,
+                    waited_ms = KILL_WAIT.as_millis() as u64,
+                    "Worker still there after SIGKILL (stuck in the kernel, e.g. on NFS or FUSE); not waiting for it any more."
+                );
+                ExitStatus::Signal(Signal::SIGKILL as i32)
+            }
+        }
+    }
+
     /// The exit status if the process has exited, without waiting.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
@@ -211,7 +234,7 @@ impl Instance {
             }
             Boot::TimedOut(last) => {
                 self.signal_group(Signal::SIGKILL);
-                let _ = self.wait_exit().await;
+                let _ = self.wait_killed().await;
                 format!("not ready within boot_timeout ({boot_timeout:?}); last probe: {last}")
             }
             Boot::Ready | Boot::Stopped => String::from("boot interrupted"),
@@ -260,24 +283,28 @@ impl Instance {
             self.signal_group(Signal::SIGTERM);
         }
         let term = sent == SentSignal::Term;
-        let status = tokio::select! {
-            s = self.wait_exit() => s,
-            _ = tokio::time::sleep(stop_timeout), if term => {
-                tracing::warn!(
-                    worker = self.id,
-                    pid = self.pid,
-                    timeout_ms = stop_timeout.as_millis() as u64,
-                    "Worker did not exit within worker_stop_timeout after SIGTERM; sending SIGKILL."
-                );
-                forced = true;
-                self.signal_group(Signal::SIGKILL);
-                sent = SentSignal::Kill;
-                self.wait_exit().await
-            }
-            _ = kill_now.cancelled(), if term => {
-                self.signal_group(Signal::SIGKILL);
-                sent = SentSignal::Kill;
-                self.wait_exit().await
+        let status = if !term {
+            self.wait_killed().await
+        } else {
+            tokio::select! {
+                s = self.wait_exit() => s,
+                _ = tokio::time::sleep(stop_timeout) => {
+                    tracing::warn!(
+                        worker = self.id,
+                        pid = self.pid,
+                        timeout_ms = stop_timeout.as_millis() as u64,
+                        "Worker did not exit within worker_stop_timeout after SIGTERM; sending SIGKILL."
+                    );
+                    forced = true;
+                    self.signal_group(Signal::SIGKILL);
+                    sent = SentSignal::Kill;
+                    self.wait_killed().await
+                }
+                _ = kill_now.cancelled() => {
+                    self.signal_group(Signal::SIGKILL);
+                    sent = SentSignal::Kill;
+                    self.wait_killed().await
+                }
             }
         };
         // Anything left in its process group goes too.
@@ -322,7 +349,7 @@ impl Instance {
         };
         if killed {
             self.signal_group(Signal::SIGKILL);
-            let _ = self.wait_exit().await;
+            let _ = self.wait_killed().await;
         }
         self.signal_group(Signal::SIGKILL);
         self.flush_stderr().await;

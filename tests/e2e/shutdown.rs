@@ -266,6 +266,60 @@ fn sigquit_refuses_new_connections_at_once() {
     assert_eq!(c.wait_exit(Duration::from_secs(10)), 4, "{}", c.log_text());
 }
 
+/// A job store that cannot close promptly (another process holds a read
+/// transaction on the SQLite file, so the WAL checkpoint at close waits
+/// `busy_timeout`, 5 s) does not hold curfew's exit: leftovers are killed
+/// first and the close is bounded (fails without the bound: over 5 s).
+#[test]
+fn a_store_slow_to_close_does_not_hold_the_exit() {
+    let store = crate::support::jobs::TestStore::sqlite();
+    let (mut c, admin) = crate::support::jobs::start_testworker(
+        &store,
+        "curfew.toml",
+        "workers = 1\n",
+        "[jobs.queues.default]\nconcurrency = 1\n",
+        &[],
+    );
+    // A job written, so the WAL has frames for the reader's snapshot.
+    let ids = crate::support::jobs::enqueue_many(
+        admin,
+        vec![crate::support::jobs::job_body("work", r#"{"ms": 1}"#)],
+        1,
+    );
+    assert_eq!(ids.len(), 1);
+    let db = store.dir.path().join("jobs.db");
+    let script = format!(
+        "import sqlite3, sys, time\n\
+         c = sqlite3.connect({db:?}, isolation_level=None)\n\
+         c.execute('BEGIN')\n\
+         c.execute('SELECT count(*) FROM jobs').fetchall()\n\
+         print('reading', flush=True)\n\
+         time.sleep(60)\n",
+        db = db.display().to_string()
+    );
+    let mut reader = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the reader");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut BufReader::new(reader.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("reader's line");
+    assert_eq!(line.trim(), "reading");
+    let t0 = Instant::now();
+    c.signal(Signal::SIGTERM);
+    let code = c.wait_exit(Duration::from_secs(30));
+    let took = t0.elapsed();
+    let _ = reader.kill();
+    let _ = reader.wait();
+    assert_eq!(code, 0, "{}", c.log_text());
+    assert!(took < Duration::from_millis(3500), "exit took {took:?}");
+}
+
 /// A repeated SIGTERM (Heroku, systemd send several) does not escalate.
 #[test]
 fn repeated_sigterm_keeps_draining() {
