@@ -176,6 +176,10 @@ pub(super) async fn stopping(run: &mut Run) {
 /// How long the teardown waits for the job store to close.
 const STORE_CLOSE_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// What the hooks at the teardown get past the stop's own budget: the
+/// platform's margin (`platform::MARGIN`), less the store's close after them.
+const HOOK_MARGIN: std::time::Duration = crate::platform::MARGIN.saturating_sub(STORE_CLOSE_WITHIN);
+
 /// After `stopped`: control socket and admin endpoint closed, `on_exit` run
 /// within the shutdown's deadline, leftovers killed, the summary logged.
 /// Returns the exit code.
@@ -195,14 +199,19 @@ pub(super) async fn teardown(mut run: Run) -> i32 {
     }
     // on_exit, and any hook still running, end by the shutdown's deadline
     // (drain_delay + graceful_timeout + worker_stop_timeout after the stop
-    // request), never later: a hook cannot hold the platform's stop timeout.
+    // request, plus HOOK_MARGIN), never later: a hook cannot hold the
+    // platform's stop timeout.
     let code = run.machine.exit_code();
+    // A forced shutdown (drain expired, a worker SIGKILLed) reaches here
+    // only after that, so the hooks also get the platform budget's margin,
+    // less the store's close after them: an alert's on_exit still runs.
     let hook_deadline = run.stop_requested_at.map(|t| {
         use crate::config::duration::bounded;
         tokio::time::Instant::from_std(t)
             + bounded(run.cfg.drain_delay)
             + bounded(run.cfg.graceful_timeout)
             + bounded(run.cfg.worker_stop_timeout)
+            + HOOK_MARGIN
     });
     let mut done = ShutdownComplete {
         signal: run.machine.stop_signal().map(|s| s.name()),
