@@ -20,7 +20,7 @@ impl Inner {
     /// predecessors an upgrade named (`Processor::set_live_predecessors`),
     /// whose runs end with them or at their lease's expiry.
     pub(super) async fn reclaim_previous(&self) {
-        let live = self
+        let mut live = self
             .live_predecessors
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -32,8 +32,36 @@ impl Inner {
             );
         }
         let mut pause = RetryPause::new();
+        let mut siblings_known = false;
         loop {
             let t = self.health.tick();
+            if !siblings_known {
+                match self.siblings(&live).await {
+                    Ok(siblings) => {
+                        if !siblings.is_empty() {
+                            tracing::warn!(
+                                node = %self.node,
+                                others = %siblings.join(", "),
+                                "Another curfew on this host runs jobs under this node's name (jobs.node, the host name by default): its runs are left to it (they are rescued only if its leases lapse). Give each curfew sharing a store its own jobs.node."
+                            );
+                        }
+                        live.extend(siblings);
+                        siblings_known = true;
+                    }
+                    Err(e) => {
+                        self.health
+                            .failed("list the running jobs of this node", &e, t);
+                        if !e.is_retryable() {
+                            return;
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(pause.next()) => {}
+                            _ = self.stop_claiming.cancelled() => return,
+                        }
+                        continue;
+                    }
+                }
+            }
             match self
                 .store
                 .reclaim_own_previous_except(&self.node, &self.boot, &live, self.cfg.max_crashes)
@@ -61,6 +89,42 @@ impl Inner {
                 _ = self.stop_claiming.cancelled() => return,
             }
         }
+    }
+
+    /// The lease owners of this node's other boots that run jobs now and
+    /// whose process still runs on this host (`boot::runs_elsewhere_here`),
+    /// apart from those already in `live`: curfews sharing the node's name,
+    /// not previous boots of this one.
+    async fn siblings(&self, live: &[String]) -> Result<Vec<String>, curfew_store::StoreError> {
+        let prefix = format!("{}/", self.node);
+        let mut owners = std::collections::BTreeSet::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .list(curfew_store::ListFilter {
+                    state: Some(curfew_store::JobState::Running),
+                    limit: curfew_store::ListFilter::MAX_LIMIT,
+                    after_id: after,
+                    with_payload: false,
+                    ..curfew_store::ListFilter::default()
+                })
+                .await?;
+            let full = page.len() == curfew_store::ListFilter::MAX_LIMIT as usize;
+            after = page.last().map(|j| j.id);
+            owners.extend(page.into_iter().filter_map(|j| j.lease_owner));
+            if !full {
+                break;
+            }
+        }
+        Ok(owners
+            .into_iter()
+            .filter(|o| *o != self.owner && !live.contains(o))
+            .filter(|o| {
+                o.strip_prefix(&prefix)
+                    .is_some_and(super::boot::runs_elsewhere_here)
+            })
+            .collect())
     }
 
     pub(super) async fn listen_loop(self: Arc<Self>) {

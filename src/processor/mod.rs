@@ -33,6 +33,7 @@ mod complete;
 pub mod gate;
 mod health;
 mod loops;
+mod boot;
 mod operate;
 pub mod periodic;
 mod report;
@@ -187,7 +188,7 @@ impl Processor {
         chdir: Option<PathBuf>,
     ) -> Processor {
         let health = StoreHealth::new(store.name());
-        let boot = uuid::Uuid::new_v4().simple().to_string();
+        let boot = boot::new_boot();
         let owner = lease_owner(&cfg.node, &boot);
         let token = uuid::Uuid::new_v4().simple().to_string();
         let (successes, completions) = tokio::sync::mpsc::unbounded_channel();

@@ -111,6 +111,54 @@ fn ten_thousand_jobs_through_flask_on_postgres() {
     );
 }
 
+/// Two curfews on one host share a store and, by default, a node name
+/// (the host's): the second one's start takes none of the first one's
+/// running jobs (it used to reclaim them as "a previous boot of this node"
+/// while their leases were valid: they ran twice and were charged a crash),
+/// and says at WARN that the name is shared.
+#[test]
+fn a_second_curfew_on_the_host_leaves_the_first_ones_runs_alone() {
+    let store = TestStore::sqlite();
+    let jobs_toml = "[jobs.queues.default]\nconcurrency = 2\n";
+    let top = "workers = 1\ngraceful_timeout = \"3s\"\n";
+    let (mut a, admin) = start_testworker(&store, "a.toml", top, jobs_toml, &[]);
+    let id = enqueue_many(admin, vec![job_body("long", r#"{"ms": 60000}"#)], 1)[0];
+    let log = store.log_path();
+    wait_until("the job started", Duration::from_secs(10), || {
+        starts(&log).contains_key(&id)
+    });
+    let owner = store
+        .jobs()
+        .into_iter()
+        .find(|j| j.id == id)
+        .and_then(|j| j.lease_owner)
+        .expect("running, with an owner");
+
+    let (mut b, _) = start_testworker(&store, "b.toml", top, jobs_toml, &[]);
+    let warned = b.wait_log(
+        "Another curfew on this host runs jobs",
+        Duration::from_secs(10),
+    );
+    assert!(warned.contains(&owner), "{warned}");
+    // Past B's start and a few heartbeats of A.
+    std::thread::sleep(Duration::from_millis(1500));
+    let job = store.jobs().into_iter().find(|j| j.id == id).expect("job");
+    assert_eq!(job.state, JobState::Running, "still running");
+    assert_eq!(
+        job.lease_owner.as_deref(),
+        Some(owner.as_str()),
+        "still A's"
+    );
+    assert_eq!((job.crashes, job.releases), (0, 0), "{job:?}");
+    assert_eq!(starts(&log).get(&id), Some(&1), "started once");
+    assert!(a.faults().is_empty(), "{:#?}", a.faults());
+
+    b.signal(Signal::SIGTERM);
+    assert_eq!(b.wait_exit(Duration::from_secs(15)), 0);
+    a.signal(Signal::SIGTERM);
+    assert_eq!(a.wait_exit(Duration::from_secs(15)), 0);
+}
+
 /// SIGTERM, then SIGQUIT in the middle of the drain: the running jobs are
 /// handed back once, reported once as handed back (not as "could not be
 /// handed back": two hand-backs used to race and the loser's fenced
