@@ -143,8 +143,9 @@ pub async fn serve(listener: Listener, state: AdminState, stop: CancellationToke
 }
 
 /// [`serve`], accepting only until `stop_accepting` (an upgrade's successor
-/// took the socket over; connections already accepted go on until `stop`)
-/// or `stop`. Ends by closing the listener (its Unix socket file removed
+/// took the socket over; connections already accepted go on until `stop`,
+/// those still queued are left to the successor) or `stop`. Ends by closing
+/// the listener (at `stop`, after its queue; its Unix socket file removed
 /// when curfew made it and did not hand it over).
 pub async fn serve_until(
     listener: Listener,
@@ -199,5 +200,12 @@ pub async fn serve_until(
             }
         });
     }
-    for _ in listener.drain_and_close() {}
+    if stop_accepting.is_cancelled() && !stop.is_cancelled() {
+        // Handed over: the connections waiting in the shared socket's queue
+        // are the new curfew's (it accepts them once it took over). Closed
+        // without accepting, and the socket file is left to it.
+        drop(listener);
+    } else {
+        for _ in listener.drain_and_close() {}
+    }
 }

@@ -498,3 +498,54 @@ fn an_admin_unix_socket_is_passed_on_and_removed_by_the_new_curfew() {
         "the admin socket file is removed when the new curfew stops"
     );
 }
+
+/// Connections waiting in the admin socket's queue at the hand-over are
+/// the new curfew's to answer: the old one stops accepting without taking
+/// them (fails if it accepts and drops them: the client reads EOF). The
+/// old one's 64 admin connections are held by idle clients, so those sent
+/// after them wait in the kernel's queue until the hand-over.
+#[test]
+fn admin_connections_queued_at_the_hand_over_reach_the_new_curfew() {
+    use std::io::BufReader;
+    use std::net::TcpStream;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let program = copy_binary(dir.path());
+    let admin = free_port();
+    let cfg = dir.path().join("curfew.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "admin_bind = \"127.0.0.1:{admin}\"\nworkers = 1\ndrain_delay = 0\ncommand = [{TESTWORKER:?}]\n"
+        ),
+    )
+    .expect("write config");
+    let mut c = Curfew::spawn_program(config_opts(&cfg), &program);
+    c.wait_log(SERVING, Duration::from_secs(30));
+    assert_eq!(get(admin, "/healthz").status, 200);
+    let idle: Vec<TcpStream> = (0..64)
+        .map(|_| TcpStream::connect(("127.0.0.1", admin)).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let queued: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", admin)).expect("connect queues");
+            s.set_read_timeout(Some(Duration::from_secs(30)))
+                .expect("timeout");
+            send_request(&mut s, "GET", "/healthz", &[], b"", true).expect("send");
+            s
+        })
+        .collect();
+    let old = c.pid();
+    let (code, _, err) = c.ctl(&["upgrade"]);
+    assert_eq!(code, 0, "{err}");
+    for s in queued {
+        let r = read_response(&mut BufReader::new(s))
+            .expect("a connection queued at the hand-over is answered, not dropped");
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    drop(idle);
+    assert_eq!(c.wait_exit(Duration::from_secs(30)), 0, "{}", c.log_text());
+    let new = status_pid(&c);
+    assert_ne!(new, i64::from(old));
+    stop(new as i32);
+}
