@@ -7,8 +7,7 @@
 use serde::Deserialize;
 
 /// A value that may be given as one string or a list of strings.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(untagged)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum OneOrMany {
     One(String),
     Many(Vec<String>),
@@ -25,8 +24,7 @@ impl OneOrMany {
 
 /// A duration as written by a user: seconds as a number, or a string such as
 /// `"30s"`, `"500ms"`, `"1m 30s"`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(untagged)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum RawDuration {
     Int(i64),
     Float(f64),
@@ -77,11 +75,102 @@ impl<'de> Deserialize<'de> for RawHook {
 }
 
 /// A byte size: a number of bytes or a string like "512MiB", "1GiB", "300MB".
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(untagged)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum RawSize {
     Int(i64),
     Text(String),
+}
+
+// The loose types are deserialised by hand rather than `untagged`, so a
+// value of the wrong type is reported as what the key takes ("expected a
+// number of seconds or a string like \"30s\"") instead of "data did not
+// match any variant of untagged enum RawDuration".
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = OneOrMany;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany::One(s.to_owned()))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<OneOrMany, A::Error> {
+                Vec::<String>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(OneOrMany::Many)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawDuration;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number of seconds or a string like \"30s\", \"500ms\" or \"1m 30s\"")
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<RawDuration, E> {
+                Ok(RawDuration::Int(n))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<RawDuration, E> {
+                // Beyond i64: far above the cap, which validation reports.
+                Ok(i64::try_from(n).map_or(RawDuration::Float(n as f64), RawDuration::Int))
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, x: f64) -> Result<RawDuration, E> {
+                Ok(RawDuration::Float(x))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<RawDuration, E> {
+                Ok(RawDuration::Text(s.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawSize;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "a whole number of bytes or a string like \"512MiB\" (for 5e8 bytes write 500000000 or \"500MB\")",
+                )
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<RawSize, E> {
+                Ok(RawSize::Int(n))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<RawSize, E> {
+                i64::try_from(n)
+                    .map(RawSize::Int)
+                    .map_err(|_| E::custom("a size of at most 2^63 - 1 bytes"))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<RawSize, E> {
+                Ok(RawSize::Text(s.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl std::fmt::Display for RawSize {
@@ -475,6 +564,41 @@ mod tests {
         assert_eq!(hooks["worker_exit"], RawHook::Run("./page.sh".into()));
         assert_eq!(hooks["on_exit"], RawHook::Run("./other.sh".into()));
         assert_eq!(hooks["when_ready"], RawHook::Run("./ready.sh".into()));
+    }
+
+    /// A value of the wrong type says what the key takes, not which Rust
+    /// enum failed to match.
+    #[test]
+    fn type_errors_say_what_the_key_takes() {
+        for (text, wanted) in [
+            (
+                "graceful_timeout = true",
+                "a number of seconds or a string like",
+            ),
+            ("max_memory = 5e8", "a whole number of bytes"),
+            ("bind = 8000", "a string or a list of strings"),
+            ("bind = [8000]", "string"),
+            ("[hooks]\nx = { run = 5 }", "string"),
+        ] {
+            let e = toml::from_str::<RawConfig>(text)
+                .expect_err(text)
+                .to_string();
+            assert!(e.contains(wanted) && !e.contains("untagged"), "{text}: {e}");
+        }
+        let raw: RawConfig = toml::from_str(
+            "graceful_timeout = 2.5\ndrain_delay = 3\nboot_timeout = \"1m\"\nmax_memory = 1024\nmax_request_body = \"1MiB\"\nbind = \"a:1\"\nforwarded_allow_ips = [\"*\"]",
+        )
+        .expect("valid");
+        assert_eq!(raw.graceful_timeout, Some(RawDuration::Float(2.5)));
+        assert_eq!(raw.drain_delay, Some(RawDuration::Int(3)));
+        assert_eq!(raw.boot_timeout, Some(RawDuration::Text("1m".into())));
+        assert_eq!(raw.max_memory, Some(RawSize::Int(1024)));
+        assert_eq!(raw.max_request_body, Some(RawSize::Text("1MiB".into())));
+        assert_eq!(raw.bind, Some(OneOrMany::One("a:1".into())));
+        assert_eq!(
+            raw.forwarded_allow_ips,
+            Some(OneOrMany::Many(vec!["*".into()]))
+        );
     }
 
     #[test]

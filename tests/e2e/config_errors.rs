@@ -543,3 +543,23 @@ fn ignored_flags_and_settings_are_refused() {
         "{err}"
     );
 }
+
+/// A value of the wrong type names the key and what it takes, not an
+/// internal type ("untagged enum RawDuration").
+#[test]
+fn a_value_of_the_wrong_type_says_what_the_key_takes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("curfew.toml"),
+        "command = \"true\"\ngraceful_timeout = true\n",
+    )
+    .expect("write");
+    let (code, err) = run(&["serve"], &[], Some(dir.path()));
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("graceful_timeout")
+            && err.contains("a number of seconds or a string like \"30s\"")
+            && !err.contains("untagged"),
+        "{err}"
+    );
+}
