@@ -52,8 +52,9 @@ impl SqliteStore {
         job: &ValidJob,
         now: i64,
     ) -> Result<Enqueued, sqlx::Error> {
-        if job.unique_window_ms().is_some() {
-            // The key's window is over: the next job takes it.
+        if job.unique_key().is_some() {
+            // A window over gives the key up to the next job, whatever that
+            // job's scope (one key space).
             sqlx::query(
                 "UPDATE jobs SET unique_holder = NULL
                  WHERE unique_holder = ?1 AND unique_until <= ?2",

@@ -324,6 +324,20 @@ pub async fn unique_scopes_hold_the_key_while_documented(h: &Harness) {
     let (g, created) = put(s, unique("w", "k-window", hour)).await;
     assert!(created && g != f);
     assert_eq!(put(s, unique("w", "k-window", hour)).await, (g, false));
+    // One key space: once a window is over, an enqueue of the key with
+    // another scope takes it too (it got the old, finished job back).
+    let (_, token) = claim_one(h, "w", OWNER, LEASE).await;
+    assert!(s.complete(g, &token).await.expect("complete"));
+    exec_sql(
+        h,
+        &format!("UPDATE {{s}}jobs SET unique_until = unique_until - 3600001 WHERE id = {g}"),
+    )
+    .await;
+    for scope in [UniqueScope::Queued, UniqueScope::QueuedRunning] {
+        let (n, created) = put(s, unique("w", "k-window", scope)).await;
+        assert!(created && n != g, "a new job, not the finished {g}");
+        s.delete(n).await.expect("delete");
+    }
 
     // Bad input names the field.
     let long = "k".repeat(curfew_store::MAX_NAME_CHARS + 1);
