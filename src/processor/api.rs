@@ -186,24 +186,36 @@ pub fn parse_body(body: &[u8]) -> Result<EnqueueRequest, ApiError> {
 
 /// Parses a batch: a JSON array of jobs, or NDJSON (one job per line;
 /// blank lines skipped). An error names the job by its index (from 0).
+/// A batch of more than `curfew_store::MAX_BATCH` jobs is refused as soon
+/// as its job past the limit is met, before the rest is read: each job
+/// read costs memory (64 MiB of tiny jobs would be millions of them), so
+/// the count is checked while reading, not after.
 pub fn parse_batch(body: &[u8]) -> Result<Vec<EnqueueRequest>, ApiError> {
     let text = std::str::from_utf8(body)
         .map_err(|e| ApiError::bad(format!("invalid batch: the body is not UTF-8: {e}")))?;
+    let too_many = || {
+        ApiError::bad(format!(
+            "invalid batch, nothing stored: at most {} jobs in one batch; send the rest in another",
+            curfew_store::MAX_BATCH
+        ))
+    };
     if text.trim_start().starts_with('[') {
-        let items: Vec<serde_json::Value> = serde_json::from_str(text)
-            .map_err(|e| ApiError::bad(format!("invalid batch: {e}; send a JSON array of jobs")))?;
-        return items
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| {
-                serde_json::from_value(v).map_err(|e| {
-                    ApiError::bad(format!("invalid batch, nothing stored: job {i}: {e}"))
-                })
-            })
-            .collect();
+        let mut de = serde_json::Deserializer::from_str(text);
+        let jobs = serde::Deserializer::deserialize_seq(&mut de, BoundedJobs).and_then(|jobs| {
+            de.end()?;
+            Ok(jobs)
+        });
+        return match jobs {
+            Ok(jobs) => Ok(jobs),
+            Err(e) if e.to_string().starts_with(TOO_MANY) => Err(too_many()),
+            Err(e) => Err(ApiError::bad(format!("invalid batch, nothing stored: {e}"))),
+        };
     }
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
+    let lines = text.lines().filter(|l| !l.trim().is_empty());
+    if lines.clone().count() > curfew_store::MAX_BATCH {
+        return Err(too_many());
+    }
+    lines
         .enumerate()
         .map(|(i, line)| {
             serde_json::from_str(line)
@@ -212,9 +224,69 @@ pub fn parse_batch(body: &[u8]) -> Result<Vec<EnqueueRequest>, ApiError> {
         .collect()
 }
 
+/// The start of the error [`BoundedJobs`] stops at the limit with.
+const TOO_MANY: &str = "too many jobs";
+
+/// A JSON array of jobs read one job at a time, each straight into an
+/// [`EnqueueRequest`], stopping past `curfew_store::MAX_BATCH`.
+struct BoundedJobs;
+
+impl<'de> serde::de::Visitor<'de> for BoundedJobs {
+    type Value = Vec<EnqueueRequest>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON array of jobs")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error as _;
+        let mut jobs = Vec::new();
+        loop {
+            let i = jobs.len();
+            let job = seq.next_element::<EnqueueRequest>().map_err(|e| {
+                // serde_json adds the position to the outer error.
+                let e = e.to_string();
+                let e = e.split(" at line ").next().unwrap_or_default();
+                A::Error::custom(format!("job {i}: {e}"))
+            })?;
+            match job {
+                Some(_) if i == curfew_store::MAX_BATCH => return Err(A::Error::custom(TOO_MANY)),
+                Some(job) => jobs.push(job),
+                None => return Ok(jobs),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_past_the_limit_is_refused_while_read() {
+        let job = r#"{"kind": "a"}"#;
+        let max = curfew_store::MAX_BATCH;
+        let array = |n: usize| format!("[{}]", vec![job; n].join(","));
+        assert_eq!(
+            parse_batch(array(max).as_bytes()).expect("the most").len(),
+            max
+        );
+        // One more, and then junk that is never read.
+        let over = format!(
+            "{}, not json at all",
+            &array(max + 1)[..array(max + 1).len() - 1]
+        );
+        let e = parse_batch(over.as_bytes()).expect_err("one too many");
+        assert!(e.message.contains("at most 10000 jobs"), "{}", e.message);
+        let ndjson = vec![job; max + 1].join("\n");
+        let e = parse_batch(ndjson.as_bytes()).expect_err("one too many");
+        assert!(e.message.contains("at most 10000 jobs"), "{}", e.message);
+        // Not an array of jobs, or trailing junk.
+        for bad in [r#"[{"kind": "a"}] x"#, r#"[1]"#] {
+            let e = parse_batch(bad.as_bytes()).expect_err(bad);
+            assert!(e.message.starts_with("invalid batch"), "{}", e.message);
+        }
+    }
 
     #[test]
     fn batches_as_an_array_or_ndjson_name_the_bad_job() {
