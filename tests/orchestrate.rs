@@ -197,6 +197,47 @@ async fn a_second_signal_escalates_to_an_immediate_stop() {
     );
 }
 
+/// A control request the control socket handed on while curfew served,
+/// read by the orchestrator only after a stop (the race of a request with
+/// SIGTERM): it is refused at once, not left unanswered until the exit.
+/// With `drain_delay = 2s`, lame duck outlasts the 1 s the test waits
+/// (fails without the fix: no answer within 1 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_request_that_raced_a_stop_is_refused_at_once() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = start(dir.path(), "drain_delay = \"2s\"");
+    serving(&o).await;
+    o.inputs.stop(StopSignal::Term);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let phase = control::request(&o.control, &Request::Status, Duration::from_secs(5))
+            .await
+            .expect("status")
+            .status
+            .expect("a status report")
+            .phase;
+        if phase == "lame-duck" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never in lame duck: {phase}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let answer = tokio::time::timeout(Duration::from_secs(1), o.inputs.scale_request(3))
+        .await
+        .expect("answered during lame duck")
+        .expect("an answer, not a dropped request");
+    assert!(!answer.ok, "{answer:?}");
+    assert!(
+        answer
+            .error
+            .as_deref()
+            .is_some_and(|m| m.contains("stopping")),
+        "{answer:?}"
+    );
+    assert_eq!(exit_code(o, Duration::from_secs(15)).await, 0);
+}
+
 /// SIGHUP after the file changed: a new generation serves the new command;
 /// a restart-only change is named in `curfew reload`'s answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,7 @@ pub(super) async fn while_draining<F: std::future::Future>(
     loop {
         tokio::select! {
             out = &mut work => return Some(out),
-            sig = run.inputs.next_stop() => {
+            sig = run.next_stop() => {
                 run.on_signal(sig);
                 if run.machine.phase() != Phase::Draining {
                     return None;

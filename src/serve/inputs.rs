@@ -73,6 +73,18 @@ impl InputSender {
         });
     }
 
+    /// `curfew scale workers` as the control socket hands it on once it saw
+    /// curfew serving (the orchestrator may be stopping by the time it
+    /// reads it); the answer arrives on the receiver.
+    pub fn scale_request(
+        &self,
+        workers: usize,
+    ) -> tokio::sync::oneshot::Receiver<crate::control::Response> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.op(Op::ScaleTo { workers, reply });
+        rx
+    }
+
     /// An operation (from a signal or the control socket).
     pub(super) fn op(&self, op: Op) {
         let _ = self.ops.send(op);
@@ -156,6 +168,11 @@ impl Inputs {
                 () = Beat::tick(beat) => {}
             }
         }
+    }
+
+    /// An operation already waiting, if any (without waiting).
+    pub(super) fn pending_op(&mut self) -> Option<Op> {
+        self.ops.try_recv().ok()
     }
 
     /// The next stop signal (never, once the sender is gone).

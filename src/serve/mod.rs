@@ -75,7 +75,7 @@ pub use upgrade::remember_invocation;
 use drain::drain;
 use inputs::Input;
 pub use inputs::{ControlSignal, InputSender, Inputs};
-use ops::{Deferred, route_control, run_op};
+use ops::{Deferred, Op, route_control, run_op};
 use report::report_incomplete;
 
 /// Re-reads the configuration from the same sources as at start (for reloads).
@@ -190,6 +190,41 @@ impl Run {
         self.completed_at_stop = self.front.router.completed();
         if let Some(jobs) = &self.jobs {
             jobs.stop_claiming();
+        }
+    }
+
+    /// The next stop signal, while stopping (lame duck, draining,
+    /// stopping): an operation that arrives meanwhile is answered —
+    /// SIGUSR1's report runs, any other is refused, its caller told — so a
+    /// control request that raced the stop never waits for the exit.
+    async fn next_stop(&mut self) -> StopSignal {
+        loop {
+            match self.inputs.next().await {
+                Input::Stop(sig) => return sig,
+                Input::Op(op) => self.answer_while_stopping(op).await,
+            }
+        }
+    }
+
+    /// An operation that arrived after the stop: see [`Run::next_stop`].
+    async fn answer_while_stopping(&mut self, op: Op) {
+        let (what, replies) = match op {
+            Op::LogStatus => {
+                report::log_status(&self.status).await;
+                return;
+            }
+            Op::Reload { replies } => ("reload", replies),
+            Op::Scale { up: true } => ("scale up (SIGTTIN)", vec![]),
+            Op::Scale { up: false } => ("scale down (SIGTTOU)", vec![]),
+            Op::ScaleTo { reply, .. } => ("scale", vec![reply]),
+            Op::Upgrade { reply } => ("upgrade", reply.into_iter().collect()),
+        };
+        let phase = self.machine.phase();
+        tracing::info!(operation = what, %phase, "Operation refused: curfew is stopping.");
+        for r in replies {
+            let _ = r.send(control::Response::err(format!(
+                "refused: curfew is stopping ({phase})"
+            )));
         }
     }
 

@@ -134,7 +134,7 @@ pub(super) async fn lame_duck(run: &mut Run) {
     };
     tokio::select! {
         _ = elapsed => { run.apply(Event::DrainDelayElapsed); }
-        sig = run.inputs.next_stop() => run.on_signal(sig),
+        sig = run.next_stop() => run.on_signal(sig),
     }
 }
 
@@ -158,7 +158,7 @@ pub(super) async fn stopping(run: &mut Run) {
     let outcome = loop {
         tokio::select! {
             o = &mut stop => break o,
-            sig = run.inputs.next_stop() => {
+            sig = run.next_stop() => {
                 // Only an escalation matters now; apply() kills at once.
                 if let Outcome::StopNow = run.machine.clone().handle(Event::Signal(sig)) {
                     run.apply(Event::Signal(sig));
@@ -185,6 +185,10 @@ const HOOK_MARGIN: std::time::Duration = crate::platform::MARGIN.saturating_sub(
 /// Returns the exit code.
 pub(super) async fn teardown(mut run: Run) -> i32 {
     run.background.cancel();
+    // Operations that raced the end are answered, not dropped at exit.
+    while let Some(op) = run.inputs.pending_op() {
+        run.answer_while_stopping(op).await;
+    }
     // The admin endpoint closes its listener and removes its socket file
     // (unless an upgrade's new curfew has it) as it ends.
     if let Some(task) = run.admin_task.take() {
