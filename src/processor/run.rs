@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
-use super::verdict::Verdict;
+use super::verdict::{self, Verdict};
 use super::{Entry, Inner, QueueState, RetryPause, Running, deliver};
 use crate::config::jobs::Delivery;
 use crate::supervisor::command::AbortOnDrop;
@@ -204,6 +204,10 @@ impl Inner {
             // not the job's: hand it back with the others.
             return;
         }
+        let verdict = match verdict {
+            Verdict::Interrupted { why } => verdict::interrupted(why, job.releases),
+            other => other,
+        };
         if matches!(verdict, Verdict::Done) {
             self.record_success(&q, &job, &token, started.elapsed(), permit)
                 .await;

@@ -71,6 +71,29 @@ pub fn of_exit(code: Option<i32>, described: &str, last_stderr: Option<&str>) ->
     }
 }
 
+/// How many hand-backs a job may have had before an interruption by
+/// curfew stopping its worker counts as a failed attempt.
+pub const HANDBACKS_BEFORE_FAILING: i32 = 3;
+
+/// An interruption (its worker stopped by curfew: reload, recycle, scale
+/// down) hands the job back without spending an attempt — unless it has
+/// been handed back [`HANDBACKS_BEFORE_FAILING`] times already: a job that
+/// itself drives its worker past `max_memory` and outlasts the recycle's
+/// drain would otherwise be handed back and re-run for ever, never spending
+/// an attempt nor going `dead`. From then on each interruption is a failed
+/// attempt (retried with backoff, `dead` after `max_attempts`).
+pub fn interrupted(why: String, releases: i32) -> Verdict {
+    if releases >= HANDBACKS_BEFORE_FAILING {
+        Verdict::Fail {
+            error: format!(
+                "{why}; handed back {releases} times already, so this counts as a failed attempt"
+            ),
+        }
+    } else {
+        Verdict::Interrupted { why }
+    }
+}
+
 /// `Retry-After`: delay-seconds or an HTTP date (RFC 9110 §10.2.3).
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
@@ -218,6 +241,25 @@ mod tests {
                 },
                 "{status} {header}"
             );
+        }
+    }
+
+    #[test]
+    fn interruptions_count_once_a_job_was_handed_back_often() {
+        let why = || "its worker 1 was stopped by curfew".to_owned();
+        assert_eq!(interrupted(why(), 0), Verdict::Interrupted { why: why() });
+        assert_eq!(
+            interrupted(why(), HANDBACKS_BEFORE_FAILING - 1),
+            Verdict::Interrupted { why: why() }
+        );
+        match interrupted(why(), HANDBACKS_BEFORE_FAILING) {
+            Verdict::Fail { error } => {
+                assert!(
+                    error.starts_with(&why()) && error.contains("3 times"),
+                    "{error}"
+                )
+            }
+            other => panic!("{other:?}"),
         }
     }
 }
