@@ -11,9 +11,10 @@
 //! The `Idempotency-Key` header is the same as the body's `idempotency_key`.
 //! Errors are JSON `{"error": "..."}` with 400 (bad input, naming the
 //! field), 404, 405, 413 (payload over `jobs.max_payload`), 422 (unknown
-//! queue), 503 (store unreachable, or the API's store turns all taken for
-//! 5 s — see `processor::gate`; `Retry-After: 1`: nothing was stored; or
-//! curfew stopping mid-write: maybe stored, see `EnqueueError::ShuttingDown`).
+//! queue), 503 (the API's store turns all taken for 5 s — see
+//! `processor::gate`; `Retry-After: 1`: nothing was stored; or the store
+//! unreachable, or curfew stopping mid-write: maybe stored if the write was
+//! sent, see `EnqueueError::ShuttingDown`).
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
