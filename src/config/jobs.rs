@@ -89,6 +89,11 @@ pub struct JobsConfig {
     pub retention: Retention,
     /// How often the processor prunes (`jobs.retention.interval`).
     pub prune_interval: Duration,
+    /// The section as written (without `periodic`), in a canonical form
+    /// (its `Debug`: the tables are ordered maps): what a reload compares,
+    /// since defaults derived from `workers` or `graceful_timeout` change
+    /// with them while `[jobs]` itself did not.
+    pub given: String,
 }
 
 impl JobsConfig {
@@ -116,6 +121,7 @@ pub struct Context<'a> {
 /// mistakes the same one is always reported.
 pub fn validate(raw: Option<RawJobs>, cx: &Context<'_>) -> Result<Option<JobsConfig>, ConfigError> {
     let Some(raw) = raw else { return Ok(None) };
+    let given = format!("{raw:?}");
     let c = Ctx::section(cx.origins, "jobs");
     let store = store_url(&c, raw.store)?;
     let Leases {
@@ -152,6 +158,7 @@ pub fn validate(raw: Option<RawJobs>, cx: &Context<'_>) -> Result<Option<JobsCon
         queues,
         retention,
         prune_interval,
+        given,
     }))
 }
 

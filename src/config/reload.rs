@@ -113,6 +113,97 @@ fn pick<T: Clone>(key: &str, old: &T, new: &T) -> T {
     }
 }
 
+/// Whether `[jobs]` changed as written. Its derived defaults (a queue's
+/// concurrency from `workers × worker_concurrency`, `release_reserve` from
+/// `graceful_timeout`) follow those settings, so comparing the validated
+/// sections would report `jobs` as changed, and needing a restart, on a
+/// reload that only changed `workers`.
+fn jobs_changed(
+    old: &Option<super::jobs::JobsConfig>,
+    new: &Option<super::jobs::JobsConfig>,
+) -> bool {
+    match (old, new) {
+        (Some(a), Some(b)) => a.given != b.given,
+        (None, None) => false,
+        _ => true,
+    }
+}
+
+/// Makes the configuration a reload will run (`merged`, from
+/// [`after_reload`]) one that validation would accept: its applied values
+/// were checked against the new `[jobs]`, but the running processor keeps
+/// the old one. Where they do not fit, the running value is kept instead
+/// and the key moves to `plan.restart_only`; each returned key comes with
+/// a line that says why (for a WARN):
+/// - a periodic schedule whose queue the running processor does not have,
+///   or whose payload exceeds its `max_payload`: the running schedules are
+///   kept (its jobs would wait in a queue nobody claims, or be refused);
+/// - a `graceful_timeout` not above the running `jobs.release_reserve`:
+///   the running `graceful_timeout` is kept (every job would be cut at once
+///   at the stop).
+pub fn fit_to_running(
+    old: &Config,
+    merged: &mut Config,
+    plan: &mut ReloadPlan,
+) -> Vec<(&'static str, String)> {
+    let mut why = Vec::new();
+    let mut keep = |key: &'static str, plan: &mut ReloadPlan, reason: String| {
+        plan.applied.retain(|k| *k != key);
+        if !plan.restart_only.contains(&key) {
+            plan.restart_only.push(key);
+        }
+        why.push((key, reason));
+    };
+    if let Some(jobs) = &merged.jobs {
+        if !merged.graceful_timeout.is_zero() && jobs.release_reserve >= merged.graceful_timeout {
+            keep(
+                "graceful_timeout",
+                plan,
+                format!(
+                    "Reload: graceful_timeout = {:?} is not above the running jobs.release_reserve ({:?}, which changes only at a restart); keeping graceful_timeout = {:?} until curfew restarts.",
+                    merged.graceful_timeout, jobs.release_reserve, old.graceful_timeout
+                ),
+            );
+            merged.graceful_timeout = old.graceful_timeout;
+        }
+        let unfit = merged.periodic.iter().find_map(|p| {
+            if jobs.queue(&p.queue).is_none() {
+                return Some(format!(
+                    "[jobs.periodic.{}] enqueues into queue {:?}, which the running processor does not have ([jobs] changes only at a restart)",
+                    p.name, p.queue
+                ));
+            }
+            let size = serde_json::to_string(&p.payload).map_or(0, |s| s.len());
+            (size > jobs.max_payload).then(|| {
+                format!(
+                    "[jobs.periodic.{}]'s payload ({size} bytes) is larger than the running jobs.max_payload ({} bytes, which changes only at a restart)",
+                    p.name, jobs.max_payload
+                )
+            })
+        });
+        if let Some(reason) = unfit
+            && merged.periodic != old.periodic
+        {
+            keep(
+                "jobs.periodic",
+                plan,
+                format!(
+                    "Reload: {reason}; keeping the running periodic schedules until curfew restarts."
+                ),
+            );
+            merged.periodic = old.periodic.clone();
+        }
+    } else if !merged.periodic.is_empty() && merged.periodic != old.periodic {
+        keep(
+            "jobs.periodic",
+            plan,
+            "Reload: [jobs.periodic] needs the job processor, which starts with [jobs] at a restart; no schedule runs until then.".to_owned(),
+        );
+        merged.periodic = old.periodic.clone();
+    }
+    why
+}
+
 /// Defines [`plan_reload`] and [`after_reload`] from one list of `Config`
 /// fields and their setting names. Both destructure `Config` without `..`,
 /// so a new field does not compile until it is listed here.
@@ -128,7 +219,9 @@ macro_rules! reload_by_field {
             // is a setting.
             let Config { $($field,)* config_file: _, worker_concurrency_default: _ } = new;
             let mut plan = ReloadPlan::default();
-            $( plan.note($key, old.$field != *$field); )*
+            // `jobs` is compared as written: see `jobs_changed`.
+            $( plan.note($key, $key != "jobs" && old.$field != *$field); )*
+            plan.note("jobs", jobs_changed(&old.jobs, &new.jobs));
             plan
         }
 
@@ -208,6 +301,59 @@ mod tests {
         };
         let raw: RawConfig = toml::from_str(&text).expect("toml");
         validate(raw, &Origins::new()).expect("valid config")
+    }
+
+    /// Changing only `workers` or `graceful_timeout` changes derived
+    /// `[jobs]` defaults, not `[jobs]`: no restart-only `jobs`.
+    #[test]
+    fn derived_jobs_defaults_are_not_a_jobs_change() {
+        let plan = plan_reload(
+            &cfg("workers = 2\ngraceful_timeout = 20\n[jobs]"),
+            &cfg("workers = 6\ngraceful_timeout = 24\n[jobs]"),
+        );
+        assert_eq!(plan.restart_only, Vec::<&str>::new(), "{plan:?}");
+        assert_eq!(plan.applied, ["workers", "graceful_timeout"]);
+        let plan = plan_reload(
+            &cfg("workers = 2\n[jobs]"),
+            &cfg("workers = 2\n[jobs]\nlease = 60"),
+        );
+        assert_eq!(plan.restart_only, ["jobs"]);
+    }
+
+    /// What a reload would run is made to fit the running processor: a
+    /// schedule into a queue it does not have, or a graceful_timeout not
+    /// above its release_reserve, keeps the running value, and says so.
+    #[test]
+    fn a_reload_keeps_what_does_not_fit_the_running_jobs() {
+        let old = cfg("workers = 2\ngraceful_timeout = 60\n[jobs]\nrelease_reserve = \"20s\"");
+        let new = cfg(
+            "workers = 2\ngraceful_timeout = 15\n[jobs]\nrelease_reserve = \"5s\"\n[jobs.queues.default]\n[jobs.queues.reports]\n[jobs.periodic.r]\nevery = \"1m\"\nkind = \"k\"\nqueue = \"reports\"",
+        );
+        let mut plan = plan_reload(&old, &new);
+        assert_eq!(plan.applied, ["graceful_timeout", "jobs.periodic"]);
+        let mut merged = after_reload(&old, &new);
+        let why = fit_to_running(&old, &mut merged, &mut plan);
+        assert_eq!(why.len(), 2, "{why:?}");
+        assert_eq!(why[0].0, "graceful_timeout");
+        assert!(why[0].1.contains("release_reserve"), "{why:?}");
+        assert_eq!(why[1].0, "jobs.periodic");
+        assert!(why[1].1.contains("\"reports\""), "{why:?}");
+        assert_eq!(merged.graceful_timeout, old.graceful_timeout);
+        assert_eq!(merged.periodic, old.periodic);
+        assert!(plan.applied.is_empty(), "{plan:?}");
+        assert_eq!(
+            plan.restart_only,
+            ["jobs", "graceful_timeout", "jobs.periodic"]
+        );
+        // What fits is applied.
+        let fits = cfg(
+            "workers = 2\ngraceful_timeout = 30\n[jobs]\nrelease_reserve = \"20s\"\n[jobs.periodic.d]\nevery = \"1m\"\nkind = \"k\"",
+        );
+        let mut plan = plan_reload(&old, &fits);
+        let mut merged = after_reload(&old, &fits);
+        assert!(fit_to_running(&old, &mut merged, &mut plan).is_empty());
+        assert_eq!(merged.graceful_timeout, std::time::Duration::from_secs(30));
+        assert_eq!(merged.periodic.len(), 1);
     }
 
     /// One changed value per key: the key lands where SETTINGS says.

@@ -205,8 +205,16 @@ async fn try_reload(run: &mut Run) -> ReloadFinished {
             };
         }
     };
-    let plan = plan_reload(&run.cfg, &new);
-    for key in &plan.restart_only {
+    let mut plan = plan_reload(&run.cfg, &new);
+    let mut new = after_reload(&run.cfg, &new);
+    // Validated alone, the new file may not fit the parts a reload keeps
+    // (the job processor): those values stay as they run, with a WARN.
+    let unfit = crate::config::reload::fit_to_running(&run.cfg, &mut new, &mut plan);
+    for (key, why) in &unfit {
+        tracing::warn!(setting = key, "{why}");
+    }
+    let said = |key: &&str| unfit.iter().any(|(k, _)| k == key);
+    for key in plan.restart_only.iter().filter(|k| !said(k)) {
         tracing::warn!(
             setting = key,
             "Reload: `{key}` changed, which needs a restart of curfew; keeping the current value."
@@ -218,7 +226,6 @@ async fn try_reload(run: &mut Run) -> ReloadFinished {
             "Reload: applying the changed settings."
         );
     }
-    let new = after_reload(&run.cfg, &new);
     let spec = worker_spec(&new, run.run_dir.clone(), run.jobs.as_ref());
     let batch = match new.reload {
         ReloadStrategy::AllAtOnce => run.sup.workers(),
