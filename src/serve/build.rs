@@ -228,6 +228,7 @@ impl Run {
             background,
             sockets,
             upgrade: None,
+            abandoned: None,
             admin_release: tokio_util::sync::CancellationToken::new(),
             control_release,
             admin_task: None,

@@ -110,6 +110,9 @@ struct Run {
     sockets: upgrade::Sockets,
     /// An upgrade under way (this process is the old curfew).
     upgrade: Option<upgrade::InProgress>,
+    /// The pid of an upgrade's new curfew a stop abandoned (SIGTERMed):
+    /// the teardown waits for it before the final kill.
+    abandoned: Option<u32>,
     /// Cancelled at an upgrade's hand-over: the admin endpoint, and the
     /// control socket, stop accepting (the new curfew has them; a cancelled
     /// `control_release` also means its file is the new curfew's).

@@ -233,6 +233,9 @@ pub(super) async fn teardown(mut run: Run) -> i32 {
                 .unwrap_or_else(|| tokio::time::Instant::now() + std::time::Duration::from_secs(1)),
         )
         .await;
+    // An abandoned upgrade's new curfew (SIGTERMed with our stop request)
+    // stops by itself first, by the hooks' deadline.
+    upgrade::wait_abandoned(run.abandoned, hook_deadline).await;
     // Leftovers first: nothing below may keep them alive.
     let leftovers = run.reaper.kill_all_children().await;
     if leftovers > 0 {

@@ -549,3 +549,53 @@ fn admin_connections_queued_at_the_hand_over_reach_the_new_curfew() {
     assert_ne!(new, i64::from(old));
     stop(new as i32);
 }
+
+/// A stop during an upgrade gives the new curfew its own stop before the
+/// final kill: the new curfew (still booting its worker) runs its 1 s
+/// on_exit hook and logs its own summary through the old one (fails if the
+/// old one's final kill takes the new curfew at once: its summary never
+/// comes).
+#[test]
+fn an_abandoned_upgrade_lets_the_new_curfew_stop_before_the_final_kill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let program = copy_binary(dir.path());
+    let cfg = dir.path().join("curfew.toml");
+    std::fs::write(
+        &cfg,
+        format!("workers = 1\ndrain_delay = 0\ncommand = [{TESTWORKER:?}]\n"),
+    )
+    .expect("write config");
+    let mut c = Curfew::spawn_program(config_opts(&cfg), &program);
+    c.wait_log(SERVING, Duration::from_secs(30));
+    std::fs::write(
+        &cfg,
+        format!(
+            "workers = 1\ndrain_delay = 0\n\
+             command = [{TESTWORKER:?}, \"--boot-delay-ms\", \"20000\"]\n\
+             [hooks]\non_exit = \"sleep 1\"\n"
+        ),
+    )
+    .expect("write config");
+    c.signal(Signal::SIGUSR2);
+    let new = new_pid(&c);
+    // Its worker is booting.
+    c.wait_log_count("Starting workers.", 2, Duration::from_secs(20));
+    let t0 = Instant::now();
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit(Duration::from_secs(30)), 0, "{}", c.log_text());
+    let took = t0.elapsed();
+    assert_eq!(
+        c.count_log("event=\"shutdown_complete\""),
+        2,
+        "both curfews' summaries:\n{}",
+        c.log_text()
+    );
+    assert!(
+        took >= Duration::from_secs(1),
+        "the old curfew waited for the new one's stop: {took:?}"
+    );
+    wait_until("the new curfew is gone", Duration::from_secs(10), || {
+        !alive(new)
+    });
+    assert_no_survivors(&c);
+}

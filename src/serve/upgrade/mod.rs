@@ -247,7 +247,14 @@ fn start(run: &mut Run) -> std::io::Result<InProgress> {
         relay,
         tail,
         timeout,
-        grace: run.cfg.worker_stop_timeout + Duration::from_secs(5),
+        // Its whole stop: it may already serve (it accepts before its
+        // ready report), and a SIGKILL would cut what it accepted.
+        grace: run
+            .cfg
+            .drain_delay
+            .saturating_add(run.cfg.graceful_timeout)
+            .saturating_add(run.cfg.worker_stop_timeout)
+            .saturating_add(Duration::from_secs(5)),
     };
     tokio::spawn(watch.run(spawned.channel, tx, ack_rx));
     Ok(InProgress {
@@ -486,7 +493,8 @@ fn hand_over(run: &mut Run, adopted: &[i32]) {
 }
 
 /// A stop while an upgrade is under way: the new curfew is stopped too
-/// (SIGTERM; it may still be booting), its callers told.
+/// (SIGTERM; it may still be booting, or already serve), its callers told;
+/// the teardown gives it its stop before the final kill ([`wait_abandoned`]).
 pub(super) fn abandon(run: &mut Run, signal: &'static str) {
     let Some(up) = run.upgrade.take() else {
         return;
@@ -500,9 +508,40 @@ pub(super) fn abandon(run: &mut Run, signal: &'static str) {
         nix::unistd::Pid::from_raw(up.pid as i32),
         nix::sys::signal::Signal::SIGTERM,
     );
+    // The teardown waits for its stop before the final kill.
+    run.abandoned = Some(up.pid);
     for r in up.replies {
         let _ = r.send(control::Response::err(format!(
             "upgrade abandoned: {signal} received; both curfews stop"
         )));
+    }
+}
+
+/// At the teardown, before the final kill: the new curfew of an abandoned
+/// upgrade got its SIGTERM with our stop request; it has until our own stop
+/// budget ends (`deadline`) to stop by itself (it may already have accepted
+/// connections: a SIGKILL would cut them). Then the final kill takes it.
+pub(super) async fn wait_abandoned(pid: Option<u32>, deadline: Option<tokio::time::Instant>) {
+    let Some(pid) = pid.map(|p| p as i32) else {
+        return;
+    };
+    let running = || crate::supervisor::reaper::own_children().contains(&pid);
+    if !running() {
+        return;
+    }
+    let deadline = deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1));
+    tracing::info!(
+        pid,
+        "Waiting for the new curfew of the abandoned upgrade to stop."
+    );
+    while running() {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                pid,
+                "The new curfew of the abandoned upgrade did not stop within the stop budget: killing it."
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
