@@ -40,13 +40,20 @@ impl<'a> Ctx<'a> {
     ) -> ConfigError {
         let key = key.as_ref();
         let origin_key = self.section.unwrap_or(key);
+        // Inside a section, the layer that set the section's own key
+        // (`jobs.queues` for `jobs.queues.mail.timeout`), if recorded.
+        let sub_key = self.section.and_then(|s| {
+            let rest = key.strip_prefix(s)?.strip_prefix('.')?;
+            Some(format!("{s}.{}", rest.split('.').next()?))
+        });
+        let origin = sub_key
+            .and_then(|k| self.origins.get(k.as_str()))
+            .or_else(|| self.origins.get(origin_key))
+            .cloned()
+            .unwrap_or(Origin::Default);
         ConfigError::Invalid {
             key: key.to_string(),
-            origin: self
-                .origins
-                .get(origin_key)
-                .cloned()
-                .unwrap_or(Origin::Default),
+            origin,
             value: value.to_string(),
             message: message.into(),
         }

@@ -633,6 +633,45 @@ worker_socket = "fd-tcp""#)
         assert_eq!(c.drain_delay, Duration::from_secs(1));
     }
 
+    /// Inside `[jobs]`, an error names the layer of its own key: a bad
+    /// queue in the file is the file's, even with `--jobs-store` given.
+    #[test]
+    fn jobs_errors_name_the_layer_of_their_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "command = \"sh\"\n[jobs.queues.mail]\ntimeout = \"1ms\"",
+        )
+        .expect("write");
+        let load_with_flag = |store: &str| {
+            load(Sources {
+                config_file: Some(path.clone()),
+                env: vec![],
+                flags: RawConfig {
+                    jobs: Some(raw::RawJobs {
+                        store: Some(store.to_owned()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                cwd: dir.path().into(),
+            })
+            .expect_err("bad")
+            .to_string()
+        };
+        let e = load_with_flag(&format!("{}/x.db", dir.path().display()));
+        assert!(
+            e.contains("jobs.queues.mail.timeout") && e.contains("c.toml"),
+            "{e}"
+        );
+        let e = load_with_flag("mysql://x");
+        assert!(
+            e.contains("jobs.store") && e.contains("on the command line"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn env_error_names_the_variable_in_validation() {
         let dir = tempfile::tempdir().expect("tempdir");

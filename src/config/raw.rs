@@ -324,6 +324,30 @@ impl Layer for std::collections::BTreeMap<String, RawHook> {
     }
 }
 
+impl RawJobs {
+    /// The origin key (`jobs.<key>`) of each key this layer sets: a higher
+    /// layer replaces `[jobs]` key by key (`queues`, `retention` and
+    /// `periodic` whole), so an error names the layer of its key.
+    pub fn origin_keys(&self) -> Vec<&'static str> {
+        [
+            (self.store.is_some(), "jobs.store"),
+            (self.lease.is_some(), "jobs.lease"),
+            (self.max_crashes.is_some(), "jobs.max_crashes"),
+            (self.release_reserve.is_some(), "jobs.release_reserve"),
+            (self.poll_interval.is_some(), "jobs.poll_interval"),
+            (self.max_payload.is_some(), "jobs.max_payload"),
+            (self.node.is_some(), "jobs.node"),
+            (self.pg_schema.is_some(), "jobs.pg_schema"),
+            (self.queues.is_some(), "jobs.queues"),
+            (self.retention.is_some(), "jobs.retention"),
+            (self.periodic.is_some(), "jobs.periodic"),
+        ]
+        .into_iter()
+        .filter_map(|(set, key)| set.then_some(key))
+        .collect()
+    }
+}
+
 impl Layer for RawJobs {
     fn over(self, below: Option<Self>) -> Self {
         let Some(b) = below else { return self };
@@ -361,6 +385,9 @@ macro_rules! raw_config {
             /// Overlay `other` on `self`: what `other` sets wins. Records, for
             /// each key `other` sets, that it came from `origin`.
             pub fn merge(&mut self, other: RawConfig, origin: &super::Origin, origins: &mut super::Origins) {
+                for key in other.jobs.as_ref().map(RawJobs::origin_keys).unwrap_or_default() {
+                    origins.insert(key, origin.clone());
+                }
                 $(
                     if let Some(value) = other.$field {
                         self.$field = Some(value.over(self.$field.take()));
