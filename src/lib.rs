@@ -98,6 +98,7 @@ mod layering {
                 "lifecycle",
                 "metrics",
                 "notify",
+                "platform",
                 "processor",
                 "protocol",
                 "proxy",
