@@ -97,9 +97,12 @@ class Registry:
         """Registers a function (sync or ``async``) as the handler of
         ``kind`` (default: the function's name). It is called with the
         payload, and with a :class:`JobInfo` too if it takes a second
-        positional parameter. The decorated function is returned unchanged,
-        with an ``enqueue(payload, **options)`` attribute that enqueues this
-        kind (into ``queue`` unless given)."""
+        positional parameter. An object with an ``async def __call__``, or a
+        sync wrapper (a decorator) returning an ``async`` function's
+        coroutine, is awaited like an ``async`` handler: the job succeeds
+        only once that coroutine has returned. The decorated function is
+        returned unchanged, with an ``enqueue(payload, **options)``
+        attribute that enqueues this kind (into ``queue`` unless given)."""
         if callable(kind):
             return self._register(kind.__name__, kind, queue)
 
@@ -123,7 +126,7 @@ class Registry:
         self._handlers[kind] = _Handler(
             kind=kind,
             func=func,
-            is_async=inspect.iscoroutinefunction(func),
+            is_async=_is_async(func),
             wants_info=len(params) >= 2,
             queue=queue,
         )
@@ -193,9 +196,14 @@ class Registry:
         token = _current.set(info)
         try:
             if handler.is_async:
-                asyncio.run(handler.func(*args))
+                asyncio.run(_awaited(handler.func(*args)))
             else:
-                handler.func(*args)
+                result = handler.func(*args)
+                # An async function behind a sync wrapper (a tracing or retry
+                # decorator) returns its coroutine: run it, or the job would
+                # be reported done without its body having run.
+                if inspect.isawaitable(result):
+                    asyncio.run(_awaited(result))
         except Retry as r:
             return _retry(r, info)
         except Exception as e:
@@ -219,7 +227,11 @@ class Registry:
             else:
                 ctx = contextvars.copy_context()
                 loop = asyncio.get_running_loop()
-                await loop.run_in_executor(None, lambda: ctx.run(handler.func, *args))
+                result = await loop.run_in_executor(None, lambda: ctx.run(handler.func, *args))
+                # A sync wrapper around an async function: its coroutine
+                # runs here, on the loop (not in the executor's thread).
+                if inspect.isawaitable(result):
+                    await result
         except Retry as r:
             return _retry(r, info)
         except Exception as e:
@@ -227,6 +239,24 @@ class Registry:
         finally:
             _current.reset(token)
         return _ok()
+
+
+def _is_async(func: Callable[..., Any]) -> bool:
+    """Whether calling ``func`` gives a coroutine: an ``async def`` function,
+    or an object whose ``__call__`` is one (a class is called to make an
+    instance, so its own ``__call__`` does not count). A sync wrapper around
+    an ``async`` function cannot be told from its signature; the delivery
+    awaits whatever a handler returns that is awaitable."""
+    if inspect.iscoroutinefunction(func):
+        return True
+    if inspect.isclass(func) or inspect.isfunction(func) or inspect.ismethod(func):
+        return False
+    return inspect.iscoroutinefunction(getattr(func, "__call__", None))
+
+
+async def _awaited(awaitable: Any) -> Any:
+    """``asyncio.run`` takes a coroutine; a handler may return any awaitable."""
+    return await awaitable
 
 
 def _int(v: Optional[str]) -> int:

@@ -24,6 +24,15 @@ def test_async_handler(app_curfew):
     assert [r["payload"] for r in c.runs("async_ok") if r["id"] == job.id] == [[1, 2]]
 
 
+@pytest.mark.parametrize("kind", ["wrapped_async", "callable_async"])
+def test_async_behind_a_sync_wrapper_or_async_call_runs(app_curfew, kind):
+    # Succeeded means the body ran: not a coroutine dropped unawaited.
+    c = app_curfew
+    job = c.client.enqueue(kind, {"k": kind})
+    c.wait_job(job.id, lambda j: j["state"] == "succeeded")
+    assert [r["payload"] for r in c.runs(kind) if r["id"] == job.id] == [{"k": kind}]
+
+
 def test_retry_postpones_without_spending_an_attempt(app_curfew):
     c = app_curfew
     job = c.client.enqueue("retry", {"after": 1}, max_attempts=1)

@@ -174,3 +174,87 @@ def test_unreachable():
         curfew.Client("unix:/nonexistent/admin.sock").enqueue("k")
     with pytest.raises(curfew.Unreachable):
         curfew.Client("control:/nonexistent/control.sock").enqueue("k")
+
+
+def _sync_wrapper(f):
+    """A sync decorator (tracing, metrics) around an async handler: it
+    returns the coroutine."""
+    import functools
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        return f(*args, **kwargs)
+
+    return wrapper
+
+
+@pytest.fixture()
+def async_behind_sync(monkeypatch):
+    import threading
+
+    monkeypatch.setenv("CURFEW_JOB_TOKEN", TOKEN)
+    r = curfew.Registry()
+    seen = []
+
+    @r.job("wrapped")
+    @_sync_wrapper
+    async def wrapped(payload):
+        await asyncio.sleep(0)
+        seen.append((payload, curfew.current_job().id, threading.get_ident()))
+        if payload == "retry":
+            raise curfew.Retry(after=5)
+        if payload == "boom":
+            raise KeyError("to")
+
+    class Handler:
+        async def __call__(self, payload, job):
+            await asyncio.sleep(0)
+            seen.append((payload, job.id, threading.get_ident()))
+
+    r.job("callable")(Handler())
+    r.seen = seen
+    return r
+
+
+def test_async_behind_a_sync_wrapper_is_awaited_in_a_sync_server(async_behind_sync):
+    r = async_behind_sync
+    assert r.handle("wrapped", headers("wrapped"), b'"a"')[0] == 200
+    assert [s[:2] for s in r.seen] == [("a", 7)]
+    # Its outcome is the verdict: not a success reported without running.
+    status, hdrs, _ = r.handle("wrapped", headers("wrapped"), b'"retry"')
+    assert status == 429 and ("retry-after", "5") in hdrs
+    status, _, body = r.handle("wrapped", headers("wrapped"), b'"boom"')
+    assert (status, body) == (500, b"KeyError: 'to'")
+
+
+def test_async_behind_a_sync_wrapper_is_awaited_on_the_loop(async_behind_sync):
+    import threading
+
+    r = async_behind_sync
+
+    async def deliver(body):
+        return await r.handle_async("wrapped", headers("wrapped"), body), threading.get_ident()
+
+    (status, _, _), loop_thread = asyncio.run(deliver(b'"a"'))
+    assert status == 200
+    # Awaited on the event loop's thread, not thrown away in the executor.
+    assert r.seen == [("a", 7, loop_thread)]
+    assert asyncio.run(deliver(b'"retry"'))[0][0] == 429
+    assert asyncio.run(deliver(b'"boom"'))[0][:3:2] == (500, b"KeyError: 'to'")
+
+
+def test_an_object_with_async_call_is_an_async_handler(async_behind_sync):
+    import threading
+
+    r = async_behind_sync
+    assert r._handlers["callable"].is_async
+    assert r._handlers["callable"].wants_info
+    assert r.handle("callable", headers("callable"), b"1")[0] == 200
+
+    async def deliver():
+        return await r.handle_async("callable", headers("callable"), b"2"), threading.get_ident()
+
+    (status, _, _), loop_thread = asyncio.run(deliver())
+    assert status == 200
+    assert [s[:2] for s in r.seen] == [(1, 7), (2, 7)]
+    assert r.seen[1][2] == loop_thread

@@ -1,6 +1,7 @@
 """Job handlers shared by the test apps. Each run appends one JSON line to
 $TEST_RECORD_DIR/<kind>.jsonl, so the tests see what ran, when and how."""
 
+import functools
 import json
 import os
 import time
@@ -66,3 +67,26 @@ def chain(payload):
 @curfew.job("mail.send", queue="mail")
 def mail_send(payload):
     record("mail.send", payload, curfew.current_job())
+
+
+def traced(f):
+    # A sync decorator around an async handler: it returns the coroutine.
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        return f(*args, **kwargs)
+
+    return wrapper
+
+
+@curfew.job("wrapped_async")
+@traced
+async def wrapped_async(payload):
+    record("wrapped_async", payload, curfew.current_job())
+
+
+class AsyncCallable:
+    async def __call__(self, payload, job):
+        record("callable_async", payload, job)
+
+
+curfew.job("callable_async")(AsyncCallable())
