@@ -105,9 +105,9 @@ def find_binary() -> str:
     import shutil
 
     name = "curfew.exe" if sys.platform == "win32" else "curfew"
-    candidates = [sysconfig.get_path("scripts")]
-    if sys.version_info >= (3, 10):
-        candidates.append(sysconfig.get_path("scripts", f"{os.name}_user"))
+    # The user scheme (pip install --user) exists on every supported Python
+    # (3.9 included).
+    candidates = [sysconfig.get_path("scripts"), sysconfig.get_path("scripts", f"{os.name}_user")]
     for directory in candidates:
         path = os.path.join(directory, name)
         if os.path.isfile(path) and os.access(path, os.X_OK):

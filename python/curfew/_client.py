@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as _dt
 import http.client
 import json
+import math
 import os
 import socket
 import threading
@@ -33,6 +34,9 @@ UniqueScope = Union[str, _dt.timedelta]
 
 #: Seconds to wait for curfew's answer (connect, send, answer).
 DEFAULT_TIMEOUT = 10.0
+
+#: The longest ``delay`` curfew takes, in seconds (src/processor/api.rs).
+MAX_DELAY_S = 1e10
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,13 @@ def job_request(
         seconds = delay.total_seconds() if isinstance(delay, _dt.timedelta) else delay
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
             raise ValueError(f"delay must be 0 or more seconds (or a timedelta), not {delay!r}")
+        # inf would be sent as ``Infinity``, which is not JSON; curfew takes
+        # at most MAX_DELAY_S.
+        if not math.isfinite(seconds) or seconds > MAX_DELAY_S:
+            raise ValueError(
+                f"delay must be a finite number of seconds, at most {MAX_DELAY_S:g} (curfew's limit), "
+                f"not {delay!r}"
+            )
         body["delay_s"] = float(seconds)
     if priority is not None:
         body["priority"] = int(priority)

@@ -51,9 +51,14 @@ class Retry(Exception):
     ``Retry-After``).
 
     ``after`` is seconds (``int``/``float``) or a ``datetime.timedelta``;
-    ``None`` lets curfew pick (10 s). curfew caps it at one hour and rounds
-    it up to whole seconds.
+    ``None`` lets curfew pick (10 s). curfew rounds it up to whole seconds
+    and holds it between 1 s and one hour: a longer ``after`` (``inf``
+    included) is one hour, here already (``Retry(after=7200).after`` is
+    ``3600.0``). A negative or NaN ``after`` is a ``ValueError``.
     """
+
+    #: curfew's longest snooze (``MAX_SNOOZE`` in src/processor/verdict.rs).
+    MAX_AFTER = 3600.0
 
     def __init__(self, after: object = None, reason: str = "") -> None:
         seconds: Optional[float]
@@ -65,8 +70,10 @@ class Retry(Exception):
             seconds = float(after)
         else:
             raise TypeError(f"Retry(after=...) takes seconds or a timedelta, not {after!r}")
-        if seconds is not None and not seconds >= 0:
-            raise ValueError(f"Retry(after=...) must be 0 or more, not {after!r}")
+        if seconds is not None:
+            if not seconds >= 0:  # NaN too
+                raise ValueError(f"Retry(after=...) must be 0 or more seconds, not {after!r}")
+            seconds = min(seconds, self.MAX_AFTER)
         self.after = seconds
         self.reason = reason
         super().__init__(reason or "retry later")

@@ -278,8 +278,10 @@ def _ok() -> Answer:
 def _retry(r: Retry, info: JobInfo) -> Answer:
     extra = []
     if r.after is not None:
-        # curfew reads delay-seconds as a whole number.
-        extra.append(("retry-after", str(math.ceil(r.after))))
+        # curfew reads delay-seconds as a whole number, and snoozes at most
+        # an hour (a Retry whose ``after`` was set by hand may be past it).
+        after = r.after if r.after >= 0 else 0.0
+        extra.append(("retry-after", str(math.ceil(min(after, Retry.MAX_AFTER)))))
     log.info("job %s (%s) asks to be retried later: %s", info.id, info.kind, r)
     return _text(429, r.reason or "retry later", extra)
 

@@ -130,6 +130,55 @@ def test_retry_arguments():
         curfew.Retry(after="soon")
 
 
+def test_retry_after_is_finite_and_capped_at_an_hour(reg):
+    # curfew snoozes at most an hour (verdict.rs MAX_SNOOZE): inf is that.
+    assert curfew.Retry(after=float("inf")).after == 3600.0
+    assert curfew.Retry(after=dt.timedelta(days=2)).after == 3600.0
+    with pytest.raises(ValueError):
+        curfew.Retry(after=float("nan"))
+
+    @reg.job("forever")
+    def forever(payload):
+        raise curfew.Retry(after=float("inf"))
+
+    status, hdrs, _ = reg.handle("forever", headers("forever"), b"{}")
+    assert status == 429 and ("retry-after", "3600") in hdrs
+    status, hdrs, _ = asyncio.run(reg.handle_async("forever", headers("forever"), b"{}"))
+    assert status == 429 and ("retry-after", "3600") in hdrs
+
+
+def test_delay_must_be_finite():
+    for bad in (float("inf"), float("nan"), 1e11, dt.timedelta.max):
+        with pytest.raises(ValueError, match="delay"):
+            job_request("k", delay=bad)
+    assert job_request("k", delay=1e10)["delay_s"] == 1e10
+
+
+def test_find_binary_looks_in_the_user_scripts_dir_on_3_9(tmp_path, monkeypatch):
+    import os
+    import sys
+    import sysconfig
+
+    user = tmp_path / "user-bin"
+    user.mkdir()
+    exe = user / "curfew"
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    real_get_path = sysconfig.get_path
+
+    def get_path(name, scheme=None, *a, **k):
+        if name == "scripts" and scheme == f"{os.name}_user":
+            return str(user)
+        if name == "scripts":
+            return str(tmp_path / "no-such-dir")
+        return real_get_path(name, scheme, *a, **k) if scheme else real_get_path(name, *a, **k)
+
+    monkeypatch.setattr(sysconfig, "get_path", get_path)
+    monkeypatch.setattr(sys, "version_info", (3, 9, 18, "final", 0))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert curfew.find_binary() == str(exe)
+
+
 def test_job_request_checks_before_sending():
     assert job_request("k") == {"kind": "k"}
     assert job_request("k", {"a": 1}, queue="q", delay=dt.timedelta(seconds=90), priority=-1, max_attempts=3, idempotency_key="x") == {
