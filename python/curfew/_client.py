@@ -35,6 +35,11 @@ UniqueScope = Union[str, _dt.timedelta]
 #: Seconds to wait for curfew's answer (connect, send, answer).
 DEFAULT_TIMEOUT = 10.0
 
+#: How curfew's control socket starts its answer when curfew stops before
+#: answering (src/control.rs), or stopped in the middle of an enqueue
+#: (``EnqueueError::ShuttingDown``): the HTTP API's 503.
+_SHUTTING_DOWN = "curfew is shutting down"
+
 #: The longest ``delay`` curfew takes, in seconds (src/processor/api.rs).
 MAX_DELAY_S = 1e10
 
@@ -298,9 +303,32 @@ class Client:
             answer = json.loads(b"".join(chunks))
         except ValueError as e:
             raise Unreachable(f"curfew's control socket {path} gave no answer") from e
+        if not isinstance(answer, dict):
+            raise Unreachable(f"curfew's control socket {path} gave no answer")
         if not answer.get("ok"):
-            raise RequestError(None, str(answer.get("error") or answer))
+            self._raise_for_control(answer)
         return answer.get("data")
+
+    @staticmethod
+    def _raise_for_control(answer: Mapping[str, Any]) -> None:
+        """A failed control-socket answer as the same exception as its HTTP
+        equivalent: curfew gives a jobs request's status in ``http_status``
+        (and ``retry_after``, the ``Retry-After`` seconds). Without it (an
+        older curfew, or a refusal before the request reached the job API):
+        ``RequestError(None, ...)``, except curfew stopping, which is a 503."""
+        message = str(answer.get("error") or answer)
+        status = answer.get("http_status")
+        if isinstance(status, bool) or not isinstance(status, int):
+            status = None
+        if status is None and message.startswith(_SHUTTING_DOWN):
+            status = 503
+        if status is None:
+            raise RequestError(None, message)
+        retry_after = answer.get("retry_after")
+        headers = {} if retry_after is None else {"retry-after": str(retry_after)}
+        Client._raise_for(status, headers, {"error": message})
+        # An http_status under 400 in a failed answer: still a failure.
+        raise RequestError(status, message)
 
     @staticmethod
     def _raise_for(status: int, headers: Mapping[str, str], data: JSON) -> None:

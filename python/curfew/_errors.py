@@ -23,7 +23,10 @@ class Unreachable(CurfewError):
 class RequestError(CurfewError):
     """curfew refused the request (HTTP 4xx): a bad field (400), a payload
     over ``jobs.max_payload`` (413), an unknown queue (422), no ``[jobs]``
-    section (404). ``message`` is curfew's own explanation."""
+    section (404). ``message`` is curfew's own explanation. Over the
+    control socket the status is the HTTP API's, which curfew sends with
+    the answer; ``status`` is ``None`` when it sent none (a curfew older
+    than this SDK, or a refusal before the job API, e.g. no ``[jobs]``)."""
 
     def __init__(self, status: Optional[int], message: str) -> None:
         self.status = status
