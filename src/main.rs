@@ -584,18 +584,35 @@ fn run_gen(args: cli::GenArgs) -> i32 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let absolute = |p: std::path::PathBuf| match std::env::current_dir() {
-        Ok(cwd) if p.is_relative() => cwd.join(p),
+    let cwd = std::env::current_dir().ok();
+    let absolute = |p: std::path::PathBuf| match &cwd {
+        Some(cwd) if p.is_relative() => cwd.join(p),
         _ => p,
     };
+    let config = config_path
+        .or_else(|| cfg.config_file.clone())
+        .map(absolute);
+    // In an image built from this directory (`COPY . .` into its WORKDIR)
+    // the config is at its path from here; curfew reads ./curfew.toml
+    // without being told.
+    let config_in_image = config
+        .as_ref()
+        .map(
+            |abs| match cwd.as_ref().and_then(|c| abs.strip_prefix(c).ok()) {
+                Some(rel) => rel.to_path_buf(),
+                None => abs.file_name().map_or_else(|| abs.clone(), Into::into),
+            },
+        )
+        .filter(|rel| rel != std::path::Path::new("curfew.toml"))
+        .map(|rel| rel.display().to_string());
     let options = curfew::platform::generate::GenOptions {
         name: args.name,
         exe: std::env::current_exe()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| "/usr/local/bin/curfew".to_owned()),
-        config: config_path
-            .or_else(|| cfg.config_file.clone())
-            .map(|p| absolute(p).display().to_string()),
+        config: config.map(|p| p.display().to_string()),
+        config_in_image,
+        workdir: cwd.map(|c| c.display().to_string()),
         image: args.image,
         notify_reload: args.notify_reload,
     };

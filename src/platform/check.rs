@@ -147,11 +147,20 @@ fn systemd(ctx: &Ctx<'_>, text: &str) -> Vec<Finding> {
             .map(|(_, v)| v.as_str())
     };
     let mut out = Vec::new();
-    let (setting, value) = match (get("TimeoutStopSec"), get("TimeoutSec")) {
-        (Some(v), _) => ("TimeoutStopSec", Some(v)),
-        (None, Some(v)) => ("TimeoutSec", Some(v)),
-        (None, None) => ("TimeoutStopSec", None),
-    };
+    // `TimeoutSec=` sets the stop timeout too: whichever of the two comes
+    // last wins.
+    let (setting, value) = keys
+        .iter()
+        .rev()
+        .find(|(n, _)| n == "TimeoutStopSec" || n == "TimeoutSec")
+        .map_or(("TimeoutStopSec", None), |(n, v)| {
+            let setting = if n == "TimeoutSec" {
+                "TimeoutSec"
+            } else {
+                "TimeoutStopSec"
+            };
+            (setting, Some(v.as_str()))
+        });
     out.push(ctx.grace(setting, value, Platform::Systemd.default_grace()));
     out.push(match get("KillMode").unwrap_or("control-group") {
         "mixed" => Finding::new(
@@ -346,6 +355,33 @@ fn kubernetes(ctx: &Ctx<'_>, text: &str) -> Result<Vec<Finding>, PlatformError> 
                     format!("{what} container {cname}: the readiness probe asks port {port}, but admin_bind is {}", admin_desc(ctx.cfg)),
                 ));
             }
+            // The kubelet probes the pod's IP and Services send there: a
+            // loopback address is unreachable unless the container's env
+            // widens it.
+            let env_names: Vec<&str> = c["env"]
+                .as_vec()
+                .map(|v| v.iter().filter_map(|e| e["name"].as_str()).collect())
+                .unwrap_or_default();
+            if probe["path"].as_str() == Some("/readyz")
+                && loopback(ctx.cfg.admin_bind.as_ref())
+                && !env_names.contains(&"CURFEW_ADMIN_BIND")
+            {
+                out.push(Finding::new(
+                    "readiness",
+                    Level::Misfit,
+                    format!("{what} container {cname}: admin_bind is {}, which the kubelet cannot reach on the pod's IP; set admin_bind = \"0.0.0.0:{}\" (or CURFEW_ADMIN_BIND in the container's env)", admin_desc(ctx.cfg), probe["port"].as_i64().unwrap_or(0)),
+                ));
+            }
+            if c["ports"].as_vec().is_some_and(|p| !p.is_empty())
+                && ctx.cfg.binds.iter().any(|b| loopback(Some(b)))
+                && !env_names.contains(&"CURFEW_BIND")
+            {
+                out.push(Finding::new(
+                    "bind",
+                    Level::Misfit,
+                    format!("{what} container {cname}: bind is {}, which Services and the pod's IP cannot reach; bind 0.0.0.0 (or set CURFEW_BIND in the container's env)", ctx.cfg.binds.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")),
+                ));
+            }
             let mut argv = strings(&c["command"]);
             argv.extend(strings(&c["args"]));
             out.extend(judge_shell(&argv, &format!("{what} container {cname}")));
@@ -357,6 +393,11 @@ fn kubernetes(ctx: &Ctx<'_>, text: &str) -> Result<Vec<Finding>, PlatformError> 
         );
     }
     Ok(out)
+}
+
+/// A TCP address on loopback (reachable only from inside the container).
+fn loopback(bind: Option<&BindAddr>) -> bool {
+    matches!(bind, Some(BindAddr::Tcp(a)) if a.ip().is_loopback())
 }
 
 fn admin_port_is(cfg: &Config, port: i64) -> bool {
@@ -417,6 +458,25 @@ fn compose(ctx: &Ctx<'_>, text: &str) -> Result<Vec<Finding>, PlatformError> {
             out.extend(judge_shell(
                 &strings(&s[key]),
                 &format!("service {name} {key}"),
+            ));
+        }
+        // Published ports reach the container's address, not its loopback.
+        let env_sets = |var: &str| match &s["environment"] {
+            Yaml::Hash(h) => h.contains_key(&Yaml::String(var.to_owned())),
+            Yaml::Array(a) => a
+                .iter()
+                .filter_map(Yaml::as_str)
+                .any(|e| e.split('=').next() == Some(var)),
+            _ => false,
+        };
+        if s["ports"].as_vec().is_some_and(|p| !p.is_empty())
+            && ctx.cfg.binds.iter().any(|b| loopback(Some(b)))
+            && !env_sets("CURFEW_BIND")
+        {
+            out.push(Finding::new(
+                "bind",
+                Level::Misfit,
+                format!("service {name}: bind is {}, which published ports cannot reach; bind 0.0.0.0 (or set CURFEW_BIND in its environment)", ctx.cfg.binds.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")),
             ));
         }
     }

@@ -36,6 +36,8 @@ fn options() -> generate::GenOptions {
         name: "app".into(),
         exe: "/usr/local/bin/curfew".into(),
         config: Some("/etc/app/curfew.toml".into()),
+        config_in_image: None,
+        workdir: Some("/srv/app".into()),
         image: "registry.example/app:1".into(),
         notify_reload: false,
     }
@@ -295,4 +297,92 @@ fn platform_from_env_and_startup_warning() {
     let (_, findings) = startup(&config(""), &env("DYNO")).expect("heroku");
     assert_eq!(findings[0].level, Level::Ok);
     assert!(startup(&cfg, &env("HOME")).is_none());
+}
+
+/// Generated files fit where they run: a container's command names the
+/// config by its path in the image (never this host's), compose replaces
+/// the image's ENTRYPOINT, a loopback bind or admin_bind (the defaults) is
+/// widened in the container's env, and the systemd unit runs where `gen`
+/// ran. `check` finds a loopback address a probe or a published port
+/// cannot reach.
+#[test]
+fn generated_files_run_in_their_place() {
+    let cfg = config("admin_bind = \"127.0.0.1:9000\"\n");
+    let mut o = options();
+    o.config_in_image = Some("deploy/curfew.toml".into());
+    let k8s = generate(&cfg, GenTarget::Kubernetes, &o).expect("generate");
+    assert!(
+        k8s.contains(r#"command: ["curfew","serve","--config","deploy/curfew.toml"]"#),
+        "{k8s}"
+    );
+    assert!(!k8s.contains("/etc/app"), "{k8s}");
+    assert!(
+        k8s.contains("name: CURFEW_BIND\n              value: \"0.0.0.0:8000\"")
+            && k8s.contains("name: CURFEW_ADMIN_BIND\n              value: \"0.0.0.0:9000\""),
+        "{k8s}"
+    );
+    let compose = generate(&cfg, GenTarget::Compose, &o).expect("generate");
+    assert!(compose.contains("entrypoint: [\"curfew\""), "{compose}");
+    assert!(
+        !compose
+            .lines()
+            .any(|l| l.trim_start().starts_with("command:")),
+        "{compose}"
+    );
+    assert!(
+        compose.contains("CURFEW_BIND: \"0.0.0.0:8000\""),
+        "{compose}"
+    );
+    let docker = generate(&cfg, GenTarget::Dockerfile, &o).expect("generate");
+    assert!(docker.contains("ENV CURFEW_BIND=0.0.0.0:8000"), "{docker}");
+    o.config_in_image = None;
+    let k8s = generate(&cfg, GenTarget::Kubernetes, &o).expect("generate");
+    assert!(k8s.contains(r#"command: ["curfew","serve"]"#), "{k8s}");
+    let unit = generate(&cfg, GenTarget::Systemd, &o).expect("generate");
+    assert!(unit.contains("WorkingDirectory=/srv/app\n"), "{unit}");
+    assert!(
+        unit.contains("ExecStart=/usr/local/bin/curfew serve --config /etc/app/curfew.toml"),
+        "{unit}"
+    );
+
+    // check: the same manifest without the env is a misfit twice.
+    let bare = k8s
+        .lines()
+        .filter(|l| {
+            !l.contains("CURFEW_") && !l.contains("value:") && !l.trim_start().starts_with("env:")
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let r = check_text(&cfg, Platform::Kubernetes, "k.yaml", &bare);
+    assert_eq!(levels(&r, "bind"), [Level::Misfit], "{}", r.text());
+    assert!(
+        levels(&r, "readiness").contains(&Level::Misfit),
+        "{}",
+        r.text()
+    );
+    let r = check_text(&cfg, Platform::Kubernetes, "k.yaml", &k8s);
+    assert!(r.fits(), "{}", r.text());
+}
+
+/// `TimeoutSec=` sets the stop timeout too; the last of the two wins.
+#[test]
+fn systemd_timeout_sec_and_timeout_stop_sec_in_order() {
+    let cfg = config(""); // budget 27 s
+    let unit = |lines: &str| {
+        format!("[Service]\nExecStart=/usr/bin/curfew serve\nKillMode=mixed\n{lines}")
+    };
+    let r = check_text(
+        &cfg,
+        Platform::Systemd,
+        "a.service",
+        &unit("TimeoutStopSec=60\nTimeoutSec=10\n"),
+    );
+    assert_eq!(levels(&r, "budget"), [Level::Misfit], "{}", r.text());
+    let r = check_text(
+        &cfg,
+        Platform::Systemd,
+        "a.service",
+        &unit("TimeoutSec=10\nTimeoutStopSec=60\n"),
+    );
+    assert_eq!(levels(&r, "budget"), [Level::Ok], "{}", r.text());
 }
