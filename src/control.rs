@@ -228,11 +228,17 @@ async fn answer(stream: UnixStream, tx: mpsc::Sender<Incoming>) {
             )),
             Ok(req) => {
                 let (rtx, rrx) = oneshot::channel();
+                // A jobs request that meets the stop was not taken (or may
+                // have been cut mid-write): a 503 to the SDK, as over HTTP.
+                let stopping = || Response {
+                    http_status: Some(503),
+                    retry_after: Some(1),
+                    ..Response::err("curfew is shutting down")
+                };
                 if tx.send((req, rtx)).await.is_err() {
-                    Response::err("curfew is shutting down")
+                    stopping()
                 } else {
-                    rrx.await
-                        .unwrap_or_else(|_| Response::err("curfew is shutting down"))
+                    rrx.await.unwrap_or_else(|_| stopping())
                 }
             }
         },

@@ -36,6 +36,13 @@ pub struct Response {
     pub message: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
+    /// A failed jobs request: the status `POST /jobs` would have answered
+    /// (400, 404, 413, 422, 503, …), so a client maps it the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    /// With a 503: when to send again, in seconds (`Retry-After`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u32>,
     /// The result of a jobs request (a job, a list, an enqueue reply).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<JobsReply>,

@@ -305,7 +305,8 @@ pub async fn run_with(cfg: Config, reloader: Reloader, inputs: Inputs) -> Result
 /// - `CURFEW_ADMIN_URL` when `admin_bind` is set: `http://127.0.0.1:9000`
 ///   (a wildcard address becomes loopback) or `unix:/abs/path`, where the app
 ///   enqueues with `POST /jobs`; not set for a port 0, which is only known
-///   once bound;
+///   once bound, nor for an address reachable from other hosts without
+///   `admin_token` (its job API refuses every caller);
 /// - `CURFEW_CONTROL_SOCKET`, the control socket's absolute path: the same
 ///   jobs requests work there (`curfew enqueue` run by a worker finds its own
 ///   curfew, and the SDK falls back to it without an admin address). It
@@ -320,7 +321,13 @@ fn worker_spec(cfg: &Config, run_dir: std::path::PathBuf, jobs: Option<&Processo
         Ok(cwd) => cwd.join(p),
         Err(_) => p.to_path_buf(),
     };
+    // An admin address reachable from other hosts refuses the job API
+    // without admin_token: the app then enqueues through the control
+    // socket instead of being sent to a 403.
+    let job_api_open = cfg.admin_token.is_some()
+        || !matches!(&cfg.admin_bind, Some(BindAddr::Tcp(a)) if !a.ip().is_loopback());
     let admin_url = match &cfg.admin_bind {
+        _ if !job_api_open => None,
         Some(BindAddr::Tcp(a)) if a.port() != 0 => {
             let ip = match a.ip() {
                 std::net::IpAddr::V4(v4) if v4.is_unspecified() => {

@@ -381,7 +381,11 @@ pub(super) async fn route_control(
                                 data,
                                 ..Default::default()
                             },
-                            Err(e) => control::Response::err(e.message),
+                            Err(e) => control::Response {
+                                http_status: Some(e.status),
+                                retry_after: (e.status == 503).then_some(1),
+                                ..control::Response::err(e.message)
+                            },
                         },
                     };
                     let _ = reply.send(response);

@@ -189,3 +189,39 @@ fn the_cli_does_not_talk_to_a_socket_another_user_owns() {
     assert!(!out.status.success());
     assert!(err.contains("owned by uid 65534"), "{err}");
 }
+
+/// The app is told where to enqueue only where the job API answers it: an
+/// admin address reachable from other hosts without admin_token refuses
+/// the job API, so the workers get no `CURFEW_ADMIN_URL` (the SDK then
+/// enqueues over the control socket) — they used to get one, and every
+/// enqueue was a 403. With a token, or on loopback, they get it.
+#[test]
+fn workers_get_an_admin_url_only_where_the_job_api_answers_them() {
+    let env_of = |c: &Curfew, name: &str| get(c.port, &format!("/env?name={name}"));
+    let exposed = format!("0.0.0.0:{}", free_port());
+    let c = Curfew::start(Opts::testworker(
+        &["-w", "1", "--admin-bind", &exposed],
+        &[],
+    ));
+    assert_eq!(env_of(&c, "CURFEW_ADMIN_URL").status, 404, "no admin URL");
+    assert_eq!(env_of(&c, "CURFEW_CONTROL_SOCKET").status, 200);
+    drop(c);
+
+    let mut opts = Opts::testworker(&["-w", "1", "--admin-bind", &exposed], &[]);
+    opts.env.push((
+        "CURFEW_ADMIN_TOKEN".into(),
+        "s3cret-token-for-the-test".into(),
+    ));
+    let c = Curfew::start(opts);
+    let url = env_of(&c, "CURFEW_ADMIN_URL");
+    assert_eq!(url.status, 200);
+    assert!(url.body.starts_with("http://127.0.0.1:"), "{}", url.body);
+    drop(c);
+
+    let local = format!("127.0.0.1:{}", free_port());
+    let c = Curfew::start(Opts::testworker(&["-w", "1", "--admin-bind", &local], &[]));
+    assert_eq!(
+        env_of(&c, "CURFEW_ADMIN_URL").body.trim(),
+        format!("http://{local}")
+    );
+}
