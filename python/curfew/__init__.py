@@ -67,7 +67,11 @@ def enqueue(
     - ``priority``: lower runs first (default 0).
     - ``max_attempts``: default the queue's.
     - ``idempotency_key``: at most one job per key; sending it again returns
-      the existing job with ``created=False``.
+      the existing job with ``created=False``. Give one to any job that must
+      not run twice: it is what makes sending again safe after a
+      :class:`ServerError` or :class:`Unreachable` that may have stored the
+      job. The key stays with its job until the job is pruned
+      (``[jobs.retention]``); the SDK never adds one of its own.
     - ``unique_key`` / ``unique_scope``: at most one job per key while a job
       holds it; sending it again meanwhile returns that job with
       ``created=False``. ``unique_scope``: ``"queued"`` (until it is
@@ -75,9 +79,13 @@ def enqueue(
       window from its enqueue (``"10m"`` or a ``timedelta``).
 
     Raises :class:`RequestError` (4xx: a bad argument, unknown queue, payload
-    too large), :class:`ServerError` (5xx; 503: the store is down, nothing
-    stored), :class:`Unreachable` (curfew did not answer) or
-    :class:`NotConfigured` (no address: see :class:`Client`).
+    too large; nothing stored), :class:`ServerError` (5xx; only a 503 saying
+    curfew was busy means nothing was stored: any other may have stored the
+    job), :class:`Unreachable` (curfew did not answer; if the connection
+    dropped after the request was sent, the job may have been stored) or
+    :class:`NotConfigured` (no address: see :class:`Client`). Where the job
+    may have been stored, sending it again is safe only with the same
+    ``idempotency_key``.
     """
     return default_client().enqueue(
         kind,

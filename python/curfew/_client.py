@@ -9,7 +9,17 @@ Outside curfew (a script, a cron job, a test), set one of them or pass
 ``url=``.
 
 One keep-alive connection per thread (and per process, so a fork after the
-first enqueue does not share a socket) is reused for every request.
+first enqueue does not share a socket) is reused for every request. One that
+curfew closed while it was idle is replaced before a request is written to
+it. If a kept-alive connection still drops under a request, the request is
+sent again on a new connection only when that cannot make a second job: it
+failed while being written (curfew never had all of it), or it is a read,
+or every job in it has an ``idempotency_key`` (then the repeat returns the
+job the first copy stored, if it did, and ``Job.created`` is ``None``:
+unknown). Otherwise :class:`Unreachable` says the job may have been stored.
+The SDK never adds an idempotency key of its own: a key stays with its job in
+curfew's store (until ``[jobs.retention]`` prunes the job) and would change
+what is stored, so only the caller's keys make a repeat safe.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import http.client
 import json
 import math
 import os
+import select
 import socket
 import threading
 from dataclasses import dataclass
@@ -48,8 +59,9 @@ MAX_DELAY_S = 1e10
 class Job:
     """An enqueued job: its ``id``, whether this call ``created`` it
     (``False``: a job with the same idempotency key existed and this is that
-    one; ``None``: not known, e.g. a transactional enqueue) and its
-    ``queue``."""
+    one; ``None``: not known, e.g. a transactional enqueue, or the SDK sent
+    the request again after the connection dropped and curfew found the
+    key's job, which the first copy may have stored) and its ``queue``."""
 
     id: int
     created: Optional[bool]
@@ -70,6 +82,21 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
             s.close()
             raise
         self.sock = s
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """Whether an idle kept-alive connection is readable: curfew closed it
+    (an end of file waits) or sent something unasked; either way it cannot
+    carry a request."""
+    try:
+        if hasattr(select, "poll"):  # any descriptor number, unlike select()
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            return bool(poller.poll(0))
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 def job_request(
@@ -216,10 +243,17 @@ class Client:
     # -- the connection ----------------------------------------------------
 
     def _connection(self) -> Tuple[http.client.HTTPConnection, bool]:
-        """This thread's connection and whether it was used before."""
+        """This thread's connection and whether it is a kept-alive one that
+        was used before (and looks open: one curfew closed while it was idle
+        is dropped here, before a request is written to it)."""
         local = self._local
         conn = getattr(local, "conn", None)
         if conn is not None and getattr(local, "pid", None) == os.getpid():
+            if conn.sock is None:  # http.client opens a new one
+                return conn, False
+            if _closed_by_peer(conn.sock):
+                conn.close()
+                return conn, False
             return conn, True
         scheme, where, _ = self._target()
         if scheme == "unix":
@@ -238,34 +272,67 @@ class Client:
             self._local.conn = None
 
     def _http(
-        self, method: str, path: str, body: Optional[bytes] = None
-    ) -> Tuple[int, Dict[str, str], JSON]:
+        self, method: str, path: str, body: Optional[bytes] = None, *, resend_safe: bool = False
+    ) -> Tuple[int, Dict[str, str], JSON, bool]:
+        """(status, headers, body, resent): ``resent`` when the answer is to
+        a second copy of the request, sent after the first one was written
+        and the connection then dropped (only when ``resend_safe``)."""
         _, _, base = self._target()
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         token = self._token if self._token is not None else os.environ.get("CURFEW_ADMIN_TOKEN")
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        # What a dropped connection after the request was written means: a
+        # POST may have been carried out (curfew can commit the job and lose
+        # the connection before answering).
+        maybe = (
+            "; the job may have been stored: send it again only if every job carries an "
+            "idempotency_key (the same one as in this request)"
+            if method == "POST"
+            else ""
+        )
+        resent = False
         for attempt in (1, 2):
             conn, reused = self._connection()
+            sent = False
             try:
                 conn.request(method, base + path, body=body, headers=headers)
+                # Written whole: from here curfew may act on it.
+                sent = True
                 response = conn.getresponse()
                 raw = response.read()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
+            except (ConnectionResetError, BrokenPipeError, http.client.HTTPException) as e:
+                # (RemoteDisconnected is both a ConnectionResetError and an
+                # HTTPException.)
                 self.close()
-                # A kept-alive connection curfew had closed while idle: the
-                # request never reached it, send it on a new connection.
-                if reused and attempt == 1:
+                # The connection was kept alive and dropped under this
+                # request (curfew closed it as the request arrived). Sent
+                # again on a new connection only if curfew cannot have acted
+                # on it (it failed while being written: curfew never had the
+                # whole request), or acting twice is harmless (a read, or
+                # jobs that all have an idempotency key). The SDK does not
+                # add a key of its own: the caller's jobs are stored as given.
+                if reused and attempt == 1 and (not sent or resend_safe):
+                    resent = sent
                     continue
-                raise Unreachable(f"curfew at {self.url} closed the connection: {e}") from e
+                if sent:
+                    raise Unreachable(
+                        f"curfew at {self.url} closed the connection before answering ({e}){maybe}"
+                    ) from e
+                raise Unreachable(f"curfew at {self.url} closed the connection: {e}; nothing was sent") from e
             except socket.timeout as e:
                 self.close()
+                if sent:
+                    raise Unreachable(
+                        f"curfew at {self.url} did not answer within {self.timeout:g} s{maybe}"
+                    ) from e
                 raise Unreachable(
-                    f"curfew at {self.url} did not answer within {self.timeout:g} s; the job may "
-                    "have been stored (give an idempotency_key to send it again safely)"
+                    f"curfew at {self.url} did not take the request within {self.timeout:g} s; nothing was sent"
                 ) from e
             except OSError as e:
                 self.close()
+                if sent:
+                    raise Unreachable(f"lost the connection to curfew at {self.url}: {e}{maybe}") from e
                 raise Unreachable(f"cannot reach curfew at {self.url}: {e}") from e
             if response.will_close:
                 self.close()
@@ -273,17 +340,27 @@ class Client:
                 data = json.loads(raw) if raw.strip() else None
             except ValueError:
                 data = raw.decode("utf-8", "replace").strip()
-            return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, data, resent
         raise AssertionError("unreachable")
 
     def _control(self, request: Dict[str, Any]) -> JSON:
         _, path, _ = self._target()
         line = json.dumps({"cmd": "jobs", "request": request}).encode() + b"\n"
+        # Once the request is written, curfew may store the job and still
+        # fail to answer (it stops, or the connection breaks).
+        maybe = (
+            "; the job may have been stored: send it again only if every job carries an "
+            "idempotency_key (the same one as in this request)"
+            if request.get("op") in ("enqueue", "enqueue_many")
+            else ""
+        )
+        sent = False
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
                 s.settimeout(self.timeout)
                 s.connect(path)
                 s.sendall(line)
+                sent = True
                 chunks = []
                 while True:
                     chunk = s.recv(65536)
@@ -293,18 +370,24 @@ class Client:
                     if chunk.endswith(b"\n"):
                         break
         except socket.timeout as e:
+            if sent:
+                raise Unreachable(
+                    f"curfew's control socket {path} did not answer within {self.timeout:g} s{maybe}"
+                ) from e
             raise Unreachable(
-                f"curfew's control socket {path} did not answer within {self.timeout:g} s; the job "
-                "may have been stored (give an idempotency_key to send it again safely)"
+                f"curfew's control socket {path} did not take the request within {self.timeout:g} s; "
+                "nothing was sent"
             ) from e
         except OSError as e:
+            if sent:
+                raise Unreachable(f"lost the connection to curfew's control socket {path}: {e}{maybe}") from e
             raise Unreachable(f"cannot reach curfew's control socket {path}: {e}") from e
         try:
             answer = json.loads(b"".join(chunks))
         except ValueError as e:
-            raise Unreachable(f"curfew's control socket {path} gave no answer") from e
+            raise Unreachable(f"curfew's control socket {path} gave no answer{maybe}") from e
         if not isinstance(answer, dict):
-            raise Unreachable(f"curfew's control socket {path} gave no answer")
+            raise Unreachable(f"curfew's control socket {path} gave no answer{maybe}")
         if not answer.get("ok"):
             self._raise_for_control(answer)
         return answer.get("data")
@@ -377,14 +460,17 @@ class Client:
         return self._submit(body)
 
     def _submit(self, body: Dict[str, Any]) -> Job:
+        resent = False
         if self._target()[0] == "control":
             data = self._control({"op": "enqueue", "job": body})
         else:
-            status, headers, data = self._http("POST", "/jobs", json.dumps(body).encode())
+            status, headers, data, resent = self._http(
+                "POST", "/jobs", json.dumps(body).encode(), resend_safe="idempotency_key" in body
+            )
             self._raise_for(status, headers, data)
         if not isinstance(data, dict) or "id" not in data:
             raise ServerError(500, f"unexpected answer from curfew: {data!r}")
-        return Job(id=int(data["id"]), created=bool(data.get("created", True)), queue=str(data.get("queue", "")))
+        return _job(data, resent)
 
     #: Jobs per request of :meth:`enqueue_many` (curfew's limit per batch).
     MAX_BATCH = 10_000
@@ -417,18 +503,21 @@ class Client:
         return done
 
     def _submit_many(self, bodies: List[Dict[str, Any]]) -> List[Job]:
+        resent = False
         if self._target()[0] == "control":
             data = self._control({"op": "enqueue_many", "jobs": bodies})
         else:
-            status, headers, data = self._http("POST", "/jobs", json.dumps(bodies).encode())
+            status, headers, data, resent = self._http(
+                "POST",
+                "/jobs",
+                json.dumps(bodies).encode(),
+                resend_safe=all("idempotency_key" in b for b in bodies),
+            )
             self._raise_for(status, headers, data)
         answers = data.get("jobs") if isinstance(data, dict) else None
         if not isinstance(answers, list) or len(answers) != len(bodies):
             raise ServerError(500, f"unexpected answer from curfew: {data!r}")
-        return [
-            Job(id=int(a["id"]), created=bool(a.get("created", True)), queue=str(a.get("queue", "")))
-            for a in answers
-        ]
+        return [_job(a, resent) for a in answers]
 
     def job(self, id: int) -> Dict[str, Any]:
         """One job as curfew stores it (``state``, ``attempt``,
@@ -436,11 +525,21 @@ class Client:
         if self._target()[0] == "control":
             data = self._control({"op": "show", "id": int(id)})
         else:
-            status, headers, data = self._http("GET", f"/jobs/{int(id)}")
+            status, headers, data, _ = self._http("GET", f"/jobs/{int(id)}", resend_safe=True)
             self._raise_for(status, headers, data)
         if not isinstance(data, dict):
             raise ServerError(500, f"unexpected answer from curfew: {data!r}")
         return data
+
+
+def _job(answer: Mapping[str, Any], resent: bool) -> Job:
+    created: Optional[bool] = bool(answer.get("created", True))
+    if resent and not created:
+        # The answer to the SDK's second copy: the job of that key may be
+        # the one the first copy stored, so whether this call created it is
+        # not known.
+        created = None
+    return Job(id=int(answer["id"]), created=created, queue=str(answer.get("queue", "")))
 
 
 _default: Optional[Client] = None

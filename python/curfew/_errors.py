@@ -16,8 +16,15 @@ class NotConfigured(CurfewError):
 
 
 class Unreachable(CurfewError):
-    """curfew did not answer: not running, or the address is wrong. Nothing
-    was stored; sending again is safe."""
+    """curfew did not answer: not running, the address is wrong, or the
+    connection broke. If the request was never sent (curfew could not be
+    reached, or the message says "nothing was sent"), nothing was stored.
+    If the connection dropped, or the answer timed out, after the request
+    was sent (the message says "may have been stored"), curfew may have
+    stored the job: sending it again is safe only with the same
+    ``idempotency_key``, so give every job that must not run twice one.
+    The SDK itself sends a request again (once, on a new connection) only
+    when curfew cannot have acted on it or every job in it has a key."""
 
 
 class RequestError(CurfewError):
@@ -36,9 +43,13 @@ class RequestError(CurfewError):
 
 
 class ServerError(CurfewError):
-    """curfew failed the request (HTTP 5xx). With 503 the job store is
-    unreachable and nothing was stored: send again after ``retry_after``
-    seconds."""
+    """curfew failed the request (HTTP 5xx), e.g. 503 + ``retry_after``
+    seconds. Only a 503 saying curfew was busy (its store turns were all
+    taken: "nothing was done") means nothing was stored. Any other 503 (the
+    job store unreachable, or curfew stopping in the middle of the write)
+    or 500 may have stored the job: send it again after ``retry_after``
+    with the same ``idempotency_key`` (with one, a retry is always safe;
+    without one it may make a second job)."""
 
     def __init__(self, status: int, message: str, retry_after: Optional[float] = None) -> None:
         self.status = status

@@ -122,3 +122,151 @@ def test_control_answer_curfew_stopping_is_a_503(control, error):
     with pytest.raises(curfew.ServerError) as e:
         client.enqueue("k")
     assert e.value.status == 503 and e.value.message == error
+
+
+class FakeHTTP:
+    """An HTTP/1.1 server on loopback doing, for each request in arrival
+    order, the next action: ``("answer", status, body)`` (keep-alive),
+    ``("answer_close", status, body)`` (then closes, as curfew does with an
+    idle connection) or ``"drop"`` (reads the whole request, then closes
+    without answering: curfew committed the job and lost the connection).
+    Records each request as (connection number, method, path, body)."""
+
+    def __init__(self, actions: List[Any]) -> None:
+        self.actions = list(actions)
+        self.requests: List[Any] = []
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(8)
+        self.url = "http://127.0.0.1:%d" % self.server.getsockname()[1]
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        n = 0
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            n += 1
+            threading.Thread(target=self._serve, args=(conn, n), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, n: int) -> None:
+        buf = b""
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                lines = head.decode().split("\r\n")
+                method, path, _ = lines[0].split(" ")
+                length = 0
+                for h in lines[1:]:
+                    name, _, value = h.partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value)
+                while len(buf) < length:
+                    buf += conn.recv(65536)
+                body, buf = buf[:length], buf[length:]
+                with self.lock:
+                    self.requests.append((n, method, path, json.loads(body) if body else None))
+                    action = self.actions.pop(0)
+                if action == "drop":
+                    return
+                kind, status, answer = action
+                out = json.dumps(answer).encode()
+                conn.sendall(
+                    b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                    % (status, len(out), out)
+                )
+                if kind == "answer_close":
+                    # Closed: the end of file goes out, and whatever comes
+                    # after is never seen (read and dropped, so that the
+                    # client's writes succeed, as across a network, where
+                    # the reset comes back only after they are sent).
+                    conn.shutdown(socket.SHUT_WR)
+                    while conn.recv(65536):
+                        pass
+                    return
+
+    def close(self) -> None:
+        try:
+            self.server.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.server.close()
+
+
+@pytest.fixture()
+def http_fake():
+    made = []
+
+    def make(*actions):
+        f = FakeHTTP(list(actions))
+        made.append(f)
+        return curfew.Client(f.url), f
+
+    yield make
+    for f in made:
+        f.close()
+
+
+def created(id, c=True):
+    return ("answer", 201 if c else 200, {"id": id, "created": c, "queue": "default"})
+
+
+def test_a_dropped_post_without_idempotency_key_is_not_sent_again(http_fake):
+    # The kept-alive connection drops after the request was written: curfew
+    # may have stored the job, so a second copy could be a duplicate.
+    client, fake = http_fake(created(1), "drop", created(3))
+    assert client.enqueue("k", {"n": 1}).id == 1
+    with pytest.raises(curfew.Unreachable, match="may have been stored") as e:
+        client.enqueue("k", {"n": 2})
+    assert "idempotency_key" in str(e.value)
+    assert [r[3] for r in fake.requests] == [{"kind": "k", "payload": {"n": 1}}, {"kind": "k", "payload": {"n": 2}}]
+    # Nor a batch with a job that has no key.
+    client2, fake2 = http_fake(created(1), "drop", created(3))
+    client2.enqueue("k", idempotency_key="a")
+    with pytest.raises(curfew.Unreachable, match="may have been stored"):
+        client2.enqueue_many([{"kind": "k", "idempotency_key": "b"}, ("k", {})])
+    assert len(fake2.requests) == 2
+
+
+def test_a_dropped_post_with_idempotency_keys_is_sent_again(http_fake):
+    client, fake = http_fake(created(1), "drop", created(2, c=False))
+    client.enqueue("k", idempotency_key="a")
+    job = client.enqueue("k", {"n": 2}, idempotency_key="b")
+    # The second copy found the key's job: maybe the first copy stored it.
+    assert (job.id, job.created) == (2, None)
+    assert [(r[0], r[3]) for r in fake.requests[1:]] == [
+        (1, {"kind": "k", "payload": {"n": 2}, "idempotency_key": "b"}),
+        (2, {"kind": "k", "payload": {"n": 2}, "idempotency_key": "b"}),
+    ]
+    # A batch whose jobs all have keys, too; the SDK adds no key of its own.
+    client2, fake2 = http_fake(
+        created(1),
+        "drop",
+        ("answer", 201, {"jobs": [{"id": 5, "created": False}, {"id": 6, "created": True}], "created": 1}),
+    )
+    client2.enqueue("k")
+    jobs = client2.enqueue_many([{"kind": "k", "idempotency_key": "c"}, {"kind": "k", "idempotency_key": "d"}])
+    assert [(j.id, j.created) for j in jobs] == [(5, None), (6, True)]
+    assert fake2.requests[1][3] == fake2.requests[2][3]
+    assert "idempotency_key" not in fake2.requests[0][3]
+
+
+def test_a_connection_closed_while_idle_is_replaced_before_sending(http_fake):
+    # curfew closes an idle kept-alive connection: the next request goes on
+    # a new one, once, with no error and no key needed.
+    import time
+
+    client, fake = http_fake(("answer_close", 201, {"id": 1, "created": True}), created(2))
+    client.enqueue("k", {"n": 1})
+    time.sleep(0.2)  # the close reaches the client
+    assert client.enqueue("k", {"n": 2}).id == 2
+    assert [(r[0], r[3]["payload"]) for r in fake.requests] == [(1, {"n": 1}), (2, {"n": 2})]
