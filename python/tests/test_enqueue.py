@@ -124,10 +124,6 @@ def test_control_socket_fallback(fastapi_curfew, monkeypatch):
     c.wait_job(many[0].id, done)
 
 
-@pytest.mark.skip(
-    reason="needs curfew to put http_status (and retry_after) in the control socket's answer to a "
-    "failed jobs request (review #5, the Rust side is not in this tree yet)"
-)
 def test_control_socket_errors_carry_the_http_status(fastapi_curfew):
     # The same exceptions as over HTTP (test_errors_are_clear).
     c = fastapi_curfew
@@ -135,6 +131,12 @@ def test_control_socket_errors_carry_the_http_status(fastapi_curfew):
     with pytest.raises(curfew.RequestError) as e:
         client.enqueue("ok", queue="nope")
     assert e.value.status == 422 and "nope" in e.value.message
+    with pytest.raises(curfew.RequestError) as e:
+        client.enqueue_many([("ok", {}), {"kind": "ok", "queue": "nope"}])
+    assert e.value.status == 422 and "job 1" in e.value.message
+    with pytest.raises(curfew.RequestError) as e:
+        client.enqueue("ok", {"blob": "x" * 100_000})
+    assert e.value.status == 413
     with pytest.raises(curfew.RequestError) as e:
         client.job(10**12)
     assert e.value.status == 404
