@@ -146,13 +146,17 @@ pub struct Logged {
     note: Option<Note>,
     status: u16,
     bytes: u64,
+    /// The body failed (the worker's broke off): the client's response
+    /// was cut off, not complete.
+    broken: bool,
     log: Arc<AccessLog>,
 }
 
 impl Logged {
     fn done(&mut self) {
         if let Some(note) = self.note.take() {
-            self.log.send(note.finish(self.status, self.bytes));
+            self.log
+                .send(note.finish(self.status, self.bytes, self.broken));
         }
     }
 }
@@ -191,6 +195,7 @@ impl ProxyBody {
             note: Some(note),
             status,
             bytes: 0,
+            broken: false,
             log,
         }))
     }
@@ -224,6 +229,7 @@ impl Body for ProxyBody {
                             l.bytes += d.len() as u64;
                         }
                     }
+                    Poll::Ready(Some(Err(_))) => l.broken = true,
                     Poll::Ready(None) => l.done(),
                     _ => {}
                 }
@@ -240,6 +246,9 @@ impl Body for ProxyBody {
                 Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
                 Poll::Ready(Some(Err(e))) => {
                     // The worker's body broke off: do not pool that connection.
+                    if let Some(lease) = guard.as_ref().and_then(|g| g.lease.as_ref()) {
+                        tracing::warn!(worker = lease.worker_id, pid = lease.pid, error = %e, "Worker's response body failed before its end: the client's response is cut off.");
+                    }
                     guard.take();
                     Poll::Ready(Some(Err(Box::new(e))))
                 }

@@ -222,12 +222,22 @@ async fn forward(
     }
     let first = match response_body::try_whole(&mut body) {
         // All here already: the worker is free now.
-        Ok(whole) => {
+        response_body::Ready::Whole(whole) => {
             d.lease.pool.put(d.upstream);
             drop(d.lease);
             return Response::from_parts(parts, ProxyBody::full(whole, Some(request_guard)));
         }
-        Err(first) => first,
+        response_body::Ready::Partial(first) => first,
+        // Failed already (a worker that sent its head, then closed): the
+        // client gets the head and a cut-off body, never a clean end. The
+        // connection is not pooled; the slot is free.
+        response_body::Ready::Broken(first, error) => {
+            tracing::warn!(%method, path, worker = d.lease.worker_id, pid = d.lease.pid, error = %error, "Worker's response body failed before its end: the client's response is cut off.");
+            drop(d.upstream);
+            drop(d.lease);
+            let body = response_body::broken(first, error, request_guard);
+            return Response::from_parts(parts, ProxyBody::Spooled(body));
+        }
     };
     let held = response_body::Held {
         lease: d.lease,

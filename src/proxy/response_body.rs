@@ -164,10 +164,22 @@ pub struct Held {
     pub upstream: Upstream,
 }
 
-/// Read what of `body` is already here without waiting: `Ok` when that is
-/// all of it (small answers), else the frames read so far. The common
-/// answer, one data frame, is kept without a `Vec`.
-pub fn try_whole(body: &mut Incoming) -> Result<Bytes, Vec<Bytes>> {
+/// What of a worker's body was already here when its head arrived.
+pub enum Ready {
+    /// All of it (small answers): the common one data frame is kept
+    /// without a `Vec`.
+    Whole(Bytes),
+    /// The frames read so far; the rest is still to come (the pump reads it).
+    Partial(Vec<Bytes>),
+    /// The frames read so far, then the body failed (the worker closed or
+    /// wrote a malformed body): it must reach the client as a failure,
+    /// never as a complete answer. The body is not polled again (hyper
+    /// reports an error once, then the end).
+    Broken(Vec<Bytes>, String),
+}
+
+/// Read what of `body` is already here without waiting.
+pub fn try_whole(body: &mut Incoming) -> Ready {
     let mut cx = Context::from_waker(Waker::noop());
     let mut first: Option<Bytes> = None;
     let mut more: Vec<Bytes> = Vec::new();
@@ -175,11 +187,11 @@ pub fn try_whole(body: &mut Incoming) -> Result<Bytes, Vec<Bytes>> {
     let mut size = 0usize;
     loop {
         if size > MEMORY_LIMIT {
-            return Err(so_far(first, more));
+            return Ready::Partial(so_far(first, more));
         }
         match Pin::new(&mut *body).poll_frame(&mut cx) {
             Poll::Ready(None) => {
-                return Ok(match first {
+                return Ready::Whole(match first {
                     None => Bytes::new(),
                     Some(one) if more.is_empty() => one,
                     Some(one) => {
@@ -197,10 +209,32 @@ pub fn try_whole(body: &mut Incoming) -> Result<Bytes, Vec<Bytes>> {
                     }
                 }
                 // Trailers: the pump keeps them.
-                Err(_) => return Err(so_far(first, more)),
+                Err(_) => return Ready::Partial(so_far(first, more)),
             },
-            Poll::Ready(Some(Err(_))) | Poll::Pending => return Err(so_far(first, more)),
+            Poll::Ready(Some(Err(e))) => return Ready::Broken(so_far(first, more), e.to_string()),
+            Poll::Pending => return Ready::Partial(so_far(first, more)),
         }
+    }
+}
+
+/// The client's side of a worker's body that already failed
+/// ([`Ready::Broken`]): what came before the failure, then the failure
+/// (hyper cuts the client's connection, or resets its HTTP/2 stream). No
+/// pump: the worker is already done.
+pub fn broken(first: Vec<Bytes>, error: String, request: RequestGuard) -> SpooledBody {
+    let spool = Spool::new(std::path::PathBuf::new());
+    {
+        let mut st = spool.lock();
+        for d in first {
+            st.memory_bytes += d.len();
+            st.memory.push_back(d);
+        }
+        st.end = Some(End::Broken(error));
+    }
+    SpooledBody {
+        spool,
+        reading: None,
+        _request: request,
     }
 }
 
@@ -281,8 +315,11 @@ async fn run_pump(
             return;
         }
     };
-    if matches!(end, End::Done(_)) {
-        held.lease.pool.put(held.upstream);
+    match &end {
+        End::Done(_) => held.lease.pool.put(held.upstream),
+        End::Broken(e) => {
+            tracing::warn!(worker = held.lease.worker_id, pid = held.lease.pid, error = %e, "Worker's response body failed before its end: the client's response is cut off.");
+        }
     }
     spool.finish(end);
     drop(held.lease);

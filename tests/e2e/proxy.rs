@@ -340,3 +340,77 @@ fn idle_client_connections_close_after_keepalive_timeout() {
         t0.elapsed()
     );
 }
+
+/// A worker (plain Python on fd 3) that answers `/broken` with a chunked
+/// head and closes at once (head and FIN arrive together, as from a
+/// streaming response whose generator raised at its first item),
+/// `/broken-late` the same 300 ms after the head, and anything else 200.
+const BROKEN_BODY_WORKER: &str = r#"
+import socket, threading, time
+listener = socket.socket(fileno=3)
+def serve(c):
+    buf = b""
+    while True:
+        while b"\r\n\r\n" not in buf:
+            d = c.recv(65536)
+            if not d:
+                c.close()
+                return
+            buf += d
+        head, _, buf = buf.partition(b"\r\n\r\n")
+        path = head.split(b" ")[1]
+        if path.startswith(b"/broken"):
+            c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            if path.startswith(b"/broken-late"):
+                time.sleep(0.3)
+            c.close()
+            return
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+while True:
+    conn, _ = listener.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"#;
+
+/// A worker's body that fails before its first chunk reaches the client as
+/// a failure (a chunked body without its end, then the connection closed),
+/// as one that fails later does, never as a clean empty 200; the access
+/// log says it broke, and the failure is the worker's WARN.
+#[test]
+fn a_worker_body_failing_before_its_first_chunk_is_cut_not_complete() {
+    let c = Curfew::start(Opts::command(
+        &[
+            "-w",
+            "1",
+            "--access-log",
+            "-",
+            "--access-log-format",
+            "json",
+        ],
+        &["python3", "-c", BROKEN_BODY_WORKER],
+    ));
+    assert_eq!(get(c.port, "/").body, "ok\n");
+    for path in ["/broken", "/broken-late"] {
+        for i in 0..10 {
+            let r = http(c.port, "GET", path, &[], b"");
+            assert!(
+                r.is_err(),
+                "{path} #{i}: the client must see the failure, got {r:?}"
+            );
+        }
+    }
+    wait_until("20 access log lines", Duration::from_secs(5), || {
+        c.count_log("\"path\":\"/broken") == 20
+    });
+    for line in c.logs().iter().filter(|l| l.contains("\"path\":\"/broken")) {
+        let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        assert_eq!(v["broken"], true, "{line}");
+    }
+    assert_eq!(
+        c.count_log("Worker's response body failed before its end"),
+        20,
+        "{}",
+        c.log_text()
+    );
+    // The worker is still served to.
+    assert_eq!(get(c.port, "/").body, "ok\n");
+}

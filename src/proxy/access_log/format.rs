@@ -19,6 +19,9 @@ pub struct Record {
     pub status: u16,
     /// Body bytes sent to the client.
     pub bytes: u64,
+    /// The body failed before its end (the worker's broke off): the
+    /// client got a cut-off response, not a complete one.
+    pub broken: bool,
     /// From the request's arrival to the end of its response.
     pub total: Duration,
     /// Time it waited for a worker slot; `None`: it never got one.
@@ -73,7 +76,8 @@ fn secs(d: Duration) -> f64 {
 
 /// Apache/nginx "combined", then curfew's own fields as `key=value`:
 /// `rt` total seconds, `qt` queued, `ut` upstream (to response headers),
-/// `w` worker (`-` where there was none):
+/// `w` worker (`-` where there was none), and `broken=1` only for a
+/// response whose body failed before its end (the client got it cut off):
 ///
 /// `127.0.0.1 - - [30/Nov/2026:23:50:44 +0000] "GET /x HTTP/1.1" 200 2 "-" "curl/8.5" rt=0.004 qt=0.000 ut=0.003 w=1`
 pub fn combined(r: &Record, clock: &mut Clock, out: &mut String) {
@@ -109,6 +113,9 @@ pub fn combined(r: &Record, clock: &mut Clock, out: &mut String) {
         }
         None => out.push_str(" w=-"),
     }
+    if r.broken {
+        out.push_str(" broken=1");
+    }
     out.push('\n');
 }
 
@@ -136,6 +143,7 @@ struct JsonLine<'a> {
     protocol: &'static str,
     status: u16,
     bytes: u64,
+    broken: bool,
     duration_ms: f64,
     queue_ms: Option<f64>,
     upstream_ms: Option<f64>,
@@ -150,7 +158,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// One JSON object: `time` (RFC 3339, UTC, ms), `client`, `method`,
-/// `path`, `protocol`, `status`, `bytes`, `duration_ms`, `queue_ms`,
+/// `path`, `protocol`, `status`, `bytes`, `broken`, `duration_ms`, `queue_ms`,
 /// `upstream_ms`, `worker`, `referer`, `user_agent` (`null` where unknown).
 pub fn json(r: &Record, clock: &mut Clock, out: &mut String) {
     let (_, iso, millis) = clock.at(r.at);
@@ -162,6 +170,7 @@ pub fn json(r: &Record, clock: &mut Clock, out: &mut String) {
         protocol: version(r.version),
         status: r.status,
         bytes: r.bytes,
+        broken: r.broken,
         duration_ms: ms(r.total),
         queue_ms: r.queued.map(ms),
         upstream_ms: r.upstream.map(ms),
@@ -189,6 +198,7 @@ mod tests {
             version: Version::HTTP_11,
             status: 200,
             bytes: 512,
+            broken: false,
             total: Duration::from_micros(4_250),
             queued: Some(Duration::from_micros(120)),
             upstream: Some(Duration::from_micros(3_900)),
@@ -212,11 +222,12 @@ mod tests {
         r.upstream = None;
         r.worker = None;
         r.status = 503;
+        r.broken = true;
         r.user_agent = Some("evil\n\"agent".into());
         let mut s = String::new();
         combined(&r, &mut Clock::default(), &mut s);
         assert!(
-            s.ends_with(" 503 - \"-\" \"evil\\x0A\\x22agent\" rt=0.004 qt=- ut=- w=-\n"),
+            s.ends_with(" 503 - \"-\" \"evil\\x0A\\x22agent\" rt=0.004 qt=- ut=- w=- broken=1\n"),
             "{s}"
         );
         assert_eq!(s.lines().count(), 1);
@@ -237,6 +248,7 @@ mod tests {
         assert_eq!(v["path"], "/items/\"x\"");
         assert_eq!(v["status"], 200);
         assert_eq!(v["bytes"], 512);
+        assert_eq!(v["broken"], false);
         assert_eq!(v["duration_ms"], 4.25);
         assert_eq!(v["queue_ms"], 0.12);
         assert_eq!(v["upstream_ms"], 3.9);

@@ -325,8 +325,9 @@ impl Note {
         }
     }
 
-    /// The record, once the response of `status` has sent `bytes`.
-    pub fn finish(self, status: u16, bytes: u64) -> Record {
+    /// The record, once the response of `status` has sent `bytes`
+    /// (`broken`: its body failed, cut off).
+    pub fn finish(self, status: u16, bytes: u64, broken: bool) -> Record {
         Record {
             at: self.at,
             client: self.client,
@@ -335,6 +336,7 @@ impl Note {
             version: self.version,
             status,
             bytes,
+            broken,
             total: self.started.elapsed(),
             queued: self.queued,
             upstream: self.upstream,
@@ -462,7 +464,7 @@ mod tests {
             .body(())
             .expect("request");
         let note = Note::of(&req, Instant::now(), None, true, &allow(&[]), false);
-        log.send(note.finish(200, 3));
+        log.send(note.finish(200, 3, false));
         let read = || std::fs::read_to_string(&path).unwrap_or_default();
         let deadline = Instant::now() + Duration::from_secs(5);
         while read().is_empty() && Instant::now() < deadline {
@@ -477,7 +479,7 @@ mod tests {
         log.reopen();
         std::thread::sleep(Duration::from_millis(250));
         let note = Note::of(&req, Instant::now(), None, true, &allow(&[]), true);
-        log.send(note.finish(404, 0));
+        log.send(note.finish(404, 0, false));
         log.close();
         assert!(read().contains("/a?token=secret"), "{}", read());
         assert_eq!(
@@ -489,7 +491,10 @@ mod tests {
         );
         // The writer is gone: sending counts, never blocks.
         for _ in 0..(CHANNEL + 10) {
-            log.send(Note::of(&req, Instant::now(), None, true, &allow(&[]), false).finish(200, 0));
+            log.send(
+                Note::of(&req, Instant::now(), None, true, &allow(&[]), false)
+                    .finish(200, 0, false),
+            );
         }
         assert!(log.shared.dropped.load(Ordering::Relaxed) >= 10);
     }
