@@ -5,6 +5,10 @@ Where curfew is: ``CURFEW_ADMIN_URL`` (``http://127.0.0.1:9000`` or
 ``unix:/path/admin.sock``), which curfew sets for its workers when
 ``admin_bind`` is configured; else ``CURFEW_CONTROL_SOCKET``, which curfew
 always sets for its workers (the same jobs requests, one connection each).
+If the job API at ``CURFEW_ADMIN_URL`` refuses this process (403: an admin
+address reachable from other hosts without ``admin_token``) and
+``CURFEW_CONTROL_SOCKET`` is set, the client logs a warning and uses the
+control socket from then on (an address passed as ``url=`` is kept).
 Outside curfew (a script, a cron job, a test), set one of them or pass
 ``url=``.
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 import datetime as _dt
 import http.client
 import json
+import logging
 import math
 import os
 import select
@@ -37,6 +42,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
 from ._errors import NotConfigured, RequestError, ServerError, Unreachable
+
+log = logging.getLogger("curfew")
 
 JSON = Any
 RunAt = Union[_dt.datetime, str]
@@ -196,6 +203,9 @@ class Client:
         token: Optional[str] = None,
     ) -> None:
         self._url = url
+        # The address is CURFEW_ADMIN_URL (not given by the caller): a job API
+        # refused there (403) sends the client to CURFEW_CONTROL_SOCKET.
+        self._admin_from_env = False
         self.timeout = timeout
         # curfew's admin_token (sent as a bearer token); default from
         # CURFEW_ADMIN_TOKEN, which curfew sets for its workers.
@@ -212,6 +222,7 @@ class Client:
             control = os.environ.get("CURFEW_CONTROL_SOCKET")
             if admin:
                 self._url = admin
+                self._admin_from_env = True
             elif control:
                 self._url = "control:" + control
             else:
@@ -392,6 +403,31 @@ class Client:
             self._raise_for_control(answer)
         return answer.get("data")
 
+    def _refused_here(self, status: int) -> bool:
+        """After a 403 from the admin address of ``CURFEW_ADMIN_URL``: use
+        ``CURFEW_CONTROL_SOCKET`` from now on, if it is set, and say so (the
+        request is to be sent again there). curfew refuses the job API with
+        403 before doing anything (an admin address reachable from other
+        hosts without ``admin_token``, which an older curfew still gave its
+        workers as ``CURFEW_ADMIN_URL``); its control socket, for curfew's
+        own user only, answers the same requests. An address the caller gave
+        is kept: the 403 is raised."""
+        if status != 403 or not self._admin_from_env:
+            return False
+        control = os.environ.get("CURFEW_CONTROL_SOCKET")
+        if not control:
+            return False
+        log.warning(
+            "curfew's job API at %s refused this process (HTTP 403); enqueueing through the "
+            "control socket %s instead (set admin_token, or leave CURFEW_ADMIN_URL unset)",
+            self._url,
+            control,
+        )
+        self.close()
+        self._url = "control:" + control
+        self._admin_from_env = False
+        return True
+
     @staticmethod
     def _raise_for_control(answer: Mapping[str, Any]) -> None:
         """A failed control-socket answer as the same exception as its HTTP
@@ -467,6 +503,8 @@ class Client:
             status, headers, data, resent = self._http(
                 "POST", "/jobs", json.dumps(body).encode(), resend_safe="idempotency_key" in body
             )
+            if self._refused_here(status):
+                return self._submit(body)
             self._raise_for(status, headers, data)
         if not isinstance(data, dict) or "id" not in data:
             raise ServerError(500, f"unexpected answer from curfew: {data!r}")
@@ -513,6 +551,8 @@ class Client:
                 json.dumps(bodies).encode(),
                 resend_safe=all("idempotency_key" in b for b in bodies),
             )
+            if self._refused_here(status):
+                return self._submit_many(bodies)
             self._raise_for(status, headers, data)
         answers = data.get("jobs") if isinstance(data, dict) else None
         if not isinstance(answers, list) or len(answers) != len(bodies):
@@ -526,6 +566,8 @@ class Client:
             data = self._control({"op": "show", "id": int(id)})
         else:
             status, headers, data, _ = self._http("GET", f"/jobs/{int(id)}", resend_safe=True)
+            if self._refused_here(status):
+                return self.job(id)
             self._raise_for(status, headers, data)
         if not isinstance(data, dict):
             raise ServerError(500, f"unexpected answer from curfew: {data!r}")

@@ -103,6 +103,12 @@ class Curfew:
             self.admin_port = free_port()
             admin_bind = f"127.0.0.1:{self.admin_port}"
             self.admin_url = f"http://{admin_bind}"
+        elif admin == "exposed":
+            # Reachable from other hosts: without admin_token, the job API
+            # refuses every caller there (403).
+            self.admin_port = free_port()
+            admin_bind = f"0.0.0.0:{self.admin_port}"
+            self.admin_url = f"http://127.0.0.1:{self.admin_port}"
         else:
             admin_bind = f"unix:{tmp / 'admin.sock'}"
             self.admin_url = admin_bind
@@ -162,7 +168,11 @@ class Curfew:
             env=env,
             cwd=tmp,
         )
-        self.client = curfew.Client(self.admin_url, token=token)
+        self.client = (
+            curfew.Client(f"control:{self.control}")
+            if admin == "exposed" and not token
+            else curfew.Client(self.admin_url, token=token)
+        )
         self.wait_ready()
 
     def log_text(self) -> str:

@@ -171,3 +171,36 @@ def test_admin_token_is_required_and_sent_from_workers(tmp_path):
         c.wait_job(run["next_id"], done)
     finally:
         c.stop()
+
+
+def test_a_job_api_refused_at_curfew_admin_url_falls_back_to_the_control_socket(tmp_path, monkeypatch):
+    """CURFEW_ADMIN_URL naming an admin address reachable from other hosts
+    without admin_token (an older curfew gave it to its workers; a user may
+    set it): the job API answers 403 there, and the SDK enqueues through
+    CURFEW_CONTROL_SOCKET instead. An address passed as url= is kept."""
+    from conftest import APP_COMMANDS, Curfew
+
+    c = Curfew(tmp_path, APP_COMMANDS["fastapi"], admin="exposed")
+    try:
+        with pytest.raises(curfew.RequestError) as refused:
+            curfew.Client(c.admin_url).enqueue("ok", {"n": 1})
+        assert refused.value.status == 403
+        monkeypatch.setenv("CURFEW_ADMIN_URL", c.admin_url)
+        monkeypatch.setenv("CURFEW_CONTROL_SOCKET", str(c.control))
+        client = curfew.Client()
+        job = client.enqueue("ok", {"n": 2})
+        assert client.url == f"control:{c.control}"
+        assert [j.created for j in client.enqueue_many([("ok", {"n": 3})])] == [True]
+        c.wait_job(job.id, done)
+        # A batch and a read fall back too.
+        client2 = curfew.Client()
+        assert len(client2.enqueue_many([("ok", {"n": 4}), ("ok", {"n": 5})])) == 2
+        assert curfew.Client().job(job.id)["state"] == "succeeded"
+        # A worker of this curfew enqueues through its control socket.
+        chain = client.enqueue("chain", {})
+        c.wait_job(chain.id, done)
+        (run,) = [r for r in c.runs("chain") if r["id"] == chain.id]
+        assert run["url"] == f"control:{c.control}"
+        c.wait_job(run["next_id"], done)
+    finally:
+        c.stop()
