@@ -354,9 +354,13 @@ class Client:
             return response.status, {k.lower(): v for k, v in response.getheaders()}, data, resent
         raise AssertionError("unreachable")
 
-    def _control(self, request: Dict[str, Any]) -> JSON:
+    def _control(self, request: Dict[str, Any], line: Optional[bytes] = None) -> JSON:
+        """One jobs request on the control socket: ``request``, or the
+        request line ``line`` already serialized (``request`` then gives
+        just its ``op``)."""
         _, path, _ = self._target()
-        line = json.dumps({"cmd": "jobs", "request": request}).encode() + b"\n"
+        if line is None:
+            line = json.dumps({"cmd": "jobs", "request": request}).encode() + b"\n"
         # Once the request is written, curfew may store the job and still
         # fail to answer (it stops, or the connection breaks).
         maybe = (
@@ -512,17 +516,23 @@ class Client:
 
     #: Jobs per request of :meth:`enqueue_many` (curfew's limit per batch).
     MAX_BATCH = 10_000
+    #: Bytes of JSON per request of :meth:`enqueue_many`: curfew refuses a
+    #: batch body over 64 MiB (413, ``MAX_BATCH_BODY`` in
+    #: src/processor/api.rs); this leaves room for the envelope.
+    MAX_BATCH_BYTES = 60 << 20
 
     def enqueue_many(self, jobs: Iterable[Union[Mapping[str, Any], Tuple[str, JSON]]]) -> List[Job]:
         """Stores several jobs in one request (``POST /jobs`` with a JSON
         array, or one control-socket request): one transaction, all or
-        nothing, per 10,000 jobs. Each item is a mapping of :meth:`enqueue`'s
-        arguments (``{"kind": ..., "payload": ..., "queue": ...}``) or a
-        ``(kind, payload)`` pair. Every job is checked before anything is
-        sent; curfew's error names each bad job by its index in the batch.
-        With more than 10,000 jobs, if a batch fails, the exception's
-        ``enqueued`` attribute lists the jobs of the batches stored before
-        it; give idempotency keys to send the whole list again safely."""
+        nothing, per batch of at most 10,000 jobs and 60 MiB of JSON (curfew
+        takes at most 10,000 jobs and 64 MiB per request). Each item is a
+        mapping of :meth:`enqueue`'s arguments (``{"kind": ..., "payload":
+        ..., "queue": ...}``) or a ``(kind, payload)`` pair. Every job is
+        checked before anything is sent; curfew's error names each bad job
+        by its index in its batch. With more than one batch, if a batch
+        fails, the exception's ``enqueued`` attribute lists the jobs of the
+        batches stored before it; give idempotency keys to send the whole
+        list again safely."""
         bodies = []
         for item in jobs:
             if isinstance(item, tuple):
@@ -530,29 +540,45 @@ class Client:
                 bodies.append(job_request(kind, payload))
             else:
                 bodies.append(job_request(**item))
+        # Each job serialized once: its size decides where a batch ends, and
+        # the batch is sent as these bytes.
+        encoded = [json.dumps(b).encode() for b in bodies]
         done: List[Job] = []
-        for start in range(0, len(bodies), self.MAX_BATCH):
-            batch = bodies[start : start + self.MAX_BATCH]
+        start = 0
+        while start < len(bodies):
+            end, size = start, 2  # "[" and "]"
+            while end < len(bodies) and end - start < self.MAX_BATCH:
+                grown = size + len(encoded[end]) + (1 if end > start else 0)  # ","
+                if grown > self.MAX_BATCH_BYTES and end > start:
+                    break
+                end, size = end + 1, grown
             try:
-                done.extend(self._submit_many(batch))
+                done.extend(self._submit_many(bodies[start:end], encoded[start:end]))
             except Exception as e:
                 e.enqueued = list(done)  # type: ignore[attr-defined]
                 raise
+            start = end
         return done
 
-    def _submit_many(self, bodies: List[Dict[str, Any]]) -> List[Job]:
+    def _submit_many(self, bodies: List[Dict[str, Any]], encoded: Optional[List[bytes]] = None) -> List[Job]:
+        if encoded is None:
+            encoded = [json.dumps(b).encode() for b in bodies]
+        array = b"[" + b",".join(encoded) + b"]"
         resent = False
         if self._target()[0] == "control":
-            data = self._control({"op": "enqueue_many", "jobs": bodies})
+            data = self._control(
+                {"op": "enqueue_many"},
+                line=b'{"cmd": "jobs", "request": {"op": "enqueue_many", "jobs": ' + array + b"}}\n",
+            )
         else:
             status, headers, data, resent = self._http(
                 "POST",
                 "/jobs",
-                json.dumps(bodies).encode(),
+                array,
                 resend_safe=all("idempotency_key" in b for b in bodies),
             )
             if self._refused_here(status):
-                return self._submit_many(bodies)
+                return self._submit_many(bodies, encoded)
             self._raise_for(status, headers, data)
         answers = data.get("jobs") if isinstance(data, dict) else None
         if not isinstance(answers, list) or len(answers) != len(bodies):

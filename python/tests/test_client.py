@@ -24,6 +24,7 @@ class FakeControl:
         self.path = path
         self.answers = list(answers)
         self.requests: List[Dict[str, Any]] = []
+        self.sizes: List[int] = []
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.server.bind(str(path))
         self.server.listen(8)
@@ -43,8 +44,13 @@ class FakeControl:
                     if not chunk:
                         break
                     line += chunk
-                self.requests.append(json.loads(line))
-                conn.sendall(json.dumps(self.answers.pop(0)).encode() + b"\n")
+                request = json.loads(line)
+                self.requests.append(request)
+                self.sizes.append(len(line))
+                answer = self.answers.pop(0)
+                if callable(answer):
+                    answer = answer(request)
+                conn.sendall(json.dumps(answer).encode() + b"\n")
 
     def close(self) -> None:
         try:
@@ -135,6 +141,7 @@ class FakeHTTP:
     def __init__(self, actions: List[Any]) -> None:
         self.actions = list(actions)
         self.requests: List[Any] = []
+        self.sizes: List[int] = []
         self.server = socket.socket()
         self.server.bind(("127.0.0.1", 0))
         self.server.listen(8)
@@ -175,10 +182,13 @@ class FakeHTTP:
                 body, buf = buf[:length], buf[length:]
                 with self.lock:
                     self.requests.append((n, method, path, json.loads(body) if body else None))
+                    self.sizes.append(len(body))
                     action = self.actions.pop(0)
                 if action == "drop":
                     return
                 kind, status, answer = action
+                if callable(answer):
+                    answer = answer(self.requests[-1][3])
                 out = json.dumps(answer).encode()
                 conn.sendall(
                     b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
@@ -270,3 +280,38 @@ def test_a_connection_closed_while_idle_is_replaced_before_sending(http_fake):
     time.sleep(0.2)  # the close reaches the client
     assert client.enqueue("k", {"n": 2}).id == 2
     assert [(r[0], r[3]["payload"]) for r in fake.requests] == [(1, {"n": 1}), (2, {"n": 2})]
+
+
+def batch_answer(jobs):
+    """What curfew answers a batch: an id for each job, here its payload's."""
+    return {"jobs": [{"id": j["payload"]["id"], "created": True, "queue": "default"} for j in jobs]}
+
+
+def test_enqueue_many_closes_a_batch_before_curfew_s_size_limit(http_fake, control):
+    # curfew refuses a batch body over 64 MiB (413) whatever the count: a
+    # batch ends before MAX_BATCH_BYTES, here made small.
+    jobs = [("k", {"id": i, "pad": "x" * 300}) for i in range(1, 11)]
+    client, fake = http_fake(*[("answer", 201, batch_answer)] * 10)
+    client.MAX_BATCH_BYTES = 1000
+    assert [j.id for j in client.enqueue_many(jobs)] == list(range(1, 11))
+    assert [len(r[3]) for r in fake.requests] == [2] * 5
+    assert max(fake.sizes) <= 1000
+    assert [j["payload"]["id"] for r in fake.requests for j in r[3]] == list(range(1, 11))
+    # Over the control socket too (its request line wraps the array).
+    ctl, fake_ctl = control(*[lambda r: {"ok": True, "data": batch_answer(r["request"]["jobs"])}] * 5)
+    ctl.MAX_BATCH_BYTES = 1000
+    assert [j.id for j in ctl.enqueue_many(jobs)] == list(range(1, 11))
+    assert [len(r["request"]["jobs"]) for r in fake_ctl.requests] == [2] * 5
+    # A job larger than the limit goes alone (curfew judges it).
+    big, fake_big = http_fake(*[("answer", 201, batch_answer)] * 3)
+    big.MAX_BATCH_BYTES = 100
+    many = [("k", {"id": 1}), ("k", {"id": 2}), ("k", {"id": 3, "pad": "x" * 200}), ("k", {"id": 4})]
+    assert [j.id for j in big.enqueue_many(many)] == [1, 2, 3, 4]
+    assert [len(r[3]) for r in fake_big.requests] == [2, 1, 1]
+
+
+def test_enqueue_many_closes_a_batch_at_max_batch_jobs(http_fake):
+    client, fake = http_fake(*[("answer", 201, batch_answer)] * 4)
+    client.MAX_BATCH = 3
+    assert [j.id for j in client.enqueue_many([("k", {"id": i}) for i in range(7)])] == list(range(7))
+    assert [len(r[3]) for r in fake.requests] == [3, 3, 1]

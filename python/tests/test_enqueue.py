@@ -204,3 +204,23 @@ def test_a_job_api_refused_at_curfew_admin_url_falls_back_to_the_control_socket(
         c.wait_job(run["next_id"], done)
     finally:
         c.stop()
+
+
+def test_enqueue_many_over_64_mib_is_split_by_size(tmp_path):
+    """curfew takes at most 64 MiB per batch request (else 413 for the whole
+    batch): far fewer than 10,000 jobs of tens of KiB reach it, and the SDK
+    splits the batch by size too."""
+    from conftest import APP_COMMANDS, Curfew
+
+    c = Curfew(tmp_path, APP_COMMANDS["fastapi"])
+    try:
+        pad = "x" * (60 * 1024)  # under the test config's max_payload (64 KiB)
+        n = 66 * 1024 * 1024 // len(pad) + 1  # over 64 MiB in all
+        # An hour away: stored, not run, in this test.
+        jobs = c.client.enqueue_many(
+            [{"kind": "ok", "payload": {"i": i, "pad": pad}, "delay": 3600} for i in range(n)]
+        )
+        assert len(jobs) == n and len({j.id for j in jobs}) == n and all(j.created for j in jobs)
+        assert c.client.job(jobs[-1].id)["payload"]["i"] == n - 1
+    finally:
+        c.stop()
