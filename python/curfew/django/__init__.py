@@ -23,9 +23,10 @@ transaction commits.
 - Any other database (SQLite, MySQL, PostgreSQL without curfew's schema):
   the job is sent to curfew's API from ``transaction.on_commit``, so it is
   not sent if the transaction rolls back. If curfew cannot be reached at
-  that moment the data is committed but the job is not: the error is
-  raised from the commit (see Django's ``on_commit``); give an
-  ``idempotency_key`` to send it again safely.
+  that moment the data is committed but the job may not be: the error is
+  raised from the commit (see Django's ``on_commit``; it says when the job
+  may have been stored); give an ``idempotency_key`` to send it again
+  safely.
 
 Settings (all optional): ``CURFEW_TRANSACTIONAL_ENQUEUE`` = ``"auto"``
 (default: SQL when the function exists on the connection, else
