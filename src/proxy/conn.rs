@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -39,6 +39,14 @@ pub struct ConnState {
     /// Cancelled to drop the connection at once (a client that stopped
     /// reading its response).
     pub cut: tokio_util::sync::CancellationToken,
+    /// When the connection was accepted (the origin of `head_since`).
+    epoch: Instant,
+    /// When the request head being received began, as nanoseconds since
+    /// `epoch` plus one; 0: none is being received. Set by the first byte
+    /// read while no request is in flight ([`HeadWatch`]), cleared when a
+    /// request begins; a new connection's first head counts from its
+    /// accept (1).
+    head_since: AtomicU64,
 }
 
 impl ConnState {
@@ -54,12 +62,38 @@ impl ConnState {
             last_done: Mutex::new(Instant::now()),
             changed: Notify::new(),
             http2: AtomicBool::new(false),
+            epoch: Instant::now(),
+            head_since: AtomicU64::new(1),
         })
     }
 
     pub fn begin(self: &Arc<Self>) -> RequestGuard {
         self.active.fetch_add(1, Ordering::SeqCst);
+        self.head_since.store(0, Ordering::Relaxed);
         RequestGuard(self.clone())
+    }
+
+    /// Bytes arrived from the client: with no request in flight and no
+    /// head already begun, they begin the next request's head.
+    fn note_read(&self) {
+        if self.head_since.load(Ordering::Relaxed) == 0 && self.active.load(Ordering::Relaxed) == 0
+        {
+            let since = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+            self.head_since.store(since + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// How long the HTTP/1 request head being received has left of
+    /// `limit` (`header_timeout`; zero: its time is up); `None` while no
+    /// head is being received (idle, or a request in flight) and on
+    /// HTTP/2 (where bytes between requests are frames, not heads).
+    pub fn head_left(&self, limit: Duration) -> Option<Duration> {
+        if self.http2.load(Ordering::Relaxed) || self.active.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        let since = self.head_since.load(Ordering::Relaxed).checked_sub(1)?;
+        let began = self.epoch + Duration::from_nanos(since);
+        Some(limit.saturating_sub(began.elapsed()))
     }
 
     /// `None` while a request is in flight; otherwise how much longer the
@@ -82,6 +116,74 @@ impl ConnState {
     /// change between a check and the wait is never missed).
     pub async fn changed(&self) {
         self.changed.notified().await
+    }
+}
+
+/// A client connection's socket, telling its [`ConnState`] when bytes
+/// arrive (the start of a request head, for `header_timeout`). hyper's own
+/// header timer cannot serve: it starts when a keep-alive connection goes
+/// idle, not at the head's first byte, so it would also close idle
+/// connections (capping `keepalive_timeout` at `header_timeout`).
+pub struct HeadWatch<I> {
+    io: I,
+    state: Arc<ConnState>,
+}
+
+impl<I> HeadWatch<I> {
+    pub fn new(io: I, state: Arc<ConnState>) -> HeadWatch<I> {
+        HeadWatch { io, state }
+    }
+}
+
+impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for HeadWatch<I> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut this.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.state.note_read();
+        }
+        polled
+    }
+}
+
+impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for HeadWatch<I> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 
@@ -110,6 +212,26 @@ mod tests {
         assert!(left > Duration::from_millis(150) && left <= DRAIN_IDLE_GRACE);
         *c.last_done.lock().expect("lock") = Instant::now() - Duration::from_secs(1);
         assert_eq!(c.idle_grace_left(), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_head_is_timed_from_its_first_byte_not_from_idleness() {
+        let limit = Duration::from_secs(1);
+        let c = ConnState::new(None, None);
+        // A new connection's first head counts from the accept.
+        assert!(c.head_left(limit).is_some_and(|l| l <= limit));
+        let g = c.begin();
+        assert_eq!(c.head_left(limit), None, "a request in flight");
+        drop(g);
+        assert_eq!(c.head_left(limit), None, "idle: no head begun");
+        c.note_read();
+        assert!(c.head_left(limit).is_some_and(|l| l > Duration::ZERO));
+        let g = c.begin();
+        drop(g);
+        assert_eq!(c.head_left(limit), None, "the head became a request");
+        c.http2.store(true, Ordering::Relaxed);
+        c.note_read();
+        assert_eq!(c.head_left(limit), None, "HTTP/2 frames are not heads");
     }
 
     #[tokio::test]

@@ -125,6 +125,9 @@ pub struct Front {
     pub timeout: Option<Duration>,
     /// Idle client connections are closed after this; `None` = never.
     pub keepalive_timeout: Option<Duration>,
+    /// Time from the first byte of an HTTP/1 request head to its end;
+    /// `None` = no limit.
+    pub header_timeout: Option<Duration>,
     /// Request counts and durations (recorded in `forward`).
     pub metrics: Arc<Metrics>,
     ready_path: Option<String>,
@@ -178,6 +181,7 @@ impl Front {
             backlog: cfg.backlog,
             timeout: cfg.timeout,
             keepalive_timeout: cfg.keepalive_timeout,
+            header_timeout: cfg.header_timeout,
             metrics,
             ready_path: cfg.ready_path,
             request_buffering: cfg.request_buffering,
@@ -392,6 +396,7 @@ impl Front {
             let state = state.clone();
             service_fn(move |req| forward::handle(req, front.clone(), state.clone(), peer))
         };
+        let io = conn::HeadWatch::new(io, state.clone());
         let conn = self
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), svc);
@@ -402,13 +407,17 @@ impl Front {
         // registered or re-armed per request, and they sit behind a
         // `WakeFilter`, so the task's wake-ups for each request poll hyper
         // alone. The idle timer, when it fires, looks at the connection and
-        // sets itself again if it was busy or used since.
+        // sets itself again if it was busy or used since. The head timer
+        // (header_timeout) likewise looks every header_timeout whether a
+        // request head is being received, and if so waits for its end.
         let filter = wake_filter::WakeFilter::new();
         let abort = self.abort.cancelled();
         let cut = state.cut.cancelled();
         let draining = self.draining.cancelled();
         let idle = tokio::time::sleep(self.keepalive_timeout.unwrap_or(Duration::MAX));
-        tokio::pin!(abort, cut, draining, idle);
+        // A new connection's first head counts from now (the accept).
+        let head = tokio::time::sleep(self.header_timeout.unwrap_or(Duration::MAX));
+        tokio::pin!(abort, cut, draining, idle, head);
         let rare = std::future::poll_fn(|cx| {
             filter.poll(cx, |cx| {
                 // Cut: a client that stopped reading its response (send_timeout).
@@ -417,6 +426,19 @@ impl Front {
                 }
                 if draining.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(ConnEvent::Drain);
+                }
+                if let Some(limit) = self.header_timeout {
+                    while head.as_mut().poll(cx).is_ready() {
+                        let now = tokio::time::Instant::now();
+                        match state.head_left(limit) {
+                            Some(left) if left.is_zero() => {
+                                return Poll::Ready(ConnEvent::HeadTimeout);
+                            }
+                            Some(left) => head.as_mut().reset(now + left),
+                            // No head being received: look again later.
+                            None => head.as_mut().reset(now + limit),
+                        }
+                    }
                 }
                 let Some(ka) = self.keepalive_timeout else {
                     return Poll::Pending;
@@ -441,6 +463,14 @@ impl Front {
         };
         match event {
             ConnEvent::Close => return,
+            ConnEvent::HeadTimeout => {
+                // A client's fault (slowloris): dropped, costing no worker.
+                tracing::debug!(
+                    header_timeout_ms = self.header_timeout.map_or(0, |t| t.as_millis() as u64),
+                    "Client did not send its request head within header_timeout: closing its connection."
+                );
+                return;
+            }
             ConnEvent::Drain => {}
             ConnEvent::Idle(ka) => {
                 conn.as_mut().graceful_shutdown();
@@ -538,6 +568,9 @@ enum ConnEvent {
     Drain,
     /// Idle for `keepalive_timeout` (given).
     Idle(Duration),
+    /// An HTTP/1 request head not received within `header_timeout` of its
+    /// first byte (or of the accept, for a new connection's first).
+    HeadTimeout,
 }
 
 /// How long the accept loop waits after a failed accept (EMFILE, ENFILE,
@@ -587,7 +620,17 @@ fn connection_builder(cfg: &FrontConfig) -> auto::Builder<TokioExecutor> {
         .http1()
         .keep_alive(true)
         .timer(TokioTimer::new())
-        .header_read_timeout(cfg.header_timeout)
+        // header_timeout is curfew's own (from a head's first byte, see
+        // `serve_conn`): hyper's timer starts as soon as a keep-alive
+        // connection goes idle, so at header_timeout it would close idle
+        // connections kept for keepalive_timeout. It stays as a backstop
+        // no shorter than either (a head left partial behind a request in
+        // flight, which curfew's own timer does not see begin); `None`
+        // when either is unlimited (hyper's default would be 30 s).
+        .header_read_timeout(match (cfg.header_timeout, cfg.keepalive_timeout) {
+            (Some(h), Some(ka)) => Some(h.max(ka)),
+            _ => None,
+        })
         // The read buffer holds the request head: past it, hyper answers 431.
         .max_buf_size(cfg.max_header_size)
         .max_headers(MAX_HEADERS);

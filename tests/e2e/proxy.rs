@@ -414,3 +414,97 @@ fn a_worker_body_failing_before_its_first_chunk_is_cut_not_complete() {
     // The worker is still served to.
     assert_eq!(get(c.port, "/").body, "ok\n");
 }
+
+/// One keep-alive request on `s`, answered 200.
+fn keepalive_get(s: &mut TcpStream) {
+    send_request(s, "GET", "/", &[], b"", false).expect("send");
+    let mut r = BufReader::new(s.try_clone().expect("clone"));
+    assert_eq!(read_response(&mut r).expect("response").status, 200);
+}
+
+/// How long until curfew closes `s` (EOF or reset), at most 10 s.
+fn closed_after(s: &mut TcpStream) -> Duration {
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let t0 = Instant::now();
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) | Err(_) if t0.elapsed() < Duration::from_secs(10) => t0.elapsed(),
+        other => panic!("not closed: {other:?} after {:?}", t0.elapsed()),
+    }
+}
+
+/// `header_timeout` bounds a request head from its first byte; it does not
+/// close an idle keep-alive connection, which is kept for
+/// `keepalive_timeout` (hyper's header timer, armed as soon as the
+/// connection went idle, closed it at `header_timeout`), or for ever with
+/// `0`.
+#[test]
+fn keepalive_outlives_header_timeout_and_a_stalled_head_is_still_cut() {
+    let c = Curfew::start(Opts::testworker(
+        &[
+            "-w",
+            "1",
+            "--header-timeout",
+            "1s",
+            "--keepalive-timeout",
+            "3s",
+        ],
+        &[],
+    ));
+    let connect = || {
+        let s = TcpStream::connect(("127.0.0.1", c.port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s
+    };
+    // Idle past header_timeout: still usable; then closed at keepalive_timeout.
+    let mut s = connect();
+    keepalive_get(&mut s);
+    std::thread::sleep(Duration::from_secs(2));
+    keepalive_get(&mut s);
+    let idle = closed_after(&mut s);
+    assert!(
+        idle >= Duration::from_millis(2500) && idle < Duration::from_secs(4),
+        "idle connection closed after {idle:?}, not at keepalive_timeout"
+    );
+    // A used connection, idle past header_timeout, then a head that stalls
+    // after its first bytes: cut header_timeout after them.
+    let mut s = connect();
+    keepalive_get(&mut s);
+    std::thread::sleep(Duration::from_millis(1500));
+    s.write_all(b"GET / HTTP/1.1\r\nHo").expect("partial head");
+    let stalled = closed_after(&mut s);
+    assert!(
+        stalled >= Duration::from_millis(800) && stalled < Duration::from_millis(1800),
+        "stalled head cut after {stalled:?}"
+    );
+    // A new connection that sends nothing: cut at header_timeout.
+    let mut s = connect();
+    let silent = closed_after(&mut s);
+    assert!(
+        silent >= Duration::from_millis(800) && silent < Duration::from_millis(1800),
+        "silent new connection cut after {silent:?}"
+    );
+    assert!(c.faults().is_empty(), "{:?}", c.faults());
+    drop(c);
+
+    // keepalive_timeout = 0: never closed for idleness.
+    let c = Curfew::start(Opts::testworker(
+        &[
+            "-w",
+            "1",
+            "--header-timeout",
+            "1s",
+            "--keepalive-timeout",
+            "0",
+        ],
+        &[],
+    ));
+    let mut s = TcpStream::connect(("127.0.0.1", c.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    keepalive_get(&mut s);
+    std::thread::sleep(Duration::from_millis(2500));
+    keepalive_get(&mut s);
+}
