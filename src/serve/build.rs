@@ -229,6 +229,7 @@ impl Run {
             sockets,
             upgrade: None,
             abandoned: None,
+            jobs_reported: false,
             admin_release: tokio_util::sync::CancellationToken::new(),
             control_release,
             admin_task: None,

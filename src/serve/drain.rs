@@ -62,7 +62,10 @@ pub(super) async fn drain(run: &mut Run) {
             return;
         };
         match report {
-            Ok(report) => report_incomplete(run, &report),
+            Ok(report) => {
+                report_incomplete(run, &report);
+                run.jobs_reported = true;
+            }
             Err(e) => tracing::error!(error = %e, "The job drain task failed."),
         }
     }

@@ -113,6 +113,9 @@ struct Run {
     /// The pid of an upgrade's new curfew a stop abandoned (SIGTERMed):
     /// the teardown waits for it before the final kill.
     abandoned: Option<u32>,
+    /// The jobs' hand-back has been reported (by the drain): the stop
+    /// does not report the same hand-back again.
+    jobs_reported: bool,
     /// Cancelled at an upgrade's hand-over: the admin endpoint, and the
     /// control socket, stop accepting (the new curfew has them; a cancelled
     /// `control_release` also means its file is the new curfew's).

@@ -146,12 +146,17 @@ pub(super) async fn stopping(run: &mut Run) {
     // loops close their listeners without accepting (waited for here).
     run.front.stop_accepting().await;
     // Whatever is still running (an immediate stop, a stop while
-    // starting) is handed back before the workers go.
+    // starting) is handed back before the workers go. The hand-back runs
+    // once: after a drain that reported it, this gets the same report;
+    // after an escalation cut the drain short, this reports it.
     if let Some(jobs) = run.jobs.clone() {
         let report = jobs
             .finish(tokio::time::Instant::now() + std::time::Duration::from_secs(2))
             .await;
-        report_incomplete(run, &report);
+        if !run.jobs_reported {
+            report_incomplete(run, &report);
+            run.jobs_reported = true;
+        }
     }
     let stop = run.sup.stop_all();
     tokio::pin!(stop);
