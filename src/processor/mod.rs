@@ -28,12 +28,12 @@
 //!   web traffic does not depend on it.
 
 pub mod api;
+mod boot;
 mod cancel;
 mod complete;
 pub mod gate;
 mod health;
 mod loops;
-mod boot;
 mod operate;
 pub mod periodic;
 mod report;
