@@ -13,6 +13,10 @@ pub use crate::protocol::jobs::{
 /// The largest `POST /jobs` body holding a batch (a JSON array or NDJSON).
 pub const MAX_BATCH_BODY: usize = 64 << 20;
 
+/// Integer `run_at` values that are unix *seconds* from 2001 to 5138 — as
+/// milliseconds, dates in 1970–1973 that no one schedules for.
+const SECONDS_LIKE: std::ops::Range<i64> = 1_000_000_000..100_000_000_000;
+
 /// What went wrong, with the HTTP status it maps to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -81,6 +85,15 @@ impl EnqueueRequest {
         let run_at = match (self.run_at, self.delay_s) {
             (Some(_), Some(_)) => {
                 return Err(ApiError::bad("give either `run_at` or `delay_s`, not both"));
+            }
+            // Unix seconds of this century read as milliseconds are a date
+            // in early 1970: the job would run at once, silently. No one
+            // schedules for 1970-01-12 .. 1973-03-03 in milliseconds.
+            (Some(RunAt::Millis(ms)), None) if (SECONDS_LIKE).contains(&ms) => {
+                return Err(ApiError::bad(format!(
+                    "invalid run_at {ms}: run_at is in milliseconds since the epoch, and this looks like seconds; give {}, or an RFC 3339 time",
+                    ms.saturating_mul(1000)
+                )));
             }
             (Some(RunAt::Millis(ms)), None) => Some(ms),
             (Some(RunAt::Text(t)), None) => Some(parse_time(&t)?),
@@ -327,6 +340,21 @@ mod tests {
         assert_eq!(r.into_new_job(0).expect("ok").run_at, Some(5));
         let r = parse_body(br#"{"kind": "k", "delay_s": 1.5}"#).expect("valid");
         assert_eq!(r.into_new_job(1000).expect("ok").run_at, Some(2500));
+        // Seconds given where milliseconds are meant: refused, not run at once.
+        let e = parse_body(br#"{"kind": "k", "run_at": 1767225600}"#)
+            .expect("parses")
+            .into_new_job(0)
+            .expect_err("seconds");
+        assert!(
+            e.message.contains("looks like seconds") && e.message.contains("1767225600000"),
+            "{}",
+            e.message
+        );
+        let r = parse_body(br#"{"kind": "k", "run_at": 1767225600000}"#).expect("valid");
+        assert_eq!(
+            r.into_new_job(0).expect("ok").run_at,
+            Some(1_767_225_600_000)
+        );
     }
 
     #[test]
