@@ -17,7 +17,6 @@
 //! written, a failure is final for this piece of work.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -25,7 +24,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::body::UpstreamBody;
-use super::request_body::ClientBodyError;
+use super::request_body::{BodyProgress, ClientBodyError};
 use super::router::{Lease, Rejected, Router};
 use super::upstream::{ConnectError, Upstream};
 
@@ -62,9 +61,11 @@ pub struct Work<'a> {
     pub timeout: Option<Duration>,
     /// The job it delivers, if it is one.
     pub job: Option<i64>,
-    /// Set once the client has sent its whole body (a streamed body);
-    /// `None`: nothing is still to come from a client.
-    pub body_done: Option<Arc<AtomicBool>>,
+    /// How the client's streamed body is being sent (its end, and the
+    /// time spent waiting for the client): the worker's `timeout` counts
+    /// from the body's end, and before it only the time the worker held it
+    /// up; `None`: nothing is still to come from a client.
+    pub body_done: Option<Arc<BodyProgress>>,
 }
 
 impl Work<'_> {
@@ -156,6 +157,9 @@ pub enum DispatchError {
     #[error("{reason}")]
     ClientBody { status: StatusCode, reason: String },
     /// The deadline passed while the client was still sending its body.
+    /// (No longer produced for requests: a streamed body's wait for the
+    /// client moves the worker's deadline instead, bounded by
+    /// `client_body_timeout` per wait.)
     #[error("the client was still sending its body at the deadline")]
     ClientSlow,
 }
@@ -231,7 +235,14 @@ impl Dispatcher {
                 lease.unused();
                 continue; // closed while idle; the request was not sent
             }
-            let Some(sent) = until(deadline, up.tx.try_send_request(req)).await else {
+            let answer = up.tx.try_send_request(req);
+            let sent = match (&work.body_done, deadline, work.timeout) {
+                (Some(progress), Some(first), Some(timeout)) => {
+                    until_worker_deadline(first, timeout, progress, answer).await
+                }
+                _ => until(deadline, answer).await,
+            };
+            let Some(sent) = sent else {
                 return Err(self.timed_out(&lease, work));
             };
             match sent {
@@ -310,18 +321,13 @@ impl Dispatcher {
         Ok((up, false))
     }
 
-    /// The worker did not answer `work` by its deadline. A sync worker
-    /// still busy with it is hung: it would take no other work, so it is
-    /// kept out of routing and the supervisor aborts it (stack dump).
+    /// The worker did not answer `work` by its deadline (for a streamed
+    /// body: `timeout` of its own time, the client's waits not counted —
+    /// a worker that does not read its body is not waiting for the
+    /// client). A sync worker still busy with it is hung: it would take no
+    /// other work, so it is kept out of routing and the supervisor aborts
+    /// it (stack dump).
     pub fn timed_out(&self, lease: &Lease, work: &Work<'_>) -> DispatchError {
-        if work
-            .body_done
-            .as_ref()
-            .is_some_and(|d| !d.load(Ordering::Relaxed))
-        {
-            // The worker may be waiting for the rest of the body.
-            return DispatchError::ClientSlow;
-        }
         let hung = self.worker_concurrency == 1;
         if hung {
             self.worker_hung(lease.uid, work.hung_reason(), work.describe());
@@ -368,6 +374,31 @@ impl Dispatcher {
         if let Some(f) = self.on_hung.get() {
             f(uid, reason, work);
         }
+    }
+}
+
+/// Wait for a worker's answer to work whose client is streaming its body
+/// (`None` when the worker's time ran out first): the deadline `first`
+/// moves by the time spent waiting for the client's bytes, and once the
+/// body is all sent it is `timeout` after that ([`BodyProgress`]).
+async fn until_worker_deadline<F: Future>(
+    first: tokio::time::Instant,
+    timeout: Duration,
+    progress: &BodyProgress,
+    f: F,
+) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut at = first;
+    loop {
+        if let Ok(out) = tokio::time::timeout_at(at, f.as_mut()).await {
+            return Some(out);
+        }
+        let next =
+            tokio::time::Instant::from_std(progress.worker_deadline(first.into_std(), timeout));
+        if next <= tokio::time::Instant::now() {
+            return None;
+        }
+        at = next;
     }
 }
 

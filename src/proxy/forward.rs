@@ -139,8 +139,8 @@ async fn forward(
         }
     } else {
         let limited = request_body::Limited::new(body, front.limits);
-        let done = limited.done.clone();
-        (UpstreamBody::Client(limited), Some(done), started)
+        let progress = limited.progress.clone();
+        (UpstreamBody::Client(limited), Some(progress), started)
     };
     let upreq = Request::from_parts(parts, body);
     let retry = (front.retry_idempotent

@@ -14,9 +14,9 @@ use std::future::Future;
 use std::io::{Seek, SeekFrom, Write};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -155,26 +155,108 @@ async fn next_frame(
     frame.transpose().map_err(ClientBodyError::Broken)
 }
 
+/// How a streamed body's sending goes, as the dispatcher judges a late
+/// answer: the worker's `timeout` counts from the end of the client's body,
+/// and before that only the time the worker itself held the body up (not
+/// reading it) counts; the time spent waiting for the client's bytes is the
+/// client's (bounded by `client_body_timeout` per wait).
+#[derive(Debug)]
+pub struct BodyProgress {
+    epoch: Instant,
+    /// When the client had sent it all: nanoseconds since `epoch` + 1; 0:
+    /// not yet.
+    done_at: AtomicU64,
+    /// Since when the body has been waiting for the client's next bytes
+    /// (nanoseconds since `epoch` + 1); 0: not waiting.
+    waiting_since: AtomicU64,
+    /// Nanoseconds spent waiting for the client, ended waits only.
+    client_wait: AtomicU64,
+}
+
+impl BodyProgress {
+    fn new(done: bool) -> BodyProgress {
+        BodyProgress {
+            epoch: Instant::now(),
+            done_at: AtomicU64::new(u64::from(done)),
+            waiting_since: AtomicU64::new(0),
+            client_wait: AtomicU64::new(0),
+        }
+    }
+
+    fn stamp(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos())
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1)
+    }
+
+    fn at(&self, stamp: u64) -> Instant {
+        self.epoch + Duration::from_nanos(stamp.saturating_sub(1))
+    }
+
+    /// The client has sent the whole body.
+    pub fn is_done(&self) -> bool {
+        self.done_at.load(Ordering::Acquire) != 0
+    }
+
+    fn waiting(&self) {
+        if self.waiting_since.load(Ordering::Relaxed) == 0 {
+            self.waiting_since.store(self.stamp(), Ordering::Relaxed);
+        }
+    }
+
+    fn received(&self) {
+        let since = self.waiting_since.swap(0, Ordering::Relaxed);
+        if since != 0 {
+            let waited = self.stamp().saturating_sub(since);
+            self.client_wait.fetch_add(waited, Ordering::Relaxed);
+        }
+    }
+
+    fn done(&self) {
+        self.received();
+        if self.done_at.load(Ordering::Relaxed) == 0 {
+            self.done_at.store(self.stamp(), Ordering::Release);
+        }
+    }
+
+    /// When the worker's `timeout` runs out for work that arrived at
+    /// `started` (its first deadline, `started + timeout`): once the body
+    /// is all sent, `timeout` after that (never before the first
+    /// deadline); before, the first deadline moved by every moment spent
+    /// waiting for the client so far (the wait going on included).
+    pub fn worker_deadline(&self, first: Instant, timeout: Duration) -> Instant {
+        let done = self.done_at.load(Ordering::Acquire);
+        if done != 0 {
+            return first.max(self.at(done) + timeout);
+        }
+        let mut waited = self.client_wait.load(Ordering::Relaxed);
+        let since = self.waiting_since.load(Ordering::Relaxed);
+        if since != 0 {
+            waited = waited.saturating_add(self.stamp().saturating_sub(since));
+        }
+        first + Duration::from_nanos(waited)
+    }
+}
+
 /// A client's body streamed to a worker, held to the same limits while it
-/// flows; `done` is set once the client has sent all of it (until then a
-/// slow answer is the client's doing, not the worker's).
+/// flows; `progress` tells the dispatcher whose time a slow answer is.
 pub struct Limited {
     inner: Incoming,
     limits: BodyLimits,
     seen: u64,
     idle: Option<Pin<Box<tokio::time::Sleep>>>,
-    pub done: Arc<AtomicBool>,
+    pub progress: Arc<BodyProgress>,
 }
 
 impl Limited {
     pub fn new(inner: Incoming, limits: BodyLimits) -> Limited {
-        let done = Arc::new(AtomicBool::new(inner.is_end_stream()));
+        let progress = Arc::new(BodyProgress::new(inner.is_end_stream()));
         Limited {
             inner,
             limits,
             seen: 0,
             idle: None,
-            done,
+            progress,
         }
     }
 
@@ -184,6 +266,8 @@ impl Limited {
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         let Poll::Ready(frame) = polled else {
+            // The worker asks for more and the client has none yet.
+            self.progress.waiting();
             if let Some(after) = self.limits.idle {
                 let sleep = self
                     .idle
@@ -195,9 +279,10 @@ impl Limited {
             return Poll::Pending;
         };
         self.idle = None;
+        self.progress.received();
         match frame {
             None => {
-                self.done.store(true, Ordering::Relaxed);
+                self.progress.done();
                 Poll::Ready(None)
             }
             Some(Err(e)) => Poll::Ready(Some(Err(ClientBodyError::Broken(e)))),
@@ -211,7 +296,7 @@ impl Limited {
                     }
                 }
                 if self.inner.is_end_stream() {
-                    self.done.store(true, Ordering::Relaxed);
+                    self.progress.done();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

@@ -307,11 +307,20 @@ fn slow_uploaders_cost_no_worker() {
 }
 
 #[test]
-fn streamed_slow_upload_is_the_clients_408_not_a_hung_worker() {
-    let c = two_sync_workers(&["--request-buffering", "false"]);
-    // Streaming: the upload holds a worker, but at `timeout` the verdict is
-    // the client's (it was still sending), not a hung worker.
+fn streamed_slow_upload_is_served_and_never_a_hung_worker() {
+    let c = two_sync_workers(&[
+        "--request-buffering",
+        "false",
+        "--client-body-timeout",
+        "1s",
+    ]);
+    // Streaming: the upload holds a worker, but its 3 s of sending are the
+    // client's time, not the worker's (`timeout` 1 s counts from the end
+    // of the body): served, and no worker is judged hung.
     let status = trickle(c.port, 30, Duration::from_millis(100), None);
+    assert_eq!(status, Some(200));
+    // One that stops sending: the client's 408 at client_body_timeout.
+    let status = trickle(c.port, 30, Duration::from_millis(50), Some(10));
     assert_eq!(status, Some(408));
     std::thread::sleep(Duration::from_millis(300));
     assert_workers_untouched(&c);

@@ -508,3 +508,134 @@ fn keepalive_outlives_header_timeout_and_a_stalled_head_is_still_cut() {
     std::thread::sleep(Duration::from_millis(2500));
     keepalive_get(&mut s);
 }
+
+/// A worker (plain Python on fd 3) that reads a `Content-Length` body and
+/// then takes `ms` milliseconds to answer (`/upload?ms=N`), or never reads
+/// it (`/ignore-body`).
+const UPLOAD_WORKER: &str = r#"
+import socket, threading, time
+listener = socket.socket(fileno=3)
+def serve(c):
+    f = c.makefile("rb")
+    while True:
+        line = f.readline()
+        if not line:
+            return
+        path = line.split(b" ")[1]
+        length = 0
+        while True:
+            h = f.readline()
+            if h in (b"\r\n", b""):
+                break
+            k, _, v = h.partition(b":")
+            if k.strip().lower() == b"content-length":
+                length = int(v)
+        if path.startswith(b"/ignore-body"):
+            time.sleep(3600)
+        body = f.read(length) if length else b""
+        if b"ms=" in path:
+            time.sleep(int(path.split(b"ms=")[1]) / 1000)
+        out = b"%d bytes\n" % len(body)
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(out) + out)
+while True:
+    conn, _ = listener.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"#;
+
+/// POST `len` bytes to `path` in `pieces` pieces `every` apart (in a
+/// thread, so a worker that reads nothing cannot block the sender); the
+/// status answered (`None`: cut without one) and when it came.
+fn upload(
+    port: u16,
+    path: &str,
+    len: usize,
+    pieces: usize,
+    every: Duration,
+) -> (Option<u16>, Duration) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let t0 = Instant::now();
+    let mut w = s.try_clone().expect("clone");
+    let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n");
+    let sender = std::thread::spawn(move || {
+        let _ = w.write_all(head.as_bytes());
+        let piece = vec![b'u'; len / pieces];
+        for i in 0..pieces {
+            if i > 0 {
+                std::thread::sleep(every);
+            }
+            if w.write_all(&piece).is_err() {
+                return;
+            }
+        }
+    });
+    let status = read_response(&mut BufReader::new(&mut s))
+        .ok()
+        .map(|r| r.status);
+    let at = t0.elapsed();
+    drop(s);
+    let _ = sender.join();
+    (status, at)
+}
+
+/// `request_buffering = false`: the worker's `timeout` counts from the end
+/// of the client's body, not from the request's arrival (a steady upload
+/// longer than `timeout` is served, its worker not declared hung); and a
+/// worker that does not read its body by the deadline is the worker's 504
+/// (hung, for a sync worker), never the client's 408.
+#[test]
+fn streamed_upload_timeout_counts_from_the_body_end_and_not_reading_it_is_the_workers() {
+    let c = Curfew::start(Opts::command(
+        &[
+            "-w",
+            "1",
+            "--worker-concurrency",
+            "1",
+            "--request-buffering",
+            "false",
+            "--timeout",
+            "1s",
+        ],
+        &["python3", "-c", UPLOAD_WORKER],
+    ));
+    // 2 s of steady upload, then 600 ms of work: within the worker's 1 s.
+    let (status, at) = upload(
+        c.port,
+        "/upload?ms=600",
+        20_000,
+        20,
+        Duration::from_millis(100),
+    );
+    assert_eq!(status, Some(200), "after {at:?}\n{}", c.log_text());
+    assert!(at >= Duration::from_millis(2400), "{at:?}");
+    assert_eq!(c.count_log(WORKER_ABORTED), 0, "{}", c.log_text());
+    assert!(c.faults().is_empty(), "{:?}", c.faults());
+    // The same upload, then 1.5 s of work: the worker's 504, about 1 s
+    // after the body's end (not 1 s after the request's arrival).
+    let (status, at) = upload(
+        c.port,
+        "/upload?ms=1500",
+        20_000,
+        20,
+        Duration::from_millis(100),
+    );
+    assert_eq!(status, Some(504), "after {at:?}\n{}", c.log_text());
+    assert!(
+        at >= Duration::from_millis(2700) && at < Duration::from_millis(3800),
+        "504 after {at:?}"
+    );
+    c.wait_log(WORKER_ABORTED, Duration::from_secs(10));
+    c.wait_log_count(WORKER_READY, 2, Duration::from_secs(15));
+    // A worker that never reads a body the client sends at once: the
+    // worker's fault at timeout (504, hung), not the client's 408.
+    let (status, at) = upload(c.port, "/ignore-body", 4 << 20, 4, Duration::ZERO);
+    let line = c.wait_log("Request exceeded timeout", Duration::from_secs(10));
+    assert!(line.contains("WARN"), "{line}");
+    assert_ne!(status, Some(408), "after {at:?}\n{}", c.log_text());
+    assert!(
+        matches!(status, Some(504) | None),
+        "{status:?} after {at:?}"
+    );
+    c.wait_log_count(WORKER_ABORTED, 2, Duration::from_secs(10));
+}
