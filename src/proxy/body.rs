@@ -114,6 +114,12 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        if self.lease.is_some()
+            && let Some(r) = &self.request
+        {
+            // An unbuffered response gone: nothing waits on the client.
+            r.conn().send_waiting(false);
+        }
         if self.finished.load(Ordering::Relaxed)
             && let (Some(lease), Some(tx)) = (&self.lease, self.upstream.take())
         {
@@ -235,24 +241,40 @@ impl Body for ProxyBody {
                 }
                 polled
             }
-            ProxyBody::Stream { inner, guard } => match Pin::new(inner).poll_frame(cx) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(None) => {
-                    if let Some(g) = guard.take() {
-                        g.finished.store(true, Ordering::Relaxed);
-                    }
-                    Poll::Ready(None)
+            ProxyBody::Stream { inner, guard } => {
+                // hyper asks for more: the client took what it was handed
+                // (`send_timeout`, timed by the connection task).
+                let conn = guard
+                    .as_ref()
+                    .and_then(|g| g.request.as_ref())
+                    .map(|r| r.conn());
+                if let Some(c) = conn {
+                    c.send_waiting(false);
                 }
-                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
-                Poll::Ready(Some(Err(e))) => {
-                    // The worker's body broke off: do not pool that connection.
-                    if let Some(lease) = guard.as_ref().and_then(|g| g.lease.as_ref()) {
-                        tracing::warn!(worker = lease.worker_id, pid = lease.pid, error = %e, "Worker's response body failed before its end: the client's response is cut off.");
+                match Pin::new(inner).poll_frame(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(None) => {
+                        if let Some(g) = guard.take() {
+                            g.finished.store(true, Ordering::Relaxed);
+                        }
+                        Poll::Ready(None)
                     }
-                    guard.take();
-                    Poll::Ready(Some(Err(Box::new(e))))
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(c) = conn {
+                            c.send_waiting(true);
+                        }
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        // The worker's body broke off: do not pool that connection.
+                        if let Some(lease) = guard.as_ref().and_then(|g| g.lease.as_ref()) {
+                            tracing::warn!(worker = lease.worker_id, pid = lease.pid, error = %e, "Worker's response body failed before its end: the client's response is cut off.");
+                        }
+                        guard.take();
+                        Poll::Ready(Some(Err(Box::new(e))))
+                    }
                 }
-            },
+            }
         }
     }
 

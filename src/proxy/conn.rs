@@ -47,6 +47,11 @@ pub struct ConnState {
     /// request begins; a new connection's first head counts from its
     /// accept (1).
     head_since: AtomicU64,
+    /// When an unbuffered response body (`response_buffering = false`)
+    /// last handed hyper a frame that hyper has not asked past since — the
+    /// client is not taking what it was sent (nanoseconds since `epoch` +
+    /// 1); 0: none is waiting on the client.
+    send_stalled: AtomicU64,
 }
 
 impl ConnState {
@@ -64,7 +69,34 @@ impl ConnState {
             http2: AtomicBool::new(false),
             epoch: Instant::now(),
             head_since: AtomicU64::new(1),
+            send_stalled: AtomicU64::new(0),
         })
+    }
+
+    fn stamp(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos())
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1)
+    }
+
+    /// An unbuffered response body handed hyper a frame (`true`) or was
+    /// asked for the next one or ended (`false`).
+    pub fn send_waiting(&self, waiting: bool) {
+        let v = if waiting { self.stamp() } else { 0 };
+        self.send_stalled.store(v, Ordering::Relaxed);
+    }
+
+    /// How long the client of an HTTP/1 connection has left of `limit`
+    /// (`send_timeout`) to take the unbuffered response frame it was
+    /// handed (zero: its time is up); `None` when nothing waits on it, and
+    /// on HTTP/2 (whose streams share the connection).
+    pub fn send_left(&self, limit: Duration) -> Option<Duration> {
+        if self.http2.load(Ordering::Relaxed) {
+            return None;
+        }
+        let since = self.send_stalled.load(Ordering::Relaxed).checked_sub(1)?;
+        let began = self.epoch + Duration::from_nanos(since);
+        Some(limit.saturating_sub(began.elapsed()))
     }
 
     pub fn begin(self: &Arc<Self>) -> RequestGuard {
@@ -78,8 +110,7 @@ impl ConnState {
     fn note_read(&self) {
         if self.head_since.load(Ordering::Relaxed) == 0 && self.active.load(Ordering::Relaxed) == 0
         {
-            let since = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
-            self.head_since.store(since + 1, Ordering::Relaxed);
+            self.head_since.store(self.stamp(), Ordering::Relaxed);
         }
     }
 
@@ -189,6 +220,13 @@ impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for HeadWatch<I> {
 
 /// One request in flight on a connection.
 pub struct RequestGuard(Arc<ConnState>);
+
+impl RequestGuard {
+    /// The connection it is on.
+    pub fn conn(&self) -> &ConnState {
+        &self.0
+    }
+}
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {

@@ -417,7 +417,12 @@ impl Front {
         let idle = tokio::time::sleep(self.keepalive_timeout.unwrap_or(Duration::MAX));
         // A new connection's first head counts from now (the accept).
         let head = tokio::time::sleep(self.header_timeout.unwrap_or(Duration::MAX));
-        tokio::pin!(abort, cut, draining, idle, head);
+        // send_timeout for unbuffered responses (a spooled one's pump times
+        // its own client): looked at every send_timeout, then the exact
+        // deadline of a frame the client has not taken.
+        let send_limit = self.send_timeout.filter(|_| !self.response_buffering);
+        let send = tokio::time::sleep(send_limit.unwrap_or(Duration::MAX));
+        tokio::pin!(abort, cut, draining, idle, head, send);
         let rare = std::future::poll_fn(|cx| {
             filter.poll(cx, |cx| {
                 // Cut: a client that stopped reading its response (send_timeout).
@@ -437,6 +442,18 @@ impl Front {
                             Some(left) => head.as_mut().reset(now + left),
                             // No head being received: look again later.
                             None => head.as_mut().reset(now + limit),
+                        }
+                    }
+                }
+                if let Some(limit) = send_limit {
+                    while send.as_mut().poll(cx).is_ready() {
+                        let now = tokio::time::Instant::now();
+                        match state.send_left(limit) {
+                            Some(left) if left.is_zero() => {
+                                return Poll::Ready(ConnEvent::SendTimeout);
+                            }
+                            Some(left) => send.as_mut().reset(now + left),
+                            None => send.as_mut().reset(now + limit),
                         }
                     }
                 }
@@ -463,6 +480,14 @@ impl Front {
         };
         match event {
             ConnEvent::Close => return,
+            ConnEvent::SendTimeout => {
+                // The client's fault: the worker's answer goes with it.
+                tracing::debug!(
+                    timeout_ms = send_limit.map_or(0, |t| t.as_millis() as u64),
+                    "Client read nothing of its response for send_timeout: closing its connection."
+                );
+                return;
+            }
             ConnEvent::HeadTimeout => {
                 // A client's fault (slowloris): dropped, costing no worker.
                 tracing::debug!(
@@ -568,6 +593,9 @@ enum ConnEvent {
     Drain,
     /// Idle for `keepalive_timeout` (given).
     Idle(Duration),
+    /// An HTTP/1 client took nothing of an unbuffered response it was
+    /// sent for `send_timeout`.
+    SendTimeout,
     /// An HTTP/1 request head not received within `header_timeout` of its
     /// first byte (or of the accept, for a new connection's first).
     HeadTimeout,

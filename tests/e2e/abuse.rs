@@ -538,6 +538,49 @@ fn a_client_that_stops_reading_is_cut_at_send_timeout() {
     assert_workers_untouched(&c);
 }
 
+/// `response_buffering = false`: the worker waits for the client, so a
+/// client that reads nothing is cut at `send_timeout` and the worker
+/// freed (it held the only worker until the drain before).
+#[test]
+fn unbuffered_a_client_that_stops_reading_is_cut_at_send_timeout() {
+    let c = Curfew::start(Opts::testworker(
+        &[
+            "-w",
+            "1",
+            "--worker-concurrency",
+            "1",
+            "--timeout",
+            "5s",
+            "--response-buffering",
+            "false",
+            "--send-timeout",
+            "1s",
+        ],
+        &[],
+    ));
+    let s = big_response(c.port, 24);
+    std::thread::sleep(Duration::from_millis(300));
+    // The only worker is busy writing to the client that does not read;
+    // once send_timeout has passed it is free again.
+    let t = Instant::now();
+    let r = http(c.port, "GET", "/", &[], b"").expect("request");
+    let waited = t.elapsed();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        waited < Duration::from_millis(2500),
+        "the worker was held {waited:?} by a client reading nothing"
+    );
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let got = match read_response(&mut BufReader::new(s)) {
+        Ok(resp) => resp.body.len(),
+        Err(_) => 0,
+    };
+    assert!(got < 24 << 20, "cut before the end ({got} bytes)");
+    assert!(c.faults().is_empty(), "{:?}", c.faults());
+    assert_eq!(c.count_log(WORKER_ABORTED), 0);
+}
+
 #[test]
 fn streamed_responses_still_stream_through_the_spool() {
     let c = two_sync_workers(&[]);
