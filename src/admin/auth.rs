@@ -70,13 +70,13 @@ impl AdminAuth {
         self.token.as_ref().is_some_and(|t| t.matches(given))
     }
 
-    /// The request carries `Authorization: Bearer <admin_token>`.
+    /// The request carries `Authorization: Bearer <admin_token>` (the
+    /// scheme in any case, RFC 9110 §11.1, and any spaces around the token).
     pub fn bearer_ok(&self, headers: &HeaderMap) -> bool {
         headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(bearer_token)
             .is_some_and(|g| self.token_matches(g))
     }
 
@@ -123,9 +123,31 @@ impl AdminAuth {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` value: the scheme
+/// matched in any case, then at least one space.
+fn bearer_token(value: &str) -> Option<&str> {
+    let value = value.trim_start();
+    let (scheme, rest) = value.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || !rest.starts_with([' ', '\t']) {
+        return None;
+    }
+    Some(rest.trim())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER \t abc "), Some("abc"));
+        assert_eq!(bearer_token("Bearerabc"), None);
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bear"), None);
+        assert_eq!(bearer_token("Beärer abc"), None);
+    }
 
     fn bearer(t: &str) -> HeaderMap {
         let mut h = HeaderMap::new();

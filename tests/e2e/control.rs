@@ -206,6 +206,10 @@ fn the_admin_token_guards_all_but_the_probes() {
         let auth = format!("Bearer {token}");
         let r = http(admin, "GET", path, &[("Authorization", &auth)], b"").expect("request");
         assert_eq!(r.status, 200, "{path} with the token");
+        // The scheme is case-insensitive (RFC 9110 §11.1).
+        let auth = format!("bearer  {token}");
+        let r = http(admin, "GET", path, &[("Authorization", &auth)], b"").expect("request");
+        assert_eq!(r.status, 200, "{path} with the token, scheme in lower case");
     }
     // Workers get it, for the SDK.
     let env = get(c.port, "/env?name=CURFEW_ADMIN_TOKEN");
