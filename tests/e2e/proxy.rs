@@ -639,3 +639,37 @@ fn streamed_upload_timeout_counts_from_the_body_end_and_not_reading_it_is_the_wo
     );
     c.wait_log_count(WORKER_ABORTED, 2, Duration::from_secs(10));
 }
+
+/// The combined access log's client field, taken from a trusted peer's
+/// `X-Forwarded-For` (the leftmost entry when every hop is trusted), is
+/// one field: a client cannot forge the fields after it with spaces and
+/// quotes.
+#[test]
+fn a_forwarded_client_cannot_forge_access_log_fields() {
+    let c = Curfew::start(Opts::testworker(
+        &["-w", "1", "--access-log", "-", "--forwarded-allow-ips", "*"],
+        &[],
+    ));
+    let forged = "6.6.6.6 - - [01/Jan/2030:00:00:00 +0000] \"GET /admin";
+    let r = http(
+        c.port,
+        "GET",
+        "/status?code=204",
+        &[("X-Forwarded-For", forged)],
+        b"",
+    )
+    .expect("request");
+    assert_eq!(r.status, 204);
+    let line = c.wait_log("\"GET /status HTTP/1.1\" 204", Duration::from_secs(10));
+    let line = &line[line.find("6.6.6.6").expect("the client")..];
+    let fields: Vec<&str> = line.split(' ').collect();
+    assert!(
+        fields[0].contains("2030") && !fields[0].contains('"'),
+        "{line}"
+    );
+    assert_eq!((fields[1], fields[2]), ("-", "-"), "{line}");
+    assert!(
+        fields[3].starts_with('[') && !fields[3].contains("2030"),
+        "{line}"
+    );
+}

@@ -82,7 +82,10 @@ fn secs(d: Duration) -> f64 {
 /// `127.0.0.1 - - [30/Nov/2026:23:50:44 +0000] "GET /x HTTP/1.1" 200 2 "-" "curl/8.5" rt=0.004 qt=0.000 ut=0.003 w=1`
 pub fn combined(r: &Record, clock: &mut Clock, out: &mut String) {
     let (time, _, _) = clock.at(r.at);
-    let _ = write!(out, "{} - - [{time}] \"{} ", r.client, r.method);
+    // One field: a trusted proxy's X-Forwarded-For entry is the client's
+    // text, whose spaces or quotes could forge the fields after it.
+    token(&r.client, out);
+    let _ = write!(out, " - - [{time}] \"{} ", r.method);
     escaped(&r.path, out);
     let _ = write!(out, " {}\" {} ", version(r.version), r.status);
     if r.bytes == 0 {
@@ -124,6 +127,20 @@ pub fn combined(r: &Record, clock: &mut Clock, out: &mut String) {
 fn escaped(s: &str, out: &mut String) {
     for c in s.chars() {
         if c == '"' || c == '\\' || c.is_control() {
+            let mut b = [0; 4];
+            for byte in c.encode_utf8(&mut b).bytes() {
+                let _ = write!(out, "\\x{byte:02X}");
+            }
+        } else {
+            out.push(c);
+        }
+    }
+}
+
+/// An unquoted field's text: as [`escaped`], and spaces too.
+fn token(s: &str, out: &mut String) {
+    for c in s.chars() {
+        if c == '"' || c == '\\' || c.is_control() || c.is_whitespace() {
             let mut b = [0; 4];
             for byte in c.encode_utf8(&mut b).bytes() {
                 let _ = write!(out, "\\x{byte:02X}");
@@ -231,6 +248,17 @@ mod tests {
             "{s}"
         );
         assert_eq!(s.lines().count(), 1);
+        // A client named by a trusted proxy's X-Forwarded-For stays one field.
+        let mut r = record();
+        r.client = "6.6.6.6 - - [01/Jan/2030:00:00:00 +0000] \"GET /admin".into();
+        let mut s = String::new();
+        combined(&r, &mut Clock::default(), &mut s);
+        assert!(
+            s.starts_with(
+                "6.6.6.6\\x20-\\x20-\\x20[01/Jan/2030:00:00:00\\x20+0000]\\x20\\x22GET\\x20/admin - - [30/Nov/2025"
+            ),
+            "{s}"
+        );
     }
 
     #[test]
