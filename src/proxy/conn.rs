@@ -52,12 +52,17 @@ pub struct ConnState {
     /// client is not taking what it was sent (nanoseconds since `epoch` +
     /// 1); 0: none is waiting on the client.
     send_stalled: AtomicU64,
+    /// The connection's `max_connections` slot: held as long as anything
+    /// of it is (an upgraded connection's tunnel holds a request guard,
+    /// so a WebSocket counts until it closes).
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl ConnState {
     pub fn new(
         local_host: Option<http::HeaderValue>,
         peer: Option<std::net::IpAddr>,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Arc<ConnState> {
         Arc::new(ConnState {
             local_host,
@@ -70,6 +75,7 @@ impl ConnState {
             epoch: Instant::now(),
             head_since: AtomicU64::new(1),
             send_stalled: AtomicU64::new(0),
+            _permit: permit,
         })
     }
 
@@ -242,7 +248,7 @@ mod tests {
 
     #[test]
     fn grace_counts_from_the_last_response() {
-        let c = ConnState::new(None, None);
+        let c = ConnState::new(None, None, None);
         let g = c.begin();
         assert_eq!(c.idle_grace_left(), None);
         drop(g);
@@ -255,7 +261,7 @@ mod tests {
     #[test]
     fn a_head_is_timed_from_its_first_byte_not_from_idleness() {
         let limit = Duration::from_secs(1);
-        let c = ConnState::new(None, None);
+        let c = ConnState::new(None, None, None);
         // A new connection's first head counts from the accept.
         assert!(c.head_left(limit).is_some_and(|l| l <= limit));
         let g = c.begin();
@@ -274,7 +280,7 @@ mod tests {
 
     #[tokio::test]
     async fn change_between_check_and_wait_is_not_missed() {
-        let c = ConnState::new(None, None);
+        let c = ConnState::new(None, None, None);
         let g = c.begin();
         drop(g); // before anyone waits
         tokio::time::timeout(Duration::from_secs(1), c.changed())

@@ -361,7 +361,8 @@ impl Front {
     }
 
     /// Serve an accepted connection; `permit` (its `max_connections`
-    /// slot) is held until it ends.
+    /// slot) is held until it ends — an upgraded one's when its tunnel
+    /// does ([`ConnState`] keeps it).
     fn spawn_conn(self: &Arc<Self>, accepted: Accepted, permit: Option<OwnedSemaphorePermit>) {
         let front = self.clone();
         match accepted {
@@ -371,26 +372,27 @@ impl Front {
                     .local_addr()
                     .ok()
                     .and_then(|a| HeaderValue::from_str(&a.to_string()).ok());
-                self.tasks.spawn(async move {
-                    front.serve_conn(s, Some(peer.ip()), local).await;
-                    drop(permit);
-                })
+                self.tasks
+                    .spawn(async move { front.serve_conn(s, Some(peer.ip()), local, permit).await })
             }
             Accepted::Unix(s) => {
                 let local = Some(HeaderValue::from_static("localhost"));
-                self.tasks.spawn(async move {
-                    front.serve_conn(s, None, local).await;
-                    drop(permit);
-                })
+                self.tasks
+                    .spawn(async move { front.serve_conn(s, None, local, permit).await })
             }
         };
     }
 
-    async fn serve_conn<I>(self: Arc<Self>, io: I, peer: Option<IpAddr>, local: Option<HeaderValue>)
-    where
+    async fn serve_conn<I>(
+        self: Arc<Self>,
+        io: I,
+        peer: Option<IpAddr>,
+        local: Option<HeaderValue>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let state = ConnState::new(local, peer);
+        let state = ConnState::new(local, peer, permit);
         let svc = {
             let front = self.clone();
             let state = state.clone();

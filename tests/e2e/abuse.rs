@@ -633,6 +633,55 @@ fn past_max_connections_clients_wait_in_the_kernel_queue() {
     assert_eq!(c.count_log("At max_connections"), 1, "one line per period");
 }
 
+/// An upgraded connection (WebSocket) still counts toward
+/// `max_connections` until its tunnel closes.
+#[test]
+fn upgraded_connections_count_toward_max_connections() {
+    let c = Curfew::start(Opts::testworker(
+        &[
+            "-w",
+            "1",
+            "--worker-concurrency",
+            "4",
+            "--max-connections",
+            "2",
+        ],
+        &[],
+    ));
+    let open = || {
+        let mut s = TcpStream::connect(("127.0.0.1", c.port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s.write_all(
+            b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .expect("send");
+        let mut r = BufReader::new(s.try_clone().expect("clone"));
+        assert_eq!(read_response(&mut r).expect("101").status, 101);
+        (s, r)
+    };
+    let first = open();
+    let _second = open();
+    std::thread::sleep(Duration::from_millis(200));
+    // At the cap: a third client waits in the kernel's queue...
+    let mut s = TcpStream::connect(("127.0.0.1", c.port)).expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    s.set_read_timeout(Some(Duration::from_millis(700)))
+        .expect("timeout");
+    let mut buf = [0u8; 64];
+    assert!(
+        std::io::Read::read(&mut s, &mut buf).is_err(),
+        "no answer while two tunnels are open"
+    );
+    // ...until a tunnel closes.
+    drop(first);
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let r = read_response(&mut BufReader::new(s)).expect("answered once a tunnel closed");
+    assert_eq!(r.status, 200);
+}
+
 /// An abandoned upgraded connection (WebSocket) holds a worker slot; with
 /// `tunnel_idle_timeout` it is closed after that long without a byte either
 /// way — and a tunnel that keeps talking is not.
