@@ -217,7 +217,10 @@ def test_enqueue_many_over_64_mib_is_split_by_size(tmp_path):
         pad = "x" * (60 * 1024)  # under the test config's max_payload (64 KiB)
         n = 66 * 1024 * 1024 // len(pad) + 1  # over 64 MiB in all
         # An hour away: stored, not run, in this test.
-        jobs = c.client.enqueue_many(
+        # Each ~60 MiB batch is parsed and written by a debug build in CI,
+        # on 2 shared cores: give it more than the default 10 s.
+        client = curfew.Client(c.admin_url, timeout=120)
+        jobs = client.enqueue_many(
             [{"kind": "ok", "payload": {"i": i, "pad": pad}, "delay": 3600} for i in range(n)]
         )
         assert len(jobs) == n and len({j.id for j in jobs}) == n and all(j.created for j in jobs)
