@@ -238,7 +238,12 @@ impl Dispatcher {
             let answer = up.tx.try_send_request(req);
             let sent = match (&work.body_done, deadline, work.timeout) {
                 (Some(progress), Some(first), Some(timeout)) => {
-                    until_worker_deadline(first, timeout, progress, answer).await
+                    match until_worker_deadline(first, timeout, progress, answer).await {
+                        Streamed::Answer(sent) => Some(sent),
+                        Streamed::Worker => None,
+                        // The client's fault: no mark on the worker.
+                        Streamed::Client => return Err(DispatchError::ClientSlow),
+                    }
                 }
                 _ => until(deadline, answer).await,
             };
@@ -377,28 +382,50 @@ impl Dispatcher {
     }
 }
 
-/// Wait for a worker's answer to work whose client is streaming its body
-/// (`None` when the worker's time ran out first): the deadline `first`
-/// moves by the time spent waiting for the client's bytes, and once the
-/// body is all sent it is `timeout` after that ([`BodyProgress`]).
+/// What waiting for a worker's answer to a streamed body came to.
+enum Streamed<T> {
+    Answer(T),
+    /// The worker's own time ran out.
+    Worker,
+    /// The client sent nothing for a whole `timeout` while the worker
+    /// waited on its body: the client's fault.
+    Client,
+}
+
+/// Wait for a worker's answer to work whose client is streaming its body:
+/// the deadline `first` moves by the time spent waiting for the client's
+/// bytes, and once the body is all sent it is `timeout` after that
+/// ([`BodyProgress`]). A client that then sends nothing for `timeout` in
+/// one wait is cut (with `client_body_timeout` off, or longer than
+/// `timeout`, nothing else would: the deadline would move for ever and
+/// the worker's slot be held until a drain).
 async fn until_worker_deadline<F: Future>(
     first: tokio::time::Instant,
     timeout: Duration,
     progress: &BodyProgress,
     f: F,
-) -> Option<F::Output> {
+) -> Streamed<F::Output> {
     let mut f = std::pin::pin!(f);
     let mut at = first;
     loop {
         if let Ok(out) = tokio::time::timeout_at(at, f.as_mut()).await {
-            return Some(out);
+            return Streamed::Answer(out);
         }
         let next =
             tokio::time::Instant::from_std(progress.worker_deadline(first.into_std(), timeout));
-        if next <= tokio::time::Instant::now() {
-            return None;
+        let now = tokio::time::Instant::now();
+        if next <= now {
+            return Streamed::Worker;
         }
-        at = next;
+        if progress.is_done() {
+            at = next;
+            continue;
+        }
+        let stalled = progress.stalled();
+        if stalled >= timeout {
+            return Streamed::Client;
+        }
+        at = next.min(now + (timeout - stalled));
     }
 }
 

@@ -198,6 +198,15 @@ impl BodyProgress {
         self.done_at.load(Ordering::Acquire) != 0
     }
 
+    /// How long the body has been waiting for the client's next bytes
+    /// (zero when it is not waiting).
+    pub fn stalled(&self) -> Duration {
+        match self.waiting_since.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            since => Duration::from_nanos(self.stamp().saturating_sub(since)),
+        }
+    }
+
     fn waiting(&self) {
         if self.waiting_since.load(Ordering::Relaxed) == 0 {
             self.waiting_since.store(self.stamp(), Ordering::Relaxed);

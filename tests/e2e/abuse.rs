@@ -326,6 +326,25 @@ fn streamed_slow_upload_is_served_and_never_a_hung_worker() {
     assert_workers_untouched(&c);
 }
 
+/// With client_body_timeout off, a streamed upload that stops is still
+/// the client's 408 once it has sent nothing for `timeout` (1 s) in one
+/// wait: the worker's deadline, which moves while the worker waits on the
+/// client, does not move for ever and hold the worker's slot until a drain.
+#[test]
+fn a_stalled_streamed_upload_is_cut_without_client_body_timeout() {
+    let c = two_sync_workers(&["--request-buffering", "false", "--client-body-timeout", "0"]);
+    let t = Instant::now();
+    let status = trickle(c.port, 30, Duration::from_millis(50), Some(10));
+    let took = t.elapsed();
+    assert_eq!(status, Some(408));
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_secs(6),
+        "408 after {took:?}: 0.5 s of sending, then 1 s of nothing"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_workers_untouched(&c);
+}
+
 #[test]
 fn bad_chunk_flood_is_answered_to_the_clients() {
     let c = two_sync_workers(&[]);
