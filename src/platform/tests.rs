@@ -334,7 +334,8 @@ fn generated_files_run_in_their_place() {
         "{compose}"
     );
     let docker = generate(&cfg, GenTarget::Dockerfile, &o).expect("generate");
-    assert!(docker.contains("ENV CURFEW_BIND=0.0.0.0:8000"), "{docker}");
+    assert!(docker.contains("ENV PORT=8000"), "{docker}");
+    assert!(!docker.contains("CURFEW_BIND"), "{docker}");
     o.config_in_image = None;
     let k8s = generate(&cfg, GenTarget::Kubernetes, &o).expect("generate");
     assert!(k8s.contains(r#"command: ["curfew","serve"]"#), "{k8s}");
