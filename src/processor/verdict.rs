@@ -73,7 +73,9 @@ pub fn of_exit(code: Option<i32>, described: &str, last_stderr: Option<&str>) ->
 
 /// How many hand-backs a job may have had before an interruption by
 /// curfew stopping its worker counts as a failed attempt.
-pub const HANDBACKS_BEFORE_FAILING: i32 = 3;
+/// Deploys hand jobs back too: high enough that a long job cut by a few of
+/// them keeps its attempts.
+pub const HANDBACKS_BEFORE_FAILING: i32 = 10;
 
 /// An interruption (its worker stopped by curfew: reload, recycle, scale
 /// down) hands the job back without spending an attempt — unless it has
@@ -255,7 +257,7 @@ mod tests {
         match interrupted(why(), HANDBACKS_BEFORE_FAILING) {
             Verdict::Fail { error } => {
                 assert!(
-                    error.starts_with(&why()) && error.contains("3 times"),
+                    error.starts_with(&why()) && error.contains("10 times"),
                     "{error}"
                 )
             }

@@ -151,7 +151,9 @@ pub(super) async fn stopping(run: &mut Run) {
     // after an escalation cut the drain short, this reports it.
     if let Some(jobs) = run.jobs.clone() {
         let report = jobs
-            .finish(tokio::time::Instant::now() + std::time::Duration::from_secs(2))
+            // A command job's SIGKILL comes 2 s after its SIGTERM: time
+            // for it to be gone before it is handed back.
+            .finish(tokio::time::Instant::now() + std::time::Duration::from_secs(4))
             .await;
         if !run.jobs_reported {
             report_incomplete(run, &report);
