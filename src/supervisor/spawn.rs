@@ -220,9 +220,8 @@ fn command(
 
 /// What the child does between fork and exec: PDEATHSIG, the open-file
 /// limit it would have had without curfew, and the inherited socket
-/// `listen_fd` moved onto fd 3. Also for hooks and command jobs
-/// ([`super::command`]), with no socket.
-pub(super) fn set_pre_exec(cmd: &mut Command, listen_fd: Option<std::os::fd::RawFd>) {
+/// `listen_fd` moved onto fd 3.
+fn set_pre_exec(cmd: &mut Command, listen_fd: Option<std::os::fd::RawFd>) {
     let parent = std::process::id() as libc::pid_t;
     // Read before the fork: the child only calls setrlimit with it.
     let nofile = super::nofile::original_soft_limit();
