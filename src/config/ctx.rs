@@ -110,6 +110,11 @@ impl<'a> Ctx<'a> {
         min: Duration,
     ) -> Result<Duration, ConfigError> {
         let d = self.duration(key, v, default)?;
+        self.at_least(key, d, min)
+    }
+
+    /// `d`, or an error naming `key` when it is under `min`.
+    fn at_least(&self, key: &str, d: Duration, min: Duration) -> Result<Duration, ConfigError> {
         if d < min {
             return Err(self.err(key, format!("{d:?}"), format!("must be at least {min:?}")));
         }
@@ -171,10 +176,7 @@ impl<'a> Ctx<'a> {
         min: Duration,
     ) -> Result<Duration, ConfigError> {
         let d = self.positive(key, v, default)?;
-        if d < min {
-            return Err(self.err(key, format!("{d:?}"), format!("must be at least {min:?}")));
-        }
-        Ok(d)
+        self.at_least(key, d, min)
     }
 
     /// A URL path starting with `/`, if given.
